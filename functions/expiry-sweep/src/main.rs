@@ -1,0 +1,22 @@
+//! Thin entrypoint: the EventBridge schedule's event carries nothing Kami needs; each
+//! invocation sweeps as of now.
+
+use kami_shared::Context;
+use kami_shared::app::sweep::{self, SweepReport};
+use kami_shared::domain::time::Timestamp;
+use lambda_runtime::{Error, LambdaEvent, run, service_fn};
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Error> {
+    lambda_runtime::tracing::init_default_subscriber();
+    let ctx = Context::from_env().await?;
+    run(service_fn(|_event: LambdaEvent<serde_json::Value>| {
+        let ctx = ctx.clone();
+        async move {
+            sweep::sweep(&ctx, Timestamp::now())
+                .await
+                .map_err(Error::from) as Result<SweepReport, Error>
+        }
+    }))
+    .await
+}

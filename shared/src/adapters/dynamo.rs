@@ -1,0 +1,1261 @@
+//! The one DynamoDB access layer. Every read and write Kami makes is a named method
+//! here (an access pattern); docs/dynamodb.md describes the table, its keys, the GSI and
+//! each item shape. Multi-item changes are single `TransactWriteItems` calls, so no
+//! crash can leave half of one written.
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::primitives::Blob;
+use aws_sdk_dynamodb::types::{
+    AttributeValue, ConditionCheck, Delete, Put, TransactWriteItem, Update,
+};
+
+use crate::domain::money::Money;
+use crate::domain::order::{Cause, OrderStatus};
+use crate::domain::product::{DeliveryType, Product, Stock};
+use crate::domain::time::{Timestamp, new_id};
+use crate::error::{ConflictKind, Error, Result};
+
+pub type Item = HashMap<String, AttributeValue>;
+
+/// Available card keys of a product are spread over this many partitions so that
+/// concurrent deliveries rarely pick the same key.
+pub const STOCK_SHARDS: u32 = 8;
+/// Sparse GSI partitions for due pending orders and paid-but-undelivered orders.
+pub const INDEX_SHARDS: u32 = 8;
+/// A paid order not delivered this long after payment is re-queued by the sweep.
+pub const STUCK_AFTER_SECONDS: i64 = 120;
+const IDEMPOTENCY_TTL_SECONDS: i64 = 24 * 3600;
+const WEBHOOK_TTL_SECONDS: i64 = 30 * 24 * 3600;
+
+mod keys {
+    pub fn product(sku: &str) -> (String, String) {
+        (format!("PRODUCT#{sku}"), "PRODUCT".into())
+    }
+    pub fn batch(batch_id: &str) -> (String, String) {
+        (format!("BATCH#{batch_id}"), "BATCH".into())
+    }
+    pub fn stock_partition(sku: &str, shard: u32) -> String {
+        format!("STOCK#{sku}#{shard}")
+    }
+    pub fn stock_key(key_id: &str) -> String {
+        format!("KEY#{key_id}")
+    }
+    pub fn fingerprint(fp: &str) -> (String, String) {
+        (format!("FINGERPRINT#{fp}"), "FINGERPRINT".into())
+    }
+    pub fn order_partition(order_id: &str) -> String {
+        format!("ORDER#{order_id}")
+    }
+    pub const ORDER_SK: &str = "ORDER";
+    pub fn event_sk(event_id: &str) -> String {
+        format!("EVENT#{event_id}")
+    }
+    pub fn delivery_sk(slot: u32) -> String {
+        format!("DELIVERY#{slot:03}")
+    }
+    pub fn payment_sk(provider: &str, event_id: &str) -> String {
+        format!("PAYMENT#{provider}#{event_id}")
+    }
+    pub fn webhook(provider: &str, event_id: &str) -> (String, String) {
+        (format!("WEBHOOK#{provider}#{event_id}"), "WEBHOOK".into())
+    }
+    pub fn idempotency(scope: &str, key: &str) -> (String, String) {
+        (format!("IDEMPOTENCY#{scope}#{key}"), "IDEMPOTENCY".into())
+    }
+    pub fn pending_index(shard: u32) -> String {
+        format!("PENDING#{shard}")
+    }
+    pub fn paid_index(shard: u32) -> String {
+        format!("PAID#{shard}")
+    }
+}
+
+fn s(value: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(value.into())
+}
+
+fn n(value: impl ToString) -> AttributeValue {
+    AttributeValue::N(value.to_string())
+}
+
+fn b(value: Vec<u8>) -> AttributeValue {
+    AttributeValue::B(Blob::new(value))
+}
+
+fn key_item((pk, sk): (String, String)) -> Item {
+    HashMap::from([("pk".to_owned(), s(pk)), ("sk".to_owned(), s(sk))])
+}
+
+fn get_s(item: &Item, name: &str) -> Result<String> {
+    match item.get(name) {
+        Some(AttributeValue::S(v)) => Ok(v.clone()),
+        _ => Err(Error::Corrupt(format!("item has no string {name}"))),
+    }
+}
+
+fn get_opt_s(item: &Item, name: &str) -> Option<String> {
+    match item.get(name) {
+        Some(AttributeValue::S(v)) => Some(v.clone()),
+        _ => None,
+    }
+}
+
+fn get_n(item: &Item, name: &str) -> Result<i64> {
+    match item.get(name) {
+        Some(AttributeValue::N(v)) => v
+            .parse()
+            .map_err(|_| Error::Corrupt(format!("{name} is not an integer"))),
+        _ => Err(Error::Corrupt(format!("item has no number {name}"))),
+    }
+}
+
+fn get_b(item: &Item, name: &str) -> Result<Vec<u8>> {
+    match item.get(name) {
+        Some(AttributeValue::B(v)) => Ok(v.clone().into_inner()),
+        _ => Err(Error::Corrupt(format!("item has no binary {name}"))),
+    }
+}
+
+fn shard_of(id: &str, shards: u32) -> u32 {
+    // FNV-1a: a stable spread of ids over shards (not security relevant).
+    let hash = id.bytes().fold(0x811c_9dc5_u32, |h, byte| {
+        (h ^ u32::from(byte)).wrapping_mul(0x0100_0193)
+    });
+    hash % shards
+}
+
+fn built<T>(result: std::result::Result<T, aws_sdk_dynamodb::error::BuildError>) -> Result<T> {
+    result.map_err(|e| Error::Corrupt(format!("request build: {e}")))
+}
+
+/// Names used in expressions; `#status`, `#ttl` and friends avoid DynamoDB's reserved words.
+fn names(list: &[&str]) -> HashMap<String, String> {
+    list.iter()
+        .map(|name| (format!("#{name}"), (*name).to_owned()))
+        .collect()
+}
+
+fn values(list: Vec<(&str, AttributeValue)>) -> HashMap<String, AttributeValue> {
+    list.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+}
+
+struct Tx {
+    table: String,
+    items: Vec<TransactWriteItem>,
+}
+
+impl Tx {
+    fn new(table: &str) -> Self {
+        Tx {
+            table: table.to_owned(),
+            items: Vec::new(),
+        }
+    }
+
+    fn put(&mut self, item: Item, condition: Option<&str>) -> Result<&mut Self> {
+        let put = built(
+            Put::builder()
+                .table_name(&self.table)
+                .set_item(Some(item))
+                .set_condition_expression(condition.map(str::to_owned))
+                .build(),
+        )?;
+        self.items
+            .push(TransactWriteItem::builder().put(put).build());
+        Ok(self)
+    }
+
+    fn update(
+        &mut self,
+        key: Item,
+        expression: &str,
+        condition: Option<&str>,
+        attribute_names: &[&str],
+        attribute_values: Vec<(&str, AttributeValue)>,
+    ) -> Result<&mut Self> {
+        let update = built(
+            Update::builder()
+                .table_name(&self.table)
+                .set_key(Some(key))
+                .update_expression(expression)
+                .set_condition_expression(condition.map(str::to_owned))
+                .set_expression_attribute_names(Some(names(attribute_names)))
+                .set_expression_attribute_values(Some(values(attribute_values)))
+                .build(),
+        )?;
+        self.items
+            .push(TransactWriteItem::builder().update(update).build());
+        Ok(self)
+    }
+
+    fn delete(&mut self, key: Item, condition: &str) -> Result<&mut Self> {
+        let delete = built(
+            Delete::builder()
+                .table_name(&self.table)
+                .set_key(Some(key))
+                .condition_expression(condition)
+                .build(),
+        )?;
+        self.items
+            .push(TransactWriteItem::builder().delete(delete).build());
+        Ok(self)
+    }
+
+    fn check(
+        &mut self,
+        key: Item,
+        condition: &str,
+        attribute_names: &[&str],
+        attribute_values: Vec<(&str, AttributeValue)>,
+    ) -> Result<&mut Self> {
+        let check = built(
+            ConditionCheck::builder()
+                .table_name(&self.table)
+                .set_key(Some(key))
+                .condition_expression(condition)
+                .set_expression_attribute_names(Some(names(attribute_names)))
+                .set_expression_attribute_values(Some(values(attribute_values)))
+                .build(),
+        )?;
+        self.items
+            .push(TransactWriteItem::builder().condition_check(check).build());
+        Ok(self)
+    }
+}
+
+/// How a transaction ended. `Cancelled` lists, per item in order, whether its
+/// condition failed.
+#[derive(Debug)]
+enum TxOutcome {
+    Committed,
+    Cancelled(Vec<bool>),
+}
+
+const CONFLICT_RETRIES: u32 = 8;
+
+/// The order as stored.
+#[derive(Debug, Clone)]
+pub struct OrderRecord {
+    pub order_id: String,
+    pub sku: String,
+    pub quantity: u32,
+    pub amount: Money,
+    pub status: OrderStatus,
+    pub buyer_email: String,
+    pub token_hash: String,
+    pub created_at: String,
+    pub expires_at: Timestamp,
+    pub updated_at: String,
+    pub payment_ref: Option<String>,
+    pub exception: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct OrderEvent {
+    pub at: String,
+    pub from: Option<OrderStatus>,
+    pub to: OrderStatus,
+    pub cause: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeliverySlot {
+    pub slot: u32,
+    pub key_id: String,
+    pub batch_id: String,
+    pub sku: String,
+    pub sealed: Vec<u8>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PaymentRecord {
+    pub provider: String,
+    pub event_id: String,
+    pub amount: Money,
+    pub provider_ref: String,
+    pub outcome: String,
+    pub received_at: String,
+}
+
+/// Everything stored under one order's partition.
+#[derive(Debug, Clone)]
+pub struct OrderView {
+    pub order: OrderRecord,
+    pub events: Vec<OrderEvent>,
+    pub deliveries: Vec<DeliverySlot>,
+    pub payments: Vec<PaymentRecord>,
+}
+
+#[derive(Debug, Clone)]
+pub struct BatchRecord {
+    pub batch_id: String,
+    pub sku: String,
+    pub wrapped_key: Vec<u8>,
+}
+
+/// A card key ready to store: sealed, fingerprinted, with its stock shard.
+pub struct SealedKey {
+    pub key_id: String,
+    pub fingerprint: String,
+    pub sealed: Vec<u8>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StockKey {
+    pub key_id: String,
+    pub batch_id: String,
+    pub sealed: Vec<u8>,
+    partition: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct IdempotencyRecord {
+    pub request_hash: String,
+    pub order_id: String,
+}
+
+pub enum CreateOrderOutcome {
+    Created,
+    /// Another request with the same key got there first.
+    KeyTaken,
+}
+
+pub enum AllocateOutcome {
+    Allocated,
+    /// The chosen key was taken by another delivery: pick another.
+    KeyGone,
+    /// This slot was filled by another worker: re-read the slots.
+    SlotFilled,
+    /// The order is no longer waiting for delivery.
+    NotPayable,
+}
+
+/// What a payment notification does to an order, decided by the use case from the
+/// order's current state and applied here atomically.
+pub struct PaymentChange<'a> {
+    pub provider: &'a str,
+    pub event_id: &'a str,
+    pub provider_ref: &'a str,
+    pub amount: &'a Money,
+    pub outcome: &'a str,
+    /// `Some((from, to, cause))` to move the order; `None` to only record the payment.
+    pub transition: Option<(OrderStatus, OrderStatus, Cause)>,
+}
+
+pub enum PaymentApplied {
+    Applied,
+    /// The event id was seen before.
+    Duplicate,
+    /// The order changed state meanwhile: decide again.
+    Raced,
+}
+
+pub struct Store {
+    client: aws_sdk_dynamodb::Client,
+    table: String,
+}
+
+impl Store {
+    pub fn new(client: aws_sdk_dynamodb::Client, table: String) -> Self {
+        Store { client, table }
+    }
+
+    async fn transact(&self, tx: Tx) -> Result<TxOutcome> {
+        let count = tx.items.len();
+        let mut attempt = 0;
+        loop {
+            let result = self
+                .client
+                .transact_write_items()
+                .set_transact_items(Some(tx.items.clone()))
+                .send()
+                .await;
+            let err = match result {
+                Ok(_) => return Ok(TxOutcome::Committed),
+                Err(err) => err,
+            };
+            let reasons = match &err {
+                SdkError::ServiceError(service) => match service.err() {
+                    TransactWriteItemsError::TransactionCanceledException(cancel) => Some(
+                        cancel
+                            .cancellation_reasons()
+                            .iter()
+                            .map(|r| r.code().unwrap_or("None").to_owned())
+                            .collect::<Vec<_>>(),
+                    ),
+                    TransactWriteItemsError::TransactionInProgressException(_) => {
+                        Some(vec!["TransactionConflict".to_owned()])
+                    }
+                    _ => None,
+                },
+                _ => None,
+            };
+            let Some(reasons) = reasons else {
+                return Err(Error::aws("dynamodb", err));
+            };
+            if reasons.iter().any(|code| code == "ConditionalCheckFailed") {
+                let mut failed = vec![false; count];
+                for (slot, code) in failed.iter_mut().zip(&reasons) {
+                    *slot = code == "ConditionalCheckFailed";
+                }
+                return Ok(TxOutcome::Cancelled(failed));
+            }
+            // Only conflicts with concurrent transactions (or throttling) remain: retry.
+            attempt += 1;
+            if attempt > CONFLICT_RETRIES {
+                return Err(Error::Contention("transaction"));
+            }
+            let jitter = u64::from(rand::random::<u8>() % 20);
+            tokio::time::sleep(std::time::Duration::from_millis(
+                (5u64 << attempt.min(6)) + jitter,
+            ))
+            .await;
+        }
+    }
+
+    async fn get(&self, key: (String, String), consistent: bool) -> Result<Option<Item>> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key_item(key)))
+            .consistent_read(consistent)
+            .send()
+            .await
+            .map_err(|e| Error::aws("dynamodb", e))?;
+        Ok(output.item)
+    }
+
+    // ---------- products ----------
+
+    /// Access pattern: get a product by sku.
+    pub async fn get_product(&self, sku: &str, consistent: bool) -> Result<Option<Product>> {
+        self.get(keys::product(sku), consistent)
+            .await?
+            .map(|item| product_from_item(&item))
+            .transpose()
+    }
+
+    /// Access pattern: create a product; an existing sku is a conflict.
+    pub async fn create_product(&self, product: &Product) -> Result<()> {
+        let mut item = key_item(keys::product(&product.sku));
+        item.extend([
+            ("entity".to_owned(), s("product")),
+            ("sku".to_owned(), s(&product.sku)),
+            ("title".to_owned(), s(&product.title)),
+            ("price_amount".to_owned(), n(product.price.amount)),
+            ("currency".to_owned(), s(&product.price.currency)),
+            ("delivery_type".to_owned(), s(product.delivery.as_str())),
+            ("max_per_order".to_owned(), n(product.max_per_order)),
+            ("available".to_owned(), n(0)),
+            ("reserved".to_owned(), n(0)),
+            ("sold".to_owned(), n(0)),
+            ("created_at".to_owned(), s(&product.created_at)),
+        ]);
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Err(Error::Conflict(ConflictKind::ProductExists))
+            }
+            Err(err) => Err(Error::aws("dynamodb", err)),
+        }
+    }
+
+    // ---------- card-key import ----------
+
+    /// Access pattern: store a batch's wrapped data key before any of its keys.
+    pub async fn put_batch(&self, batch: &BatchRecord, created_at: &str) -> Result<()> {
+        let mut item = key_item(keys::batch(&batch.batch_id));
+        item.extend([
+            ("entity".to_owned(), s("batch")),
+            ("sku".to_owned(), s(&batch.sku)),
+            ("wrapped_key".to_owned(), b(batch.wrapped_key.clone())),
+            ("created_at".to_owned(), s(created_at)),
+        ]);
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await
+            .map_err(|e| Error::aws("dynamodb", e))?;
+        Ok(())
+    }
+
+    /// Access pattern: get a batch (its wrapped data key).
+    pub async fn get_batch(&self, batch_id: &str) -> Result<Option<BatchRecord>> {
+        self.get(keys::batch(batch_id), false)
+            .await?
+            .map(|item| {
+                Ok(BatchRecord {
+                    batch_id: batch_id.to_owned(),
+                    sku: get_s(&item, "sku")?,
+                    wrapped_key: get_b(&item, "wrapped_key")?,
+                })
+            })
+            .transpose()
+    }
+
+    /// Access pattern: add up to 49 sealed keys to a product's stock in one
+    /// transaction: each key's fingerprint claimed (fails if already anywhere in the
+    /// inventory), the key stored in its stock shard, and the product's available
+    /// count raised by the same number. Returns the indices whose fingerprint exists.
+    pub async fn add_stock(
+        &self,
+        sku: &str,
+        batch_id: &str,
+        keys_to_add: &[&SealedKey],
+        created_at: &str,
+    ) -> Result<Vec<usize>> {
+        let mut tx = Tx::new(&self.table);
+        for key in keys_to_add {
+            let mut fingerprint = key_item(keys::fingerprint(&key.fingerprint));
+            fingerprint.extend([
+                ("entity".to_owned(), s("fingerprint")),
+                ("sku".to_owned(), s(sku)),
+                ("key_id".to_owned(), s(&key.key_id)),
+            ]);
+            tx.put(fingerprint, Some("attribute_not_exists(pk)"))?;
+            let mut stock = HashMap::from([
+                (
+                    "pk".to_owned(),
+                    s(keys::stock_partition(
+                        sku,
+                        shard_of(&key.key_id, STOCK_SHARDS),
+                    )),
+                ),
+                ("sk".to_owned(), s(keys::stock_key(&key.key_id))),
+            ]);
+            stock.extend([
+                ("entity".to_owned(), s("stock_key")),
+                ("key_id".to_owned(), s(&key.key_id)),
+                ("batch_id".to_owned(), s(batch_id)),
+                ("sealed".to_owned(), b(key.sealed.clone())),
+                ("created_at".to_owned(), s(created_at)),
+            ]);
+            tx.put(stock, Some("attribute_not_exists(pk)"))?;
+        }
+        tx.update(
+            key_item(keys::product(sku)),
+            "SET #available = #available + :count",
+            Some("attribute_exists(pk)"),
+            &["available"],
+            vec![(":count", n(keys_to_add.len()))],
+        )?;
+        match self.transact(tx).await? {
+            TxOutcome::Committed => Ok(Vec::new()),
+            TxOutcome::Cancelled(failed) => {
+                if failed.last().copied().unwrap_or(false) {
+                    return Err(Error::NotFound("product"));
+                }
+                let duplicates: Vec<usize> = (0..keys_to_add.len())
+                    .filter(|i| failed.get(2 * i).copied().unwrap_or(false))
+                    .collect();
+                if duplicates.is_empty() {
+                    // A key id collision (a fresh ULID, so effectively impossible).
+                    return Err(Error::Corrupt("stock key id already exists".into()));
+                }
+                Ok(duplicates)
+            }
+        }
+    }
+
+    // ---------- orders ----------
+
+    /// Access pattern: an idempotency record by scope and client key.
+    pub async fn get_idempotency(
+        &self,
+        scope: &str,
+        key: &str,
+    ) -> Result<Option<IdempotencyRecord>> {
+        self.get(keys::idempotency(scope, key), true)
+            .await?
+            .map(|item| {
+                Ok(IdempotencyRecord {
+                    request_hash: get_s(&item, "request_hash")?,
+                    order_id: get_s(&item, "order_id")?,
+                })
+            })
+            .transpose()
+    }
+
+    /// Access pattern: create an order. One transaction claims the idempotency key,
+    /// reserves stock (fails if not enough is available), stores the order and its
+    /// first event.
+    pub async fn create_order(
+        &self,
+        order: &OrderRecord,
+        idempotency_key: &str,
+        request_hash: &str,
+    ) -> Result<CreateOrderOutcome> {
+        let now = Timestamp::now();
+        let mut tx = Tx::new(&self.table);
+        let mut idem = key_item(keys::idempotency("orders", idempotency_key));
+        idem.extend([
+            ("entity".to_owned(), s("idempotency")),
+            ("request_hash".to_owned(), s(request_hash)),
+            ("order_id".to_owned(), s(&order.order_id)),
+            (
+                "ttl".to_owned(),
+                n(now.unix_seconds() + IDEMPOTENCY_TTL_SECONDS),
+            ),
+        ]);
+        tx.put(idem, Some("attribute_not_exists(pk)"))?;
+        tx.update(
+            key_item(keys::product(&order.sku)),
+            "SET #available = #available - :q, #reserved = #reserved + :q",
+            Some("#available >= :q"),
+            &["available", "reserved"],
+            vec![(":q", n(order.quantity))],
+        )?;
+        let mut item = order_item(order);
+        item.insert(
+            "gsi1pk".to_owned(),
+            s(keys::pending_index(shard_of(&order.order_id, INDEX_SHARDS))),
+        );
+        item.insert("gsi1sk".to_owned(), n(order.expires_at.unix_seconds()));
+        tx.put(item, Some("attribute_not_exists(pk)"))?;
+        tx.put(
+            event_item(
+                &order.order_id,
+                None,
+                order.status,
+                Cause::Created,
+                &order.created_at,
+            ),
+            None,
+        )?;
+        match self.transact(tx).await? {
+            TxOutcome::Committed => Ok(CreateOrderOutcome::Created),
+            TxOutcome::Cancelled(failed) if failed.first().copied().unwrap_or(false) => {
+                Ok(CreateOrderOutcome::KeyTaken)
+            }
+            TxOutcome::Cancelled(_) => Err(Error::Conflict(ConflictKind::OutOfStock)),
+        }
+    }
+
+    /// Access pattern: one order item (strongly consistent).
+    pub async fn get_order(&self, order_id: &str) -> Result<Option<OrderRecord>> {
+        self.get(
+            (keys::order_partition(order_id), keys::ORDER_SK.into()),
+            true,
+        )
+        .await?
+        .map(|item| order_from_item(&item))
+        .transpose()
+    }
+
+    async fn query_partition(&self, pk: &str, sk_prefix: Option<&str>) -> Result<Vec<Item>> {
+        let mut items = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let mut query = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .expression_attribute_values(":pk", s(pk));
+            query = match sk_prefix {
+                Some(prefix) => query
+                    .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+                    .expression_attribute_values(":prefix", s(prefix)),
+                None => query.key_condition_expression("pk = :pk"),
+            };
+            let output = query.send().await.map_err(|e| Error::aws("dynamodb", e))?;
+            items.extend(output.items().iter().cloned());
+            match output.last_evaluated_key() {
+                Some(key) => start = Some(key.clone()),
+                None => return Ok(items),
+            }
+        }
+    }
+
+    /// Access pattern: an order with its events, deliveries and payments (one Query).
+    pub async fn get_order_view(&self, order_id: &str) -> Result<Option<OrderView>> {
+        let items = self
+            .query_partition(&keys::order_partition(order_id), None)
+            .await?;
+        let mut order = None;
+        let mut events = Vec::new();
+        let mut deliveries = Vec::new();
+        let mut payments = Vec::new();
+        for item in &items {
+            let sk = get_s(item, "sk")?;
+            if sk == keys::ORDER_SK {
+                order = Some(order_from_item(item)?);
+            } else if sk.starts_with("EVENT#") {
+                events.push(OrderEvent {
+                    at: get_s(item, "at")?,
+                    from: get_opt_s(item, "from")
+                        .map(|f| OrderStatus::parse(&f))
+                        .transpose()?,
+                    to: OrderStatus::parse(&get_s(item, "to")?)?,
+                    cause: get_s(item, "cause")?,
+                });
+            } else if sk.starts_with("DELIVERY#") {
+                deliveries.push(slot_from_item(item)?);
+            } else if sk.starts_with("PAYMENT#") {
+                payments.push(PaymentRecord {
+                    provider: get_s(item, "provider")?,
+                    event_id: get_s(item, "event_id")?,
+                    amount: Money {
+                        amount: get_n(item, "amount")?,
+                        currency: get_s(item, "currency")?,
+                    },
+                    provider_ref: get_s(item, "provider_ref")?,
+                    outcome: get_s(item, "outcome")?,
+                    received_at: get_s(item, "received_at")?,
+                });
+            }
+        }
+        Ok(order.map(|order| OrderView {
+            order,
+            events,
+            deliveries,
+            payments,
+        }))
+    }
+
+    // ---------- payments ----------
+
+    /// Access pattern: record a payment notification once per provider event id, and
+    /// move the order if `change.transition` says so, in one transaction.
+    pub async fn apply_payment(
+        &self,
+        order: &OrderRecord,
+        change: &PaymentChange<'_>,
+    ) -> Result<PaymentApplied> {
+        let now = Timestamp::now();
+        let at = now.to_rfc3339();
+        let mut tx = Tx::new(&self.table);
+        let mut webhook = key_item(keys::webhook(change.provider, change.event_id));
+        webhook.extend([
+            ("entity".to_owned(), s("webhook")),
+            ("order_id".to_owned(), s(&order.order_id)),
+            ("outcome".to_owned(), s(change.outcome)),
+            ("received_at".to_owned(), s(&at)),
+            (
+                "ttl".to_owned(),
+                n(now.unix_seconds() + WEBHOOK_TTL_SECONDS),
+            ),
+        ]);
+        tx.put(webhook, Some("attribute_not_exists(pk)"))?;
+        let mut payment = HashMap::from([
+            ("pk".to_owned(), s(keys::order_partition(&order.order_id))),
+            (
+                "sk".to_owned(),
+                s(keys::payment_sk(change.provider, change.event_id)),
+            ),
+        ]);
+        payment.extend([
+            ("entity".to_owned(), s("payment")),
+            ("provider".to_owned(), s(change.provider)),
+            ("event_id".to_owned(), s(change.event_id)),
+            ("amount".to_owned(), n(change.amount.amount)),
+            ("currency".to_owned(), s(&change.amount.currency)),
+            ("provider_ref".to_owned(), s(change.provider_ref)),
+            ("outcome".to_owned(), s(change.outcome)),
+            ("received_at".to_owned(), s(&at)),
+        ]);
+        tx.put(payment, None)?;
+        let order_key = || {
+            key_item((
+                keys::order_partition(&order.order_id),
+                keys::ORDER_SK.into(),
+            ))
+        };
+        match change.transition {
+            Some((from, to, cause)) => {
+                let mut vals = vec![
+                    (":to", s(to.as_str())),
+                    (":from", s(from.as_str())),
+                    (":at", s(&at)),
+                    (":ref", s(change.provider_ref)),
+                ];
+                // Paid orders join the "stuck if undelivered" index; any other outcome
+                // is an exception for an operator and leaves every index.
+                let index = if to == OrderStatus::Paid {
+                    vals.push((
+                        ":gpk",
+                        s(keys::paid_index(shard_of(&order.order_id, INDEX_SHARDS))),
+                    ));
+                    vals.push((":gsk", n(now.unix_seconds() + STUCK_AFTER_SECONDS)));
+                    "SET #status = :to, updated_at = :at, payment_ref = :ref, gsi1pk = :gpk, gsi1sk = :gsk"
+                } else {
+                    vals.push((":exception", s(change.outcome)));
+                    "SET #status = :to, updated_at = :at, payment_ref = :ref, exception = :exception \
+                     REMOVE gsi1pk, gsi1sk"
+                };
+                tx.update(
+                    order_key(),
+                    index,
+                    Some("#status = :from"),
+                    &["status"],
+                    vals,
+                )?;
+                tx.put(
+                    event_item(&order.order_id, Some(from), to, cause, &at),
+                    None,
+                )?;
+            }
+            None => {
+                tx.check(
+                    order_key(),
+                    "#status = :status",
+                    &["status"],
+                    vec![(":status", s(order.status.as_str()))],
+                )?;
+            }
+        }
+        Ok(match self.transact(tx).await? {
+            TxOutcome::Committed => PaymentApplied::Applied,
+            TxOutcome::Cancelled(failed) if failed.first().copied().unwrap_or(false) => {
+                PaymentApplied::Duplicate
+            }
+            TxOutcome::Cancelled(_) => PaymentApplied::Raced,
+        })
+    }
+
+    /// Access pattern: record a notification for an order Kami does not know, for an
+    /// operator. Returns false when the event id was already recorded.
+    pub async fn record_unmatched_payment(
+        &self,
+        provider: &str,
+        event_id: &str,
+        claimed_order_id: &str,
+        amount: &Money,
+        provider_ref: &str,
+    ) -> Result<bool> {
+        let now = Timestamp::now();
+        let mut item = key_item(keys::webhook(provider, event_id));
+        item.extend([
+            ("entity".to_owned(), s("webhook")),
+            ("order_id".to_owned(), s(claimed_order_id)),
+            ("outcome".to_owned(), s("unknown_order")),
+            ("amount".to_owned(), n(amount.amount)),
+            ("currency".to_owned(), s(&amount.currency)),
+            ("provider_ref".to_owned(), s(provider_ref)),
+            ("received_at".to_owned(), s(now.to_rfc3339())),
+        ]);
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(false)
+            }
+            Err(err) => Err(Error::aws("dynamodb", err)),
+        }
+    }
+
+    // ---------- delivery ----------
+
+    /// Access pattern: the card keys already allocated to an order.
+    pub async fn delivery_slots(&self, order_id: &str) -> Result<Vec<DeliverySlot>> {
+        self.query_partition(&keys::order_partition(order_id), Some("DELIVERY#"))
+            .await?
+            .iter()
+            .map(slot_from_item)
+            .collect()
+    }
+
+    /// Access pattern: a few available keys of a product from one stock shard.
+    pub async fn available_keys(&self, sku: &str, shard: u32, limit: i32) -> Result<Vec<StockKey>> {
+        let partition = keys::stock_partition(sku, shard % STOCK_SHARDS);
+        let output = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk")
+            .expression_attribute_values(":pk", s(&partition))
+            .limit(limit)
+            .send()
+            .await
+            .map_err(|e| Error::aws("dynamodb", e))?;
+        output
+            .items()
+            .iter()
+            .map(|item| {
+                Ok(StockKey {
+                    key_id: get_s(item, "key_id")?,
+                    batch_id: get_s(item, "batch_id")?,
+                    sealed: get_b(item, "sealed")?,
+                    partition: partition.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// The stock shard where an order starts looking for keys.
+    pub fn home_shard(order_id: &str) -> u32 {
+        shard_of(order_id, STOCK_SHARDS)
+    }
+
+    /// Access pattern: move one key from stock into an order's delivery slot. One
+    /// transaction: the key leaves stock (only if still there), the slot is filled
+    /// (only if empty), and the order must still be waiting for delivery.
+    pub async fn allocate_key(
+        &self,
+        order: &OrderRecord,
+        slot: u32,
+        key: &StockKey,
+    ) -> Result<AllocateOutcome> {
+        let mut tx = Tx::new(&self.table);
+        tx.delete(
+            HashMap::from([
+                ("pk".to_owned(), s(&key.partition)),
+                ("sk".to_owned(), s(keys::stock_key(&key.key_id))),
+            ]),
+            "attribute_exists(pk)",
+        )?;
+        let mut item = HashMap::from([
+            ("pk".to_owned(), s(keys::order_partition(&order.order_id))),
+            ("sk".to_owned(), s(keys::delivery_sk(slot))),
+        ]);
+        item.extend([
+            ("entity".to_owned(), s("delivery")),
+            ("slot".to_owned(), n(slot)),
+            ("key_id".to_owned(), s(&key.key_id)),
+            ("batch_id".to_owned(), s(&key.batch_id)),
+            ("sku".to_owned(), s(&order.sku)),
+            ("sealed".to_owned(), b(key.sealed.clone())),
+            ("allocated_at".to_owned(), s(Timestamp::now().to_rfc3339())),
+        ]);
+        tx.put(item, Some("attribute_not_exists(pk)"))?;
+        tx.check(
+            key_item((
+                keys::order_partition(&order.order_id),
+                keys::ORDER_SK.into(),
+            )),
+            "#status IN (:paid, :failed)",
+            &["status"],
+            vec![
+                (":paid", s(OrderStatus::Paid.as_str())),
+                (":failed", s(OrderStatus::DeliveryFailed.as_str())),
+            ],
+        )?;
+        Ok(match self.transact(tx).await? {
+            TxOutcome::Committed => AllocateOutcome::Allocated,
+            TxOutcome::Cancelled(failed) => match failed.as_slice() {
+                [_, _, true] => AllocateOutcome::NotPayable,
+                [_, true, _] => AllocateOutcome::SlotFilled,
+                _ => AllocateOutcome::KeyGone,
+            },
+        })
+    }
+
+    /// Access pattern: mark an order delivered once all its slots are filled, moving
+    /// its quantity from reserved to sold. Returns false if it was not in `from`.
+    pub async fn mark_delivered(&self, order: &OrderRecord, from: OrderStatus) -> Result<bool> {
+        let to = from.next(Cause::Deliver)?;
+        let at = Timestamp::now().to_rfc3339();
+        let mut tx = Tx::new(&self.table);
+        tx.update(
+            key_item((
+                keys::order_partition(&order.order_id),
+                keys::ORDER_SK.into(),
+            )),
+            "SET #status = :to, updated_at = :at REMOVE gsi1pk, gsi1sk",
+            Some("#status = :from"),
+            &["status"],
+            vec![
+                (":to", s(to.as_str())),
+                (":from", s(from.as_str())),
+                (":at", s(&at)),
+            ],
+        )?;
+        tx.put(
+            event_item(&order.order_id, Some(from), to, Cause::Deliver, &at),
+            None,
+        )?;
+        tx.update(
+            key_item(keys::product(&order.sku)),
+            "SET #reserved = #reserved - :q, #sold = #sold + :q",
+            None,
+            &["reserved", "sold"],
+            vec![(":q", n(order.quantity))],
+        )?;
+        Ok(matches!(self.transact(tx).await?, TxOutcome::Committed))
+    }
+
+    /// Access pattern: move an order by a cause that touches only the order (and its
+    /// event), such as giving up on delivery.
+    pub async fn transition(&self, order: &OrderRecord, cause: Cause) -> Result<bool> {
+        let to = order.status.next(cause)?;
+        let at = Timestamp::now().to_rfc3339();
+        let mut tx = Tx::new(&self.table);
+        tx.update(
+            key_item((
+                keys::order_partition(&order.order_id),
+                keys::ORDER_SK.into(),
+            )),
+            "SET #status = :to, updated_at = :at REMOVE gsi1pk, gsi1sk",
+            Some("#status = :from"),
+            &["status"],
+            vec![
+                (":to", s(to.as_str())),
+                (":from", s(order.status.as_str())),
+                (":at", s(&at)),
+            ],
+        )?;
+        tx.put(
+            event_item(&order.order_id, Some(order.status), to, cause, &at),
+            None,
+        )?;
+        Ok(matches!(self.transact(tx).await?, TxOutcome::Committed))
+    }
+
+    // ---------- sweeps ----------
+
+    async fn due_in_index(&self, partition: String, now: Timestamp) -> Result<Vec<String>> {
+        let mut ids = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let output = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name("gsi1")
+                .key_condition_expression("gsi1pk = :pk AND gsi1sk <= :now")
+                .expression_attribute_values(":pk", s(&partition))
+                .expression_attribute_values(":now", n(now.unix_seconds()))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| Error::aws("dynamodb", e))?;
+            for item in output.items() {
+                if let Some(id) = get_s(item, "pk")?.strip_prefix("ORDER#") {
+                    ids.push(id.to_owned());
+                }
+            }
+            match output.last_evaluated_key() {
+                Some(key) => start = Some(key.clone()),
+                None => return Ok(ids),
+            }
+        }
+    }
+
+    /// Access pattern: pending orders whose `expires_at` has passed (sparse GSI).
+    pub async fn due_pending_orders(&self, now: Timestamp) -> Result<Vec<String>> {
+        let mut ids = Vec::new();
+        for shard in 0..INDEX_SHARDS {
+            ids.extend(self.due_in_index(keys::pending_index(shard), now).await?);
+        }
+        Ok(ids)
+    }
+
+    /// Access pattern: paid orders still undelivered past their grace time (sparse GSI).
+    pub async fn stuck_paid_orders(&self, now: Timestamp) -> Result<Vec<String>> {
+        let mut ids = Vec::new();
+        for shard in 0..INDEX_SHARDS {
+            ids.extend(self.due_in_index(keys::paid_index(shard), now).await?);
+        }
+        Ok(ids)
+    }
+
+    /// Access pattern: expire a pending order and give its stock back, only if it is
+    /// still pending and due. Returns false if another sweep or a payment won.
+    pub async fn expire_order(&self, order: &OrderRecord, now: Timestamp) -> Result<bool> {
+        let to = order.status.next(Cause::Expire)?;
+        let at = now.to_rfc3339();
+        let mut tx = Tx::new(&self.table);
+        tx.update(
+            key_item((
+                keys::order_partition(&order.order_id),
+                keys::ORDER_SK.into(),
+            )),
+            "SET #status = :to, updated_at = :at REMOVE gsi1pk, gsi1sk",
+            Some("#status = :from AND expires_at <= :now"),
+            &["status"],
+            vec![
+                (":to", s(to.as_str())),
+                (":from", s(OrderStatus::PendingPayment.as_str())),
+                (":at", s(&at)),
+                (":now", n(now.0)),
+            ],
+        )?;
+        tx.put(
+            event_item(&order.order_id, Some(order.status), to, Cause::Expire, &at),
+            None,
+        )?;
+        tx.update(
+            key_item(keys::product(&order.sku)),
+            "SET #available = #available + :q, #reserved = #reserved - :q",
+            None,
+            &["available", "reserved"],
+            vec![(":q", n(order.quantity))],
+        )?;
+        Ok(matches!(self.transact(tx).await?, TxOutcome::Committed))
+    }
+
+    /// Access pattern: push a stuck paid order's next re-queue time forward.
+    pub async fn snooze_stuck_order(&self, order_id: &str, now: Timestamp) -> Result<()> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key_item((
+                keys::order_partition(order_id),
+                keys::ORDER_SK.into(),
+            ))))
+            .update_expression("SET gsi1sk = :next")
+            .condition_expression("#status = :paid")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":next", n(now.unix_seconds() + STUCK_AFTER_SECONDS))
+            .expression_attribute_values(":paid", s(OrderStatus::Paid.as_str()))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(())
+            }
+            Err(err) => Err(Error::aws("dynamodb", err)),
+        }
+    }
+}
+
+fn product_from_item(item: &Item) -> Result<Product> {
+    Ok(Product {
+        sku: get_s(item, "sku")?,
+        title: get_s(item, "title")?,
+        price: Money {
+            amount: get_n(item, "price_amount")?,
+            currency: get_s(item, "currency")?,
+        },
+        delivery: DeliveryType::parse(&get_s(item, "delivery_type")?)
+            .map_err(|_| Error::Corrupt("unknown delivery type".into()))?,
+        max_per_order: u32::try_from(get_n(item, "max_per_order")?)
+            .map_err(|_| Error::Corrupt("max_per_order out of range".into()))?,
+        stock: Stock {
+            available: get_n(item, "available")?,
+            reserved: get_n(item, "reserved")?,
+            sold: get_n(item, "sold")?,
+        },
+        created_at: get_s(item, "created_at")?,
+    })
+}
+
+fn order_item(order: &OrderRecord) -> Item {
+    let mut item = key_item((
+        keys::order_partition(&order.order_id),
+        keys::ORDER_SK.into(),
+    ));
+    item.extend([
+        ("entity".to_owned(), s("order")),
+        ("order_id".to_owned(), s(&order.order_id)),
+        ("sku".to_owned(), s(&order.sku)),
+        ("quantity".to_owned(), n(order.quantity)),
+        ("amount".to_owned(), n(order.amount.amount)),
+        ("currency".to_owned(), s(&order.amount.currency)),
+        ("status".to_owned(), s(order.status.as_str())),
+        ("buyer_email".to_owned(), s(&order.buyer_email)),
+        ("token_hash".to_owned(), s(&order.token_hash)),
+        ("created_at".to_owned(), s(&order.created_at)),
+        ("expires_at".to_owned(), n(order.expires_at.0)),
+        ("updated_at".to_owned(), s(&order.updated_at)),
+    ]);
+    item
+}
+
+fn order_from_item(item: &Item) -> Result<OrderRecord> {
+    Ok(OrderRecord {
+        order_id: get_s(item, "order_id")?,
+        sku: get_s(item, "sku")?,
+        quantity: u32::try_from(get_n(item, "quantity")?)
+            .map_err(|_| Error::Corrupt("quantity out of range".into()))?,
+        amount: Money {
+            amount: get_n(item, "amount")?,
+            currency: get_s(item, "currency")?,
+        },
+        status: OrderStatus::parse(&get_s(item, "status")?)?,
+        buyer_email: get_s(item, "buyer_email")?,
+        token_hash: get_s(item, "token_hash")?,
+        created_at: get_s(item, "created_at")?,
+        expires_at: Timestamp(get_n(item, "expires_at")?),
+        updated_at: get_s(item, "updated_at")?,
+        payment_ref: get_opt_s(item, "payment_ref"),
+        exception: get_opt_s(item, "exception"),
+    })
+}
+
+fn event_item(
+    order_id: &str,
+    from: Option<OrderStatus>,
+    to: OrderStatus,
+    cause: Cause,
+    at: &str,
+) -> Item {
+    let mut item = HashMap::from([
+        ("pk".to_owned(), s(keys::order_partition(order_id))),
+        ("sk".to_owned(), s(keys::event_sk(&new_id()))),
+        ("entity".to_owned(), s("order_event")),
+        ("at".to_owned(), s(at)),
+        ("to".to_owned(), s(to.as_str())),
+        ("cause".to_owned(), s(cause.as_str())),
+    ]);
+    if let Some(from) = from {
+        item.insert("from".to_owned(), s(from.as_str()));
+    }
+    item
+}
+
+fn slot_from_item(item: &Item) -> Result<DeliverySlot> {
+    Ok(DeliverySlot {
+        slot: u32::try_from(get_n(item, "slot")?)
+            .map_err(|_| Error::Corrupt("slot out of range".into()))?,
+        key_id: get_s(item, "key_id")?,
+        batch_id: get_s(item, "batch_id")?,
+        sku: get_s(item, "sku")?,
+        sealed: get_b(item, "sealed")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn shards_spread_and_stay_in_range() {
+        let mut seen = HashSet::new();
+        for i in 0..200 {
+            let shard = shard_of(&format!("01ID{i}"), STOCK_SHARDS);
+            assert!(shard < STOCK_SHARDS);
+            seen.insert(shard);
+        }
+        assert_eq!(seen.len(), STOCK_SHARDS as usize);
+        assert_eq!(shard_of("same", 8), shard_of("same", 8));
+    }
+}

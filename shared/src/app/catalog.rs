@@ -1,0 +1,43 @@
+//! Products: create (admin), view (public and admin).
+
+use serde_json::{Value, json};
+
+use crate::config::Context;
+use crate::domain::product::{NewProductRequest, Product, validate_sku};
+use crate::domain::time::Timestamp;
+use crate::error::{Error, Result};
+
+pub async fn create_product(ctx: &Context, body: &[u8]) -> Result<Value> {
+    let request: NewProductRequest =
+        serde_json::from_slice(body).map_err(|e| Error::InvalidJson(e.to_string()))?;
+    let product = request.into_product(Timestamp::now().to_rfc3339())?;
+    ctx.store.create_product(&product).await?;
+    tracing::info!(sku = %product.sku, "product created");
+    Ok(admin_view(&product))
+}
+
+pub async fn find_product(ctx: &Context, sku: &str, consistent: bool) -> Result<Product> {
+    validate_sku(sku).map_err(|_| Error::NotFound("product"))?;
+    ctx.store
+        .get_product(sku, consistent)
+        .await?
+        .ok_or(Error::NotFound("product"))
+}
+
+pub fn public_view(product: &Product) -> Value {
+    json!({
+        "sku": product.sku,
+        "title": product.title,
+        "price": product.price,
+        "delivery": {"type": product.delivery.as_str()},
+        "max_per_order": product.max_per_order,
+        "stock": {"available": product.stock.available.max(0)},
+    })
+}
+
+pub fn admin_view(product: &Product) -> Value {
+    let mut view = public_view(product);
+    view["stock"] = json!(product.stock);
+    view["created_at"] = json!(product.created_at);
+    view
+}

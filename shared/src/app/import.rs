@@ -1,0 +1,169 @@
+//! Card-key import: validate, de-duplicate by keyed fingerprint, seal under one KMS data
+//! key per batch, and add to stock in transactions of 49 keys (98 items + the counter).
+
+use std::collections::HashMap;
+
+use futures_util::{StreamExt, stream};
+use serde::Serialize;
+
+use crate::adapters::dynamo::{BatchRecord, SealedKey};
+use crate::config::Context;
+use crate::domain::card_key::{ImportFormat, InvalidKey, parse_import};
+use crate::domain::crypto::{card_key_aad, fingerprint, seal};
+use crate::domain::product::DeliveryType;
+use crate::domain::time::{Timestamp, new_id};
+use crate::error::{Error, Result};
+
+const KEYS_PER_TRANSACTION: usize = 49;
+const TRANSACTIONS_IN_FLIGHT: usize = 8;
+
+#[derive(Debug, Serialize)]
+pub struct DuplicateKey {
+    pub index: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ImportReport {
+    pub batch_id: Option<String>,
+    pub accepted: usize,
+    pub duplicates: Vec<DuplicateKey>,
+    pub invalid: Vec<InvalidKey>,
+}
+
+pub async fn import_card_keys(
+    ctx: &Context,
+    sku: &str,
+    format: ImportFormat,
+    body: &[u8],
+) -> Result<ImportReport> {
+    let product = super::catalog::find_product(ctx, sku, true).await?;
+    if product.delivery != DeliveryType::CardKey {
+        return Err(Error::invalid(
+            "unsupported_delivery_type",
+            "this product does not deliver card keys",
+        ));
+    }
+    let candidates = parse_import(format, body)?;
+    let fingerprint_key = ctx.secrets.fingerprint_key()?;
+
+    // The same key twice in one request: the first counts, the rest are duplicates.
+    let mut first_seen: HashMap<String, usize> = HashMap::new();
+    let mut duplicates = Vec::new();
+    let mut fresh = Vec::new();
+    for (index, code) in candidates.valid {
+        let fp = fingerprint(fingerprint_key, &code)?;
+        if first_seen.contains_key(&fp) {
+            duplicates.push(index);
+        } else {
+            first_seen.insert(fp.clone(), index);
+            fresh.push((index, fp, code));
+        }
+    }
+    if fresh.is_empty() {
+        return Ok(report(None, 0, duplicates, candidates.invalid));
+    }
+
+    let batch_id = new_id();
+    let created_at = Timestamp::now().to_rfc3339();
+    let (data_key, wrapped_key) = ctx.vault.new_batch_key(sku, &batch_id).await?;
+    ctx.store
+        .put_batch(
+            &BatchRecord {
+                batch_id: batch_id.clone(),
+                sku: sku.to_owned(),
+                wrapped_key,
+            },
+            &created_at,
+        )
+        .await?;
+    let mut sealed = Vec::with_capacity(fresh.len());
+    for (index, fp, code) in fresh {
+        let key_id = new_id();
+        let ciphertext = seal(&data_key, &card_key_aad(sku, &key_id), &code)?;
+        sealed.push((
+            index,
+            SealedKey {
+                key_id,
+                fingerprint: fp,
+                sealed: ciphertext,
+            },
+        ));
+    }
+    drop(data_key);
+
+    let chunks: Vec<Vec<(usize, SealedKey)>> = {
+        let mut chunks = Vec::new();
+        let mut rest = sealed.into_iter().peekable();
+        while rest.peek().is_some() {
+            chunks.push(rest.by_ref().take(KEYS_PER_TRANSACTION).collect());
+        }
+        chunks
+    };
+    let results: Vec<Result<(usize, Vec<usize>)>> = stream::iter(chunks)
+        .map(|chunk| add_chunk(ctx, sku, &batch_id, chunk, &created_at))
+        .buffer_unordered(TRANSACTIONS_IN_FLIGHT)
+        .collect()
+        .await;
+    let mut accepted = 0;
+    for result in results {
+        let (added, chunk_duplicates) = result?;
+        accepted += added;
+        duplicates.extend(chunk_duplicates);
+    }
+    tracing::info!(sku, batch_id = %batch_id, accepted, duplicates = duplicates.len(), "card keys imported");
+    Ok(report(
+        Some(batch_id),
+        accepted,
+        duplicates,
+        candidates.invalid,
+    ))
+}
+
+/// Adds one chunk, dropping keys whose fingerprint already exists until the rest commit.
+async fn add_chunk(
+    ctx: &Context,
+    sku: &str,
+    batch_id: &str,
+    mut chunk: Vec<(usize, SealedKey)>,
+    created_at: &str,
+) -> Result<(usize, Vec<usize>)> {
+    let mut duplicates = Vec::new();
+    while !chunk.is_empty() {
+        let keys: Vec<&SealedKey> = chunk.iter().map(|(_, key)| key).collect();
+        let existing = ctx
+            .store
+            .add_stock(sku, batch_id, &keys, created_at)
+            .await?;
+        if existing.is_empty() {
+            return Ok((chunk.len(), duplicates));
+        }
+        let mut position = 0;
+        chunk.retain(|(index, _)| {
+            let keep = !existing.contains(&position);
+            if !keep {
+                duplicates.push(*index);
+            }
+            position += 1;
+            keep
+        });
+    }
+    Ok((0, duplicates))
+}
+
+fn report(
+    batch_id: Option<String>,
+    accepted: usize,
+    mut duplicates: Vec<usize>,
+    invalid: Vec<InvalidKey>,
+) -> ImportReport {
+    duplicates.sort_unstable();
+    ImportReport {
+        batch_id,
+        accepted,
+        duplicates: duplicates
+            .into_iter()
+            .map(|index| DuplicateKey { index })
+            .collect(),
+        invalid,
+    }
+}

@@ -1,0 +1,8 @@
+//! Use cases: one module each, plain async functions over the `Context`.
+
+pub mod catalog;
+pub mod delivery;
+pub mod import;
+pub mod orders;
+pub mod payments;
+pub mod sweep;

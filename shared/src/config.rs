@@ -1,0 +1,134 @@
+//! Configuration, read once at cold start, and the `Context` every use case receives.
+
+use std::sync::Arc;
+
+use aws_config::{BehaviorVersion, SdkConfig};
+use zeroize::Zeroizing;
+
+use crate::adapters::dynamo::Store;
+use crate::adapters::kms::KmsVault;
+use crate::adapters::queue::SqsDeliveryQueue;
+use crate::adapters::secrets;
+use crate::error::{Error, Result};
+
+/// Plain settings from the environment the template gives each function.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub table: String,
+    pub delivery_queue_url: Option<String>,
+    pub card_key_kms_key_id: Option<String>,
+    pub order_ttl_seconds: i64,
+    pub delivery_max_attempts: u32,
+    pub admin_token_secret_id: Option<String>,
+    pub stripe_webhook_secret_id: Option<String>,
+    pub fingerprint_secret_id: Option<String>,
+    pub order_token_secret_id: Option<String>,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads settings through `lookup`, so tests pass a map instead of mutating the
+    /// process environment.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let optional = |name: &str| lookup(name).filter(|v| !v.is_empty());
+        let number = |name: &str, default: i64| -> Result<i64> {
+            optional(name).map_or(Ok(default), |v| {
+                v.parse()
+                    .map_err(|_| Error::Config(format!("{name} must be an integer")))
+            })
+        };
+        Ok(Config {
+            table: optional("KAMI_TABLE")
+                .ok_or_else(|| Error::Config("KAMI_TABLE is not set".into()))?,
+            delivery_queue_url: optional("DELIVERY_QUEUE_URL"),
+            card_key_kms_key_id: optional("CARD_KEY_KMS_KEY_ID"),
+            order_ttl_seconds: number("ORDER_TTL_SECONDS", 900)?,
+            delivery_max_attempts: u32::try_from(number("DELIVERY_MAX_ATTEMPTS", 5)?)
+                .map_err(|_| Error::Config("DELIVERY_MAX_ATTEMPTS must be positive".into()))?,
+            admin_token_secret_id: optional("ADMIN_TOKEN_SECRET_ID"),
+            stripe_webhook_secret_id: optional("STRIPE_WEBHOOK_SECRET_ID"),
+            fingerprint_secret_id: optional("FINGERPRINT_SECRET_ID"),
+            order_token_secret_id: optional("ORDER_TOKEN_SECRET_ID"),
+        })
+    }
+}
+
+/// Secret values this function was given access to; absent ones stay `None` and the use
+/// case that needs one fails closed.
+#[derive(Default)]
+pub struct Secrets {
+    pub admin_token: Option<Zeroizing<String>>,
+    pub stripe_webhook_secrets: Vec<String>,
+    pub fingerprint_key: Option<Zeroizing<String>>,
+    pub order_token_key: Option<Zeroizing<String>>,
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secrets(<redacted>)")
+    }
+}
+
+fn required<'a>(value: &'a Option<Zeroizing<String>>, what: &str) -> Result<&'a [u8]> {
+    value
+        .as_ref()
+        .map(|v| v.as_bytes())
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| Error::Config(format!("{what} is not configured")))
+}
+
+impl Secrets {
+    pub fn admin_token(&self) -> Result<&[u8]> {
+        required(&self.admin_token, "admin token")
+    }
+    pub fn fingerprint_key(&self) -> Result<&[u8]> {
+        required(&self.fingerprint_key, "fingerprint key")
+    }
+    pub fn order_token_key(&self) -> Result<&[u8]> {
+        required(&self.order_token_key, "order token key")
+    }
+}
+
+/// Everything a use case needs, built once per cold start and shared by invocations.
+pub struct Context {
+    pub config: Config,
+    pub store: Store,
+    pub queue: Option<SqsDeliveryQueue>,
+    pub vault: KmsVault,
+    pub secrets: Secrets,
+}
+
+impl Context {
+    /// Cold start: one shared `SdkConfig` for every client (credentials resolved once).
+    pub async fn from_env() -> Result<Arc<Self>> {
+        let config = Config::from_env()?;
+        let sdk = aws_config::defaults(BehaviorVersion::latest()).load().await;
+        Self::connect(config, &sdk).await.map(Arc::new)
+    }
+
+    pub async fn connect(config: Config, sdk: &SdkConfig) -> Result<Self> {
+        let secrets = secrets::load(sdk, &config).await?;
+        Ok(Context {
+            store: Store::new(aws_sdk_dynamodb::Client::new(sdk), config.table.clone()),
+            queue: config
+                .delivery_queue_url
+                .clone()
+                .map(|url| SqsDeliveryQueue::new(aws_sdk_sqs::Client::new(sdk), url)),
+            vault: KmsVault::new(
+                aws_sdk_kms::Client::new(sdk),
+                config.card_key_kms_key_id.clone(),
+            ),
+            secrets,
+            config,
+        })
+    }
+
+    pub fn queue(&self) -> Result<&SqsDeliveryQueue> {
+        self.queue
+            .as_ref()
+            .ok_or_else(|| Error::Config("DELIVERY_QUEUE_URL is not set".into()))
+    }
+}

@@ -1,0 +1,197 @@
+//! Card-key import rules: what a key may look like and how import bodies are read.
+
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::error::{Error, Result};
+
+pub const MAX_KEY_CHARS: usize = 512;
+pub const MAX_KEYS_PER_IMPORT: usize = 200_000;
+
+/// A plaintext card key. Its `Debug` never shows the code, so it cannot leak through
+/// a `?` in a log line; the buffer is wiped on drop.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CardKeyCode(Zeroizing<String>);
+
+impl CardKeyCode {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for CardKeyCode {
+    fn from(code: String) -> Self {
+        CardKeyCode(Zeroizing::new(code))
+    }
+}
+
+impl std::fmt::Debug for CardKeyCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CardKeyCode(<redacted>)")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InvalidReason {
+    Empty,
+    TooLong,
+    ControlCharacter,
+}
+
+/// A rejected entry, named by its position in the request (never by its text).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InvalidKey {
+    pub index: usize,
+    pub reason: InvalidReason,
+}
+
+/// Keys from one import request: valid ones with their position, invalid ones by position.
+#[derive(Debug, Default)]
+pub struct ImportCandidates {
+    pub valid: Vec<(usize, CardKeyCode)>,
+    pub invalid: Vec<InvalidKey>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonImport {
+    keys: Vec<String>,
+}
+
+pub enum ImportFormat {
+    Json,
+    /// `text/plain` or `text/csv`: one key per line.
+    Lines,
+}
+
+pub fn parse_import(format: ImportFormat, body: &[u8]) -> Result<ImportCandidates> {
+    let entries: Vec<String> = match format {
+        ImportFormat::Json => {
+            serde_json::from_slice::<JsonImport>(body)
+                .map_err(|e| Error::InvalidJson(e.to_string()))?
+                .keys
+        }
+        ImportFormat::Lines => std::str::from_utf8(body)
+            .map_err(|_| Error::invalid("invalid_encoding", "body must be UTF-8 text"))?
+            .lines()
+            .map(unquote_csv)
+            .collect(),
+    };
+    if entries.len() > MAX_KEYS_PER_IMPORT {
+        return Err(Error::invalid(
+            "too_many_keys",
+            format!("at most {MAX_KEYS_PER_IMPORT} keys per import"),
+        ));
+    }
+    // A text body's final newline is not a key: drop trailing empty lines only.
+    let mut entries = entries;
+    if matches!(format, ImportFormat::Lines) {
+        while entries.last().is_some_and(|last| last.trim().is_empty()) {
+            entries.pop();
+        }
+    }
+    let mut candidates = ImportCandidates::default();
+    for (index, raw) in entries.into_iter().enumerate() {
+        let raw = Zeroizing::new(raw);
+        match validate_key(&raw) {
+            Ok(code) => candidates.valid.push((index, code)),
+            Err(reason) => candidates.invalid.push(InvalidKey { index, reason }),
+        }
+    }
+    Ok(candidates)
+}
+
+/// Trims, then refuses empty, over-long and control-character keys.
+pub fn validate_key(raw: &str) -> std::result::Result<CardKeyCode, InvalidReason> {
+    let key = raw.trim();
+    if key.is_empty() {
+        Err(InvalidReason::Empty)
+    } else if key.chars().count() > MAX_KEY_CHARS {
+        Err(InvalidReason::TooLong)
+    } else if key.chars().any(char::is_control) {
+        Err(InvalidReason::ControlCharacter)
+    } else {
+        Ok(CardKeyCode::from(key.to_owned()))
+    }
+}
+
+/// A CSV line holding one quoted field: `"a""b"` is `a"b`.
+fn unquote_csv(line: &str) -> String {
+    let trimmed = line.trim();
+    match trimmed
+        .strip_prefix('"')
+        .and_then(|rest| rest.strip_suffix('"'))
+    {
+        Some(inner) => inner.replace("\"\"", "\""),
+        None => line.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_import_trims_and_classifies() {
+        let body =
+            serde_json::json!({"keys": [" AAA-1 ", "", "x".repeat(513), "bad\u{0001}key", "BBB"]});
+        let parsed = parse_import(ImportFormat::Json, body.to_string().as_bytes()).unwrap();
+        let valid: Vec<_> = parsed
+            .valid
+            .iter()
+            .map(|(i, k)| (*i, k.expose().to_owned()))
+            .collect();
+        assert_eq!(valid, vec![(0, "AAA-1".to_owned()), (4, "BBB".to_owned())]);
+        assert_eq!(
+            parsed.invalid,
+            vec![
+                InvalidKey {
+                    index: 1,
+                    reason: InvalidReason::Empty
+                },
+                InvalidKey {
+                    index: 2,
+                    reason: InvalidReason::TooLong
+                },
+                InvalidKey {
+                    index: 3,
+                    reason: InvalidReason::ControlCharacter
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn text_import_reads_lines_and_csv_quotes() {
+        let parsed = parse_import(ImportFormat::Lines, b"K1\r\n\"K\"\"2\"\n\nK3\n\n").unwrap();
+        let codes: Vec<_> = parsed
+            .valid
+            .iter()
+            .map(|(_, k)| k.expose().to_owned())
+            .collect();
+        assert_eq!(codes, vec!["K1", "K\"2", "K3"]);
+        assert_eq!(
+            parsed.invalid,
+            vec![InvalidKey {
+                index: 2,
+                reason: InvalidReason::Empty
+            }]
+        );
+    }
+
+    #[test]
+    fn malformed_bodies_are_errors() {
+        assert!(matches!(
+            parse_import(ImportFormat::Json, b"{\"keys\": 5}"),
+            Err(Error::InvalidJson(_))
+        ));
+        assert!(parse_import(ImportFormat::Lines, &[0xff, 0xfe]).is_err());
+    }
+
+    #[test]
+    fn debug_never_shows_the_code() {
+        let code = CardKeyCode::from("SECRET-CODE".to_owned());
+        assert!(!format!("{code:?}").contains("SECRET"));
+    }
+}

@@ -1,0 +1,9 @@
+//! Types and rules with no I/O.
+
+pub mod card_key;
+pub mod crypto;
+pub mod money;
+pub mod order;
+pub mod product;
+pub mod stripe;
+pub mod time;

@@ -1,0 +1,74 @@
+//! Money is an integer amount of minor units with an ISO 4217 currency.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Money {
+    pub amount: i64,
+    pub currency: String,
+}
+
+impl Money {
+    /// A price: strictly positive (zero-price purchases are a known abuse), currency
+    /// three upper-case ASCII letters.
+    pub fn price(amount: i64, currency: &str) -> Result<Self> {
+        if amount <= 0 {
+            return Err(Error::invalid(
+                "invalid_price",
+                "price.amount must be a positive integer number of minor units",
+            ));
+        }
+        Ok(Money {
+            amount,
+            currency: parse_currency(currency)?,
+        })
+    }
+
+    pub fn times(&self, quantity: u32) -> Result<Self> {
+        let amount = self
+            .amount
+            .checked_mul(i64::from(quantity))
+            .ok_or_else(|| Error::invalid("invalid_quantity", "order total overflows"))?;
+        Ok(Money {
+            amount,
+            currency: self.currency.clone(),
+        })
+    }
+}
+
+/// Currency codes are stored upper-case; providers that send lower-case (Stripe) are
+/// normalised here before any comparison.
+pub fn parse_currency(code: &str) -> Result<String> {
+    if code.len() == 3 && code.bytes().all(|b| b.is_ascii_alphabetic()) {
+        Ok(code.to_ascii_uppercase())
+    } else {
+        Err(Error::invalid(
+            "invalid_currency",
+            "currency must be a three-letter ISO 4217 code",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn price_must_be_positive_with_iso_currency() {
+        assert!(Money::price(0, "CNY").is_err());
+        assert!(Money::price(-1, "CNY").is_err());
+        assert!(Money::price(100, "CN").is_err());
+        assert!(Money::price(100, "C1Y").is_err());
+        assert_eq!(Money::price(100, "cny").unwrap().currency, "CNY");
+    }
+
+    #[test]
+    fn times_multiplies_and_refuses_overflow() {
+        let price = Money::price(990, "CNY").unwrap();
+        assert_eq!(price.times(3).unwrap().amount, 2970);
+        let huge = Money::price(i64::MAX, "CNY").unwrap();
+        assert!(huge.times(2).is_err());
+    }
+}

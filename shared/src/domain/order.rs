@@ -1,0 +1,189 @@
+//! Order states and the one table of legal transitions. Every transition is stored
+//! with an order event (time, from, to, cause) in the same DynamoDB transaction.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderStatus {
+    PendingPayment,
+    Paid,
+    Delivered,
+    Expired,
+    Cancelled,
+    /// Money arrived for an order whose stock was already given back: kept for an operator.
+    PaidAfterExpiry,
+    /// Money arrived but not the amount or currency of the order: kept for an operator.
+    PaymentException,
+    /// Delivery gave up after the queue's last attempt: kept for an operator to redeliver.
+    DeliveryFailed,
+}
+
+/// What moves an order from one state to the next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cause {
+    Created,
+    PaymentReceived,
+    PaymentMismatch,
+    Expire,
+    Cancel,
+    Deliver,
+    DeliveryGaveUp,
+}
+
+impl Cause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::Created => "created",
+            Cause::PaymentReceived => "payment_received",
+            Cause::PaymentMismatch => "payment_mismatch",
+            Cause::Expire => "expire",
+            Cause::Cancel => "cancel",
+            Cause::Deliver => "deliver",
+            Cause::DeliveryGaveUp => "delivery_gave_up",
+        }
+    }
+}
+
+/// The transition table: (from, cause) -> to. Anything not listed is illegal.
+const TRANSITIONS: &[(OrderStatus, Cause, OrderStatus)] = {
+    use Cause::*;
+    use OrderStatus::*;
+    &[
+        (PendingPayment, PaymentReceived, Paid),
+        (PendingPayment, PaymentMismatch, PaymentException),
+        (PendingPayment, Expire, Expired),
+        (PendingPayment, Cancel, Cancelled),
+        (Expired, PaymentReceived, PaidAfterExpiry),
+        (Expired, PaymentMismatch, PaidAfterExpiry),
+        (Cancelled, PaymentReceived, PaidAfterExpiry),
+        (Cancelled, PaymentMismatch, PaidAfterExpiry),
+        (Paid, Deliver, Delivered),
+        (Paid, DeliveryGaveUp, DeliveryFailed),
+        (DeliveryFailed, Deliver, Delivered),
+    ]
+};
+
+impl OrderStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderStatus::PendingPayment => "pending_payment",
+            OrderStatus::Paid => "paid",
+            OrderStatus::Delivered => "delivered",
+            OrderStatus::Expired => "expired",
+            OrderStatus::Cancelled => "cancelled",
+            OrderStatus::PaidAfterExpiry => "paid_after_expiry",
+            OrderStatus::PaymentException => "payment_exception",
+            OrderStatus::DeliveryFailed => "delivery_failed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<Self> {
+        ALL_STATUSES
+            .iter()
+            .copied()
+            .find(|status| status.as_str() == text)
+            .ok_or_else(|| Error::Corrupt(format!("unknown order status {text:?}")))
+    }
+
+    /// The state `cause` leads to from here, or an error if the table has no such row.
+    pub fn next(self, cause: Cause) -> Result<OrderStatus> {
+        TRANSITIONS
+            .iter()
+            .find(|(from, by, _)| *from == self && *by == cause)
+            .map(|(_, _, to)| *to)
+            .ok_or(Error::IllegalTransition {
+                from: self,
+                cause: cause.as_str(),
+            })
+    }
+
+    /// Paid and waiting for its keys: the delivery worker may act.
+    pub fn awaits_delivery(self) -> bool {
+        matches!(self, OrderStatus::Paid | OrderStatus::DeliveryFailed)
+    }
+}
+
+pub const ALL_STATUSES: [OrderStatus; 8] = [
+    OrderStatus::PendingPayment,
+    OrderStatus::Paid,
+    OrderStatus::Delivered,
+    OrderStatus::Expired,
+    OrderStatus::Cancelled,
+    OrderStatus::PaidAfterExpiry,
+    OrderStatus::PaymentException,
+    OrderStatus::DeliveryFailed,
+];
+
+impl std::fmt::Display for OrderStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Cause::*;
+    use OrderStatus::*;
+
+    #[test]
+    fn happy_path_is_legal() {
+        assert_eq!(PendingPayment.next(PaymentReceived).unwrap(), Paid);
+        assert_eq!(Paid.next(Deliver).unwrap(), Delivered);
+    }
+
+    #[test]
+    fn late_payment_is_kept_not_dropped() {
+        assert_eq!(Expired.next(PaymentReceived).unwrap(), PaidAfterExpiry);
+        assert_eq!(Cancelled.next(PaymentReceived).unwrap(), PaidAfterExpiry);
+    }
+
+    #[test]
+    fn illegal_transitions_are_errors() {
+        for (from, cause) in [
+            (Delivered, Deliver),
+            (Delivered, PaymentReceived),
+            (PendingPayment, Deliver),
+            (Expired, Expire),
+            (Paid, PaymentReceived),
+            (Paid, Expire),
+            (PaidAfterExpiry, Deliver),
+            (Delivered, Expire),
+        ] {
+            let err = from.next(cause).unwrap_err();
+            assert!(
+                matches!(err, Error::IllegalTransition { from: f, .. } if f == from),
+                "{from} by {cause:?} should be illegal"
+            );
+        }
+    }
+
+    #[test]
+    fn every_row_is_reachable_and_unique() {
+        for (i, (from, cause, to)) in TRANSITIONS.iter().enumerate() {
+            assert_eq!(from.next(*cause).unwrap(), *to);
+            assert!(
+                TRANSITIONS[i + 1..]
+                    .iter()
+                    .all(|(f, c, _)| (f, c) != (from, cause)),
+                "duplicate row for {from} {cause:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn statuses_round_trip_through_text() {
+        for status in ALL_STATUSES {
+            assert_eq!(OrderStatus::parse(status.as_str()).unwrap(), status);
+            assert_eq!(
+                serde_json::to_value(status).unwrap(),
+                serde_json::json!(status.as_str())
+            );
+        }
+        assert!(OrderStatus::parse("shipped").is_err());
+    }
+}

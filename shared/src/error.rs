@@ -1,0 +1,85 @@
+//! The one error type of `shared/`. Every variant a client can cause carries a stable
+//! code; `http::error_response` is the only place that turns it into a status code.
+
+use crate::domain::order::OrderStatus;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{message}")]
+    InvalidRequest { code: &'static str, message: String },
+    #[error("request body is not valid JSON: {0}")]
+    InvalidJson(String),
+    #[error("request body is larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("content type {0} is not supported here")]
+    UnsupportedMediaType(String),
+    #[error("missing or invalid credentials")]
+    Unauthorized,
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("no route for {method} {path}")]
+    RouteNotFound { method: String, path: String },
+    #[error("{0}")]
+    Conflict(ConflictKind),
+    #[error("the Idempotency-Key was already used with a different request")]
+    IdempotencyKeyReused,
+    #[error("webhook signature verification failed: {0}")]
+    InvalidSignature(&'static str),
+    #[error("illegal order transition from {from} by {cause}")]
+    IllegalTransition {
+        from: OrderStatus,
+        cause: &'static str,
+    },
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("card key cryptography failed: {0}")]
+    Crypto(&'static str),
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("AWS {service} call failed: {message}")]
+    Aws {
+        service: &'static str,
+        message: String,
+    },
+    #[error("contention on {0} did not settle; retry")]
+    Contention(&'static str),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConflictKind {
+    OutOfStock,
+    ProductExists,
+}
+
+impl std::fmt::Display for ConflictKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ConflictKind::OutOfStock => "not enough stock for this quantity",
+            ConflictKind::ProductExists => "a product with this sku already exists",
+        })
+    }
+}
+
+impl Error {
+    pub fn invalid(code: &'static str, message: impl Into<String>) -> Self {
+        Error::InvalidRequest {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// Wraps an SDK error without its request/response payloads: only the error's
+    /// display chain, which the SDK keeps free of sensitive fields.
+    pub fn aws(service: &'static str, err: impl std::error::Error) -> Self {
+        let mut message = err.to_string();
+        let mut source = err.source();
+        while let Some(inner) = source {
+            message.push_str(": ");
+            message.push_str(&inner.to_string());
+            source = inner.source();
+        }
+        Error::Aws { service, message }
+    }
+}
