@@ -1,1 +1,408 @@
+//! Test harness: one moto server per test binary (started here, stopped when the test
+//! process exits), provisioned from template.yaml by `infra/kami_local/provision.py`,
+//! and helpers that drive the real HTTP handlers and use cases against it.
 
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use aws_config::{BehaviorVersion, Region};
+use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
+use aws_sdk_dynamodb::config::Credentials;
+use hmac::{Hmac, KeyInit, Mac};
+use kami_shared::app::delivery;
+use kami_shared::{Config, Context, http};
+use lambda_http::{Body, Request};
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+pub const ADMIN_TOKEN: &str = "kami-local-admin-token";
+pub const STRIPE_SECRET: &str = "whsec_kami_local_test_secret";
+
+pub struct Stack {
+    pub endpoint: String,
+    pub env: HashMap<String, String>,
+    pub secrets: HashMap<String, String>,
+    // Holding the pipe keeps moto alive; the OS closes it when the test process exits.
+    _moto: Mutex<Child>,
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+fn venv_python() -> PathBuf {
+    let python = repo_root().join(".kami/venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run `bash infra/setup.sh` first (infra/test.sh does)",
+        python.display()
+    );
+    python
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+fn wait_for_port(port: u16, deadline: Duration) {
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < deadline,
+            "moto did not start on port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The moto server and provisioned stack of this test binary.
+pub fn stack() -> &'static Stack {
+    static STACK: OnceLock<Stack> = OnceLock::new();
+    STACK.get_or_init(|| {
+        let python = venv_python();
+        let port = free_port();
+        // The shell stops moto when our end of its stdin closes, i.e. when this test
+        // process exits, however it exits.
+        let moto = Command::new("sh")
+            .arg("-c")
+            .arg(r#""$0" -m kami_local.moto_serve --host 127.0.0.1 --port "$1" >"$2" 2>&1 & child=$!; read _ignored; kill $child"#)
+            .arg(&python)
+            .arg(port.to_string())
+            .arg(std::env::temp_dir().join(format!("kami-moto-{port}.log")))
+            .current_dir(repo_root().join("infra"))
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("start moto");
+        wait_for_port(port, Duration::from_secs(30));
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let output = Command::new(&python)
+            .args(["-m", "kami_local.provision", "--endpoint", &endpoint, "--json"])
+            .current_dir(repo_root().join("infra"))
+            .output()
+            .expect("run the provisioner");
+        assert!(
+            output.status.success(),
+            "provisioning failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let provisioned: Value = serde_json::from_slice(&output.stdout).expect("provisioner JSON");
+        let env = provisioned["env"]
+            .as_object()
+            .expect("env map")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+            .collect();
+        let defaults: Value = serde_json::from_str(
+            &std::fs::read_to_string(repo_root().join("infra/local-defaults.json")).expect("defaults"),
+        )
+        .expect("defaults JSON");
+        let secrets = defaults["secrets"]
+            .as_object()
+            .expect("secrets")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+            .collect();
+        Stack {
+            endpoint,
+            env,
+            secrets,
+            _moto: Mutex::new(moto),
+        }
+    })
+}
+
+pub async fn sdk_config() -> aws_config::SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .endpoint_url(&stack().endpoint)
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("test", "test", None, None, "kami-tests"))
+        .load()
+        .await
+}
+
+/// A context as a function's cold start would build it, with `overrides` applied.
+pub async fn context_with(overrides: &[(&str, &str)]) -> Arc<Context> {
+    let stack = stack();
+    let mut env = stack.env.clone();
+    for (name, value) in overrides {
+        env.insert((*name).to_owned(), (*value).to_owned());
+    }
+    let config = Config::from_lookup(|name| env.get(name).cloned()).expect("config");
+    Arc::new(
+        Context::connect(config, &sdk_config().await)
+            .await
+            .expect("context"),
+    )
+}
+
+pub async fn context() -> Arc<Context> {
+    context_with(&[]).await
+}
+
+pub fn request(
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Body>,
+) -> Request {
+    let mut builder = lambda_http::http::Request::builder()
+        .method(method)
+        .uri(path);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    builder.body(body.into()).expect("request")
+}
+
+fn split(response: lambda_http::Response<Body>) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let body: &[u8] = response.body().as_ref();
+    let value = if body.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(body).expect("JSON response")
+    };
+    (status, value)
+}
+
+pub async fn checkout(ctx: &Context, request: Request) -> (u16, Value) {
+    split(http::checkout(ctx, request).await)
+}
+
+pub async fn admin(ctx: &Context, request: Request) -> (u16, Value) {
+    split(http::admin(ctx, request).await)
+}
+
+pub async fn webhook(ctx: &Context, request: Request) -> (u16, Value) {
+    split(http::payment_webhook(ctx, request).await)
+}
+
+pub fn unique_sku(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}",
+        kami_shared::domain::time::new_id().to_ascii_lowercase()
+    )
+}
+
+/// Creates a card-key product and imports `keys`; returns the sku.
+pub async fn product_with_keys(
+    ctx: &Context,
+    prefix: &str,
+    price: i64,
+    max_per_order: u32,
+    keys: &[String],
+) -> String {
+    let sku = unique_sku(prefix);
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let body = json!({"sku": sku, "title": "Test card", "price": {"amount": price, "currency": "CNY"},
+        "delivery": {"type": "card_key"}, "max_per_order": max_per_order});
+    let (status, created) = admin(
+        ctx,
+        request(
+            "POST",
+            "/admin/products",
+            &[("authorization", &auth)],
+            body.to_string(),
+        ),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    if !keys.is_empty() {
+        let (status, report) = admin(
+            ctx,
+            request(
+                "POST",
+                &format!("/admin/products/{sku}/card-keys"),
+                &[("authorization", &auth)],
+                json!({"keys": keys}).to_string(),
+            ),
+        )
+        .await;
+        assert_eq!(status, 201, "{report}");
+        assert_eq!(report["accepted"], json!(keys.len()), "{report}");
+    }
+    sku
+}
+
+pub fn make_keys(prefix: &str, count: usize) -> Vec<String> {
+    let run = kami_shared::domain::time::new_id();
+    (0..count)
+        .map(|i| format!("{prefix}-{run}-{i:06}"))
+        .collect()
+}
+
+/// `POST /orders`; returns (status, body).
+pub async fn order(ctx: &Context, sku: &str, quantity: i64, idempotency_key: &str) -> (u16, Value) {
+    let body = json!({"sku": sku, "quantity": quantity, "buyer": {"email": "buyer@example.com"}});
+    checkout(
+        ctx,
+        request(
+            "POST",
+            "/orders",
+            &[("idempotency-key", idempotency_key)],
+            body.to_string(),
+        ),
+    )
+    .await
+}
+
+pub async fn view_order(ctx: &Context, order_id: &str, token: &str) -> (u16, Value) {
+    let auth = format!("Bearer {token}");
+    checkout(
+        ctx,
+        request(
+            "GET",
+            &format!("/orders/{order_id}"),
+            &[("authorization", &auth)],
+            Body::Empty,
+        ),
+    )
+    .await
+}
+
+pub fn stripe_signature(secret: &str, timestamp: i64, payload: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("hmac key");
+    mac.update(format!("{timestamp}.{payload}").as_bytes());
+    format!(
+        "t={timestamp},v1={}",
+        hex::encode(mac.finalize().into_bytes())
+    )
+}
+
+pub fn now_seconds() -> i64 {
+    kami_shared::domain::time::Timestamp::now().unix_seconds()
+}
+
+pub fn checkout_completed(event_id: &str, order_id: &str, amount: i64, currency: &str) -> String {
+    json!({
+        "id": event_id, "object": "event", "type": "checkout.session.completed",
+        "data": {"object": {"id": format!("cs_{event_id}"), "object": "checkout.session",
+            "client_reference_id": order_id, "metadata": {"order_id": order_id},
+            "amount_total": amount, "currency": currency.to_ascii_lowercase(),
+            "payment_intent": format!("pi_{order_id}"), "payment_status": "paid"}}
+    })
+    .to_string()
+}
+
+/// Sends a correctly signed Stripe webhook.
+pub async fn pay(
+    ctx: &Context,
+    event_id: &str,
+    order_id: &str,
+    amount: i64,
+    currency: &str,
+) -> (u16, Value) {
+    let payload = checkout_completed(event_id, order_id, amount, currency);
+    let signature = stripe_signature(STRIPE_SECRET, now_seconds(), &payload);
+    webhook(
+        ctx,
+        request(
+            "POST",
+            "/webhooks/stripe",
+            &[("stripe-signature", &signature)],
+            payload,
+        ),
+    )
+    .await
+}
+
+/// Plays the SQS event source mapping for the delivery queue until it is empty:
+/// receive, invoke the worker's batch handler, delete only the successes.
+pub async fn drain_delivery_queue(ctx: &Context) -> usize {
+    let sqs = aws_sdk_sqs::Client::new(&sdk_config().await);
+    let url = stack().env["DELIVERY_QUEUE_URL"].clone();
+    let mut handled = 0;
+    loop {
+        let received = sqs
+            .receive_message()
+            .queue_url(&url)
+            .max_number_of_messages(10)
+            .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
+            .send()
+            .await
+            .expect("receive");
+        let messages = received.messages.unwrap_or_default();
+        if messages.is_empty() {
+            return handled;
+        }
+        let mut event = SqsEvent::default();
+        event.records = messages
+            .iter()
+            .map(|m| {
+                let mut record = SqsMessage::default();
+                record.message_id = m.message_id.clone();
+                record.receipt_handle = m.receipt_handle.clone();
+                record.body = m.body.clone();
+                record.attributes = m
+                    .attributes
+                    .clone()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k.as_str().to_owned(), v))
+                    .collect();
+                record
+            })
+            .collect();
+        let response = delivery::handle_batch(ctx, event).await;
+        let failed: HashSet<String> = response
+            .batch_item_failures
+            .iter()
+            .map(|f| f.item_identifier.clone())
+            .collect();
+        assert!(failed.is_empty(), "delivery failures: {failed:?}");
+        for message in &messages {
+            handled += 1;
+            sqs.delete_message()
+                .queue_url(&url)
+                .receipt_handle(message.receipt_handle.clone().unwrap_or_default())
+                .send()
+                .await
+                .expect("delete");
+        }
+    }
+}
+
+/// Collects a test's log output so it can be searched for secrets.
+#[derive(Clone, Default)]
+pub struct LogCapture(pub Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogCapture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log buffer").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogCapture {
+    type Writer = LogCapture;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+impl LogCapture {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("log buffer")).into_owned()
+    }
+}
+
+/// Reads a file's lines (used to check captured logs of the moto server too).
+pub fn read_lines(path: &std::path::Path) -> Vec<String> {
+    std::fs::File::open(path)
+        .map(|f| BufReader::new(f).lines().map_while(Result::ok).collect())
+        .unwrap_or_default()
+}

@@ -1,0 +1,101 @@
+//! GIVEN a product with 50 keys WHEN 200 buyers order at once THEN exactly 50 orders
+//! succeed, all 50 are paid and delivered, and the 50 delivered keys are exactly the
+//! imported ones.
+
+use std::collections::HashSet;
+
+use kami_tests::*;
+use serde_json::{Value, json};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 8)]
+async fn two_hundred_concurrent_orders_for_fifty_keys() {
+    let ctx = context().await;
+    let keys = make_keys("FLASH", 50);
+    let sku = product_with_keys(&ctx, "flash", 990, 5, &keys).await;
+
+    let mut buyers = Vec::new();
+    for i in 0..200 {
+        let ctx = ctx.clone();
+        let sku = sku.clone();
+        buyers.push(tokio::spawn(async move {
+            order(&ctx, &sku, 1, &format!("flash-{sku}-{i}")).await
+        }));
+    }
+    let mut created = Vec::new();
+    let mut refused = 0;
+    for buyer in buyers {
+        let (status, body) = buyer.await.expect("buyer task");
+        match status {
+            201 => created.push(body),
+            409 => {
+                assert_eq!(body["error"]["code"], "out_of_stock", "{body}");
+                refused += 1;
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert_eq!(created.len(), 50);
+    assert_eq!(refused, 150);
+
+    let mut payments = Vec::new();
+    for (i, order) in created.iter().enumerate() {
+        let ctx = ctx.clone();
+        let order_id = order["order_id"].as_str().expect("id").to_owned();
+        let amount = order["amount"]["amount"].as_i64().expect("amount");
+        payments.push(tokio::spawn(async move {
+            pay(
+                &ctx,
+                &format!("evt_flash_{i}_{order_id}"),
+                &order_id,
+                amount,
+                "CNY",
+            )
+            .await
+        }));
+    }
+    for payment in payments {
+        let (status, body) = payment.await.expect("payment task");
+        assert_eq!(status, 200, "{body}");
+    }
+    drain_delivery_queue(&ctx).await;
+
+    let mut delivered = HashSet::new();
+    for order in &created {
+        let (status, view) = view_order(
+            &ctx,
+            order["order_id"].as_str().expect("id"),
+            order["access_token"].as_str().expect("token"),
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert_eq!(view["status"], "delivered", "{view}");
+        let deliveries = view["deliveries"].as_array().expect("deliveries");
+        assert_eq!(deliveries.len(), 1);
+        assert_eq!(deliveries[0]["type"], "card_key");
+        assert!(
+            delivered.insert(deliveries[0]["code"].as_str().expect("code").to_owned()),
+            "a key was delivered twice"
+        );
+    }
+    let imported: HashSet<String> = keys.into_iter().collect();
+    assert_eq!(delivered, imported);
+
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let (_, product) = admin(
+        &ctx,
+        request(
+            "GET",
+            &format!("/admin/products/{sku}"),
+            &[("authorization", &auth)],
+            "",
+        ),
+    )
+    .await;
+    assert_eq!(
+        product["stock"],
+        json!({"available": 0, "reserved": 0, "sold": 50})
+    );
+    let (_, public) = checkout(&ctx, request("GET", &format!("/products/{sku}"), &[], "")).await;
+    assert_eq!(public["stock"], json!({"available": 0}));
+    let _: Value = public;
+}
