@@ -3,7 +3,6 @@
 //! and helpers that drive the real HTTP handlers and use cases against it.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -146,8 +145,20 @@ pub async fn context_with(overrides: &[(&str, &str)]) -> Arc<Context> {
     )
 }
 
+/// A context with a delivery queue of its own, so tests running in parallel never
+/// handle each other's messages.
 pub async fn context() -> Arc<Context> {
-    context_with(&[]).await
+    let sqs = aws_sdk_sqs::Client::new(&sdk_config().await);
+    let name = format!("test-deliveries-{}", kami_shared::domain::time::new_id());
+    let url = sqs
+        .create_queue()
+        .queue_name(name)
+        .send()
+        .await
+        .expect("create a test queue")
+        .queue_url
+        .expect("queue url");
+    context_with(&[("DELIVERY_QUEUE_URL", &url)]).await
 }
 
 pub fn request(
@@ -321,7 +332,11 @@ pub async fn pay(
 /// receive, invoke the worker's batch handler, delete only the successes.
 pub async fn drain_delivery_queue(ctx: &Context) -> usize {
     let sqs = aws_sdk_sqs::Client::new(&sdk_config().await);
-    let url = stack().env["DELIVERY_QUEUE_URL"].clone();
+    let url = ctx
+        .config
+        .delivery_queue_url
+        .clone()
+        .expect("a delivery queue");
     let mut handled = 0;
     loop {
         let received = sqs
@@ -398,11 +413,4 @@ impl LogCapture {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().expect("log buffer")).into_owned()
     }
-}
-
-/// Reads a file's lines (used to check captured logs of the moto server too).
-pub fn read_lines(path: &std::path::Path) -> Vec<String> {
-    std::fs::File::open(path)
-        .map(|f| BufReader::new(f).lines().map_while(Result::ok).collect())
-        .unwrap_or_default()
 }

@@ -800,14 +800,19 @@ impl Store {
                     "SET #status = :to, updated_at = :at, payment_ref = :ref, gsi1pk = :gpk, gsi1sk = :gsk"
                 } else {
                     vals.push((":exception", s(change.outcome)));
-                    "SET #status = :to, updated_at = :at, payment_ref = :ref, exception = :exception \
+                    "SET #status = :to, updated_at = :at, payment_ref = :ref, #exception = :exception \
                      REMOVE gsi1pk, gsi1sk"
+                };
+                let attribute_names: &[&str] = if to == OrderStatus::Paid {
+                    &["status"]
+                } else {
+                    &["status", "exception"]
                 };
                 tx.update(
                     order_key(),
                     index,
                     Some("#status = :from"),
-                    &["status"],
+                    attribute_names,
                     vals,
                 )?;
                 tx.put(

@@ -34,10 +34,12 @@ pub async fn deliver(ctx: &Context, order_id: &str) -> Result<DeliveryOutcome> {
     if !order.status.awaits_delivery() {
         return Ok(DeliveryOutcome::Skipped(Some(order.status)));
     }
-    if !allocate_keys(ctx, &order).await? {
-        return Ok(DeliveryOutcome::Skipped(Some(order.status)));
+    if allocate_keys(ctx, &order).await? {
+        finish(ctx, &order).await
+    } else {
+        // Another worker finished (or an operator moved the order) meanwhile.
+        settled_outcome(ctx, &order.order_id).await
     }
-    finish(ctx, &order).await
 }
 
 /// Fills every empty slot of the order. Returns false if the order stopped waiting for
@@ -93,7 +95,11 @@ pub async fn finish(ctx: &Context, order: &OrderRecord) -> Result<DeliveryOutcom
         tracing::info!(order_id = %order.order_id, quantity = order.quantity, "order delivered");
         return Ok(DeliveryOutcome::Delivered);
     }
-    match ctx.store.get_order(&order.order_id).await? {
+    settled_outcome(ctx, &order.order_id).await
+}
+
+async fn settled_outcome(ctx: &Context, order_id: &str) -> Result<DeliveryOutcome> {
+    match ctx.store.get_order(order_id).await? {
         Some(current) if current.status == OrderStatus::Delivered => {
             Ok(DeliveryOutcome::AlreadyDelivered)
         }

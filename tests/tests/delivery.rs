@@ -1,0 +1,270 @@
+//! The delivery worker gives each paid order its keys exactly once, whatever happens.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
+use kami_shared::Context;
+use kami_shared::app::delivery::{self, DeliveryOutcome};
+use kami_tests::*;
+use serde_json::Value;
+
+struct Paid {
+    ctx: Arc<Context>,
+    sku: String,
+    order_id: String,
+    token: String,
+    keys: Vec<String>,
+}
+
+async fn paid_order(prefix: &str, stock: usize, quantity: i64) -> Paid {
+    let ctx = context().await;
+    let keys = make_keys(prefix, stock);
+    let sku = product_with_keys(&ctx, prefix, 500, 10, &keys).await;
+    let (status, created) = order(&ctx, &sku, quantity, &format!("{sku}-key")).await;
+    assert_eq!(status, 201, "{created}");
+    let order_id = created["order_id"].as_str().expect("id").to_owned();
+    let (status, _) = pay(
+        &ctx,
+        &format!("evt_{order_id}"),
+        &order_id,
+        created["amount"]["amount"].as_i64().expect("amount"),
+        "CNY",
+    )
+    .await;
+    assert_eq!(status, 200);
+    Paid {
+        ctx,
+        sku,
+        order_id,
+        token: created["access_token"].as_str().expect("token").to_owned(),
+        keys,
+    }
+}
+
+async fn codes(paid: &Paid) -> (Value, Vec<String>) {
+    let (status, view) = view_order(&paid.ctx, &paid.order_id, &paid.token).await;
+    assert_eq!(status, 200);
+    let codes = view["deliveries"]
+        .as_array()
+        .expect("deliveries")
+        .iter()
+        .map(|d| d["code"].as_str().expect("code").to_owned())
+        .collect();
+    (view, codes)
+}
+
+fn assert_distinct_and_imported(codes: &[String], keys: &[String]) {
+    let distinct: HashSet<&String> = codes.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        codes.len(),
+        "a key appears twice: {codes:?}"
+    );
+    assert!(codes.iter().all(|c| keys.contains(c)));
+}
+
+#[tokio::test]
+async fn a_message_processed_twice_delivers_once() {
+    let paid = paid_order("twice", 5, 3).await;
+    assert_eq!(
+        delivery::deliver(&paid.ctx, &paid.order_id)
+            .await
+            .expect("first"),
+        DeliveryOutcome::Delivered
+    );
+    let (_, first) = codes(&paid).await;
+    assert_eq!(
+        delivery::deliver(&paid.ctx, &paid.order_id)
+            .await
+            .expect("second"),
+        DeliveryOutcome::AlreadyDelivered
+    );
+    let (view, second) = codes(&paid).await;
+    assert_eq!(first, second);
+    assert_eq!(second.len(), 3);
+    assert_distinct_and_imported(&second, &paid.keys);
+    let delivers = view["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["cause"] == "deliver")
+        .count();
+    assert_eq!(delivers, 1);
+    drain_delivery_queue(&paid.ctx).await;
+}
+
+#[tokio::test]
+async fn a_worker_stopped_between_writes_is_finished_by_the_next_one() {
+    let paid = paid_order("crash", 6, 3).await;
+    let order = paid
+        .ctx
+        .store
+        .get_order(&paid.order_id)
+        .await
+        .expect("read")
+        .expect("order");
+
+    // Stopped after one of three keys: allocate slot 0 only.
+    let mut partial = order.clone();
+    partial.quantity = 1;
+    assert!(
+        delivery::allocate_keys(&paid.ctx, &partial)
+            .await
+            .expect("partial")
+    );
+    // Stopped after all keys, before marking delivered.
+    assert!(
+        delivery::allocate_keys(&paid.ctx, &order)
+            .await
+            .expect("rest")
+    );
+    let (view, before) = codes(&paid).await;
+    assert_eq!(view["status"], "paid");
+    assert!(before.is_empty(), "codes are shown only once delivered");
+
+    // The redelivered message finishes the job with the keys already allocated.
+    assert_eq!(
+        delivery::deliver(&paid.ctx, &paid.order_id)
+            .await
+            .expect("resume"),
+        DeliveryOutcome::Delivered
+    );
+    let (_, after) = codes(&paid).await;
+    assert_eq!(after.len(), 3);
+    assert_distinct_and_imported(&after, &paid.keys);
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let (_, product) = admin(
+        &paid.ctx,
+        request(
+            "GET",
+            &format!("/admin/products/{}", paid.sku),
+            &[("authorization", &auth)],
+            "",
+        ),
+    )
+    .await;
+    assert_eq!(product["stock"]["available"], 3);
+    assert_eq!(product["stock"]["sold"], 3);
+    assert_eq!(product["stock"]["reserved"], 0);
+    drain_delivery_queue(&paid.ctx).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn five_workers_on_one_order_allocate_each_key_once() {
+    let paid = paid_order("race", 8, 4).await;
+    let mut workers = Vec::new();
+    for _ in 0..5 {
+        let ctx = paid.ctx.clone();
+        let order_id = paid.order_id.clone();
+        workers.push(tokio::spawn(async move {
+            delivery::deliver(&ctx, &order_id).await
+        }));
+    }
+    let mut delivered = 0;
+    for worker in workers {
+        match worker.await.expect("task").expect("deliver") {
+            DeliveryOutcome::Delivered => delivered += 1,
+            DeliveryOutcome::AlreadyDelivered => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(delivered, 1);
+    let (_, codes) = codes(&paid).await;
+    assert_eq!(codes.len(), 4);
+    assert_distinct_and_imported(&codes, &paid.keys);
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let (_, product) = admin(
+        &paid.ctx,
+        request(
+            "GET",
+            &format!("/admin/products/{}", paid.sku),
+            &[("authorization", &auth)],
+            "",
+        ),
+    )
+    .await;
+    assert_eq!(
+        product["stock"]["available"], 4,
+        "the other keys stay in stock"
+    );
+    drain_delivery_queue(&paid.ctx).await;
+}
+
+fn message(order_id: &str, receive_count: u32) -> SqsEvent {
+    let mut record = SqsMessage::default();
+    record.message_id = Some(format!("msg-{order_id}-{receive_count}"));
+    record.body = Some(format!(r#"{{"order_id":"{order_id}"}}"#));
+    record
+        .attributes
+        .insert("ApproximateReceiveCount".into(), receive_count.to_string());
+    let mut event = SqsEvent::default();
+    event.records = vec![record];
+    event
+}
+
+#[tokio::test]
+async fn a_delivery_that_keeps_failing_ends_as_delivery_failed() {
+    let paid = paid_order("broken", 1, 1).await;
+    // Break the invariant on purpose: the reserved key disappears from stock.
+    let dynamo = aws_sdk_dynamodb::Client::new(&sdk_config().await);
+    let table = stack().env["KAMI_TABLE"].clone();
+    for shard in 0..kami_shared::adapters::dynamo::STOCK_SHARDS {
+        let partition = format!("STOCK#{}#{shard}", paid.sku);
+        let found = dynamo
+            .query()
+            .table_name(&table)
+            .key_condition_expression("pk = :pk")
+            .expression_attribute_values(
+                ":pk",
+                aws_sdk_dynamodb::types::AttributeValue::S(partition.clone()),
+            )
+            .send()
+            .await
+            .expect("query");
+        for item in found.items() {
+            dynamo
+                .delete_item()
+                .table_name(&table)
+                .key("pk", item["pk"].clone())
+                .key("sk", item["sk"].clone())
+                .send()
+                .await
+                .expect("delete");
+        }
+    }
+    let response = delivery::handle_batch(&paid.ctx, message(&paid.order_id, 1)).await;
+    assert_eq!(
+        response.batch_item_failures.len(),
+        1,
+        "reported for a retry"
+    );
+    assert_eq!(codes(&paid).await.0["status"], "paid");
+
+    let last = paid.ctx.config.delivery_max_attempts;
+    let response = delivery::handle_batch(&paid.ctx, message(&paid.order_id, last)).await;
+    assert_eq!(
+        response.batch_item_failures.len(),
+        1,
+        "the last failure goes to the DLQ"
+    );
+    let (view, _) = codes(&paid).await;
+    assert_eq!(view["status"], "delivery_failed");
+
+    // A poison message (not JSON) fails alone; the good one in the batch succeeds.
+    let good = paid_order("poison", 1, 1).await;
+    let mut batch = message(&good.order_id, 1);
+    let mut poison = SqsMessage::default();
+    poison.message_id = Some("poison".into());
+    poison.body = Some("not json".into());
+    batch.records.push(poison);
+    let response = delivery::handle_batch(&good.ctx, batch).await;
+    let failed: Vec<&str> = response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.as_str())
+        .collect();
+    assert_eq!(failed, ["poison"]);
+    assert_eq!(codes(&good).await.0["status"], "delivered");
+    drain_delivery_queue(&good.ctx).await;
+}

@@ -1,0 +1,229 @@
+//! Stripe webhooks: verified exactly, recorded once per event, bound to their order.
+
+use kami_tests::*;
+use serde_json::{Value, json};
+
+async fn pending_order(
+    prefix: &str,
+    keys: usize,
+) -> (std::sync::Arc<kami_shared::Context>, String, String, i64) {
+    let ctx = context().await;
+    let sku = product_with_keys(&ctx, prefix, 1500, 5, &make_keys(prefix, keys)).await;
+    let (status, created) = order(&ctx, &sku, 1, &format!("{sku}-order")).await;
+    assert_eq!(status, 201, "{created}");
+    (
+        ctx,
+        created["order_id"].as_str().expect("id").to_owned(),
+        created["access_token"].as_str().expect("token").to_owned(),
+        created["amount"]["amount"].as_i64().expect("amount"),
+    )
+}
+
+async fn status_of(ctx: &kami_shared::Context, order_id: &str, token: &str) -> Value {
+    let (status, view) = view_order(ctx, order_id, token).await;
+    assert_eq!(status, 200);
+    view
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_same_event_twenty_times_at_once_delivers_once() {
+    let (ctx, order_id, token, amount) = pending_order("dup", 3).await;
+    let payload = checkout_completed("evt_dup_once", &order_id, amount, "CNY");
+    let signature = stripe_signature(STRIPE_SECRET, now_seconds(), &payload);
+    let mut sends = Vec::new();
+    for _ in 0..20 {
+        let (ctx, payload, signature) = (ctx.clone(), payload.clone(), signature.clone());
+        sends.push(tokio::spawn(async move {
+            webhook(
+                &ctx,
+                request(
+                    "POST",
+                    "/webhooks/stripe",
+                    &[("stripe-signature", &signature)],
+                    payload,
+                ),
+            )
+            .await
+        }));
+    }
+    for send in sends {
+        let (status, body) = send.await.expect("task");
+        assert_eq!(status, 200, "every duplicate is acknowledged: {body}");
+    }
+    drain_delivery_queue(&ctx).await;
+    let view = status_of(&ctx, &order_id, &token).await;
+    assert_eq!(view["status"], "delivered");
+    assert_eq!(view["deliveries"].as_array().expect("deliveries").len(), 1);
+    let causes: Vec<&str> = view["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["cause"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(causes, ["created", "payment_received", "deliver"]);
+
+    // Stripe retrying days later is still acknowledged, and changes nothing.
+    let (status, _) = pay(&ctx, "evt_dup_once", &order_id, amount, "CNY").await;
+    assert_eq!(status, 200);
+    assert_eq!(drain_delivery_queue(&ctx).await, 0);
+}
+
+#[tokio::test]
+async fn forged_stale_and_resigned_events_are_refused_and_change_nothing() {
+    let (ctx, order_id, token, amount) = pending_order("forged", 1).await;
+    let payload = checkout_completed("evt_forged", &order_id, amount, "CNY");
+    let now = now_seconds();
+    let cases = [
+        stripe_signature("whsec_attacker", now, &payload),
+        stripe_signature(STRIPE_SECRET, now - 301, &payload),
+        stripe_signature(STRIPE_SECRET, now + 301, &payload),
+        format!("t={now},v1={}", "ab".repeat(32)),
+        String::new(),
+    ];
+    for signature in &cases {
+        let (status, body) = webhook(
+            &ctx,
+            request(
+                "POST",
+                "/webhooks/stripe",
+                &[("stripe-signature", signature)],
+                payload.clone(),
+            ),
+        )
+        .await;
+        assert_eq!(status, 400, "{signature}: {body}");
+        assert_eq!(body["error"]["code"], "invalid_signature");
+    }
+    let (status, _) = webhook(
+        &ctx,
+        request("POST", "/webhooks/stripe", &[], payload.clone()),
+    )
+    .await;
+    assert_eq!(status, 400);
+    // A valid signature over another body does not carry over.
+    let tampered = payload.replace(&amount.to_string(), "1");
+    let signature = stripe_signature(STRIPE_SECRET, now, &payload);
+    let (status, _) = webhook(
+        &ctx,
+        request(
+            "POST",
+            "/webhooks/stripe",
+            &[("stripe-signature", &signature)],
+            tampered,
+        ),
+    )
+    .await;
+    assert_eq!(status, 400);
+
+    let view = status_of(&ctx, &order_id, &token).await;
+    assert_eq!(view["status"], "pending_payment");
+    assert_eq!(view["events"].as_array().expect("events").len(), 1);
+    assert_eq!(drain_delivery_queue(&ctx).await, 0);
+
+    // The genuine event with the same id is then accepted: nothing was stored for it.
+    let (status, _) = pay(&ctx, "evt_forged", &order_id, amount, "CNY").await;
+    assert_eq!(status, 200);
+    drain_delivery_queue(&ctx).await;
+    assert_eq!(
+        status_of(&ctx, &order_id, &token).await["status"],
+        "delivered"
+    );
+}
+
+#[tokio::test]
+async fn during_rotation_both_endpoint_secrets_verify() {
+    // An operator rotating the endpoint secret stores "old,new" in Secrets Manager.
+    let secrets = aws_sdk_secretsmanager::Client::new(&sdk_config().await);
+    let arn = secrets
+        .create_secret()
+        .name(format!(
+            "stripe-rotation-{}",
+            kami_shared::domain::time::new_id()
+        ))
+        .secret_string(format!("whsec_old_one, {STRIPE_SECRET}"))
+        .send()
+        .await
+        .expect("create secret")
+        .arn
+        .expect("arn");
+    let ctx = context_with(&[("STRIPE_WEBHOOK_SECRET_ID", &arn)]).await;
+    let payload = r#"{"id":"evt_rot","type":"customer.created","data":{"object":{}}}"#;
+    for secret in ["whsec_old_one", STRIPE_SECRET] {
+        let signature = stripe_signature(secret, now_seconds(), payload);
+        let (status, body) = webhook(
+            &ctx,
+            request(
+                "POST",
+                "/webhooks/stripe",
+                &[("stripe-signature", &signature)],
+                payload,
+            ),
+        )
+        .await;
+        assert_eq!((status, body), (200, json!({"received": true})), "{secret}");
+    }
+    let signature = stripe_signature("whsec_retired", now_seconds(), payload);
+    let (status, _) = webhook(
+        &ctx,
+        request(
+            "POST",
+            "/webhooks/stripe",
+            &[("stripe-signature", &signature)],
+            payload,
+        ),
+    )
+    .await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn a_wrong_amount_or_currency_is_an_exception_not_a_delivery() {
+    let (ctx, order_id, token, amount) = pending_order("mismatch", 1).await;
+    let (status, _) = pay(&ctx, "evt_mismatch", &order_id, amount - 1, "CNY").await;
+    assert_eq!(status, 200);
+    assert_eq!(drain_delivery_queue(&ctx).await, 0);
+    let view = status_of(&ctx, &order_id, &token).await;
+    assert_eq!(view["status"], "payment_exception");
+    assert_eq!(view["exception"], "amount_mismatch");
+    assert_eq!(view["deliveries"], json!([]));
+
+    let (ctx, order_id, token, amount) = pending_order("currency", 1).await;
+    let (status, _) = pay(&ctx, "evt_currency", &order_id, amount, "USD").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        status_of(&ctx, &order_id, &token).await["status"],
+        "payment_exception"
+    );
+}
+
+#[tokio::test]
+async fn payment_intent_succeeded_pays_and_unknown_orders_are_kept() {
+    let (ctx, order_id, token, amount) = pending_order("intent", 1).await;
+    let payload = json!({"id": "evt_intent", "type": "payment_intent.succeeded",
+        "data": {"object": {"id": "pi_intent", "metadata": {"order_id": order_id},
+        "amount_received": amount, "currency": "cny"}}})
+    .to_string();
+    let signature = stripe_signature(STRIPE_SECRET, now_seconds(), &payload);
+    let (status, _) = webhook(
+        &ctx,
+        request(
+            "POST",
+            "/webhooks/stripe",
+            &[("stripe-signature", &signature)],
+            payload,
+        ),
+    )
+    .await;
+    assert_eq!(status, 200);
+    drain_delivery_queue(&ctx).await;
+    assert_eq!(
+        status_of(&ctx, &order_id, &token).await["status"],
+        "delivered"
+    );
+
+    // An order id Kami never issued: acknowledged (or Stripe retries for days) and kept.
+    let (status, _) = pay(&ctx, "evt_unknown", "01JUNKNOWNORDER0000000000", 100, "CNY").await;
+    assert_eq!(status, 200);
+    let (status, _) = pay(&ctx, "evt_unknown", "01JUNKNOWNORDER0000000000", 100, "CNY").await;
+    assert_eq!(status, 200);
+}
