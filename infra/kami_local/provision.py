@@ -206,11 +206,21 @@ _HANDLERS = {
 }
 
 
+def local_secrets() -> dict[str, str]:
+    return json.loads(DEFAULTS_FILE.read_text())["secrets"]
+
+
 def provision(endpoint: str, template_path: str | Path | None = None,
               parameters: dict[str, str] | None = None,
               secret_overrides: dict[str, str] | None = None) -> dict:
+    return provision_stack(endpoint, template_path, parameters, secret_overrides)[0]
+
+
+def provision_stack(endpoint: str, template_path: str | Path | None = None,
+                    parameters: dict[str, str] | None = None,
+                    secret_overrides: dict[str, str] | None = None) -> tuple[dict, Stack]:
     template = tpl.load(template_path or tpl.default_template())
-    secret_values = json.loads(DEFAULTS_FILE.read_text())["secrets"]
+    secret_values = local_secrets()
     secret_values.update(secret_overrides or {})
     stack = Stack(template, endpoint, parameters or {}, secret_values)
     resources = stack.provision_all()
@@ -222,7 +232,7 @@ def provision(endpoint: str, template_path: str | Path | None = None,
         binary = (fn["Metadata"].get("BuildProperties") or {}).get("Binary") or logical_id
         functions[logical_id] = {"binary": binary, "env": env}
         union.update(env)
-    return {"functions": functions, "env": union, "resources": resources}
+    return {"functions": functions, "env": union, "resources": resources}, stack
 
 
 def _pairs(items: list[str]) -> dict[str, str]:

@@ -1,0 +1,265 @@
+"""Kami's local platform. Run through infra/kami (or `python -m kami_local` from infra/).
+
+  up         moto + provision + build + run every function from template.yaml (Ctrl-C stops)
+  status     what is running: instances per function, mappings, schedules
+  fire NAME  fire a schedule now (event name, e.g. EveryMinute, or function id)
+  invoke FN [EVENT_FILE]   invoke a function once with an event (default {})
+  kill FN    kill FN's emulator during its next invocation (fault injection)
+  logs [FN]  print (-f: follow) the per-function logs in .kami/logs/
+  webhook ORDER_ID   send a signed Stripe checkout.session.completed for an order
+  build      cargo lambda build every function (x86_64; --release)
+  provision  provision template.yaml on a moto server (see kami_local.provision)
+  test-e2e   run the end-to-end tests (they start their own platform)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import requests
+
+from . import build as builder
+from . import provision as prov
+from . import template as tpl
+from .platform import REPO, STATE_DIR, Platform
+
+DEMO_SKU = "demo-card"
+
+
+def start_moto(port: int, log_dir: Path) -> tuple[subprocess.Popen, str]:
+    """moto server (with DynamoDB's isolation, see moto_serve.py) on loopback."""
+    port = port or prov_free_port()
+    log_dir.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kami_local.moto_serve", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=Path(__file__).resolve().parents[1], stdin=subprocess.DEVNULL,
+        stdout=open(log_dir / "moto.log", "a"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"moto server exited with {proc.returncode}; see {log_dir / 'moto.log'}")
+        try:
+            requests.get(f"{endpoint}/moto-api/", timeout=1)
+            return proc, endpoint
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    stop_process(proc)
+    raise RuntimeError("moto server did not start within 30 s")
+
+
+def prov_free_port() -> int:
+    from .runtime import free_port
+
+    return free_port()
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(5)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def seed(api: str, keys: int = 20) -> None:
+    """The demo product and card keys, through the real admin API."""
+    auth = {"Authorization": f"Bearer {prov.local_secrets()['AdminTokenSecret']}"}
+    product = {"sku": DEMO_SKU, "title": "Demo card key", "price": {"amount": 990, "currency": "CNY"},
+               "delivery": {"type": "card_key"}, "max_per_order": 5}
+    r = requests.post(f"{api}/admin/products", json=product, headers=auth, timeout=30)
+    if r.status_code not in (201, 409):
+        raise RuntimeError(f"seeding the demo product failed: HTTP {r.status_code} {r.text[:300]}")
+    codes = [f"DEMO-{uuid.uuid4().hex[:16].upper()}" for _ in range(keys)]
+    r = requests.post(f"{api}/admin/products/{DEMO_SKU}/card-keys", json={"keys": codes}, headers=auth, timeout=60)
+    if r.status_code not in (200, 201):
+        raise RuntimeError(f"importing demo keys failed: HTTP {r.status_code} {r.text[:300]}")
+    print(f"seeded product {DEMO_SKU} (990 CNY, max 5 per order) with {r.json().get('accepted')} card keys")
+
+
+def banner(api: str, endpoint: str) -> str:
+    s = prov.local_secrets()
+    return f"""
+Kami is running locally (Ctrl-C stops everything).
+  API base URL            {api}
+  admin token             {s['AdminTokenSecret']}
+  Stripe webhook secret   {s['StripeWebhookSecret']}
+  moto server             {endpoint}
+  logs                    infra/kami logs -f      (files in .kami/logs/)
+
+Buy a key:
+  curl -s {api}/products/{DEMO_SKU}
+  curl -s -X POST {api}/orders -H 'Content-Type: application/json' \\
+       -H "Idempotency-Key: $(cat /proc/sys/kernel/random/uuid)" \\
+       -d '{{"sku":"{DEMO_SKU}","quantity":1,"buyer":{{"email":"buyer@example.com"}}}}'
+  infra/kami webhook <order_id>        # a signed Stripe checkout.session.completed for it
+  curl -s {api}/orders/<order_id> -H 'Authorization: Bearer <access_token>'
+Admin:
+  curl -s {api}/admin/products/{DEMO_SKU} -H 'Authorization: Bearer {s['AdminTokenSecret']}'
+  infra/kami fire EveryMinute          # run the expiry sweep now
+"""
+
+
+def cmd_up(args) -> int:
+    log_dir = STATE_DIR / "logs"
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    moto = None
+    platform = None
+    try:
+        if args.endpoint:
+            endpoint = args.endpoint
+        else:
+            moto, endpoint = start_moto(args.moto_port, log_dir)
+        template = tpl.load(args.template or tpl.default_template())
+        provisioned, stack = prov.provision_stack(endpoint, args.template, prov._pairs(args.parameter))
+        if args.no_build:
+            bootstraps = {lid: builder.bootstrap_path(b, args.release) for lid, b in builder.binaries(template).items()}
+        else:
+            bootstraps = builder.build(template, args.release)
+        platform = Platform(template, stack, provisioned, bootstraps, endpoint, args.port,
+                            args.max_instances, args.sqs_pollers, log_dir)
+        platform.start()
+        if args.seed:
+            seed(platform.url)
+        print(banner(platform.url, endpoint), flush=True)
+        if args.ready_file:
+            Path(args.ready_file).write_text(json.dumps({"api_url": platform.url, "endpoint": endpoint,
+                                                         "resources": provisioned["resources"]}))
+        stop.wait()
+        print("stopping...", flush=True)
+        return 0
+    finally:
+        if platform is not None:
+            platform.stop()
+        if moto is not None:
+            stop_process(moto)
+
+
+def _state(args) -> dict:
+    path = STATE_DIR / "run" / "platform.json"
+    state = json.loads(path.read_text()) if path.exists() else {}
+    if getattr(args, "api", None):
+        state["api_url"] = args.api
+    if "api_url" not in state:
+        raise SystemExit("no running platform found (.kami/run/platform.json); start it with infra/up.sh")
+    return state
+
+
+def _show(r: requests.Response) -> int:
+    print(json.dumps(r.json(), indent=2) if r.headers.get("content-type", "").startswith("application/json") else r.text)
+    return 0 if r.ok else 1
+
+
+def cmd_logs(args) -> int:
+    log_dir = STATE_DIR / "logs"
+    names = args.function or sorted(p.stem for p in log_dir.glob("*.log"))
+    files = [log_dir / f"{n}.log" for n in names]
+    tail = ["tail", "-n", str(args.lines)] + (["-F"] if args.follow else []) + [str(f) for f in files]
+    try:
+        return subprocess.call(tail)
+    except KeyboardInterrupt:
+        return 0
+
+
+def cmd_webhook(args) -> int:
+    from . import stripe_webhook
+
+    state = _state(args)
+    amount, currency = stripe_webhook.order_amount(state["endpoint"], state["resources"]["KamiTable"], args.order_id)
+    event = stripe_webhook.checkout_completed(args.order_id, amount, currency, args.event_id)
+    r = stripe_webhook.send(state["api_url"], event)
+    print(f"sent {event['type']} {event['id']} for order {args.order_id} ({amount} {currency}): "
+          f"HTTP {r.status_code} {r.text[:200]}")
+    return 0 if r.ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kami", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="run the whole system locally")
+    up.add_argument("--port", type=int, default=int(os.environ.get("KAMI_PORT", 3000)), help="API port (0 = any)")
+    up.add_argument("--moto-port", type=int, default=0, help="moto server port (0 = any free port)")
+    up.add_argument("--endpoint", help="use this running moto server instead of starting one")
+    up.add_argument("--template", default=None)
+    up.add_argument("--parameter", action="append", default=[], metavar="NAME=VALUE")
+    up.add_argument("--release", action="store_true", help="build and run release binaries")
+    up.add_argument("--no-build", action="store_true", help="run the last build as it is")
+    up.add_argument("--max-instances", type=int, default=4, help="concurrent instances per function")
+    up.add_argument("--sqs-pollers", type=int, default=2, help="concurrent batches per SQS mapping")
+    up.add_argument("--seed", action="store_true", help="create the demo product and card keys")
+    up.add_argument("--ready-file", help="write the API URL etc. here once everything runs")
+
+    for name in ("status", "fire", "invoke", "kill", "webhook"):
+        p = sub.add_parser(name)
+        p.add_argument("--api", help="platform URL (default: the running one)")
+        if name == "fire":
+            p.add_argument("name")
+        if name in ("invoke", "kill"):
+            p.add_argument("function")
+        if name == "invoke":
+            p.add_argument("event_file", nargs="?")
+        if name == "kill":
+            p.add_argument("--after-ms", type=float, default=0)
+        if name == "webhook":
+            p.add_argument("order_id")
+            p.add_argument("--event-id", help="reuse an event id (to test deduplication)")
+
+    logs = sub.add_parser("logs")
+    logs.add_argument("function", nargs="*")
+    logs.add_argument("-f", "--follow", action="store_true")
+    logs.add_argument("-n", "--lines", type=int, default=50)
+
+    b = sub.add_parser("build")
+    b.add_argument("--release", action="store_true")
+    sub.add_parser("provision", add_help=False)
+    sub.add_parser("test-e2e", add_help=False)
+
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "provision":
+        prov.main(rest)
+        return 0
+    if args.command == "test-e2e":
+        return subprocess.call([sys.executable, "-m", "pytest", str(REPO / "tests" / "e2e"), *rest], cwd=REPO)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command == "up":
+        return cmd_up(args)
+    if args.command == "build":
+        builder.build(tpl.load(tpl.default_template()), args.release)
+        return 0
+    if args.command == "logs":
+        return cmd_logs(args)
+    if args.command == "webhook":
+        return cmd_webhook(args)
+    api = _state(args)["api_url"]
+    if args.command == "status":
+        return _show(requests.get(f"{api}/_local/status", timeout=10))
+    if args.command == "fire":
+        return _show(requests.post(f"{api}/_local/schedules/{args.name}/fire", timeout=120))
+    if args.command == "invoke":
+        body = Path(args.event_file).read_bytes() if args.event_file else b"{}"
+        return _show(requests.post(f"{api}/_local/functions/{args.function}/invoke", data=body, timeout=120))
+    if args.command == "kill":
+        return _show(requests.post(f"{api}/_local/functions/{args.function}/faults",
+                                   json={"count": 1, "kill_after_ms": args.after_ms}, timeout=10))
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

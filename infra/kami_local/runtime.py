@@ -1,0 +1,316 @@
+"""Runs function bootstraps under the AWS Lambda Runtime Interface Emulator (RIE).
+
+One RIE process serves one invocation at a time, so each function has a pool of
+instances that grows under concurrent load up to a cap, as Lambda scales. A killed or
+crashed emulator is replaced. Every invocation gets one status line (function,
+duration, init duration on a cold start, result); everything an instance prints goes to
+the function's log file.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+INVOKE_PATH = "/2015-03-31/functions/function/invocations"
+_INIT_REPORT = re.compile(r"INIT REPORT\(durationMs: ([\d.]+)\)")
+_REPORT = re.compile(r"^REPORT RequestId: \S+.*?\tDuration: ([\d.]+) ms")
+
+
+def rie_path() -> str:
+    import samcli
+
+    return str(Path(samcli.__file__).parent / "local" / "rapid" / "aws-lambda-rie-x86_64")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Result:
+    kind: str  # "ok", "error" (the function reported an error or timed out), "crashed"
+    body: bytes
+    duration_ms: float
+    init_ms: float | None = None
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.kind == "ok"
+
+
+class Instance:
+    """One emulator process (and the bootstrap it runs)."""
+
+    def __init__(self, fn: "Function", number: int) -> None:
+        self.fn = fn
+        self.number = number
+        self.port = free_port()
+        api_port = free_port()
+        self.proc = subprocess.Popen(
+            [rie_path(), "--runtime-interface-emulator-address", f"127.0.0.1:{self.port}",
+             "--runtime-api-address", f"127.0.0.1:{api_port}", str(fn.bootstrap)],
+            cwd=str(Path(fn.bootstrap).parent), env=fn.process_env(), stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        self.pid = self.proc.pid
+        self.busy = False
+        self.invocations = 0
+        self._init_ms: float | None = None
+        self._report_ms: float | None = None
+        self._reported = threading.Event()
+        self.invoke_started = threading.Event()
+        threading.Thread(target=self._read_output, daemon=True).start()
+        self._wait_listening()
+
+    def _wait_listening(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.fn.name}: emulator exited with {self.proc.returncode}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.02)
+        self.kill()
+        raise RuntimeError(f"{self.fn.name}: emulator did not listen within {timeout}s")
+
+    def _read_output(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            self.fn.log(f"[{self.number}] {line}")
+            if (m := _INIT_REPORT.search(line)) is not None:
+                self._init_ms = float(m.group(1))
+            elif "INVOKE START" in line:
+                self.invoke_started.set()
+            elif (m := _REPORT.search(line)) is not None:
+                self._report_ms = float(m.group(1))
+                self._reported.set()
+        self.proc.wait()
+        self.fn.instance_exited(self)
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def invoke(self, payload: bytes) -> Result:
+        self._init_ms = self._report_ms = None
+        self._reported.clear()
+        self.invoke_started.clear()
+        self.invocations += 1
+        start = time.monotonic()
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.fn.timeout + 10)
+        try:
+            conn.request("POST", INVOKE_PATH, body=payload, headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            status, body = resp.status, resp.read()
+        except (OSError, http.client.HTTPException) as e:
+            return Result("crashed", b"", _ms(start), self._init_ms, f"emulator lost: {type(e).__name__}")
+        finally:
+            conn.close()
+        wall = _ms(start)
+        if self.alive:
+            self._reported.wait(1.0)  # the REPORT line follows the response within milliseconds
+        duration = self._report_ms if self._report_ms is not None else wall
+        kind, detail = _classify(status, body)
+        return Result(kind, body, duration, self._init_ms, detail)
+
+
+def _ms(start: float) -> float:
+    return (time.monotonic() - start) * 1000
+
+
+def _classify(status: int, body: bytes) -> tuple[str, str]:
+    if status != 200:
+        return "crashed" if status == 502 else "error", _error_type(body) or f"HTTP {status}"
+    if body.startswith(b"Task timed out"):
+        return "error", "Task timed out"
+    error_type = _error_type(body)
+    return ("error", error_type) if error_type else ("ok", "")
+
+
+def _error_type(body: bytes) -> str:
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return ""
+    if isinstance(doc, dict) and set(doc) >= {"errorType", "errorMessage"} and "statusCode" not in doc:
+        return str(doc.get("errorType") or "Error")
+    return ""
+
+
+class Function:
+    """A pool of emulator instances for one template function."""
+
+    def __init__(self, name: str, bootstrap: Path, env: dict[str, str], timeout: int, memory: int,
+                 log_dir: Path, max_instances: int = 4, status=print) -> None:
+        self.name = name
+        self.bootstrap = bootstrap
+        self.env = env
+        self.timeout = timeout
+        self.memory = memory
+        self.max_instances = max_instances
+        self.status = status
+        self.instances: list[Instance] = []
+        self.idle: list[Instance] = []
+        self.restarts = 0
+        self.invocations = 0
+        self.faults: list[float] = []  # pending "kill mid-invocation" faults: delay in seconds
+        self._next_number = 0
+        self._cond = threading.Condition()
+        self._closed = False
+        self._log_lock = threading.Lock()
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self._log = open(log_dir / f"{name}.log", "a", encoding="utf-8", buffering=1)
+
+    def process_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "TZ", "HOME")}
+        env.update(self.env)
+        env.update({
+            "AWS_LAMBDA_FUNCTION_NAME": self.name,
+            "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(self.memory),
+            "AWS_LAMBDA_FUNCTION_TIMEOUT": str(self.timeout),
+            "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{self.name}",
+            "AWS_LAMBDA_LOG_STREAM_NAME": "local",
+        })
+        return env
+
+    def log(self, line: str) -> None:
+        with self._log_lock:
+            if not self._log.closed:
+                self._log.write(f"{time.strftime('%H:%M:%S')} {line}\n")
+
+    def _spawn(self) -> Instance:
+        self._next_number += 1
+        return Instance(self, self._next_number)
+
+    def start(self) -> None:
+        """Starts one emulator up front so a broken setup shows at once (init stays lazy)."""
+        inst = self._spawn()
+        with self._cond:
+            self.instances.append(inst)
+            self.idle.append(inst)
+
+    def _acquire(self) -> Instance:
+        with self._cond:
+            while True:
+                if self._closed:
+                    raise RuntimeError("platform stopped")
+                while self.idle:
+                    inst = self.idle.pop()
+                    if inst.alive:
+                        inst.busy = True
+                        return inst
+                if len(self.instances) < self.max_instances:
+                    break
+                self._cond.wait()
+            self.instances.append(None)  # reserve a slot while the emulator starts
+        try:
+            inst = self._spawn()
+        except Exception:
+            with self._cond:
+                self.instances.remove(None)
+                self._cond.notify()
+            raise
+        with self._cond:
+            self.instances[self.instances.index(None)] = inst
+            inst.busy = True
+        return inst
+
+    def _release(self, inst: Instance) -> None:
+        with self._cond:
+            inst.busy = False
+            if inst.alive and inst in self.instances:
+                self.idle.append(inst)
+            self._cond.notify()
+
+    def instance_exited(self, inst: Instance) -> None:
+        with self._cond:
+            if inst not in self.instances:
+                return
+            self.instances.remove(inst)
+            if inst in self.idle:
+                self.idle.remove(inst)
+            self._cond.notify()
+            if self._closed:
+                return
+            self.restarts += 1
+        self.status(f"{self.name}: emulator {inst.number} (pid {inst.pid}) exited with "
+                    f"{inst.proc.returncode}; restarting")
+        try:
+            self.start()
+        except Exception as e:  # noqa: BLE001 - reported, the next invocation tries again
+            self.status(f"{self.name}: restart failed: {e}")
+
+    def invoke(self, event: dict | bytes, source: str = "") -> Result:
+        payload = event if isinstance(event, bytes) else json.dumps(event).encode()
+        inst = self._acquire()
+        try:
+            with self._cond:
+                fault = self.faults.pop(0) if self.faults else None
+            if fault is not None:
+                threading.Thread(target=self._kill_when_started, args=(inst, fault), daemon=True).start()
+            result = inst.invoke(payload)
+        finally:
+            self._release(inst)
+        self.invocations += 1
+        init = f" init={result.init_ms:.0f}ms" if result.init_ms is not None else ""
+        outcome = result.kind + (f" ({result.detail})" if result.detail else "")
+        via = f" via {source}" if source else ""
+        self.status(f"{self.name}{via}: {result.duration_ms:.0f}ms{init} {outcome}")
+        return result
+
+    def _kill_when_started(self, inst: Instance, delay: float) -> None:
+        if inst.invoke_started.wait(self.timeout):
+            time.sleep(delay)  # injected fault: how long into the invocation to kill
+            self.status(f"{self.name}: fault injected: killing emulator {inst.number} (pid {inst.pid})")
+            inst.kill()
+
+    def describe(self) -> dict:
+        with self._cond:
+            live = [i for i in self.instances if i is not None]
+            return {
+                "instances": [{"number": i.number, "pid": i.pid, "port": i.port, "busy": i.busy,
+                               "invocations": i.invocations} for i in live],
+                "max_instances": self.max_instances,
+                "invocations": self.invocations,
+                "restarts": self.restarts,
+                "pending_faults": len(self.faults),
+            }
+
+    def stop(self) -> None:
+        with self._cond:
+            self._closed = True
+            live = [i for i in self.instances if i is not None]
+            self._cond.notify_all()
+        for inst in live:
+            inst.kill()
+        for inst in live:
+            try:
+                inst.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                print(f"{self.name}: emulator {inst.pid} did not stop", file=sys.stderr)
+        with self._log_lock:
+            self._log.close()
