@@ -31,48 +31,9 @@ from . import build as builder
 from . import provision as prov
 from . import template as tpl
 from .platform import REPO, STATE_DIR, Platform
+from .processes import start_moto, stop_process
 
 DEMO_SKU = "demo-card"
-
-
-def start_moto(port: int, log_dir: Path) -> tuple[subprocess.Popen, str]:
-    """moto server (with DynamoDB's isolation, see moto_serve.py) on loopback."""
-    port = port or prov_free_port()
-    log_dir.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "kami_local.moto_serve", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=Path(__file__).resolve().parents[1], stdin=subprocess.DEVNULL,
-        stdout=open(log_dir / "moto.log", "a"), stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"moto server exited with {proc.returncode}; see {log_dir / 'moto.log'}")
-        try:
-            requests.get(f"{endpoint}/moto-api/", timeout=1)
-            return proc, endpoint
-        except requests.ConnectionError:
-            time.sleep(0.1)
-    stop_process(proc)
-    raise RuntimeError("moto server did not start within 30 s")
-
-
-def prov_free_port() -> int:
-    from .runtime import free_port
-
-    return free_port()
-
-
-def stop_process(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(5)
-    except ProcessLookupError:
-        pass
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 def seed(api: str, keys: int = 20) -> None:
@@ -114,7 +75,7 @@ Admin:
 
 
 def cmd_up(args) -> int:
-    log_dir = STATE_DIR / "logs"
+    log_dir = args.log_dir
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -133,7 +94,7 @@ def cmd_up(args) -> int:
             bootstraps = builder.build(template, args.release)
         platform = Platform(template, stack, provisioned, bootstraps, endpoint, args.port,
                             args.max_instances, args.sqs_pollers, log_dir)
-        platform.start()
+        platform.start(register=not args.no_state)
         if args.seed:
             seed(platform.url)
         print(banner(platform.url, endpoint), flush=True)
@@ -204,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--sqs-pollers", type=int, default=2, help="concurrent batches per SQS mapping")
     up.add_argument("--seed", action="store_true", help="create the demo product and card keys")
     up.add_argument("--ready-file", help="write the API URL etc. here once everything runs")
+    up.add_argument("--log-dir", type=Path, default=STATE_DIR / "logs")
+    up.add_argument("--no-state", action="store_true",
+                    help="do not register as the running platform (.kami/run/platform.json), e.g. in tests")
 
     for name in ("status", "fire", "invoke", "kill", "webhook"):
         p = sub.add_parser(name)

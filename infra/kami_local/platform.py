@@ -99,7 +99,7 @@ class Platform:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> None:
+    def start(self, register: bool = True) -> None:
         threads = [threading.Thread(target=f.start) for f in self.functions.values()]
         for t in threads:
             t.start()
@@ -110,10 +110,11 @@ class Platform:
             m.start()
         for s in self.schedules.values():
             s.start()
-        state = {"api_url": self.url, "endpoint": self.endpoint, "pid": os.getpid(),
-                 "resources": self.provisioned["resources"]}
-        (STATE_DIR / "run").mkdir(parents=True, exist_ok=True)
-        (STATE_DIR / "run" / "platform.json").write_text(json.dumps(state, indent=2))
+        if register:
+            state = {"api_url": self.url, "endpoint": self.endpoint, "pid": os.getpid(),
+                     "resources": self.provisioned["resources"]}
+            (STATE_DIR / "run").mkdir(parents=True, exist_ok=True)
+            (STATE_DIR / "run" / "platform.json").write_text(json.dumps(state, indent=2))
         for r in self.routes:
             self.status(f"route {r.key:40} -> {r.function}")
         for m in self.mappings:
