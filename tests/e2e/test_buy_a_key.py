@@ -55,8 +55,8 @@ def test_a_worker_killed_mid_batch_is_restarted_and_the_order_delivered_once(pla
     worker = "DeliveryWorkerFunction"
     restarts = platform.status()["functions"][worker]["restarts"]
 
-    # The platform kills the worker's emulator as soon as its next batch is handed over.
-    r = requests.post(f"{platform.api}/_local/functions/{worker}/faults", json={"count": 1}, timeout=10)
+    # The platform kills the worker's emulator 20 ms into its next batch.
+    r = requests.post(f"{platform.api}/_local/functions/{worker}/faults", json={"count": 1, "kill_after_ms": 20}, timeout=10)
     assert r.status_code == 200, r.text
     assert 200 <= stripe_webhook.send(platform.api, platform.paid_event(order["order_id"])).status_code < 300
 

@@ -1,0 +1,59 @@
+//! 100,000 card keys in one import request (one KMS data key, transactions of 49).
+
+use kami_tests::*;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_hundred_thousand_keys_in_one_import() {
+    let ctx = context().await;
+    let sku = product_with_keys(&ctx, "bulk", 100, 10, &[]).await;
+    let keys = make_keys("BULK", 100_000);
+    let body = keys.join("\n");
+    assert!(body.len() < kami_shared::http::MAX_IMPORT_BODY);
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let (status, report) = admin(
+        &ctx,
+        request(
+            "POST",
+            &format!("/admin/products/{sku}/card-keys"),
+            &[("authorization", &auth), ("content-type", "text/plain")],
+            body,
+        ),
+    )
+    .await;
+    assert_eq!(status, 201, "{report}");
+    assert_eq!(report["accepted"], 100_000);
+    assert_eq!(report["duplicates"], json!([]));
+    assert_eq!(report["invalid"], json!([]));
+    let (_, product) = admin(
+        &ctx,
+        request(
+            "GET",
+            &format!("/admin/products/{sku}"),
+            &[("authorization", &auth)],
+            "",
+        ),
+    )
+    .await;
+    assert_eq!(
+        product["stock"],
+        json!({"available": 100_000, "reserved": 0, "sold": 0})
+    );
+
+    // The imported keys sell: one order, paid and delivered, gets one of them.
+    let (status, created) = order(&ctx, &sku, 2, "bulk-order").await;
+    assert_eq!(status, 201);
+    let order_id = created["order_id"].as_str().expect("id");
+    pay(&ctx, "evt_bulk", order_id, 200, "CNY").await;
+    drain_delivery_queue(&ctx).await;
+    let (_, view) = view_order(
+        &ctx,
+        order_id,
+        created["access_token"].as_str().expect("token"),
+    )
+    .await;
+    for delivery in view["deliveries"].as_array().expect("deliveries") {
+        assert!(keys.contains(&delivery["code"].as_str().expect("code").to_owned()));
+    }
+    assert_eq!(view["deliveries"].as_array().map(Vec::len), Some(2));
+}
