@@ -24,6 +24,7 @@ from pathlib import Path
 
 INVOKE_PATH = "/2015-03-31/functions/function/invocations"
 _INIT_REPORT = re.compile(r"INIT REPORT\(durationMs: ([\d.]+)\)")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _REPORT = re.compile(r"^REPORT RequestId: \S+.*?\tDuration: ([\d.]+) ms")
 
 
@@ -93,7 +94,7 @@ class Instance:
         assert self.proc.stdout is not None
         for raw in self.proc.stdout:
             line = raw.decode("utf-8", "replace").rstrip("\n")
-            self.fn.log(f"[{self.number}] {line}")
+            self.fn.log(f"[{self.number}] {_ANSI.sub('', line)}")
             if (m := _INIT_REPORT.search(line)) is not None:
                 self._init_ms = float(m.group(1))
             elif "INVOKE START" in line:
