@@ -4,6 +4,9 @@ use kami_tests::*;
 use lambda_http::Body;
 use serde_json::{Value, json};
 
+/// Request headers, body, expected status and expected error code.
+type Case<'a> = (Vec<(&'a str, &'a str)>, String, u16, &'a str);
+
 fn code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or("<none>")
 }
@@ -15,7 +18,7 @@ async fn bad_order_requests_are_refused_with_stable_codes() {
     let order_body = |quantity: Value| {
         json!({"sku": sku, "quantity": quantity, "buyer": {"email": "a@example.com"}}).to_string()
     };
-    let cases: Vec<(Vec<(&str, &str)>, String, u16, &str)> = vec![
+    let cases: Vec<Case> = vec![
         (
             vec![("idempotency-key", "k1")],
             "{not json".into(),
