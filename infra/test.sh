@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every check and test of Kami on this machine, setup included:
-#   fmt, clippy, cargo test (against moto), cfn-lint, sam validate --lint, the build of
+#   the local platform's unit tests, fmt, clippy, cargo test (against moto), cfn-lint, sam validate --lint, the build of
 #   every function (cargo lambda), the sample events under the emulator, and the
 #   end-to-end tests over HTTP against the local platform.
 # Every step runs even if an earlier one failed; the exit code is non-zero if any failed.
@@ -38,6 +38,7 @@ if ! infra/setup.sh; then
     echo "infra/test.sh: setup failed" >&2
     exit 1
 fi
+step platform-unit "$py" -m pytest -q infra/tests
 step fmt cargo fmt --all -- --check
 step clippy cargo clippy --workspace --all-targets -- -D warnings
 step cargo-test cargo test --workspace

@@ -80,7 +80,7 @@ def match(table: list[Route], method: str, path: str) -> tuple[Route, dict[str, 
         m = route.regex.match(path)
         if m:
             names = re.findall(r"\{([^}+]+)\+?\}", route.path)
-            return route, {n: unquote(v) for n, v in zip(names, m.groups())}
+            return route, {n: unquote(v) for n, v in zip(names, m.groups(), strict=True)}
     return None
 
 

@@ -171,8 +171,7 @@ class Platform:
                 return 200, {"result": result.kind, "detail": result.detail, "payload": payload}
             if parts[2] == "faults":
                 spec = json.loads(body or b"{}")
-                with fn._cond:
-                    fn.faults.extend([float(spec.get("kill_after_ms", 0)) / 1000] * int(spec.get("count", 1)))
+                fn.inject_kills(int(spec.get("count", 1)), float(spec.get("kill_after_ms", 0)) / 1000)
                 return 200, fn.describe()
         return 404, {"message": "Not Found"}
 

@@ -283,6 +283,11 @@ class Function:
         self.status(f"{self.name}{via}: {result.duration_ms:.0f}ms{init} {outcome}")
         return result
 
+    def inject_kills(self, count: int, after_seconds: float) -> None:
+        """Kills the emulator `after_seconds` into each of the next `count` invocations."""
+        with self._cond:
+            self.faults.extend([after_seconds] * count)
+
     def _kill_when_started(self, inst: Instance, delay: float) -> None:
         if inst.invoke_started.wait(self.timeout):
             time.sleep(delay)  # injected fault: how long into the invocation to kill
