@@ -6,7 +6,7 @@
   invoke FN [EVENT_FILE]   invoke a function once with an event (default {})
   kill FN    kill FN's emulator during its next invocation (fault injection)
   logs [FN]  print (-f: follow) the per-function logs in .kami/logs/
-  webhook ORDER_ID   send a signed Stripe checkout.session.completed for an order
+  webhook ORDER_ID   send a signed Stripe checkout.session.completed (--type) for an order
   build      cargo lambda build every function (x86_64; --release)
   provision  provision template.yaml on a moto server (see kami_local.provision)
   test-e2e   run the end-to-end tests (they start their own platform)
@@ -90,7 +90,11 @@ def cmd_up(args) -> int:
         if args.no_build:
             bootstraps = {lid: builder.bootstrap_path(b, args.release) for lid, b in builder.binaries(template).items()}
         else:
-            bootstraps = builder.build(template, args.release)
+            try:
+                bootstraps = builder.build(template, args.release)
+            except subprocess.CalledProcessError as e:
+                print(f"build failed ({e.returncode}); nothing started", file=sys.stderr)
+                return 1
         platform = Platform(template, stack, provisioned, bootstraps, endpoint, args.port,
                             args.max_instances, args.sqs_pollers, log_dir)
         platform.start(register=not args.no_state)
@@ -141,11 +145,17 @@ def cmd_webhook(args) -> int:
 
     state = _state(args)
     amount, currency = stripe_webhook.order_amount(state["endpoint"], state["resources"]["KamiTable"], args.order_id)
-    event = stripe_webhook.checkout_completed(args.order_id, amount, currency, args.event_id)
+    event = stripe_webhook.EVENT_TYPES[args.type](args.order_id, amount, currency, args.event_id)
     r = stripe_webhook.send(state["api_url"], event)
     print(f"sent {event['type']} {event['id']} for order {args.order_id} ({amount} {currency}): "
           f"HTTP {r.status_code} {r.text[:200]}")
     return 0 if r.ok else 1
+
+
+def stripe_types() -> list[str]:
+    from .stripe_webhook import EVENT_TYPES
+
+    return list(EVENT_TYPES)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -182,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         if name == "webhook":
             p.add_argument("order_id")
             p.add_argument("--event-id", help="reuse an event id (to test deduplication)")
+            p.add_argument("--type", default="checkout.session.completed", choices=sorted(stripe_types()))
 
     logs = sub.add_parser("logs")
     logs.add_argument("function", nargs="*")

@@ -52,6 +52,33 @@ def checkout_completed(order_id: str, amount: int, currency: str, event_id: str 
     }
 
 
+def payment_intent_succeeded(order_id: str, amount: int, currency: str, event_id: str | None = None) -> dict:
+    now = int(time.time())
+    return {
+        "id": event_id or "evt_" + secrets.token_hex(12),
+        "object": "event",
+        "api_version": "2024-06-20",
+        "created": now,
+        "livemode": False,
+        "pending_webhooks": 1,
+        "request": {"id": None, "idempotency_key": None},
+        "type": "payment_intent.succeeded",
+        "data": {"object": {
+            "id": "pi_" + secrets.token_hex(12),
+            "object": "payment_intent",
+            "amount": amount,
+            "amount_received": amount,
+            "currency": currency.lower(),
+            "metadata": {"order_id": order_id},
+            "status": "succeeded",
+            "created": now,
+        }},
+    }
+
+
+EVENT_TYPES = {"checkout.session.completed": checkout_completed, "payment_intent.succeeded": payment_intent_succeeded}
+
+
 def sign(payload: str, secret: str | None = None, timestamp: int | None = None) -> str:
     secret = secret or local_secrets()["StripeWebhookSecret"].split(",")[0]
     return stripe.WebhookSignature.generate_signature_header(payload, secret, timestamp)

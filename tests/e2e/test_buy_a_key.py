@@ -93,3 +93,25 @@ def test_unknown_route_is_api_gateway_404(platform):
     r = requests.get(f"{platform.api}/no/such/route", timeout=10)
     assert r.status_code == 404 and r.json() == {"message": "Not Found"}
     assert json.loads(requests.post(f"{platform.api}/products/x", timeout=10).text) == {"message": "Not Found"}
+
+
+def test_concurrent_requests_scale_a_function_to_several_instances(platform):
+    sku, _ = platform.create_product(keys=1)
+
+    def burst():
+        with concurrent.futures.ThreadPoolExecutor(12) as pool:
+            codes = list(pool.map(lambda _: requests.get(f"{platform.api}/products/{sku}", timeout=30).status_code,
+                                  range(24)))
+        assert codes == [200] * 24
+        return len(platform.status()["functions"]["CheckoutFunction"]["instances"]) > 1
+
+    wait_for("CheckoutFunction to scale out", burst, timeout=60)
+    assert len(platform.status()["functions"]["CheckoutFunction"]["instances"]) <= \
+        platform.status()["functions"]["CheckoutFunction"]["max_instances"]
+
+
+def test_a_schedule_fires_on_demand(platform):
+    before = platform.status()["schedules"]["EveryMinute"]["fired"]
+    r = requests.post(f"{platform.api}/_local/schedules/EveryMinute/fire", timeout=60)
+    assert r.status_code == 200 and r.json()["result"] == "ok", r.text
+    assert platform.status()["schedules"]["EveryMinute"]["fired"] > before
