@@ -16,7 +16,7 @@ from . import template as tpl
 
 MAX_PAYLOAD = 6 * 1024 * 1024  # Lambda's synchronous invocation payload limit
 _TEXT_TYPES = re.compile(
-    r"^(text/.*|application/(json|xml|javascript|x-www-form-urlencoded|graphql)|application/.*\+(json|xml))$"
+    r"^(text/.*|application/(json|xml|javascript)|application/.*\+(json|xml))$"
 )
 
 

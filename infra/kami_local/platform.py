@@ -223,8 +223,11 @@ def _handler(platform: Platform):
             payload = json.dumps(event).encode()
             if len(payload) > apigw.MAX_PAYLOAD:
                 return self._send(*apigw.error(413), req_id)
-            fn = platform.functions[route.function]
-            result = fn.invoke(payload, source=f"{route.key}")
+            try:
+                result = platform.functions[route.function].invoke(payload, source=route.key)
+            except Exception as e:  # noqa: BLE001 - e.g. an emulator that cannot start
+                platform.status(f"{route.function} via {route.key}: not invoked: {e}")
+                return self._send(*apigw.error(500), req_id)
             if not result.ok:
                 return self._send(*apigw.error(500), req_id)
             status, headers, data = apigw.map_response(result.body)
