@@ -224,7 +224,8 @@ def _handler(platform: Platform):
             if len(payload) > apigw.MAX_PAYLOAD:
                 return self._send(*apigw.error(413), req_id)
             try:
-                result = platform.functions[route.function].invoke(payload, source=route.key)
+                result = platform.functions[route.function].invoke(
+                    payload, source=route.key, summarize=lambda b: json.loads(b).get("statusCode", 200))
             except Exception as e:  # noqa: BLE001 - e.g. an emulator that cannot start
                 platform.status(f"{route.function} via {route.key}: not invoked: {e}")
                 return self._send(*apigw.error(500), req_id)

@@ -265,7 +265,8 @@ class Function:
         except Exception as e:  # noqa: BLE001 - reported, the next invocation tries again
             self.status(f"{self.name}: restart failed: {e}")
 
-    def invoke(self, event: dict | bytes, source: str = "") -> Result:
+    def invoke(self, event: dict | bytes, source: str = "", summarize=None) -> Result:
+        """Runs one invocation on a free instance. `summarize(body)` adds to the status line."""
         payload = event if isinstance(event, bytes) else json.dumps(event).encode()
         inst = self._acquire()
         try:
@@ -279,6 +280,11 @@ class Function:
         self.invocations += 1
         init = f" init={result.init_ms:.0f}ms" if result.init_ms is not None else ""
         outcome = result.kind + (f" ({result.detail})" if result.detail else "")
+        if result.ok and summarize is not None:
+            try:
+                outcome += f" {summarize(result.body)}"
+            except (ValueError, TypeError, KeyError, AttributeError):
+                outcome += " (unreadable response)"
         via = f" via {source}" if source else ""
         self.status(f"{self.name}{via}: {result.duration_ms:.0f}ms{init} {outcome}")
         return result

@@ -124,7 +124,9 @@ class SqsMapping:
     def _process(self, sqs, messages: list[dict]) -> None:
         records = [sqs_record(m, self.queue_arn) for m in messages]
         self.batches += 1
-        result = self.function.invoke({"Records": records}, source=f"{self.name} ({len(records)} msgs)")
+        result = self.function.invoke(
+            {"Records": records}, source=f"{self.name} ({len(records)} msgs)",
+            summarize=lambda b: f"{len((json.loads(b) or {}).get('batchItemFailures') or [])} failed")
         if not result.ok:
             return  # the whole batch comes back after the visibility timeout
         keep = failed_ids(result.body, records) if self.report_failures else set()
