@@ -92,6 +92,24 @@ class Platform:
         return r.json()
 
 
+_FAILED: list[str] = []
+_OUTPUT: list[Path] = []
+
+
+def pytest_terminal_summary(terminalreporter):
+    """On failure, the platform's last status lines show what happened to each invocation."""
+    if _FAILED and _OUTPUT and _OUTPUT[0].exists():
+        terminalreporter.section("local platform (last 80 lines)")
+        terminalreporter.write_line("\n".join(_OUTPUT[0].read_text().splitlines()[-80:]))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = (yield).get_result()
+    if report.failed:
+        _FAILED.append(item.nodeid)
+
+
 @pytest.fixture(scope="session")
 def platform(tmp_path_factory) -> Platform:
     work = tmp_path_factory.mktemp("platform")
@@ -120,3 +138,4 @@ def platform(tmp_path_factory) -> Platform:
                 proc.wait()
         out.close()
         print(f"\nplatform output: {work / 'platform.out'}; function logs: {log_dir}")
+        _OUTPUT.append(work / "platform.out")
