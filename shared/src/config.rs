@@ -7,6 +7,7 @@ use zeroize::Zeroizing;
 
 use crate::adapters::dynamo::Store;
 use crate::adapters::kms::KmsVault;
+use crate::adapters::metrics::AwsCallCounter;
 use crate::adapters::queue::SqsDeliveryQueue;
 use crate::adapters::secrets;
 use crate::error::{Error, Result};
@@ -92,6 +93,18 @@ impl Secrets {
     }
 }
 
+/// A client of one AWS service from the shared config, counted when a counter is given.
+/// (A macro: each service has its own config builder type.)
+macro_rules! client_with_counter {
+    ($service:ident, $sdk:expr, $counter:expr) => {{
+        let mut builder = $service::config::Builder::from($sdk);
+        if let Some(counter) = $counter {
+            builder = builder.interceptor(counter.clone());
+        }
+        $service::Client::from_conf(builder.build())
+    }};
+}
+
 /// Everything a use case needs, built once per cold start and shared by invocations.
 pub struct Context {
     pub config: Config,
@@ -110,17 +123,26 @@ impl Context {
     }
 
     pub async fn connect(config: Config, sdk: &SdkConfig) -> Result<Self> {
+        Self::connect_counted(config, sdk, None).await
+    }
+
+    /// As `connect`, with every DynamoDB, SQS and KMS request counted by `counter`.
+    pub async fn connect_counted(
+        config: Config,
+        sdk: &SdkConfig,
+        counter: Option<AwsCallCounter>,
+    ) -> Result<Self> {
         let secrets = secrets::load(sdk, &config).await?;
+        let dynamodb = client_with_counter!(aws_sdk_dynamodb, sdk, &counter);
+        let sqs = client_with_counter!(aws_sdk_sqs, sdk, &counter);
+        let kms = client_with_counter!(aws_sdk_kms, sdk, &counter);
         Ok(Context {
-            store: Store::new(aws_sdk_dynamodb::Client::new(sdk), config.table.clone()),
+            store: Store::new(dynamodb, config.table.clone()),
             queue: config
                 .delivery_queue_url
                 .clone()
-                .map(|url| SqsDeliveryQueue::new(aws_sdk_sqs::Client::new(sdk), url)),
-            vault: KmsVault::new(
-                aws_sdk_kms::Client::new(sdk),
-                config.card_key_kms_key_id.clone(),
-            ),
+                .map(|url| SqsDeliveryQueue::new(sqs, url)),
+            vault: KmsVault::new(kms, config.card_key_kms_key_id.clone()),
             secrets,
             config,
         })

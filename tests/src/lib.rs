@@ -13,6 +13,7 @@ use aws_config::{BehaviorVersion, Region};
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use aws_sdk_dynamodb::config::Credentials;
 use hmac::{Hmac, KeyInit, Mac};
+use kami_shared::adapters::metrics::AwsCallCounter;
 use kami_shared::app::delivery;
 use kami_shared::{Config, Context, http};
 use lambda_http::{Body, Request};
@@ -132,6 +133,14 @@ pub async fn sdk_config() -> aws_config::SdkConfig {
 
 /// A context as a function's cold start would build it, with `overrides` applied.
 pub async fn context_with(overrides: &[(&str, &str)]) -> Arc<Context> {
+    counted_context_with(overrides, None).await
+}
+
+/// As `context_with`, with every AWS request the use cases make counted.
+pub async fn counted_context_with(
+    overrides: &[(&str, &str)],
+    counter: Option<AwsCallCounter>,
+) -> Arc<Context> {
     let stack = stack();
     let mut env = stack.env.clone();
     for (name, value) in overrides {
@@ -139,7 +148,7 @@ pub async fn context_with(overrides: &[(&str, &str)]) -> Arc<Context> {
     }
     let config = Config::from_lookup(|name| env.get(name).cloned()).expect("config");
     Arc::new(
-        Context::connect(config, &sdk_config().await)
+        Context::connect_counted(config, &sdk_config().await, counter)
             .await
             .expect("context"),
     )
@@ -148,6 +157,11 @@ pub async fn context_with(overrides: &[(&str, &str)]) -> Arc<Context> {
 /// A context with a delivery queue of its own, so tests running in parallel never
 /// handle each other's messages.
 pub async fn context() -> Arc<Context> {
+    counted_context(None).await
+}
+
+/// As `context`, with every AWS request the use cases make counted.
+pub async fn counted_context(counter: Option<AwsCallCounter>) -> Arc<Context> {
     let sqs = aws_sdk_sqs::Client::new(&sdk_config().await);
     let name = format!("test-deliveries-{}", kami_shared::domain::time::new_id());
     let url = sqs
@@ -158,7 +172,7 @@ pub async fn context() -> Arc<Context> {
         .expect("create a test queue")
         .queue_url
         .expect("queue url");
-    context_with(&[("DELIVERY_QUEUE_URL", &url)]).await
+    counted_context_with(&[("DELIVERY_QUEUE_URL", &url)], counter).await
 }
 
 pub fn request(

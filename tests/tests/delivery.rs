@@ -109,13 +109,13 @@ async fn a_worker_stopped_between_writes_is_finished_by_the_next_one() {
     let mut partial = order.clone();
     partial.quantity = 1;
     assert!(
-        delivery::allocate_keys(&paid.ctx, &partial)
+        delivery::allocate_keys(&paid.ctx, &partial, &[])
             .await
             .expect("partial")
     );
     // Stopped after all keys, before marking delivered.
     assert!(
-        delivery::allocate_keys(&paid.ctx, &order)
+        delivery::allocate_keys(&paid.ctx, &order, &[0])
             .await
             .expect("rest")
     );

@@ -882,15 +882,6 @@ impl Store {
 
     // ---------- delivery ----------
 
-    /// Access pattern: the card keys already allocated to an order.
-    pub async fn delivery_slots(&self, order_id: &str) -> Result<Vec<DeliverySlot>> {
-        self.query_partition(&keys::order_partition(order_id), Some("DELIVERY#"))
-            .await?
-            .iter()
-            .map(slot_from_item)
-            .collect()
-    }
-
     /// Access pattern: a few available keys of a product from one stock shard.
     pub async fn available_keys(&self, sku: &str, shard: u32, limit: i32) -> Result<Vec<StockKey>> {
         let partition = keys::stock_partition(sku, shard % STOCK_SHARDS);

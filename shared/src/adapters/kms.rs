@@ -91,7 +91,8 @@ impl KmsVault {
         Ok(key)
     }
 
-    fn cached(&self, batch_id: &str) -> Option<DataKey> {
+    /// A batch's data key if it was unwrapped in the last few minutes.
+    pub fn cached(&self, batch_id: &str) -> Option<DataKey> {
         let cache = self.cache.lock().ok()?;
         cache
             .get(batch_id)

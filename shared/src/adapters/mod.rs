@@ -3,5 +3,6 @@
 
 pub mod dynamo;
 pub mod kms;
+pub mod metrics;
 pub mod queue;
 pub mod secrets;

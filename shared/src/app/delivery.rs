@@ -25,16 +25,19 @@ pub enum DeliveryOutcome {
 
 /// Delivers one order, from wherever an earlier attempt stopped.
 pub async fn deliver(ctx: &Context, order_id: &str) -> Result<DeliveryOutcome> {
-    let Some(order) = ctx.store.get_order(order_id).await? else {
+    // One query reads the order and the slots an earlier attempt filled.
+    let Some(view) = ctx.store.get_order_view(order_id).await? else {
         return Ok(DeliveryOutcome::Skipped(None));
     };
+    let order = view.order;
+    let filled: Vec<u32> = view.deliveries.iter().map(|slot| slot.slot).collect();
     if order.status == OrderStatus::Delivered {
         return Ok(DeliveryOutcome::AlreadyDelivered);
     }
     if !order.status.awaits_delivery() {
         return Ok(DeliveryOutcome::Skipped(Some(order.status)));
     }
-    if allocate_keys(ctx, &order).await? {
+    if allocate_keys(ctx, &order, &filled).await? {
         finish(ctx, &order).await
     } else {
         // Another worker finished (or an operator moved the order) meanwhile.
@@ -42,16 +45,10 @@ pub async fn deliver(ctx: &Context, order_id: &str) -> Result<DeliveryOutcome> {
     }
 }
 
-/// Fills every empty slot of the order. Returns false if the order stopped waiting for
+/// Fills every slot of the order not in `filled` (a slot filled meanwhile by another
+/// worker is detected by its condition). Returns false if the order stopped waiting for
 /// delivery meanwhile.
-pub async fn allocate_keys(ctx: &Context, order: &OrderRecord) -> Result<bool> {
-    let filled: Vec<u32> = ctx
-        .store
-        .delivery_slots(&order.order_id)
-        .await?
-        .iter()
-        .map(|slot| slot.slot)
-        .collect();
+pub async fn allocate_keys(ctx: &Context, order: &OrderRecord, filled: &[u32]) -> Result<bool> {
     for slot in (0..order.quantity).filter(|slot| !filled.contains(slot)) {
         if !fill_slot(ctx, order, slot).await? {
             return Ok(false);
