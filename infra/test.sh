@@ -5,7 +5,8 @@
 #   end-to-end tests over HTTP against the local platform.
 # Every step runs even if an earlier one failed; the exit code is non-zero if any failed.
 #   infra/test.sh [--only NAME[,NAME...]]   (step names: see the summary)
-# Set KAMI_SAM_BUILD=1 to add `sam build` (arm64 cross build of every function; slow).
+# Set KAMI_SAM_BUILD=1 to add `sam build` (release arm64 cross build of every function: slow,
+# and it needs `rustup target add aarch64-unknown-linux-gnu`, which a fresh machine lacks).
 set -uo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -45,7 +46,9 @@ step cargo-test cargo test --workspace
 step cfn-lint "$repo/.kami/venv/bin/cfn-lint" template.yaml
 step sam-validate "$repo/.kami/venv/bin/sam" validate --lint --region us-east-1 --template template.yaml
 if [[ "${KAMI_SAM_BUILD:-}" == "1" ]]; then
-    step sam-build "$repo/.kami/venv/bin/sam" build --template template.yaml --build-dir .kami/sam-build
+    # rust-cargolambda is a SAM beta feature; cargo-lambda and zig come from the venv.
+    PATH="$repo/.kami/venv/bin:$PATH" step sam-build "$repo/.kami/venv/bin/sam" build --beta-features \
+        --template template.yaml --build-dir .kami/sam-build
 fi
 step build "$py" -m kami_local build
 step events "$py" -m pytest -q events

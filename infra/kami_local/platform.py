@@ -60,9 +60,8 @@ class Platform:
         self.functions: dict[str, runtime.Function] = {}
         self.mappings: list[SqsMapping] = []
         self.schedules: dict[str, Schedule] = {}
-        self.api_id = stack.ref(next((k for k, r in template["Resources"].items()
-                                      if r["Type"] == "AWS::Serverless::HttpApi"), "")) if any(
-            r["Type"] == "AWS::Serverless::HttpApi" for r in template["Resources"].values()) else "local"
+        api = next((k for k, r in template["Resources"].items() if r["Type"] == "AWS::Serverless::HttpApi"), None)
+        self.api_id = stack.ref(api) if api else "local"
         for logical_id, fn in tpl.functions(template).items():
             if logical_id not in bootstraps:
                 continue
