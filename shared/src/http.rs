@@ -2,7 +2,7 @@
 //! responses (`error_response`).
 
 use lambda_http::http::{HeaderMap, Method, StatusCode, header};
-use lambda_http::{Body, Request, Response};
+use lambda_http::{Body, Request, Response, service_fn};
 use serde_json::{Value, json};
 
 use crate::app::{catalog, import, orders, payments};
@@ -219,4 +219,33 @@ pub async fn payment_webhook(ctx: &Context, request: Request) -> Response<Body> 
     }
     .await;
     respond(result)
+}
+
+/// The three HTTP APIs, one per function.
+#[derive(Debug, Clone, Copy)]
+pub enum Api {
+    Checkout,
+    Admin,
+    PaymentWebhook,
+}
+
+impl Api {
+    pub async fn route(self, ctx: &Context, request: Request) -> Response<Body> {
+        match self {
+            Api::Checkout => checkout(ctx, request).await,
+            Api::Admin => admin(ctx, request).await,
+            Api::PaymentWebhook => payment_webhook(ctx, request).await,
+        }
+    }
+}
+
+/// A function's whole life: logging, the context once at cold start, then requests.
+pub async fn serve(api: Api) -> Result<(), lambda_http::Error> {
+    lambda_http::tracing::init_default_subscriber();
+    let ctx = Context::from_env().await?;
+    lambda_http::run(service_fn(move |request: Request| {
+        let ctx = ctx.clone();
+        async move { Ok::<_, lambda_http::Error>(api.route(&ctx, request).await) }
+    }))
+    .await
 }

@@ -244,14 +244,11 @@ pub async fn product_with_keys(
     .await;
     assert_eq!(status, 201, "{created}");
     if !keys.is_empty() {
-        let (status, report) = admin(
+        let (status, report) = import_keys(
             ctx,
-            request(
-                "POST",
-                &format!("/admin/products/{sku}/card-keys"),
-                &[("authorization", &auth)],
-                json!({"keys": keys}).to_string(),
-            ),
+            &sku,
+            "application/json",
+            json!({"keys": keys}).to_string(),
         )
         .await;
         assert_eq!(status, 201, "{report}");
@@ -330,16 +327,7 @@ pub async fn pay(
 ) -> (u16, Value) {
     let payload = checkout_completed(event_id, order_id, amount, currency);
     let signature = stripe_signature(STRIPE_SECRET, now_seconds(), &payload);
-    webhook(
-        ctx,
-        request(
-            "POST",
-            "/webhooks/stripe",
-            &[("stripe-signature", &signature)],
-            payload,
-        ),
-    )
-    .await
+    send_webhook(ctx, &signature, payload).await
 }
 
 /// Plays the SQS event source mapping for the delivery queue until it is empty:
@@ -427,4 +415,57 @@ impl LogCapture {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().expect("log buffer")).into_owned()
     }
+}
+
+/// `POST /webhooks/stripe` with this signature header.
+pub async fn send_webhook(
+    ctx: &Context,
+    signature: &str,
+    payload: impl Into<Body>,
+) -> (u16, Value) {
+    webhook(
+        ctx,
+        request(
+            "POST",
+            "/webhooks/stripe",
+            &[("stripe-signature", signature)],
+            payload,
+        ),
+    )
+    .await
+}
+
+/// `GET /admin/products/{sku}` as the admin.
+pub async fn admin_product(ctx: &Context, sku: &str) -> (u16, Value) {
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    admin(
+        ctx,
+        request(
+            "GET",
+            &format!("/admin/products/{sku}"),
+            &[("authorization", &auth)],
+            Body::Empty,
+        ),
+    )
+    .await
+}
+
+/// `POST /admin/products/{sku}/card-keys` as the admin, with this content type.
+pub async fn import_keys(
+    ctx: &Context,
+    sku: &str,
+    content_type: &str,
+    body: impl Into<Body>,
+) -> (u16, Value) {
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    admin(
+        ctx,
+        request(
+            "POST",
+            &format!("/admin/products/{sku}/card-keys"),
+            &[("authorization", &auth), ("content-type", content_type)],
+            body,
+        ),
+    )
+    .await
 }

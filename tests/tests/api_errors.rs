@@ -294,16 +294,7 @@ async fn import_reports_duplicates_and_invalid_keys_and_reads_text() {
     );
 
     let text = make_keys("TXT", 3).join("\r\n") + "\n";
-    let (status, report) = admin(
-        &ctx,
-        request(
-            "POST",
-            &format!("/admin/products/{sku}/card-keys"),
-            &[("authorization", &auth), ("content-type", "text/csv")],
-            text,
-        ),
-    )
-    .await;
+    let (status, report) = import_keys(&ctx, &sku, "text/csv", text).await;
     assert_eq!(
         (status, report["accepted"].as_u64()),
         (201, Some(3)),
@@ -323,15 +314,6 @@ async fn import_reports_duplicates_and_invalid_keys_and_reads_text() {
     )
     .await;
     assert_eq!((status, code(&report)), (415, "unsupported_media_type"));
-    let (_, product) = admin(
-        &ctx,
-        request(
-            "GET",
-            &format!("/admin/products/{sku}"),
-            &[("authorization", &auth)],
-            Body::Empty,
-        ),
-    )
-    .await;
+    let (_, product) = admin_product(&ctx, &sku).await;
     assert_eq!(product["stock"]["available"], 5);
 }

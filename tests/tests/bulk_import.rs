@@ -11,30 +11,12 @@ async fn one_hundred_thousand_keys_in_one_import() {
     let body = keys.join("\n");
     assert!(body.len() < kami_shared::http::MAX_IMPORT_BODY);
     let auth = format!("Bearer {ADMIN_TOKEN}");
-    let (status, report) = admin(
-        &ctx,
-        request(
-            "POST",
-            &format!("/admin/products/{sku}/card-keys"),
-            &[("authorization", &auth), ("content-type", "text/plain")],
-            body,
-        ),
-    )
-    .await;
+    let (status, report) = import_keys(&ctx, &sku, "text/plain", body).await;
     assert_eq!(status, 201, "{report}");
     assert_eq!(report["accepted"], 100_000);
     assert_eq!(report["duplicates"], json!([]));
     assert_eq!(report["invalid"], json!([]));
-    let (_, product) = admin(
-        &ctx,
-        request(
-            "GET",
-            &format!("/admin/products/{sku}"),
-            &[("authorization", &auth)],
-            "",
-        ),
-    )
-    .await;
+    let (_, product) = admin_product(&ctx, &sku).await;
     assert_eq!(
         product["stock"],
         json!({"available": 100_000, "reserved": 0, "sold": 0})

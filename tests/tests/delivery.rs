@@ -133,17 +133,7 @@ async fn a_worker_stopped_between_writes_is_finished_by_the_next_one() {
     let (_, after) = codes(&paid).await;
     assert_eq!(after.len(), 3);
     assert_distinct_and_imported(&after, &paid.keys);
-    let auth = format!("Bearer {ADMIN_TOKEN}");
-    let (_, product) = admin(
-        &paid.ctx,
-        request(
-            "GET",
-            &format!("/admin/products/{}", paid.sku),
-            &[("authorization", &auth)],
-            "",
-        ),
-    )
-    .await;
+    let (_, product) = admin_product(&paid.ctx, &paid.sku).await;
     assert_eq!(product["stock"]["available"], 3);
     assert_eq!(product["stock"]["sold"], 3);
     assert_eq!(product["stock"]["reserved"], 0);
@@ -173,17 +163,7 @@ async fn five_workers_on_one_order_allocate_each_key_once() {
     let (_, codes) = codes(&paid).await;
     assert_eq!(codes.len(), 4);
     assert_distinct_and_imported(&codes, &paid.keys);
-    let auth = format!("Bearer {ADMIN_TOKEN}");
-    let (_, product) = admin(
-        &paid.ctx,
-        request(
-            "GET",
-            &format!("/admin/products/{}", paid.sku),
-            &[("authorization", &auth)],
-            "",
-        ),
-    )
-    .await;
+    let (_, product) = admin_product(&paid.ctx, &paid.sku).await;
     assert_eq!(
         product["stock"]["available"], 4,
         "the other keys stay in stock"

@@ -51,17 +51,7 @@ async fn expiry_returns_stock_and_late_payments_are_kept() {
     let first_token = first["access_token"].as_str().expect("token");
     let (_, view) = view_order(&ctx, first_id, first_token).await;
     assert_eq!(view["status"], "expired");
-    let auth = format!("Bearer {ADMIN_TOKEN}");
-    let (_, product) = admin(
-        &ctx,
-        request(
-            "GET",
-            &format!("/admin/products/{sku}"),
-            &[("authorization", &auth)],
-            "",
-        ),
-    )
-    .await;
+    let (_, product) = admin_product(&ctx, &sku).await;
     assert_eq!(
         product["stock"],
         json!({"available": 3, "reserved": 1, "sold": 0})

@@ -80,17 +80,7 @@ async fn two_hundred_concurrent_orders_for_fifty_keys() {
     let imported: HashSet<String> = keys.into_iter().collect();
     assert_eq!(delivered, imported);
 
-    let auth = format!("Bearer {ADMIN_TOKEN}");
-    let (_, product) = admin(
-        &ctx,
-        request(
-            "GET",
-            &format!("/admin/products/{sku}"),
-            &[("authorization", &auth)],
-            "",
-        ),
-    )
-    .await;
+    let (_, product) = admin_product(&ctx, &sku).await;
     assert_eq!(
         product["stock"],
         json!({"available": 0, "reserved": 0, "sold": 50})

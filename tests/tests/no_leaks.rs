@@ -26,16 +26,7 @@ async fn logs_of_a_full_run_hold_no_key_token_or_secret() {
     // Failures are logged too: a forged webhook and a bad admin token.
     let payload = checkout_completed("evt_leak_forged", order_id, 1980, "CNY");
     let forged = stripe_signature("whsec_forged", now_seconds(), &payload);
-    webhook(
-        &ctx,
-        request(
-            "POST",
-            "/webhooks/stripe",
-            &[("stripe-signature", &forged)],
-            payload,
-        ),
-    )
-    .await;
+    send_webhook(&ctx, &forged, payload).await;
     drain_delivery_queue(&ctx).await;
     let (_, view) = view_order(&ctx, order_id, token).await;
     assert_eq!(view["status"], "delivered");

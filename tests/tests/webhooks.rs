@@ -34,16 +34,7 @@ async fn the_same_event_twenty_times_at_once_delivers_once() {
     for _ in 0..20 {
         let (ctx, payload, signature) = (ctx.clone(), payload.clone(), signature.clone());
         sends.push(tokio::spawn(async move {
-            webhook(
-                &ctx,
-                request(
-                    "POST",
-                    "/webhooks/stripe",
-                    &[("stripe-signature", &signature)],
-                    payload,
-                ),
-            )
-            .await
+            send_webhook(&ctx, &signature, payload).await
         }));
     }
     for send in sends {
@@ -81,16 +72,7 @@ async fn forged_stale_and_resigned_events_are_refused_and_change_nothing() {
         String::new(),
     ];
     for signature in &cases {
-        let (status, body) = webhook(
-            &ctx,
-            request(
-                "POST",
-                "/webhooks/stripe",
-                &[("stripe-signature", signature)],
-                payload.clone(),
-            ),
-        )
-        .await;
+        let (status, body) = send_webhook(&ctx, signature, payload.clone()).await;
         assert_eq!(status, 400, "{signature}: {body}");
         assert_eq!(body["error"]["code"], "invalid_signature");
     }
@@ -103,16 +85,7 @@ async fn forged_stale_and_resigned_events_are_refused_and_change_nothing() {
     // A valid signature over another body does not carry over.
     let tampered = payload.replace(&amount.to_string(), "1");
     let signature = stripe_signature(STRIPE_SECRET, now, &payload);
-    let (status, _) = webhook(
-        &ctx,
-        request(
-            "POST",
-            "/webhooks/stripe",
-            &[("stripe-signature", &signature)],
-            tampered,
-        ),
-    )
-    .await;
+    let (status, _) = send_webhook(&ctx, &signature, tampered).await;
     assert_eq!(status, 400);
 
     let view = status_of(&ctx, &order_id, &token).await;
@@ -150,29 +123,11 @@ async fn during_rotation_both_endpoint_secrets_verify() {
     let payload = r#"{"id":"evt_rot","type":"customer.created","data":{"object":{}}}"#;
     for secret in ["whsec_old_one", STRIPE_SECRET] {
         let signature = stripe_signature(secret, now_seconds(), payload);
-        let (status, body) = webhook(
-            &ctx,
-            request(
-                "POST",
-                "/webhooks/stripe",
-                &[("stripe-signature", &signature)],
-                payload,
-            ),
-        )
-        .await;
+        let (status, body) = send_webhook(&ctx, &signature, payload).await;
         assert_eq!((status, body), (200, json!({"received": true})), "{secret}");
     }
     let signature = stripe_signature("whsec_retired", now_seconds(), payload);
-    let (status, _) = webhook(
-        &ctx,
-        request(
-            "POST",
-            "/webhooks/stripe",
-            &[("stripe-signature", &signature)],
-            payload,
-        ),
-    )
-    .await;
+    let (status, _) = send_webhook(&ctx, &signature, payload).await;
     assert_eq!(status, 400);
 }
 
@@ -204,16 +159,7 @@ async fn payment_intent_succeeded_pays_and_unknown_orders_are_kept() {
         "amount_received": amount, "currency": "cny"}}})
     .to_string();
     let signature = stripe_signature(STRIPE_SECRET, now_seconds(), &payload);
-    let (status, _) = webhook(
-        &ctx,
-        request(
-            "POST",
-            "/webhooks/stripe",
-            &[("stripe-signature", &signature)],
-            payload,
-        ),
-    )
-    .await;
+    let (status, _) = send_webhook(&ctx, &signature, payload).await;
     assert_eq!(status, 200);
     drain_delivery_queue(&ctx).await;
     assert_eq!(
@@ -226,4 +172,58 @@ async fn payment_intent_succeeded_pays_and_unknown_orders_are_kept() {
     assert_eq!(status, 200);
     let (status, _) = pay(&ctx, "evt_unknown", "01JUNKNOWNORDER0000000000", 100, "CNY").await;
     assert_eq!(status, 200);
+    let dynamo = aws_sdk_dynamodb::Client::new(&sdk_config().await);
+    let kept = dynamo
+        .get_item()
+        .table_name(&stack().env["KAMI_TABLE"])
+        .key(
+            "pk",
+            aws_sdk_dynamodb::types::AttributeValue::S("WEBHOOK#stripe#evt_unknown".into()),
+        )
+        .key(
+            "sk",
+            aws_sdk_dynamodb::types::AttributeValue::S("WEBHOOK".into()),
+        )
+        .send()
+        .await
+        .expect("get")
+        .item
+        .expect("the unmatched payment is kept for an operator");
+    assert_eq!(
+        kept["outcome"].as_s().map(String::as_str),
+        Ok("unknown_order")
+    );
+    assert_eq!(kept["amount"].as_n().map(String::as_str), Ok("100"));
+}
+
+#[tokio::test]
+async fn no_acknowledgement_until_the_delivery_is_queued() {
+    let (ctx, order_id, token, amount) = pending_order("queue-down", 1).await;
+    // The queue is unreachable: the payment is stored, but Stripe must not get a 2xx.
+    let broken = context_with(&[(
+        "DELIVERY_QUEUE_URL",
+        &format!("{}/000000000000/no-such-queue", stack().endpoint),
+    )])
+    .await;
+    let (status, body) = pay(&broken, "evt_queue_down", &order_id, amount, "CNY").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (500, Some("internal_error")),
+        "{body}"
+    );
+    assert!(
+        !body.to_string().contains("no-such-queue"),
+        "no internals in the response"
+    );
+    assert_eq!(status_of(&ctx, &order_id, &token).await["status"], "paid");
+
+    // Stripe retries the same event: recognised as a duplicate, and the delivery is
+    // queued this time.
+    let (status, _) = pay(&ctx, "evt_queue_down", &order_id, amount, "CNY").await;
+    assert_eq!(status, 200);
+    assert_eq!(drain_delivery_queue(&ctx).await, 1);
+    assert_eq!(
+        status_of(&ctx, &order_id, &token).await["status"],
+        "delivered"
+    );
 }

@@ -1,16 +1,8 @@
-//! Thin entrypoint: build the context once at cold start, route each request through
-//! `kami_shared::http::admin`.
+//! Thin entrypoint: the admin HTTP API (routes in `kami_shared::http`).
 
-use kami_shared::{Context, http};
-use lambda_http::{Error, Request, run, service_fn};
+use kami_shared::http::{Api, serve};
 
 #[tokio::main(flavor = "current_thread")]
-async fn main() -> Result<(), Error> {
-    lambda_http::tracing::init_default_subscriber();
-    let ctx = Context::from_env().await?;
-    run(service_fn(|request: Request| {
-        let ctx = ctx.clone();
-        async move { Ok::<_, Error>(http::admin(&ctx, request).await) }
-    }))
-    .await
+async fn main() -> Result<(), lambda_http::Error> {
+    serve(Api::Admin).await
 }

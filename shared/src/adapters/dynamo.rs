@@ -5,7 +5,8 @@
 
 use std::collections::HashMap;
 
-use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{
@@ -110,6 +111,10 @@ fn get_n(item: &Item, name: &str) -> Result<i64> {
             .map_err(|_| Error::Corrupt(format!("{name} is not an integer"))),
         _ => Err(Error::Corrupt(format!("item has no number {name}"))),
     }
+}
+
+fn get_u32(item: &Item, name: &str) -> Result<u32> {
+    u32::try_from(get_n(item, name)?).map_err(|_| Error::Corrupt(format!("{name} out of range")))
 }
 
 fn get_b(item: &Item, name: &str) -> Result<Vec<u8>> {
@@ -429,14 +434,58 @@ impl Store {
         Ok(output.item)
     }
 
+    async fn get_as<T: FromItem>(
+        &self,
+        key: (String, String),
+        consistent: bool,
+    ) -> Result<Option<T>> {
+        self.get(key, consistent)
+            .await?
+            .map(|item| T::from_item(&item))
+            .transpose()
+    }
+
+    /// Writes a new item; false if an item with its key already exists.
+    async fn put_if_absent(&self, item: Item) -> Result<bool> {
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(err) if condition_failed(&err) => Ok(false),
+            Err(err) => Err(Error::aws("dynamodb", err)),
+        }
+    }
+
+    /// Every page of a query.
+    async fn query_all(&self, query: QueryFluentBuilder) -> Result<Vec<Item>> {
+        let mut items = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let output = query
+                .clone()
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| Error::aws("dynamodb", e))?;
+            items.extend(output.items().iter().cloned());
+            match output.last_evaluated_key() {
+                Some(key) => start = Some(key.clone()),
+                None => return Ok(items),
+            }
+        }
+    }
+
     // ---------- products ----------
 
     /// Access pattern: get a product by sku.
     pub async fn get_product(&self, sku: &str, consistent: bool) -> Result<Option<Product>> {
-        self.get(keys::product(sku), consistent)
-            .await?
-            .map(|item| product_from_item(&item))
-            .transpose()
+        self.get_as(keys::product(sku), consistent).await
     }
 
     /// Access pattern: create a product; an existing sku is a conflict.
@@ -455,24 +504,10 @@ impl Store {
             ("sold".to_owned(), n(0)),
             ("created_at".to_owned(), s(&product.created_at)),
         ]);
-        let result = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .condition_expression("attribute_not_exists(pk)")
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(err)
-                if err
-                    .as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Err(Error::Conflict(ConflictKind::ProductExists))
-            }
-            Err(err) => Err(Error::aws("dynamodb", err)),
+        if self.put_if_absent(item).await? {
+            Ok(())
+        } else {
+            Err(Error::Conflict(ConflictKind::ProductExists))
         }
     }
 
@@ -483,33 +518,21 @@ impl Store {
         let mut item = key_item(keys::batch(&batch.batch_id));
         item.extend([
             ("entity".to_owned(), s("batch")),
+            ("batch_id".to_owned(), s(&batch.batch_id)),
             ("sku".to_owned(), s(&batch.sku)),
             ("wrapped_key".to_owned(), b(batch.wrapped_key.clone())),
             ("created_at".to_owned(), s(created_at)),
         ]);
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .condition_expression("attribute_not_exists(pk)")
-            .send()
-            .await
-            .map_err(|e| Error::aws("dynamodb", e))?;
-        Ok(())
+        if self.put_if_absent(item).await? {
+            Ok(())
+        } else {
+            Err(Error::Corrupt("batch id already exists".into()))
+        }
     }
 
     /// Access pattern: get a batch (its wrapped data key).
     pub async fn get_batch(&self, batch_id: &str) -> Result<Option<BatchRecord>> {
-        self.get(keys::batch(batch_id), false)
-            .await?
-            .map(|item| {
-                Ok(BatchRecord {
-                    batch_id: batch_id.to_owned(),
-                    sku: get_s(&item, "sku")?,
-                    wrapped_key: get_b(&item, "wrapped_key")?,
-                })
-            })
-            .transpose()
+        self.get_as(keys::batch(batch_id), false).await
     }
 
     /// Access pattern: add up to 49 sealed keys to a product's stock in one
@@ -584,15 +607,7 @@ impl Store {
         scope: &str,
         key: &str,
     ) -> Result<Option<IdempotencyRecord>> {
-        self.get(keys::idempotency(scope, key), true)
-            .await?
-            .map(|item| {
-                Ok(IdempotencyRecord {
-                    request_hash: get_s(&item, "request_hash")?,
-                    order_id: get_s(&item, "order_id")?,
-                })
-            })
-            .transpose()
+        self.get_as(keys::idempotency(scope, key), true).await
     }
 
     /// Access pattern: create an order. One transaction claims the idempotency key,
@@ -652,46 +667,23 @@ impl Store {
 
     /// Access pattern: one order item (strongly consistent).
     pub async fn get_order(&self, order_id: &str) -> Result<Option<OrderRecord>> {
-        self.get(
+        self.get_as(
             (keys::order_partition(order_id), keys::ORDER_SK.into()),
             true,
         )
-        .await?
-        .map(|item| order_from_item(&item))
-        .transpose()
-    }
-
-    async fn query_partition(&self, pk: &str, sk_prefix: Option<&str>) -> Result<Vec<Item>> {
-        let mut items = Vec::new();
-        let mut start: Option<Item> = None;
-        loop {
-            let mut query = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .consistent_read(true)
-                .set_exclusive_start_key(start.take())
-                .expression_attribute_values(":pk", s(pk));
-            query = match sk_prefix {
-                Some(prefix) => query
-                    .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
-                    .expression_attribute_values(":prefix", s(prefix)),
-                None => query.key_condition_expression("pk = :pk"),
-            };
-            let output = query.send().await.map_err(|e| Error::aws("dynamodb", e))?;
-            items.extend(output.items().iter().cloned());
-            match output.last_evaluated_key() {
-                Some(key) => start = Some(key.clone()),
-                None => return Ok(items),
-            }
-        }
+        .await
     }
 
     /// Access pattern: an order with its events, deliveries and payments (one Query).
     pub async fn get_order_view(&self, order_id: &str) -> Result<Option<OrderView>> {
-        let items = self
-            .query_partition(&keys::order_partition(order_id), None)
-            .await?;
+        let query = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .consistent_read(true)
+            .key_condition_expression("pk = :pk")
+            .expression_attribute_values(":pk", s(keys::order_partition(order_id)));
+        let items = self.query_all(query).await?;
         let mut order = None;
         let mut events = Vec::new();
         let mut deliveries = Vec::new();
@@ -699,7 +691,7 @@ impl Store {
         for item in &items {
             let sk = get_s(item, "sk")?;
             if sk == keys::ORDER_SK {
-                order = Some(order_from_item(item)?);
+                order = Some(OrderRecord::from_item(item)?);
             } else if sk.starts_with("EVENT#") {
                 events.push(OrderEvent {
                     at: get_s(item, "at")?,
@@ -710,7 +702,7 @@ impl Store {
                     cause: get_s(item, "cause")?,
                 });
             } else if sk.starts_with("DELIVERY#") {
-                deliveries.push(slot_from_item(item)?);
+                deliveries.push(DeliverySlot::from_item(item)?);
             } else if sk.starts_with("PAYMENT#") {
                 payments.push(PaymentRecord {
                     provider: get_s(item, "provider")?,
@@ -859,25 +851,7 @@ impl Store {
             ("provider_ref".to_owned(), s(provider_ref)),
             ("received_at".to_owned(), s(now.to_rfc3339())),
         ]);
-        let result = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .condition_expression("attribute_not_exists(pk)")
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(err)
-                if err
-                    .as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(false)
-            }
-            Err(err) => Err(Error::aws("dynamodb", err)),
-        }
+        self.put_if_absent(item).await
     }
 
     // ---------- delivery ----------
@@ -1031,31 +1005,21 @@ impl Store {
     // ---------- sweeps ----------
 
     async fn due_in_index(&self, partition: String, now: Timestamp) -> Result<Vec<String>> {
+        let query = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name("gsi1")
+            .key_condition_expression("gsi1pk = :pk AND gsi1sk <= :now")
+            .expression_attribute_values(":pk", s(&partition))
+            .expression_attribute_values(":now", n(now.unix_seconds()));
         let mut ids = Vec::new();
-        let mut start: Option<Item> = None;
-        loop {
-            let output = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .index_name("gsi1")
-                .key_condition_expression("gsi1pk = :pk AND gsi1sk <= :now")
-                .expression_attribute_values(":pk", s(&partition))
-                .expression_attribute_values(":now", n(now.unix_seconds()))
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(|e| Error::aws("dynamodb", e))?;
-            for item in output.items() {
-                if let Some(id) = get_s(item, "pk")?.strip_prefix("ORDER#") {
-                    ids.push(id.to_owned());
-                }
-            }
-            match output.last_evaluated_key() {
-                Some(key) => start = Some(key.clone()),
-                None => return Ok(ids),
+        for item in self.query_all(query).await? {
+            if let Some(id) = get_s(&item, "pk")?.strip_prefix("ORDER#") {
+                ids.push(id.to_owned());
             }
         }
+        Ok(ids)
     }
 
     /// Access pattern: pending orders whose `expires_at` has passed (sparse GSI).
@@ -1129,38 +1093,64 @@ impl Store {
             .send()
             .await;
         match result {
+            // Delivered meanwhile: nothing to snooze.
             Ok(_) => Ok(()),
-            Err(err)
-                if err
-                    .as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(())
-            }
+            Err(err) if condition_failed(&err) => Ok(()),
             Err(err) => Err(Error::aws("dynamodb", err)),
         }
     }
 }
 
-fn product_from_item(item: &Item) -> Result<Product> {
-    Ok(Product {
-        sku: get_s(item, "sku")?,
-        title: get_s(item, "title")?,
-        price: Money {
-            amount: get_n(item, "price_amount")?,
-            currency: get_s(item, "currency")?,
-        },
-        delivery: DeliveryType::parse(&get_s(item, "delivery_type")?)
-            .map_err(|_| Error::Corrupt("unknown delivery type".into()))?,
-        max_per_order: u32::try_from(get_n(item, "max_per_order")?)
-            .map_err(|_| Error::Corrupt("max_per_order out of range".into()))?,
-        stock: Stock {
-            available: get_n(item, "available")?,
-            reserved: get_n(item, "reserved")?,
-            sold: get_n(item, "sold")?,
-        },
-        created_at: get_s(item, "created_at")?,
-    })
+/// Reads a stored item back into its record type.
+trait FromItem: Sized {
+    fn from_item(item: &Item) -> Result<Self>;
+}
+
+impl FromItem for Product {
+    fn from_item(item: &Item) -> Result<Product> {
+        Ok(Product {
+            sku: get_s(item, "sku")?,
+            title: get_s(item, "title")?,
+            price: Money {
+                amount: get_n(item, "price_amount")?,
+                currency: get_s(item, "currency")?,
+            },
+            delivery: DeliveryType::parse(&get_s(item, "delivery_type")?)
+                .map_err(|_| Error::Corrupt("unknown delivery type".into()))?,
+            max_per_order: get_u32(item, "max_per_order")?,
+            stock: Stock {
+                available: get_n(item, "available")?,
+                reserved: get_n(item, "reserved")?,
+                sold: get_n(item, "sold")?,
+            },
+            created_at: get_s(item, "created_at")?,
+        })
+    }
+}
+
+impl FromItem for BatchRecord {
+    fn from_item(item: &Item) -> Result<Self> {
+        Ok(BatchRecord {
+            batch_id: get_s(item, "batch_id")?,
+            sku: get_s(item, "sku")?,
+            wrapped_key: get_b(item, "wrapped_key")?,
+        })
+    }
+}
+
+impl FromItem for IdempotencyRecord {
+    fn from_item(item: &Item) -> Result<Self> {
+        Ok(IdempotencyRecord {
+            request_hash: get_s(item, "request_hash")?,
+            order_id: get_s(item, "order_id")?,
+        })
+    }
+}
+
+/// True when a write was refused by its condition expression.
+fn condition_failed<E: ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> bool {
+    err.as_service_error().and_then(ProvideErrorMetadata::code)
+        == Some("ConditionalCheckFailedException")
 }
 
 fn order_item(order: &OrderRecord) -> Item {
@@ -1185,25 +1175,26 @@ fn order_item(order: &OrderRecord) -> Item {
     item
 }
 
-fn order_from_item(item: &Item) -> Result<OrderRecord> {
-    Ok(OrderRecord {
-        order_id: get_s(item, "order_id")?,
-        sku: get_s(item, "sku")?,
-        quantity: u32::try_from(get_n(item, "quantity")?)
-            .map_err(|_| Error::Corrupt("quantity out of range".into()))?,
-        amount: Money {
-            amount: get_n(item, "amount")?,
-            currency: get_s(item, "currency")?,
-        },
-        status: OrderStatus::parse(&get_s(item, "status")?)?,
-        buyer_email: get_s(item, "buyer_email")?,
-        token_hash: get_s(item, "token_hash")?,
-        created_at: get_s(item, "created_at")?,
-        expires_at: Timestamp(get_n(item, "expires_at")?),
-        updated_at: get_s(item, "updated_at")?,
-        payment_ref: get_opt_s(item, "payment_ref"),
-        exception: get_opt_s(item, "exception"),
-    })
+impl FromItem for OrderRecord {
+    fn from_item(item: &Item) -> Result<OrderRecord> {
+        Ok(OrderRecord {
+            order_id: get_s(item, "order_id")?,
+            sku: get_s(item, "sku")?,
+            quantity: get_u32(item, "quantity")?,
+            amount: Money {
+                amount: get_n(item, "amount")?,
+                currency: get_s(item, "currency")?,
+            },
+            status: OrderStatus::parse(&get_s(item, "status")?)?,
+            buyer_email: get_s(item, "buyer_email")?,
+            token_hash: get_s(item, "token_hash")?,
+            created_at: get_s(item, "created_at")?,
+            expires_at: Timestamp(get_n(item, "expires_at")?),
+            updated_at: get_s(item, "updated_at")?,
+            payment_ref: get_opt_s(item, "payment_ref"),
+            exception: get_opt_s(item, "exception"),
+        })
+    }
 }
 
 fn event_item(
@@ -1227,15 +1218,16 @@ fn event_item(
     item
 }
 
-fn slot_from_item(item: &Item) -> Result<DeliverySlot> {
-    Ok(DeliverySlot {
-        slot: u32::try_from(get_n(item, "slot")?)
-            .map_err(|_| Error::Corrupt("slot out of range".into()))?,
-        key_id: get_s(item, "key_id")?,
-        batch_id: get_s(item, "batch_id")?,
-        sku: get_s(item, "sku")?,
-        sealed: get_b(item, "sealed")?,
-    })
+impl FromItem for DeliverySlot {
+    fn from_item(item: &Item) -> Result<DeliverySlot> {
+        Ok(DeliverySlot {
+            slot: get_u32(item, "slot")?,
+            key_id: get_s(item, "key_id")?,
+            batch_id: get_s(item, "batch_id")?,
+            sku: get_s(item, "sku")?,
+            sealed: get_b(item, "sealed")?,
+        })
+    }
 }
 
 #[cfg(test)]

@@ -25,6 +25,13 @@ fn encryption_context(sku: &str, batch_id: &str) -> HashMap<String, String> {
     ])
 }
 
+/// The plaintext data key KMS returned. The SDK's `Blob` is not zeroized: copy the key
+/// into a zeroizing buffer and drop the blob at once.
+fn unwrapped(plaintext: Option<Blob>) -> Result<DataKey> {
+    let plaintext = plaintext.ok_or(Error::Crypto("KMS returned no plaintext data key"))?;
+    DataKey::from_slice(plaintext.as_ref())
+}
+
 pub struct KmsVault {
     client: aws_sdk_kms::Client,
     key_id: Option<String>,
@@ -56,12 +63,7 @@ impl KmsVault {
             .send()
             .await
             .map_err(|e| Error::aws("kms", e))?;
-        let plaintext = output
-            .plaintext
-            .ok_or(Error::Crypto("KMS returned no plaintext data key"))?;
-        // The SDK's Blob is not zeroized; copy out and drop it at once.
-        let data_key = DataKey::from_slice(plaintext.as_ref())?;
-        drop(plaintext);
+        let data_key = unwrapped(output.plaintext)?;
         let wrapped = output
             .ciphertext_blob
             .ok_or(Error::Crypto("KMS returned no wrapped data key"))?
@@ -82,11 +84,7 @@ impl KmsVault {
             .send()
             .await
             .map_err(|e| Error::aws("kms", e))?;
-        let plaintext = output
-            .plaintext
-            .ok_or(Error::Crypto("KMS returned no plaintext"))?;
-        let key = DataKey::from_slice(plaintext.as_ref())?;
-        drop(plaintext);
+        let key = unwrapped(output.plaintext)?;
         self.remember(batch_id, key.clone());
         Ok(key)
     }
