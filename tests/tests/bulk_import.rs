@@ -10,7 +10,6 @@ async fn one_hundred_thousand_keys_in_one_import() {
     let keys = make_keys("BULK", 100_000);
     let body = keys.join("\n");
     assert!(body.len() < kami_shared::http::MAX_IMPORT_BODY);
-    let auth = format!("Bearer {ADMIN_TOKEN}");
     let (status, report) = import_keys(&ctx, &sku, "text/plain", body).await;
     assert_eq!(status, 201, "{report}");
     assert_eq!(report["accepted"], 100_000);
