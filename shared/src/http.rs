@@ -249,3 +249,104 @@ pub async fn serve(api: Api) -> Result<(), lambda_http::Error> {
     }))
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mapped(err: Error) -> (u16, Value) {
+        let response = error_response(&err);
+        let body: &[u8] = response.body().as_ref();
+        (
+            response.status().as_u16(),
+            serde_json::from_slice(body).unwrap(),
+        )
+    }
+
+    #[test]
+    fn client_errors_keep_their_code_and_message() {
+        let cases = [
+            (
+                Error::invalid("invalid_quantity", "quantity must be positive"),
+                400,
+                "invalid_quantity",
+            ),
+            (Error::InvalidJson("eof".into()), 400, "invalid_json"),
+            (
+                Error::PayloadTooLarge { limit: 10 },
+                413,
+                "payload_too_large",
+            ),
+            (
+                Error::UnsupportedMediaType("x/y".into()),
+                415,
+                "unsupported_media_type",
+            ),
+            (Error::Unauthorized, 401, "unauthorized"),
+            (Error::NotFound("product"), 404, "product_not_found"),
+            (Error::NotFound("order"), 404, "order_not_found"),
+            (
+                Error::Conflict(ConflictKind::OutOfStock),
+                409,
+                "out_of_stock",
+            ),
+            (
+                Error::Conflict(ConflictKind::ProductExists),
+                409,
+                "product_exists",
+            ),
+            (Error::IdempotencyKeyReused, 422, "idempotency_key_reused"),
+            (
+                Error::InvalidSignature("no signature matches"),
+                400,
+                "invalid_signature",
+            ),
+        ];
+        for (err, status, code) in cases {
+            let message = err.to_string();
+            let (got_status, body) = mapped(err);
+            assert_eq!(
+                (got_status, body["error"]["code"].as_str()),
+                (status, Some(code))
+            );
+            assert_eq!(body["error"]["message"], message);
+        }
+    }
+
+    #[test]
+    fn server_errors_hide_their_detail() {
+        for err in [
+            Error::Aws {
+                service: "dynamodb",
+                message: "table kami-secret-name missing".into(),
+            },
+            Error::Corrupt("item ORDER#x has no string sku".into()),
+            Error::Crypto("card key failed authentication"),
+            Error::Config("order token key is not configured".into()),
+        ] {
+            let (status, body) = mapped(err);
+            assert_eq!(
+                (status, body["error"]["code"].as_str()),
+                (500, Some("internal_error"))
+            );
+            let text = body.to_string();
+            assert!(
+                !text.contains("kami-secret-name")
+                    && !text.contains("ORDER#")
+                    && !text.contains("token")
+            );
+        }
+        let (status, body) = mapped(Error::Contention("transaction"));
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (503, Some("busy_retry"))
+        );
+    }
+
+    #[test]
+    fn responses_are_json_and_never_cached() {
+        let response = json_response(StatusCode::OK, &json!({"ok": true}));
+        assert_eq!(response.headers()["content-type"], "application/json");
+        assert_eq!(response.headers()["cache-control"], "no-store");
+    }
+}
