@@ -204,8 +204,10 @@ class Function:
                 self._log.write(f"{time.strftime('%H:%M:%S')} {line}\n")
 
     def _spawn(self) -> Instance:
-        self._next_number += 1
-        return Instance(self, self._next_number)
+        with self._cond:
+            self._next_number += 1
+            number = self._next_number
+        return Instance(self, number)
 
     def start(self) -> None:
         """Starts one emulator up front so a broken setup shows at once (init stays lazy)."""
