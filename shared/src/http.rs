@@ -120,8 +120,7 @@ pub async fn checkout(ctx: &Context, request: Request) -> Response<Body> {
     let result = async {
         match (request.method(), segments(&request).as_slice()) {
             (&Method::GET, ["products", sku]) => {
-                let product = catalog::find_product(ctx, sku, false).await?;
-                Ok((StatusCode::OK, catalog::public_view(&product)))
+                Ok((StatusCode::OK, catalog::public_product(ctx, sku).await?))
             }
             (&Method::POST, ["orders"]) => {
                 let bytes = body(&request, MAX_SMALL_BODY)?;
@@ -181,8 +180,7 @@ pub async fn admin(ctx: &Context, request: Request) -> Response<Body> {
                 ))
             }
             (&Method::GET, ["admin", "products", sku]) => {
-                let product = catalog::find_product(ctx, sku, true).await?;
-                Ok((StatusCode::OK, catalog::admin_view(&product)))
+                Ok((StatusCode::OK, catalog::admin_product(ctx, sku).await?))
             }
             (&Method::POST, ["admin", "products", sku, "card-keys"]) => {
                 let bytes = body(&request, MAX_IMPORT_BODY)?;

@@ -10,7 +10,7 @@ use aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{
-    AttributeValue, ConditionCheck, Delete, Put, TransactWriteItem, Update,
+    AttributeValue, ConditionCheck, Delete, KeysAndAttributes, Put, TransactWriteItem, Update,
 };
 
 use crate::domain::money::Money;
@@ -24,6 +24,10 @@ pub type Item = HashMap<String, AttributeValue>;
 /// Available card keys of a product are spread over this many partitions so that
 /// concurrent deliveries rarely pick the same key.
 pub const STOCK_SHARDS: u32 = 8;
+/// A product's stock counts are spread over this many counter items, each its own
+/// partition, so one SKU's flash sale is not limited to one item's write throughput.
+/// Fixed for the life of the table: changing it strands counts in the old counters.
+pub const COUNTER_SHARDS: u32 = 8;
 /// Sparse GSI partitions for due pending orders and paid-but-undelivered orders.
 pub const INDEX_SHARDS: u32 = 8;
 /// A paid order not delivered this long after payment is re-queued by the sweep.
@@ -34,6 +38,9 @@ const WEBHOOK_TTL_SECONDS: i64 = 30 * 24 * 3600;
 mod keys {
     pub fn product(sku: &str) -> (String, String) {
         (format!("PRODUCT#{sku}"), "PRODUCT".into())
+    }
+    pub fn stock_counter(sku: &str, shard: u32) -> (String, String) {
+        (format!("STOCKCOUNT#{sku}#{shard}"), "COUNTER".into())
     }
     pub fn batch(batch_id: &str) -> (String, String) {
         (format!("BATCH#{batch_id}"), "BATCH".into())
@@ -247,6 +254,8 @@ pub struct OrderRecord {
     pub order_id: String,
     pub sku: String,
     pub quantity: u32,
+    /// The stock counter shard this order's quantity was reserved on.
+    pub stock_shard: u32,
     pub amount: Money,
     pub status: OrderStatus,
     pub buyer_email: String,
@@ -483,12 +492,69 @@ impl Store {
 
     // ---------- products ----------
 
-    /// Access pattern: get a product by sku.
+    /// Access pattern: get a product by sku (without its stock counts).
     pub async fn get_product(&self, sku: &str, consistent: bool) -> Result<Option<Product>> {
         self.get_as(keys::product(sku), consistent).await
     }
 
-    /// Access pattern: create a product; an existing sku is a conflict.
+    /// Access pattern: a product's stock, per counter shard (one BatchGetItem).
+    pub async fn stock_shards(&self, sku: &str, consistent: bool) -> Result<Vec<(u32, Stock)>> {
+        let keys: Vec<Item> = (0..COUNTER_SHARDS)
+            .map(|shard| key_item(keys::stock_counter(sku, shard)))
+            .collect();
+        let mut pending = Some(built(
+            KeysAndAttributes::builder()
+                .set_keys(Some(keys))
+                .consistent_read(consistent)
+                .build(),
+        )?);
+        let mut shards = Vec::with_capacity(COUNTER_SHARDS as usize);
+        while let Some(request) = pending.take() {
+            let output = self
+                .client
+                .batch_get_item()
+                .request_items(&self.table, request)
+                .send()
+                .await
+                .map_err(|e| Error::aws("dynamodb", e))?;
+            for item in output
+                .responses()
+                .and_then(|r| r.get(&self.table))
+                .into_iter()
+                .flatten()
+            {
+                shards.push((
+                    get_u32(item, "shard")?,
+                    Stock {
+                        available: get_n(item, "available")?,
+                        reserved: get_n(item, "reserved")?,
+                        sold: get_n(item, "sold")?,
+                    },
+                ));
+            }
+            pending = output
+                .unprocessed_keys()
+                .and_then(|u| u.get(&self.table))
+                .cloned();
+        }
+        shards.sort_by_key(|(shard, _)| *shard);
+        Ok(shards)
+    }
+
+    /// A product's total stock over its counter shards.
+    pub async fn stock(&self, sku: &str, consistent: bool) -> Result<Stock> {
+        Ok(self.stock_shards(sku, consistent).await?.into_iter().fold(
+            Stock::default(),
+            |total, (_, shard)| Stock {
+                available: total.available + shard.available,
+                reserved: total.reserved + shard.reserved,
+                sold: total.sold + shard.sold,
+            },
+        ))
+    }
+
+    /// Access pattern: create a product and its zeroed stock counters in one
+    /// transaction; an existing sku is a conflict.
     pub async fn create_product(&self, product: &Product) -> Result<()> {
         let mut item = key_item(keys::product(&product.sku));
         item.extend([
@@ -499,15 +565,24 @@ impl Store {
             ("currency".to_owned(), s(&product.price.currency)),
             ("delivery_type".to_owned(), s(product.delivery.as_str())),
             ("max_per_order".to_owned(), n(product.max_per_order)),
-            ("available".to_owned(), n(0)),
-            ("reserved".to_owned(), n(0)),
-            ("sold".to_owned(), n(0)),
             ("created_at".to_owned(), s(&product.created_at)),
         ]);
-        if self.put_if_absent(item).await? {
-            Ok(())
-        } else {
-            Err(Error::Conflict(ConflictKind::ProductExists))
+        let mut tx = Tx::new(&self.table);
+        tx.put(item, Some("attribute_not_exists(pk)"))?;
+        for shard in 0..COUNTER_SHARDS {
+            let mut counter = key_item(keys::stock_counter(&product.sku, shard));
+            counter.extend([
+                ("entity".to_owned(), s("stock_counter")),
+                ("shard".to_owned(), n(shard)),
+                ("available".to_owned(), n(0)),
+                ("reserved".to_owned(), n(0)),
+                ("sold".to_owned(), n(0)),
+            ]);
+            tx.put(counter, Some("attribute_not_exists(pk)"))?;
+        }
+        match self.transact(tx).await? {
+            TxOutcome::Committed => Ok(()),
+            TxOutcome::Cancelled(_) => Err(Error::Conflict(ConflictKind::ProductExists)),
         }
     }
 
@@ -537,13 +612,15 @@ impl Store {
 
     /// Access pattern: add up to 49 sealed keys to a product's stock in one
     /// transaction: each key's fingerprint claimed (fails if already anywhere in the
-    /// inventory), the key stored in its stock shard, and the product's available
-    /// count raised by the same number. Returns the indices whose fingerprint exists.
+    /// inventory), the key stored in its stock partition, and one stock counter's
+    /// available count raised by the same number. Returns the indices whose
+    /// fingerprint exists.
     pub async fn add_stock(
         &self,
         sku: &str,
         batch_id: &str,
         keys_to_add: &[&SealedKey],
+        counter_shard: u32,
         created_at: &str,
     ) -> Result<Vec<usize>> {
         let mut tx = Tx::new(&self.table);
@@ -575,7 +652,7 @@ impl Store {
             tx.put(stock, Some("attribute_not_exists(pk)"))?;
         }
         tx.update(
-            key_item(keys::product(sku)),
+            key_item(keys::stock_counter(sku, counter_shard % COUNTER_SHARDS)),
             "SET #available = #available + :count",
             Some("attribute_exists(pk)"),
             &["available"],
@@ -633,7 +710,7 @@ impl Store {
         ]);
         tx.put(idem, Some("attribute_not_exists(pk)"))?;
         tx.update(
-            key_item(keys::product(&order.sku)),
+            key_item(keys::stock_counter(&order.sku, order.stock_shard)),
             "SET #available = #available - :q, #reserved = #reserved + :q",
             Some("#available >= :q"),
             &["available", "reserved"],
@@ -966,7 +1043,7 @@ impl Store {
             None,
         )?;
         tx.update(
-            key_item(keys::product(&order.sku)),
+            key_item(keys::stock_counter(&order.sku, order.stock_shard)),
             "SET #reserved = #reserved - :q, #sold = #sold + :q",
             None,
             &["reserved", "sold"],
@@ -1066,7 +1143,7 @@ impl Store {
             None,
         )?;
         tx.update(
-            key_item(keys::product(&order.sku)),
+            key_item(keys::stock_counter(&order.sku, order.stock_shard)),
             "SET #available = #available + :q, #reserved = #reserved - :q",
             None,
             &["available", "reserved"],
@@ -1118,11 +1195,6 @@ impl FromItem for Product {
             delivery: DeliveryType::parse(&get_s(item, "delivery_type")?)
                 .map_err(|_| Error::Corrupt("unknown delivery type".into()))?,
             max_per_order: get_u32(item, "max_per_order")?,
-            stock: Stock {
-                available: get_n(item, "available")?,
-                reserved: get_n(item, "reserved")?,
-                sold: get_n(item, "sold")?,
-            },
             created_at: get_s(item, "created_at")?,
         })
     }
@@ -1163,6 +1235,7 @@ fn order_item(order: &OrderRecord) -> Item {
         ("order_id".to_owned(), s(&order.order_id)),
         ("sku".to_owned(), s(&order.sku)),
         ("quantity".to_owned(), n(order.quantity)),
+        ("stock_shard".to_owned(), n(order.stock_shard)),
         ("amount".to_owned(), n(order.amount.amount)),
         ("currency".to_owned(), s(&order.amount.currency)),
         ("status".to_owned(), s(order.status.as_str())),
@@ -1181,6 +1254,7 @@ impl FromItem for OrderRecord {
             order_id: get_s(item, "order_id")?,
             sku: get_s(item, "sku")?,
             quantity: get_u32(item, "quantity")?,
+            stock_shard: get_u32(item, "stock_shard")?,
             amount: Money {
                 amount: get_n(item, "amount")?,
                 currency: get_s(item, "currency")?,

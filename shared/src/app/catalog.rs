@@ -3,7 +3,7 @@
 use serde_json::{Value, json};
 
 use crate::config::Context;
-use crate::domain::product::{NewProductRequest, Product, validate_sku};
+use crate::domain::product::{NewProductRequest, Product, Stock, validate_sku};
 use crate::domain::time::Timestamp;
 use crate::error::{Error, Result};
 
@@ -13,7 +13,7 @@ pub async fn create_product(ctx: &Context, body: &[u8]) -> Result<Value> {
     let product = request.into_product(Timestamp::now().to_rfc3339())?;
     ctx.store.create_product(&product).await?;
     tracing::info!(sku = %product.sku, "product created");
-    Ok(admin_view(&product))
+    Ok(admin_view(&product, &Stock::default()))
 }
 
 pub async fn find_product(ctx: &Context, sku: &str, consistent: bool) -> Result<Product> {
@@ -24,20 +24,34 @@ pub async fn find_product(ctx: &Context, sku: &str, consistent: bool) -> Result<
         .ok_or(Error::NotFound("product"))
 }
 
-pub fn public_view(product: &Product) -> Value {
+/// `GET /products/{sku}`: what a buyer sees, with the units still available.
+pub async fn public_product(ctx: &Context, sku: &str) -> Result<Value> {
+    let product = find_product(ctx, sku, false).await?;
+    let stock = ctx.store.stock(sku, false).await?;
+    Ok(public_view(&product, &stock))
+}
+
+/// `GET /admin/products/{sku}`: with available, reserved and sold, read consistently.
+pub async fn admin_product(ctx: &Context, sku: &str) -> Result<Value> {
+    let product = find_product(ctx, sku, true).await?;
+    let stock = ctx.store.stock(sku, true).await?;
+    Ok(admin_view(&product, &stock))
+}
+
+fn public_view(product: &Product, stock: &Stock) -> Value {
     json!({
         "sku": product.sku,
         "title": product.title,
         "price": product.price,
         "delivery": {"type": product.delivery.as_str()},
         "max_per_order": product.max_per_order,
-        "stock": {"available": product.stock.available.max(0)},
+        "stock": {"available": stock.available.max(0)},
     })
 }
 
-pub fn admin_view(product: &Product) -> Value {
-    let mut view = public_view(product);
-    view["stock"] = json!(product.stock);
+fn admin_view(product: &Product, stock: &Stock) -> Value {
+    let mut view = public_view(product, stock);
+    view["stock"] = json!(stock);
     view["created_at"] = json!(product.created_at);
     view
 }

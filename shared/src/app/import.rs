@@ -1,5 +1,8 @@
 //! Card-key import: validate, de-duplicate by keyed fingerprint, seal under one KMS data
-//! key per batch, and add to stock in transactions of 49 keys (98 items + the counter).
+//! key per batch, and add to stock in transactions of 49 keys (98 items + a counter).
+//! Each transaction's units go to one stock counter shard, the next transaction's to
+//! the next shard: small stock stays on one counter (an order for several units finds
+//! them together), large stock spreads over all of them (flash sales scale).
 
 use std::collections::HashMap;
 
@@ -14,6 +17,7 @@ use crate::domain::product::DeliveryType;
 use crate::domain::time::{Timestamp, new_id};
 use crate::error::{Error, Result};
 
+/// 49 keys × 2 items + 1 counter update = 99 of the 100 items a transaction may hold.
 const KEYS_PER_TRANSACTION: usize = 49;
 const TRANSACTIONS_IN_FLIGHT: usize = 8;
 
@@ -99,8 +103,13 @@ pub async fn import_card_keys(
         }
         chunks
     };
-    let results: Vec<Result<(usize, Vec<usize>)>> = stream::iter(chunks)
-        .map(|chunk| add_chunk(ctx, sku, &batch_id, chunk, &created_at))
+    // Imports start on a random counter shard so repeated small imports spread too.
+    let first_shard = rand::random::<u32>();
+    let results: Vec<Result<(usize, Vec<usize>)>> = stream::iter((0u32..).zip(chunks))
+        .map(|(index, chunk)| {
+            let shard = first_shard.wrapping_add(index);
+            add_chunk(ctx, sku, &batch_id, chunk, shard, &created_at)
+        })
         .buffer_unordered(TRANSACTIONS_IN_FLIGHT)
         .collect()
         .await;
@@ -125,6 +134,7 @@ async fn add_chunk(
     sku: &str,
     batch_id: &str,
     mut chunk: Vec<(usize, SealedKey)>,
+    counter_shard: u32,
     created_at: &str,
 ) -> Result<(usize, Vec<usize>)> {
     let mut duplicates = Vec::new();
@@ -132,7 +142,7 @@ async fn add_chunk(
         let keys: Vec<&SealedKey> = chunk.iter().map(|(_, key)| key).collect();
         let existing = ctx
             .store
-            .add_stock(sku, batch_id, &keys, created_at)
+            .add_stock(sku, batch_id, &keys, counter_shard, created_at)
             .await?;
         if existing.is_empty() {
             return Ok((chunk.len(), duplicates));

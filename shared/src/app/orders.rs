@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use serde_json::{Value, json};
 
-use crate::adapters::dynamo::{CreateOrderOutcome, OrderRecord, OrderView};
+use crate::adapters::dynamo::{COUNTER_SHARDS, CreateOrderOutcome, OrderRecord, OrderView};
 use crate::config::Context;
 use crate::domain::crypto::{
     self, DataKey, card_key_aad, order_access_token, sha256_hex, token_matches,
@@ -13,7 +13,7 @@ use crate::domain::crypto::{
 use crate::domain::order::OrderStatus;
 use crate::domain::product::validate_quantity;
 use crate::domain::time::{Timestamp, is_id, new_id};
-use crate::error::{Error, Result};
+use crate::error::{ConflictKind, Error, Result};
 
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
 const MAX_EMAIL_LEN: usize = 254;
@@ -113,10 +113,11 @@ pub async fn create_order(
     let now = Timestamp::now();
     let order_id = new_id();
     let token = order_access_token(ctx.secrets.order_token_key()?, &order_id)?;
-    let order = OrderRecord {
+    let mut order = OrderRecord {
         order_id: order_id.clone(),
         sku: product.sku.clone(),
         quantity,
+        stock_shard: 0,
         amount: product.price.times(quantity)?,
         status: OrderStatus::PendingPayment,
         buyer_email: request.email,
@@ -127,19 +128,40 @@ pub async fn create_order(
         payment_ref: None,
         exception: None,
     };
-    match ctx
-        .store
-        .create_order(&order, idempotency_key, &request_hash)
-        .await?
-    {
-        CreateOrderOutcome::Created => {
-            tracing::info!(order_id = %order.order_id, sku = %order.sku, quantity, "order created");
-            Ok(created_body(&order, &token))
+    // Start on a random counter shard; if it has too little, read all of them once and
+    // try those that have enough, fullest first.
+    let mut candidates = vec![rand::random::<u32>() % COUNTER_SHARDS];
+    let mut read_all_shards = false;
+    while let Some(shard) = candidates.pop() {
+        order.stock_shard = shard;
+        match ctx
+            .store
+            .create_order(&order, idempotency_key, &request_hash)
+            .await
+        {
+            Ok(CreateOrderOutcome::Created) => {
+                tracing::info!(order_id = %order.order_id, sku = %order.sku, quantity, shard, "order created");
+                return Ok(created_body(&order, &token));
+            }
+            Ok(CreateOrderOutcome::KeyTaken) => {
+                return replay(ctx, idempotency_key, &request_hash)
+                    .await?
+                    .ok_or(Error::Contention("idempotency key"));
+            }
+            Err(Error::Conflict(ConflictKind::OutOfStock)) if !read_all_shards => {
+                read_all_shards = true;
+                let mut shards = ctx.store.stock_shards(&order.sku, true).await?;
+                shards.retain(|(other, stock)| {
+                    *other != shard && stock.available >= i64::from(quantity)
+                });
+                shards.sort_by_key(|(_, stock)| stock.available);
+                candidates = shards.into_iter().map(|(other, _)| other).collect();
+            }
+            Err(Error::Conflict(ConflictKind::OutOfStock)) => {}
+            Err(err) => return Err(err),
         }
-        CreateOrderOutcome::KeyTaken => replay(ctx, idempotency_key, &request_hash)
-            .await?
-            .ok_or(Error::Contention("idempotency key")),
     }
+    Err(Error::Conflict(ConflictKind::OutOfStock))
 }
 
 async fn replay(ctx: &Context, idempotency_key: &str, request_hash: &str) -> Result<Option<Value>> {

@@ -48,7 +48,6 @@ pub struct Product {
     pub price: Money,
     pub delivery: DeliveryType,
     pub max_per_order: u32,
-    pub stock: Stock,
     pub created_at: String,
 }
 
@@ -100,7 +99,6 @@ impl NewProductRequest {
             price: Money::price(self.price.amount, &self.price.currency)?,
             delivery: DeliveryType::parse(&self.delivery.kind)?,
             max_per_order,
-            stock: Stock::default(),
             created_at,
         })
     }
