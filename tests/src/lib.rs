@@ -333,6 +333,13 @@ pub async fn pay(
 /// Plays the SQS event source mapping for the delivery queue until it is empty:
 /// receive, invoke the worker's batch handler, delete only the successes.
 pub async fn drain_delivery_queue(ctx: &Context) -> usize {
+    drain_delivery_queue_timed(ctx).await.0
+}
+
+/// As `drain_delivery_queue`, also returning the time spent inside the worker's
+/// handler (what Lambda would bill), excluding the mapping's own SQS calls.
+pub async fn drain_delivery_queue_timed(ctx: &Context) -> (usize, Duration) {
+    let mut in_handler = Duration::ZERO;
     let sqs = aws_sdk_sqs::Client::new(&sdk_config().await);
     let url = ctx
         .config
@@ -351,7 +358,7 @@ pub async fn drain_delivery_queue(ctx: &Context) -> usize {
             .expect("receive");
         let messages = received.messages.unwrap_or_default();
         if messages.is_empty() {
-            return handled;
+            return (handled, in_handler);
         }
         let mut event = SqsEvent::default();
         event.records = messages
@@ -371,7 +378,9 @@ pub async fn drain_delivery_queue(ctx: &Context) -> usize {
                 record
             })
             .collect();
+        let started = Instant::now();
         let response = delivery::handle_batch(ctx, event).await;
+        in_handler += started.elapsed();
         let failed: HashSet<String> = response
             .batch_item_failures
             .iter()
