@@ -21,8 +21,10 @@ VARIANTS = {
 
 
 def build_variant(name: str, overrides: dict, template: dict) -> dict[str, Path]:
+    lambda_base = os.environ.get("KAMI_BENCH_LAMBDA_DIR")
     if not overrides:
-        return {lid: builder.bootstrap_path(b, True) for lid, b in builder.binaries(template).items()}
+        return {lid: (Path(lambda_base) / b / "bootstrap" if lambda_base else builder.bootstrap_path(b, True))
+                for lid, b in builder.binaries(template).items()}
     slug = overrides["CARGO_PROFILE_RELEASE_OPT_LEVEL"]
     target = BENCH_DIR / f"target-opt-{slug}"
     lambda_dir = target / "lambda"
@@ -35,7 +37,7 @@ def build_variant(name: str, overrides: dict, template: dict) -> dict[str, Path]
     env["PATH"] = str(REPO / ".kami" / "venv" / "bin") + os.pathsep + env.get("PATH", "")
     say(f"profiles: building {name} into {target} (several minutes)")
     with open(BENCH_DIR / "logs" / f"build-opt-{slug}.log", "w") as log:
-        subprocess.run(cmd, cwd=REPO, env=env, check=True, stdout=log, stderr=subprocess.STDOUT)
+        subprocess.run(cmd, cwd=os.environ.get("KAMI_BENCH_CARGO_DIR") or REPO, env=env, check=True, stdout=log, stderr=subprocess.STDOUT)
     return {lid: lambda_dir / b / "bootstrap" for lid, b in names.items()}
 
 
