@@ -5,7 +5,7 @@ use lambda_http::http::{HeaderMap, Method, StatusCode, header};
 use lambda_http::{Body, Request, Response, service_fn};
 use serde_json::{Value, json};
 
-use crate::app::{catalog, import, orders, payments};
+use crate::app::{catalog, import, operator, orders, payments};
 use crate::config::Context;
 use crate::domain::card_key::ImportFormat;
 use crate::domain::crypto::secrets_equal;
@@ -182,6 +182,14 @@ pub async fn admin(ctx: &Context, request: Request) -> Response<Body> {
             (&Method::GET, ["admin", "products", sku]) => {
                 Ok((StatusCode::OK, catalog::admin_product(ctx, sku).await?))
             }
+            (&Method::GET, ["admin", "orders", order_id]) => Ok((
+                StatusCode::OK,
+                operator::order_for_operator(ctx, order_id).await?,
+            )),
+            (&Method::POST, ["admin", "orders", order_id, "redeliver"]) => Ok((
+                StatusCode::ACCEPTED,
+                operator::redeliver(ctx, order_id).await?,
+            )),
             (&Method::POST, ["admin", "products", sku, "card-keys"]) => {
                 let bytes = body(&request, MAX_IMPORT_BODY)?;
                 let format = import_format(request.headers())?;

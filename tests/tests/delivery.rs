@@ -171,26 +171,12 @@ async fn five_workers_on_one_order_allocate_each_key_once() {
     drain_delivery_queue(&paid.ctx).await;
 }
 
-fn message(order_id: &str, receive_count: u32) -> SqsEvent {
-    let mut record = SqsMessage::default();
-    record.message_id = Some(format!("msg-{order_id}-{receive_count}"));
-    record.body = Some(format!(r#"{{"order_id":"{order_id}"}}"#));
-    record
-        .attributes
-        .insert("ApproximateReceiveCount".into(), receive_count.to_string());
-    let mut event = SqsEvent::default();
-    event.records = vec![record];
-    event
-}
-
-#[tokio::test]
-async fn a_delivery_that_keeps_failing_ends_as_delivery_failed() {
-    let paid = paid_order("broken", 1, 1).await;
-    // Break the invariant on purpose: the reserved key disappears from stock.
+/// Deletes every key in a product's stock behind Kami's back (a broken invariant).
+async fn steal_stock(sku: &str) {
     let dynamo = aws_sdk_dynamodb::Client::new(&sdk_config().await);
     let table = stack().env["KAMI_TABLE"].clone();
     for shard in 0..kami_shared::adapters::dynamo::STOCK_SHARDS {
-        let partition = format!("STOCK#{}#{shard}", paid.sku);
+        let partition = format!("STOCK#{}#{shard}", sku);
         let found = dynamo
             .query()
             .table_name(&table)
@@ -213,6 +199,25 @@ async fn a_delivery_that_keeps_failing_ends_as_delivery_failed() {
                 .expect("delete");
         }
     }
+}
+
+fn message(order_id: &str, receive_count: u32) -> SqsEvent {
+    let mut record = SqsMessage::default();
+    record.message_id = Some(format!("msg-{order_id}-{receive_count}"));
+    record.body = Some(format!(r#"{{"order_id":"{order_id}"}}"#));
+    record
+        .attributes
+        .insert("ApproximateReceiveCount".into(), receive_count.to_string());
+    let mut event = SqsEvent::default();
+    event.records = vec![record];
+    event
+}
+
+#[tokio::test]
+async fn a_delivery_that_keeps_failing_ends_as_delivery_failed() {
+    let paid = paid_order("broken", 1, 1).await;
+    // Break the invariant on purpose: the reserved key disappears from stock.
+    steal_stock(&paid.sku).await;
     let response = delivery::handle_batch(&paid.ctx, message(&paid.order_id, 1)).await;
     assert_eq!(
         response.batch_item_failures.len(),
@@ -247,4 +252,101 @@ async fn a_delivery_that_keeps_failing_ends_as_delivery_failed() {
     assert_eq!(failed, ["poison"]);
     assert_eq!(codes(&good).await.0["status"], "delivered");
     drain_delivery_queue(&good.ctx).await;
+}
+
+#[tokio::test]
+async fn an_operator_sees_a_failed_delivery_and_sends_it_again() {
+    let paid = paid_order("operator", 1, 1).await;
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let admin_get = |path: String| request("GET", &path, &[("authorization", auth.as_str())], "");
+    let admin_post = |path: String| request("POST", &path, &[("authorization", auth.as_str())], "");
+
+    // Paid and queued: redelivering is allowed (and harmless).
+    let (status, queued) = admin(
+        &paid.ctx,
+        admin_post(format!("/admin/orders/{}/redeliver", paid.order_id)),
+    )
+    .await;
+    assert_eq!(
+        (status, &queued["queued"]),
+        (202, &Value::Bool(true)),
+        "{queued}"
+    );
+    drain_delivery_queue(&paid.ctx).await;
+
+    let (status, view) = admin(
+        &paid.ctx,
+        admin_get(format!("/admin/orders/{}", paid.order_id)),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(view["status"], "delivered");
+    assert_eq!(view["payments"].as_array().map(Vec::len), Some(1));
+    assert_eq!(view["allocated_keys"].as_array().map(Vec::len), Some(1));
+    assert!(
+        !view.to_string().contains(&paid.keys[0]),
+        "operators never see codes"
+    );
+    let (_, codes) = codes(&paid).await;
+    assert_eq!(codes.len(), 1, "delivered once although queued twice");
+
+    // Delivered orders cannot be sent again; unknown ones are 404; the token is required.
+    let (status, body) = admin(
+        &paid.ctx,
+        admin_post(format!("/admin/orders/{}/redeliver", paid.order_id)),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("illegal_transition"))
+    );
+    let (status, _) = admin(
+        &paid.ctx,
+        admin_get("/admin/orders/01JNOSUCHORDER000000000000".into()),
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, _) = admin(
+        &paid.ctx,
+        request("GET", &format!("/admin/orders/{}", paid.order_id), &[], ""),
+    )
+    .await;
+    assert_eq!(status, 401);
+}
+
+#[tokio::test]
+async fn a_failed_delivery_is_delivered_after_the_operator_restocks_and_redelivers() {
+    let paid = paid_order("restock", 1, 1).await;
+    steal_stock(&paid.sku).await;
+    let last = paid.ctx.config.delivery_max_attempts;
+    let response = delivery::handle_batch(&paid.ctx, message(&paid.order_id, last)).await;
+    assert_eq!(response.batch_item_failures.len(), 1);
+    assert_eq!(codes(&paid).await.0["status"], "delivery_failed");
+
+    // The operator imports a replacement key and sends the delivery round again.
+    let replacement = make_keys("REPLACEMENT", 1);
+    let (status, _) = import_keys(
+        &paid.ctx,
+        &paid.sku,
+        "application/json",
+        serde_json::json!({"keys": replacement}).to_string(),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let (status, _) = admin(
+        &paid.ctx,
+        request(
+            "POST",
+            &format!("/admin/orders/{}/redeliver", paid.order_id),
+            &[("authorization", auth.as_str())],
+            "",
+        ),
+    )
+    .await;
+    assert_eq!(status, 202);
+    drain_delivery_queue(&paid.ctx).await;
+    let (view, codes) = codes(&paid).await;
+    assert_eq!(view["status"], "delivered");
+    assert_eq!(codes, replacement);
 }

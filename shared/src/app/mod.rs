@@ -3,6 +3,7 @@
 pub mod catalog;
 pub mod delivery;
 pub mod import;
+pub mod operator;
 pub mod orders;
 pub mod payments;
 pub mod sweep;
