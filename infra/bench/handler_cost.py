@@ -24,22 +24,24 @@ from coldstart import Workload, invoke_checked
 _TOTAL = re.compile(rb"^(?:summary|totals):\s+(\d+)", re.M)
 
 
-def wrapper(env: Env, logical_id: str, out_file: Path) -> Path:
+def wrapper(env: Env, logical_id: str, out_file: Path, bootstrap: Path | None = None) -> Path:
     d = BENCH_DIR / "callgrind" / logical_id
     d.mkdir(parents=True, exist_ok=True)
     script = d / "bootstrap"
     script.write_text(
         "#!/bin/sh\n"
         f"exec {shutil.which('valgrind')} --tool=callgrind --callgrind-out-file={out_file} "
-        f"--dump-instr=no --compress-strings=no {env.bootstraps[logical_id]} \"$@\"\n")
+        f"--dump-instr=no --compress-strings=no {bootstrap or env.bootstraps[logical_id]} \"$@\"\n")
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
     return script
 
 
-def one_run(env: Env, workload: Workload, logical_id: str, warm: int, tag: str) -> int:
+def one_run(env: Env, workload: Workload, logical_id: str, warm: int, tag: str,
+            bootstrap: Path | None = None) -> int:
     out_file = BENCH_DIR / "callgrind" / logical_id / f"callgrind.{tag}.out"
     out_file.unlink(missing_ok=True)
-    fn = env.function(logical_id, bootstrap=wrapper(env, logical_id, out_file), timeout=120)
+    fn = env.function(logical_id, bootstrap=wrapper(env, logical_id, out_file, bootstrap),
+                     timeout=120)
     inst = fn._spawn()
     try:
         invoke_checked(workload, inst, logical_id)  # cold: init under valgrind is slow
@@ -61,6 +63,14 @@ def one_run(env: Env, workload: Workload, logical_id: str, warm: int, tag: str) 
     return int(m.group(1))
 
 
+def per_invocation(env: Env, workload: Workload, logical_id: str, warm: int, extra: int,
+                   bootstrap: Path | None = None) -> dict:
+    a = one_run(env, workload, logical_id, warm, "a", bootstrap)
+    b = one_run(env, workload, logical_id, warm + extra, "b", bootstrap)
+    return {"function": logical_id, "run_a": a, "run_b": b, "warm": warm, "extra": extra,
+            "per_invocation": (b - a) / extra}
+
+
 def run(env: Env, functions: list[str], warm: int, extra: int) -> list[dict]:
     if shutil.which("valgrind") is None:
         raise RuntimeError("valgrind is not installed (apt-get install valgrind)")
@@ -69,10 +79,7 @@ def run(env: Env, functions: list[str], warm: int, extra: int) -> list[dict]:
     try:
         for lid in functions:
             say(f"callgrind {lid}: 1 cold + {warm} warm, then 1 cold + {warm + extra} warm")
-            a = one_run(env, workload, lid, warm, "a")
-            b = one_run(env, workload, lid, warm + extra, "b")
-            out.append({"function": lid, "run_a": a, "run_b": b, "warm": warm, "extra": extra,
-                        "per_invocation": (b - a) / extra})
+            out.append(per_invocation(env, workload, lid, warm, extra))
     finally:
         workload.stop()
     return out

@@ -12,10 +12,10 @@ from common import BENCH_DIR, REPO, Env, say
 from coldstart import Workload, cold_starts
 from kami_local import build as builder
 
-# name -> CARGO_PROFILE_RELEASE_* overrides (on top of the root Cargo.toml's release profile)
+# name -> CARGO_PROFILE_RELEASE_* overrides (on top of the root Cargo.toml's release profile).
+# Each variant is a full LTO build (about 10 minutes on 2 cores); add {"...": "s"} to compare "s".
 VARIANTS = {
     "opt-level=3 (Cargo.toml)": {},
-    "opt-level=\"s\"": {"CARGO_PROFILE_RELEASE_OPT_LEVEL": "s"},
     "opt-level=\"z\"": {"CARGO_PROFILE_RELEASE_OPT_LEVEL": "z"},
 }
 
@@ -41,7 +41,10 @@ def build_variant(name: str, overrides: dict, template: dict) -> dict[str, Path]
     return {lid: lambda_dir / b / "bootstrap" for lid, b in names.items()}
 
 
-def run(env: Env, functions: list[str], runs: int, only: list[str] | None = None) -> list[dict]:
+def run(env: Env, functions: list[str], runs: int, cg: tuple[int, int] = (3, 10),
+        only: list[str] | None = None) -> list[dict]:
+    import handler_cost
+
     out = []
     workload = Workload(env, stock=len(VARIANTS) * len(functions) * runs * 4 + 50)
     try:
@@ -53,7 +56,10 @@ def run(env: Env, functions: list[str], runs: int, only: list[str] | None = None
             for lid in functions:
                 say(f"profiles: {name}: cold start {lid} x{runs}")
                 rows.append(cold_starts(env, workload, lid, runs, bootstrap=paths[lid]))
-            out.append({"variant": name, "rows": rows})
+            say(f"profiles: {name}: callgrind CheckoutFunction")
+            cost = handler_cost.per_invocation(env, workload, "CheckoutFunction", *cg,
+                                               bootstrap=paths["CheckoutFunction"])
+            out.append({"variant": name, "rows": rows, "checkout_instructions": cost["per_invocation"]})
     finally:
         workload.stop()
     return out

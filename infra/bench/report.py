@@ -75,6 +75,9 @@ def render(results_dir: Path, mode: str) -> Path:
               "x86_64 `bootstrap`, moto server plays DynamoDB/SQS/KMS/Secrets Manager on loopback. Absolute "
               "times are this machine's, not Lambda's; init includes reading the secrets from moto.", ""]
     lines += _summary(r)
+    notes = Path(__file__).resolve().parent / "notes.md"  # the recording's reading, written by hand
+    if mode == "full" and notes.exists():
+        lines += [notes.read_text().rstrip(), ""]
     lines += _cold(r)
     lines += _profiles(r)
     lines += _handler(r)
@@ -179,7 +182,9 @@ def _profiles(r: dict) -> list[str]:
         for c in v["rows"]:
             out.append(f"| {v['variant']} | {SHORT.get(c['function'], c['function'])} | {_f(c['binary_mib'], 2)} | "
                        f"{_f(c['init_median'])} | {_f(c['init_max'])} | {_f(c['rss_mib_max'])} |")
-    out.append("")
+    out += ["", "Checkout's instructions per warm invocation (callgrind, as below) by variant: " + "; ".join(
+        f"{v['variant']}: {v['checkout_instructions'] / 1e6:,.2f} M" for v in doc["result"]
+        if v.get("checkout_instructions")) + ".", ""]
     return out
 
 
@@ -253,27 +258,36 @@ def _flash(r: dict) -> list[str]:
 
 def _hot_partition() -> list[str]:
     wcu = DDB_WCU_PER_PARTITION
-    per_item_tx = 2  # a transactional write costs 2 WCU per item (items ≤ 1 KB)
-    ceiling = wcu / per_item_tx
+    tx = 2  # a transactional write costs 2 WCU per item (items under 1 KB)
+    shards = 8  # STOCK_SHARDS in shared/src/adapters/dynamo.rs
+    burst = wcu / tx  # reserve only (checkout), per counter item
+    sustained = wcu / (2 * tx)  # reserve at checkout + reserved->sold at delivery
     return ["### Hot partition: the modelled ceiling on real DynamoDB", "",
-            "`POST /orders` reserves stock in one `TransactWriteItems` that includes a conditional counter "
-            "update on the product's item (`PRODUCT#{sku}`). Every order for a SKU therefore writes that one "
-            f"item; one item lives in one partition, and a partition takes at most {wcu:,} WCU/s. A "
-            f"transactional write of an item under 1 KB costs {per_item_tx} WCU, so:", "",
-            f"- **ceiling per SKU ≈ {wcu:,} / {per_item_tx} = {ceiling:,.0f} orders/s** (all other items of "
-            "the transaction are on other keys and spread out). The expiry sweep and the delivery worker also "
-            "touch the counter (give back / mark sold), so the sustained order rate is lower, ≈ "
-            f"{wcu / (per_item_tx * 2):,.0f}/s if every order is later paid and delivered (two counter writes "
-            "per order). Contention surfaces before that as `TransactionCanceledException` "
-            "(`TransactionConflict`) and throttling, which Kami maps to `503 busy_retry`.",
-            "- What sharding the counter would give (**modelled; not built**): split the SKU's stock over S "
-            "counter items (`PRODUCT#{sku}#STOCK#0..S-1`), a buyer picks a shard at random and falls back to "
-            f"the next one when it is empty. The ceiling becomes S × {ceiling:,.0f} orders/s: 10 shards ≈ "
-            f"{10 * ceiling:,.0f}/s, 100 shards ≈ {100 * ceiling:,.0f}/s, while each shard still cannot "
-            "oversell (its own condition). The costs: `GET /products` must read S items (or a "
-            "periodically summed total), and the last keys of a sale take extra tries across shards.",
-            "- For comparison, the flash sale above ran on one machine at the rate shown; the DynamoDB "
-            "ceiling is far above what the local platform can drive, so it is a model, not a measurement.", ""]
+            "`POST /orders` reserves stock in one `TransactWriteItems` with a conditional update of a stock "
+            "counter item (`available >= q`); the delivery worker moves the unit reserved→sold on the same "
+            "counter, also in a transaction. One item lives in one partition, a partition takes at most "
+            f"{wcu:,} WCU/s, and a transactional write of an item under 1 KB costs {tx} WCU. So, per counter "
+            "item:", "",
+            f"- checkout alone (a burst, delivery lagging): {wcu:,} / {tx} = **{burst:,.0f} orders/s**;",
+            f"- sustained (reserve + sold, {2 * tx} WCU per order): {wcu:,} / {2 * tx} = **{sustained:,.0f} "
+            "orders/s**.", "",
+            "With one counter per product (the design before commit f80f196) that was the SKU's ceiling. "
+            f"**Built since then**: each product's stock is sharded over {shards} counter items "
+            f"(`STOCKCOUNT#{{sku}}#0..{shards - 1}`, docs/dynamodb.md); a buyer starts on a random counter "
+            "and falls back to one that has stock. The modelled ceiling per SKU becomes:", "",
+            "| counters | sustained orders/s | checkout burst orders/s | status |", "|---:|---:|---:|---|",
+            f"| 1 | {sustained:,.0f} | {burst:,.0f} | the previous design |",
+            f"| {shards} | {shards * sustained:,.0f} | {shards * burst:,.0f} | **built** (stock spread over all "
+            f"counters once an import exceeds {shards} × 49 = {shards * 49} keys) |",
+            f"| 32 | {32 * sustained:,.0f} | {32 * burst:,.0f} | modelled, not built (a constant) |", "",
+            "These are models, not measurements: the local platform on 2 CPUs cannot drive DynamoDB's "
+            "limits, and moto does not throttle. Contention shows first as `TransactionCanceledException` "
+            "(`TransactionConflict`) and throttling, which Kami answers with `503 busy_retry`. The next "
+            "limit is the product item every checkout reads (eventually consistent GetItem, 0.5 RCU: "
+            "3,000 RCU/s per partition ≈ 6,000 orders/s); beyond that the product metadata would have to be "
+            "cached in the function for a few seconds (not built). More shards cost `GET /products/{sku}` "
+            "one more item read each, and make a multi-unit order at the tail of a sale likelier to find no "
+            "single counter with enough units (README, known limits).", ""]
 
 
 def _bulk(r: dict) -> list[str]:

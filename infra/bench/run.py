@@ -85,7 +85,7 @@ def section_awscalls(env, s):
 
 def section_profiles(env, s):
     import profiles
-    return profiles.run(env, FUNCTIONS, s["profile_runs"])
+    return profiles.run(env, FUNCTIONS, s["profile_runs"], (s["cg_warm"], s["cg_extra"]))
 
 
 def main() -> int:
