@@ -62,7 +62,7 @@ impl Config {
 #[derive(Default)]
 pub struct Secrets {
     pub admin_token: Option<Zeroizing<String>>,
-    pub stripe_webhook_secrets: Vec<String>,
+    pub stripe_webhook_secrets: Vec<Zeroizing<String>>,
     pub fingerprint_key: Option<Zeroizing<String>>,
     pub order_token_key: Option<Zeroizing<String>>,
 }

@@ -84,11 +84,11 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// The token of an `Authorization: Bearer <token>` header (scheme case-insensitive).
 fn bearer(headers: &HeaderMap) -> Option<&str> {
-    header_str(headers, "authorization")?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
-        .filter(|token| !token.is_empty())
+    let (scheme, token) = header_str(headers, "authorization")?.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 fn body(request: &Request, limit: usize) -> Result<&[u8]> {
@@ -124,7 +124,11 @@ pub async fn checkout(ctx: &Context, request: Request) -> Response<Body> {
             }
             (&Method::POST, ["orders"]) => {
                 let bytes = body(&request, MAX_SMALL_BODY)?;
-                let key = header_str(request.headers(), "idempotency-key");
+                // A header that is present but not visible ASCII is invalid, not missing.
+                let key = request
+                    .headers()
+                    .get("idempotency-key")
+                    .map(|value| value.to_str().unwrap_or(""));
                 Ok((
                     StatusCode::CREATED,
                     orders::create_order(ctx, key, bytes).await?,

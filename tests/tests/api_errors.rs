@@ -20,44 +20,44 @@ async fn bad_order_requests_are_refused_with_stable_codes() {
     };
     let cases: Vec<Case> = vec![
         (
-            vec![("idempotency-key", "k1")],
+            vec![("idempotency-key", "key-0001")],
             "{not json".into(),
             400,
             "invalid_json",
         ),
         (
-            vec![("idempotency-key", "k2")],
+            vec![("idempotency-key", "key-0002")],
             json!({"sku": "no-such-sku", "quantity": 1, "buyer": {"email": "a@example.com"}})
                 .to_string(),
             404,
             "product_not_found",
         ),
         (
-            vec![("idempotency-key", "k3")],
+            vec![("idempotency-key", "key-0003")],
             order_body(json!(0)),
             400,
             "invalid_quantity",
         ),
         (
-            vec![("idempotency-key", "k4")],
+            vec![("idempotency-key", "key-0004")],
             order_body(json!(-2)),
             400,
             "invalid_quantity",
         ),
         (
-            vec![("idempotency-key", "k5")],
+            vec![("idempotency-key", "key-0005")],
             order_body(json!(4)),
             400,
             "quantity_over_limit",
         ),
         (
-            vec![("idempotency-key", "k6")],
+            vec![("idempotency-key", "key-0006")],
             order_body(json!(1.5)),
             400,
             "invalid_quantity",
         ),
         (
-            vec![("idempotency-key", "k7")],
+            vec![("idempotency-key", "key-0007")],
             order_body(json!("1")),
             400,
             "invalid_quantity",
@@ -70,19 +70,32 @@ async fn bad_order_requests_are_refused_with_stable_codes() {
             "invalid_idempotency_key",
         ),
         (
-            vec![("idempotency-key", "k8")],
+            vec![("idempotency-key", "short")],
+            order_body(json!(1)),
+            400,
+            "invalid_idempotency_key",
+        ),
+        (
+            vec![("idempotency-key", "key-0011")],
+            json!({"sku": "bad/sku", "quantity": 1, "buyer": {"email": "a@example.com"}})
+                .to_string(),
+            400,
+            "invalid_sku",
+        ),
+        (
+            vec![("idempotency-key", "key-0008")],
             json!({"sku": sku, "quantity": 1, "buyer": {"email": "nope"}}).to_string(),
             400,
             "invalid_email",
         ),
         (
-            vec![("idempotency-key", "k9")],
+            vec![("idempotency-key", "key-0009")],
             json!({"sku": sku, "quantity": 1}).to_string(),
             400,
             "invalid_email",
         ),
         (
-            vec![("idempotency-key", "k10")],
+            vec![("idempotency-key", "key-0010")],
             "x".repeat(70_000),
             413,
             "payload_too_large",

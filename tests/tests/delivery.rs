@@ -171,36 +171,6 @@ async fn five_workers_on_one_order_allocate_each_key_once() {
     drain_delivery_queue(&paid.ctx).await;
 }
 
-/// Deletes every key in a product's stock behind Kami's back (a broken invariant).
-async fn steal_stock(sku: &str) {
-    let dynamo = aws_sdk_dynamodb::Client::new(&sdk_config().await);
-    let table = stack().env["KAMI_TABLE"].clone();
-    for shard in 0..kami_shared::adapters::dynamo::STOCK_SHARDS {
-        let partition = format!("STOCK#{}#{shard}", sku);
-        let found = dynamo
-            .query()
-            .table_name(&table)
-            .key_condition_expression("pk = :pk")
-            .expression_attribute_values(
-                ":pk",
-                aws_sdk_dynamodb::types::AttributeValue::S(partition.clone()),
-            )
-            .send()
-            .await
-            .expect("query");
-        for item in found.items() {
-            dynamo
-                .delete_item()
-                .table_name(&table)
-                .key("pk", item["pk"].clone())
-                .key("sk", item["sk"].clone())
-                .send()
-                .await
-                .expect("delete");
-        }
-    }
-}
-
 fn message(order_id: &str, receive_count: u32) -> SqsEvent {
     let mut record = SqsMessage::default();
     record.message_id = Some(format!("msg-{order_id}-{receive_count}"));

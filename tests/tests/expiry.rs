@@ -113,3 +113,92 @@ async fn a_paid_order_left_undelivered_is_requeued() {
     .await;
     assert_eq!(view["status"], "delivered");
 }
+
+#[tokio::test]
+async fn a_late_payment_takes_its_stock_again_when_it_is_still_there() {
+    let _turn = SWEEPS.lock().await;
+    let ctx = context().await;
+    let sku = product_with_keys(&ctx, "late", 300, 5, &make_keys("LATE", 2)).await;
+    let (_, created) = order(&ctx, &sku, 1, "late-order-1").await;
+    let order_id = created["order_id"].as_str().expect("id");
+    let token = created["access_token"].as_str().expect("token");
+    let later = Timestamp::now().plus_seconds(ctx.config.order_ttl_seconds + 1);
+    assert!(sweep(&ctx, later).await.expect("sweep").expired >= 1);
+    assert_eq!(admin_product(&ctx, &sku).await.1["stock"]["available"], 2);
+
+    // The buyer's payment arrives after expiry; the unit is still unsold.
+    let (status, _) = pay(&ctx, "evt_late_1", order_id, 300, "CNY").await;
+    assert_eq!(status, 200);
+    drain_delivery_queue(&ctx).await;
+    let (_, view) = view_order(&ctx, order_id, token).await;
+    assert_eq!(view["status"], "delivered", "{view}");
+    let causes: Vec<&str> = view["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["cause"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        causes,
+        ["created", "expire", "late_payment_reserved", "deliver"]
+    );
+    assert_eq!(
+        admin_product(&ctx, &sku).await.1["stock"],
+        json!({"available": 1, "reserved": 0, "sold": 1})
+    );
+}
+
+#[tokio::test]
+async fn the_sweep_retries_a_failed_delivery_until_it_is_delivered() {
+    let _turn = SWEEPS.lock().await;
+    let ctx = context().await;
+    let sku = product_with_keys(&ctx, "retry", 300, 5, &make_keys("RETRY", 1)).await;
+    let (_, created) = order(&ctx, &sku, 1, "retry-order-1").await;
+    let order_id = created["order_id"].as_str().expect("id");
+    let token = created["access_token"].as_str().expect("token");
+    let (status, _) = pay(&ctx, "evt_retry_1", order_id, 300, "CNY").await;
+    assert_eq!(status, 200);
+    steal_stock(&sku).await;
+    // Every attempt fails until the queue gives up: the order shows delivery_failed.
+    let mut event = aws_lambda_events::event::sqs::SqsEvent::default();
+    let mut record = aws_lambda_events::event::sqs::SqsMessage::default();
+    record.message_id = Some("last-attempt".into());
+    record.body = Some(format!(r#"{{"order_id":"{order_id}"}}"#));
+    record.attributes.insert(
+        "ApproximateReceiveCount".into(),
+        ctx.config.delivery_max_attempts.to_string(),
+    );
+    event.records.push(record);
+    let failed = kami_shared::app::delivery::handle_batch(&ctx, event).await;
+    assert_eq!(failed.batch_item_failures.len(), 1);
+    assert_eq!(
+        view_order(&ctx, order_id, token).await.1["status"],
+        "delivery_failed"
+    );
+
+    // The outage passes (stock is back); the sweep sends the order round again by itself.
+    let (status, _) = import_keys(
+        &ctx,
+        &sku,
+        "text/plain",
+        make_keys("RETRY-NEW", 1).join("\n"),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let soon =
+        Timestamp::now().plus_seconds(kami_shared::adapters::dynamo::STUCK_AFTER_SECONDS + 1);
+    let report = sweep(&ctx, soon).await.expect("sweep");
+    assert_eq!(
+        report.requeued, 0,
+        "a failed delivery waits longer than a merely slow one"
+    );
+    let later = Timestamp::now()
+        .plus_seconds(kami_shared::adapters::dynamo::FAILED_RETRY_AFTER_SECONDS + 1);
+    let report = sweep(&ctx, later).await.expect("sweep");
+    assert!(report.requeued >= 1);
+    drain_delivery_queue(&ctx).await;
+    assert_eq!(
+        view_order(&ctx, order_id, token).await.1["status"],
+        "delivered"
+    );
+}

@@ -194,6 +194,34 @@ async fn payment_intent_succeeded_pays_and_unknown_orders_are_kept() {
         Ok("unknown_order")
     );
     assert_eq!(kept["amount"].as_n().map(String::as_str), Ok("100"));
+
+    // A paid session that names no order: acknowledged, kept as unbound for an operator.
+    let payload = json!({"id": "evt_unbound", "type": "checkout.session.completed",
+        "data": {"object": {"id": "cs_unbound", "payment_status": "paid", "amount_total": 100, "currency": "cny"}}})
+    .to_string();
+    let signature = stripe_signature(STRIPE_SECRET, now_seconds(), &payload);
+    let (status, _) = send_webhook(&ctx, &signature, payload).await;
+    assert_eq!(status, 200);
+    let kept = dynamo
+        .get_item()
+        .table_name(&stack().env["KAMI_TABLE"])
+        .key(
+            "pk",
+            aws_sdk_dynamodb::types::AttributeValue::S("WEBHOOK#stripe#evt_unbound".into()),
+        )
+        .key(
+            "sk",
+            aws_sdk_dynamodb::types::AttributeValue::S("WEBHOOK".into()),
+        )
+        .send()
+        .await
+        .expect("get")
+        .item
+        .expect("the unbound event is kept");
+    assert_eq!(
+        kept["outcome"].as_s().map(String::as_str),
+        Ok("unbound_event")
+    );
 }
 
 #[tokio::test]

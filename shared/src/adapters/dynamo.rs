@@ -32,6 +32,8 @@ pub const COUNTER_SHARDS: u32 = 8;
 pub const INDEX_SHARDS: u32 = 8;
 /// A paid order not delivered this long after payment is re-queued by the sweep.
 pub const STUCK_AFTER_SECONDS: i64 = 120;
+/// A `delivery_failed` order is re-queued by the sweep this often until it is delivered.
+pub const FAILED_RETRY_AFTER_SECONDS: i64 = 900;
 const IDEMPOTENCY_TTL_SECONDS: i64 = 24 * 3600;
 const WEBHOOK_TTL_SECONDS: i64 = 30 * 24 * 3600;
 
@@ -70,8 +72,13 @@ mod keys {
     pub fn webhook(provider: &str, event_id: &str) -> (String, String) {
         (format!("WEBHOOK#{provider}#{event_id}"), "WEBHOOK".into())
     }
+    /// Clients' idempotency keys are stored only as hashes (a replay reveals a token).
     pub fn idempotency(scope: &str, key: &str) -> (String, String) {
-        (format!("IDEMPOTENCY#{scope}#{key}"), "IDEMPOTENCY".into())
+        let hashed = crate::domain::crypto::sha256_hex(key.as_bytes());
+        (
+            format!("IDEMPOTENCY#{scope}#{hashed}"),
+            "IDEMPOTENCY".into(),
+        )
     }
     pub fn pending_index(shard: u32) -> String {
         format!("PENDING#{shard}")
@@ -143,15 +150,18 @@ fn built<T>(result: std::result::Result<T, aws_sdk_dynamodb::error::BuildError>)
     result.map_err(|e| Error::Corrupt(format!("request build: {e}")))
 }
 
-/// Names used in expressions; `#status`, `#ttl` and friends avoid DynamoDB's reserved words.
-fn names(list: &[&str]) -> HashMap<String, String> {
-    list.iter()
-        .map(|name| (format!("#{name}"), (*name).to_owned()))
-        .collect()
+/// Names used in expressions; `#status`, `#ttl` and friends avoid DynamoDB's reserved
+/// words. `None` when there are none: DynamoDB rejects an empty map.
+fn names(list: &[&str]) -> Option<HashMap<String, String>> {
+    (!list.is_empty()).then(|| {
+        list.iter()
+            .map(|name| (format!("#{name}"), (*name).to_owned()))
+            .collect()
+    })
 }
 
-fn values(list: Vec<(&str, AttributeValue)>) -> HashMap<String, AttributeValue> {
-    list.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+fn values(list: Vec<(&str, AttributeValue)>) -> Option<HashMap<String, AttributeValue>> {
+    (!list.is_empty()).then(|| list.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
 }
 
 struct Tx {
@@ -194,8 +204,8 @@ impl Tx {
                 .set_key(Some(key))
                 .update_expression(expression)
                 .set_condition_expression(condition.map(str::to_owned))
-                .set_expression_attribute_names(Some(names(attribute_names)))
-                .set_expression_attribute_values(Some(values(attribute_values)))
+                .set_expression_attribute_names(names(attribute_names))
+                .set_expression_attribute_values(values(attribute_values))
                 .build(),
         )?;
         self.items
@@ -228,8 +238,8 @@ impl Tx {
                 .table_name(&self.table)
                 .set_key(Some(key))
                 .condition_expression(condition)
-                .set_expression_attribute_names(Some(names(attribute_names)))
-                .set_expression_attribute_values(Some(values(attribute_values)))
+                .set_expression_attribute_names(names(attribute_names))
+                .set_expression_attribute_values(values(attribute_values))
                 .build(),
         )?;
         self.items
@@ -247,6 +257,12 @@ enum TxOutcome {
 }
 
 const CONFLICT_RETRIES: u32 = 8;
+const RETRYABLE_CANCELLATIONS: &[&str] = &[
+    "TransactionConflict",
+    "ThrottlingError",
+    "ProvisionedThroughputExceeded",
+    "RequestLimitExceeded",
+];
 
 /// The order as stored.
 #[derive(Debug, Clone)]
@@ -357,10 +373,24 @@ pub struct PaymentChange<'a> {
     pub outcome: &'a str,
     /// `Some((from, to, cause))` to move the order; `None` to only record the payment.
     pub transition: Option<(OrderStatus, OrderStatus, Cause)>,
+    /// Reserve the order's quantity again on its stock counter (a late payment for an
+    /// expired order); the whole change fails with `NoStock` if it is not there.
+    pub reserve_stock: bool,
+}
+
+/// A verified notification that matches no order.
+pub struct Unmatched<'a> {
+    /// `unknown_order` or `unbound_event`.
+    pub outcome: &'a str,
+    pub kind: &'a str,
+    pub claimed_order_id: Option<&'a str>,
+    pub amount: Option<&'a Money>,
 }
 
 pub enum PaymentApplied {
     Applied,
+    /// `reserve_stock` was asked and the stock is gone.
+    NoStock,
     /// The event id was seen before.
     Duplicate,
     /// The order changed state meanwhile: decide again.
@@ -417,7 +447,17 @@ impl Store {
                 }
                 return Ok(TxOutcome::Cancelled(failed));
             }
-            // Only conflicts with concurrent transactions (or throttling) remain: retry.
+            // Conflicts with concurrent transactions and throttling pass: retry those.
+            // Anything else (validation, item collection size) will not: report it.
+            if !reasons
+                .iter()
+                .any(|code| RETRYABLE_CANCELLATIONS.contains(&code.as_str()))
+            {
+                return Err(Error::Aws {
+                    service: "dynamodb",
+                    message: format!("transaction cancelled: {reasons:?}"),
+                });
+            }
             attempt += 1;
             if attempt > CONFLICT_RETRIES {
                 return Err(Error::Contention("transaction"));
@@ -898,36 +938,57 @@ impl Store {
                 )?;
             }
         }
+        if change.reserve_stock {
+            tx.update(
+                key_item(keys::stock_counter(&order.sku, order.stock_shard)),
+                "SET #available = #available - :q, #reserved = #reserved + :q",
+                Some("#available >= :q"),
+                &["available", "reserved"],
+                vec![(":q", n(order.quantity))],
+            )?;
+        }
         Ok(match self.transact(tx).await? {
             TxOutcome::Committed => PaymentApplied::Applied,
             TxOutcome::Cancelled(failed) if failed.first().copied().unwrap_or(false) => {
                 PaymentApplied::Duplicate
             }
+            TxOutcome::Cancelled(failed)
+                if change.reserve_stock && failed.last().copied().unwrap_or(false) =>
+            {
+                PaymentApplied::NoStock
+            }
             TxOutcome::Cancelled(_) => PaymentApplied::Raced,
         })
     }
 
-    /// Access pattern: record a notification for an order Kami does not know, for an
-    /// operator. Returns false when the event id was already recorded.
+    /// Access pattern: keep a verified notification Kami cannot apply to an order (an
+    /// unknown order id, or an event without one) for an operator. Returns false when
+    /// the event id was already recorded.
     pub async fn record_unmatched_payment(
         &self,
         provider: &str,
         event_id: &str,
-        claimed_order_id: &str,
-        amount: &Money,
-        provider_ref: &str,
+        unmatched: &Unmatched<'_>,
     ) -> Result<bool> {
         let now = Timestamp::now();
         let mut item = key_item(keys::webhook(provider, event_id));
         item.extend([
             ("entity".to_owned(), s("webhook")),
-            ("order_id".to_owned(), s(claimed_order_id)),
-            ("outcome".to_owned(), s("unknown_order")),
-            ("amount".to_owned(), n(amount.amount)),
-            ("currency".to_owned(), s(&amount.currency)),
-            ("provider_ref".to_owned(), s(provider_ref)),
+            ("outcome".to_owned(), s(unmatched.outcome)),
+            ("kind".to_owned(), s(unmatched.kind)),
             ("received_at".to_owned(), s(now.to_rfc3339())),
+            (
+                "ttl".to_owned(),
+                n(now.unix_seconds() + WEBHOOK_TTL_SECONDS),
+            ),
         ]);
+        if let Some(order_id) = unmatched.claimed_order_id {
+            item.insert("order_id".to_owned(), s(order_id));
+        }
+        if let Some(amount) = unmatched.amount {
+            item.insert("amount".to_owned(), n(amount.amount));
+            item.insert("currency".to_owned(), s(&amount.currency));
+        }
         self.put_if_absent(item).await
     }
 
@@ -1052,28 +1113,37 @@ impl Store {
         Ok(matches!(self.transact(tx).await?, TxOutcome::Committed))
     }
 
-    /// Access pattern: move an order by a cause that touches only the order (and its
-    /// event), such as giving up on delivery.
-    pub async fn transition(&self, order: &OrderRecord, cause: Cause) -> Result<bool> {
-        let to = order.status.next(cause)?;
-        let at = Timestamp::now().to_rfc3339();
+    /// Access pattern: give up delivering a paid order (`paid → delivery_failed`). It
+    /// stays in the stuck-order index, due again in `FAILED_RETRY_AFTER_SECONDS`, so the
+    /// sweep retries it after an outage. Returns false if it was no longer `paid`.
+    pub async fn give_up_delivery(&self, order: &OrderRecord) -> Result<bool> {
+        let to = order.status.next(Cause::DeliveryGaveUp)?;
+        let now = Timestamp::now();
+        let at = now.to_rfc3339();
         let mut tx = Tx::new(&self.table);
         tx.update(
             key_item((
                 keys::order_partition(&order.order_id),
                 keys::ORDER_SK.into(),
             )),
-            "SET #status = :to, updated_at = :at REMOVE gsi1pk, gsi1sk",
+            "SET #status = :to, updated_at = :at, gsi1sk = :retry",
             Some("#status = :from"),
             &["status"],
             vec![
                 (":to", s(to.as_str())),
                 (":from", s(order.status.as_str())),
                 (":at", s(&at)),
+                (":retry", n(now.unix_seconds() + FAILED_RETRY_AFTER_SECONDS)),
             ],
         )?;
         tx.put(
-            event_item(&order.order_id, Some(order.status), to, cause, &at),
+            event_item(
+                &order.order_id,
+                Some(order.status),
+                to,
+                Cause::DeliveryGaveUp,
+                &at,
+            ),
             None,
         )?;
         Ok(matches!(self.transact(tx).await?, TxOutcome::Committed))
@@ -1152,8 +1222,19 @@ impl Store {
         Ok(matches!(self.transact(tx).await?, TxOutcome::Committed))
     }
 
-    /// Access pattern: push a stuck paid order's next re-queue time forward.
-    pub async fn snooze_stuck_order(&self, order_id: &str, now: Timestamp) -> Result<()> {
+    /// Access pattern: push a stuck order's next re-queue time forward (soon for `paid`,
+    /// later for `delivery_failed`), only while it is still in that state.
+    pub async fn snooze_stuck_order(
+        &self,
+        order_id: &str,
+        status: OrderStatus,
+        now: Timestamp,
+    ) -> Result<()> {
+        let wait = if status == OrderStatus::DeliveryFailed {
+            FAILED_RETRY_AFTER_SECONDS
+        } else {
+            STUCK_AFTER_SECONDS
+        };
         let result = self
             .client
             .update_item()
@@ -1163,10 +1244,10 @@ impl Store {
                 keys::ORDER_SK.into(),
             ))))
             .update_expression("SET gsi1sk = :next")
-            .condition_expression("#status = :paid")
+            .condition_expression("#status = :status")
             .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":next", n(now.unix_seconds() + STUCK_AFTER_SECONDS))
-            .expression_attribute_values(":paid", s(OrderStatus::Paid.as_str()))
+            .expression_attribute_values(":next", n(now.unix_seconds() + wait))
+            .expression_attribute_values(":status", s(status.as_str()))
             .send()
             .await;
         match result {

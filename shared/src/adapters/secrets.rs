@@ -37,7 +37,7 @@ pub async fn load(sdk: &SdkConfig, config: &Config) -> Result<Secrets> {
                 list.split(',')
                     .map(str::trim)
                     .filter(|s| !s.is_empty())
-                    .map(str::to_owned)
+                    .map(|s| Zeroizing::new(s.to_owned()))
                     .collect()
             })
             .unwrap_or_default(),

@@ -8,7 +8,7 @@ use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent
 use crate::adapters::dynamo::{AllocateOutcome, OrderRecord, STOCK_SHARDS, Store};
 use crate::adapters::queue::DeliveryMessage;
 use crate::config::Context;
-use crate::domain::order::{Cause, OrderStatus};
+use crate::domain::order::OrderStatus;
 use crate::error::{Error, Result};
 
 const KEYS_PER_QUERY: i32 = 10;
@@ -105,13 +105,13 @@ async fn settled_outcome(ctx: &Context, order_id: &str) -> Result<DeliveryOutcom
     }
 }
 
-/// Gives up on an order after the queue's last attempt: it shows `delivery_failed`
-/// until an operator redelivers it.
+/// Gives up on an order after the queue's last attempt: it shows `delivery_failed`;
+/// the sweep sends it round again every few minutes, and an operator can too.
 async fn give_up(ctx: &Context, order_id: &str) -> Result<()> {
     if let Some(order) = ctx.store.get_order(order_id).await?
         && order.status == OrderStatus::Paid
+        && ctx.store.give_up_delivery(&order).await?
     {
-        ctx.store.transition(&order, Cause::DeliveryGaveUp).await?;
         tracing::error!(
             order_id,
             "delivery failed on its last attempt; order marked delivery_failed"

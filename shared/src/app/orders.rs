@@ -11,10 +11,11 @@ use crate::domain::crypto::{
     self, DataKey, card_key_aad, order_access_token, sha256_hex, token_matches,
 };
 use crate::domain::order::OrderStatus;
-use crate::domain::product::validate_quantity;
+use crate::domain::product::{validate_quantity, validate_sku};
 use crate::domain::time::{Timestamp, is_id, new_id};
 use crate::error::{ConflictKind, Error, Result};
 
+const MIN_IDEMPOTENCY_KEY_LEN: usize = 8;
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
 const MAX_EMAIL_LEN: usize = 254;
 
@@ -82,14 +83,15 @@ pub fn validate_idempotency_key(key: Option<&str>) -> Result<&str> {
             "the Idempotency-Key header is required",
         )
     })?;
-    if key.is_empty()
-        || key.len() > MAX_IDEMPOTENCY_KEY_LEN
+    // A replay returns the order's access token, so the key is a secret of its own:
+    // long enough not to be guessed, and stored only as a hash.
+    if !(MIN_IDEMPOTENCY_KEY_LEN..=MAX_IDEMPOTENCY_KEY_LEN).contains(&key.len())
         || !key.bytes().all(|b| b.is_ascii_graphic())
     {
         return Err(Error::invalid(
             "invalid_idempotency_key",
             format!(
-                "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters"
+                "Idempotency-Key must be {MIN_IDEMPOTENCY_KEY_LEN} to {MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters (a UUID is fine)"
             ),
         ));
     }
@@ -108,6 +110,7 @@ pub async fn create_order(
     let request_hash = request.fingerprint();
     // No read of the idempotency record first: the order transaction claims the key,
     // and only a refused claim (a retry) reads it. One request fewer per order.
+    validate_sku(&request.sku)?;
     let product = super::catalog::find_product(ctx, &request.sku, false).await?;
     let quantity = validate_quantity(request.quantity, &product)?;
     let now = Timestamp::now();

@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::adapters::dynamo::{OrderRecord, PaymentApplied, PaymentChange};
+use crate::adapters::dynamo::{OrderRecord, PaymentApplied, PaymentChange, Unmatched};
 use crate::config::Context;
 use crate::domain::money::Money;
 use crate::domain::order::{Cause, OrderStatus};
@@ -32,6 +32,28 @@ pub async fn stripe_webhook(
             tracing::info!(event_id, kind, "stripe event ignored");
             Ok(json!({"received": true}))
         }
+        StripeEvent::Unbound {
+            event_id,
+            kind,
+            missing,
+        } => {
+            let unmatched = Unmatched {
+                outcome: "unbound_event",
+                kind: &kind,
+                claimed_order_id: None,
+                amount: None,
+            };
+            ctx.store
+                .record_unmatched_payment("stripe", &event_id, &unmatched)
+                .await?;
+            tracing::warn!(
+                event_id,
+                kind,
+                missing,
+                "payment event without an order kept for an operator"
+            );
+            Ok(json!({"received": true}))
+        }
         StripeEvent::Payment(notice) => {
             record_payment(ctx, &notice).await?;
             Ok(json!({"received": true}))
@@ -39,13 +61,16 @@ pub async fn stripe_webhook(
     }
 }
 
-/// The outcome a notice has on an order in its current state.
+/// The outcome a notice has on an order in its current state. `stock_gone` is true once
+/// a late payment found its stock sold meanwhile.
 fn decide<'a>(
     order: &OrderRecord,
     notice: &'a PaymentNotice,
     amount: &'a Money,
+    stock_gone: bool,
 ) -> PaymentChange<'a> {
     let exact = *amount == order.amount;
+    let mut reserve_stock = false;
     let (outcome, transition) = match order.status {
         OrderStatus::PendingPayment if exact => (
             "paid",
@@ -59,6 +84,15 @@ fn decide<'a>(
                 Cause::PaymentMismatch,
             )),
         ),
+        // The buyer paid after the order expired: if its stock is still there, take it
+        // again and deliver, rather than leave a paying buyer with nothing.
+        OrderStatus::Expired if exact && !stock_gone => {
+            reserve_stock = true;
+            (
+                "paid_late",
+                Some((order.status, OrderStatus::Paid, Cause::LatePaymentReserved)),
+            )
+        }
         OrderStatus::Expired | OrderStatus::Cancelled => {
             let cause = if exact {
                 Cause::PaymentReceived
@@ -83,6 +117,7 @@ fn decide<'a>(
         amount,
         outcome,
         transition,
+        reserve_stock,
     }
 }
 
@@ -91,6 +126,7 @@ pub async fn record_payment(ctx: &Context, notice: &PaymentNotice) -> Result<()>
         amount: notice.amount,
         currency: notice.currency.clone(),
     };
+    let mut stock_gone = false;
     for _ in 0..DECISION_ATTEMPTS {
         let order = if is_id(&notice.order_id) {
             ctx.store.get_order(&notice.order_id).await?
@@ -98,20 +134,20 @@ pub async fn record_payment(ctx: &Context, notice: &PaymentNotice) -> Result<()>
             None
         };
         let Some(order) = order else {
+            let unmatched = Unmatched {
+                outcome: "unknown_order",
+                kind: "payment",
+                claimed_order_id: Some(&notice.order_id),
+                amount: Some(&amount),
+            };
             let first = ctx
                 .store
-                .record_unmatched_payment(
-                    notice.provider,
-                    &notice.event_id,
-                    &notice.order_id,
-                    &amount,
-                    &notice.provider_ref,
-                )
+                .record_unmatched_payment(notice.provider, &notice.event_id, &unmatched)
                 .await?;
             tracing::warn!(event_id = %notice.event_id, first, "payment for an unknown order kept for an operator");
             return Ok(());
         };
-        let change = decide(&order, notice, &amount);
+        let change = decide(&order, notice, &amount, stock_gone);
         match ctx.store.apply_payment(&order, &change).await? {
             PaymentApplied::Applied => {
                 tracing::info!(order_id = %order.order_id, event_id = %notice.event_id, outcome = change.outcome, "payment recorded");
@@ -131,6 +167,7 @@ pub async fn record_payment(ctx: &Context, notice: &PaymentNotice) -> Result<()>
                 tracing::info!(order_id = %order.order_id, event_id = %notice.event_id, "duplicate notification acknowledged");
                 return Ok(());
             }
+            PaymentApplied::NoStock => stock_gone = true,
             PaymentApplied::Raced => continue,
         }
     }

@@ -1,6 +1,8 @@
 //! The scheduled sweep: expire unpaid orders past `expires_at` (giving their stock
-//! back) and re-queue paid orders that have waited too long for delivery. Every write
-//! is conditional, so two sweeps at once do each thing once.
+//! back) and re-queue paid orders that have waited too long for delivery, including
+//! ones whose delivery gave up (so a passing outage heals by itself). Every write is
+//! conditional, so two sweeps at once do each thing once; one order's failure is
+//! logged and counted and does not stop the others.
 
 use serde::Serialize;
 
@@ -13,34 +15,57 @@ use crate::error::Result;
 pub struct SweepReport {
     pub expired: u32,
     pub requeued: u32,
+    pub failed: u32,
+}
+
+async fn expire_one(ctx: &Context, order_id: &str, now: Timestamp) -> Result<bool> {
+    let Some(order) = ctx.store.get_order(order_id).await? else {
+        return Ok(false);
+    };
+    Ok(order.status == OrderStatus::PendingPayment
+        && order.expires_at <= now
+        && ctx.store.expire_order(&order, now).await?)
+}
+
+async fn requeue_one(ctx: &Context, order_id: &str, now: Timestamp) -> Result<bool> {
+    let Some(order) = ctx.store.get_order(order_id).await? else {
+        return Ok(false);
+    };
+    if !order.status.awaits_delivery() {
+        return Ok(false);
+    }
+    ctx.queue()?.enqueue_delivery(order_id).await?;
+    ctx.store
+        .snooze_stuck_order(order_id, order.status, now)
+        .await?;
+    tracing::warn!(order_id, status = %order.status, "paid order still undelivered; delivery re-queued");
+    Ok(true)
 }
 
 pub async fn sweep(ctx: &Context, now: Timestamp) -> Result<SweepReport> {
     let mut report = SweepReport::default();
     for order_id in ctx.store.due_pending_orders(now).await? {
-        let Some(order) = ctx.store.get_order(&order_id).await? else {
-            continue;
-        };
-        if order.status == OrderStatus::PendingPayment
-            && order.expires_at <= now
-            && ctx.store.expire_order(&order, now).await?
-        {
-            report.expired += 1;
+        match expire_one(ctx, &order_id, now).await {
+            Ok(expired) => report.expired += u32::from(expired),
+            Err(err) => {
+                report.failed += 1;
+                tracing::error!(order_id, error = %err, "could not expire order; next sweep retries");
+            }
         }
     }
     for order_id in ctx.store.stuck_paid_orders(now).await? {
-        if let Some(order) = ctx.store.get_order(&order_id).await?
-            && order.status == OrderStatus::Paid
-        {
-            ctx.queue()?.enqueue_delivery(&order_id).await?;
-            ctx.store.snooze_stuck_order(&order_id, now).await?;
-            report.requeued += 1;
-            tracing::warn!(order_id, "paid order still undelivered; delivery re-queued");
+        match requeue_one(ctx, &order_id, now).await {
+            Ok(requeued) => report.requeued += u32::from(requeued),
+            Err(err) => {
+                report.failed += 1;
+                tracing::error!(order_id, error = %err, "could not re-queue delivery; next sweep retries");
+            }
         }
     }
     tracing::info!(
         expired = report.expired,
         requeued = report.requeued,
+        failed = report.failed,
         "sweep done"
     );
     Ok(report)

@@ -37,6 +37,8 @@ pub enum InvalidReason {
     Empty,
     TooLong,
     ControlCharacter,
+    /// Zero-width and other invisible format characters: a buyer could not type or see them.
+    InvisibleCharacter,
 }
 
 /// A rejected entry, named by its position in the request (never by its text).
@@ -74,6 +76,8 @@ pub fn parse_import(format: ImportFormat, body: &[u8]) -> Result<ImportCandidate
         }
         ImportFormat::Lines => std::str::from_utf8(body)
             .map_err(|_| Error::invalid("invalid_encoding", "body must be UTF-8 text"))?
+            // Spreadsheet exports start with a byte-order mark; it is not part of a key.
+            .trim_start_matches('\u{FEFF}')
             .lines()
             .map(unquote_csv)
             .collect(),
@@ -111,9 +115,20 @@ pub fn validate_key(raw: &str) -> std::result::Result<CardKeyCode, InvalidReason
         Err(InvalidReason::TooLong)
     } else if key.chars().any(char::is_control) {
         Err(InvalidReason::ControlCharacter)
+    } else if key.chars().any(is_invisible) {
+        Err(InvalidReason::InvisibleCharacter)
     } else {
         Ok(CardKeyCode::from(key.to_owned()))
     }
+}
+
+/// Unicode format characters (category Cf) that appear in pasted or exported keys.
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}' | '\u{FEFF}'
+    )
 }
 
 /// A CSV line holding one quoted field: `"a""b"` is `a"b`.
@@ -187,6 +202,34 @@ mod tests {
             Err(Error::InvalidJson(_))
         ));
         assert!(parse_import(ImportFormat::Lines, &[0xff, 0xfe]).is_err());
+    }
+
+    #[test]
+    fn invisible_characters_are_refused_and_a_leading_bom_is_dropped() {
+        let parsed = parse_import(
+            ImportFormat::Lines,
+            "\u{FEFF}K1\nK\u{200B}2\n\u{FEFF}K3\n".as_bytes(),
+        )
+        .unwrap();
+        let codes: Vec<_> = parsed
+            .valid
+            .iter()
+            .map(|(_, k)| k.expose().to_owned())
+            .collect();
+        assert_eq!(codes, vec!["K1"]);
+        assert_eq!(
+            parsed.invalid,
+            vec![
+                InvalidKey {
+                    index: 1,
+                    reason: InvalidReason::InvisibleCharacter
+                },
+                InvalidKey {
+                    index: 2,
+                    reason: InvalidReason::InvisibleCharacter
+                },
+            ]
+        );
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub enum OrderStatus {
 pub enum Cause {
     Created,
     PaymentReceived,
+    /// Exact money for an expired order, and its stock could be reserved again.
+    LatePaymentReserved,
     PaymentMismatch,
     Expire,
     Cancel,
@@ -39,6 +41,7 @@ impl Cause {
         match self {
             Cause::Created => "created",
             Cause::PaymentReceived => "payment_received",
+            Cause::LatePaymentReserved => "late_payment_reserved",
             Cause::PaymentMismatch => "payment_mismatch",
             Cause::Expire => "expire",
             Cause::Cancel => "cancel",
@@ -57,6 +60,7 @@ const TRANSITIONS: &[(OrderStatus, Cause, OrderStatus)] = {
         (PendingPayment, PaymentMismatch, PaymentException),
         (PendingPayment, Expire, Expired),
         (PendingPayment, Cancel, Cancelled),
+        (Expired, LatePaymentReserved, Paid),
         (Expired, PaymentReceived, PaidAfterExpiry),
         (Expired, PaymentMismatch, PaidAfterExpiry),
         (Cancelled, PaymentReceived, PaidAfterExpiry),
@@ -138,6 +142,7 @@ mod tests {
 
     #[test]
     fn late_payment_is_kept_not_dropped() {
+        assert_eq!(Expired.next(LatePaymentReserved).unwrap(), Paid);
         assert_eq!(Expired.next(PaymentReceived).unwrap(), PaidAfterExpiry);
         assert_eq!(Cancelled.next(PaymentReceived).unwrap(), PaidAfterExpiry);
     }

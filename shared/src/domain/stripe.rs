@@ -15,14 +15,18 @@ pub const SIGNATURE_HEADER: &str = "stripe-signature";
 pub const DEFAULT_TOLERANCE_SECONDS: i64 = 300;
 
 /// Verifies the raw body against the header. `now` is Unix seconds.
-pub fn verify_signature(
+pub fn verify_signature<S: AsRef<str>>(
     header: &str,
     raw_body: &[u8],
-    secrets: &[String],
+    secrets: &[S],
     now: i64,
     tolerance_seconds: i64,
 ) -> Result<()> {
-    let secrets: Vec<&String> = secrets.iter().filter(|s| !s.trim().is_empty()).collect();
+    let secrets: Vec<&str> = secrets
+        .iter()
+        .map(AsRef::as_ref)
+        .filter(|s| !s.trim().is_empty())
+        .collect();
     if secrets.is_empty() {
         // An empty secret would make every signature "valid": refuse everything.
         return Err(Error::InvalidSignature("no endpoint secret is configured"));
@@ -53,7 +57,7 @@ pub fn verify_signature(
     if signatures.is_empty() {
         return Err(Error::InvalidSignature("header has no v1 signature"));
     }
-    if (now - timestamp).abs() > tolerance_seconds {
+    if now.abs_diff(timestamp) > tolerance_seconds.unsigned_abs() {
         return Err(Error::InvalidSignature("timestamp outside the tolerance"));
     }
     let prefix = format!("{timestamp}.");
@@ -92,6 +96,13 @@ pub enum StripeEvent {
         event_id: String,
         kind: String,
     },
+    /// A verified payment event that cannot be bound to an order (no order id, amount
+    /// or currency): acknowledged, and kept for an operator.
+    Unbound {
+        event_id: String,
+        kind: String,
+        missing: &'static str,
+    },
 }
 
 #[derive(Deserialize)]
@@ -114,8 +125,8 @@ pub fn parse_event(raw_body: &[u8]) -> Result<StripeEvent> {
     let text = |pointer: &str| object.pointer(pointer).and_then(|v| v.as_str());
     let (order_id, amount, provider_ref) = match event.kind.as_str() {
         "checkout.session.completed" | "checkout.session.async_payment_succeeded" => {
-            // A completed session with a delayed payment method is not money yet.
-            if text("/payment_status").is_some_and(|status| status != "paid") {
+            // Only a paid session is money; a delayed payment method completes later.
+            if text("/payment_status") != Some("paid") {
                 return Ok(StripeEvent::Ignored {
                     event_id: event.id,
                     kind: event.kind,
@@ -126,6 +137,13 @@ pub fn parse_event(raw_body: &[u8]) -> Result<StripeEvent> {
                 object.get("amount_total").and_then(|v| v.as_i64()),
                 text("/payment_intent").or_else(|| text("/id")),
             )
+        }
+        // Checkout's own PaymentIntents carry no order id: the session event binds them.
+        "payment_intent.succeeded" if text("/metadata/order_id").is_none() => {
+            return Ok(StripeEvent::Ignored {
+                event_id: event.id,
+                kind: event.kind,
+            });
         }
         "payment_intent.succeeded" => (
             text("/metadata/order_id"),
@@ -139,20 +157,33 @@ pub fn parse_event(raw_body: &[u8]) -> Result<StripeEvent> {
             });
         }
     };
-    let missing = |field: &str| {
-        Error::invalid(
-            "invalid_event",
-            format!("{} event has no {field}", event.kind),
-        )
-    };
+    let currency = text("/currency").and_then(|c| parse_currency(c).ok());
+    let (order_id, amount, currency, provider_ref) =
+        match (order_id, amount, currency, provider_ref) {
+            (Some(o), Some(a), Some(c), Some(r)) => (o, a, c, r),
+            (o, a, c, _) => {
+                let missing = if o.is_none() {
+                    "order id"
+                } else if a.is_none() {
+                    "amount"
+                } else if c.is_none() {
+                    "currency"
+                } else {
+                    "payment reference"
+                };
+                return Ok(StripeEvent::Unbound {
+                    event_id: event.id,
+                    kind: event.kind,
+                    missing,
+                });
+            }
+        };
     Ok(StripeEvent::Payment(PaymentNotice {
         provider: "stripe",
-        order_id: order_id.ok_or_else(|| missing("order id"))?.to_owned(),
-        amount: amount.ok_or_else(|| missing("amount"))?,
-        currency: parse_currency(text("/currency").ok_or_else(|| missing("currency"))?)?,
-        provider_ref: provider_ref
-            .ok_or_else(|| missing("payment reference"))?
-            .to_owned(),
+        order_id: order_id.to_owned(),
+        amount,
+        currency,
+        provider_ref: provider_ref.to_owned(),
         event_id: event.id,
     }))
 }
@@ -218,7 +249,7 @@ mod tests {
         let body = b"{}";
         let h = header("", NOW, body);
         assert!(verify_signature(&h, body, &secrets(&[""]), NOW, 300).is_err());
-        assert!(verify_signature(&h, body, &[], NOW, 300).is_err());
+        assert!(verify_signature::<String>(&h, body, &[], NOW, 300).is_err());
     }
 
     #[test]
@@ -250,11 +281,46 @@ mod tests {
     }
 
     #[test]
+    fn payment_events_without_an_order_are_unbound_not_errors() {
+        let body = serde_json::json!({"id": "evt_5", "type": "checkout.session.completed",
+            "data": {"object": {"payment_status": "paid", "amount_total": 5, "currency": "cny", "id": "cs_5"}}});
+        assert!(matches!(
+            parse_event(body.to_string().as_bytes()).unwrap(),
+            StripeEvent::Unbound {
+                missing: "order id",
+                ..
+            }
+        ));
+        let no_amount = serde_json::json!({"id": "evt_6", "type": "payment_intent.succeeded",
+            "data": {"object": {"id": "pi_6", "metadata": {"order_id": "01X"}, "currency": "cny"}}});
+        assert!(matches!(
+            parse_event(no_amount.to_string().as_bytes()).unwrap(),
+            StripeEvent::Unbound {
+                missing: "amount",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn extreme_timestamps_are_refused_not_panics() {
+        let body = b"{}";
+        for t in [i64::MIN, i64::MAX] {
+            let h = format!("t={t},v1={}", "00".repeat(32));
+            assert!(verify_signature(&h, body, &secrets(&["whsec_a"]), NOW, 300).is_err());
+        }
+    }
+
+    #[test]
     fn other_events_and_unpaid_sessions_are_ignored() {
         for body in [
             serde_json::json!({"id": "evt_3", "type": "charge.refunded", "data": {"object": {}}}),
             serde_json::json!({"id": "evt_4", "type": "checkout.session.completed",
                 "data": {"object": {"payment_status": "unpaid", "client_reference_id": "x"}}}),
+            serde_json::json!({"id": "evt_7", "type": "checkout.session.completed",
+                "data": {"object": {"client_reference_id": "x", "amount_total": 5}}}),
+            serde_json::json!({"id": "evt_8", "type": "payment_intent.succeeded",
+                "data": {"object": {"id": "pi_8", "amount_received": 5, "currency": "cny"}}}),
         ] {
             assert!(matches!(
                 parse_event(body.to_string().as_bytes()).unwrap(),
