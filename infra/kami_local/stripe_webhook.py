@@ -24,9 +24,8 @@ def order_amount(endpoint: str, table: str, order_id: str) -> tuple[int, str]:
     return int(item["amount"]["N"]), item["currency"]["S"]
 
 
-def checkout_completed(order_id: str, amount: int, currency: str, event_id: str | None = None) -> dict:
-    now = int(time.time())
-    session_id = "cs_test_" + secrets.token_hex(12)
+def _event(kind: str, data_object: dict, event_id: str | None, now: int) -> dict:
+    """The envelope Stripe puts around every event."""
     return {
         "id": event_id or "evt_" + secrets.token_hex(12),
         "object": "event",
@@ -35,45 +34,40 @@ def checkout_completed(order_id: str, amount: int, currency: str, event_id: str 
         "livemode": False,
         "pending_webhooks": 1,
         "request": {"id": None, "idempotency_key": None},
-        "type": "checkout.session.completed",
-        "data": {"object": {
-            "id": session_id,
-            "object": "checkout.session",
-            "amount_total": amount,
-            "currency": currency.lower(),
-            "client_reference_id": order_id,
-            "metadata": {"order_id": order_id},
-            "mode": "payment",
-            "payment_intent": "pi_" + secrets.token_hex(12),
-            "payment_status": "paid",
-            "status": "complete",
-            "created": now,
-        }},
+        "type": kind,
+        "data": {"object": data_object},
     }
+
+
+def checkout_completed(order_id: str, amount: int, currency: str, event_id: str | None = None) -> dict:
+    now = int(time.time())
+    return _event("checkout.session.completed", {
+        "id": "cs_test_" + secrets.token_hex(12),
+        "object": "checkout.session",
+        "amount_total": amount,
+        "currency": currency.lower(),
+        "client_reference_id": order_id,
+        "metadata": {"order_id": order_id},
+        "mode": "payment",
+        "payment_intent": "pi_" + secrets.token_hex(12),
+        "payment_status": "paid",
+        "status": "complete",
+        "created": now,
+    }, event_id, now)
 
 
 def payment_intent_succeeded(order_id: str, amount: int, currency: str, event_id: str | None = None) -> dict:
     now = int(time.time())
-    return {
-        "id": event_id or "evt_" + secrets.token_hex(12),
-        "object": "event",
-        "api_version": "2024-06-20",
+    return _event("payment_intent.succeeded", {
+        "id": "pi_" + secrets.token_hex(12),
+        "object": "payment_intent",
+        "amount": amount,
+        "amount_received": amount,
+        "currency": currency.lower(),
+        "metadata": {"order_id": order_id},
+        "status": "succeeded",
         "created": now,
-        "livemode": False,
-        "pending_webhooks": 1,
-        "request": {"id": None, "idempotency_key": None},
-        "type": "payment_intent.succeeded",
-        "data": {"object": {
-            "id": "pi_" + secrets.token_hex(12),
-            "object": "payment_intent",
-            "amount": amount,
-            "amount_received": amount,
-            "currency": currency.lower(),
-            "metadata": {"order_id": order_id},
-            "status": "succeeded",
-            "created": now,
-        }},
-    }
+    }, event_id, now)
 
 
 EVENT_TYPES = {"checkout.session.completed": checkout_completed, "payment_intent.succeeded": payment_intent_succeeded}

@@ -508,3 +508,33 @@ pub async fn steal_stock(sku: &str) {
         }
     }
 }
+
+/// The causes of an order view's events, in order.
+pub fn causes(view: &Value) -> Vec<String> {
+    view["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["cause"].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
+/// The stored dedupe record of a provider event, straight from the table.
+pub async fn webhook_record(
+    provider: &str,
+    event_id: &str,
+) -> Option<HashMap<String, aws_sdk_dynamodb::types::AttributeValue>> {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    aws_sdk_dynamodb::Client::new(&sdk_config().await)
+        .get_item()
+        .table_name(&stack().env["KAMI_TABLE"])
+        .key(
+            "pk",
+            AttributeValue::S(format!("WEBHOOK#{provider}#{event_id}")),
+        )
+        .key("sk", AttributeValue::S("WEBHOOK".into()))
+        .send()
+        .await
+        .expect("get webhook record")
+        .item
+}

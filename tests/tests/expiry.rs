@@ -132,14 +132,8 @@ async fn a_late_payment_takes_its_stock_again_when_it_is_still_there() {
     drain_delivery_queue(&ctx).await;
     let (_, view) = view_order(&ctx, order_id, token).await;
     assert_eq!(view["status"], "delivered", "{view}");
-    let causes: Vec<&str> = view["events"]
-        .as_array()
-        .expect("events")
-        .iter()
-        .map(|e| e["cause"].as_str().unwrap_or(""))
-        .collect();
     assert_eq!(
-        causes,
+        causes(&view),
         ["created", "expire", "late_payment_reserved", "deliver"]
     );
     assert_eq!(

@@ -45,13 +45,7 @@ async fn the_same_event_twenty_times_at_once_delivers_once() {
     let view = status_of(&ctx, &order_id, &token).await;
     assert_eq!(view["status"], "delivered");
     assert_eq!(view["deliveries"].as_array().expect("deliveries").len(), 1);
-    let causes: Vec<&str> = view["events"]
-        .as_array()
-        .expect("events")
-        .iter()
-        .map(|e| e["cause"].as_str().unwrap_or(""))
-        .collect();
-    assert_eq!(causes, ["created", "payment_received", "deliver"]);
+    assert_eq!(causes(&view), ["created", "payment_received", "deliver"]);
 
     // Stripe retrying days later is still acknowledged, and changes nothing.
     let (status, _) = pay(&ctx, "evt_dup_once", &order_id, amount, "CNY").await;
@@ -172,22 +166,8 @@ async fn payment_intent_succeeded_pays_and_unknown_orders_are_kept() {
     assert_eq!(status, 200);
     let (status, _) = pay(&ctx, "evt_unknown", "01JUNKNOWNORDER0000000000", 100, "CNY").await;
     assert_eq!(status, 200);
-    let dynamo = aws_sdk_dynamodb::Client::new(&sdk_config().await);
-    let kept = dynamo
-        .get_item()
-        .table_name(&stack().env["KAMI_TABLE"])
-        .key(
-            "pk",
-            aws_sdk_dynamodb::types::AttributeValue::S("WEBHOOK#stripe#evt_unknown".into()),
-        )
-        .key(
-            "sk",
-            aws_sdk_dynamodb::types::AttributeValue::S("WEBHOOK".into()),
-        )
-        .send()
+    let kept = webhook_record("stripe", "evt_unknown")
         .await
-        .expect("get")
-        .item
         .expect("the unmatched payment is kept for an operator");
     assert_eq!(
         kept["outcome"].as_s().map(String::as_str),
@@ -202,21 +182,8 @@ async fn payment_intent_succeeded_pays_and_unknown_orders_are_kept() {
     let signature = stripe_signature(STRIPE_SECRET, now_seconds(), &payload);
     let (status, _) = send_webhook(&ctx, &signature, payload).await;
     assert_eq!(status, 200);
-    let kept = dynamo
-        .get_item()
-        .table_name(&stack().env["KAMI_TABLE"])
-        .key(
-            "pk",
-            aws_sdk_dynamodb::types::AttributeValue::S("WEBHOOK#stripe#evt_unbound".into()),
-        )
-        .key(
-            "sk",
-            aws_sdk_dynamodb::types::AttributeValue::S("WEBHOOK".into()),
-        )
-        .send()
+    let kept = webhook_record("stripe", "evt_unbound")
         .await
-        .expect("get")
-        .item
         .expect("the unbound event is kept");
     assert_eq!(
         kept["outcome"].as_s().map(String::as_str),
