@@ -108,9 +108,9 @@ pub async fn create_order(
     let idempotency_key = validate_idempotency_key(idempotency_key)?;
     let request = OrderRequest::parse(body)?;
     let request_hash = request.fingerprint();
+    validate_sku(&request.sku)?;
     // No read of the idempotency record first: the order transaction claims the key,
     // and only a refused claim (a retry) reads it. One request fewer per order.
-    validate_sku(&request.sku)?;
     let product = super::catalog::find_product(ctx, &request.sku, false).await?;
     let quantity = validate_quantity(request.quantity, &product)?;
     let now = Timestamp::now();
