@@ -239,6 +239,7 @@ def machine() -> dict:
         "commit": out(["git", "rev-parse", "--short", "HEAD"]),
         "dirty": bool(out(["git", "status", "--porcelain", "--untracked-files=no"])),
         "rustc": out(["rustc", "--version"]),
+        "loadavg": Path("/proc/loadavg").read_text().split()[:3],
         "bootstraps": os.environ.get("KAMI_BENCH_LAMBDA_DIR") or "target/lambda/release",
         "built_from": os.environ.get("KAMI_BENCH_BUILT_FROM", ""),
     }

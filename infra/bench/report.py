@@ -69,6 +69,9 @@ def render(results_dir: Path, mode: str) -> Path:
               (f"- {m.get('rustc')}; measured code: commit `{m.get('built_from')}` (a clean snapshot of it, "
                f"built separately while the working tree was being edited)" if m.get('built_from') else
                f"- {m.get('rustc')}; commit `{m.get('commit')}`{' (with uncommitted changes)' if m.get('dirty') else ''}"),
+              f"- 1-minute load average when the sections started: " + ", ".join(
+                  f"{k} {d['machine'].get('loadavg', ['?'])[0]}" for k, d in r.items()) +
+              " (other engineers' builds shared the 2 CPUs during this recording; the max columns show it)",
               f"- recorded {m.get('date')}; each section's own date and commit are in "
               f"`.kami/bench/results/{mode}/*.json`",
               "- Local stand-ins: the AWS Lambda Runtime Interface Emulator (from the aws-sam-cli wheel) runs each "
@@ -239,7 +242,8 @@ def _flash(r: dict) -> list[str]:
                 f"| HTTP statuses | {', '.join(f'{k}: {v}' for k, v in sorted(f['statuses'].items()))} |",
                 f"| sale duration | {_f(f['elapsed_s'])} s |",
                 f"| requests/s (all buyers) | {_f(f['requests_per_s'])} |",
-                f"| orders/s (accepted) | {_f(f['orders_per_s'])} |",
+                f"| sold out after | {_f(f.get('sellout_s'))} s (the last accepted order) |",
+                f"| orders/s (accepted, until sold out) | {_f(f['orders_per_s'])} |",
                 f"| latency p50 / p90 / p99 / max, all requests (ms) | {_f(lat['50'] if '50' in lat else lat.get(50))} / "
                 f"{_f(lat.get('90', lat.get(90)))} / {_f(lat.get('99', lat.get(99)))} / {_f(lat.get('100', lat.get(100)))} |",
                 f"| latency p50 / p99, accepted orders (ms) | {_f(ol.get('50', ol.get(50)))} / {_f(ol.get('99', ol.get(99)))} |",
@@ -305,9 +309,19 @@ def _bulk(r: dict) -> list[str]:
            "DynamoDB requests | of which TransactWriteItems | write units (2 per transact item) |",
            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for b in rows:
+        if not b.get("completed", True):
+            out.append(f"| {b['keys']:,} of {b['target_keys']:,} (stopped at the time budget) |"
+                       + f" {b['requests']} × {b['per_request']:,} | {_f(b['largest_body_mib'], 2)} | "
+                       f"{_f(b['elapsed_s'])} | {_f(b['keys_per_s'], 0)} | {_f(b['request_s_max'])} | {b['kms']} | "
+                       f"{b['dynamodb']:,} | {b['transactions']:,} | {b['wru']:,} |")
+            continue
         out.append(f"| {b['keys']:,} | {b['requests']} × {b['per_request']:,} | {_f(b['largest_body_mib'], 2)} | "
                    f"{_f(b['elapsed_s'])} | {_f(b['keys_per_s'], 0)} | {_f(b['request_s_max'])} | {b['kms']} | "
                    f"{b['dynamodb']:,} | {b['transactions']:,} | {b['wru']:,} |")
+    for b in rows:
+        if "request_s_first" in b:
+            out.append(f"\n{b['keys']:,} keys: first request {_f(b['request_s_first'])} s, last "
+                       f"{_f(b['request_s_last'])} s (moto's cost grows with the table it holds).")
     if "bulk1m" not in r:
         out += ["", "1,000,000 keys: not recorded in this run (`infra/bench.sh --only bulk1m`)."]
     out.append("")
