@@ -30,7 +30,7 @@ from common import BENCH_DIR, FUNCTIONS, REPO, Env, machine, say  # noqa: E402
 
 SIZES = {
     "full": {"cold_runs": 20, "warm": 100, "cg_warm": 3, "cg_extra": 10, "flash": (2000, 500, 64, 4),
-             "bulk": (100_000, 5_000), "bulk1m": (1_000_000, 5_000, 1500), "baseline": (20, 100),
+             "bulk": (100_000, 5_000), "bulk1m": (1_000_000, 5_000, 1080), "baseline": (20, 100),
              "awscalls": (200, 1000), "profile_runs": 20},
     "tiny": {"cold_runs": 2, "warm": 5, "cg_warm": 1, "cg_extra": 1, "flash": (20, 5, 8, 2),
              "bulk": (1000, 500), "bulk1m": (2000, 1000, 60), "baseline": (2, 3),
