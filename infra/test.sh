@@ -2,7 +2,7 @@
 # Runs every check and test of Kami on this machine, setup included:
 #   the local platform's unit tests, fmt, clippy, cargo test (against moto), cfn-lint, sam validate --lint, the build of
 #   every function (cargo lambda), the sample events under the emulator, and the
-#   end-to-end tests over HTTP against the local platform.
+#   end-to-end tests over HTTP against the local platform, and the bench at its tiny size.
 # Every step runs even if an earlier one failed; the exit code is non-zero if any failed.
 #   infra/test.sh [--only NAME[,NAME...]]   (step names: see the summary)
 # `sam build` runs too (x86_64 here; see the step); KAMI_SKIP_SAM_BUILD=1 skips it locally.
@@ -70,6 +70,9 @@ fi
 step build "$py" -m kami_local build
 step events "$py" -m pytest -q events
 KAMI_E2E_NO_BUILD=1 step e2e "$py" -m pytest -q tests/e2e
+# Benchmarks are not tests: CI runs every measurement once at its smallest size, on the
+# debug builds above, only to prove the bench works (docs/bench.md holds the recording).
+KAMI_BENCH_PROFILE=debug step bench-tiny bash infra/bench.sh --tiny
 
 echo
 echo "=== summary"

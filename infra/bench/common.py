@@ -77,7 +77,7 @@ class Env:
         missing = [str(p) for p in bootstraps.values() if not p.exists()]
         if missing:
             stop_process(moto)
-            raise SystemExit(f"bench: no release build at {', '.join(missing)} (infra/kami build --release)")
+            raise SystemExit(f"bench: no build at {', '.join(missing)} (infra/kami build --release)")
         return cls(endpoint, template, stack, provisioned, moto, bootstraps)
 
     @property

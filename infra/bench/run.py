@@ -73,7 +73,8 @@ def section_baseline(env, s):
 
 def section_awscalls(env, s):
     orders, keys = s["awscalls"]
-    cmd = ["cargo", "run", "--quiet", "--release", "-p", "kami-tests", "--bin", "bench-aws-calls", "--",
+    release = ["--release"] if os.environ.get("KAMI_BENCH_PROFILE", "release") == "release" else []
+    cmd = ["cargo", "run", "--quiet", *release, "-p", "kami-tests", "--bin", "bench-aws-calls", "--",
            str(orders), str(keys)]
     say(f"awscalls: {' '.join(cmd)}")
     cwd = os.environ.get("KAMI_BENCH_CARGO_DIR") or REPO  # the source tree to run it from
@@ -105,7 +106,7 @@ def main() -> int:
     sections = [x for x in sections if x not in args.skip.split(",")]
     failed = []
     if not args.render_only:
-        env = Env.start(release=True)
+        env = Env.start(release=os.environ.get("KAMI_BENCH_PROFILE", "release") == "release")
         try:
             for name in sections:
                 fn = globals().get(f"section_{name}")
