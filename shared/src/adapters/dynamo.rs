@@ -60,6 +60,9 @@ mod keys {
         format!("ORDER#{order_id}")
     }
     pub const ORDER_SK: &str = "ORDER";
+    pub fn order(order_id: &str) -> (String, String) {
+        (order_partition(order_id), ORDER_SK.into())
+    }
     pub fn event_sk(event_id: &str) -> String {
         format!("EVENT#{event_id}")
     }
@@ -245,6 +248,80 @@ impl Tx {
         self.items
             .push(TransactWriteItem::builder().condition_check(check).build());
         Ok(self)
+    }
+}
+
+/// How an order's units move between a stock counter's columns.
+enum StockMove {
+    /// available → reserved, only if enough is available.
+    Reserve,
+    /// reserved → available (an expired order).
+    Release,
+    /// reserved → sold (a delivered order).
+    Sell,
+}
+
+impl Tx {
+    fn move_stock(&mut self, order: &OrderRecord, movement: StockMove) -> Result<&mut Self> {
+        let (expression, condition, columns): (_, _, &[&str]) = match movement {
+            StockMove::Reserve => (
+                "SET #available = #available - :q, #reserved = #reserved + :q",
+                Some("#available >= :q"),
+                &["available", "reserved"],
+            ),
+            StockMove::Release => (
+                "SET #available = #available + :q, #reserved = #reserved - :q",
+                None,
+                &["available", "reserved"],
+            ),
+            StockMove::Sell => (
+                "SET #reserved = #reserved - :q, #sold = #sold + :q",
+                None,
+                &["reserved", "sold"],
+            ),
+        };
+        self.update(
+            key_item(keys::stock_counter(&order.sku, order.stock_shard)),
+            expression,
+            condition,
+            columns,
+            vec![(":q", n(order.quantity))],
+        )
+    }
+
+    /// The one way a transition is written: the order moves `from → to` only if it is
+    /// still `from` (and `condition` holds), and its event is appended. `more` continues
+    /// the update expression (`, a = :a` or ` REMOVE ...`) with its `names` and `values`.
+    #[allow(clippy::too_many_arguments)]
+    fn move_order(
+        &mut self,
+        order_id: &str,
+        (from, to, cause): (OrderStatus, OrderStatus, Cause),
+        at: &str,
+        more: &str,
+        condition: Option<&str>,
+        names: &[&str],
+        mut values: Vec<(&str, AttributeValue)>,
+    ) -> Result<&mut Self> {
+        let condition = condition.map_or_else(
+            || "#status = :from".to_owned(),
+            |extra| format!("#status = :from AND {extra}"),
+        );
+        let mut all_names = vec!["status"];
+        all_names.extend_from_slice(names);
+        values.extend([
+            (":to", s(to.as_str())),
+            (":from", s(from.as_str())),
+            (":at", s(at)),
+        ]);
+        self.update(
+            key_item(keys::order(order_id)),
+            &format!("SET #status = :to, updated_at = :at{more}"),
+            Some(&condition),
+            &all_names,
+            values,
+        )?;
+        self.put(event_item(order_id, Some(from), to, cause, at), None)
     }
 }
 
@@ -749,13 +826,7 @@ impl Store {
             ),
         ]);
         tx.put(idem, Some("attribute_not_exists(pk)"))?;
-        tx.update(
-            key_item(keys::stock_counter(&order.sku, order.stock_shard)),
-            "SET #available = #available - :q, #reserved = #reserved + :q",
-            Some("#available >= :q"),
-            &["available", "reserved"],
-            vec![(":q", n(order.quantity))],
-        )?;
+        tx.move_stock(order, StockMove::Reserve)?;
         let mut item = order_item(order);
         item.insert(
             "gsi1pk".to_owned(),
@@ -784,11 +855,7 @@ impl Store {
 
     /// Access pattern: one order item (strongly consistent).
     pub async fn get_order(&self, order_id: &str) -> Result<Option<OrderRecord>> {
-        self.get_as(
-            (keys::order_partition(order_id), keys::ORDER_SK.into()),
-            true,
-        )
-        .await
+        self.get_as(keys::order(order_id), true).await
     }
 
     /// Access pattern: an order with its events, deliveries and payments (one Query).
@@ -884,54 +951,45 @@ impl Store {
             ("received_at".to_owned(), s(&at)),
         ]);
         tx.put(payment, None)?;
-        let order_key = || {
-            key_item((
-                keys::order_partition(&order.order_id),
-                keys::ORDER_SK.into(),
-            ))
-        };
         match change.transition {
-            Some((from, to, cause)) => {
-                let mut vals = vec![
-                    (":to", s(to.as_str())),
-                    (":from", s(from.as_str())),
-                    (":at", s(&at)),
-                    (":ref", s(change.provider_ref)),
-                ];
+            Some(transition @ (_, to, _)) => {
                 // Paid orders join the "stuck if undelivered" index; any other outcome
                 // is an exception for an operator and leaves every index.
-                let index = if to == OrderStatus::Paid {
-                    vals.push((
-                        ":gpk",
-                        s(keys::paid_index(shard_of(&order.order_id, INDEX_SHARDS))),
-                    ));
-                    vals.push((":gsk", n(now.unix_seconds() + STUCK_AFTER_SECONDS)));
-                    "SET #status = :to, updated_at = :at, payment_ref = :ref, gsi1pk = :gpk, gsi1sk = :gsk"
+                if to == OrderStatus::Paid {
+                    tx.move_order(
+                        &order.order_id,
+                        transition,
+                        &at,
+                        ", payment_ref = :ref, gsi1pk = :gpk, gsi1sk = :gsk",
+                        None,
+                        &[],
+                        vec![
+                            (":ref", s(change.provider_ref)),
+                            (
+                                ":gpk",
+                                s(keys::paid_index(shard_of(&order.order_id, INDEX_SHARDS))),
+                            ),
+                            (":gsk", n(now.unix_seconds() + STUCK_AFTER_SECONDS)),
+                        ],
+                    )?;
                 } else {
-                    vals.push((":exception", s(change.outcome)));
-                    "SET #status = :to, updated_at = :at, payment_ref = :ref, #exception = :exception \
-                     REMOVE gsi1pk, gsi1sk"
-                };
-                let attribute_names: &[&str] = if to == OrderStatus::Paid {
-                    &["status"]
-                } else {
-                    &["status", "exception"]
-                };
-                tx.update(
-                    order_key(),
-                    index,
-                    Some("#status = :from"),
-                    attribute_names,
-                    vals,
-                )?;
-                tx.put(
-                    event_item(&order.order_id, Some(from), to, cause, &at),
-                    None,
-                )?;
+                    tx.move_order(
+                        &order.order_id,
+                        transition,
+                        &at,
+                        ", payment_ref = :ref, #exception = :exception REMOVE gsi1pk, gsi1sk",
+                        None,
+                        &["exception"],
+                        vec![
+                            (":ref", s(change.provider_ref)),
+                            (":exception", s(change.outcome)),
+                        ],
+                    )?;
+                }
             }
             None => {
                 tx.check(
-                    order_key(),
+                    key_item(keys::order(&order.order_id)),
                     "#status = :status",
                     &["status"],
                     vec![(":status", s(order.status.as_str()))],
@@ -939,13 +997,7 @@ impl Store {
             }
         }
         if change.reserve_stock {
-            tx.update(
-                key_item(keys::stock_counter(&order.sku, order.stock_shard)),
-                "SET #available = #available - :q, #reserved = #reserved + :q",
-                Some("#available >= :q"),
-                &["available", "reserved"],
-                vec![(":q", n(order.quantity))],
-            )?;
+            tx.move_stock(order, StockMove::Reserve)?;
         }
         Ok(match self.transact(tx).await? {
             TxOutcome::Committed => PaymentApplied::Applied,
@@ -1058,10 +1110,7 @@ impl Store {
         ]);
         tx.put(item, Some("attribute_not_exists(pk)"))?;
         tx.check(
-            key_item((
-                keys::order_partition(&order.order_id),
-                keys::ORDER_SK.into(),
-            )),
+            key_item(keys::order(&order.order_id)),
             "#status IN (:paid, :failed)",
             &["status"],
             vec![
@@ -1085,31 +1134,16 @@ impl Store {
         let to = from.next(Cause::Deliver)?;
         let at = Timestamp::now().to_rfc3339();
         let mut tx = Tx::new(&self.table);
-        tx.update(
-            key_item((
-                keys::order_partition(&order.order_id),
-                keys::ORDER_SK.into(),
-            )),
-            "SET #status = :to, updated_at = :at REMOVE gsi1pk, gsi1sk",
-            Some("#status = :from"),
-            &["status"],
-            vec![
-                (":to", s(to.as_str())),
-                (":from", s(from.as_str())),
-                (":at", s(&at)),
-            ],
-        )?;
-        tx.put(
-            event_item(&order.order_id, Some(from), to, Cause::Deliver, &at),
+        tx.move_order(
+            &order.order_id,
+            (from, to, Cause::Deliver),
+            &at,
+            " REMOVE gsi1pk, gsi1sk",
             None,
+            &[],
+            Vec::new(),
         )?;
-        tx.update(
-            key_item(keys::stock_counter(&order.sku, order.stock_shard)),
-            "SET #reserved = #reserved - :q, #sold = #sold + :q",
-            None,
-            &["reserved", "sold"],
-            vec![(":q", n(order.quantity))],
-        )?;
+        tx.move_stock(order, StockMove::Sell)?;
         Ok(matches!(self.transact(tx).await?, TxOutcome::Committed))
     }
 
@@ -1119,32 +1153,15 @@ impl Store {
     pub async fn give_up_delivery(&self, order: &OrderRecord) -> Result<bool> {
         let to = order.status.next(Cause::DeliveryGaveUp)?;
         let now = Timestamp::now();
-        let at = now.to_rfc3339();
         let mut tx = Tx::new(&self.table);
-        tx.update(
-            key_item((
-                keys::order_partition(&order.order_id),
-                keys::ORDER_SK.into(),
-            )),
-            "SET #status = :to, updated_at = :at, gsi1sk = :retry",
-            Some("#status = :from"),
-            &["status"],
-            vec![
-                (":to", s(to.as_str())),
-                (":from", s(order.status.as_str())),
-                (":at", s(&at)),
-                (":retry", n(now.unix_seconds() + FAILED_RETRY_AFTER_SECONDS)),
-            ],
-        )?;
-        tx.put(
-            event_item(
-                &order.order_id,
-                Some(order.status),
-                to,
-                Cause::DeliveryGaveUp,
-                &at,
-            ),
+        tx.move_order(
+            &order.order_id,
+            (order.status, to, Cause::DeliveryGaveUp),
+            &now.to_rfc3339(),
+            ", gsi1sk = :retry",
             None,
+            &[],
+            vec![(":retry", n(now.unix_seconds() + FAILED_RETRY_AFTER_SECONDS))],
         )?;
         Ok(matches!(self.transact(tx).await?, TxOutcome::Committed))
     }
@@ -1191,34 +1208,17 @@ impl Store {
     /// still pending and due. Returns false if another sweep or a payment won.
     pub async fn expire_order(&self, order: &OrderRecord, now: Timestamp) -> Result<bool> {
         let to = order.status.next(Cause::Expire)?;
-        let at = now.to_rfc3339();
         let mut tx = Tx::new(&self.table);
-        tx.update(
-            key_item((
-                keys::order_partition(&order.order_id),
-                keys::ORDER_SK.into(),
-            )),
-            "SET #status = :to, updated_at = :at REMOVE gsi1pk, gsi1sk",
-            Some("#status = :from AND expires_at <= :now"),
-            &["status"],
-            vec![
-                (":to", s(to.as_str())),
-                (":from", s(OrderStatus::PendingPayment.as_str())),
-                (":at", s(&at)),
-                (":now", n(now.0)),
-            ],
+        tx.move_order(
+            &order.order_id,
+            (order.status, to, Cause::Expire),
+            &now.to_rfc3339(),
+            " REMOVE gsi1pk, gsi1sk",
+            Some("expires_at <= :now"),
+            &[],
+            vec![(":now", n(now.0))],
         )?;
-        tx.put(
-            event_item(&order.order_id, Some(order.status), to, Cause::Expire, &at),
-            None,
-        )?;
-        tx.update(
-            key_item(keys::stock_counter(&order.sku, order.stock_shard)),
-            "SET #available = #available + :q, #reserved = #reserved - :q",
-            None,
-            &["available", "reserved"],
-            vec![(":q", n(order.quantity))],
-        )?;
+        tx.move_stock(order, StockMove::Release)?;
         Ok(matches!(self.transact(tx).await?, TxOutcome::Committed))
     }
 
@@ -1239,10 +1239,7 @@ impl Store {
             .client
             .update_item()
             .table_name(&self.table)
-            .set_key(Some(key_item((
-                keys::order_partition(order_id),
-                keys::ORDER_SK.into(),
-            ))))
+            .set_key(Some(key_item(keys::order(order_id))))
             .update_expression("SET gsi1sk = :next")
             .condition_expression("#status = :status")
             .expression_attribute_names("#status", "status")
@@ -1307,10 +1304,7 @@ fn condition_failed<E: ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> bool {
 }
 
 fn order_item(order: &OrderRecord) -> Item {
-    let mut item = key_item((
-        keys::order_partition(&order.order_id),
-        keys::ORDER_SK.into(),
-    ));
+    let mut item = key_item(keys::order(&order.order_id));
     item.extend([
         ("entity".to_owned(), s("order")),
         ("order_id".to_owned(), s(&order.order_id)),
