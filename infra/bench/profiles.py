@@ -12,32 +12,43 @@ from common import BENCH_DIR, REPO, Env, say
 from coldstart import Workload, cold_starts
 from kami_local import build as builder
 
-# name -> CARGO_PROFILE_RELEASE_* overrides (on top of the root Cargo.toml's release profile).
-# Each variant is a full LTO build (about 10 minutes on 2 cores); add {"...": "s"} to compare "s".
+# name -> how to build it: CARGO_PROFILE_RELEASE_* overrides (on top of the root Cargo.toml's
+# release profile) and, for a "before" figure, the commit to build (in a git worktree).
+# Each variant is a full LTO build (about 10 minutes on 2 cores); add an opt-level "s" to compare it.
+TLS_BEFORE_COMMIT = "65ad88d"  # the last commit with the SDK's default aws-lc TLS and all clients in every binary
 VARIANTS = {
     "opt-level=3 (Cargo.toml)": {},
-    "opt-level=\"z\"": {"CARGO_PROFILE_RELEASE_OPT_LEVEL": "z"},
+    "opt-level=\"z\"": {"env": {"CARGO_PROFILE_RELEASE_OPT_LEVEL": "z"}, "slug": "opt-z"},
+    f"before: aws-lc TLS, every SDK client ({TLS_BEFORE_COMMIT})": {"commit": TLS_BEFORE_COMMIT, "slug": "aws-lc"},
 }
 
 
-def build_variant(name: str, overrides: dict, template: dict) -> dict[str, Path]:
+def _worktree(commit: str) -> Path:
+    tree = BENCH_DIR / f"worktree-{commit}"
+    if not tree.exists():
+        subprocess.run(["git", "worktree", "add", "--force", "--detach", str(tree), commit], cwd=REPO, check=True,
+                       stdout=subprocess.DEVNULL)
+    return tree
+
+
+def build_variant(name: str, spec: dict, template: dict) -> dict[str, Path]:
     lambda_base = os.environ.get("KAMI_BENCH_LAMBDA_DIR")
-    if not overrides:
+    if not spec:
         return {lid: (Path(lambda_base) / b / "bootstrap" if lambda_base else builder.bootstrap_path(b, True))
                 for lid, b in builder.binaries(template).items()}
-    slug = overrides["CARGO_PROFILE_RELEASE_OPT_LEVEL"]
-    target = BENCH_DIR / f"target-opt-{slug}"
+    target = BENCH_DIR / f"target-{spec['slug']}"
     lambda_dir = target / "lambda"
     names = builder.binaries(template)
     cmd = ["cargo", "lambda", "build", "--compiler", "cargo", "--x86-64", "--release",
            "--lambda-dir", str(lambda_dir)]
     for binary in sorted(set(names.values())):
         cmd += ["--bin", binary]
-    env = dict(os.environ, CARGO_TARGET_DIR=str(target), **overrides)
+    env = dict(os.environ, CARGO_TARGET_DIR=str(target), **spec.get("env", {}))
     env["PATH"] = str(REPO / ".kami" / "venv" / "bin") + os.pathsep + env.get("PATH", "")
+    cwd = _worktree(spec["commit"]) if "commit" in spec else (os.environ.get("KAMI_BENCH_CARGO_DIR") or REPO)
     say(f"profiles: building {name} into {target} (several minutes)")
-    with open(BENCH_DIR / "logs" / f"build-opt-{slug}.log", "w") as log:
-        subprocess.run(cmd, cwd=os.environ.get("KAMI_BENCH_CARGO_DIR") or REPO, env=env, check=True, stdout=log, stderr=subprocess.STDOUT)
+    with open(BENCH_DIR / "logs" / f"build-{spec['slug']}.log", "w") as log:
+        subprocess.run(cmd, cwd=cwd, env=env, check=True, stdout=log, stderr=subprocess.STDOUT)
     return {lid: lambda_dir / b / "bootstrap" for lid, b in names.items()}
 
 
@@ -48,10 +59,10 @@ def run(env: Env, functions: list[str], runs: int, cg: tuple[int, int] = (3, 10)
     out = []
     workload = Workload(env, stock=len(VARIANTS) * len(functions) * runs * 4 + 50)
     try:
-        for name, overrides in VARIANTS.items():
+        for name, spec in VARIANTS.items():
             if only and name not in only:
                 continue
-            paths = build_variant(name, overrides, env.template)
+            paths = build_variant(name, spec, env.template)
             rows = []
             for lid in functions:
                 say(f"profiles: {name}: cold start {lid} x{runs}")

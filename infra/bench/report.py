@@ -177,9 +177,11 @@ def _profiles(r: dict) -> list[str]:
         return ["## Build profile", "", "Not measured in this run (`infra/bench.sh --only profiles`).", ""]
     out = ["## Build profile: before / after", "",
            "The root `Cargo.toml` release profile is `opt-level = 3, lto = true, codegen-units = 1, "
-           "panic = \"abort\", strip = true` (cargo-lambda adds `-C target-cpu=haswell` on x86_64). Variants "
-           "change only `opt-level` (through `CARGO_PROFILE_RELEASE_OPT_LEVEL`, each in its own target "
-           f"directory); {doc['result'][0]['rows'][0]['runs']} cold starts per function and variant.", "",
+           "panic = \"abort\", strip = true` (cargo-lambda adds `-C target-cpu=haswell` on x86_64), and the "
+           "AWS SDK's HTTPS goes through rustls on ring. The `opt-level` variant changes only that setting "
+           "(`CARGO_PROFILE_RELEASE_OPT_LEVEL`); the `before` variant is the code as it was before the TLS and "
+           "per-function client change, built from its commit with the same profile; each in its own "
+           f"target directory, {doc['result'][0]['rows'][0]['runs']} cold starts per function and variant.", "",
            "| variant | function | binary (MiB) | init median (ms) | init p90 (ms) | init max (ms) | max RSS (MiB) |",
            "|---|---|---:|---:|---:|---:|---:|"]
     for v in doc["result"]:

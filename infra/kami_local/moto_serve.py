@@ -9,7 +9,12 @@ not a stub) fixes both and changes nothing else:
 
 - every DynamoDB request runs under one lock (DynamoDB serialises writes per item and
   isolates transactions; one lock is a stricter, simpler version of that);
-- a cancelled TransactWriteItems restores only the items it touched.
+- a cancelled TransactWriteItems restores only the items it touched;
+- TransactWriteItems honours ClientRequestToken as DynamoDB does: the same token with
+  the same request within 10 minutes of a success succeeds again without writing, with a
+  different request it fails with IdempotentParameterMismatchException. (The SDK sends
+  one token per call and keeps it across its own retries, so a retry after a lost answer
+  must not run the transaction twice.)
 
 Other services (SQS long polling, KMS, Secrets Manager) are not serialised.
 
@@ -20,8 +25,12 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
+import io
+import json
 import os
 import threading
+import time
 
 from moto.dynamodb.models import DynamoDBBackend, Table
 import moto.dynamodb.models as dynamodb_models
@@ -29,6 +38,8 @@ from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_ba
 from werkzeug.serving import run_simple
 
 _DYNAMODB_LOCK = threading.Lock()
+_TOKEN_WINDOW_SECONDS = 600
+_TRANSACT_WRITE = "DynamoDB_20120810.TransactWriteItems"
 
 
 class _CopyWithoutTables:
@@ -82,11 +93,79 @@ def _patch_transactions() -> None:
     DynamoDBBackend.transact_write_items = transact_write_items
 
 
+class _ClientTokens:
+    """Successful TransactWriteItems by ClientRequestToken: token -> (request digest, when)."""
+
+    def __init__(self, window_seconds: float = _TOKEN_WINDOW_SECONDS):
+        self.window_seconds = window_seconds
+        self.succeeded: dict[str, tuple[str, float]] = {}
+
+    @staticmethod
+    def digest(request: dict) -> str:
+        rest = {k: v for k, v in request.items() if k != "ClientRequestToken"}
+        return hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()
+
+    def earlier(self, token: str, digest: str, now: float) -> str | None:
+        """'replay' or 'mismatch' for a token that succeeded within the window, else None."""
+        self.succeeded = {t: e for t, e in self.succeeded.items() if now - e[1] < self.window_seconds}
+        seen = self.succeeded.get(token)
+        if seen is None:
+            return None
+        return "replay" if seen[0] == digest else "mismatch"
+
+    def remember(self, token: str, digest: str, now: float) -> None:
+        self.succeeded[token] = (digest, now)
+
+
+def _json_answer(start_response, status: str, body: dict) -> list[bytes]:
+    payload = json.dumps(body).encode()
+    start_response(status, [("Content-Type", "application/x-amz-json-1.0"), ("Content-Length", str(len(payload)))])
+    return [payload]
+
+
+def _transact_with_token(app, tokens: _ClientTokens, environ, start_response) -> list[bytes]:
+    if not environ.get("CONTENT_LENGTH"):
+        return list(app(environ, start_response))
+    raw = environ["wsgi.input"].read(int(environ["CONTENT_LENGTH"]))
+    environ["wsgi.input"] = io.BytesIO(raw)
+    try:
+        request = json.loads(raw)
+    except ValueError:
+        return list(app(environ, start_response))
+    token = request.get("ClientRequestToken")
+    if not token:
+        return list(app(environ, start_response))
+    digest = tokens.digest(request)
+    earlier = tokens.earlier(token, digest, time.monotonic())
+    if earlier == "replay":
+        return _json_answer(start_response, "200 OK", {})
+    if earlier == "mismatch":
+        return _json_answer(start_response, "400 Bad Request", {
+            "__type": "com.amazonaws.dynamodb.v20120810#IdempotentParameterMismatchException",
+            "message": "The request uses the same client token as a previous, but non-identical request.",
+        })
+    status_seen = []
+
+    def recording_start_response(status, headers, exc_info=None):
+        status_seen.append(status)
+        return start_response(status, headers, exc_info)
+
+    body = list(app(environ, recording_start_response))
+    if status_seen and status_seen[0].startswith("200"):
+        tokens.remember(token, digest, time.monotonic())
+    return body
+
+
 def _serialise_dynamodb(app):
+    tokens = _ClientTokens()
+
     def wrapped(environ, start_response):
-        if environ.get("HTTP_X_AMZ_TARGET", "").startswith("DynamoDB_"):
+        target = environ.get("HTTP_X_AMZ_TARGET", "")
+        if target.startswith("DynamoDB_"):
             with _DYNAMODB_LOCK:
                 # Materialise the body inside the lock: the write is complete when it returns.
+                if target == _TRANSACT_WRITE:
+                    return _transact_with_token(app, tokens, environ, start_response)
                 return list(app(environ, start_response))
         return app(environ, start_response)
 

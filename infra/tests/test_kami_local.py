@@ -111,3 +111,19 @@ def test_schedule_rates():
     assert rate_seconds("rate(1 minute)") == 60
     assert rate_seconds("rate(2 hours)") == 7200
     assert rate_seconds("cron(0 12 * * ? *)") is None
+
+
+def test_client_tokens_replay_within_the_window_only():
+    from kami_local.moto_serve import _ClientTokens
+
+    tokens = _ClientTokens(window_seconds=600)
+    request = {"TransactItems": [{"Put": {"TableName": "t"}}], "ClientRequestToken": "tok"}
+    digest = tokens.digest(request)
+    assert tokens.earlier("tok", digest, now=0) is None
+    tokens.remember("tok", digest, now=0)
+    # The token is not part of what must match; the request is.
+    assert tokens.digest({**request, "ClientRequestToken": "other"}) == digest
+    assert tokens.earlier("tok", digest, now=599) == "replay"
+    other = tokens.digest({"TransactItems": [], "ClientRequestToken": "tok"})
+    assert tokens.earlier("tok", other, now=599) == "mismatch"
+    assert tokens.earlier("tok", digest, now=600) is None  # a new call after 10 minutes

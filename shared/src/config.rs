@@ -2,7 +2,8 @@
 
 use std::sync::Arc;
 
-use aws_config::{BehaviorVersion, SdkConfig};
+use aws_config::{BehaviorVersion, ConfigLoader, SdkConfig};
+use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 use zeroize::Zeroizing;
 
 use crate::adapters::dynamo::Store;
@@ -105,52 +106,103 @@ macro_rules! client_with_counter {
     }};
 }
 
+/// The one way to load the shared `SdkConfig`: HTTPS through rustls on ring (see the
+/// workspace `Cargo.toml` for why not the SDK's default aws-lc client).
+pub fn sdk_loader() -> ConfigLoader {
+    let https = aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
+        .build_https();
+    aws_config::defaults(BehaviorVersion::latest()).http_client(https)
+}
+
 /// Everything a use case needs, built once per cold start and shared by invocations.
+/// Each function asks `ContextBuilder` for only the AWS clients it uses, so its binary
+/// links no SDK it never calls (docs/bench.md, binary size).
 pub struct Context {
     pub config: Config,
     pub store: Store,
-    pub queue: Option<SqsDeliveryQueue>,
-    pub vault: KmsVault,
+    queue: Option<SqsDeliveryQueue>,
+    vault: Option<KmsVault>,
     pub secrets: Secrets,
 }
 
 impl Context {
-    /// Cold start: one shared `SdkConfig` for every client (credentials resolved once).
-    pub async fn from_env() -> Result<Arc<Self>> {
+    /// Cold start: settings from the environment and one shared `SdkConfig` for every
+    /// client (credentials resolved once).
+    pub async fn from_env() -> Result<ContextBuilder> {
         let config = Config::from_env()?;
-        let sdk = aws_config::defaults(BehaviorVersion::latest()).load().await;
-        Self::connect(config, &sdk).await.map(Arc::new)
-    }
-
-    pub async fn connect(config: Config, sdk: &SdkConfig) -> Result<Self> {
-        Self::connect_counted(config, sdk, None).await
-    }
-
-    /// As `connect`, with every DynamoDB, SQS and KMS request counted by `counter`.
-    pub async fn connect_counted(
-        config: Config,
-        sdk: &SdkConfig,
-        counter: Option<AwsCallCounter>,
-    ) -> Result<Self> {
-        let secrets = secrets::load(sdk, &config).await?;
-        let dynamodb = client_with_counter!(aws_sdk_dynamodb, sdk, &counter);
-        let sqs = client_with_counter!(aws_sdk_sqs, sdk, &counter);
-        let kms = client_with_counter!(aws_sdk_kms, sdk, &counter);
-        Ok(Context {
-            store: Store::new(dynamodb, config.table.clone()),
-            queue: config
-                .delivery_queue_url
-                .clone()
-                .map(|url| SqsDeliveryQueue::new(sqs, url)),
-            vault: KmsVault::new(kms, config.card_key_kms_key_id.clone()),
-            secrets,
-            config,
-        })
+        let sdk = sdk_loader().load().await;
+        Ok(ContextBuilder::new(config, sdk, None))
     }
 
     pub fn queue(&self) -> Result<&SqsDeliveryQueue> {
         self.queue
             .as_ref()
             .ok_or_else(|| Error::Config("DELIVERY_QUEUE_URL is not set".into()))
+    }
+
+    pub fn vault(&self) -> Result<&KmsVault> {
+        self.vault
+            .as_ref()
+            .ok_or_else(|| Error::Config("this function has no card-key vault".into()))
+    }
+}
+
+/// Builds a `Context`: DynamoDB always, the rest on request.
+pub struct ContextBuilder {
+    config: Config,
+    sdk: SdkConfig,
+    counter: Option<AwsCallCounter>,
+    queue: Option<SqsDeliveryQueue>,
+    vault: Option<KmsVault>,
+    secrets: Secrets,
+}
+
+impl ContextBuilder {
+    /// With a `counter`, every DynamoDB, SQS and KMS request is counted (benchmarks).
+    pub fn new(config: Config, sdk: SdkConfig, counter: Option<AwsCallCounter>) -> Self {
+        ContextBuilder {
+            config,
+            sdk,
+            counter,
+            queue: None,
+            vault: None,
+            secrets: Secrets::default(),
+        }
+    }
+
+    /// The delivery queue (SQS), when `DELIVERY_QUEUE_URL` is set.
+    pub fn with_queue(mut self) -> Self {
+        let sqs = client_with_counter!(aws_sdk_sqs, &self.sdk, &self.counter);
+        self.queue = self
+            .config
+            .delivery_queue_url
+            .clone()
+            .map(|url| SqsDeliveryQueue::new(sqs, url));
+        self
+    }
+
+    /// The card-key vault (KMS).
+    pub fn with_vault(mut self) -> Self {
+        let kms = client_with_counter!(aws_sdk_kms, &self.sdk, &self.counter);
+        self.vault = Some(KmsVault::new(kms, self.config.card_key_kms_key_id.clone()));
+        self
+    }
+
+    /// The secrets this function's configuration names (Secrets Manager).
+    pub async fn with_secrets(mut self) -> Result<Self> {
+        self.secrets = secrets::load(&self.sdk, &self.config).await?;
+        Ok(self)
+    }
+
+    pub fn build(self) -> Arc<Context> {
+        let dynamodb = client_with_counter!(aws_sdk_dynamodb, &self.sdk, &self.counter);
+        Arc::new(Context {
+            store: Store::new(dynamodb, self.config.table.clone()),
+            queue: self.queue,
+            vault: self.vault,
+            secrets: self.secrets,
+            config: self.config,
+        })
     }
 }

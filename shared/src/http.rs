@@ -4,6 +4,7 @@
 use lambda_http::http::{HeaderMap, Method, StatusCode, header};
 use lambda_http::{Body, Request, Response, service_fn};
 use serde_json::{Value, json};
+use std::sync::Arc;
 
 use crate::app::{catalog, import, operator, orders, payments};
 use crate::config::Context;
@@ -116,7 +117,8 @@ fn no_route(request: &Request) -> Error {
 }
 
 /// `functions/checkout`: the storefront.
-pub async fn checkout(ctx: &Context, request: Request) -> Response<Body> {
+pub async fn checkout(ctx: Arc<Context>, request: Request) -> Response<Body> {
+    let ctx = ctx.as_ref();
     let result = async {
         match (request.method(), segments(&request).as_slice()) {
             (&Method::GET, ["products", sku]) => {
@@ -172,7 +174,8 @@ fn import_format(headers: &HeaderMap) -> Result<ImportFormat> {
 }
 
 /// `functions/admin`: merchant administration, behind the admin bearer token.
-pub async fn admin(ctx: &Context, request: Request) -> Response<Body> {
+pub async fn admin(ctx: Arc<Context>, request: Request) -> Response<Body> {
+    let ctx = ctx.as_ref();
     let result = async {
         authorize_admin(ctx, request.headers())?;
         match (request.method(), segments(&request).as_slice()) {
@@ -213,7 +216,8 @@ pub async fn admin(ctx: &Context, request: Request) -> Response<Body> {
 }
 
 /// `functions/payment-webhook`: payment providers' notifications.
-pub async fn payment_webhook(ctx: &Context, request: Request) -> Response<Body> {
+pub async fn payment_webhook(ctx: Arc<Context>, request: Request) -> Response<Body> {
+    let ctx = ctx.as_ref();
     let result = async {
         match (request.method(), segments(&request).as_slice()) {
             (&Method::POST, ["webhooks", "stripe"]) => {
@@ -231,31 +235,19 @@ pub async fn payment_webhook(ctx: &Context, request: Request) -> Response<Body> 
     respond(result)
 }
 
-/// The three HTTP APIs, one per function.
-#[derive(Debug, Clone, Copy)]
-pub enum Api {
-    Checkout,
-    Admin,
-    PaymentWebhook,
-}
-
-impl Api {
-    pub async fn route(self, ctx: &Context, request: Request) -> Response<Body> {
-        match self {
-            Api::Checkout => checkout(ctx, request).await,
-            Api::Admin => admin(ctx, request).await,
-            Api::PaymentWebhook => payment_webhook(ctx, request).await,
-        }
-    }
-}
-
-/// A function's whole life: logging, the context once at cold start, then requests.
-pub async fn serve(api: Api) -> Result<(), lambda_http::Error> {
-    lambda_http::tracing::init_default_subscriber();
-    let ctx = Context::from_env().await?;
-    lambda_http::run(service_fn(move |request: Request| {
-        let ctx = ctx.clone();
-        async move { Ok::<_, lambda_http::Error>(api.route(&ctx, request).await) }
+/// An HTTP function's life after its cold start: one router, the context shared by
+/// every request. Each function passes its own router, so its binary links no other.
+pub async fn serve<Router, Answer>(
+    ctx: Arc<Context>,
+    router: Router,
+) -> Result<(), lambda_http::Error>
+where
+    Router: Fn(Arc<Context>, Request) -> Answer,
+    Answer: Future<Output = Response<Body>> + Send,
+{
+    lambda_http::run(service_fn(|request: Request| {
+        let answer = router(ctx.clone(), request);
+        async move { Ok::<_, lambda_http::Error>(answer.await) }
     }))
     .await
 }

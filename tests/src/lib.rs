@@ -9,12 +9,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use aws_config::{BehaviorVersion, Region};
+use aws_config::Region;
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use aws_sdk_dynamodb::config::Credentials;
 use hmac::{Hmac, KeyInit, Mac};
 use kami_shared::adapters::metrics::AwsCallCounter;
 use kami_shared::app::delivery;
+use kami_shared::config::ContextBuilder;
 use kami_shared::{Config, Context, http};
 use lambda_http::{Body, Request};
 use serde_json::{Value, json};
@@ -123,7 +124,7 @@ pub fn stack() -> &'static Stack {
 }
 
 pub async fn sdk_config() -> aws_config::SdkConfig {
-    aws_config::defaults(BehaviorVersion::latest())
+    kami_shared::config::sdk_loader()
         .endpoint_url(&stack().endpoint)
         .region(Region::new("us-east-1"))
         .credentials_provider(Credentials::new("test", "test", None, None, "kami-tests"))
@@ -147,11 +148,13 @@ pub async fn counted_context_with(
         env.insert((*name).to_owned(), (*value).to_owned());
     }
     let config = Config::from_lookup(|name| env.get(name).cloned()).expect("config");
-    Arc::new(
-        Context::connect_counted(config, &sdk_config().await, counter)
-            .await
-            .expect("context"),
-    )
+    ContextBuilder::new(config, sdk_config().await, counter)
+        .with_queue()
+        .with_vault()
+        .with_secrets()
+        .await
+        .expect("context")
+        .build()
 }
 
 /// A context with a delivery queue of its own, so tests running in parallel never
@@ -201,16 +204,16 @@ fn split(response: lambda_http::Response<Body>) -> (u16, Value) {
     (status, value)
 }
 
-pub async fn checkout(ctx: &Context, request: Request) -> (u16, Value) {
-    split(http::checkout(ctx, request).await)
+pub async fn checkout(ctx: &Arc<Context>, request: Request) -> (u16, Value) {
+    split(http::checkout(ctx.clone(), request).await)
 }
 
-pub async fn admin(ctx: &Context, request: Request) -> (u16, Value) {
-    split(http::admin(ctx, request).await)
+pub async fn admin(ctx: &Arc<Context>, request: Request) -> (u16, Value) {
+    split(http::admin(ctx.clone(), request).await)
 }
 
-pub async fn webhook(ctx: &Context, request: Request) -> (u16, Value) {
-    split(http::payment_webhook(ctx, request).await)
+pub async fn webhook(ctx: &Arc<Context>, request: Request) -> (u16, Value) {
+    split(http::payment_webhook(ctx.clone(), request).await)
 }
 
 pub fn unique_sku(prefix: &str) -> String {
@@ -222,7 +225,7 @@ pub fn unique_sku(prefix: &str) -> String {
 
 /// Creates a card-key product and imports `keys`; returns the sku.
 pub async fn product_with_keys(
-    ctx: &Context,
+    ctx: &Arc<Context>,
     prefix: &str,
     price: i64,
     max_per_order: u32,
@@ -265,7 +268,12 @@ pub fn make_keys(prefix: &str, count: usize) -> Vec<String> {
 }
 
 /// `POST /orders`; returns (status, body).
-pub async fn order(ctx: &Context, sku: &str, quantity: i64, idempotency_key: &str) -> (u16, Value) {
+pub async fn order(
+    ctx: &Arc<Context>,
+    sku: &str,
+    quantity: i64,
+    idempotency_key: &str,
+) -> (u16, Value) {
     let body = json!({"sku": sku, "quantity": quantity, "buyer": {"email": "buyer@example.com"}});
     checkout(
         ctx,
@@ -279,7 +287,7 @@ pub async fn order(ctx: &Context, sku: &str, quantity: i64, idempotency_key: &st
     .await
 }
 
-pub async fn view_order(ctx: &Context, order_id: &str, token: &str) -> (u16, Value) {
+pub async fn view_order(ctx: &Arc<Context>, order_id: &str, token: &str) -> (u16, Value) {
     let auth = format!("Bearer {token}");
     checkout(
         ctx,
@@ -319,7 +327,7 @@ pub fn checkout_completed(event_id: &str, order_id: &str, amount: i64, currency:
 
 /// Sends a correctly signed Stripe webhook.
 pub async fn pay(
-    ctx: &Context,
+    ctx: &Arc<Context>,
     event_id: &str,
     order_id: &str,
     amount: i64,
@@ -332,13 +340,13 @@ pub async fn pay(
 
 /// Plays the SQS event source mapping for the delivery queue until it is empty:
 /// receive, invoke the worker's batch handler, delete only the successes.
-pub async fn drain_delivery_queue(ctx: &Context) -> usize {
+pub async fn drain_delivery_queue(ctx: &Arc<Context>) -> usize {
     drain_delivery_queue_timed(ctx).await.0
 }
 
 /// As `drain_delivery_queue`, also returning the time spent inside the worker's
 /// handler (what Lambda would bill), excluding the mapping's own SQS calls.
-pub async fn drain_delivery_queue_timed(ctx: &Context) -> (usize, Duration) {
+pub async fn drain_delivery_queue_timed(ctx: &Arc<Context>) -> (usize, Duration) {
     let mut in_handler = Duration::ZERO;
     let sqs = aws_sdk_sqs::Client::new(&sdk_config().await);
     let url = ctx
@@ -428,7 +436,7 @@ impl LogCapture {
 
 /// `POST /webhooks/stripe` with this signature header.
 pub async fn send_webhook(
-    ctx: &Context,
+    ctx: &Arc<Context>,
     signature: &str,
     payload: impl Into<Body>,
 ) -> (u16, Value) {
@@ -445,7 +453,7 @@ pub async fn send_webhook(
 }
 
 /// `GET /admin/products/{sku}` as the admin.
-pub async fn admin_product(ctx: &Context, sku: &str) -> (u16, Value) {
+pub async fn admin_product(ctx: &Arc<Context>, sku: &str) -> (u16, Value) {
     let auth = format!("Bearer {ADMIN_TOKEN}");
     admin(
         ctx,
@@ -461,7 +469,7 @@ pub async fn admin_product(ctx: &Context, sku: &str) -> (u16, Value) {
 
 /// `POST /admin/products/{sku}/card-keys` as the admin, with this content type.
 pub async fn import_keys(
-    ctx: &Context,
+    ctx: &Arc<Context>,
     sku: &str,
     content_type: &str,
     body: impl Into<Body>,

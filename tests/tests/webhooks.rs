@@ -19,7 +19,11 @@ async fn pending_order(
     )
 }
 
-async fn status_of(ctx: &kami_shared::Context, order_id: &str, token: &str) -> Value {
+async fn status_of(
+    ctx: &std::sync::Arc<kami_shared::Context>,
+    order_id: &str,
+    token: &str,
+) -> Value {
     let (status, view) = view_order(ctx, order_id, token).await;
     assert_eq!(status, 200);
     view

@@ -1,8 +1,18 @@
-//! Thin entrypoint: the admin HTTP API (routes in `kami_shared::http`).
+//! Thin entrypoint: the admin HTTP API (routes in `kami_shared::http::admin`).
 
-use kami_shared::http::{Api, serve};
+use kami_shared::Context;
+use kami_shared::http::{self, serve};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_http::Error> {
-    serve(Api::Admin).await
+    lambda_http::tracing::init_default_subscriber();
+    // Imports encrypt under KMS; redelivery enqueues; the bearer token is a secret.
+    let ctx = Context::from_env()
+        .await?
+        .with_vault()
+        .with_queue()
+        .with_secrets()
+        .await?
+        .build();
+    serve(ctx, http::admin).await
 }

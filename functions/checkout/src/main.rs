@@ -1,8 +1,17 @@
-//! Thin entrypoint: the checkout HTTP API (routes in `kami_shared::http`).
+//! Thin entrypoint: the checkout HTTP API (routes in `kami_shared::http::checkout`).
 
-use kami_shared::http::{Api, serve};
+use kami_shared::Context;
+use kami_shared::http::{self, serve};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_http::Error> {
-    serve(Api::Checkout).await
+    lambda_http::tracing::init_default_subscriber();
+    // GET /orders decrypts delivered keys (KMS); order tokens are keyed by a secret.
+    let ctx = Context::from_env()
+        .await?
+        .with_vault()
+        .with_secrets()
+        .await?
+        .build();
+    serve(ctx, http::checkout).await
 }

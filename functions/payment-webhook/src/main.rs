@@ -1,8 +1,17 @@
-//! Thin entrypoint: the payment-webhook HTTP API (routes in `kami_shared::http`).
+//! Thin entrypoint: the payment-webhook HTTP API (routes in `kami_shared::http::payment_webhook`).
 
-use kami_shared::http::{Api, serve};
+use kami_shared::Context;
+use kami_shared::http::{self, serve};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_http::Error> {
-    serve(Api::PaymentWebhook).await
+    lambda_http::tracing::init_default_subscriber();
+    // Paid orders are queued for delivery; signatures are checked against a secret.
+    let ctx = Context::from_env()
+        .await?
+        .with_queue()
+        .with_secrets()
+        .await?
+        .build();
+    serve(ctx, http::payment_webhook).await
 }

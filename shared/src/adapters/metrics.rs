@@ -1,6 +1,6 @@
 //! Counts the AWS requests a piece of work makes, per operation, as the SDK sends them
 //! (retries included): an SDK interceptor, attached to every client when a counter is
-//! given to `Context::connect_counted`. Used by the AWS-requests-per-order benchmark.
+//! given to `ContextBuilder::new`. Used by the AWS-requests-per-order benchmark.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

@@ -69,7 +69,7 @@ pub async fn import_card_keys(
 
     let batch_id = new_id();
     let created_at = Timestamp::now().to_rfc3339();
-    let (data_key, wrapped_key) = ctx.vault.new_batch_key(sku, &batch_id).await?;
+    let (data_key, wrapped_key) = ctx.vault()?.new_batch_key(sku, &batch_id).await?;
     ctx.store
         .put_batch(
             &BatchRecord {

@@ -240,14 +240,14 @@ async fn reveal_codes(ctx: &Context, view: &OrderView) -> Result<Vec<Value>> {
     let mut codes = Vec::with_capacity(view.deliveries.len());
     for slot in &view.deliveries {
         if !data_keys.contains_key(slot.batch_id.as_str()) {
-            let key = match ctx.vault.cached(&slot.batch_id) {
+            let key = match ctx.vault()?.cached(&slot.batch_id) {
                 Some(key) => key,
                 None => {
                     let batch =
                         ctx.store.get_batch(&slot.batch_id).await?.ok_or_else(|| {
                             Error::Corrupt("delivered key without its batch".into())
                         })?;
-                    ctx.vault
+                    ctx.vault()?
                         .batch_key(&batch.sku, &batch.batch_id, &batch.wrapped_key)
                         .await?
                 }
