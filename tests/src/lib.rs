@@ -21,6 +21,8 @@ use lambda_http::{Body, Request};
 use serde_json::{Value, json};
 use sha2::Sha256;
 
+pub mod faults;
+
 pub const ADMIN_TOKEN: &str = "kami-local-admin-token";
 pub const STRIPE_SECRET: &str = "whsec_kami_local_test_secret";
 
@@ -124,8 +126,13 @@ pub fn stack() -> &'static Stack {
 }
 
 pub async fn sdk_config() -> aws_config::SdkConfig {
+    sdk_config_via(&stack().endpoint).await
+}
+
+/// As `sdk_config`, with every request sent to `endpoint` (a proxy in front of moto).
+pub async fn sdk_config_via(endpoint: &str) -> aws_config::SdkConfig {
     kami_shared::config::sdk_loader()
-        .endpoint_url(&stack().endpoint)
+        .endpoint_url(endpoint)
         .region(Region::new("us-east-1"))
         .credentials_provider(Credentials::new("test", "test", None, None, "kami-tests"))
         .load()
@@ -135,6 +142,27 @@ pub async fn sdk_config() -> aws_config::SdkConfig {
 /// A context as a function's cold start would build it, with `overrides` applied.
 pub async fn context_with(overrides: &[(&str, &str)]) -> Arc<Context> {
     counted_context_with(overrides, None).await
+}
+
+/// A context whose AWS requests all go through `endpoint` (a proxy in front of moto).
+pub async fn context_via(endpoint: &str) -> Arc<Context> {
+    context_from(&stack().env, sdk_config_via(endpoint).await, None).await
+}
+
+/// Every client a function could have, as its cold start would build them.
+async fn context_from(
+    env: &HashMap<String, String>,
+    sdk: aws_config::SdkConfig,
+    counter: Option<AwsCallCounter>,
+) -> Arc<Context> {
+    let config = Config::from_lookup(|name| env.get(name).cloned()).expect("config");
+    ContextBuilder::new(config, sdk, counter)
+        .with_queue()
+        .with_vault()
+        .with_secrets()
+        .await
+        .expect("context")
+        .build()
 }
 
 /// As `context_with`, with every AWS request the use cases make counted.
@@ -147,14 +175,7 @@ pub async fn counted_context_with(
     for (name, value) in overrides {
         env.insert((*name).to_owned(), (*value).to_owned());
     }
-    let config = Config::from_lookup(|name| env.get(name).cloned()).expect("config");
-    ContextBuilder::new(config, sdk_config().await, counter)
-        .with_queue()
-        .with_vault()
-        .with_secrets()
-        .await
-        .expect("context")
-        .build()
+    context_from(&env, sdk_config().await, counter).await
 }
 
 /// A context with a delivery queue of its own, so tests running in parallel never

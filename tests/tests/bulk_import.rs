@@ -38,3 +38,33 @@ async fn one_hundred_thousand_keys_in_one_import() {
     }
     assert_eq!(view["deliveries"].as_array().map(Vec::len), Some(2));
 }
+
+/// The answer to a committed import transaction is lost on the way back; the SDK retries
+/// it with the same client token. The keys count as imported, not as duplicates of
+/// themselves (the 1,000,000-key bench once reported 49 that way; docs/bench.md).
+#[tokio::test]
+async fn an_import_whose_answer_is_lost_and_retried_reports_no_duplicates() {
+    let ctx = context().await;
+    let sku = product_with_keys(&ctx, "lost", 100, 10, &[]).await;
+    let proxy = kami_tests::faults::AnswerLosingProxy::start(&stack().endpoint).await;
+    let through_proxy = context_via(&proxy.endpoint).await;
+    let keys = make_keys("LOST", 30);
+
+    let (status, report) = import_keys(
+        &through_proxy,
+        &sku,
+        "application/json",
+        json!({ "keys": keys }).to_string(),
+    )
+    .await;
+
+    assert_eq!(proxy.lost(), 1, "the transaction's answer was dropped");
+    assert_eq!(status, 201, "{report}");
+    assert_eq!(report["accepted"], 30, "{report}");
+    assert_eq!(report["duplicates"], json!([]), "{report}");
+    let (_, product) = admin_product(&ctx, &sku).await;
+    assert_eq!(
+        product["stock"],
+        json!({"available": 30, "reserved": 0, "sold": 0})
+    );
+}
