@@ -1,6 +1,6 @@
 //! GIVEN a product with 50 keys WHEN 200 buyers order at once THEN exactly 50 orders
 //! succeed, all 50 are paid and delivered, and the 50 delivered keys are exactly the
-//! imported ones.
+//! imported ones; while they are delivered, the admin stock view never lags the orders.
 
 use std::collections::HashSet;
 
@@ -57,7 +57,32 @@ async fn two_hundred_concurrent_orders_for_fifty_keys() {
         let (status, body) = payment.await.expect("payment task");
         assert_eq!(status, 200, "{body}");
     }
-    drain_delivery_queue(&ctx).await;
+    // Deliver while watching: every look at the admin stock view lies between two counts
+    // of delivered orders (an order becomes delivered and its stock sold in one write).
+    let order_ids: Vec<String> = created
+        .iter()
+        .map(|o| o["order_id"].as_str().expect("id").to_owned())
+        .collect();
+    let delivering = tokio::spawn({
+        let ctx = ctx.clone();
+        async move { drain_delivery_queue(&ctx).await }
+    });
+    let mut looks_during_delivery = 0;
+    while !delivering.is_finished() {
+        let before = delivered_count(&ctx, &order_ids).await;
+        let (_, product) = admin_product(&ctx, &sku).await;
+        let sold = product["stock"]["sold"].as_i64().expect("sold");
+        let after = delivered_count(&ctx, &order_ids).await;
+        assert!(
+            before <= sold && sold <= after,
+            "stock view says {sold} sold between {before} and {after} delivered orders"
+        );
+        if before < 50 {
+            looks_during_delivery += 1;
+        }
+    }
+    delivering.await.expect("delivery task");
+    assert!(looks_during_delivery > 0, "no look while delivering");
 
     let mut delivered = HashSet::new();
     for order in &created {
@@ -88,4 +113,20 @@ async fn two_hundred_concurrent_orders_for_fifty_keys() {
     let (_, public) = checkout(&ctx, request("GET", &format!("/products/{sku}"), &[], "")).await;
     assert_eq!(public["stock"], json!({"available": 0}));
     let _: Value = public;
+}
+
+async fn delivered_count(ctx: &std::sync::Arc<kami_shared::Context>, order_ids: &[String]) -> i64 {
+    let mut delivered = 0;
+    for order_id in order_ids {
+        let order = ctx
+            .store
+            .get_order(order_id)
+            .await
+            .expect("read")
+            .expect("order");
+        if order.status == kami_shared::domain::order::OrderStatus::Delivered {
+            delivered += 1;
+        }
+    }
+    delivered
 }
