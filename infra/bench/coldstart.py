@@ -110,11 +110,9 @@ def invoke_checked(workload: Workload, inst: runtime.Instance, logical_id: str) 
 
 
 def cold_starts(env: Env, workload: Workload, logical_id: str, runs: int, extra_env: dict | None = None,
-                bootstrap: Path | None = None, drop_env: tuple[str, ...] = ()) -> dict:
+                bootstrap: Path | None = None) -> dict:
     fn_env = env.fn_env(logical_id)
     fn_env.update(extra_env or {})
-    for k in drop_env:
-        fn_env.pop(k, None)
     fn = env.function(logical_id, bootstrap=bootstrap, env=fn_env)
     inits, rss, firsts = [], [], []
     try:
@@ -175,15 +173,11 @@ def warm_latency(env: Env, workload: Workload, logical_id: str, count: int) -> d
 
 def run(env: Env, functions: list[str], runs: int, warm: int) -> dict:
     workload = Workload(env, stock=(runs * 2 + warm) * 3 + 50)
-    out = {"cold": [], "warm": [], "jitter": None}
+    out = {"cold": [], "warm": []}
     try:
         for lid in functions:
             say(f"cold start {lid} x{runs}")
             out["cold"].append(cold_starts(env, workload, lid, runs))
-        # The aws-lc jitter-entropy trap: the same bootstrap without the template's setting.
-        say(f"cold start CheckoutFunction x{runs} without AWS_LC_SYS_NO_JITTER_ENTROPY")
-        out["jitter"] = cold_starts(env, workload, "CheckoutFunction", runs,
-                                    drop_env=("AWS_LC_SYS_NO_JITTER_ENTROPY",))
         for lid in functions:
             say(f"warm latency {lid} x{warm}")
             out["warm"].append(warm_latency(env, workload, lid, warm))

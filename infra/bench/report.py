@@ -10,7 +10,7 @@ from common import BENCH_DIR, REPO, percentile
 
 FLOOR_MS = 15.5  # lambda-perf hello world, Rust, x86_64, 128 MB (2026-08)
 TARGET_INIT_MS = 25.0
-TARGET_BINARY_MIB = 8.0
+TARGET_BINARY_MB = 8.0
 TARGET_RSS_MIB = 40.0
 DDB_WCU_PER_PARTITION = 1000
 SHORT = {"CheckoutFunction": "checkout", "AdminFunction": "admin", "PaymentWebhookFunction": "payment-webhook",
@@ -113,7 +113,9 @@ def _summary(r: dict) -> list[str]:
            f"| init ≤ {TARGET_INIT_MS:.0f} ms (median) | {_f(max(inits))} ms | {_ok(max(inits) <= TARGET_INIT_MS)} |",
            f"| init ≤ {TARGET_INIT_MS:.0f} ms (max of every cold start) | {_f(max(maxes))} ms | "
            f"{_ok(max(maxes) <= TARGET_INIT_MS)} |",
-           f"| binary ≤ {TARGET_BINARY_MIB:.0f} MB | {_f(max(sizes), 2)} MiB | {_ok(max(sizes) <= TARGET_BINARY_MIB)} |",
+           # Read strictly: 8 MB = 8,000,000 bytes (not 8 MiB).
+           f"| binary ≤ {TARGET_BINARY_MB:.0f} MB | {max(sizes) * 2**20 / 1e6:.2f} MB ({_f(max(sizes), 2)} MiB) | "
+           f"{_ok(max(sizes) * 2**20 <= TARGET_BINARY_MB * 1e6)} |",
            f"| max RSS ≤ {TARGET_RSS_MIB:.0f} MB after a warm invocation | {_f(max(rss) if rss else None)} MiB | "
            f"{_ok(bool(rss) and max(rss) <= TARGET_RSS_MIB)} |"]
     flash = r.get("flash", {}).get("result")
@@ -146,12 +148,9 @@ def _cold(r: dict) -> list[str]:
                    f"{_f(percentile(c['init_ms'], 90))} | {_f(c['init_max'])} | "
                    f"{_f(c['first_duration_median'])} | {_f(c['binary_mib'], 2)} | {_f(c['rss_mib_max'])} |")
     out.append(f"| *lambda-perf hello world (Rust, x86_64)* | *{FLOOR_MS}* | | | | | *15 (\"used\")* |")
-    j = res.get("jitter")
-    if j:
-        base = next(c for c in res["cold"] if c["function"] == j["function"])
-        out += ["", f"Without `AWS_LC_SYS_NO_JITTER_ENTROPY=1` (set in the template's Globals), the checkout "
-                f"bootstrap's init is {_f(j['init_median'])} ms median / {_f(j['init_max'])} ms max "
-                f"(with it: {_f(base['init_median'])} / {_f(base['init_max'])} ms), over {j['runs']} cold starts."]
+    out += ["", "No TLS entropy stall at start: the SDK's HTTPS runs on rustls with ring, which takes its "
+            "randomness from `getrandom(2)`; aws-lc (the SDK's default provider, removed) ran a jitter-entropy "
+            "self-test at start unless `AWS_LC_SYS_NO_JITTER_ENTROPY` was set."]
     out += ["", "![cold start](bench-coldstart.png)", "",
             "### Warm latency through the emulator", "",
             f"One instance per function, {res['warm'][0]['count']} warm invocations after its cold one. "
@@ -176,11 +175,12 @@ def _profiles(r: dict) -> list[str]:
     if not doc:
         return ["## Build profile", "", "Not measured in this run (`infra/bench.sh --only profiles`).", ""]
     out = ["## Build profile: before / after", "",
-           "The root `Cargo.toml` release profile is `opt-level = 3, lto = true, codegen-units = 1, "
+           "The root `Cargo.toml` release profile is `opt-level = \"s\", lto = true, codegen-units = 1, "
            "panic = \"abort\", strip = true` (cargo-lambda adds `-C target-cpu=haswell` on x86_64), and the "
            "AWS SDK's HTTPS goes through rustls on ring. The `opt-level` variant changes only that setting "
            "(`CARGO_PROFILE_RELEASE_OPT_LEVEL`); the `before` variant is the code as it was before the TLS and "
-           "per-function client change, built from its commit with the same profile; each in its own "
+           "per-function client change (aws-lc TLS, every SDK client and router in every binary, the test crate's "
+           "features unified into the functions, `opt-level = 3`), built from its commit; each in its own "
            f"target directory, {doc['result'][0]['rows'][0]['runs']} cold starts per function and variant.", "",
            "| variant | function | binary (MiB) | init median (ms) | init p90 (ms) | init max (ms) | max RSS (MiB) |",
            "|---|---|---:|---:|---:|---:|---:|"]
