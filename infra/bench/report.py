@@ -334,14 +334,12 @@ def _bulk(r: dict) -> list[str]:
         if b.get("available") is not None and b["accepted"] != b["available"]:
             out.append(f"\n**Finding ({b['keys']:,} keys):** the import reported {b['accepted']:,} accepted and "
                        f"{b['keys'] - b['accepted']:,} duplicates, yet every key was unique and the stock holds "
-                       f"{b['available']:,}: the keys were stored, the report is wrong. One request answered "
-                       "`accepted=4951 duplicates=49` (and took 11.7 s instead of about 3), exactly one transaction "
-                       "of 49 keys. Most likely a TransactWriteItems committed while its answer was lost, the SDK "
-                       "retried it, the retry failed its own `attribute_not_exists` fingerprint conditions, and "
-                       "the import counted those keys as duplicates (not proven: the SDK's retries are not "
-                       "logged at INFO). Real DynamoDB can do the same on a retried timeout; a "
-                       "`ClientRequestToken` on the transaction (idempotent for 10 minutes) would make the retry "
-                       "return success. Stock and inventory stay consistent; only the report is off.")
+                       f"{b['available']:,}: the keys were stored, the report was wrong. Cause, found after this "
+                       "recording and reproduced by `tests/tests/bulk_import.rs`: a TransactWriteItems committed, its "
+                       "answer was lost, the SDK retried it with the same `ClientRequestToken`, and moto (unlike "
+                       "DynamoDB, which answers such a retry with success) ran it again; the retry failed its own "
+                       "fingerprint conditions and the import counted its keys as duplicates. The local DynamoDB "
+                       "now honours the token (docs/local.md). Stock and inventory stayed consistent.")
     for b in rows:
         if "request_s_first" in b:
             out.append(f"\n{b['keys']:,} keys: first request {_f(b['request_s_first'])} s, last "
