@@ -69,11 +69,12 @@ def render(results_dir: Path, mode: str) -> Path:
               (f"- {m.get('rustc')}; measured code: commit `{m.get('built_from')}` (a clean snapshot of it, "
                f"built separately while the working tree was being edited)" if m.get('built_from') else
                f"- {m.get('rustc')}; commit `{m.get('commit')}`{' (with uncommitted changes)' if m.get('dirty') else ''}"),
-              f"- 1-minute load average at the end of each section: " + ", ".join(
-                  f"{k} {d['machine']['loadavg'][0]}" for k, d in r.items() if d['machine'].get('loadavg')) +
-              " (other engineers' builds shared the 2 CPUs during this recording; the max columns show it)",
-              f"- recorded {m.get('date')}; each section's own date and commit are in "
-              f"`.kami/bench/results/{mode}/*.json`",
+              "- each section's date, commit and 1-minute load average at its end: " + "; ".join(
+                  f"{k} {d['machine'].get('date')}, `{d['machine'].get('commit')}`, load "
+                  f"{(d['machine'].get('loadavg') or ['?'])[0]}" for k, d in sorted(r.items())) +
+              (" (a load above the 2 CPUs means other work shared the machine; the max columns show it)"
+               if any(float((d['machine'].get('loadavg') or ['0'])[0]) > 2 for d in r.values()) else ""),
+              f"- all results: `.kami/bench/results/{mode}/*.json`",
               "- Local stand-ins: the AWS Lambda Runtime Interface Emulator (from the aws-sam-cli wheel) runs each "
               "x86_64 `bootstrap`, moto server plays DynamoDB/SQS/KMS/Secrets Manager on loopback. Absolute "
               "times are this machine's, not Lambda's; init includes reading the secrets from moto.", ""]

@@ -127,18 +127,20 @@ pub struct Context {
 }
 
 impl Context {
-    /// Cold start: settings from the environment and one shared `SdkConfig` for every
-    /// client (credentials resolved once).
+    /// Cold start: logging (the runtime's subscriber: `RUST_LOG`, the Lambda log format),
+    /// settings from the environment and one shared `SdkConfig` for every client
+    /// (credentials resolved once).
     pub async fn from_env() -> Result<ContextBuilder> {
+        lambda_runtime::tracing::init_default_subscriber();
         let config = Config::from_env()?;
         let sdk = sdk_loader().load().await;
         Ok(ContextBuilder::new(config, sdk, None))
     }
 
     pub fn queue(&self) -> Result<&SqsDeliveryQueue> {
-        self.queue
-            .as_ref()
-            .ok_or_else(|| Error::Config("DELIVERY_QUEUE_URL is not set".into()))
+        self.queue.as_ref().ok_or_else(|| {
+            Error::Config("this function has no delivery queue (DELIVERY_QUEUE_URL)".into())
+        })
     }
 
     pub fn vault(&self) -> Result<&KmsVault> {

@@ -5,7 +5,6 @@ use kami_shared::http::{self, serve};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_http::Error> {
-    lambda_http::tracing::init_default_subscriber();
     // Imports encrypt under KMS; redelivery enqueues; the bearer token is a secret.
     let ctx = Context::from_env()
         .await?

@@ -7,7 +7,6 @@ use lambda_runtime::{Error, LambdaEvent, run, service_fn};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
-    lambda_runtime::tracing::init_default_subscriber();
     // Assigning keys is DynamoDB only: no queue, vault or secrets.
     let ctx = Context::from_env().await?.build();
     run(service_fn(|event: LambdaEvent<SqsEvent>| {

@@ -8,7 +8,6 @@ use lambda_runtime::{Error, LambdaEvent, run, service_fn};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
-    lambda_runtime::tracing::init_default_subscriber();
     // Deliveries that failed are queued again.
     let ctx = Context::from_env().await?.with_queue().build();
     run(service_fn(|_event: LambdaEvent<serde_json::Value>| {
