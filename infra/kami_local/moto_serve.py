@@ -107,7 +107,12 @@ class _ClientTokens:
 
     def earlier(self, token: str, digest: str, now: float) -> str | None:
         """'replay' or 'mismatch' for a token that succeeded within the window, else None."""
-        self.succeeded = {t: e for t, e in self.succeeded.items() if now - e[1] < self.window_seconds}
+        # Oldest first (insertion order, monotonic time): drop the expired ones from the front.
+        while self.succeeded:
+            oldest, (_, when) = next(iter(self.succeeded.items()))
+            if now - when < self.window_seconds:
+                break
+            del self.succeeded[oldest]
         seen = self.succeeded.get(token)
         if seen is None:
             return None

@@ -127,3 +127,14 @@ def test_client_tokens_replay_within_the_window_only():
     other = tokens.digest({"TransactItems": [], "ClientRequestToken": "tok"})
     assert tokens.earlier("tok", other, now=599) == "mismatch"
     assert tokens.earlier("tok", digest, now=600) is None  # a new call after 10 minutes
+
+
+def test_client_tokens_expire_oldest_first_and_keep_the_rest():
+    from kami_local.moto_serve import _ClientTokens
+
+    tokens = _ClientTokens(window_seconds=600)
+    tokens.remember("early", "d1", now=0)
+    tokens.remember("late", "d2", now=300)
+    assert tokens.earlier("early", "d1", now=650) is None
+    assert tokens.earlier("late", "d2", now=650) == "replay"
+    assert list(tokens.succeeded) == ["late"]
