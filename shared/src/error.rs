@@ -1,16 +1,23 @@
 //! The one error type of `shared/`. Every variant a client can cause carries a stable
 //! code; `http::error_response` is the only place that turns it into a status code.
 
-use crate::domain::order::OrderStatus;
-
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A request refused by a rule; `path` is the JSON path of the field at fault.
     #[error("{message}")]
-    InvalidRequest { code: &'static str, message: String },
-    #[error("request body is not valid JSON: {0}")]
-    InvalidJson(String),
+    InvalidRequest {
+        code: &'static str,
+        message: String,
+        path: Option<String>,
+    },
+    /// A body that is not JSON, or not of the expected shape (`path`: where).
+    #[error("request body is not valid JSON: {message}")]
+    InvalidJson {
+        message: String,
+        path: Option<String>,
+    },
     #[error("request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("content type {0} is not supported here")]
@@ -29,7 +36,8 @@ pub enum Error {
     InvalidSignature(&'static str),
     #[error("illegal order transition from {from} by {cause}")]
     IllegalTransition {
-        from: OrderStatus,
+        /// The order's status (`OrderStatus::as_str`): error.rs depends on no domain type.
+        from: &'static str,
         cause: &'static str,
     },
     #[error("stored data is corrupt: {0}")]
@@ -67,6 +75,33 @@ impl Error {
         Error::InvalidRequest {
             code,
             message: message.into(),
+            path: None,
+        }
+    }
+
+    /// As `invalid`, naming the JSON path of the field at fault (`buyer.email`).
+    pub fn invalid_field(code: &'static str, path: &str, message: impl Into<String>) -> Self {
+        Error::InvalidRequest {
+            code,
+            message: message.into(),
+            path: Some(path.to_owned()),
+        }
+    }
+
+    /// Names the field at fault of a refused request (other errors pass unchanged).
+    pub fn at(self, field: &str) -> Self {
+        match self {
+            Error::InvalidRequest { code, message, .. } => {
+                Error::invalid_field(code, field, message)
+            }
+            other => other,
+        }
+    }
+
+    pub fn invalid_json(message: impl std::fmt::Display) -> Self {
+        Error::InvalidJson {
+            message: message.to_string(),
+            path: None,
         }
     }
 

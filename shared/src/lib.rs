@@ -11,6 +11,7 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod http;
+pub mod request;
 
 pub use config::{Config, Context};
 pub use error::{Error, Result};

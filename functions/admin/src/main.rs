@@ -13,5 +13,5 @@ async fn main() -> Result<(), lambda_http::Error> {
         .with_secrets()
         .await?
         .build();
-    serve(ctx, http::admin).await
+    serve(http::admin::router(ctx)).await
 }

@@ -12,5 +12,5 @@ async fn main() -> Result<(), lambda_http::Error> {
         .with_secrets()
         .await?
         .build();
-    serve(ctx, http::checkout).await
+    serve(http::finish(http::checkout::routes(), ctx)).await
 }

@@ -1,4 +1,4 @@
-//! Thin entrypoint: the payment-webhook HTTP API (routes in `kami_shared::http::payment_webhook`).
+//! Thin entrypoint: the payment-webhook HTTP API (routes in `kami_shared::http::webhook`).
 
 use kami_shared::Context;
 use kami_shared::http::{self, serve};
@@ -12,5 +12,5 @@ async fn main() -> Result<(), lambda_http::Error> {
         .with_secrets()
         .await?
         .build();
-    serve(ctx, http::payment_webhook).await
+    serve(http::finish(http::webhook::routes(), ctx)).await
 }

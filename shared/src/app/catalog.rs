@@ -1,19 +1,19 @@
 //! Products: create (admin), view (public and admin).
 
-use serde_json::{Value, json};
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::config::Context;
-use crate::domain::product::{NewProductRequest, Product, Stock, validate_sku};
+use crate::domain::money::Money;
+use crate::domain::product::{DeliveryType, NewProductRequest, Product, Stock, validate_sku};
 use crate::domain::time::Timestamp;
 use crate::error::{Error, Result};
 
-pub async fn create_product(ctx: &Context, body: &[u8]) -> Result<Value> {
-    let request: NewProductRequest =
-        serde_json::from_slice(body).map_err(|e| Error::InvalidJson(e.to_string()))?;
+pub async fn create_product(ctx: &Context, request: NewProductRequest) -> Result<AdminProductView> {
     let product = request.into_product(Timestamp::now().to_rfc3339())?;
     ctx.store.create_product(&product).await?;
     tracing::info!(sku = %product.sku, "product created");
-    Ok(admin_view(&product, &Stock::default()))
+    Ok(AdminProductView::of(&product, &Stock::default()))
 }
 
 pub async fn find_product(ctx: &Context, sku: &str, consistent: bool) -> Result<Product> {
@@ -25,33 +25,82 @@ pub async fn find_product(ctx: &Context, sku: &str, consistent: bool) -> Result<
 }
 
 /// `GET /products/{sku}`: what a buyer sees, with the units still available.
-pub async fn public_product(ctx: &Context, sku: &str) -> Result<Value> {
+pub async fn public_product(ctx: &Context, sku: &str) -> Result<ProductView> {
     let product = find_product(ctx, sku, false).await?;
     let stock = ctx.store.stock(sku, false).await?;
-    Ok(public_view(&product, &stock))
+    Ok(ProductView::of(&product, &stock))
 }
 
 /// `GET /admin/products/{sku}`: with available, reserved and sold, read consistently.
-pub async fn admin_product(ctx: &Context, sku: &str) -> Result<Value> {
+pub async fn admin_product(ctx: &Context, sku: &str) -> Result<AdminProductView> {
     let product = find_product(ctx, sku, true).await?;
     let stock = ctx.store.stock(sku, true).await?;
-    Ok(admin_view(&product, &stock))
+    Ok(AdminProductView::of(&product, &stock))
 }
 
-fn public_view(product: &Product, stock: &Stock) -> Value {
-    json!({
-        "sku": product.sku,
-        "title": product.title,
-        "price": product.price,
-        "delivery": {"type": product.delivery.as_str()},
-        "max_per_order": product.max_per_order,
-        "stock": {"available": stock.available.max(0)},
-    })
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveryView {
+    #[serde(rename = "type")]
+    pub kind: DeliveryType,
 }
 
-fn admin_view(product: &Product, stock: &Stock) -> Value {
-    let mut view = public_view(product, stock);
-    view["stock"] = json!(stock);
-    view["created_at"] = json!(product.created_at);
-    view
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PublicStock {
+    /// Units a buyer can order now.
+    pub available: i64,
+}
+
+/// A product as buyers see it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProductView {
+    pub sku: String,
+    pub title: String,
+    pub price: Money,
+    pub delivery: DeliveryView,
+    pub max_per_order: u32,
+    pub stock: PublicStock,
+}
+
+impl ProductView {
+    fn of(product: &Product, stock: &Stock) -> Self {
+        ProductView {
+            sku: product.sku.clone(),
+            title: product.title.clone(),
+            price: product.price.clone(),
+            delivery: DeliveryView {
+                kind: product.delivery,
+            },
+            max_per_order: product.max_per_order,
+            stock: PublicStock {
+                available: stock.available.max(0),
+            },
+        }
+    }
+}
+
+/// A product as the merchant sees it: the whole stock and when it was created.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AdminProductView {
+    pub sku: String,
+    pub title: String,
+    pub price: Money,
+    pub delivery: DeliveryView,
+    pub max_per_order: u32,
+    pub stock: Stock,
+    pub created_at: String,
+}
+
+impl AdminProductView {
+    fn of(product: &Product, stock: &Stock) -> Self {
+        let public = ProductView::of(product, stock);
+        AdminProductView {
+            sku: public.sku,
+            title: public.title,
+            price: public.price,
+            delivery: public.delivery,
+            max_per_order: public.max_per_order,
+            stock: stock.clone(),
+            created_at: product.created_at.clone(),
+        }
+    }
 }

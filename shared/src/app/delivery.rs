@@ -130,8 +130,7 @@ fn receive_count(message: &SqsMessage) -> u32 {
 
 async fn handle_message(ctx: &Context, message: &SqsMessage) -> Result<()> {
     let body = message.body.as_deref().unwrap_or_default();
-    let parsed: DeliveryMessage =
-        serde_json::from_str(body).map_err(|e| Error::InvalidJson(e.to_string()))?;
+    let parsed: DeliveryMessage = serde_json::from_str(body).map_err(Error::invalid_json)?;
     match deliver(ctx, &parsed.order_id).await {
         Ok(outcome) => {
             tracing::info!(order_id = %parsed.order_id, ?outcome, "delivery message handled");

@@ -21,12 +21,13 @@ use crate::error::{Error, Result};
 const KEYS_PER_TRANSACTION: usize = 49;
 const TRANSACTIONS_IN_FLIGHT: usize = 8;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DuplicateKey {
     pub index: usize,
 }
 
-#[derive(Debug, Serialize)]
+/// What an import did: keys are named by their position in the request, never by text.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ImportReport {
     pub batch_id: Option<String>,
     pub accepted: usize,

@@ -1,15 +1,64 @@
 //! What an operator needs for orders that need a person: see everything about an order
 //! (never its codes), and send a failed or stuck delivery round again.
 
-use serde_json::{Value, json};
+use serde::Serialize;
+use utoipa::ToSchema;
 
+use super::orders::OrderEventView;
 use crate::config::Context;
+use crate::domain::money::Money;
+use crate::domain::order::OrderStatus;
 use crate::domain::time::is_id;
 use crate::error::{Error, Result};
 
+/// The buyer as the operator sees them.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BuyerView {
+    pub email: String,
+}
+
+/// A payment notification as recorded.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PaymentView {
+    pub provider: String,
+    pub event_id: String,
+    pub amount: Money,
+    pub provider_ref: String,
+    /// `paid`, `amount_mismatch`, `paid_late`, `paid_after_expiry`, `repeat_notification`, ...
+    pub outcome: String,
+    pub received_at: String,
+}
+
+/// A key allocated to the order, by id only.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AllocatedKey {
+    pub slot: u32,
+    pub key_id: String,
+    pub batch_id: String,
+}
+
+/// The `GET /admin/orders/{order_id}` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OperatorOrderView {
+    pub order_id: String,
+    pub sku: String,
+    pub quantity: u32,
+    pub status: OrderStatus,
+    pub exception: Option<String>,
+    pub amount: Money,
+    pub buyer: BuyerView,
+    pub created_at: String,
+    pub expires_at: String,
+    pub updated_at: String,
+    pub payment_ref: Option<String>,
+    pub events: Vec<OrderEventView>,
+    pub payments: Vec<PaymentView>,
+    pub allocated_keys: Vec<AllocatedKey>,
+}
+
 /// `GET /admin/orders/{id}`: status, exception, events, payments and which keys were
 /// allocated (ids only: codes are shown to the buyer alone).
-pub async fn order_for_operator(ctx: &Context, order_id: &str) -> Result<Value> {
+pub async fn order_for_operator(ctx: &Context, order_id: &str) -> Result<OperatorOrderView> {
     if !is_id(order_id) {
         return Err(Error::NotFound("order"));
     }
@@ -18,36 +67,58 @@ pub async fn order_for_operator(ctx: &Context, order_id: &str) -> Result<Value> 
         .get_order_view(order_id)
         .await?
         .ok_or(Error::NotFound("order"))?;
-    let order = &view.order;
-    Ok(json!({
-        "order_id": order.order_id,
-        "sku": order.sku,
-        "quantity": order.quantity,
-        "status": order.status,
-        "exception": order.exception,
-        "amount": order.amount,
-        "buyer": {"email": order.buyer_email},
-        "created_at": order.created_at,
-        "expires_at": order.expires_at.to_rfc3339(),
-        "updated_at": order.updated_at,
-        "payment_ref": order.payment_ref,
-        "events": view.events.iter().map(|e| json!({
-            "at": e.at, "from": e.from, "to": e.to, "cause": e.cause,
-        })).collect::<Vec<_>>(),
-        "payments": view.payments.iter().map(|p| json!({
-            "provider": p.provider, "event_id": p.event_id, "amount": p.amount,
-            "provider_ref": p.provider_ref, "outcome": p.outcome, "received_at": p.received_at,
-        })).collect::<Vec<_>>(),
-        "allocated_keys": view.deliveries.iter().map(|d| json!({
-            "slot": d.slot, "key_id": d.key_id, "batch_id": d.batch_id,
-        })).collect::<Vec<_>>(),
-    }))
+    let order = view.order;
+    Ok(OperatorOrderView {
+        expires_at: order.expires_at.to_rfc3339(),
+        order_id: order.order_id,
+        sku: order.sku,
+        quantity: order.quantity,
+        status: order.status,
+        exception: order.exception,
+        amount: order.amount,
+        buyer: BuyerView {
+            email: order.buyer_email,
+        },
+        created_at: order.created_at,
+        updated_at: order.updated_at,
+        payment_ref: order.payment_ref,
+        events: OrderEventView::of(&view.events),
+        payments: view
+            .payments
+            .into_iter()
+            .map(|p| PaymentView {
+                provider: p.provider,
+                event_id: p.event_id,
+                amount: p.amount,
+                provider_ref: p.provider_ref,
+                outcome: p.outcome,
+                received_at: p.received_at,
+            })
+            .collect(),
+        allocated_keys: view
+            .deliveries
+            .into_iter()
+            .map(|d| AllocatedKey {
+                slot: d.slot,
+                key_id: d.key_id,
+                batch_id: d.batch_id,
+            })
+            .collect(),
+    })
+}
+
+/// The `POST /admin/orders/{order_id}/redeliver` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Redelivery {
+    pub order_id: String,
+    pub status: OrderStatus,
+    pub queued: bool,
 }
 
 /// `POST /admin/orders/{id}/redeliver`: queues delivery again for a paid order that is
 /// waiting (`paid`) or gave up (`delivery_failed`). Safe to repeat: the worker delivers
 /// each order once.
-pub async fn redeliver(ctx: &Context, order_id: &str) -> Result<Value> {
+pub async fn redeliver(ctx: &Context, order_id: &str) -> Result<Redelivery> {
     let order = if is_id(order_id) {
         ctx.store.get_order(order_id).await?
     } else {
@@ -56,13 +127,17 @@ pub async fn redeliver(ctx: &Context, order_id: &str) -> Result<Value> {
     let order = order.ok_or(Error::NotFound("order"))?;
     if !order.status.awaits_delivery() {
         return Err(Error::IllegalTransition {
-            from: order.status,
+            from: order.status.as_str(),
             cause: "redeliver",
         });
     }
     ctx.queue()?.enqueue_delivery(&order.order_id).await?;
     tracing::info!(order_id, status = %order.status, "delivery re-queued by an operator");
-    Ok(json!({"order_id": order.order_id, "status": order.status, "queued": true}))
+    Ok(Redelivery {
+        order_id: order.order_id,
+        status: order.status,
+        queued: true,
+    })
 }
 
 #[cfg(test)]

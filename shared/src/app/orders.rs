@@ -3,58 +3,93 @@
 
 use std::collections::HashMap;
 
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use utoipa::ToSchema;
 
-use crate::adapters::dynamo::{COUNTER_SHARDS, CreateOrderOutcome, OrderRecord, OrderView};
+use crate::adapters::dynamo::{
+    COUNTER_SHARDS, CreateOrderOutcome, OrderEvent, OrderRecord, OrderView,
+};
 use crate::config::Context;
 use crate::domain::crypto::{
     self, DataKey, card_key_aad, order_access_token, sha256_hex, token_matches,
 };
+use crate::domain::money::Money;
 use crate::domain::order::OrderStatus;
-use crate::domain::product::{validate_quantity, validate_sku};
+use crate::domain::product::{DeliveryType, validate_quantity, validate_sku};
 use crate::domain::time::{Timestamp, is_id, new_id};
 use crate::error::{ConflictKind, Error, Result};
+use crate::request::RequestBody;
 
 const MIN_IDEMPOTENCY_KEY_LEN: usize = 8;
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
 const MAX_EMAIL_LEN: usize = 254;
 
-/// What `POST /orders` needs from the body; a price in the body is ignored on purpose.
-struct OrderRequest {
+/// The body of `POST /orders`. Fields are optional here so that a missing one gets
+/// its own code (`invalid_sku`, ...), as a wrong one does; a price in the body is
+/// ignored on purpose.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct OrderRequest {
+    #[schema(required = true, example = "steam-wallet-100")]
+    pub sku: Option<String>,
+    #[schema(required = true, minimum = 1, example = 1)]
+    pub quantity: Option<i64>,
+    #[schema(required = true)]
+    pub buyer: Option<Buyer>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct Buyer {
+    #[schema(required = true, example = "buyer@example.com")]
+    pub email: Option<String>,
+}
+
+impl RequestBody for OrderRequest {
+    fn field_code(path: &str) -> Option<&'static str> {
+        match path {
+            "sku" => Some("invalid_sku"),
+            "quantity" => Some("invalid_quantity"),
+            "buyer" | "buyer.email" => Some("invalid_email"),
+            _ => None,
+        }
+    }
+}
+
+/// An order request with every field present and the email normalised.
+struct ValidOrderRequest {
     sku: String,
     quantity: i64,
     email: String,
 }
 
-impl OrderRequest {
-    fn parse(body: &[u8]) -> Result<Self> {
-        let value: Value =
-            serde_json::from_slice(body).map_err(|e| Error::InvalidJson(e.to_string()))?;
-        let sku = value
-            .get("sku")
-            .and_then(Value::as_str)
-            .ok_or_else(|| Error::invalid("invalid_sku", "sku is required and must be a string"))?;
-        let quantity = value
-            .get("quantity")
-            .and_then(Value::as_i64)
-            .ok_or_else(|| {
-                Error::invalid(
-                    "invalid_quantity",
-                    "quantity is required and must be an integer",
-                )
-            })?;
-        let email = value
-            .pointer("/buyer/email")
-            .and_then(Value::as_str)
-            .map(str::trim)
+impl ValidOrderRequest {
+    fn from_request(request: OrderRequest) -> Result<Self> {
+        let sku = request.sku.ok_or_else(|| {
+            Error::invalid_field("invalid_sku", "sku", "sku is required and must be a string")
+        })?;
+        let quantity = request.quantity.ok_or_else(|| {
+            Error::invalid_field(
+                "invalid_quantity",
+                "quantity",
+                "quantity is required and must be an integer",
+            )
+        })?;
+        let email = request
+            .buyer
+            .and_then(|buyer| buyer.email)
+            .map(|email| email.trim().to_ascii_lowercase())
             .filter(|email| valid_email(email))
             .ok_or_else(|| {
-                Error::invalid("invalid_email", "buyer.email must be an email address")
+                Error::invalid_field(
+                    "invalid_email",
+                    "buyer.email",
+                    "buyer.email must be an email address",
+                )
             })?;
-        Ok(OrderRequest {
-            sku: sku.to_owned(),
+        Ok(ValidOrderRequest {
+            sku,
             quantity,
-            email: email.to_ascii_lowercase(),
+            email,
         })
     }
 
@@ -102,17 +137,17 @@ pub fn validate_idempotency_key(key: Option<&str>) -> Result<&str> {
 /// the same body; the same key with another request is refused.
 pub async fn create_order(
     ctx: &Context,
-    idempotency_key: Option<&str>,
-    body: &[u8],
-) -> Result<Value> {
-    let idempotency_key = validate_idempotency_key(idempotency_key)?;
-    let request = OrderRequest::parse(body)?;
+    idempotency_key: &str,
+    request: OrderRequest,
+) -> Result<OrderCreated> {
+    let request = ValidOrderRequest::from_request(request)?;
     let request_hash = request.fingerprint();
-    validate_sku(&request.sku)?;
+    validate_sku(&request.sku).map_err(|err| err.at("sku"))?;
     // No read of the idempotency record first: the order transaction claims the key,
     // and only a refused claim (a retry) reads it. One request fewer per order.
     let product = super::catalog::find_product(ctx, &request.sku, false).await?;
-    let quantity = validate_quantity(request.quantity, &product)?;
+    let quantity =
+        validate_quantity(request.quantity, &product).map_err(|err| err.at("quantity"))?;
     let now = Timestamp::now();
     let order_id = new_id();
     let token = order_access_token(ctx.secrets.order_token_key()?, &order_id)?;
@@ -167,7 +202,11 @@ pub async fn create_order(
     Err(Error::Conflict(ConflictKind::OutOfStock))
 }
 
-async fn replay(ctx: &Context, idempotency_key: &str, request_hash: &str) -> Result<Option<Value>> {
+async fn replay(
+    ctx: &Context,
+    idempotency_key: &str,
+    request_hash: &str,
+) -> Result<Option<OrderCreated>> {
     let Some(record) = ctx.store.get_idempotency("orders", idempotency_key).await? else {
         return Ok(None);
     };
@@ -183,22 +222,87 @@ async fn replay(ctx: &Context, idempotency_key: &str, request_hash: &str) -> Res
     Ok(Some(created_body(&order, &token)))
 }
 
-/// The creation response; rebuilt identically on replay from the stored order.
-fn created_body(order: &OrderRecord, token: &str) -> Value {
-    json!({
-        "order_id": order.order_id,
-        "status": OrderStatus::PendingPayment,
-        "sku": order.sku,
-        "quantity": order.quantity,
-        "amount": order.amount,
-        "expires_at": order.expires_at.to_rfc3339(),
-        "access_token": token,
-    })
+/// The `POST /orders` answer; rebuilt identically on replay from the stored order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrderCreated {
+    #[schema(example = "01JD0000000000000000000000")]
+    pub order_id: String,
+    pub status: OrderStatus,
+    pub sku: String,
+    pub quantity: u32,
+    pub amount: Money,
+    /// RFC 3339, UTC: unpaid by then, the order expires and its stock returns.
+    pub expires_at: String,
+    /// The bearer token for `GET /orders/{order_id}`; keep it, it is shown here only.
+    pub access_token: String,
+}
+
+fn created_body(order: &OrderRecord, token: &str) -> OrderCreated {
+    OrderCreated {
+        order_id: order.order_id.clone(),
+        status: OrderStatus::PendingPayment,
+        sku: order.sku.clone(),
+        quantity: order.quantity,
+        amount: order.amount.clone(),
+        expires_at: order.expires_at.to_rfc3339(),
+        access_token: token.to_owned(),
+    }
+}
+
+/// One step of an order's history.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrderEventView {
+    pub at: String,
+    pub from: Option<OrderStatus>,
+    pub to: OrderStatus,
+    pub cause: String,
+}
+
+impl OrderEventView {
+    pub fn of(events: &[OrderEvent]) -> Vec<Self> {
+        events
+            .iter()
+            .map(|e| OrderEventView {
+                at: e.at.clone(),
+                from: e.from,
+                to: e.to,
+                cause: e.cause.clone(),
+            })
+            .collect()
+    }
+}
+
+/// What the buyer received.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Delivered {
+    /// The delivery type (`card_key`).
+    #[serde(rename = "type")]
+    pub kind: DeliveryType,
+    pub code: String,
+}
+
+/// The `GET /orders/{order_id}` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrderDetails {
+    pub order_id: String,
+    pub sku: String,
+    pub quantity: u32,
+    pub status: OrderStatus,
+    pub amount: Money,
+    pub created_at: String,
+    pub expires_at: String,
+    pub updated_at: String,
+    pub events: Vec<OrderEventView>,
+    /// The card keys, once the order is delivered.
+    pub deliveries: Vec<Delivered>,
+    /// Why an order needs a person, when it does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exception: Option<String>,
 }
 
 /// `GET /orders/{id}`: the order for the holder of its token. Any mismatch looks
 /// exactly like a missing order.
-pub async fn get_order(ctx: &Context, order_id: &str, token: Option<&str>) -> Result<Value> {
+pub async fn get_order(ctx: &Context, order_id: &str, token: Option<&str>) -> Result<OrderDetails> {
     let (Some(token), true) = (token, is_id(order_id)) else {
         return Err(Error::NotFound("order"));
     };
@@ -214,28 +318,23 @@ pub async fn get_order(ctx: &Context, order_id: &str, token: Option<&str>) -> Re
         Vec::new()
     };
     let order = &view.order;
-    let mut body = json!({
-        "order_id": order.order_id,
-        "sku": order.sku,
-        "quantity": order.quantity,
-        "status": order.status,
-        "amount": order.amount,
-        "created_at": order.created_at,
-        "expires_at": order.expires_at.to_rfc3339(),
-        "updated_at": order.updated_at,
-        "events": view.events.iter().map(|e| json!({
-            "at": e.at, "from": e.from, "to": e.to, "cause": e.cause,
-        })).collect::<Vec<_>>(),
-        "deliveries": deliveries,
-    });
-    if let Some(exception) = &order.exception {
-        body["exception"] = json!(exception);
-    }
-    Ok(body)
+    Ok(OrderDetails {
+        order_id: order.order_id.clone(),
+        sku: order.sku.clone(),
+        quantity: order.quantity,
+        status: order.status,
+        amount: order.amount.clone(),
+        created_at: order.created_at.clone(),
+        expires_at: order.expires_at.to_rfc3339(),
+        updated_at: order.updated_at.clone(),
+        events: OrderEventView::of(&view.events),
+        deliveries,
+        exception: order.exception.clone(),
+    })
 }
 
 /// Decrypts the delivered keys: the only place a card key is ever decrypted.
-async fn reveal_codes(ctx: &Context, view: &OrderView) -> Result<Vec<Value>> {
+async fn reveal_codes(ctx: &Context, view: &OrderView) -> Result<Vec<Delivered>> {
     let mut data_keys: HashMap<&str, DataKey> = HashMap::new();
     let mut codes = Vec::with_capacity(view.deliveries.len());
     for slot in &view.deliveries {
@@ -262,7 +361,10 @@ async fn reveal_codes(ctx: &Context, view: &OrderView) -> Result<Vec<Value>> {
             &card_key_aad(&slot.sku, &slot.key_id),
             &slot.sealed,
         )?;
-        codes.push(json!({"type": "card_key", "code": code.expose()}));
+        codes.push(Delivered {
+            kind: DeliveryType::CardKey,
+            code: code.expose().to_owned(),
+        });
     }
     Ok(codes)
 }

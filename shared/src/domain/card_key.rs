@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
+use crate::request::{RequestBody, parse_json};
 
 pub const MAX_KEY_CHARS: usize = 512;
 pub const MAX_KEYS_PER_IMPORT: usize = 200_000;
@@ -31,7 +32,7 @@ impl std::fmt::Debug for CardKeyCode {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum InvalidReason {
     Empty,
@@ -42,7 +43,7 @@ pub enum InvalidReason {
 }
 
 /// A rejected entry, named by its position in the request (never by its text).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct InvalidKey {
     pub index: usize,
     pub reason: InvalidReason,
@@ -55,10 +56,16 @@ pub struct ImportCandidates {
     pub invalid: Vec<InvalidKey>,
 }
 
-#[derive(Deserialize)]
+/// An `application/json` import body.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct JsonImport {
-    keys: Vec<String>,
+pub struct JsonImport {
+    /// The card keys, in order; answers name them by their index here.
+    pub keys: Vec<String>,
+}
+
+impl RequestBody for JsonImport {
+    const LIMIT: usize = crate::request::MAX_IMPORT_BODY;
 }
 
 pub enum ImportFormat {
@@ -69,11 +76,7 @@ pub enum ImportFormat {
 
 pub fn parse_import(format: ImportFormat, body: &[u8]) -> Result<ImportCandidates> {
     let entries: Vec<String> = match format {
-        ImportFormat::Json => {
-            serde_json::from_slice::<JsonImport>(body)
-                .map_err(|e| Error::InvalidJson(e.to_string()))?
-                .keys
-        }
+        ImportFormat::Json => parse_json::<JsonImport>(body)?.keys,
         ImportFormat::Lines => std::str::from_utf8(body)
             .map_err(|_| Error::invalid("invalid_encoding", "body must be UTF-8 text"))?
             // Spreadsheet exports start with a byte-order mark; it is not part of a key.
@@ -199,7 +202,7 @@ mod tests {
     fn malformed_bodies_are_errors() {
         assert!(matches!(
             parse_import(ImportFormat::Json, b"{\"keys\": 5}"),
-            Err(Error::InvalidJson(_))
+            Err(Error::InvalidJson { .. })
         ));
         assert!(parse_import(ImportFormat::Lines, &[0xff, 0xfe]).is_err());
     }

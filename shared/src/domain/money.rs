@@ -4,9 +4,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Minor units (fen, cents) and an ISO 4217 currency.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Money {
+    #[schema(example = 990)]
     pub amount: i64,
+    #[schema(example = "CNY")]
     pub currency: String,
 }
 

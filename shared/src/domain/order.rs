@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OrderStatus {
     PendingPayment,
@@ -100,7 +100,7 @@ impl OrderStatus {
             .find(|(from, by, _)| *from == self && *by == cause)
             .map(|(_, _, to)| *to)
             .ok_or(Error::IllegalTransition {
-                from: self,
+                from: self.as_str(),
                 cause: cause.as_str(),
             })
     }
@@ -161,7 +161,7 @@ mod tests {
         ] {
             let err = from.next(cause).unwrap_err();
             assert!(
-                matches!(err, Error::IllegalTransition { from: f, .. } if f == from),
+                matches!(err, Error::IllegalTransition { from: f, .. } if f == from.as_str()),
                 "{from} by {cause:?} should be illegal"
             );
         }

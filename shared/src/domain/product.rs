@@ -1,16 +1,18 @@
 //! Products and the rules for creating and ordering them.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::domain::money::Money;
 use crate::error::{Error, Result};
+use crate::request::RequestBody;
 
 pub const MAX_SKU_LEN: usize = 64;
 pub const MAX_TITLE_LEN: usize = 200;
 pub const MAX_PER_ORDER_LIMIT: u32 = 100;
 const DEFAULT_MAX_PER_ORDER: u32 = 10;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeliveryType {
     CardKey,
@@ -34,7 +36,8 @@ impl DeliveryType {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// A product's units: on sale, held by unpaid orders, and sold.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Stock {
     pub available: i64,
     pub reserved: i64,
@@ -52,7 +55,7 @@ pub struct Product {
 }
 
 /// The body of `POST /admin/products`, as sent.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewProductRequest {
     pub sku: String,
@@ -62,42 +65,59 @@ pub struct NewProductRequest {
     pub max_per_order: Option<u32>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PriceRequest {
+    /// Minor units (fen, cents), positive.
+    #[schema(minimum = 1, example = 990)]
     pub amount: i64,
     pub currency: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveryRequest {
+    /// The delivery type; `card_key` today.
     #[serde(rename = "type")]
+    #[schema(example = "card_key")]
     pub kind: String,
 }
 
+impl RequestBody for NewProductRequest {}
+
 impl NewProductRequest {
     pub fn into_product(self, created_at: String) -> Result<Product> {
-        validate_sku(&self.sku)?;
+        validate_sku(&self.sku).map_err(|err| err.at("sku"))?;
         let title = self.title.trim();
         if title.is_empty() || title.chars().count() > MAX_TITLE_LEN || has_control(title) {
-            return Err(Error::invalid(
+            return Err(Error::invalid_field(
                 "invalid_title",
+                "title",
                 format!("title must be 1 to {MAX_TITLE_LEN} printable characters"),
             ));
         }
         let max_per_order = self.max_per_order.unwrap_or(DEFAULT_MAX_PER_ORDER);
         if !(1..=MAX_PER_ORDER_LIMIT).contains(&max_per_order) {
-            return Err(Error::invalid(
+            return Err(Error::invalid_field(
                 "invalid_max_per_order",
+                "max_per_order",
                 format!("max_per_order must be between 1 and {MAX_PER_ORDER_LIMIT}"),
             ));
         }
         Ok(Product {
             sku: self.sku,
             title: title.to_owned(),
-            price: Money::price(self.price.amount, &self.price.currency)?,
-            delivery: DeliveryType::parse(&self.delivery.kind)?,
+            price: Money::price(self.price.amount, &self.price.currency).map_err(|err| {
+                let field = match &err {
+                    Error::InvalidRequest { code, .. } if *code == "invalid_price" => {
+                        "price.amount"
+                    }
+                    _ => "price.currency",
+                };
+                err.at(field)
+            })?,
+            delivery: DeliveryType::parse(&self.delivery.kind)
+                .map_err(|err| err.at("delivery.type"))?,
             max_per_order,
             created_at,
         })

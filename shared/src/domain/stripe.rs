@@ -119,8 +119,7 @@ struct RawData {
 }
 
 pub fn parse_event(raw_body: &[u8]) -> Result<StripeEvent> {
-    let event: RawEvent =
-        serde_json::from_slice(raw_body).map_err(|e| Error::InvalidJson(e.to_string()))?;
+    let event: RawEvent = serde_json::from_slice(raw_body).map_err(Error::invalid_json)?;
     let object = &event.data.object;
     let text = |pointer: &str| object.pointer(pointer).and_then(|v| v.as_str());
     let (order_id, amount, provider_ref) = match event.kind.as_str() {

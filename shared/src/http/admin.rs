@@ -1,0 +1,198 @@
+//! `functions/admin`: merchant administration, every route behind the admin bearer token
+//! (checked before routing: an unknown admin path without the token answers 401).
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use utoipa_axum::routes;
+
+use super::{
+    ApiResult, ApiRouter, AppState, ErrorBody, JsonBody, PathParam, RawBody, Reply, bearer,
+    header_str,
+};
+use crate::app::catalog::{self, AdminProductView};
+use crate::app::import::{self, ImportReport};
+use crate::app::operator::{self, OperatorOrderView, Redelivery};
+use crate::domain::card_key::{ImportFormat, JsonImport};
+use crate::domain::crypto::secrets_equal;
+use crate::domain::product::NewProductRequest;
+use crate::error::{Error, Result};
+use crate::request::MAX_IMPORT_BODY;
+
+/// The admin function's routes; `finish` adds the token check around all of them.
+pub fn routes() -> ApiRouter {
+    ApiRouter::new()
+        .routes(routes!(create_product))
+        .routes(routes!(get_product))
+        .routes(routes!(import_card_keys))
+        .routes(routes!(get_order))
+        .routes(routes!(redeliver))
+}
+
+/// The admin router, the token checked before any route (and before not-found).
+pub fn router(ctx: AppState) -> axum::Router {
+    super::finish(routes(), ctx.clone()).layer(middleware::from_fn_with_state(ctx, authorize))
+}
+
+async fn authorize(State(ctx): State<AppState>, request: Request, next: Next) -> Result<Response> {
+    let expected = ctx.secrets.admin_token()?;
+    match bearer(request.headers()) {
+        Some(token) if secrets_equal(token.as_bytes(), expected) => Ok(next.run(request).await),
+        _ => Err(Error::Unauthorized),
+    }
+}
+
+/// Creates a product (stock arrives with a card-key import).
+#[utoipa::path(
+    post,
+    path = "/admin/products",
+    tag = "admin",
+    security(("admin_token" = [])),
+    request_body = NewProductRequest,
+    responses(
+        (status = 201, description = "Created, with empty stock", body = AdminProductView),
+        (status = 400, description = "`invalid_json`, `invalid_sku`, `invalid_title`, `invalid_price`, `invalid_currency`, `invalid_max_per_order`, `unsupported_delivery_type`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 409, description = "`product_exists`", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = ErrorBody),
+    )
+)]
+async fn create_product(
+    State(ctx): State<AppState>,
+    JsonBody(request): JsonBody<NewProductRequest>,
+) -> ApiResult<AdminProductView> {
+    Ok(Reply(
+        StatusCode::CREATED,
+        catalog::create_product(&ctx, request).await?,
+    ))
+}
+
+/// A product with its whole stock (available, reserved, sold), read consistently.
+#[utoipa::path(
+    get,
+    path = "/admin/products/{sku}",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(("sku" = String, Path, description = "The product's sku")),
+    responses(
+        (status = 200, description = "The product", body = AdminProductView),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`product_not_found`", body = ErrorBody),
+    )
+)]
+async fn get_product(
+    State(ctx): State<AppState>,
+    PathParam(sku): PathParam<String>,
+) -> ApiResult<AdminProductView> {
+    Ok(Reply(
+        StatusCode::OK,
+        catalog::admin_product(&ctx, &sku).await?,
+    ))
+}
+
+fn import_format(headers: &HeaderMap) -> Result<ImportFormat> {
+    let content_type = header_str(headers, "content-type").unwrap_or("application/json");
+    let media_type = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    match media_type.as_str() {
+        "application/json" => Ok(ImportFormat::Json),
+        "text/plain" | "text/csv" => Ok(ImportFormat::Lines),
+        other => Err(Error::UnsupportedMediaType(other.to_owned())),
+    }
+}
+
+/// Imports card keys: validated, de-duplicated against every key ever imported, sealed
+/// under KMS and added to stock. 201 when any key was accepted, 200 when none was.
+#[utoipa::path(
+    post,
+    path = "/admin/products/{sku}/card-keys",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(("sku" = String, Path, description = "The product's sku")),
+    request_body(
+        description = "`{\"keys\": [...]}`, or one key per line (`text/plain`, `text/csv`)",
+        content(
+            (JsonImport = "application/json"),
+            (String = "text/plain"),
+            (String = "text/csv"),
+        )
+    ),
+    responses(
+        (status = 201, description = "Keys accepted (some may be duplicates or invalid)", body = ImportReport),
+        (status = 200, description = "No key accepted", body = ImportReport),
+        (status = 400, description = "`invalid_json`, `invalid_encoding`, `too_many_keys`, `unsupported_delivery_type`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`product_not_found`", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+    )
+)]
+async fn import_card_keys(
+    State(ctx): State<AppState>,
+    PathParam(sku): PathParam<String>,
+    headers: HeaderMap,
+    RawBody(body): RawBody<MAX_IMPORT_BODY>,
+) -> ApiResult<ImportReport> {
+    let format = import_format(&headers)?;
+    let report = import::import_card_keys(&ctx, &sku, format, &body).await?;
+    let status = if report.accepted > 0 {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(Reply(status, report))
+}
+
+/// Everything about an order for an operator: status, exception, history, payments and
+/// which keys were allocated (ids only; codes are the buyer's alone).
+#[utoipa::path(
+    get,
+    path = "/admin/orders/{order_id}",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(("order_id" = String, Path, description = "The order's id (ULID)")),
+    responses(
+        (status = 200, description = "The order", body = OperatorOrderView),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`order_not_found`", body = ErrorBody),
+    )
+)]
+async fn get_order(
+    State(ctx): State<AppState>,
+    PathParam(order_id): PathParam<String>,
+) -> ApiResult<OperatorOrderView> {
+    Ok(Reply(
+        StatusCode::OK,
+        operator::order_for_operator(&ctx, &order_id).await?,
+    ))
+}
+
+/// Queues delivery again for a paid order that waits (`paid`) or gave up
+/// (`delivery_failed`). Safe to repeat: each order is delivered once.
+#[utoipa::path(
+    post,
+    path = "/admin/orders/{order_id}/redeliver",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(("order_id" = String, Path, description = "The order's id (ULID)")),
+    responses(
+        (status = 202, description = "Delivery queued", body = Redelivery),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`order_not_found`", body = ErrorBody),
+        (status = 409, description = "`illegal_transition`: the order does not await delivery", body = ErrorBody),
+    )
+)]
+async fn redeliver(
+    State(ctx): State<AppState>,
+    PathParam(order_id): PathParam<String>,
+) -> ApiResult<Redelivery> {
+    Ok(Reply(
+        StatusCode::ACCEPTED,
+        operator::redeliver(&ctx, &order_id).await?,
+    ))
+}

@@ -1,0 +1,116 @@
+//! `functions/checkout`: the storefront. Public, but for `GET /orders/{order_id}`, which
+//! takes the order's access token.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use utoipa_axum::routes;
+
+use super::{
+    ApiResult, ApiRouter, AppState, ErrorBody, JsonBody, PathParam, Reply, bearer, openapi,
+};
+use crate::app::catalog::{self, ProductView};
+use crate::app::orders::{self, OrderCreated, OrderDetails, OrderRequest};
+use crate::error::Result;
+
+/// The checkout function's routes (and the spec, which it serves).
+pub fn routes() -> ApiRouter {
+    ApiRouter::new()
+        .routes(routes!(get_product))
+        .routes(routes!(create_order))
+        .routes(routes!(get_order))
+        .routes(routes!(openapi::get_spec))
+}
+
+/// A product with its price and the units on sale.
+#[utoipa::path(
+    get,
+    path = "/products/{sku}",
+    tag = "storefront",
+    params(("sku" = String, Path, description = "The product's sku")),
+    responses(
+        (status = 200, description = "The product", body = ProductView),
+        (status = 404, description = "`product_not_found`", body = ErrorBody),
+    )
+)]
+async fn get_product(
+    State(ctx): State<AppState>,
+    PathParam(sku): PathParam<String>,
+) -> ApiResult<ProductView> {
+    Ok(Reply(
+        StatusCode::OK,
+        catalog::public_product(&ctx, &sku).await?,
+    ))
+}
+
+/// The `Idempotency-Key` header of `POST /orders`: required, 8 to 128 visible ASCII
+/// characters. A header that is present but not visible ASCII is invalid, not missing.
+struct IdempotencyKey(String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for IdempotencyKey {
+    type Rejection = crate::error::Error;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self> {
+        let key = parts
+            .headers
+            .get("idempotency-key")
+            .map(|value| value.to_str().unwrap_or(""));
+        orders::validate_idempotency_key(key).map(|key| IdempotencyKey(key.to_owned()))
+    }
+}
+
+/// Reserves stock for the buyer and opens an order awaiting payment. A retry with the
+/// same `Idempotency-Key` and body answers the same order; another body with that key
+/// is refused.
+#[utoipa::path(
+    post,
+    path = "/orders",
+    tag = "storefront",
+    params(("Idempotency-Key" = String, Header, description = "8 to 128 visible ASCII characters, one per purchase (a UUID)")),
+    request_body = OrderRequest,
+    responses(
+        (status = 201, description = "Order created (or the same order, on a retry)", body = OrderCreated),
+        (status = 400, description = "`invalid_json`, `invalid_sku`, `invalid_quantity`, `quantity_over_limit`, `invalid_email`, `missing_idempotency_key`, `invalid_idempotency_key`", body = ErrorBody),
+        (status = 404, description = "`product_not_found`", body = ErrorBody),
+        (status = 409, description = "`out_of_stock`", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = ErrorBody),
+        (status = 422, description = "`idempotency_key_reused`: the key was used with another body", body = ErrorBody),
+        (status = 503, description = "`busy_retry`: retry with the same key", body = ErrorBody),
+    )
+)]
+async fn create_order(
+    State(ctx): State<AppState>,
+    IdempotencyKey(key): IdempotencyKey,
+    JsonBody(request): JsonBody<OrderRequest>,
+) -> ApiResult<OrderCreated> {
+    Ok(Reply(
+        StatusCode::CREATED,
+        orders::create_order(&ctx, &key, request).await?,
+    ))
+}
+
+/// The order, its history and, once delivered, its card keys. Any mismatch of id or
+/// token answers exactly as a missing order.
+#[utoipa::path(
+    get,
+    path = "/orders/{order_id}",
+    tag = "storefront",
+    params(("order_id" = String, Path, description = "The order's id (ULID)")),
+    security(("order_token" = [])),
+    responses(
+        (status = 200, description = "The order", body = OrderDetails),
+        (status = 404, description = "`order_not_found` (also for a wrong or missing token)", body = ErrorBody),
+    )
+)]
+async fn get_order(
+    State(ctx): State<AppState>,
+    PathParam(order_id): PathParam<String>,
+    headers: HeaderMap,
+) -> ApiResult<OrderDetails> {
+    Ok(Reply(
+        StatusCode::OK,
+        orders::get_order(&ctx, &order_id, bearer(&headers)).await?,
+    ))
+}

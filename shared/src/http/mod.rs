@@ -1,0 +1,382 @@
+//! HTTP: one `axum` router per API function (`checkout`, `admin`, `webhook`), the
+//! extractors they share, and the one place where errors become responses
+//! (`impl IntoResponse for Error`). Each route is declared once, with its OpenAPI
+//! description (`#[utoipa::path]`); `openapi` assembles the spec from the same routers.
+
+pub mod admin;
+pub mod checkout;
+pub mod openapi;
+pub mod webhook;
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tower::ServiceExt;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::config::Context;
+use crate::error::{ConflictKind, Error, Result};
+pub use crate::request::{MAX_IMPORT_BODY, MAX_SMALL_BODY, RequestBody, parse_json};
+
+/// The state every handler receives: the context built at cold start.
+pub type AppState = Arc<Context>;
+pub type ApiRouter = OpenApiRouter<AppState>;
+
+/// The error shape of every 4xx and 5xx answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable code (`invalid_quantity`, `out_of_stock`, ...).
+    #[schema(example = "invalid_quantity")]
+    pub code: String,
+    /// For people; may change wording.
+    pub message: String,
+    /// The JSON path of the request field at fault (`buyer.email`), when one is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+/// The status and stable code of an error.
+fn status_and_code(err: &Error) -> (StatusCode, &'static str) {
+    match err {
+        Error::InvalidRequest { code, .. } => (StatusCode::BAD_REQUEST, *code),
+        Error::InvalidJson { .. } => (StatusCode::BAD_REQUEST, "invalid_json"),
+        Error::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+        Error::UnsupportedMediaType(_) => {
+            (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+        }
+        Error::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+        Error::NotFound("product") => (StatusCode::NOT_FOUND, "product_not_found"),
+        Error::NotFound("order") => (StatusCode::NOT_FOUND, "order_not_found"),
+        Error::NotFound(_) | Error::RouteNotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
+        Error::Conflict(ConflictKind::OutOfStock) => (StatusCode::CONFLICT, "out_of_stock"),
+        Error::Conflict(ConflictKind::ProductExists) => (StatusCode::CONFLICT, "product_exists"),
+        Error::IdempotencyKeyReused => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
+        Error::InvalidSignature(_) => (StatusCode::BAD_REQUEST, "invalid_signature"),
+        Error::IllegalTransition { .. } => (StatusCode::CONFLICT, "illegal_transition"),
+        Error::Contention(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy_retry"),
+        Error::Corrupt(_) | Error::Crypto(_) | Error::Config(_) | Error::Aws { .. } => {
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal_error")
+        }
+    }
+}
+
+/// Maps an error to its status, stable code and message. Server-side failures get a
+/// generic message; their detail goes to the log only.
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let (status, code) = status_and_code(&self);
+        let message = if status.is_server_error() {
+            tracing::error!(error = %self, code, "request failed");
+            match self {
+                Error::Contention(_) => {
+                    "the system is busy; retry with the same request".to_owned()
+                }
+                _ => "internal error; retry later".to_owned(),
+            }
+        } else {
+            tracing::info!(code, status = status.as_u16(), "request refused");
+            self.to_string()
+        };
+        let path = match self {
+            Error::InvalidRequest { path, .. } | Error::InvalidJson { path, .. } => path,
+            _ => None,
+        };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: code.to_owned(),
+                message,
+                path,
+            },
+        };
+        json_response(status, &body)
+    }
+}
+
+/// A JSON answer; never cached (order views carry card keys and tokens).
+pub fn json_response(status: StatusCode, body: &impl Serialize) -> Response {
+    let (status, text) = match serde_json::to_vec(body) {
+        Ok(text) => (status, text),
+        Err(err) => {
+            tracing::error!(error = %err, "response did not serialise");
+            let fallback =
+                br#"{"error":{"code":"internal_error","message":"internal error; retry later"}}"#;
+            (StatusCode::INTERNAL_SERVER_ERROR, fallback.to_vec())
+        }
+    };
+    let mut response = Response::new(Body::from(text));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// A handler's successful answer: a status and a JSON body.
+pub struct Reply<T>(pub StatusCode, pub T);
+
+impl<T: Serialize> IntoResponse for Reply<T> {
+    fn into_response(self) -> Response {
+        json_response(self.0, &self.1)
+    }
+}
+
+pub type ApiResult<T> = Result<Reply<T>>;
+
+/// A JSON request body of type `T`: over `T::LIMIT` bytes → 413 `payload_too_large`;
+/// not JSON → 400 `invalid_json`; a field of the wrong type → 400 with the field's own
+/// code (`RequestBody::field_code`) or `invalid_json`, and its path either way.
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: RequestBody> FromRequest<S> for JsonBody<T> {
+    type Rejection = Error;
+
+    async fn from_request(request: Request, _state: &S) -> Result<Self> {
+        let bytes = read_body(request.into_body(), T::LIMIT).await?;
+        parse_json(&bytes).map(JsonBody)
+    }
+}
+
+/// A raw body of at most `LIMIT` bytes (signed webhooks, imports).
+pub struct RawBody<const LIMIT: usize>(pub Bytes);
+
+impl<S: Send + Sync, const LIMIT: usize> FromRequest<S> for RawBody<LIMIT> {
+    type Rejection = Error;
+
+    async fn from_request(request: Request, _state: &S) -> Result<Self> {
+        read_body(request.into_body(), LIMIT).await.map(RawBody)
+    }
+}
+
+async fn read_body(body: Body, limit: usize) -> Result<Bytes> {
+    // Lambda hands over the whole body at once: the only failure is its size.
+    axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| Error::PayloadTooLarge { limit })
+}
+
+/// A path parameter; one that cannot be read is a route that does not exist.
+pub struct PathParam<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for PathParam<T> {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(value)| PathParam(value))
+            .map_err(|_| route_not_found(parts))
+    }
+}
+
+fn route_not_found(parts: &Parts) -> Error {
+    Error::RouteNotFound {
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_owned(),
+    }
+}
+
+pub fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The token of an `Authorization: Bearer <token>` header (scheme case-insensitive).
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let (scheme, token) = header_str(headers, "authorization")?.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// Unknown paths and known paths with another method both answer 404 `not_found`, as
+/// API Gateway routes do.
+async fn no_route(request: Request) -> Error {
+    let (parts, _) = request.into_parts();
+    route_not_found(&parts)
+}
+
+/// Finishes a function's router: the not-found answers, then the context.
+pub fn finish(router: ApiRouter, ctx: AppState) -> axum::Router {
+    let (router, _spec) = router.split_for_parts();
+    router
+        .fallback(no_route)
+        .method_not_allowed_fallback(no_route)
+        .with_state(ctx)
+}
+
+/// One request through a router, answered as Lambda would (tests and tools).
+pub async fn call(router: axum::Router, request: lambda_http::Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let request = Request::from_parts(parts, Body::from(body.to_vec()));
+    match router.oneshot(request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    }
+}
+
+/// An HTTP function's life after its cold start: its router, the context shared by
+/// every request. Each function passes its own router, so its binary links no other.
+pub async fn serve(router: axum::Router) -> Result<(), lambda_http::Error> {
+    lambda_http::run(router).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+    use serde_json::{Value, json};
+
+    async fn mapped(err: Error) -> (u16, Value) {
+        let response = err.into_response();
+        let status = response.status().as_u16();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    #[tokio::test]
+    async fn client_errors_keep_their_code_and_message() {
+        let cases = [
+            (
+                Error::invalid("invalid_quantity", "quantity must be positive"),
+                400,
+                "invalid_quantity",
+            ),
+            (Error::invalid_json("eof"), 400, "invalid_json"),
+            (
+                Error::PayloadTooLarge { limit: 10 },
+                413,
+                "payload_too_large",
+            ),
+            (
+                Error::UnsupportedMediaType("x/y".into()),
+                415,
+                "unsupported_media_type",
+            ),
+            (Error::Unauthorized, 401, "unauthorized"),
+            (Error::NotFound("product"), 404, "product_not_found"),
+            (Error::NotFound("order"), 404, "order_not_found"),
+            (
+                Error::Conflict(ConflictKind::OutOfStock),
+                409,
+                "out_of_stock",
+            ),
+            (
+                Error::Conflict(ConflictKind::ProductExists),
+                409,
+                "product_exists",
+            ),
+            (Error::IdempotencyKeyReused, 422, "idempotency_key_reused"),
+            (
+                Error::InvalidSignature("no signature matches"),
+                400,
+                "invalid_signature",
+            ),
+        ];
+        for (err, status, code) in cases {
+            let message = err.to_string();
+            let (got_status, body) = mapped(err).await;
+            assert_eq!(
+                (got_status, body["error"]["code"].as_str()),
+                (status, Some(code))
+            );
+            assert_eq!(body["error"]["message"], message);
+            assert!(body["error"].get("path").is_none(), "{body}");
+        }
+    }
+
+    #[tokio::test]
+    async fn server_errors_hide_their_detail() {
+        for err in [
+            Error::Aws {
+                service: "dynamodb",
+                message: "table kami-secret-name missing".into(),
+            },
+            Error::Corrupt("item ORDER#x has no string sku".into()),
+            Error::Crypto("card key failed authentication"),
+            Error::Config("order token key is not configured".into()),
+        ] {
+            let (status, body) = mapped(err).await;
+            assert_eq!(
+                (status, body["error"]["code"].as_str()),
+                (500, Some("internal_error"))
+            );
+            let text = body.to_string();
+            assert!(
+                !text.contains("kami-secret-name")
+                    && !text.contains("ORDER#")
+                    && !text.contains("token")
+            );
+        }
+        let (status, body) = mapped(Error::Contention("transaction")).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (503, Some("busy_retry"))
+        );
+    }
+
+    #[test]
+    fn responses_are_json_and_never_cached() {
+        let response = json_response(StatusCode::OK, &json!({"ok": true}));
+        assert_eq!(response.headers()["content-type"], "application/json");
+        assert_eq!(response.headers()["cache-control"], "no-store");
+    }
+
+    #[derive(Debug, Deserialize)]
+    struct Sample {
+        #[allow(dead_code)]
+        count: Option<i64>,
+        #[allow(dead_code)]
+        inner: Option<Inner>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    struct Inner {
+        #[allow(dead_code)]
+        name: String,
+    }
+
+    impl RequestBody for Sample {
+        fn field_code(path: &str) -> Option<&'static str> {
+            (path == "count").then_some("invalid_count")
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_fields_are_named_by_their_path() {
+        let cases = [
+            (r#"{"count": "x"}"#, "invalid_count", Some("count")),
+            (
+                r#"{"inner": {"name": 3}}"#,
+                "invalid_json",
+                Some("inner.name"),
+            ),
+            (r#"{"inner": {}}"#, "invalid_json", Some("inner")),
+            (r#"{"count": 1"#, "invalid_json", None),
+            (r#"{"count": 1} trailing"#, "invalid_json", None),
+            ("\"text\"", "invalid_json", None),
+        ];
+        for (text, code, path) in cases {
+            let err = parse_json::<Sample>(text.as_bytes()).unwrap_err();
+            let (status, body) = mapped(err).await;
+            assert_eq!(status, 400, "{text}");
+            assert_eq!(body["error"]["code"], code, "{text}");
+            assert_eq!(body["error"]["path"].as_str(), path, "{text}");
+        }
+        assert!(parse_json::<Sample>(br#"{"count": 2}"#).is_ok());
+    }
+}

@@ -1,0 +1,156 @@
+//! The OpenAPI 3.1 spec of the whole API, assembled from the three functions' routers
+//! (the same `#[utoipa::path]` declarations that route requests), with its security
+//! schemes. Built on the first `GET /openapi.json`, never at cold start.
+
+use std::sync::OnceLock;
+
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{InfoBuilder, OpenApi, Server};
+
+use super::{admin, checkout, webhook};
+
+/// The spec as a value.
+pub fn spec() -> OpenApi {
+    let mut spec = checkout::routes()
+        .merge(admin::routes())
+        .merge(webhook::routes())
+        .into_openapi();
+    spec.info = InfoBuilder::new()
+        .title("Kami")
+        .version(env!("CARGO_PKG_VERSION"))
+        .description(Some(
+            "Selling virtual goods: card keys today. Every error is \
+             `{\"error\": {\"code\", \"message\", \"path\"?}}` with a stable `code`.",
+        ))
+        .build();
+    spec.servers = Some(vec![Server::new("/")]);
+    let components = spec.components.get_or_insert_with(Default::default);
+    let bearer = |description: &str| {
+        SecurityScheme::Http(
+            HttpBuilder::new()
+                .scheme(HttpAuthScheme::Bearer)
+                .description(Some(description))
+                .build(),
+        )
+    };
+    components.add_security_scheme(
+        "admin_token",
+        bearer(
+            "The deployment's admin token (Secrets Manager), as `Authorization: Bearer <token>`",
+        ),
+    );
+    components.add_security_scheme(
+        "order_token",
+        bearer(
+            "The order's `access_token` from `POST /orders`, as `Authorization: Bearer <token>`",
+        ),
+    );
+    components.add_security_scheme(
+        "stripe_signature",
+        SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+            "Stripe-Signature",
+            "Stripe's HMAC-SHA256 signature of the raw body with a timestamp (t=..., v1=...)",
+        ))),
+    );
+    spec
+}
+
+/// The spec as pretty JSON, the text of `docs/openapi.json`.
+pub fn spec_json() -> String {
+    match spec().to_pretty_json() {
+        Ok(text) => text + "\n",
+        Err(err) => {
+            tracing::error!(error = %err, "OpenAPI spec did not serialise");
+            String::new()
+        }
+    }
+}
+
+static SPEC: OnceLock<String> = OnceLock::new();
+
+/// This API's OpenAPI 3.1 description.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "meta",
+    responses((status = 200, description = "The OpenAPI 3.1 spec", content_type = "application/json"))
+)]
+pub async fn get_spec() -> Response {
+    let text = SPEC.get_or_init(spec_json);
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        text.clone(),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn docs_copy() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/openapi.json")
+    }
+
+    /// `docs/openapi.json` is the served spec: CI fails when the code moved without it.
+    /// `KAMI_WRITE_OPENAPI=1 cargo test -p kami-shared --lib openapi` rewrites it.
+    #[test]
+    fn docs_openapi_json_is_the_generated_spec() {
+        let generated = spec_json();
+        if std::env::var_os("KAMI_WRITE_OPENAPI").is_some() {
+            std::fs::write(docs_copy(), &generated).unwrap();
+        }
+        let committed = std::fs::read_to_string(docs_copy()).unwrap_or_default();
+        assert!(
+            committed == generated,
+            "docs/openapi.json is stale: run KAMI_WRITE_OPENAPI=1 cargo test -p kami-shared --lib openapi"
+        );
+    }
+
+    #[test]
+    fn every_operation_names_its_errors_and_security() {
+        let spec = spec();
+        assert!(matches!(
+            spec.openapi,
+            utoipa::openapi::OpenApiVersion::Version31
+        ));
+        let mut operations = 0;
+        for (path, item) in &spec.paths.paths {
+            for (method, operation) in [
+                ("get", &item.get),
+                ("post", &item.post),
+                ("put", &item.put),
+                ("delete", &item.delete),
+            ] {
+                let Some(operation) = operation else { continue };
+                operations += 1;
+                let statuses: Vec<&String> = operation.responses.responses.keys().collect();
+                assert!(
+                    statuses.iter().any(|s| s.starts_with('2')),
+                    "{method} {path}: {statuses:?}"
+                );
+                let public =
+                    path == "/openapi.json" || path.starts_with("/products") || path == "/orders";
+                if !public {
+                    assert!(
+                        operation.security.is_some(),
+                        "{method} {path} has no security"
+                    );
+                    assert!(
+                        statuses.iter().any(|s| s.starts_with('4')),
+                        "{method} {path} documents no client error"
+                    );
+                }
+            }
+        }
+        assert_eq!(
+            operations, 10,
+            "one operation per route of the three functions"
+        );
+    }
+}
