@@ -5,7 +5,6 @@ use std::collections::HashMap;
 
 use serde_json::{Value, json};
 
-use crate::adapters::dynamo::{COUNTER_SHARDS, CreateOrderOutcome, OrderRecord, OrderView};
 use crate::config::Context;
 use crate::domain::crypto::{
     self, DataKey, card_key_aad, order_access_token, sha256_hex, token_matches,
@@ -14,6 +13,7 @@ use crate::domain::order::OrderStatus;
 use crate::domain::product::{validate_quantity, validate_sku};
 use crate::domain::time::{Timestamp, is_id, new_id};
 use crate::error::{ConflictKind, Error, Result};
+use crate::store::{COUNTER_SHARDS, CreateOrderOutcome, OrderRecord, OrderView};
 
 const MIN_IDEMPOTENCY_KEY_LEN: usize = 8;
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
