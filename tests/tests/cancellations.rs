@@ -83,6 +83,17 @@ fn created(outcome: Result<CreateOrderOutcome>) -> String {
     }
 }
 
+/// A new pending order, created under an idempotency key of its own.
+async fn pending_order(store: &Store, sku: &str, quantity: u32, shard: u32) -> OrderRecord {
+    let order = new_order(sku, quantity, shard);
+    let key = format!("idem-{}", new_id());
+    assert_eq!(
+        created(store.create_order(&order, &key, "request").await),
+        "created"
+    );
+    order
+}
+
 fn allocated(outcome: Result<AllocateOutcome>) -> String {
     match outcome {
         Ok(AllocateOutcome::Allocated) => "allocated".into(),
@@ -212,12 +223,7 @@ async fn an_allocation_says_whether_the_key_the_slot_or_the_order_refused() {
     let ctx = context().await;
     let store = &ctx.store;
     let (sku, _) = stocked_product(store, 3, 0).await;
-    let order = new_order(&sku, 2, 0);
-    let key = format!("idem-{}", new_id());
-    assert_eq!(
-        created(store.create_order(&order, &key, "request").await),
-        "created"
-    );
+    let order = pending_order(store, &sku, 2, 0).await;
     let event_id = format!("evt_{}", new_id());
     let paid = payment(
         &event_id,
@@ -294,7 +300,7 @@ async fn an_allocation_says_whether_the_key_the_slot_or_the_order_refused() {
         .into_iter()
         .map(|k| k.key_id)
         .collect();
-    assert_eq!(left, [c.key_id.clone()], "the refused key stays in stock");
+    assert_eq!(left, [c.key_id.as_str()], "the refused key stays in stock");
 }
 
 #[tokio::test]
@@ -302,12 +308,7 @@ async fn a_payment_says_whether_it_was_a_duplicate_a_race_or_out_of_stock() {
     let ctx = context().await;
     let store = &ctx.store;
     let (sku, _) = stocked_product(store, 1, 2).await;
-    let late = new_order(&sku, 1, 2);
-    let key = format!("idem-{}", new_id());
-    assert_eq!(
-        created(store.create_order(&late, &key, "request").await),
-        "created"
-    );
+    let late = pending_order(store, &sku, 1, 2).await;
     assert!(
         store
             .expire_order(&late, late.expires_at.plus_seconds(1))
@@ -317,12 +318,7 @@ async fn a_payment_says_whether_it_was_a_duplicate_a_race_or_out_of_stock() {
     let late = current(store, &late.order_id).await;
     assert_eq!(late.status, OrderStatus::Expired);
     // Its unit is sold to another order meanwhile, on the same counter.
-    let other = new_order(&sku, 1, 2);
-    let other_key = format!("idem-{}", new_id());
-    assert_eq!(
-        created(store.create_order(&other, &other_key, "request").await),
-        "created"
-    );
+    pending_order(store, &sku, 1, 2).await;
     let reserve_again = (
         OrderStatus::Expired,
         OrderStatus::Paid,

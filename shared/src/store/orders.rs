@@ -331,17 +331,25 @@ impl Store {
 
     // ---------- the sweep's index ----------
 
-    async fn due_in_index(&self, partition: String, now: Timestamp) -> Result<Vec<String>> {
-        let query = self
-            .query()
-            .index_name(ORDER_INDEX)
-            .key_condition_expression("gsi1pk = :pk AND gsi1sk <= :now")
-            .expression_attribute_values(":pk", s(&partition))
-            .expression_attribute_values(":now", n(now.unix_seconds()));
+    /// The ids of the orders due by `now` in one index, over all its shards (one Query
+    /// per shard, every page).
+    async fn due_in_index(
+        &self,
+        partition: fn(u32) -> String,
+        now: Timestamp,
+    ) -> Result<Vec<String>> {
         let mut ids = Vec::new();
-        for item in self.query_all(query).await? {
-            if let Some(id) = keys::order_id_of(&get_s(&item, "pk")?) {
-                ids.push(id.to_owned());
+        for shard in 0..INDEX_SHARDS {
+            let query = self
+                .query()
+                .index_name(ORDER_INDEX)
+                .key_condition_expression("gsi1pk = :pk AND gsi1sk <= :now")
+                .expression_attribute_values(":pk", s(partition(shard)))
+                .expression_attribute_values(":now", n(now.unix_seconds()));
+            for item in self.query_all(query).await? {
+                if let Some(id) = keys::order_id_of(&get_s(&item, "pk")?) {
+                    ids.push(id.to_owned());
+                }
             }
         }
         Ok(ids)
@@ -349,20 +357,12 @@ impl Store {
 
     /// Access pattern: pending orders whose `expires_at` has passed (sparse GSI).
     pub async fn due_pending_orders(&self, now: Timestamp) -> Result<Vec<String>> {
-        let mut ids = Vec::new();
-        for shard in 0..INDEX_SHARDS {
-            ids.extend(self.due_in_index(keys::pending_index(shard), now).await?);
-        }
-        Ok(ids)
+        self.due_in_index(keys::pending_index, now).await
     }
 
     /// Access pattern: paid orders still undelivered past their grace time (sparse GSI).
     pub async fn stuck_paid_orders(&self, now: Timestamp) -> Result<Vec<String>> {
-        let mut ids = Vec::new();
-        for shard in 0..INDEX_SHARDS {
-            ids.extend(self.due_in_index(keys::paid_index(shard), now).await?);
-        }
-        Ok(ids)
+        self.due_in_index(keys::paid_index, now).await
     }
 
     /// Access pattern: expire a pending order and give its stock back, only if it is
