@@ -23,6 +23,20 @@ else
     echo "$want" > "$stamp"
 fi
 
+# schemathesis (the API conformance check) in a venv of its own: its pins clash with sam's.
+st_venv="$repo/.kami/schemathesis"
+st_requirements="$repo/infra/requirements-schemathesis.txt"
+st_stamp="$st_venv/.kami-requirements.sha256"
+st_want="$( { sha256sum "$st_requirements" | cut -d' ' -f1; "$python" -c 'import sys; print(sys.version)'; } | sha256sum | cut -d' ' -f1)"
+if [[ "${1:-}" != "--force" && -x "$st_venv/bin/schemathesis" && -f "$st_stamp" && "$(cat "$st_stamp")" == "$st_want" ]]; then
+    echo "setup: .kami/schemathesis is up to date"
+else
+    echo "setup: installing schemathesis into .kami/schemathesis"
+    [[ -x "$st_venv/bin/python" ]] || "$python" -m venv "$st_venv"
+    "$st_venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$st_requirements"
+    echo "$st_want" > "$st_stamp"
+fi
+
 # Checks that cost nothing and catch a broken machine early.
 command -v cargo >/dev/null || { echo "setup: cargo not found (install Rust with rustup)" >&2; exit 1; }
 rie="$("$venv/bin/python" -c 'import samcli, pathlib; print(pathlib.Path(samcli.__file__).parent / "local/rapid/aws-lambda-rie-x86_64")')"

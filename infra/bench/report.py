@@ -270,7 +270,7 @@ def _flash(r: dict) -> list[str]:
 def _hot_partition() -> list[str]:
     wcu = DDB_WCU_PER_PARTITION
     tx = 2  # a transactional write costs 2 WCU per item (items under 1 KB)
-    shards = 8  # STOCK_SHARDS in shared/src/adapters/dynamo.rs
+    shards = 8  # STOCK_SHARDS in shared/src/store/mod.rs
     burst = wcu / tx  # reserve only (checkout), per counter item
     sustained = wcu / (2 * tx)  # reserve at checkout + reserved->sold at delivery
     return ["### Hot partition: the modelled ceiling on real DynamoDB", "",

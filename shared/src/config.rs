@@ -6,12 +6,12 @@ use aws_config::{BehaviorVersion, ConfigLoader, SdkConfig};
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 use zeroize::Zeroizing;
 
-use crate::adapters::dynamo::Store;
 use crate::adapters::kms::KmsVault;
 use crate::adapters::metrics::AwsCallCounter;
 use crate::adapters::queue::SqsDeliveryQueue;
 use crate::adapters::secrets;
 use crate::error::{Error, Result};
+use crate::store::Store;
 
 /// Plain settings from the environment the template gives each function.
 #[derive(Debug, Clone)]

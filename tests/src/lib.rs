@@ -516,7 +516,7 @@ pub async fn import_keys(
 pub async fn steal_stock(sku: &str) {
     let dynamo = aws_sdk_dynamodb::Client::new(&sdk_config().await);
     let table = stack().env["KAMI_TABLE"].clone();
-    for shard in 0..kami_shared::adapters::dynamo::STOCK_SHARDS {
+    for shard in 0..kami_shared::store::STOCK_SHARDS {
         let partition = format!("STOCK#{}#{shard}", sku);
         let found = dynamo
             .query()

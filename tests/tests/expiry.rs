@@ -100,8 +100,7 @@ async fn a_paid_order_left_undelivered_is_requeued() {
         .expect("purge");
     assert_eq!(drain_delivery_queue(&ctx).await, 0);
 
-    let later =
-        Timestamp::now().plus_seconds(kami_shared::adapters::dynamo::STUCK_AFTER_SECONDS + 1);
+    let later = Timestamp::now().plus_seconds(kami_shared::store::STUCK_AFTER_SECONDS + 1);
     let report = sweep(&ctx, later).await.expect("sweep");
     assert!(report.requeued >= 1);
     assert_eq!(drain_delivery_queue(&ctx).await, report.requeued as usize);
@@ -179,15 +178,13 @@ async fn the_sweep_retries_a_failed_delivery_until_it_is_delivered() {
     )
     .await;
     assert_eq!(status, 201);
-    let soon =
-        Timestamp::now().plus_seconds(kami_shared::adapters::dynamo::STUCK_AFTER_SECONDS + 1);
+    let soon = Timestamp::now().plus_seconds(kami_shared::store::STUCK_AFTER_SECONDS + 1);
     let report = sweep(&ctx, soon).await.expect("sweep");
     assert_eq!(
         report.requeued, 0,
         "a failed delivery waits longer than a merely slow one"
     );
-    let later = Timestamp::now()
-        .plus_seconds(kami_shared::adapters::dynamo::FAILED_RETRY_AFTER_SECONDS + 1);
+    let later = Timestamp::now().plus_seconds(kami_shared::store::FAILED_RETRY_AFTER_SECONDS + 1);
     let report = sweep(&ctx, later).await.expect("sweep");
     assert!(report.requeued >= 1);
     drain_delivery_queue(&ctx).await;

@@ -1,7 +1,6 @@
-//! Adapters to AWS: the DynamoDB access layer, the delivery queue, the KMS key vault and
-//! the secrets loader.
+//! Adapters to AWS: the delivery queue, the KMS key vault and the secrets loader. The
+//! DynamoDB access layer is `crate::store`.
 
-pub mod dynamo;
 pub mod kms;
 pub mod metrics;
 pub mod queue;

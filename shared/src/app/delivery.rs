@@ -5,11 +5,11 @@
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 
-use crate::adapters::dynamo::{AllocateOutcome, OrderRecord, STOCK_SHARDS, Store};
 use crate::adapters::queue::DeliveryMessage;
 use crate::config::Context;
 use crate::domain::order::OrderStatus;
 use crate::error::{Error, Result};
+use crate::store::{AllocateOutcome, OrderRecord, STOCK_SHARDS, Store};
 
 const KEYS_PER_QUERY: i32 = 10;
 /// Re-reads of one stock shard when other deliveries keep taking its keys first.

@@ -9,13 +9,13 @@ use std::collections::HashMap;
 use futures_util::{StreamExt, stream};
 use serde::Serialize;
 
-use crate::adapters::dynamo::{BatchRecord, SealedKey};
 use crate::config::Context;
 use crate::domain::card_key::{ImportFormat, InvalidKey, parse_import};
 use crate::domain::crypto::{card_key_aad, fingerprint, seal};
 use crate::domain::product::DeliveryType;
 use crate::domain::time::{Timestamp, new_id};
 use crate::error::{Error, Result};
+use crate::store::{BatchRecord, SealedKey};
 
 /// 49 keys × 2 items + 1 counter update = 99 of the 100 items a transaction may hold.
 const KEYS_PER_TRANSACTION: usize = 49;

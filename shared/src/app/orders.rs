@@ -7,9 +7,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;
 
-use crate::adapters::dynamo::{
-    COUNTER_SHARDS, CreateOrderOutcome, OrderEvent, OrderRecord, OrderView,
-};
 use crate::config::Context;
 use crate::domain::crypto::{
     self, DataKey, card_key_aad, order_access_token, sha256_hex, token_matches,
@@ -20,6 +17,7 @@ use crate::domain::product::{DeliveryType, validate_quantity, validate_sku};
 use crate::domain::time::{Timestamp, is_id, new_id};
 use crate::error::{ConflictKind, Error, Result};
 use crate::request::RequestBody;
+use crate::store::{COUNTER_SHARDS, CreateOrderOutcome, OrderEvent, OrderRecord, OrderView};
 
 const MIN_IDEMPOTENCY_KEY_LEN: usize = 8;
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;

@@ -3,13 +3,13 @@
 
 use serde_json::{Value, json};
 
-use crate::adapters::dynamo::{OrderRecord, PaymentApplied, PaymentChange, Unmatched};
 use crate::config::Context;
 use crate::domain::money::Money;
 use crate::domain::order::{Cause, OrderStatus};
 use crate::domain::stripe::{self, PaymentNotice, StripeEvent};
 use crate::domain::time::{Timestamp, is_id};
 use crate::error::{Error, Result};
+use crate::store::{OrderRecord, PaymentApplied, PaymentChange, Unmatched};
 
 const DECISION_ATTEMPTS: u32 = 4;
 

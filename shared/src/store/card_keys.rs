@@ -1,0 +1,228 @@
+//! Card keys: batches (each batch's KMS-wrapped data key), fingerprints (one per key
+//! ever imported, so a duplicate is refused), keys in stock (spread over
+//! `STOCK_SHARDS` partitions), and the move of one key from stock into an order's
+//! delivery slot.
+
+use super::codec::{FromItem, Item, b, get_b, get_s, item, key_item, keys, n, s};
+use super::orders::OrderRecord;
+use super::tx::{ItemName, TxOutcome};
+use super::{COUNTER_SHARDS, STOCK_SHARDS, Store, shard_of};
+use crate::domain::order::OrderStatus;
+use crate::domain::time::Timestamp;
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone)]
+pub struct BatchRecord {
+    pub batch_id: String,
+    pub sku: String,
+    pub wrapped_key: Vec<u8>,
+}
+
+/// A card key ready to store: sealed, fingerprinted, with its stock shard.
+pub struct SealedKey {
+    pub key_id: String,
+    pub fingerprint: String,
+    pub sealed: Vec<u8>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StockKey {
+    pub key_id: String,
+    pub batch_id: String,
+    pub sealed: Vec<u8>,
+    partition: String,
+}
+
+pub enum AllocateOutcome {
+    Allocated,
+    /// The chosen key was taken by another delivery: pick another.
+    KeyGone,
+    /// This slot was filled by another worker: re-read the slots.
+    SlotFilled,
+    /// The order is no longer waiting for delivery.
+    NotPayable,
+}
+
+impl FromItem for BatchRecord {
+    fn from_item(item: &Item) -> Result<Self> {
+        Ok(BatchRecord {
+            batch_id: get_s(item, "batch_id")?,
+            sku: get_s(item, "sku")?,
+            wrapped_key: get_b(item, "wrapped_key")?,
+        })
+    }
+}
+
+impl Store {
+    /// Access pattern: store a batch's wrapped data key before any of its keys.
+    pub async fn put_batch(&self, batch: &BatchRecord, created_at: &str) -> Result<()> {
+        let batch = item(
+            keys::batch(&batch.batch_id),
+            "batch",
+            [
+                ("batch_id", s(&batch.batch_id)),
+                ("sku", s(&batch.sku)),
+                ("wrapped_key", b(batch.wrapped_key.clone())),
+                ("created_at", s(created_at)),
+            ],
+        );
+        if self.put_if_absent(batch).await? {
+            Ok(())
+        } else {
+            Err(Error::Corrupt("batch id already exists".into()))
+        }
+    }
+
+    /// Access pattern: get a batch (its wrapped data key).
+    pub async fn get_batch(&self, batch_id: &str) -> Result<Option<BatchRecord>> {
+        self.get_as(keys::batch(batch_id), false).await
+    }
+
+    /// Access pattern: add up to 49 sealed keys to a product's stock in one
+    /// transaction: each key's fingerprint claimed (fails if already anywhere in the
+    /// inventory), the key stored in its stock partition, and one stock counter's
+    /// available count raised by the same number. Returns the indices whose
+    /// fingerprint exists.
+    pub async fn add_stock(
+        &self,
+        sku: &str,
+        batch_id: &str,
+        keys_to_add: &[&SealedKey],
+        counter_shard: u32,
+        created_at: &str,
+    ) -> Result<Vec<usize>> {
+        let mut tx = self.tx();
+        for (index, key) in keys_to_add.iter().enumerate() {
+            tx.put(
+                ItemName::Fingerprint(index),
+                item(
+                    keys::fingerprint(&key.fingerprint),
+                    "fingerprint",
+                    [("sku", s(sku)), ("key_id", s(&key.key_id))],
+                ),
+                Some("attribute_not_exists(pk)"),
+            )?;
+            let partition = keys::stock_partition(sku, shard_of(&key.key_id, STOCK_SHARDS));
+            tx.put(
+                ItemName::ImportedKey(index),
+                item(
+                    (partition, keys::stock_key(&key.key_id)),
+                    "stock_key",
+                    [
+                        ("key_id", s(&key.key_id)),
+                        ("batch_id", s(batch_id)),
+                        ("sealed", b(key.sealed.clone())),
+                        ("created_at", s(created_at)),
+                    ],
+                ),
+                Some("attribute_not_exists(pk)"),
+            )?;
+        }
+        let counter_shard = counter_shard % COUNTER_SHARDS;
+        tx.update(
+            ItemName::Counter(counter_shard),
+            key_item(keys::stock_counter(sku, counter_shard)),
+            "SET #available = #available + :count",
+            Some("attribute_exists(pk)"),
+            &["available"],
+            vec![(":count", n(keys_to_add.len()))],
+        )?;
+        let TxOutcome::Cancelled(cancelled) = self.transact(tx).await? else {
+            return Ok(Vec::new());
+        };
+        if cancelled.failed(ItemName::Counter(counter_shard)) {
+            return Err(Error::NotFound("product"));
+        }
+        let duplicates: Vec<usize> = cancelled
+            .failed_items()
+            .filter_map(|name| match name {
+                ItemName::Fingerprint(index) => Some(index),
+                _ => None,
+            })
+            .collect();
+        if duplicates.is_empty() {
+            // A key id collision (a fresh ULID, so effectively impossible).
+            return Err(Error::Corrupt("stock key id already exists".into()));
+        }
+        Ok(duplicates)
+    }
+
+    /// Access pattern: a few available keys of a product from one stock shard.
+    pub async fn available_keys(&self, sku: &str, shard: u32, limit: i32) -> Result<Vec<StockKey>> {
+        let partition = keys::stock_partition(sku, shard % STOCK_SHARDS);
+        let output = self
+            .query()
+            .key_condition_expression("pk = :pk")
+            .expression_attribute_values(":pk", s(&partition))
+            .limit(limit)
+            .send()
+            .await
+            .map_err(|e| Error::aws("dynamodb", e))?;
+        output
+            .items()
+            .iter()
+            .map(|item| {
+                Ok(StockKey {
+                    key_id: get_s(item, "key_id")?,
+                    batch_id: get_s(item, "batch_id")?,
+                    sealed: get_b(item, "sealed")?,
+                    partition: partition.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// The stock shard where an order starts looking for keys.
+    pub fn home_shard(order_id: &str) -> u32 {
+        shard_of(order_id, STOCK_SHARDS)
+    }
+
+    /// Access pattern: move one key from stock into an order's delivery slot. One
+    /// transaction: the key leaves stock (only if still there), the slot is filled
+    /// (only if empty), and the order must still be waiting for delivery.
+    pub async fn allocate_key(
+        &self,
+        order: &OrderRecord,
+        slot: u32,
+        key: &StockKey,
+    ) -> Result<AllocateOutcome> {
+        let mut tx = self.tx();
+        tx.delete(
+            ItemName::AllocatedKey,
+            key_item((key.partition.clone(), keys::stock_key(&key.key_id))),
+            "attribute_exists(pk)",
+        )?;
+        tx.put(
+            ItemName::Slot,
+            item(
+                keys::delivery(&order.order_id, slot),
+                "delivery",
+                [
+                    ("slot", n(slot)),
+                    ("key_id", s(&key.key_id)),
+                    ("batch_id", s(&key.batch_id)),
+                    ("sku", s(&order.sku)),
+                    ("sealed", b(key.sealed.clone())),
+                    ("allocated_at", s(Timestamp::now().to_rfc3339())),
+                ],
+            ),
+            Some("attribute_not_exists(pk)"),
+        )?;
+        tx.check(
+            ItemName::Order,
+            key_item(keys::order(&order.order_id)),
+            "#status IN (:paid, :failed)",
+            &["status"],
+            vec![
+                (":paid", s(OrderStatus::Paid.as_str())),
+                (":failed", s(OrderStatus::DeliveryFailed.as_str())),
+            ],
+        )?;
+        Ok(match self.transact(tx).await? {
+            TxOutcome::Committed => AllocateOutcome::Allocated,
+            TxOutcome::Cancelled(c) if c.failed(ItemName::Order) => AllocateOutcome::NotPayable,
+            TxOutcome::Cancelled(c) if c.failed(ItemName::Slot) => AllocateOutcome::SlotFilled,
+            TxOutcome::Cancelled(_) => AllocateOutcome::KeyGone,
+        })
+    }
+}

@@ -1,0 +1,418 @@
+//! Orders and everything in an order's partition: the order item, its events (one per
+//! transition, written in the transition's transaction), its delivery slots; and the
+//! sparse index the sweep reads (due pending orders, paid orders still undelivered).
+
+use aws_sdk_dynamodb::types::AttributeValue;
+
+use super::codec::{
+    FromItem, Item, get_b, get_money, get_n, get_opt_s, get_s, get_u32, item, key_item, keys, n, s,
+};
+use super::idempotency::idempotency_item;
+use super::payments::PaymentRecord;
+use super::products::StockMove;
+use super::tx::{ItemName, Tx, TxOutcome};
+use super::{
+    FAILED_RETRY_AFTER_SECONDS, INDEX_SHARDS, ORDER_INDEX, STUCK_AFTER_SECONDS, Store,
+    condition_failed, shard_of,
+};
+use crate::domain::money::Money;
+use crate::domain::order::{Cause, OrderStatus};
+use crate::domain::time::{Timestamp, new_id};
+use crate::error::{ConflictKind, Error, Result};
+
+/// The order as stored.
+#[derive(Debug, Clone)]
+pub struct OrderRecord {
+    pub order_id: String,
+    pub sku: String,
+    pub quantity: u32,
+    /// The stock counter shard this order's quantity was reserved on.
+    pub stock_shard: u32,
+    pub amount: Money,
+    pub status: OrderStatus,
+    pub buyer_email: String,
+    pub token_hash: String,
+    pub created_at: String,
+    pub expires_at: Timestamp,
+    pub updated_at: String,
+    pub payment_ref: Option<String>,
+    pub exception: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct OrderEvent {
+    pub at: String,
+    pub from: Option<OrderStatus>,
+    pub to: OrderStatus,
+    pub cause: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeliverySlot {
+    pub slot: u32,
+    pub key_id: String,
+    pub batch_id: String,
+    pub sku: String,
+    pub sealed: Vec<u8>,
+}
+
+/// Everything stored under one order's partition.
+#[derive(Debug, Clone)]
+pub struct OrderView {
+    pub order: OrderRecord,
+    pub events: Vec<OrderEvent>,
+    pub deliveries: Vec<DeliverySlot>,
+    pub payments: Vec<PaymentRecord>,
+}
+
+pub enum CreateOrderOutcome {
+    Created,
+    /// Another request with the same key got there first.
+    KeyTaken,
+}
+
+fn order_item(order: &OrderRecord) -> Item {
+    item(
+        keys::order(&order.order_id),
+        "order",
+        [
+            ("order_id", s(&order.order_id)),
+            ("sku", s(&order.sku)),
+            ("quantity", n(order.quantity)),
+            ("stock_shard", n(order.stock_shard)),
+            ("amount", n(order.amount.amount)),
+            ("currency", s(&order.amount.currency)),
+            ("status", s(order.status.as_str())),
+            ("buyer_email", s(&order.buyer_email)),
+            ("token_hash", s(&order.token_hash)),
+            ("created_at", s(&order.created_at)),
+            ("expires_at", n(order.expires_at.0)),
+            ("updated_at", s(&order.updated_at)),
+        ],
+    )
+}
+
+impl FromItem for OrderRecord {
+    fn from_item(item: &Item) -> Result<OrderRecord> {
+        Ok(OrderRecord {
+            order_id: get_s(item, "order_id")?,
+            sku: get_s(item, "sku")?,
+            quantity: get_u32(item, "quantity")?,
+            stock_shard: get_u32(item, "stock_shard")?,
+            amount: get_money(item, "amount")?,
+            status: OrderStatus::parse(&get_s(item, "status")?)?,
+            buyer_email: get_s(item, "buyer_email")?,
+            token_hash: get_s(item, "token_hash")?,
+            created_at: get_s(item, "created_at")?,
+            expires_at: Timestamp(get_n(item, "expires_at")?),
+            updated_at: get_s(item, "updated_at")?,
+            payment_ref: get_opt_s(item, "payment_ref"),
+            exception: get_opt_s(item, "exception"),
+        })
+    }
+}
+
+fn event_item(
+    order_id: &str,
+    from: Option<OrderStatus>,
+    to: OrderStatus,
+    cause: Cause,
+    at: &str,
+) -> Item {
+    let mut event = item(
+        keys::event(order_id, &new_id()),
+        "order_event",
+        [
+            ("at", s(at)),
+            ("to", s(to.as_str())),
+            ("cause", s(cause.as_str())),
+        ],
+    );
+    if let Some(from) = from {
+        event.insert("from".to_owned(), s(from.as_str()));
+    }
+    event
+}
+
+impl FromItem for OrderEvent {
+    fn from_item(item: &Item) -> Result<OrderEvent> {
+        Ok(OrderEvent {
+            at: get_s(item, "at")?,
+            from: get_opt_s(item, "from")
+                .map(|f| OrderStatus::parse(&f))
+                .transpose()?,
+            to: OrderStatus::parse(&get_s(item, "to")?)?,
+            cause: get_s(item, "cause")?,
+        })
+    }
+}
+
+impl FromItem for DeliverySlot {
+    fn from_item(item: &Item) -> Result<DeliverySlot> {
+        Ok(DeliverySlot {
+            slot: get_u32(item, "slot")?,
+            key_id: get_s(item, "key_id")?,
+            batch_id: get_s(item, "batch_id")?,
+            sku: get_s(item, "sku")?,
+            sealed: get_b(item, "sealed")?,
+        })
+    }
+}
+
+impl Tx {
+    /// The one way a transition is written: the order moves `from → to` only if it is
+    /// still `from` (and `condition` holds), and its event is appended (`ItemName::Order`,
+    /// `ItemName::Event`). `more` continues the update expression (`, a = :a` or
+    /// ` REMOVE ...`) with its `names` and `values`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn move_order(
+        &mut self,
+        order_id: &str,
+        (from, to, cause): (OrderStatus, OrderStatus, Cause),
+        at: &str,
+        more: &str,
+        condition: Option<&str>,
+        names: &[&str],
+        mut values: Vec<(&str, AttributeValue)>,
+    ) -> Result<&mut Self> {
+        let condition = condition.map_or_else(
+            || "#status = :from".to_owned(),
+            |extra| format!("#status = :from AND {extra}"),
+        );
+        let mut all_names = vec!["status"];
+        all_names.extend_from_slice(names);
+        values.extend([
+            (":to", s(to.as_str())),
+            (":from", s(from.as_str())),
+            (":at", s(at)),
+        ]);
+        self.update(
+            ItemName::Order,
+            key_item(keys::order(order_id)),
+            &format!("SET #status = :to, updated_at = :at{more}"),
+            Some(&condition),
+            &all_names,
+            values,
+        )?;
+        self.put(
+            ItemName::Event,
+            event_item(order_id, Some(from), to, cause, at),
+            None,
+        )
+    }
+}
+
+impl Store {
+    /// Access pattern: create an order. One transaction claims the idempotency key,
+    /// reserves stock (fails if not enough is available), stores the order and its
+    /// first event.
+    pub async fn create_order(
+        &self,
+        order: &OrderRecord,
+        idempotency_key: &str,
+        request_hash: &str,
+    ) -> Result<CreateOrderOutcome> {
+        let mut tx = self.tx();
+        tx.put(
+            ItemName::Idempotency,
+            idempotency_item(
+                "orders",
+                idempotency_key,
+                request_hash,
+                &order.order_id,
+                Timestamp::now(),
+            ),
+            Some("attribute_not_exists(pk)"),
+        )?;
+        tx.move_stock(order, StockMove::Reserve)?;
+        let mut stored = order_item(order);
+        stored.insert(
+            "gsi1pk".to_owned(),
+            s(keys::pending_index(shard_of(&order.order_id, INDEX_SHARDS))),
+        );
+        stored.insert("gsi1sk".to_owned(), n(order.expires_at.unix_seconds()));
+        tx.put(ItemName::Order, stored, Some("attribute_not_exists(pk)"))?;
+        tx.put(
+            ItemName::Event,
+            event_item(
+                &order.order_id,
+                None,
+                order.status,
+                Cause::Created,
+                &order.created_at,
+            ),
+            None,
+        )?;
+        match self.transact(tx).await? {
+            TxOutcome::Committed => Ok(CreateOrderOutcome::Created),
+            TxOutcome::Cancelled(c) if c.failed(ItemName::Idempotency) => {
+                Ok(CreateOrderOutcome::KeyTaken)
+            }
+            // The counter had too little (an order id collision, a fresh ULID, would
+            // land here too and is effectively impossible).
+            TxOutcome::Cancelled(_) => Err(Error::Conflict(ConflictKind::OutOfStock)),
+        }
+    }
+
+    /// Access pattern: one order item (strongly consistent).
+    pub async fn get_order(&self, order_id: &str) -> Result<Option<OrderRecord>> {
+        self.get_as(keys::order(order_id), true).await
+    }
+
+    /// Access pattern: an order with its events, deliveries and payments (one Query).
+    pub async fn get_order_view(&self, order_id: &str) -> Result<Option<OrderView>> {
+        let query = self
+            .query()
+            .consistent_read(true)
+            .key_condition_expression("pk = :pk")
+            .expression_attribute_values(":pk", s(keys::order_partition(order_id)));
+        let items = self.query_all(query).await?;
+        let mut order = None;
+        let mut events = Vec::new();
+        let mut deliveries = Vec::new();
+        let mut payments = Vec::new();
+        for item in &items {
+            let sk = get_s(item, "sk")?;
+            if sk == keys::ORDER_SK {
+                order = Some(OrderRecord::from_item(item)?);
+            } else if sk.starts_with(keys::EVENT_PREFIX) {
+                events.push(OrderEvent::from_item(item)?);
+            } else if sk.starts_with(keys::DELIVERY_PREFIX) {
+                deliveries.push(DeliverySlot::from_item(item)?);
+            } else if sk.starts_with(keys::PAYMENT_PREFIX) {
+                payments.push(PaymentRecord::from_item(item)?);
+            }
+        }
+        Ok(order.map(|order| OrderView {
+            order,
+            events,
+            deliveries,
+            payments,
+        }))
+    }
+
+    /// Access pattern: mark an order delivered once all its slots are filled, moving
+    /// its quantity from reserved to sold. Returns false if it was not in `from`.
+    pub async fn mark_delivered(&self, order: &OrderRecord, from: OrderStatus) -> Result<bool> {
+        let to = from.next(Cause::Deliver)?;
+        let at = Timestamp::now().to_rfc3339();
+        let mut tx = self.tx();
+        tx.move_order(
+            &order.order_id,
+            (from, to, Cause::Deliver),
+            &at,
+            " REMOVE gsi1pk, gsi1sk",
+            None,
+            &[],
+            Vec::new(),
+        )?;
+        tx.move_stock(order, StockMove::Sell)?;
+        Ok(self.transact(tx).await?.committed())
+    }
+
+    /// Access pattern: give up delivering a paid order (`paid → delivery_failed`). It
+    /// stays in the stuck-order index, due again in `FAILED_RETRY_AFTER_SECONDS`, so the
+    /// sweep retries it after an outage. Returns false if it was no longer `paid`.
+    pub async fn give_up_delivery(&self, order: &OrderRecord) -> Result<bool> {
+        let to = order.status.next(Cause::DeliveryGaveUp)?;
+        let now = Timestamp::now();
+        let mut tx = self.tx();
+        tx.move_order(
+            &order.order_id,
+            (order.status, to, Cause::DeliveryGaveUp),
+            &now.to_rfc3339(),
+            ", gsi1sk = :retry",
+            None,
+            &[],
+            vec![(":retry", n(now.unix_seconds() + FAILED_RETRY_AFTER_SECONDS))],
+        )?;
+        Ok(self.transact(tx).await?.committed())
+    }
+
+    // ---------- the sweep's index ----------
+
+    /// The ids of the orders due by `now` in one index, over all its shards (one Query
+    /// per shard, every page).
+    async fn due_in_index(
+        &self,
+        partition: fn(u32) -> String,
+        now: Timestamp,
+    ) -> Result<Vec<String>> {
+        let mut ids = Vec::new();
+        for shard in 0..INDEX_SHARDS {
+            let query = self
+                .query()
+                .index_name(ORDER_INDEX)
+                .key_condition_expression("gsi1pk = :pk AND gsi1sk <= :now")
+                .expression_attribute_values(":pk", s(partition(shard)))
+                .expression_attribute_values(":now", n(now.unix_seconds()));
+            for item in self.query_all(query).await? {
+                if let Some(id) = keys::order_id_of(&get_s(&item, "pk")?) {
+                    ids.push(id.to_owned());
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Access pattern: pending orders whose `expires_at` has passed (sparse GSI).
+    pub async fn due_pending_orders(&self, now: Timestamp) -> Result<Vec<String>> {
+        self.due_in_index(keys::pending_index, now).await
+    }
+
+    /// Access pattern: paid orders still undelivered past their grace time (sparse GSI).
+    pub async fn stuck_paid_orders(&self, now: Timestamp) -> Result<Vec<String>> {
+        self.due_in_index(keys::paid_index, now).await
+    }
+
+    /// Access pattern: expire a pending order and give its stock back, only if it is
+    /// still pending and due. Returns false if another sweep or a payment won.
+    pub async fn expire_order(&self, order: &OrderRecord, now: Timestamp) -> Result<bool> {
+        let to = order.status.next(Cause::Expire)?;
+        let mut tx = self.tx();
+        tx.move_order(
+            &order.order_id,
+            (order.status, to, Cause::Expire),
+            &now.to_rfc3339(),
+            " REMOVE gsi1pk, gsi1sk",
+            Some("expires_at <= :now"),
+            &[],
+            vec![(":now", n(now.0))],
+        )?;
+        tx.move_stock(order, StockMove::Release)?;
+        Ok(self.transact(tx).await?.committed())
+    }
+
+    /// Access pattern: push a stuck order's next re-queue time forward (soon for `paid`,
+    /// later for `delivery_failed`), only while it is still in that state.
+    pub async fn snooze_stuck_order(
+        &self,
+        order_id: &str,
+        status: OrderStatus,
+        now: Timestamp,
+    ) -> Result<()> {
+        let wait = if status == OrderStatus::DeliveryFailed {
+            FAILED_RETRY_AFTER_SECONDS
+        } else {
+            STUCK_AFTER_SECONDS
+        };
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key_item(keys::order(order_id))))
+            .update_expression("SET gsi1sk = :next")
+            .condition_expression("#status = :status")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":next", n(now.unix_seconds() + wait))
+            .expression_attribute_values(":status", s(status.as_str()))
+            .send()
+            .await;
+        match result {
+            // Delivered meanwhile: nothing to snooze.
+            Ok(_) => Ok(()),
+            Err(err) if condition_failed(&err) => Ok(()),
+            Err(err) => Err(Error::aws("dynamodb", err)),
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! Payments: one payment record per provider event in the order's partition, and the
+//! webhook dedupe record of every provider event (also what keeps a verified event
+//! that matches no order for an operator).
+
+use super::codec::{FromItem, Item, get_money, get_s, item, key_item, keys, n, s};
+use super::orders::OrderRecord;
+use super::products::StockMove;
+use super::tx::{ItemName, TxOutcome};
+use super::{INDEX_SHARDS, STUCK_AFTER_SECONDS, Store, shard_of};
+use crate::domain::money::Money;
+use crate::domain::order::{Cause, OrderStatus};
+use crate::domain::time::Timestamp;
+use crate::error::Result;
+
+const WEBHOOK_TTL_SECONDS: i64 = 30 * 24 * 3600;
+
+#[derive(Debug, Clone)]
+pub struct PaymentRecord {
+    pub provider: String,
+    pub event_id: String,
+    pub amount: Money,
+    pub provider_ref: String,
+    pub outcome: String,
+    pub received_at: String,
+}
+
+/// What a payment notification does to an order, decided by the use case from the
+/// order's current state and applied here atomically.
+pub struct PaymentChange<'a> {
+    pub provider: &'a str,
+    pub event_id: &'a str,
+    pub provider_ref: &'a str,
+    pub amount: &'a Money,
+    pub outcome: &'a str,
+    /// `Some((from, to, cause))` to move the order; `None` to only record the payment.
+    pub transition: Option<(OrderStatus, OrderStatus, Cause)>,
+    /// Reserve the order's quantity again on its stock counter (a late payment for an
+    /// expired order); the whole change fails with `NoStock` if it is not there.
+    pub reserve_stock: bool,
+}
+
+/// A verified notification that matches no order.
+pub struct Unmatched<'a> {
+    /// `unknown_order` or `unbound_event`.
+    pub outcome: &'a str,
+    pub kind: &'a str,
+    pub claimed_order_id: Option<&'a str>,
+    pub amount: Option<&'a Money>,
+}
+
+pub enum PaymentApplied {
+    Applied,
+    /// `reserve_stock` was asked and the stock is gone.
+    NoStock,
+    /// The event id was seen before.
+    Duplicate,
+    /// The order changed state meanwhile: decide again.
+    Raced,
+}
+
+impl FromItem for PaymentRecord {
+    fn from_item(item: &Item) -> Result<PaymentRecord> {
+        Ok(PaymentRecord {
+            provider: get_s(item, "provider")?,
+            event_id: get_s(item, "event_id")?,
+            amount: get_money(item, "amount")?,
+            provider_ref: get_s(item, "provider_ref")?,
+            outcome: get_s(item, "outcome")?,
+            received_at: get_s(item, "received_at")?,
+        })
+    }
+}
+
+/// The dedupe record of a provider event, kept for 30 days.
+fn webhook_item(provider: &str, event_id: &str, outcome: &str, now: Timestamp) -> Item {
+    item(
+        keys::webhook(provider, event_id),
+        "webhook",
+        [
+            ("outcome", s(outcome)),
+            ("received_at", s(now.to_rfc3339())),
+            ("ttl", n(now.unix_seconds() + WEBHOOK_TTL_SECONDS)),
+        ],
+    )
+}
+
+impl Store {
+    /// Access pattern: record a payment notification once per provider event id, and
+    /// move the order if `change.transition` says so, in one transaction.
+    pub async fn apply_payment(
+        &self,
+        order: &OrderRecord,
+        change: &PaymentChange<'_>,
+    ) -> Result<PaymentApplied> {
+        let now = Timestamp::now();
+        let at = now.to_rfc3339();
+        let mut tx = self.tx();
+        let mut webhook = webhook_item(change.provider, change.event_id, change.outcome, now);
+        webhook.insert("order_id".to_owned(), s(&order.order_id));
+        tx.put(ItemName::Webhook, webhook, Some("attribute_not_exists(pk)"))?;
+        tx.put(
+            ItemName::Payment,
+            item(
+                keys::payment(&order.order_id, change.provider, change.event_id),
+                "payment",
+                [
+                    ("provider", s(change.provider)),
+                    ("event_id", s(change.event_id)),
+                    ("amount", n(change.amount.amount)),
+                    ("currency", s(&change.amount.currency)),
+                    ("provider_ref", s(change.provider_ref)),
+                    ("outcome", s(change.outcome)),
+                    ("received_at", s(&at)),
+                ],
+            ),
+            None,
+        )?;
+        match change.transition {
+            // Paid orders join the "stuck if undelivered" index; any other outcome is
+            // an exception for an operator and leaves every index.
+            Some(transition @ (_, OrderStatus::Paid, _)) => {
+                tx.move_order(
+                    &order.order_id,
+                    transition,
+                    &at,
+                    ", payment_ref = :ref, gsi1pk = :gpk, gsi1sk = :gsk",
+                    None,
+                    &[],
+                    vec![
+                        (":ref", s(change.provider_ref)),
+                        (
+                            ":gpk",
+                            s(keys::paid_index(shard_of(&order.order_id, INDEX_SHARDS))),
+                        ),
+                        (":gsk", n(now.unix_seconds() + STUCK_AFTER_SECONDS)),
+                    ],
+                )?;
+            }
+            Some(transition) => {
+                tx.move_order(
+                    &order.order_id,
+                    transition,
+                    &at,
+                    ", payment_ref = :ref, #exception = :exception REMOVE gsi1pk, gsi1sk",
+                    None,
+                    &["exception"],
+                    vec![
+                        (":ref", s(change.provider_ref)),
+                        (":exception", s(change.outcome)),
+                    ],
+                )?;
+            }
+            None => {
+                tx.check(
+                    ItemName::Order,
+                    key_item(keys::order(&order.order_id)),
+                    "#status = :status",
+                    &["status"],
+                    vec![(":status", s(order.status.as_str()))],
+                )?;
+            }
+        }
+        if change.reserve_stock {
+            tx.move_stock(order, StockMove::Reserve)?;
+        }
+        Ok(match self.transact(tx).await? {
+            TxOutcome::Committed => PaymentApplied::Applied,
+            TxOutcome::Cancelled(c) if c.failed(ItemName::Webhook) => PaymentApplied::Duplicate,
+            TxOutcome::Cancelled(c) if c.failed(ItemName::Counter(order.stock_shard)) => {
+                PaymentApplied::NoStock
+            }
+            TxOutcome::Cancelled(_) => PaymentApplied::Raced,
+        })
+    }
+
+    /// Access pattern: keep a verified notification Kami cannot apply to an order (an
+    /// unknown order id, or an event without one) for an operator. Returns false when
+    /// the event id was already recorded.
+    pub async fn record_unmatched_payment(
+        &self,
+        provider: &str,
+        event_id: &str,
+        unmatched: &Unmatched<'_>,
+    ) -> Result<bool> {
+        let mut webhook = webhook_item(provider, event_id, unmatched.outcome, Timestamp::now());
+        webhook.insert("kind".to_owned(), s(unmatched.kind));
+        if let Some(order_id) = unmatched.claimed_order_id {
+            webhook.insert("order_id".to_owned(), s(order_id));
+        }
+        if let Some(amount) = unmatched.amount {
+            webhook.insert("amount".to_owned(), n(amount.amount));
+            webhook.insert("currency".to_owned(), s(&amount.currency));
+        }
+        self.put_if_absent(webhook).await
+    }
+}

@@ -1,0 +1,177 @@
+//! Products and their stock: the product item, and its `COUNTER_SHARDS` stock counters
+//! (available / reserved / sold), whose sum is the product's stock.
+
+use aws_sdk_dynamodb::types::KeysAndAttributes;
+
+use super::codec::{FromItem, Item, get_money, get_n, get_s, get_u32, item, key_item, keys, n, s};
+use super::orders::OrderRecord;
+use super::tx::{ItemName, Tx, TxOutcome};
+use super::{COUNTER_SHARDS, Store, built};
+use crate::domain::product::{DeliveryType, Product, Stock};
+use crate::error::{ConflictKind, Error, Result};
+
+impl FromItem for Product {
+    fn from_item(item: &Item) -> Result<Product> {
+        Ok(Product {
+            sku: get_s(item, "sku")?,
+            title: get_s(item, "title")?,
+            price: get_money(item, "price_amount")?,
+            delivery: DeliveryType::parse(&get_s(item, "delivery_type")?)
+                .map_err(|_| Error::Corrupt("unknown delivery type".into()))?,
+            max_per_order: get_u32(item, "max_per_order")?,
+            created_at: get_s(item, "created_at")?,
+        })
+    }
+}
+
+/// How an order's units move between a stock counter's columns.
+pub(crate) enum StockMove {
+    /// available → reserved, only if enough is available.
+    Reserve,
+    /// reserved → available (an expired order).
+    Release,
+    /// reserved → sold (a delivered order).
+    Sell,
+}
+
+impl Tx {
+    /// Moves an order's quantity on the counter it reserved on (`ItemName::Counter`).
+    pub(crate) fn move_stock(
+        &mut self,
+        order: &OrderRecord,
+        movement: StockMove,
+    ) -> Result<&mut Self> {
+        let (expression, condition, columns): (_, _, &[&str]) = match movement {
+            StockMove::Reserve => (
+                "SET #available = #available - :q, #reserved = #reserved + :q",
+                Some("#available >= :q"),
+                &["available", "reserved"],
+            ),
+            StockMove::Release => (
+                "SET #available = #available + :q, #reserved = #reserved - :q",
+                None,
+                &["available", "reserved"],
+            ),
+            StockMove::Sell => (
+                "SET #reserved = #reserved - :q, #sold = #sold + :q",
+                None,
+                &["reserved", "sold"],
+            ),
+        };
+        self.update(
+            ItemName::Counter(order.stock_shard),
+            key_item(keys::stock_counter(&order.sku, order.stock_shard)),
+            expression,
+            condition,
+            columns,
+            vec![(":q", n(order.quantity))],
+        )
+    }
+}
+
+impl Store {
+    /// Access pattern: get a product by sku (without its stock counts).
+    pub async fn get_product(&self, sku: &str, consistent: bool) -> Result<Option<Product>> {
+        self.get_as(keys::product(sku), consistent).await
+    }
+
+    /// Access pattern: a product's stock, per counter shard (one BatchGetItem).
+    pub async fn stock_shards(&self, sku: &str, consistent: bool) -> Result<Vec<(u32, Stock)>> {
+        let keys: Vec<Item> = (0..COUNTER_SHARDS)
+            .map(|shard| key_item(keys::stock_counter(sku, shard)))
+            .collect();
+        let mut pending = Some(built(
+            KeysAndAttributes::builder()
+                .set_keys(Some(keys))
+                .consistent_read(consistent)
+                .build(),
+        )?);
+        let mut shards = Vec::with_capacity(COUNTER_SHARDS as usize);
+        while let Some(request) = pending.take() {
+            let output = self
+                .client
+                .batch_get_item()
+                .request_items(&self.table, request)
+                .send()
+                .await
+                .map_err(|e| Error::aws("dynamodb", e))?;
+            for item in output
+                .responses()
+                .and_then(|r| r.get(&self.table))
+                .into_iter()
+                .flatten()
+            {
+                shards.push((
+                    get_u32(item, "shard")?,
+                    Stock {
+                        available: get_n(item, "available")?,
+                        reserved: get_n(item, "reserved")?,
+                        sold: get_n(item, "sold")?,
+                    },
+                ));
+            }
+            pending = output
+                .unprocessed_keys()
+                .and_then(|u| u.get(&self.table))
+                .cloned();
+        }
+        shards.sort_by_key(|(shard, _)| *shard);
+        Ok(shards)
+    }
+
+    /// A product's total stock over its counter shards.
+    pub async fn stock(&self, sku: &str, consistent: bool) -> Result<Stock> {
+        Ok(self.stock_shards(sku, consistent).await?.into_iter().fold(
+            Stock::default(),
+            |total, (_, shard)| Stock {
+                available: total.available + shard.available,
+                reserved: total.reserved + shard.reserved,
+                sold: total.sold + shard.sold,
+            },
+        ))
+    }
+
+    /// Access pattern: create a product and its zeroed stock counters in one
+    /// transaction; an existing sku is a conflict.
+    pub async fn create_product(&self, product: &Product) -> Result<()> {
+        let mut tx = self.tx();
+        tx.put(
+            ItemName::Product,
+            item(
+                keys::product(&product.sku),
+                "product",
+                [
+                    ("sku", s(&product.sku)),
+                    ("title", s(&product.title)),
+                    ("price_amount", n(product.price.amount)),
+                    ("currency", s(&product.price.currency)),
+                    ("delivery_type", s(product.delivery.as_str())),
+                    ("max_per_order", n(product.max_per_order)),
+                    ("created_at", s(&product.created_at)),
+                ],
+            ),
+            Some("attribute_not_exists(pk)"),
+        )?;
+        for shard in 0..COUNTER_SHARDS {
+            tx.put(
+                ItemName::Counter(shard),
+                item(
+                    keys::stock_counter(&product.sku, shard),
+                    "stock_counter",
+                    [
+                        ("shard", n(shard)),
+                        ("available", n(0)),
+                        ("reserved", n(0)),
+                        ("sold", n(0)),
+                    ],
+                ),
+                Some("attribute_not_exists(pk)"),
+            )?;
+        }
+        match self.transact(tx).await? {
+            TxOutcome::Committed => Ok(()),
+            // The product or one of its counters exists: the sku is taken.
+            TxOutcome::Cancelled(_) => Err(Error::Conflict(ConflictKind::ProductExists)),
+        }
+    }
+}
