@@ -28,7 +28,11 @@ const MAX_EMAIL_LEN: usize = 254;
 /// ignored on purpose.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct OrderRequest {
-    #[schema(required = true, example = "steam-wallet-100")]
+    #[schema(
+        required = true,
+        pattern = r"^[A-Za-z0-9._-]{1,64}$",
+        example = "steam-wallet-100"
+    )]
     pub sku: Option<String>,
     #[schema(required = true, minimum = 1, example = 1)]
     pub quantity: Option<i64>,

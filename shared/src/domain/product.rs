@@ -58,10 +58,15 @@ pub struct Product {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewProductRequest {
+    #[schema(pattern = r"^[A-Za-z0-9._-]{1,64}$", example = "steam-wallet-100")]
     pub sku: String,
+    /// 1 to 200 printable characters.
+    #[schema(min_length = 1, max_length = 200, example = "Steam wallet 100 CNY")]
     pub title: String,
     pub price: PriceRequest,
     pub delivery: DeliveryRequest,
+    /// Units one order may hold (default 10).
+    #[schema(minimum = 1, maximum = 100)]
     pub max_per_order: Option<u32>,
 }
 
@@ -71,6 +76,8 @@ pub struct PriceRequest {
     /// Minor units (fen, cents), positive.
     #[schema(minimum = 1, example = 990)]
     pub amount: i64,
+    /// ISO 4217, three letters.
+    #[schema(pattern = "^[A-Za-z]{3}$", example = "CNY")]
     pub currency: String,
 }
 

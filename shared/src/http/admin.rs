@@ -72,6 +72,7 @@ async fn create_product(
 #[utoipa::path(
     get,
     path = "/admin/products/{sku}",
+    operation_id = "admin_get_product",
     tag = "admin",
     security(("admin_token" = [])),
     params(("sku" = String, Path, description = "The product's sku")),
@@ -153,6 +154,7 @@ async fn import_card_keys(
 #[utoipa::path(
     get,
     path = "/admin/orders/{order_id}",
+    operation_id = "admin_get_order",
     tag = "admin",
     security(("admin_token" = [])),
     params(("order_id" = String, Path, description = "The order's id (ULID)")),
