@@ -19,11 +19,23 @@ from kami_local import build as builder
 # The last commit with the SDK's default aws-lc TLS, every client and router in every binary,
 # the test crate's features unified into the functions, and opt-level 3.
 TLS_BEFORE_COMMIT = "65ad88d"
+# The last commit before the restructuring (hand-written routing, one Store, no ports): the
+# "before" of axum + utoipa + ports + the delivery seam (issue 8).
+RESTRUCTURE_BEFORE_COMMIT = "f807ebf"
 VARIANTS = {
     "opt-level=\"s\" (Cargo.toml)": {},
+    f"before the restructuring: hand routing, no axum/utoipa ({RESTRUCTURE_BEFORE_COMMIT})": {
+        "commit": RESTRUCTURE_BEFORE_COMMIT, "slug": "pre-axum"},
+}
+# Measured once and kept in docs/bench.md's text; rebuilt only when named in
+# KAMI_BENCH_VARIANTS (comma-separated slugs), each a full LTO build.
+OPTIONAL_VARIANTS = {
     "opt-level=3": {"env": {"CARGO_PROFILE_RELEASE_OPT_LEVEL": "3"}, "slug": "opt-3"},
     f"before: aws-lc TLS, every SDK client ({TLS_BEFORE_COMMIT})": {"commit": TLS_BEFORE_COMMIT, "slug": "aws-lc"},
 }
+for _name, _spec in OPTIONAL_VARIANTS.items():
+    if _spec["slug"] in os.environ.get("KAMI_BENCH_VARIANTS", "").split(","):
+        VARIANTS[_name] = _spec
 
 
 def _worktree(commit: str) -> Path:
