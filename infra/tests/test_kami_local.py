@@ -1,12 +1,20 @@
 """Unit tests of the local platform's pure parts: template intrinsics, route ranking,
-API Gateway v2 events and responses, SQS partial batch responses, schedule rates."""
+API Gateway v2 events and responses, SQS partial batch responses, schedule rates; and of
+its HTTP server and function pools under load (no emulator: instances are stand-ins)."""
 
 from __future__ import annotations
 
 import base64
 import json
+import selectors
+import socket
 import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -138,3 +146,91 @@ def test_client_tokens_expire_oldest_first_and_keep_the_rest():
     assert tokens.earlier("early", "d1", now=650) is None
     assert tokens.earlier("late", "d2", now=650) == "replay"
     assert list(tokens.succeeded) == ["late"]
+
+
+# ---- the local API under load: listen backlog, connection threads, a saturated pool ----
+
+BURST = 200
+
+
+def _connect_all(address: tuple[str, int], count: int, timeout: float) -> tuple[list[socket.socket], int]:
+    """Opens `count` connections at once (non-blocking, back to back) and waits for their
+    handshakes; returns the sockets and how many completed within `timeout`."""
+    socks, pending = [], selectors.DefaultSelector()
+    for _ in range(count):
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex(address)
+        socks.append(s)
+        pending.register(s, selectors.EVENT_WRITE)
+    connected = 0
+    deadline = time.monotonic() + timeout
+    while pending.get_map() and (left := deadline - time.monotonic()) > 0:
+        for key, _ in pending.select(left):
+            pending.unregister(key.fileobj)
+            connected += key.fileobj.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+    pending.close()
+    return socks, connected
+
+
+def _read_response(s: socket.socket) -> tuple[int, bytes]:
+    f = s.makefile("rb")
+    status = int(f.readline().split()[1])
+    length = 0
+    while (line := f.readline()) not in (b"\r\n", b""):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    return status, f.read(length)
+
+
+def test_the_api_server_holds_a_burst_of_connections_it_is_not_yet_accepting():
+    """200 clients connect at the same instant while the server's accepting thread is held
+    (as when it waits for the GIL on a busy machine): the kernel's accept queue holds them
+    all. With the standard library's backlog of 5 only 6 handshakes complete and the rest
+    are dropped. Then all 200 requests are inside a handler at once and each is answered."""
+    from kami_local.platform import ApiServer
+
+    backlog = ApiServer.listen_backlog()
+    if backlog < BURST:
+        pytest.skip(f"net.core.somaxconn caps listen backlogs at {backlog} on this machine")
+    inside = threading.Barrier(BURST + 1, timeout=30)  # every handler, and this test
+    release = threading.Event()
+
+    class Blocking(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            inside.wait()
+            release.wait(30)
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+    server = ApiServer(("127.0.0.1", 0), Blocking)  # bound and listening, not accepting yet
+    socks: list[socket.socket] = []
+    serving = threading.Thread(target=server.serve_forever, daemon=True)
+    try:
+        socks, connected = _connect_all(server.server_address, BURST, timeout=5)
+        assert connected == BURST, (
+            f"only {connected} of {BURST} handshakes completed within 5 s: the listen backlog "
+            f"({server.request_queue_size}, capped at {backlog}) does not hold the burst")
+        serving.start()
+        for s in socks:
+            s.setblocking(True)
+            s.settimeout(30)
+            s.sendall(b"GET / HTTP/1.1\r\nHost: local\r\n\r\n")
+        inside.wait()  # all 200 requests are being handled at the same time
+        release.set()
+        assert [_read_response(s) for s in socks] == [(200, b"ok")] * BURST
+    finally:
+        release.set()
+        if serving.is_alive():
+            server.shutdown()
+        server.server_close()
+        for s in socks:
+            s.close()
