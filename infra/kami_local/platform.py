@@ -271,7 +271,12 @@ def _handler(platform: Platform):
                 return self._send(*apigw.error(413), req_id)
             try:
                 result = platform.functions[route.function].invoke(
-                    payload, source=route.key, summarize=lambda b: json.loads(b).get("statusCode", 200))
+                    payload, source=route.key, summarize=lambda b: json.loads(b).get("statusCode", 200),
+                    wait_timeout=apigw.INTEGRATION_TIMEOUT)
+            except runtime.NoInstance as e:
+                # Every instance stayed busy for as long as API Gateway waits on an integration.
+                platform.status(f"{route.function} via {route.key}: not invoked: {e}: 503")
+                return self._send(*apigw.error(503), req_id)
             except Exception as e:  # noqa: BLE001 - e.g. an emulator that cannot start
                 platform.status(f"{route.function} via {route.key}: not invoked: {e}")
                 return self._send(*apigw.error(500), req_id)
