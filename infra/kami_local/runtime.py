@@ -252,6 +252,9 @@ class Function:
             raise
         with self._lock:
             self.instances[self.instances.index(None)] = inst
+            if self._closed:  # stopped while it started: stop() did not see it
+                inst.kill()
+                return
             self._offer(inst)
 
     def _unreserve(self) -> None:
@@ -324,6 +327,9 @@ class Function:
         with self._lock:
             self.instances[self.instances.index(None)] = inst
             inst.busy = True
+            if self._closed:  # stopped while it started: stop() did not see it
+                inst.kill()
+                raise RuntimeError("platform stopped")
         return inst
 
     def _release(self, inst: Instance) -> None:
