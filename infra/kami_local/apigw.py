@@ -15,6 +15,9 @@ from urllib.parse import parse_qsl, unquote
 from . import template as tpl
 
 MAX_PAYLOAD = 6 * 1024 * 1024  # Lambda's synchronous invocation payload limit
+# HTTP APIs wait at most 30 s for an integration, then answer 503 {"message":"Service
+# Unavailable"}. Locally that bounds how long a request waits for a free instance.
+INTEGRATION_TIMEOUT = 30.0
 _TEXT_TYPES = re.compile(
     r"^(text/.*|application/(json|xml|javascript)|application/.*\+(json|xml))$"
 )

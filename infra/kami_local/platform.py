@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,6 +27,33 @@ from .sources import Schedule, SqsMapping
 
 REPO = Path(__file__).resolve().parents[2]
 STATE_DIR = REPO / ".kami"
+SOMAXCONN = Path("/proc/sys/net/core/somaxconn")
+
+
+class ApiServer(ThreadingHTTPServer):
+    """The local API's HTTP server: one daemon thread per connection (keep-alive or not).
+
+    The standard library listens with a backlog of 5. Connections that arrive while the
+    accepting thread waits for the GIL (a burst of clients, a busy machine) overflow it;
+    Linux then drops their handshakes, and clients see resets or multi-second stalls.
+    A large backlog holds such a burst until it is accepted. The kernel caps it at
+    net.core.somaxconn (4096 by default since Linux 5.4, 128 before)."""
+
+    request_queue_size = 4096
+    daemon_threads = True  # an open keep-alive connection never holds up stopping
+
+    @classmethod
+    def listen_backlog(cls) -> int:
+        """The backlog the kernel actually grants: ours, capped by somaxconn."""
+        try:
+            return min(cls.request_queue_size, int(SOMAXCONN.read_text()))
+        except (OSError, ValueError):
+            return cls.request_queue_size
+
+    def handle_error(self, request, client_address) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return  # a client that went away between requests: nothing to answer, nothing to log
+        super().handle_error(request, client_address)
 
 
 class Status:
@@ -74,8 +102,7 @@ class Platform:
             for event_name, event in (props.get("Events") or {}).items():
                 self._event_source(stack, logical_id, event_name, event, sqs_pollers)
         self.routes = apigw.routes(template)
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), _handler(self))
-        self.server.daemon_threads = True
+        self.server = ApiServer(("127.0.0.1", port), _handler(self))
         self.port = self.server.server_address[1]
 
     def _event_source(self, stack, logical_id: str, event_name: str, event: dict, pollers: int) -> None:
@@ -121,7 +148,11 @@ class Platform:
                         f"(batch {m.batch_size}, window {m.window:g}s, report failures: {m.report_failures})")
         for s in self.schedules.values():
             self.status(f"schedule {s.name} {s.expression} -> {s.function.name}")
-        self.status(f"API on {self.url}  (logs in {self.log_dir})")
+        backlog = ApiServer.listen_backlog()
+        if backlog < 1024:
+            self.status(f"listen backlog capped at {backlog} by net.core.somaxconn: a burst of more "
+                        f"simultaneous connections may be dropped (sysctl -w net.core.somaxconn=4096)")
+        self.status(f"API on {self.url}  (listen backlog {backlog}; logs in {self.log_dir})")
 
     def stop(self) -> None:
         for m in self.mappings:
@@ -140,6 +171,7 @@ class Platform:
     def describe(self) -> dict:
         return {
             "api_url": self.url,
+            "listen_backlog": ApiServer.listen_backlog(),
             "functions": {n: f.describe() for n, f in self.functions.items()},
             "sqs": [{"name": m.name, "queue": m.queue_url, "batches": m.batches} for m in self.mappings],
             "schedules": {n: {"expression": s.expression, "fired": s.fired, "function": s.function.name}
@@ -194,11 +226,14 @@ def _handler(platform: Platform):
             return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
         def _send(self, status: int, headers: list[tuple[str, str]], body: bytes, req_id: str) -> None:
+            self._sent = True
             self.send_response(status)
             for k, v in headers:
                 if k.lower() not in ("content-length", "connection", "transfer-encoding"):
                     self.send_header(k, v)
             self.send_header("apigw-requestid", req_id)
+            if self.close_connection:
+                self.send_header("Connection", "close")  # the client asked, or this connection is done
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             if self.command != "HEAD":
@@ -206,6 +241,18 @@ def _handler(platform: Platform):
 
         def _handle(self) -> None:
             req_id = apigw.request_id()
+            self._sent = False
+            try:
+                self._route(req_id)
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True  # the client left; nobody to answer
+            except Exception as e:  # noqa: BLE001 - answer like API Gateway, never drop the connection
+                platform.status(f"{self.command} {urlsplit(self.path).path}: platform error: {e!r}")
+                self.close_connection = True
+                if not self._sent:
+                    self._send(*apigw.error(500), req_id)
+
+        def _route(self, req_id: str) -> None:
             body = self._body()
             split = urlsplit(self.path)
             if split.path.startswith("/_local/"):
@@ -224,7 +271,12 @@ def _handler(platform: Platform):
                 return self._send(*apigw.error(413), req_id)
             try:
                 result = platform.functions[route.function].invoke(
-                    payload, source=route.key, summarize=lambda b: json.loads(b).get("statusCode", 200))
+                    payload, source=route.key, summarize=lambda b: json.loads(b).get("statusCode", 200),
+                    wait_timeout=apigw.INTEGRATION_TIMEOUT)
+            except runtime.NoInstance as e:
+                # Every instance stayed busy for as long as API Gateway waits on an integration.
+                platform.status(f"{route.function} via {route.key}: not invoked: {e}: 503")
+                return self._send(*apigw.error(503), req_id)
             except Exception as e:  # noqa: BLE001 - e.g. an emulator that cannot start
                 platform.status(f"{route.function} via {route.key}: not invoked: {e}")
                 return self._send(*apigw.error(500), req_id)

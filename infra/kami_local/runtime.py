@@ -1,10 +1,11 @@
 """Runs function bootstraps under the AWS Lambda Runtime Interface Emulator (RIE).
 
 One RIE process serves one invocation at a time, so each function has a pool of
-instances that grows under concurrent load up to a cap, as Lambda scales. A killed or
-crashed emulator is replaced. Every invocation gets one status line (function,
-duration, init duration on a cold start, result); everything an instance prints goes to
-the function's log file.
+instances that grows under concurrent load up to a cap, as Lambda scales. Invocations
+beyond the cap wait for an instance in arrival order (optionally up to a deadline, then
+`NoInstance`); none is ever dropped. A killed or crashed emulator is replaced. Every
+invocation gets one status line (function, duration, init duration on a cold start,
+result); everything an instance prints goes to the function's log file.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +34,10 @@ def rie_path() -> str:
     import samcli
 
     return str(Path(samcli.__file__).parent / "local" / "rapid" / "aws-lambda-rie-x86_64")
+
+
+class NoInstance(RuntimeError):
+    """No instance of the function became free before the caller's deadline."""
 
 
 def free_port() -> int:
@@ -161,6 +167,18 @@ def _error_type(body: bytes) -> str:
     return ""
 
 
+class _Waiter:
+    """An invocation waiting for an instance: granted one, or room to start one ("slot")."""
+
+    def __init__(self, timeout: float | None) -> None:
+        self.event = threading.Event()
+        self.grant: Instance | str | None = None
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+
+    def deadline_passed(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+
 class Function:
     """A pool of emulator instances for one template function."""
 
@@ -179,7 +197,8 @@ class Function:
         self.invocations = 0
         self.faults: list[float] = []  # pending "kill mid-invocation" faults: delay in seconds
         self._next_number = 0
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        self._waiters: deque[_Waiter] = deque()  # invocations waiting for an instance, oldest first
         self._closed = False
         self._log_lock = threading.Lock()
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -204,82 +223,157 @@ class Function:
                 self._log.write(f"{time.strftime('%H:%M:%S')} {line}\n")
 
     def _spawn(self) -> Instance:
-        with self._cond:
-            self._next_number += 1
-            number = self._next_number
-        return Instance(self, number)
+        # The emulator's ports are picked free and bound by the emulator a moment later; under
+        # a burst of client connections the kernel can hand one of them out as an ephemeral
+        # port in between, and the emulator exits. Another pair of ports is the remedy.
+        for attempt in range(3):
+            with self._lock:
+                self._next_number += 1
+                number = self._next_number
+            try:
+                return Instance(self, number)
+            except RuntimeError as e:
+                if attempt == 2 or self._closed:
+                    raise
+                self.status(f"{self.name}: emulator {number} did not start ({e}); trying other ports")
+        raise AssertionError("unreachable")
 
     def start(self) -> None:
-        """Starts one emulator up front so a broken setup shows at once (init stays lazy)."""
-        inst = self._spawn()
-        with self._cond:
-            self.instances.append(inst)
-            self.idle.append(inst)
-
-    def _acquire(self) -> Instance:
-        with self._cond:
-            while True:
-                if self._closed:
-                    raise RuntimeError("platform stopped")
-                while self.idle:
-                    inst = self.idle.pop()
-                    if inst.alive:
-                        inst.busy = True
-                        return inst
-                if len(self.instances) < self.max_instances:
-                    break
-                self._cond.wait()
-            self.instances.append(None)  # reserve a slot while the emulator starts
+        """Starts one idle emulator (init stays lazy): up front, so a broken setup shows at
+        once, and to replace one that exited. Does nothing if the pool is full."""
+        with self._lock:
+            if self._closed or len(self.instances) >= self.max_instances:
+                return
+            self.instances.append(None)  # reserve the slot while the emulator starts
         try:
             inst = self._spawn()
         except Exception:
-            with self._cond:
-                self.instances.remove(None)
-                self._cond.notify()
+            self._unreserve()
             raise
-        with self._cond:
+        with self._lock:
+            self.instances[self.instances.index(None)] = inst
+            if self._closed:  # stopped while it started: stop() did not see it
+                inst.kill()
+                return
+            self._offer(inst)
+
+    def _unreserve(self) -> None:
+        with self._lock:
+            self.instances.remove(None)
+            self._grant_slot()
+
+    def _offer(self, inst: Instance) -> None:
+        """(Under the lock.) A free instance goes to the longest waiting invocation, else idle.
+        Handing it over directly keeps arrival order: a newcomer cannot take it first."""
+        if not inst.alive or inst not in self.instances:
+            return
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if waiter.deadline_passed():
+                continue  # it is timing out; it removes itself
+            waiter.grant = inst
+            inst.busy = True
+            waiter.event.set()
+            return
+        self.idle.append(inst)
+
+    def _grant_slot(self) -> bool:
+        """(Under the lock.) Room in the pool goes to the longest waiting invocation, which
+        starts an emulator for itself. False if nobody was waiting."""
+        while self._waiters and len(self.instances) < self.max_instances:
+            waiter = self._waiters.popleft()
+            if waiter.deadline_passed():
+                continue
+            self.instances.append(None)
+            waiter.grant = "slot"
+            waiter.event.set()
+            return True
+        return False
+
+    def _acquire(self, wait_timeout: float | None = None) -> Instance:
+        waiter = None
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("platform stopped")
+            # With invocations already waiting there is no idle instance and no room: join the line.
+            while self.idle and not self._waiters:
+                inst = self.idle.pop()
+                if inst.alive:
+                    inst.busy = True
+                    return inst
+            if not self._waiters and len(self.instances) < self.max_instances:
+                self.instances.append(None)  # reserve a slot while the emulator starts
+                grant = "slot"
+            else:
+                waiter = _Waiter(wait_timeout)
+                self._waiters.append(waiter)
+        if waiter is not None:
+            waiter.event.wait(wait_timeout)
+            with self._lock:
+                if waiter.grant is None:
+                    if waiter in self._waiters:
+                        self._waiters.remove(waiter)
+                    if self._closed:
+                        raise RuntimeError("platform stopped")
+                    raise NoInstance(f"{self.name}: no instance free within {wait_timeout:g}s")
+            grant = waiter.grant
+            if grant != "slot":
+                return grant
+        try:
+            inst = self._spawn()
+        except Exception:
+            self._unreserve()
+            raise
+        with self._lock:
             self.instances[self.instances.index(None)] = inst
             inst.busy = True
+            if self._closed:  # stopped while it started: stop() did not see it
+                inst.kill()
+                raise RuntimeError("platform stopped")
         return inst
 
     def _release(self, inst: Instance) -> None:
-        with self._cond:
+        with self._lock:
             inst.busy = False
-            if inst.alive and inst in self.instances:
-                self.idle.append(inst)
-            self._cond.notify()
+            self._offer(inst)
 
     def instance_exited(self, inst: Instance) -> None:
-        with self._cond:
+        with self._lock:
             if inst not in self.instances:
                 return
             self.instances.remove(inst)
             if inst in self.idle:
                 self.idle.remove(inst)
-            self._cond.notify()
             if self._closed:
                 return
             self.restarts += 1
+            granted = self._grant_slot()  # a waiting invocation starts the replacement itself
         self.status(f"{self.name}: emulator {inst.number} (pid {inst.pid}) exited with "
                     f"{inst.proc.returncode}; restarting")
+        if granted:
+            return
         try:
             self.start()
         except Exception as e:  # noqa: BLE001 - reported, the next invocation tries again
             self.status(f"{self.name}: restart failed: {e}")
 
-    def invoke(self, event: dict | bytes, source: str = "", summarize=None) -> Result:
-        """Runs one invocation on a free instance. `summarize(body)` adds to the status line."""
+    def invoke(self, event: dict | bytes, source: str = "", summarize=None,
+               wait_timeout: float | None = None) -> Result:
+        """Runs one invocation on a free instance, waiting in line for one if the pool is at
+        its cap (at most `wait_timeout` seconds, then `NoInstance`). `summarize(body)` adds
+        to the status line."""
         payload = event if isinstance(event, bytes) else json.dumps(event).encode()
-        inst = self._acquire()
+        inst = self._acquire(wait_timeout)
         try:
-            with self._cond:
+            with self._lock:
                 fault = self.faults.pop(0) if self.faults else None
             if fault is not None:
                 threading.Thread(target=self._kill_when_started, args=(inst, fault), daemon=True).start()
             result = inst.invoke(payload)
         finally:
             self._release(inst)
-        self.invocations += 1
+        with self._lock:
+            self.invocations += 1
         init = f" init={result.init_ms:.0f}ms" if result.init_ms is not None else ""
         outcome = result.kind + (f" ({result.detail})" if result.detail else "")
         if result.ok and summarize is not None:
@@ -293,7 +387,7 @@ class Function:
 
     def inject_kills(self, count: int, after_seconds: float) -> None:
         """Kills the emulator `after_seconds` into each of the next `count` invocations."""
-        with self._cond:
+        with self._lock:
             self.faults.extend([after_seconds] * count)
 
     def _kill_when_started(self, inst: Instance, delay: float) -> None:
@@ -303,22 +397,25 @@ class Function:
             inst.kill()
 
     def describe(self) -> dict:
-        with self._cond:
+        with self._lock:
             live = [i for i in self.instances if i is not None]
             return {
                 "instances": [{"number": i.number, "pid": i.pid, "port": i.port, "busy": i.busy,
                                "invocations": i.invocations} for i in live],
                 "max_instances": self.max_instances,
+                "waiting": len(self._waiters),
                 "invocations": self.invocations,
                 "restarts": self.restarts,
                 "pending_faults": len(self.faults),
             }
 
     def stop(self) -> None:
-        with self._cond:
+        with self._lock:
             self._closed = True
             live = [i for i in self.instances if i is not None]
-            self._cond.notify_all()
+            for waiter in self._waiters:
+                waiter.event.set()
+            self._waiters.clear()
         for inst in live:
             inst.kill()
         for inst in live:
