@@ -285,6 +285,8 @@ def _handler(platform: Platform):
             status, headers, data = apigw.map_response(result.body)
             self._send(status, headers, data, req_id)
 
-        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _handle
+        # Every method reaches the router, so one that no route takes gets 404, as from API Gateway
+        # (the standard library would answer TRACE, CONNECT or an unknown verb with 501).
+        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = do_TRACE = do_CONNECT = _handle
 
     return Handler

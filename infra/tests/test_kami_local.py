@@ -352,3 +352,20 @@ def test_the_api_answers_503_when_no_instance_frees_up_in_time(tmp_path, monkeyp
         server.shutdown()
         server.server_close()
         fn.stop()
+
+
+def test_a_method_no_route_takes_answers_404_not_501():
+    from kami_local.platform import ApiServer, _handler
+
+    route = apigw.Route("GET", "/items/{id}", "F", apigw._compile("/items/{id}"))
+    stub = SimpleNamespace(routes=[route], functions={}, api_id="api", status=lambda line: None)
+    server = ApiServer(("127.0.0.1", 0), _handler(stub))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/items/1"
+    try:
+        for method in ("TRACE", "PUT", "DELETE"):
+            r = requests.request(method, url, timeout=30)
+            assert (r.status_code, r.json()) == (404, {"message": "Not Found"}), method
+    finally:
+        server.shutdown()
+        server.server_close()
