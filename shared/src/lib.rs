@@ -1,16 +1,20 @@
 //! Kami's domain, its adapters and the HTTP mapping, shared by every Lambda function.
 //!
 //! Layout (hexagonal): `domain` holds types and rules with no I/O; `ports` holds one
-//! trait per outside system; `adapters` holds the DynamoDB access layer, the SQS queue
-//! and the KMS key vault; `app` holds one module per
-//! use case, each a plain async function over the adapters; `http` is the one place where
-//! errors become HTTP responses.
+//! trait per outside system (clock, key vault, payment provider, supplier, notifier);
+//! `adapters` holds the DynamoDB access layer, the SQS queue and the ports' real
+//! implementations; `fakes` (tests and the `fakes` feature only, never in a Lambda
+//! binary) holds a fake for every port; `app` holds one module per use case, each a
+//! plain async function over the `Context`; `http` is the one place where errors become
+//! HTTP responses.
 
 pub mod adapters;
 pub mod app;
 pub mod config;
 pub mod domain;
 pub mod error;
+#[cfg(any(test, feature = "fakes"))]
+pub mod fakes;
 pub mod http;
 pub mod ports;
 
