@@ -6,12 +6,14 @@ use aws_config::{BehaviorVersion, ConfigLoader, SdkConfig};
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 use zeroize::Zeroizing;
 
+use crate::adapters::clock::{SystemClock, clock_from_env};
 use crate::adapters::dynamo::Store;
 use crate::adapters::kms::KmsVault;
 use crate::adapters::metrics::AwsCallCounter;
 use crate::adapters::queue::SqsDeliveryQueue;
 use crate::adapters::secrets;
 use crate::error::{Error, Result};
+use crate::ports::Clock;
 
 /// Plain settings from the environment the template gives each function.
 #[derive(Debug, Clone)]
@@ -121,6 +123,8 @@ pub fn sdk_loader() -> ConfigLoader {
 pub struct Context {
     pub config: Config,
     pub store: Store,
+    /// The time for every rule (docs/ports.md): the system's, or locally the platform's.
+    pub clock: Arc<dyn Clock>,
     queue: Option<SqsDeliveryQueue>,
     vault: Option<KmsVault>,
     pub secrets: Secrets,
@@ -134,7 +138,7 @@ impl Context {
         lambda_runtime::tracing::init_default_subscriber();
         let config = Config::from_env()?;
         let sdk = sdk_loader().load().await;
-        Ok(ContextBuilder::new(config, sdk, None))
+        Ok(ContextBuilder::new(config, sdk, None).with_clock(clock_from_env()))
     }
 
     pub fn queue(&self) -> Result<&SqsDeliveryQueue> {
@@ -150,11 +154,12 @@ impl Context {
     }
 }
 
-/// Builds a `Context`: DynamoDB always, the rest on request.
+/// Builds a `Context`: DynamoDB and the system clock always, the rest on request.
 pub struct ContextBuilder {
     config: Config,
     sdk: SdkConfig,
     counter: Option<AwsCallCounter>,
+    clock: Arc<dyn Clock>,
     queue: Option<SqsDeliveryQueue>,
     vault: Option<KmsVault>,
     secrets: Secrets,
@@ -167,10 +172,17 @@ impl ContextBuilder {
             config,
             sdk,
             counter,
+            clock: Arc::new(SystemClock),
             queue: None,
             vault: None,
             secrets: Secrets::default(),
         }
+    }
+
+    /// Another clock (the local platform's; a fake in tests).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// The delivery queue (SQS), when `DELIVERY_QUEUE_URL` is set.
@@ -201,6 +213,7 @@ impl ContextBuilder {
         let dynamodb = client_with_counter!(aws_sdk_dynamodb, &self.sdk, &self.counter);
         Arc::new(Context {
             store: Store::new(dynamodb, self.config.table.clone()),
+            clock: self.clock,
             queue: self.queue,
             vault: self.vault,
             secrets: self.secrets,

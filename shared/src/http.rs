@@ -10,7 +10,6 @@ use crate::app::{catalog, import, operator, orders, payments};
 use crate::config::Context;
 use crate::domain::card_key::ImportFormat;
 use crate::domain::crypto::secrets_equal;
-use crate::domain::time::Timestamp;
 use crate::error::{ConflictKind, Error, Result};
 
 /// Storefront and webhook bodies are small; key imports may be large (API Gateway's
@@ -228,8 +227,7 @@ pub async fn payment_webhook(ctx: Arc<Context>, request: Request) -> Response<Bo
                 let bytes = body(&request, MAX_SMALL_BODY)?;
                 let signature =
                     header_str(request.headers(), crate::domain::stripe::SIGNATURE_HEADER);
-                let body =
-                    payments::stripe_webhook(ctx, signature, bytes, Timestamp::now()).await?;
+                let body = payments::stripe_webhook(ctx, signature, bytes, ctx.clock.now()).await?;
                 Ok((StatusCode::OK, body))
             }
             _ => Err(no_route(&request)),

@@ -4,13 +4,12 @@ use serde_json::{Value, json};
 
 use crate::config::Context;
 use crate::domain::product::{NewProductRequest, Product, Stock, validate_sku};
-use crate::domain::time::Timestamp;
 use crate::error::{Error, Result};
 
 pub async fn create_product(ctx: &Context, body: &[u8]) -> Result<Value> {
     let request: NewProductRequest =
         serde_json::from_slice(body).map_err(|e| Error::InvalidJson(e.to_string()))?;
-    let product = request.into_product(Timestamp::now().to_rfc3339())?;
+    let product = request.into_product(ctx.clock.now().to_rfc3339())?;
     ctx.store.create_product(&product).await?;
     tracing::info!(sku = %product.sku, "product created");
     Ok(admin_view(&product, &Stock::default()))

@@ -10,9 +10,9 @@ use crate::config::Context;
 use crate::domain::crypto::{
     self, DataKey, card_key_aad, order_access_token, sha256_hex, token_matches,
 };
-use crate::domain::order::OrderStatus;
+use crate::domain::order::{OrderStatus, payment_deadline};
 use crate::domain::product::{validate_quantity, validate_sku};
-use crate::domain::time::{Timestamp, is_id, new_id};
+use crate::domain::time::{is_id, new_id};
 use crate::error::{ConflictKind, Error, Result};
 
 const MIN_IDEMPOTENCY_KEY_LEN: usize = 8;
@@ -113,7 +113,7 @@ pub async fn create_order(
     // and only a refused claim (a retry) reads it. One request fewer per order.
     let product = super::catalog::find_product(ctx, &request.sku, false).await?;
     let quantity = validate_quantity(request.quantity, &product)?;
-    let now = Timestamp::now();
+    let now = ctx.clock.now();
     let order_id = new_id();
     let token = order_access_token(ctx.secrets.order_token_key()?, &order_id)?;
     let mut order = OrderRecord {
@@ -126,7 +126,7 @@ pub async fn create_order(
         buyer_email: request.email,
         token_hash: sha256_hex(token.as_bytes()),
         created_at: now.to_rfc3339(),
-        expires_at: now.plus_seconds(ctx.config.order_ttl_seconds),
+        expires_at: payment_deadline(now, ctx.config.order_ttl_seconds),
         updated_at: now.to_rfc3339(),
         payment_ref: None,
         exception: None,
