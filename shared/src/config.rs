@@ -13,7 +13,7 @@ use crate::adapters::metrics::AwsCallCounter;
 use crate::adapters::queue::SqsDeliveryQueue;
 use crate::adapters::secrets;
 use crate::error::{Error, Result};
-use crate::ports::Clock;
+use crate::ports::{Clock, KeyVault};
 
 /// Plain settings from the environment the template gives each function.
 #[derive(Debug, Clone)]
@@ -126,7 +126,7 @@ pub struct Context {
     /// The time for every rule (docs/ports.md): the system's, or locally the platform's.
     pub clock: Arc<dyn Clock>,
     queue: Option<SqsDeliveryQueue>,
-    vault: Option<KmsVault>,
+    vault: Option<Arc<dyn KeyVault>>,
     pub secrets: Secrets,
 }
 
@@ -147,9 +147,9 @@ impl Context {
         })
     }
 
-    pub fn vault(&self) -> Result<&KmsVault> {
+    pub fn vault(&self) -> Result<&dyn KeyVault> {
         self.vault
-            .as_ref()
+            .as_deref()
             .ok_or_else(|| Error::Config("this function has no card-key vault".into()))
     }
 }
@@ -161,7 +161,7 @@ pub struct ContextBuilder {
     counter: Option<AwsCallCounter>,
     clock: Arc<dyn Clock>,
     queue: Option<SqsDeliveryQueue>,
-    vault: Option<KmsVault>,
+    vault: Option<Arc<dyn KeyVault>>,
     secrets: Secrets,
 }
 
@@ -197,9 +197,15 @@ impl ContextBuilder {
     }
 
     /// The card-key vault (KMS).
-    pub fn with_vault(mut self) -> Self {
+    pub fn with_vault(self) -> Self {
         let kms = client_with_counter!(aws_sdk_kms, &self.sdk, &self.counter);
-        self.vault = Some(KmsVault::new(kms, self.config.card_key_kms_key_id.clone()));
+        let vault = KmsVault::new(kms, self.config.card_key_kms_key_id.clone());
+        self.with_key_vault(Arc::new(vault))
+    }
+
+    /// Another key vault (a fake in tests).
+    pub fn with_key_vault(mut self, vault: Arc<dyn KeyVault>) -> Self {
+        self.vault = Some(vault);
         self
     }
 

@@ -1,5 +1,5 @@
-//! Adapters to AWS: the DynamoDB access layer, the delivery queue, the KMS key vault and
-//! the secrets loader; and the clocks (`crate::ports::Clock`).
+//! Adapters: the DynamoDB access layer, the delivery queue, the secrets loader, and the
+//! real implementations of the ports (`crate::ports`): the clocks and the KMS key vault.
 
 pub mod clock;
 pub mod dynamo;

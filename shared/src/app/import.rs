@@ -16,6 +16,7 @@ use crate::domain::crypto::{card_key_aad, fingerprint, seal};
 use crate::domain::product::DeliveryType;
 use crate::domain::time::new_id;
 use crate::error::{Error, Result};
+use crate::ports::vault::{EncryptionContext, NewDataKey};
 
 /// 49 keys × 2 items + 1 counter update = 99 of the 100 items a transaction may hold.
 const KEYS_PER_TRANSACTION: usize = 49;
@@ -69,7 +70,13 @@ pub async fn import_card_keys(
 
     let batch_id = new_id();
     let created_at = ctx.clock.now().to_rfc3339();
-    let (data_key, wrapped_key) = ctx.vault()?.new_batch_key(sku, &batch_id).await?;
+    let NewDataKey {
+        plaintext: data_key,
+        wrapped: wrapped_key,
+    } = ctx
+        .vault()?
+        .new_data_key(&EncryptionContext::card_key_batch(sku, &batch_id))
+        .await?;
     ctx.store
         .put_batch(
             &BatchRecord {

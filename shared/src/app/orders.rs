@@ -14,6 +14,7 @@ use crate::domain::order::{OrderStatus, payment_deadline};
 use crate::domain::product::{validate_quantity, validate_sku};
 use crate::domain::time::{is_id, new_id};
 use crate::error::{ConflictKind, Error, Result};
+use crate::ports::vault::EncryptionContext;
 
 const MIN_IDEMPOTENCY_KEY_LEN: usize = 8;
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
@@ -240,16 +241,20 @@ async fn reveal_codes(ctx: &Context, view: &OrderView) -> Result<Vec<Value>> {
     let mut codes = Vec::with_capacity(view.deliveries.len());
     for slot in &view.deliveries {
         if !data_keys.contains_key(slot.batch_id.as_str()) {
-            let key = match ctx.vault()?.cached(&slot.batch_id) {
+            let vault = ctx.vault()?;
+            let recent = vault.recently_unwrapped(&EncryptionContext::card_key_batch(
+                &slot.sku,
+                &slot.batch_id,
+            ));
+            let key = match recent {
                 Some(key) => key,
                 None => {
                     let batch =
                         ctx.store.get_batch(&slot.batch_id).await?.ok_or_else(|| {
                             Error::Corrupt("delivered key without its batch".into())
                         })?;
-                    ctx.vault()?
-                        .batch_key(&batch.sku, &batch.batch_id, &batch.wrapped_key)
-                        .await?
+                    let context = EncryptionContext::card_key_batch(&batch.sku, &batch.batch_id);
+                    vault.unwrap_data_key(&context, &batch.wrapped_key).await?
                 }
             };
             data_keys.insert(slot.batch_id.as_str(), key);
