@@ -12,8 +12,9 @@ use crate::adapters::kms::KmsVault;
 use crate::adapters::metrics::AwsCallCounter;
 use crate::adapters::queue::SqsDeliveryQueue;
 use crate::adapters::secrets;
+use crate::adapters::stripe::StripeProvider;
 use crate::error::{Error, Result};
-use crate::ports::{Clock, KeyVault};
+use crate::ports::{Clock, KeyVault, PaymentProvider};
 
 /// Plain settings from the environment the template gives each function.
 #[derive(Debug, Clone)]
@@ -118,8 +119,8 @@ pub fn sdk_loader() -> ConfigLoader {
 }
 
 /// Everything a use case needs, built once per cold start and shared by invocations.
-/// Each function asks `ContextBuilder` for only the AWS clients it uses, so its binary
-/// links no SDK it never calls (docs/bench.md, binary size).
+/// Each function asks `ContextBuilder` for only the AWS clients and ports it uses, so
+/// its binary links no SDK it never calls (docs/bench.md, binary size).
 pub struct Context {
     pub config: Config,
     pub store: Store,
@@ -127,6 +128,7 @@ pub struct Context {
     pub clock: Arc<dyn Clock>,
     queue: Option<SqsDeliveryQueue>,
     vault: Option<Arc<dyn KeyVault>>,
+    payment_providers: Vec<Arc<dyn PaymentProvider>>,
     pub secrets: Secrets,
 }
 
@@ -152,6 +154,15 @@ impl Context {
             .as_deref()
             .ok_or_else(|| Error::Config("this function has no card-key vault".into()))
     }
+
+    /// The payment provider called `name` (as in `/webhooks/{name}`).
+    pub fn payment_provider(&self, name: &str) -> Result<&dyn PaymentProvider> {
+        self.payment_providers
+            .iter()
+            .find(|provider| provider.name() == name)
+            .map(|provider| provider.as_ref())
+            .ok_or_else(|| Error::Config(format!("this function has no payment provider {name}")))
+    }
 }
 
 /// Builds a `Context`: DynamoDB and the system clock always, the rest on request.
@@ -162,6 +173,8 @@ pub struct ContextBuilder {
     clock: Arc<dyn Clock>,
     queue: Option<SqsDeliveryQueue>,
     vault: Option<Arc<dyn KeyVault>>,
+    stripe: bool,
+    payment_providers: Vec<Arc<dyn PaymentProvider>>,
     secrets: Secrets,
 }
 
@@ -175,6 +188,8 @@ impl ContextBuilder {
             clock: Arc::new(SystemClock),
             queue: None,
             vault: None,
+            stripe: false,
+            payment_providers: Vec::new(),
             secrets: Secrets::default(),
         }
     }
@@ -209,19 +224,38 @@ impl ContextBuilder {
         self
     }
 
+    /// The payment providers: Stripe, verifying webhooks under the endpoint secrets
+    /// `with_secrets` loads (in either order).
+    pub fn with_payments(mut self) -> Self {
+        self.stripe = true;
+        self
+    }
+
+    /// Another payment provider (a fake in tests).
+    pub fn with_payment_provider(mut self, provider: Arc<dyn PaymentProvider>) -> Self {
+        self.payment_providers.push(provider);
+        self
+    }
+
     /// The secrets this function's configuration names (Secrets Manager).
     pub async fn with_secrets(mut self) -> Result<Self> {
         self.secrets = secrets::load(&self.sdk, &self.config).await?;
         Ok(self)
     }
 
-    pub fn build(self) -> Arc<Context> {
+    pub fn build(mut self) -> Arc<Context> {
         let dynamodb = client_with_counter!(aws_sdk_dynamodb, &self.sdk, &self.counter);
+        if self.stripe {
+            let secrets = std::mem::take(&mut self.secrets.stripe_webhook_secrets);
+            self.payment_providers
+                .push(Arc::new(StripeProvider::new(secrets)));
+        }
         Arc::new(Context {
             store: Store::new(dynamodb, self.config.table.clone()),
             clock: self.clock,
             queue: self.queue,
             vault: self.vault,
+            payment_providers: self.payment_providers,
             secrets: self.secrets,
             config: self.config,
         })

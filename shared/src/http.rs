@@ -225,9 +225,8 @@ pub async fn payment_webhook(ctx: Arc<Context>, request: Request) -> Response<Bo
         match (request.method(), segments(&request).as_slice()) {
             (&Method::POST, ["webhooks", "stripe"]) => {
                 let bytes = body(&request, MAX_SMALL_BODY)?;
-                let signature =
-                    header_str(request.headers(), crate::domain::stripe::SIGNATURE_HEADER);
-                let body = payments::stripe_webhook(ctx, signature, bytes, ctx.clock.now()).await?;
+                let body =
+                    payments::payment_notification(ctx, "stripe", request.headers(), bytes).await?;
                 Ok((StatusCode::OK, body))
             }
             _ => Err(no_route(&request)),

@@ -159,6 +159,7 @@ async fn context_from(
     ContextBuilder::new(config, sdk, counter)
         .with_queue()
         .with_vault()
+        .with_payments()
         .with_secrets()
         .await
         .expect("context")
