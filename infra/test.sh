@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every check and test of Kami on this machine, setup included:
-#   the local platform's unit tests, fmt, clippy, cargo test (against moto), cfn-lint, sam validate --lint, the build of
+#   the local platform's unit tests, fmt, clippy, the unit tests of shared (on the ports' fakes, no moto; the summary
+#   says how long they take), cargo test (against moto), cfn-lint, sam validate --lint, the build of
 #   every function (cargo lambda), the sample events under the emulator, and the
 #   end-to-end tests over HTTP against the local platform, and the bench at its tiny size.
 # Every step runs even if an earlier one failed; the exit code is non-zero if any failed.
@@ -41,6 +42,19 @@ fi
 step platform-unit "$py" -m pytest -q infra/tests
 step fmt cargo fmt --all -- --check
 step clippy cargo clippy --workspace --all-targets -- -D warnings
+# The rules on fakes, no moto: built first, so the step's time and the summary line are
+# the tests' own (libtest's "finished in").
+unit_summary=""
+unit_tests() {
+    cargo test -p kami-shared --lib --no-run -q || return 1
+    local out rc
+    out="$(cargo test -p kami-shared --lib 2>&1)"
+    rc=$?
+    printf '%s\n' "$out"
+    unit_summary="$(sed -nE 's/^test result: [a-zA-Z]+\. ([0-9]+) passed; ([0-9]+) failed.*finished in ([0-9.]+s)$/unit tests (shared, on fakes, no moto): \1 passed, \2 failed in \3/p' <<<"$out")"
+    return $rc
+}
+step unit unit_tests
 step cargo-test cargo test --workspace
 step cfn-lint "$repo/.kami/venv/bin/cfn-lint" template.yaml
 step sam-validate "$repo/.kami/venv/bin/sam" validate --lint --region us-east-1 --template template.yaml
@@ -77,6 +91,7 @@ KAMI_BENCH_PROFILE=debug step bench-tiny bash infra/bench.sh --tiny
 echo
 echo "=== summary"
 printf '%s\n' "${results[@]}"
+[[ -n "$unit_summary" ]] && echo "$unit_summary"
 total=${#results[@]}
 echo "infra/test.sh: $((total - failed)) passed, $failed failed"
 [[ $failed -eq 0 ]]

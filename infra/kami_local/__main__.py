@@ -7,6 +7,7 @@
   kill FN    kill FN's emulator during its next invocation (fault injection)
   logs [FN]  print (-f: follow) the per-function logs in .kami/logs/
   webhook ORDER_ID   send a signed Stripe checkout.session.completed (--type) for an order
+  clock advance 31d | reset | show   move every running function's clock (units s, m, h, d)
   build      cargo lambda build every function (x86_64; --release)
   provision  provision template.yaml on a moto server (see kami_local.provision)
   test-e2e   run the end-to-end tests (they start their own platform)
@@ -27,6 +28,7 @@ from pathlib import Path
 import requests
 
 from . import build as builder
+from . import clock
 from . import provision as prov
 from . import template as tpl
 from .platform import REPO, STATE_DIR, Platform
@@ -80,6 +82,11 @@ def cmd_up(args) -> int:
         signal.signal(sig, lambda *_: stop.set())
     moto = None
     platform = None
+    if args.no_state:
+        # A platform of its own (the tests') has a clock of its own.
+        os.environ.setdefault(clock.ENV, str(log_dir / "clock"))
+    else:
+        clock.reset()  # the running platform starts at the real time
     try:
         if args.endpoint:
             endpoint = args.endpoint
@@ -146,10 +153,25 @@ def cmd_webhook(args) -> int:
     state = _state(args)
     amount, currency = stripe_webhook.order_amount(state["endpoint"], state["resources"]["KamiTable"], args.order_id)
     event = stripe_webhook.EVENT_TYPES[args.type](args.order_id, amount, currency, args.event_id)
-    r = stripe_webhook.send(state["api_url"], event)
+    # Signed at the functions' time, so it is fresh for them after `clock advance`.
+    r = stripe_webhook.send(state["api_url"], event, timestamp=clock.now())
     print(f"sent {event['type']} {event['id']} for order {args.order_id} ({amount} {currency}): "
           f"HTTP {r.status_code} {r.text[:200]}")
     return 0 if r.ok else 1
+
+
+def cmd_clock(args) -> int:
+    try:
+        if args.action == "advance":
+            clock.advance(clock.parse_duration(args.duration))
+        elif args.action == "reset":
+            clock.reset()
+    except ValueError as e:
+        raise SystemExit(f"kami clock: {e}") from None
+    print(clock.describe(clock.offset()))
+    if not (STATE_DIR / "run" / "platform.json").exists():
+        print("no platform is running; infra/up.sh starts one at the real time (clock reset)")
+    return 0
 
 
 def stripe_types() -> list[str]:
@@ -194,6 +216,10 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--event-id", help="reuse an event id (to test deduplication)")
             p.add_argument("--type", default="checkout.session.completed", choices=sorted(stripe_types()))
 
+    c = sub.add_parser("clock", help="move the clock of every running function (local only)")
+    c.add_argument("action", choices=["advance", "reset", "show"])
+    c.add_argument("duration", nargs="?", help="for advance: e.g. 31d, 90s, 15m, 2h, 1d12h")
+
     logs = sub.add_parser("logs")
     logs.add_argument("function", nargs="*")
     logs.add_argument("-f", "--follow", action="store_true")
@@ -221,6 +247,10 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_logs(args)
     if args.command == "webhook":
         return cmd_webhook(args)
+    if args.command == "clock":
+        if (args.action == "advance") != (args.duration is not None):
+            parser.error("clock advance takes a duration (e.g. 31d); reset and show take none")
+        return cmd_clock(args)
     api = _state(args)["api_url"]
     if args.command == "status":
         return _show(requests.get(f"{api}/_local/status", timeout=10))

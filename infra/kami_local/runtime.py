@@ -24,6 +24,8 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import clock
+
 INVOKE_PATH = "/2015-03-31/functions/function/invocations"
 _INIT_REPORT = re.compile(r"INIT REPORT\(durationMs: ([\d.]+)\)")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -214,6 +216,7 @@ class Function:
             "AWS_LAMBDA_FUNCTION_TIMEOUT": str(self.timeout),
             "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{self.name}",
             "AWS_LAMBDA_LOG_STREAM_NAME": "local",
+            clock.ENV: str(clock.path()),  # local only: `infra/kami clock` moves the time
         })
         return env
 

@@ -78,10 +78,12 @@ def sign(payload: str, secret: str | None = None, timestamp: int | None = None) 
     return stripe.WebhookSignature.generate_signature_header(payload, secret, timestamp)
 
 
-def send(api_url: str, event: dict, secret: str | None = None, timeout: float = 30) -> requests.Response:
+def send(api_url: str, event: dict, secret: str | None = None, timeout: float = 30,
+         timestamp: int | None = None) -> requests.Response:
+    """`timestamp`: when Stripe signs it (default now; `infra/kami webhook` signs at the local clock's time)."""
     payload = json.dumps(event, separators=(",", ":"))
     return requests.post(f"{api_url}/webhooks/stripe", data=payload.encode(), timeout=timeout, headers={
         "Content-Type": "application/json; charset=utf-8",
-        "Stripe-Signature": sign(payload, secret),
+        "Stripe-Signature": sign(payload, secret, timestamp),
         "User-Agent": "Stripe/1.0 (+https://stripe.com/docs/webhooks)",
     })

@@ -6,11 +6,14 @@ use aws_config::{BehaviorVersion, ConfigLoader, SdkConfig};
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 use zeroize::Zeroizing;
 
+use crate::adapters::clock::{SystemClock, clock_from_env};
 use crate::adapters::kms::KmsVault;
 use crate::adapters::metrics::AwsCallCounter;
 use crate::adapters::queue::SqsDeliveryQueue;
 use crate::adapters::secrets;
+use crate::adapters::stripe::StripeProvider;
 use crate::error::{Error, Result};
+use crate::ports::{Clock, KeyVault, PaymentProvider};
 use crate::store::Store;
 
 /// Plain settings from the environment the template gives each function.
@@ -116,13 +119,16 @@ pub fn sdk_loader() -> ConfigLoader {
 }
 
 /// Everything a use case needs, built once per cold start and shared by invocations.
-/// Each function asks `ContextBuilder` for only the AWS clients it uses, so its binary
-/// links no SDK it never calls (docs/bench.md, binary size).
+/// Each function asks `ContextBuilder` for only the AWS clients and ports it uses, so
+/// its binary links no SDK it never calls (docs/bench.md, binary size).
 pub struct Context {
     pub config: Config,
     pub store: Store,
+    /// The time for every rule (docs/ports.md): the system's, or locally the platform's.
+    pub clock: Arc<dyn Clock>,
     queue: Option<SqsDeliveryQueue>,
-    vault: Option<KmsVault>,
+    vault: Option<Arc<dyn KeyVault>>,
+    payment_providers: Vec<Arc<dyn PaymentProvider>>,
     pub secrets: Secrets,
 }
 
@@ -134,7 +140,7 @@ impl Context {
         lambda_runtime::tracing::init_default_subscriber();
         let config = Config::from_env()?;
         let sdk = sdk_loader().load().await;
-        Ok(ContextBuilder::new(config, sdk, None))
+        Ok(ContextBuilder::new(config, sdk, None).with_clock(clock_from_env()))
     }
 
     pub fn queue(&self) -> Result<&SqsDeliveryQueue> {
@@ -143,20 +149,32 @@ impl Context {
         })
     }
 
-    pub fn vault(&self) -> Result<&KmsVault> {
+    pub fn vault(&self) -> Result<&dyn KeyVault> {
         self.vault
-            .as_ref()
+            .as_deref()
             .ok_or_else(|| Error::Config("this function has no card-key vault".into()))
+    }
+
+    /// The payment provider called `name` (as in `/webhooks/{name}`).
+    pub fn payment_provider(&self, name: &str) -> Result<&dyn PaymentProvider> {
+        self.payment_providers
+            .iter()
+            .find(|provider| provider.name() == name)
+            .map(|provider| provider.as_ref())
+            .ok_or_else(|| Error::Config(format!("this function has no payment provider {name}")))
     }
 }
 
-/// Builds a `Context`: DynamoDB always, the rest on request.
+/// Builds a `Context`: DynamoDB and the system clock always, the rest on request.
 pub struct ContextBuilder {
     config: Config,
     sdk: SdkConfig,
     counter: Option<AwsCallCounter>,
+    clock: Arc<dyn Clock>,
     queue: Option<SqsDeliveryQueue>,
-    vault: Option<KmsVault>,
+    vault: Option<Arc<dyn KeyVault>>,
+    stripe: bool,
+    payment_providers: Vec<Arc<dyn PaymentProvider>>,
     secrets: Secrets,
 }
 
@@ -167,10 +185,19 @@ impl ContextBuilder {
             config,
             sdk,
             counter,
+            clock: Arc::new(SystemClock),
             queue: None,
             vault: None,
+            stripe: false,
+            payment_providers: Vec::new(),
             secrets: Secrets::default(),
         }
+    }
+
+    /// Another clock (the local platform's; a fake in tests).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// The delivery queue (SQS), when `DELIVERY_QUEUE_URL` is set.
@@ -185,9 +212,28 @@ impl ContextBuilder {
     }
 
     /// The card-key vault (KMS).
-    pub fn with_vault(mut self) -> Self {
+    pub fn with_vault(self) -> Self {
         let kms = client_with_counter!(aws_sdk_kms, &self.sdk, &self.counter);
-        self.vault = Some(KmsVault::new(kms, self.config.card_key_kms_key_id.clone()));
+        let vault = KmsVault::new(kms, self.config.card_key_kms_key_id.clone());
+        self.with_key_vault(Arc::new(vault))
+    }
+
+    /// Another key vault (a fake in tests).
+    pub fn with_key_vault(mut self, vault: Arc<dyn KeyVault>) -> Self {
+        self.vault = Some(vault);
+        self
+    }
+
+    /// The payment providers: Stripe, verifying webhooks under the endpoint secrets
+    /// `with_secrets` loads (in either order).
+    pub fn with_payments(mut self) -> Self {
+        self.stripe = true;
+        self
+    }
+
+    /// Another payment provider (a fake in tests).
+    pub fn with_payment_provider(mut self, provider: Arc<dyn PaymentProvider>) -> Self {
+        self.payment_providers.push(provider);
         self
     }
 
@@ -197,12 +243,19 @@ impl ContextBuilder {
         Ok(self)
     }
 
-    pub fn build(self) -> Arc<Context> {
+    pub fn build(mut self) -> Arc<Context> {
         let dynamodb = client_with_counter!(aws_sdk_dynamodb, &self.sdk, &self.counter);
+        if self.stripe {
+            let secrets = std::mem::take(&mut self.secrets.stripe_webhook_secrets);
+            self.payment_providers
+                .push(Arc::new(StripeProvider::new(secrets)));
+        }
         Arc::new(Context {
             store: Store::new(dynamodb, self.config.table.clone()),
+            clock: self.clock,
             queue: self.queue,
             vault: self.vault,
+            payment_providers: self.payment_providers,
             secrets: self.secrets,
             config: self.config,
         })

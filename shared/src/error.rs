@@ -1,5 +1,5 @@
 //! The one error type of `shared/`. Every variant a client can cause carries a stable
-//! code; `http::error_response` is the only place that turns it into a status code.
+//! code; `http`'s `IntoResponse for Error` is the only place that turns it into a status code.
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -53,6 +53,22 @@ pub enum Error {
     },
     #[error("contention on {0} did not settle; retry")]
     Contention(&'static str),
+    /// An outside system (a payment provider, supplier or notifier) answered with a
+    /// failure or could not be reached.
+    #[error("{system} call failed: {message}")]
+    Upstream {
+        system: &'static str,
+        message: String,
+    },
+    /// An outside system gave no answer in time: whether it acted is unknown.
+    #[error("{system} did not answer in time")]
+    Timeout { system: &'static str },
+    /// A port operation this adapter does not implement yet.
+    #[error("{operation} is not available for {system} yet")]
+    NotAvailable {
+        system: &'static str,
+        operation: &'static str,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -16,6 +16,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use kami_shared::adapters::metrics::AwsCallCounter;
 use kami_shared::app::delivery;
 use kami_shared::config::ContextBuilder;
+use kami_shared::ports::Clock;
 use kami_shared::{Config, Context, http};
 use lambda_http::{Body, Request};
 use serde_json::{Value, json};
@@ -155,14 +156,22 @@ async fn context_from(
     sdk: aws_config::SdkConfig,
     counter: Option<AwsCallCounter>,
 ) -> Arc<Context> {
+    builder_from(env, sdk, counter).await.build()
+}
+
+async fn builder_from(
+    env: &HashMap<String, String>,
+    sdk: aws_config::SdkConfig,
+    counter: Option<AwsCallCounter>,
+) -> ContextBuilder {
     let config = Config::from_lookup(|name| env.get(name).cloned()).expect("config");
     ContextBuilder::new(config, sdk, counter)
         .with_queue()
         .with_vault()
+        .with_payments()
         .with_secrets()
         .await
         .expect("context")
-        .build()
 }
 
 /// As `context_with`, with every AWS request the use cases make counted.
@@ -186,17 +195,31 @@ pub async fn context() -> Arc<Context> {
 
 /// As `context`, with every AWS request the use cases make counted.
 pub async fn counted_context(counter: Option<AwsCallCounter>) -> Arc<Context> {
+    let url = test_queue().await;
+    counted_context_with(&[("DELIVERY_QUEUE_URL", &url)], counter).await
+}
+
+/// As `context`, with time from `clock` (a `FakeClock`, say).
+pub async fn context_on(clock: Arc<dyn Clock>) -> Arc<Context> {
+    let mut env = stack().env.clone();
+    env.insert("DELIVERY_QUEUE_URL".to_owned(), test_queue().await);
+    builder_from(&env, sdk_config().await, None)
+        .await
+        .with_clock(clock)
+        .build()
+}
+
+/// A delivery queue of a test's own.
+async fn test_queue() -> String {
     let sqs = aws_sdk_sqs::Client::new(&sdk_config().await);
     let name = format!("test-deliveries-{}", kami_shared::domain::time::new_id());
-    let url = sqs
-        .create_queue()
+    sqs.create_queue()
         .queue_name(name)
         .send()
         .await
         .expect("create a test queue")
         .queue_url
-        .expect("queue url");
-    counted_context_with(&[("DELIVERY_QUEUE_URL", &url)], counter).await
+        .expect("queue url")
 }
 
 pub fn request(

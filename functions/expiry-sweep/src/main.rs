@@ -1,9 +1,8 @@
 //! Thin entrypoint: the EventBridge schedule's event carries nothing Kami needs; each
-//! invocation sweeps as of now.
+//! invocation sweeps as of now by the function's clock.
 
 use kami_shared::Context;
 use kami_shared::app::sweep::{self, SweepReport};
-use kami_shared::domain::time::Timestamp;
 use lambda_runtime::{Error, LambdaEvent, run, service_fn};
 
 #[tokio::main(flavor = "current_thread")]
@@ -13,7 +12,7 @@ async fn main() -> Result<(), Error> {
     run(service_fn(|_event: LambdaEvent<serde_json::Value>| {
         let ctx = ctx.clone();
         async move {
-            sweep::sweep(&ctx, Timestamp::now())
+            sweep::sweep(&ctx, ctx.clock.now())
                 .await
                 .map_err(Error::from) as Result<SweepReport, Error>
         }

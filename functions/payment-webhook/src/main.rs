@@ -5,10 +5,12 @@ use kami_shared::http::{self, serve};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_http::Error> {
-    // Paid orders are queued for delivery; signatures are checked against a secret.
+    // Paid orders are queued for delivery; the payment providers check signatures
+    // against their secrets.
     let ctx = Context::from_env()
         .await?
         .with_queue()
+        .with_payments()
         .with_secrets()
         .await?
         .build();

@@ -1,7 +1,10 @@
-//! Adapters to AWS: the delivery queue, the KMS key vault and the secrets loader. The
-//! DynamoDB access layer is `crate::store`.
+//! Adapters: the delivery queue, the secrets loader, the AWS request counter, and the
+//! real implementations of the ports (`crate::ports`): the clocks, the KMS key vault and
+//! Stripe. The DynamoDB access layer is `crate::store`.
 
+pub mod clock;
 pub mod kms;
 pub mod metrics;
 pub mod queue;
 pub mod secrets;
+pub mod stripe;

@@ -6,11 +6,10 @@ use utoipa::ToSchema;
 use crate::config::Context;
 use crate::domain::money::Money;
 use crate::domain::product::{DeliveryType, NewProductRequest, Product, Stock, validate_sku};
-use crate::domain::time::Timestamp;
 use crate::error::{Error, Result};
 
 pub async fn create_product(ctx: &Context, request: NewProductRequest) -> Result<AdminProductView> {
-    let product = request.into_product(Timestamp::now().to_rfc3339())?;
+    let product = request.into_product(ctx.clock.now().to_rfc3339())?;
     ctx.store.create_product(&product).await?;
     tracing::info!(sku = %product.sku, "product created");
     Ok(AdminProductView::of(&product, &Stock::default()))

@@ -13,8 +13,9 @@ use crate::config::Context;
 use crate::domain::card_key::{ImportFormat, InvalidKey, parse_import};
 use crate::domain::crypto::{card_key_aad, fingerprint, seal};
 use crate::domain::product::DeliveryType;
-use crate::domain::time::{Timestamp, new_id};
+use crate::domain::time::new_id;
 use crate::error::{Error, Result};
+use crate::ports::vault::{EncryptionContext, NewDataKey};
 use crate::store::{BatchRecord, SealedKey};
 
 /// 49 keys × 2 items + 1 counter update = 99 of the 100 items a transaction may hold.
@@ -69,8 +70,14 @@ pub async fn import_card_keys(
     }
 
     let batch_id = new_id();
-    let created_at = Timestamp::now().to_rfc3339();
-    let (data_key, wrapped_key) = ctx.vault()?.new_batch_key(sku, &batch_id).await?;
+    let created_at = ctx.clock.now().to_rfc3339();
+    let NewDataKey {
+        plaintext: data_key,
+        wrapped: wrapped_key,
+    } = ctx
+        .vault()?
+        .new_data_key(&EncryptionContext::card_key_batch(sku, &batch_id))
+        .await?;
     ctx.store
         .put_batch(
             &BatchRecord {

@@ -12,10 +12,11 @@ use crate::domain::crypto::{
     self, DataKey, card_key_aad, order_access_token, sha256_hex, token_matches,
 };
 use crate::domain::money::Money;
-use crate::domain::order::OrderStatus;
+use crate::domain::order::{OrderStatus, payment_deadline};
 use crate::domain::product::{DeliveryType, validate_quantity, validate_sku};
-use crate::domain::time::{Timestamp, is_id, new_id};
+use crate::domain::time::{is_id, new_id};
 use crate::error::{ConflictKind, Error, Result};
+use crate::ports::vault::EncryptionContext;
 use crate::request::RequestBody;
 use crate::store::{COUNTER_SHARDS, CreateOrderOutcome, OrderEvent, OrderRecord, OrderView};
 
@@ -150,7 +151,7 @@ pub async fn create_order(
     let product = super::catalog::find_product(ctx, &request.sku, false).await?;
     let quantity =
         validate_quantity(request.quantity, &product).map_err(|err| err.at("quantity"))?;
-    let now = Timestamp::now();
+    let now = ctx.clock.now();
     let order_id = new_id();
     let token = order_access_token(ctx.secrets.order_token_key()?, &order_id)?;
     let mut order = OrderRecord {
@@ -163,7 +164,7 @@ pub async fn create_order(
         buyer_email: request.email,
         token_hash: sha256_hex(token.as_bytes()),
         created_at: now.to_rfc3339(),
-        expires_at: now.plus_seconds(ctx.config.order_ttl_seconds),
+        expires_at: payment_deadline(now, ctx.config.order_ttl_seconds),
         updated_at: now.to_rfc3339(),
         payment_ref: None,
         exception: None,
@@ -341,16 +342,20 @@ async fn reveal_codes(ctx: &Context, view: &OrderView) -> Result<Vec<Delivered>>
     let mut codes = Vec::with_capacity(view.deliveries.len());
     for slot in &view.deliveries {
         if !data_keys.contains_key(slot.batch_id.as_str()) {
-            let key = match ctx.vault()?.cached(&slot.batch_id) {
+            let vault = ctx.vault()?;
+            let recent = vault.recently_unwrapped(&EncryptionContext::card_key_batch(
+                &slot.sku,
+                &slot.batch_id,
+            ));
+            let key = match recent {
                 Some(key) => key,
                 None => {
                     let batch =
                         ctx.store.get_batch(&slot.batch_id).await?.ok_or_else(|| {
                             Error::Corrupt("delivered key without its batch".into())
                         })?;
-                    ctx.vault()?
-                        .batch_key(&batch.sku, &batch.batch_id, &batch.wrapped_key)
-                        .await?
+                    let context = EncryptionContext::card_key_batch(&batch.sku, &batch.batch_id);
+                    vault.unwrap_data_key(&context, &batch.wrapped_key).await?
                 }
             };
             data_keys.insert(slot.batch_id.as_str(), key);

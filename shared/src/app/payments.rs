@@ -1,38 +1,38 @@
-//! Payment notifications: verify, bind to the order, record once per provider event,
-//! and queue delivery. The provider gets 2xx only after that is durable.
+//! Payment notifications from any provider: verified by the provider's adapter into a
+//! `PaymentEvent`, bound to the order, recorded once per provider event, and delivery
+//! queued. The provider gets 2xx only after that is durable.
 
+use lambda_http::http::HeaderMap;
 use serde_json::{Value, json};
 
 use crate::config::Context;
-use crate::domain::money::Money;
 use crate::domain::order::{Cause, OrderStatus};
-use crate::domain::stripe::{self, PaymentNotice, StripeEvent};
-use crate::domain::time::{Timestamp, is_id};
+use crate::domain::time::is_id;
 use crate::error::{Error, Result};
+use crate::ports::payment::{Notification, PaymentEvent, PaymentNotice};
 use crate::store::{OrderRecord, PaymentApplied, PaymentChange, Unmatched};
 
 const DECISION_ATTEMPTS: u32 = 4;
 
-/// `POST /webhooks/stripe` with the raw body.
-pub async fn stripe_webhook(
+/// `POST /webhooks/{provider}` with the raw body, received now by the context's clock.
+pub async fn payment_notification(
     ctx: &Context,
-    signature: Option<&str>,
+    provider: &str,
+    headers: &HeaderMap,
     raw_body: &[u8],
-    now: Timestamp,
 ) -> Result<Value> {
-    stripe::verify_signature(
-        signature.ok_or(Error::InvalidSignature("missing Stripe-Signature header"))?,
-        raw_body,
-        &ctx.secrets.stripe_webhook_secrets,
-        now.unix_seconds(),
-        stripe::DEFAULT_TOLERANCE_SECONDS,
-    )?;
-    match stripe::parse_event(raw_body)? {
-        StripeEvent::Ignored { event_id, kind } => {
-            tracing::info!(event_id, kind, "stripe event ignored");
-            Ok(json!({"received": true}))
+    let provider = ctx.payment_provider(provider)?;
+    let notification = Notification {
+        headers,
+        body: raw_body,
+        received_at: ctx.clock.now(),
+    };
+    let name = provider.name();
+    match provider.verify_notification(&notification).await? {
+        PaymentEvent::Ignored { event_id, kind } => {
+            tracing::info!(provider = name, event_id, kind, "payment event ignored");
         }
-        StripeEvent::Unbound {
+        PaymentEvent::Unbound {
             event_id,
             kind,
             missing,
@@ -44,21 +44,19 @@ pub async fn stripe_webhook(
                 amount: None,
             };
             ctx.store
-                .record_unmatched_payment("stripe", &event_id, &unmatched)
+                .record_unmatched_payment(name, &event_id, &unmatched)
                 .await?;
             tracing::warn!(
+                provider = name,
                 event_id,
                 kind,
                 missing,
                 "payment event without an order kept for an operator"
             );
-            Ok(json!({"received": true}))
         }
-        StripeEvent::Payment(notice) => {
-            record_payment(ctx, &notice).await?;
-            Ok(json!({"received": true}))
-        }
+        PaymentEvent::Paid(notice) => record_payment(ctx, &notice).await?,
     }
+    Ok(json!({"received": true}))
 }
 
 /// The outcome a notice has on an order in its current state. `stock_gone` is true once
@@ -66,9 +64,9 @@ pub async fn stripe_webhook(
 fn decide<'a>(
     order: &OrderRecord,
     notice: &'a PaymentNotice,
-    amount: &'a Money,
     stock_gone: bool,
 ) -> PaymentChange<'a> {
+    let amount = &notice.amount;
     let exact = *amount == order.amount;
     let mut reserve_stock = false;
     let (outcome, transition) = match order.status {
@@ -122,10 +120,6 @@ fn decide<'a>(
 }
 
 pub async fn record_payment(ctx: &Context, notice: &PaymentNotice) -> Result<()> {
-    let amount = Money {
-        amount: notice.amount,
-        currency: notice.currency.clone(),
-    };
     let mut stock_gone = false;
     for _ in 0..DECISION_ATTEMPTS {
         let order = if is_id(&notice.order_id) {
@@ -138,7 +132,7 @@ pub async fn record_payment(ctx: &Context, notice: &PaymentNotice) -> Result<()>
                 outcome: "unknown_order",
                 kind: "payment",
                 claimed_order_id: Some(&notice.order_id),
-                amount: Some(&amount),
+                amount: Some(&notice.amount),
             };
             let first = ctx
                 .store
@@ -147,7 +141,7 @@ pub async fn record_payment(ctx: &Context, notice: &PaymentNotice) -> Result<()>
             tracing::warn!(event_id = %notice.event_id, first, "payment for an unknown order kept for an operator");
             return Ok(());
         };
-        let change = decide(&order, notice, &amount, stock_gone);
+        let change = decide(&order, notice, stock_gone);
         match ctx.store.apply_payment(&order, &change).await? {
             PaymentApplied::Applied => {
                 tracing::info!(order_id = %order.order_id, event_id = %notice.event_id, outcome = change.outcome, "payment recorded");
@@ -172,4 +166,202 @@ pub async fn record_payment(ctx: &Context, notice: &PaymentNotice) -> Result<()>
         }
     }
     Err(Error::Contention("order state"))
+}
+
+#[cfg(test)]
+mod tests {
+    //! The payment rules on fakes: a notification verified by a provider's adapter at
+    //! the clock's time, the typed event, and what it does to an order. No moto.
+
+    use std::sync::Arc;
+
+    use lambda_http::http::HeaderValue;
+
+    use super::*;
+    use crate::adapters::stripe::{SIGNATURE_HEADER, StripeProvider, signature_header};
+    use crate::domain::money::Money;
+    use crate::domain::time::Timestamp;
+    use crate::fakes::{FakeClock, FakePaymentProvider, offline_context};
+    use crate::ports::{Clock, PaymentProvider};
+
+    const SECRET: &str = "whsec_unit";
+
+    fn stripe() -> StripeProvider {
+        StripeProvider::new(vec![SECRET.to_owned().into()])
+    }
+
+    fn order(status: OrderStatus, amount: i64) -> OrderRecord {
+        OrderRecord {
+            order_id: "01J00000000000000000000000".into(),
+            sku: "sku".into(),
+            quantity: 1,
+            stock_shard: 0,
+            amount: Money {
+                amount,
+                currency: "CNY".into(),
+            },
+            status,
+            buyer_email: "buyer@example.com".into(),
+            token_hash: String::new(),
+            created_at: String::new(),
+            expires_at: Timestamp(0),
+            updated_at: String::new(),
+            payment_ref: Some("pi_1".into()),
+            exception: None,
+        }
+    }
+
+    fn checkout_completed(amount: i64) -> Vec<u8> {
+        json!({"id": "evt_1", "type": "checkout.session.completed", "data": {"object": {
+            "id": "cs_1", "client_reference_id": "01J00000000000000000000000",
+            "amount_total": amount, "currency": "cny", "payment_intent": "pi_1",
+            "payment_status": "paid"}}})
+        .to_string()
+        .into_bytes()
+    }
+
+    fn signed_at(at: Timestamp, body: &[u8]) -> HeaderMap {
+        let header = signature_header(SECRET, at.unix_seconds(), body).unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(SIGNATURE_HEADER, HeaderValue::from_str(&header).unwrap());
+        headers
+    }
+
+    async fn verify_now(
+        provider: &dyn PaymentProvider,
+        clock: &FakeClock,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<PaymentEvent> {
+        let notification = Notification {
+            headers,
+            body,
+            received_at: clock.now(),
+        };
+        provider.verify_notification(&notification).await
+    }
+
+    async fn paid(
+        provider: &dyn PaymentProvider,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> PaymentNotice {
+        match verify_now(provider, &FakeClock::default(), headers, body).await {
+            Ok(PaymentEvent::Paid(notice)) => notice,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_webhook_tolerance_follows_the_clock() {
+        let clock = FakeClock::default();
+        let body = checkout_completed(990);
+        let headers = signed_at(clock.now(), &body);
+        clock.advance_seconds(300);
+        assert!(verify_now(&stripe(), &clock, &headers, &body).await.is_ok());
+        clock.advance_seconds(1);
+        assert!(matches!(
+            verify_now(&stripe(), &clock, &headers, &body).await,
+            Err(Error::InvalidSignature("timestamp outside the tolerance"))
+        ));
+        // Signed in the future (a skewed sender): the same tolerance the other way.
+        clock.set(FakeClock::DEFAULT.plus_seconds(-301));
+        assert!(
+            verify_now(&stripe(), &clock, &headers, &body)
+                .await
+                .is_err()
+        );
+        clock.advance_seconds(1);
+        assert!(verify_now(&stripe(), &clock, &headers, &body).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_verified_payment_pays_a_pending_order_once() {
+        let body = checkout_completed(990);
+        let notice = paid(&stripe(), &signed_at(FakeClock::DEFAULT, &body), &body).await;
+        let change = decide(&order(OrderStatus::PendingPayment, 990), &notice, false);
+        assert_eq!(change.outcome, "paid");
+        assert_eq!(
+            change.transition,
+            Some((
+                OrderStatus::PendingPayment,
+                OrderStatus::Paid,
+                Cause::PaymentReceived
+            ))
+        );
+        assert_eq!((change.provider, change.provider_ref), ("stripe", "pi_1"));
+        // Another event about the same payment, then a second payment.
+        let again = decide(&order(OrderStatus::Paid, 990), &notice, false);
+        assert_eq!(
+            (again.outcome, again.transition),
+            ("repeat_notification", None)
+        );
+        let other = PaymentNotice {
+            provider_ref: "pi_2".into(),
+            ..notice
+        };
+        let second = decide(&order(OrderStatus::Delivered, 990), &other, false);
+        assert_eq!(second.outcome, "duplicate_payment");
+    }
+
+    #[tokio::test]
+    async fn wrong_money_and_late_money() {
+        let body = checkout_completed(980);
+        let short = paid(&stripe(), &signed_at(FakeClock::DEFAULT, &body), &body).await;
+        let change = decide(&order(OrderStatus::PendingPayment, 990), &short, false);
+        assert_eq!(change.outcome, "amount_mismatch");
+        assert_eq!(
+            change.transition.map(|(_, to, _)| to),
+            Some(OrderStatus::PaymentException)
+        );
+        let body = checkout_completed(990);
+        let exact = paid(&stripe(), &signed_at(FakeClock::DEFAULT, &body), &body).await;
+        let late = decide(&order(OrderStatus::Expired, 990), &exact, false);
+        assert_eq!((late.outcome, late.reserve_stock), ("paid_late", true));
+        let sold = decide(&order(OrderStatus::Expired, 990), &exact, true);
+        assert_eq!(
+            (sold.outcome, sold.reserve_stock),
+            ("paid_after_expiry", false)
+        );
+    }
+
+    #[tokio::test]
+    async fn any_provider_feeds_the_same_rules() {
+        let provider = FakePaymentProvider::default();
+        let money = Money {
+            amount: 990,
+            currency: "CNY".into(),
+        };
+        let (headers, body) = provider.pay("evt_9", Some("01J00000000000000000000000"), money);
+        let notice = paid(&provider, &headers, &body).await;
+        let change = decide(&order(OrderStatus::PendingPayment, 990), &notice, false);
+        assert_eq!((change.provider, change.outcome), ("fake-pay", "paid"));
+    }
+
+    #[tokio::test]
+    async fn the_webhook_route_verifies_with_the_context_clock() {
+        let clock = Arc::new(FakeClock::default());
+        let ctx = offline_context()
+            .await
+            .unwrap()
+            .with_clock(clock.clone())
+            .with_payment_provider(Arc::new(stripe()))
+            .build();
+        // Verified and ignored: acknowledged without touching the store.
+        let body = json!({"id": "evt_3", "type": "charge.refunded", "data": {"object": {}}})
+            .to_string()
+            .into_bytes();
+        let headers = signed_at(clock.now(), &body);
+        let answer = payment_notification(&ctx, "stripe", &headers, &body).await;
+        assert_eq!(answer.unwrap(), json!({"received": true}));
+        clock.advance_seconds(301);
+        assert!(matches!(
+            payment_notification(&ctx, "stripe", &headers, &body).await,
+            Err(Error::InvalidSignature(_))
+        ));
+        assert!(matches!(
+            payment_notification(&ctx, "paypal", &headers, &body).await,
+            Err(Error::Config(_))
+        ));
+    }
 }

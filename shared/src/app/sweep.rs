@@ -7,7 +7,7 @@
 use serde::Serialize;
 
 use crate::config::Context;
-use crate::domain::order::OrderStatus;
+use crate::domain::order::payment_overdue;
 use crate::domain::time::Timestamp;
 use crate::error::Result;
 
@@ -22,8 +22,7 @@ async fn expire_one(ctx: &Context, order_id: &str, now: Timestamp) -> Result<boo
     let Some(order) = ctx.store.get_order(order_id).await? else {
         return Ok(false);
     };
-    Ok(order.status == OrderStatus::PendingPayment
-        && order.expires_at <= now
+    Ok(payment_overdue(order.status, order.expires_at, now)
         && ctx.store.expire_order(&order, now).await?)
 }
 

@@ -5,5 +5,4 @@ pub mod crypto;
 pub mod money;
 pub mod order;
 pub mod product;
-pub mod stripe;
 pub mod time;

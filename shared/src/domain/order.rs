@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::domain::time::Timestamp;
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
@@ -111,6 +112,16 @@ impl OrderStatus {
     }
 }
 
+/// When an order created at `created` stops waiting for payment.
+pub fn payment_deadline(created: Timestamp, ttl_seconds: i64) -> Timestamp {
+    created.plus_seconds(ttl_seconds)
+}
+
+/// An unpaid order past its deadline (at the deadline itself, too): the sweep expires it.
+pub fn payment_overdue(status: OrderStatus, expires_at: Timestamp, now: Timestamp) -> bool {
+    status == OrderStatus::PendingPayment && expires_at <= now
+}
+
 pub const ALL_STATUSES: [OrderStatus; 8] = [
     OrderStatus::PendingPayment,
     OrderStatus::Paid,
@@ -176,6 +187,28 @@ mod tests {
                     .iter()
                     .all(|(f, c, _)| (f, c) != (from, cause)),
                 "duplicate row for {from} {cause:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_unpaid_order_is_overdue_from_its_deadline_on() {
+        use crate::fakes::FakeClock;
+        use crate::ports::Clock;
+
+        let clock = FakeClock::default();
+        let deadline = payment_deadline(clock.now(), 900);
+        assert_eq!(deadline, clock.now().plus_seconds(900));
+        clock.advance_seconds(899);
+        assert!(!payment_overdue(PendingPayment, deadline, clock.now()));
+        clock.advance_seconds(1);
+        assert!(payment_overdue(PendingPayment, deadline, clock.now()));
+        clock.advance_seconds(31 * 86_400);
+        assert!(payment_overdue(PendingPayment, deadline, clock.now()));
+        for settled in ALL_STATUSES.into_iter().filter(|s| *s != PendingPayment) {
+            assert!(
+                !payment_overdue(settled, deadline, clock.now()),
+                "{settled}"
             );
         }
     }

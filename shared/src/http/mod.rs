@@ -66,9 +66,13 @@ fn status_and_code(err: &Error) -> (StatusCode, &'static str) {
         Error::InvalidSignature(_) => (StatusCode::BAD_REQUEST, "invalid_signature"),
         Error::IllegalTransition { .. } => (StatusCode::CONFLICT, "illegal_transition"),
         Error::Contention(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy_retry"),
-        Error::Corrupt(_) | Error::Crypto(_) | Error::Config(_) | Error::Aws { .. } => {
-            (StatusCode::INTERNAL_SERVER_ERROR, "internal_error")
-        }
+        Error::Corrupt(_)
+        | Error::Crypto(_)
+        | Error::Config(_)
+        | Error::Aws { .. }
+        | Error::Upstream { .. }
+        | Error::Timeout { .. }
+        | Error::NotAvailable { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
     }
 }
 

@@ -7,10 +7,8 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use utoipa_axum::routes;
 
-use super::{ApiResult, ApiRouter, AppState, ErrorBody, RawBody, Reply, header_str};
+use super::{ApiResult, ApiRouter, AppState, ErrorBody, RawBody, Reply};
 use crate::app::payments;
-use crate::domain::stripe::SIGNATURE_HEADER;
-use crate::domain::time::Timestamp;
 use crate::request::MAX_SMALL_BODY;
 
 pub fn routes() -> ApiRouter {
@@ -43,7 +41,6 @@ async fn stripe(
     headers: HeaderMap,
     RawBody(body): RawBody<MAX_SMALL_BODY>,
 ) -> ApiResult<WebhookAck> {
-    let signature = header_str(&headers, SIGNATURE_HEADER);
-    payments::stripe_webhook(&ctx, signature, &body, Timestamp::now()).await?;
+    payments::payment_notification(&ctx, "stripe", &headers, &body).await?;
     Ok(Reply(StatusCode::OK, WebhookAck { received: true }))
 }

@@ -1,18 +1,103 @@
-//! Stripe webhook signatures and the two events that mean "this order is paid".
+//! Stripe, the first payment provider: webhook signatures and the events that mean
+//! "this order is paid", turned into Kami's `PaymentEvent`.
 //!
 //! Scheme: `Stripe-Signature: t=<unix>,v1=<hex>[,v1=...]`, HMAC-SHA256 of
 //! `"{t}.{raw body}"` under the endpoint secret; any `v1` may match; several endpoint
 //! secrets are accepted while one is being rotated.
+//!
+//! Kami does not call Stripe's API yet (no Checkout Session is created here; the buyer's
+//! payment page is the payments issue's work): `create_payment`, `query_payment`,
+//! `close_payment` and `refund` answer `Error::NotAvailable`.
 
 use hmac::{Hmac, KeyInit, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
+use zeroize::Zeroizing;
 
-use crate::domain::money::parse_currency;
+use crate::domain::money::{Money, parse_currency};
 use crate::error::{Error, Result};
+use crate::ports::PortFuture;
+use crate::ports::payment::{
+    Notification, PaymentEvent, PaymentNotice, PaymentProvider, PaymentRequest, PaymentSession,
+    PaymentState, RefundOutcome, RefundRequest,
+};
 
+pub const PROVIDER: &str = "stripe";
 pub const SIGNATURE_HEADER: &str = "stripe-signature";
 pub const DEFAULT_TOLERANCE_SECONDS: i64 = 300;
+
+/// Stripe as a `PaymentProvider`: verifies webhooks under the endpoint secrets.
+pub struct StripeProvider {
+    webhook_secrets: Vec<Zeroizing<String>>,
+    tolerance_seconds: i64,
+}
+
+impl StripeProvider {
+    pub fn new(webhook_secrets: Vec<Zeroizing<String>>) -> Self {
+        StripeProvider {
+            webhook_secrets,
+            tolerance_seconds: DEFAULT_TOLERANCE_SECONDS,
+        }
+    }
+
+    fn verify(&self, notification: &Notification<'_>) -> Result<PaymentEvent> {
+        let header = notification
+            .headers
+            .get(SIGNATURE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .ok_or(Error::InvalidSignature("missing Stripe-Signature header"))?;
+        verify_signature(
+            header,
+            notification.body,
+            &self.webhook_secrets,
+            notification.received_at.unix_seconds(),
+            self.tolerance_seconds,
+        )?;
+        parse_event(notification.body)
+    }
+}
+
+impl std::fmt::Debug for StripeProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StripeProvider(<redacted>)")
+    }
+}
+
+fn not_yet<T>(operation: &'static str) -> Result<T> {
+    Err(Error::NotAvailable {
+        system: PROVIDER,
+        operation,
+    })
+}
+
+impl PaymentProvider for StripeProvider {
+    fn name(&self) -> &'static str {
+        PROVIDER
+    }
+
+    fn create_payment<'a>(&'a self, _: &'a PaymentRequest) -> PortFuture<'a, PaymentSession> {
+        Box::pin(async { not_yet("create_payment") })
+    }
+
+    fn verify_notification<'a>(
+        &'a self,
+        notification: &'a Notification<'a>,
+    ) -> PortFuture<'a, PaymentEvent> {
+        Box::pin(async move { self.verify(notification) })
+    }
+
+    fn query_payment<'a>(&'a self, _: &'a str) -> PortFuture<'a, PaymentState> {
+        Box::pin(async { not_yet("query_payment") })
+    }
+
+    fn close_payment<'a>(&'a self, _: &'a str) -> PortFuture<'a, ()> {
+        Box::pin(async { not_yet("close_payment") })
+    }
+
+    fn refund<'a>(&'a self, _: &'a RefundRequest) -> PortFuture<'a, RefundOutcome> {
+        Box::pin(async { not_yet("refund") })
+    }
+}
 
 /// Verifies the raw body against the header. `now` is Unix seconds.
 pub fn verify_signature<S: AsRef<str>>(
@@ -76,35 +161,6 @@ pub fn verify_signature<S: AsRef<str>>(
     Err(Error::InvalidSignature("no signature matches"))
 }
 
-/// A provider's word that money for an order arrived.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PaymentNotice {
-    pub provider: &'static str,
-    pub event_id: String,
-    pub order_id: String,
-    pub amount: i64,
-    pub currency: String,
-    /// The provider's payment reference (Stripe PaymentIntent id, else session id).
-    pub provider_ref: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StripeEvent {
-    Payment(PaymentNotice),
-    /// A verified event Kami does not act on; acknowledged so Stripe stops retrying.
-    Ignored {
-        event_id: String,
-        kind: String,
-    },
-    /// A verified payment event that cannot be bound to an order (no order id, amount
-    /// or currency): acknowledged, and kept for an operator.
-    Unbound {
-        event_id: String,
-        kind: String,
-        missing: &'static str,
-    },
-}
-
 #[derive(Deserialize)]
 struct RawEvent {
     id: String,
@@ -118,7 +174,8 @@ struct RawData {
     object: serde_json::Value,
 }
 
-pub fn parse_event(raw_body: &[u8]) -> Result<StripeEvent> {
+/// What a verified event body means to Kami.
+pub fn parse_event(raw_body: &[u8]) -> Result<PaymentEvent> {
     let event: RawEvent = serde_json::from_slice(raw_body).map_err(Error::invalid_json)?;
     let object = &event.data.object;
     let text = |pointer: &str| object.pointer(pointer).and_then(|v| v.as_str());
@@ -126,7 +183,7 @@ pub fn parse_event(raw_body: &[u8]) -> Result<StripeEvent> {
         "checkout.session.completed" | "checkout.session.async_payment_succeeded" => {
             // Only a paid session is money; a delayed payment method completes later.
             if text("/payment_status") != Some("paid") {
-                return Ok(StripeEvent::Ignored {
+                return Ok(PaymentEvent::Ignored {
                     event_id: event.id,
                     kind: event.kind,
                 });
@@ -139,7 +196,7 @@ pub fn parse_event(raw_body: &[u8]) -> Result<StripeEvent> {
         }
         // Checkout's own PaymentIntents carry no order id: the session event binds them.
         "payment_intent.succeeded" if text("/metadata/order_id").is_none() => {
-            return Ok(StripeEvent::Ignored {
+            return Ok(PaymentEvent::Ignored {
                 event_id: event.id,
                 kind: event.kind,
             });
@@ -150,7 +207,7 @@ pub fn parse_event(raw_body: &[u8]) -> Result<StripeEvent> {
             text("/id"),
         ),
         _ => {
-            return Ok(StripeEvent::Ignored {
+            return Ok(PaymentEvent::Ignored {
                 event_id: event.id,
                 kind: event.kind,
             });
@@ -170,37 +227,39 @@ pub fn parse_event(raw_body: &[u8]) -> Result<StripeEvent> {
                 } else {
                     "payment reference"
                 };
-                return Ok(StripeEvent::Unbound {
+                return Ok(PaymentEvent::Unbound {
                     event_id: event.id,
                     kind: event.kind,
                     missing,
                 });
             }
         };
-    Ok(StripeEvent::Payment(PaymentNotice {
-        provider: "stripe",
+    Ok(PaymentEvent::Paid(PaymentNotice {
+        provider: PROVIDER,
         order_id: order_id.to_owned(),
-        amount,
-        currency,
+        amount: Money { amount, currency },
         provider_ref: provider_ref.to_owned(),
         event_id: event.id,
     }))
 }
 
+/// The `Stripe-Signature` header Stripe sends with `body` at `timestamp` (tests).
+#[cfg(any(test, feature = "fakes"))]
+pub fn signature_header(secret: &str, timestamp: i64, body: &[u8]) -> Result<String> {
+    let mut message = format!("{timestamp}.").into_bytes();
+    message.extend_from_slice(body);
+    let signature = crate::domain::crypto::hmac_sha256_hex(secret.as_bytes(), &message)?;
+    Ok(format!("t={timestamp},v1={signature}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::crypto::hmac_sha256_hex;
 
     const NOW: i64 = 1_800_000_000;
 
     fn header(secret: &str, t: i64, body: &[u8]) -> String {
-        let mut message = format!("{t}.").into_bytes();
-        message.extend_from_slice(body);
-        format!(
-            "t={t},v1={}",
-            hmac_sha256_hex(secret.as_bytes(), &message).unwrap()
-        )
+        signature_header(secret, t, body).unwrap()
     }
 
     fn secrets(list: &[&str]) -> Vec<String> {
@@ -258,12 +317,14 @@ mod tests {
             "currency": "cny", "payment_intent": "pi_1", "payment_status": "paid"}}});
         assert_eq!(
             parse_event(session.to_string().as_bytes()).unwrap(),
-            StripeEvent::Payment(PaymentNotice {
+            PaymentEvent::Paid(PaymentNotice {
                 provider: "stripe",
                 event_id: "evt_1".into(),
                 order_id: "01ORDER".into(),
-                amount: 990,
-                currency: "CNY".into(),
+                amount: Money {
+                    amount: 990,
+                    currency: "CNY".into(),
+                },
                 provider_ref: "pi_1".into(),
             })
         );
@@ -271,8 +332,11 @@ mod tests {
             "data": {"object": {"id": "pi_2", "metadata": {"order_id": "01ORDER"},
             "amount_received": 1980, "currency": "usd"}}});
         match parse_event(intent.to_string().as_bytes()).unwrap() {
-            StripeEvent::Payment(notice) => {
-                assert_eq!((notice.amount, notice.currency.as_str()), (1980, "USD"));
+            PaymentEvent::Paid(notice) => {
+                assert_eq!(
+                    (notice.amount.amount, notice.amount.currency.as_str()),
+                    (1980, "USD")
+                );
                 assert_eq!(notice.provider_ref, "pi_2");
             }
             other => panic!("{other:?}"),
@@ -285,7 +349,7 @@ mod tests {
             "data": {"object": {"payment_status": "paid", "amount_total": 5, "currency": "cny", "id": "cs_5"}}});
         assert!(matches!(
             parse_event(body.to_string().as_bytes()).unwrap(),
-            StripeEvent::Unbound {
+            PaymentEvent::Unbound {
                 missing: "order id",
                 ..
             }
@@ -294,7 +358,7 @@ mod tests {
             "data": {"object": {"id": "pi_6", "metadata": {"order_id": "01X"}, "currency": "cny"}}});
         assert!(matches!(
             parse_event(no_amount.to_string().as_bytes()).unwrap(),
-            StripeEvent::Unbound {
+            PaymentEvent::Unbound {
                 missing: "amount",
                 ..
             }
@@ -323,7 +387,7 @@ mod tests {
         ] {
             assert!(matches!(
                 parse_event(body.to_string().as_bytes()).unwrap(),
-                StripeEvent::Ignored { .. }
+                PaymentEvent::Ignored { .. }
             ));
         }
     }

@@ -1,0 +1,301 @@
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use lambda_http::http::{HeaderMap, HeaderValue};
+use serde::{Deserialize, Serialize};
+
+use super::{Behaviour, Script, lock};
+use crate::domain::money::Money;
+use crate::error::{Error, Result};
+use crate::ports::PortFuture;
+use crate::ports::payment::{
+    Notification, PaymentEvent, PaymentNotice, PaymentProvider, PaymentRequest, PaymentSession,
+    PaymentState, RefundOutcome, RefundRequest,
+};
+
+const NAME: &str = "fake-pay";
+pub const SIGNATURE_HEADER: &str = "fake-signature";
+
+/// A payment provider in memory: sessions, payments and refunds by reference, and
+/// notifications "signed" with a shared secret, sent by `pay`.
+pub struct FakePaymentProvider {
+    secret: String,
+    script: Script,
+    payments: Mutex<HashMap<String, PaymentState>>,
+    refunds: Mutex<Vec<RefundRequest>>,
+}
+
+/// The body of a fake notification.
+#[derive(Serialize, Deserialize)]
+struct Body {
+    event_id: String,
+    order_id: Option<String>,
+    amount: Money,
+    provider_ref: String,
+}
+
+impl Default for FakePaymentProvider {
+    fn default() -> Self {
+        FakePaymentProvider {
+            secret: "fake-secret".into(),
+            script: Script::default(),
+            payments: Mutex::default(),
+            refunds: Mutex::default(),
+        }
+    }
+}
+
+impl FakePaymentProvider {
+    pub fn then(&self, behaviour: Behaviour) {
+        self.script.then(behaviour);
+    }
+
+    /// The buyer pays `amount` for `order_id` (None: a payment naming no order): the
+    /// notification the provider sends, as (headers, body).
+    pub fn pay(
+        &self,
+        event_id: &str,
+        order_id: Option<&str>,
+        amount: Money,
+    ) -> (HeaderMap, Vec<u8>) {
+        let provider_ref = format!("fake_pay_{}", order_id.unwrap_or(event_id));
+        lock(&self.payments).insert(
+            provider_ref.clone(),
+            PaymentState::Paid {
+                amount: amount.clone(),
+            },
+        );
+        let body = Body {
+            event_id: event_id.to_owned(),
+            order_id: order_id.map(str::to_owned),
+            amount,
+            provider_ref,
+        };
+        let mut headers = HeaderMap::new();
+        if let Ok(value) = HeaderValue::from_str(&self.secret) {
+            headers.insert(SIGNATURE_HEADER, value);
+        }
+        (headers, serde_json::to_vec(&body).unwrap_or_default())
+    }
+
+    /// Every refund the provider made.
+    pub fn refunds(&self) -> Vec<RefundRequest> {
+        lock(&self.refunds).clone()
+    }
+
+    fn verify(&self, notification: &Notification<'_>) -> Result<PaymentEvent> {
+        let signature = notification.headers.get(SIGNATURE_HEADER);
+        if signature.is_none_or(|s| s.as_bytes() != self.secret.as_bytes()) {
+            return Err(Error::InvalidSignature("not signed by the fake provider"));
+        }
+        let body: Body = serde_json::from_slice(notification.body).map_err(Error::invalid_json)?;
+        Ok(match body.order_id {
+            Some(order_id) => PaymentEvent::Paid(PaymentNotice {
+                provider: NAME,
+                event_id: body.event_id,
+                order_id,
+                amount: body.amount,
+                provider_ref: body.provider_ref,
+            }),
+            None => PaymentEvent::Unbound {
+                event_id: body.event_id,
+                kind: "payment".into(),
+                missing: "order id",
+            },
+        })
+    }
+
+    fn create(&self, request: &PaymentRequest) -> Result<PaymentSession> {
+        let provider_ref = format!("fake_pay_{}", request.order_id);
+        self.script.perform(NAME, || {
+            lock(&self.payments).insert(provider_ref.clone(), PaymentState::AwaitingPayment);
+        })?;
+        Ok(PaymentSession {
+            pay_url: format!("https://pay.invalid/{provider_ref}"),
+            provider_ref,
+        })
+    }
+
+    fn close(&self, provider_ref: &str) -> Result<()> {
+        let mut outcome = Ok(());
+        self.script.perform(NAME, || {
+            let mut payments = lock(&self.payments);
+            outcome = match payments.get(provider_ref) {
+                Some(PaymentState::AwaitingPayment | PaymentState::Closed) => {
+                    payments.insert(provider_ref.to_owned(), PaymentState::Closed);
+                    Ok(())
+                }
+                _ => Err(Error::Upstream {
+                    system: NAME,
+                    message: "only an unpaid payment can be closed".into(),
+                }),
+            };
+        })?;
+        outcome
+    }
+
+    /// Refunds once per `refund_id`, as a provider honouring idempotency keys does: a
+    /// retry after a lost answer (or a duplicated request) refunds nothing more.
+    fn refund_now(&self, request: &RefundRequest) -> Result<RefundOutcome> {
+        let paid = matches!(
+            lock(&self.payments).get(&request.provider_ref),
+            Some(PaymentState::Paid { .. } | PaymentState::Refunded { .. })
+        );
+        if !paid {
+            return Ok(RefundOutcome::Refused {
+                reason: "no such paid payment".into(),
+            });
+        }
+        self.script.perform(NAME, || {
+            let mut refunds = lock(&self.refunds);
+            if refunds.iter().all(|r| r.refund_id != request.refund_id) {
+                refunds.push(request.clone());
+            }
+            lock(&self.payments).insert(
+                request.provider_ref.clone(),
+                PaymentState::Refunded {
+                    amount: request.amount.clone(),
+                },
+            );
+        })?;
+        Ok(RefundOutcome::Refunded)
+    }
+}
+
+impl PaymentProvider for FakePaymentProvider {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn create_payment<'a>(&'a self, request: &'a PaymentRequest) -> PortFuture<'a, PaymentSession> {
+        Box::pin(async move { self.create(request) })
+    }
+
+    fn verify_notification<'a>(
+        &'a self,
+        notification: &'a Notification<'a>,
+    ) -> PortFuture<'a, PaymentEvent> {
+        Box::pin(async move { self.verify(notification) })
+    }
+
+    fn query_payment<'a>(&'a self, provider_ref: &'a str) -> PortFuture<'a, PaymentState> {
+        Box::pin(async move {
+            Ok(lock(&self.payments)
+                .get(provider_ref)
+                .cloned()
+                .unwrap_or(PaymentState::Unknown))
+        })
+    }
+
+    fn close_payment<'a>(&'a self, provider_ref: &'a str) -> PortFuture<'a, ()> {
+        Box::pin(async move { self.close(provider_ref) })
+    }
+
+    fn refund<'a>(&'a self, request: &'a RefundRequest) -> PortFuture<'a, RefundOutcome> {
+        Box::pin(async move { self.refund_now(request) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::time::Timestamp;
+
+    fn cny(amount: i64) -> Money {
+        Money {
+            amount,
+            currency: "CNY".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn notifications_are_verified_into_events() {
+        let provider = FakePaymentProvider::default();
+        let (headers, body) = provider.pay("evt_1", Some("01ORDER"), cny(990));
+        let notification = Notification {
+            headers: &headers,
+            body: &body,
+            received_at: Timestamp(0),
+        };
+        match provider.verify_notification(&notification).await.unwrap() {
+            PaymentEvent::Paid(notice) => {
+                assert_eq!(
+                    (notice.provider, notice.order_id.as_str()),
+                    (NAME, "01ORDER")
+                );
+                assert_eq!(notice.amount, cny(990));
+            }
+            other => panic!("{other:?}"),
+        }
+        let forged = Notification {
+            headers: &HeaderMap::new(),
+            ..notification
+        };
+        assert!(matches!(
+            provider.verify_notification(&forged).await,
+            Err(Error::InvalidSignature(_))
+        ));
+        let (headers, body) = provider.pay("evt_2", None, cny(5));
+        let unbound = Notification {
+            headers: &headers,
+            body: &body,
+            received_at: Timestamp(0),
+        };
+        assert!(matches!(
+            provider.verify_notification(&unbound).await.unwrap(),
+            PaymentEvent::Unbound { .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn create_query_close() {
+        let provider = FakePaymentProvider::default();
+        let request = PaymentRequest {
+            order_id: "01ORDER".into(),
+            amount: cny(990),
+            buyer_email: "buyer@example.com".into(),
+            expires_at: Timestamp(0),
+        };
+        let session = provider.create_payment(&request).await.unwrap();
+        let state = provider.query_payment(&session.provider_ref).await.unwrap();
+        assert_eq!(state, PaymentState::AwaitingPayment);
+        provider.close_payment(&session.provider_ref).await.unwrap();
+        let state = provider.query_payment(&session.provider_ref).await.unwrap();
+        assert_eq!(state, PaymentState::Closed);
+        let state = provider.query_payment("nope").await.unwrap();
+        assert_eq!(state, PaymentState::Unknown);
+    }
+
+    #[tokio::test]
+    async fn a_refund_retried_after_a_lost_answer_refunds_once() {
+        let provider = FakePaymentProvider::default();
+        provider.pay("evt_1", Some("01ORDER"), cny(990));
+        let refund = RefundRequest {
+            refund_id: "refund-01ORDER".into(),
+            provider_ref: "fake_pay_01ORDER".into(),
+            amount: cny(990),
+        };
+        assert!(
+            provider.close_payment(&refund.provider_ref).await.is_err(),
+            "a paid payment cannot be closed"
+        );
+        provider.then(Behaviour::TimeOut);
+        assert!(matches!(
+            provider.refund(&refund).await,
+            Err(Error::Timeout { .. })
+        ));
+        assert_eq!(
+            provider.refund(&refund).await.unwrap(),
+            RefundOutcome::Refunded
+        );
+        assert_eq!(provider.refunds().len(), 1);
+        let unknown = RefundRequest {
+            provider_ref: "fake_pay_other".into(),
+            ..refund
+        };
+        assert!(matches!(
+            provider.refund(&unknown).await.unwrap(),
+            RefundOutcome::Refused { .. }
+        ));
+    }
+}
