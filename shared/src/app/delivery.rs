@@ -9,7 +9,7 @@ use crate::adapters::queue::DeliveryMessage;
 use crate::config::Context;
 use crate::domain::order::OrderStatus;
 use crate::error::{Error, Result};
-use crate::store::{AllocateOutcome, OrderRecord, STOCK_SHARDS, Store};
+use crate::store::{AllocateOutcome, DeliveryRecord, OrderRecord, STOCK_SHARDS, Store};
 
 const KEYS_PER_QUERY: i32 = 10;
 /// Re-reads of one stock shard when other deliveries keep taking its keys first.
@@ -30,7 +30,12 @@ pub async fn deliver(ctx: &Context, order_id: &str) -> Result<DeliveryOutcome> {
         return Ok(DeliveryOutcome::Skipped(None));
     };
     let order = view.order;
-    let filled: Vec<u32> = view.deliveries.iter().map(|slot| slot.slot).collect();
+    let filled: Vec<u32> = view
+        .deliveries
+        .iter()
+        .filter_map(DeliveryRecord::card_key)
+        .map(|slot| slot.slot)
+        .collect();
     if order.status == OrderStatus::Delivered {
         return Ok(DeliveryOutcome::AlreadyDelivered);
     }

@@ -17,7 +17,9 @@ use crate::domain::product::{DeliveryType, validate_quantity, validate_sku};
 use crate::domain::time::{Timestamp, is_id, new_id};
 use crate::error::{ConflictKind, Error, Result};
 use crate::request::RequestBody;
-use crate::store::{COUNTER_SHARDS, CreateOrderOutcome, OrderEvent, OrderRecord, OrderView};
+use crate::store::{
+    COUNTER_SHARDS, CreateOrderOutcome, DeliveryRecord, OrderEvent, OrderRecord, OrderView,
+};
 
 const MIN_IDEMPOTENCY_KEY_LEN: usize = 8;
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
@@ -153,6 +155,7 @@ pub async fn create_order(
         order_id: order_id.clone(),
         sku: product.sku.clone(),
         quantity,
+        delivery_type: product.delivery,
         stock_shard: 0,
         amount: product.price.times(quantity)?,
         status: OrderStatus::PendingPayment,
@@ -335,7 +338,7 @@ pub async fn get_order(ctx: &Context, order_id: &str, token: Option<&str>) -> Re
 async fn reveal_codes(ctx: &Context, view: &OrderView) -> Result<Vec<Delivered>> {
     let mut data_keys: HashMap<&str, DataKey> = HashMap::new();
     let mut codes = Vec::with_capacity(view.deliveries.len());
-    for slot in &view.deliveries {
+    for slot in view.deliveries.iter().filter_map(DeliveryRecord::card_key) {
         if !data_keys.contains_key(slot.batch_id.as_str()) {
             let key = match ctx.vault()?.cached(&slot.batch_id) {
                 Some(key) => key,
