@@ -216,3 +216,410 @@ fn receive_count(message: &SqsMessage) -> u32 {
         .and_then(|count| count.parse().ok())
         .unwrap_or(1)
 }
+
+/// The worker's shared part with a fake order store and a scripted fulfiller: no AWS.
+/// The fulfiller stands for any delivery type; what it answers is what these test.
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
+    use aws_config::{BehaviorVersion, Region, SdkConfig};
+
+    use super::*;
+    use crate::app::orders::Delivered;
+    use crate::config::{Config, ContextBuilder};
+    use crate::domain::money::Money;
+    use crate::domain::order::Cause;
+    use crate::domain::product::DeliveryType;
+    use crate::domain::time::Timestamp;
+    use crate::store::{CardKeySlot, DeliveryRecord};
+
+    /// A context whose clients are never called (the fakes stand in for them).
+    fn offline_context() -> Arc<Context> {
+        let config =
+            Config::from_lookup(|name| (name == "KAMI_TABLE").then(|| "t".to_owned())).unwrap();
+        let sdk = SdkConfig::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::from_static("us-east-1"))
+            .build();
+        ContextBuilder::new(config, sdk, None).build()
+    }
+
+    fn order(order_id: &str, sku: &str, status: OrderStatus) -> OrderRecord {
+        let now = Timestamp::now();
+        OrderRecord {
+            order_id: order_id.to_owned(),
+            sku: sku.to_owned(),
+            quantity: 2,
+            delivery_type: DeliveryType::CardKey,
+            stock_shard: 0,
+            amount: Money {
+                amount: 200,
+                currency: "CNY".into(),
+            },
+            status,
+            buyer_email: "buyer@example.com".into(),
+            token_hash: String::new(),
+            created_at: now.to_rfc3339(),
+            expires_at: now,
+            updated_at: now.to_rfc3339(),
+            payment_ref: None,
+            exception: None,
+        }
+    }
+
+    fn record(slot: u32) -> DeliveryRecord {
+        DeliveryRecord::CardKey(CardKeySlot {
+            slot,
+            key_id: format!("key-{slot}"),
+            batch_id: "batch".into(),
+            sku: "sku".into(),
+            sealed: Vec::new(),
+        })
+    }
+
+    /// Orders in memory; every move is conditional on the status the worker read, and
+    /// follows the domain's transition table, as the store's do.
+    #[derive(Default)]
+    struct FakeOrders {
+        orders: Mutex<HashMap<String, (OrderRecord, Vec<DeliveryRecord>)>>,
+        /// Another actor moves the order to this status right after the worker reads it.
+        moved_after_read: Mutex<HashMap<String, OrderStatus>>,
+    }
+
+    impl FakeOrders {
+        fn with(orders: impl IntoIterator<Item = (OrderRecord, Vec<DeliveryRecord>)>) -> Self {
+            let orders = orders
+                .into_iter()
+                .map(|(order, done)| (order.order_id.clone(), (order, done)))
+                .collect();
+            FakeOrders {
+                orders: Mutex::new(orders),
+                ..FakeOrders::default()
+            }
+        }
+
+        fn stored(&self, order_id: &str) -> OrderRecord {
+            self.orders.lock().unwrap()[order_id].0.clone()
+        }
+
+        fn moves_after_read(&self, order_id: &str, to: OrderStatus) {
+            self.moved_after_read
+                .lock()
+                .unwrap()
+                .insert(order_id.to_owned(), to);
+        }
+
+        fn apply(&self, read: &OrderRecord, cause: Cause, exception: Option<&str>) -> Result<bool> {
+            let mut orders = self.orders.lock().unwrap();
+            let Some((stored, _)) = orders.get_mut(&read.order_id) else {
+                return Ok(false);
+            };
+            if stored.status != read.status {
+                return Ok(false);
+            }
+            stored.status = stored.status.next(cause)?;
+            if cause == Cause::Deliver || exception.is_some() {
+                stored.exception = exception.map(str::to_owned);
+            }
+            Ok(true)
+        }
+    }
+
+    impl DeliveryOrders for FakeOrders {
+        async fn load(&self, order_id: &str) -> Result<Option<OrderView>> {
+            let mut orders = self.orders.lock().unwrap();
+            let Some((order, done)) = orders.get_mut(order_id) else {
+                return Ok(None);
+            };
+            let view = OrderView {
+                order: order.clone(),
+                events: Vec::new(),
+                deliveries: done.clone(),
+                payments: Vec::new(),
+            };
+            if let Some(to) = self.moved_after_read.lock().unwrap().remove(order_id) {
+                order.status = to;
+            }
+            Ok(Some(view))
+        }
+
+        async fn current(&self, order_id: &str) -> Result<Option<OrderRecord>> {
+            let orders = self.orders.lock().unwrap();
+            Ok(orders.get(order_id).map(|(order, _)| order.clone()))
+        }
+
+        async fn finish(&self, order: &OrderRecord) -> Result<bool> {
+            self.apply(order, Cause::Deliver, None)
+        }
+
+        async fn give_up(&self, order: &OrderRecord) -> Result<bool> {
+            self.apply(order, Cause::DeliveryGaveUp, None)
+        }
+
+        async fn fail(&self, order: &OrderRecord, reason: &'static str) -> Result<bool> {
+            self.apply(order, Cause::FulfilmentFailed, Some(reason))
+        }
+    }
+
+    /// A fulfiller scripted by the order's sku: `done`, `pending`, `failed`,
+    /// `not_payable`; anything else is a transient error. Remembers each call as
+    /// (order id, records it was handed).
+    #[derive(Default)]
+    struct Scripted {
+        calls: Mutex<Vec<(String, usize)>>,
+    }
+
+    impl Scripted {
+        fn calls(&self) -> Vec<(String, usize)> {
+            self.calls.lock().unwrap().clone()
+        }
+    }
+
+    impl Fulfiller for Scripted {
+        async fn fulfil(
+            &self,
+            _ctx: &Context,
+            order: &OrderRecord,
+            done: &[DeliveryRecord],
+        ) -> Result<Fulfilment> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push((order.order_id.clone(), done.len()));
+            match order.sku.as_str() {
+                "done" => Ok(Fulfilment::Done),
+                "pending" => Ok(Fulfilment::Pending),
+                "failed" => Ok(Fulfilment::Failed {
+                    reason: "supplier_refused",
+                }),
+                "not_payable" => Ok(Fulfilment::NotPayable),
+                _ => Err(Error::Aws {
+                    service: "supplier",
+                    message: "timed out".into(),
+                }),
+            }
+        }
+
+        async fn show(
+            &self,
+            _ctx: &Context,
+            _order: &OrderRecord,
+            _done: &[DeliveryRecord],
+        ) -> Result<Vec<Delivered>> {
+            Ok(Vec::new())
+        }
+    }
+
+    fn message(message_id: &str, body: &str, receive_count: u32) -> SqsMessage {
+        let mut message = SqsMessage::default();
+        message.message_id = Some(message_id.to_owned());
+        message.body = Some(body.to_owned());
+        message
+            .attributes
+            .insert("ApproximateReceiveCount".into(), receive_count.to_string());
+        message
+    }
+
+    fn for_order(order_id: &str, receive_count: u32) -> SqsMessage {
+        let body = format!(r#"{{"order_id":"{order_id}"}}"#);
+        message(&format!("msg-{order_id}"), &body, receive_count)
+    }
+
+    /// The worker over fakes, with its orders.
+    struct Fixture {
+        ctx: Arc<Context>,
+        orders: FakeOrders,
+        fulfiller: Scripted,
+    }
+
+    impl Fixture {
+        fn new(orders: impl IntoIterator<Item = (OrderRecord, Vec<DeliveryRecord>)>) -> Self {
+            Fixture {
+                ctx: offline_context(),
+                orders: FakeOrders::with(orders),
+                fulfiller: Scripted::default(),
+            }
+        }
+
+        /// Paid orders without records, each (id, sku: what the fulfiller answers).
+        fn paid(orders: &[(&str, &str)]) -> Self {
+            Fixture::new(
+                orders
+                    .iter()
+                    .map(|(id, sku)| (order(id, sku, OrderStatus::Paid), Vec::new())),
+            )
+        }
+
+        fn worker(&self) -> Worker<'_, FakeOrders, Scripted> {
+            Worker {
+                ctx: &self.ctx,
+                orders: &self.orders,
+                fulfiller: &self.fulfiller,
+            }
+        }
+
+        async fn deliver(&self, order_id: &str) -> Result<DeliveryOutcome> {
+            self.worker().deliver(order_id).await
+        }
+
+        /// Runs one SQS batch; the ids of the messages reported failed.
+        async fn batch(&self, messages: Vec<SqsMessage>) -> Vec<String> {
+            let mut event = SqsEvent::default();
+            event.records = messages;
+            let response = self.worker().handle_batch(event).await;
+            response
+                .batch_item_failures
+                .into_iter()
+                .map(|failure| failure.item_identifier)
+                .collect()
+        }
+
+        fn status(&self, order_id: &str) -> (OrderStatus, Option<String>) {
+            let stored = self.orders.stored(order_id);
+            (stored.status, stored.exception)
+        }
+
+        fn last_attempt(&self) -> u32 {
+            self.ctx.config.delivery_max_attempts
+        }
+    }
+
+    #[tokio::test]
+    async fn the_fulfiller_is_handed_the_order_with_what_earlier_attempts_recorded() {
+        let fixture = Fixture::new([
+            (order("A", "done", OrderStatus::Paid), vec![record(0)]),
+            (order("B", "done", OrderStatus::DeliveryFailed), Vec::new()),
+        ]);
+        let failed = fixture
+            .batch(vec![for_order("A", 1), for_order("B", 1)])
+            .await;
+        assert!(failed.is_empty(), "{failed:?}");
+        assert_eq!(
+            fixture.fulfiller.calls(),
+            [("A".into(), 1), ("B".into(), 0)]
+        );
+        assert_eq!(fixture.status("A"), (OrderStatus::Delivered, None));
+        assert_eq!(fixture.status("B"), (OrderStatus::Delivered, None));
+    }
+
+    #[tokio::test]
+    async fn a_delivered_order_is_delivered_once_and_then_left_alone() {
+        let fixture = Fixture::paid(&[("A", "done")]);
+        assert_eq!(
+            fixture.deliver("A").await.unwrap(),
+            DeliveryOutcome::Delivered
+        );
+        assert_eq!(
+            fixture.deliver("A").await.unwrap(),
+            DeliveryOutcome::AlreadyDelivered
+        );
+        assert_eq!(
+            fixture.fulfiller.calls().len(),
+            1,
+            "the second message is a no-op"
+        );
+    }
+
+    #[tokio::test]
+    async fn orders_not_waiting_for_delivery_never_reach_the_fulfiller() {
+        let waiting_for_nothing = [
+            OrderStatus::PendingPayment,
+            OrderStatus::Expired,
+            OrderStatus::PaymentException,
+        ];
+        let fixture = Fixture::new(
+            waiting_for_nothing.map(|status| (order(status.as_str(), "done", status), Vec::new())),
+        );
+        for status in waiting_for_nothing {
+            assert_eq!(
+                fixture.deliver(status.as_str()).await.unwrap(),
+                DeliveryOutcome::Skipped(Some(status))
+            );
+        }
+        assert_eq!(
+            fixture.deliver("unknown").await.unwrap(),
+            DeliveryOutcome::Skipped(None)
+        );
+        assert!(fixture.fulfiller.calls().is_empty());
+    }
+
+    #[tokio::test]
+    async fn pending_leaves_the_order_for_the_sweep_and_acknowledges_the_message() {
+        let fixture = Fixture::paid(&[("A", "pending")]);
+        let failed = fixture
+            .batch(vec![for_order("A", fixture.last_attempt())])
+            .await;
+        assert!(failed.is_empty(), "pending is not a failure: {failed:?}");
+        assert_eq!(fixture.status("A"), (OrderStatus::Paid, None));
+    }
+
+    #[tokio::test]
+    async fn a_definite_failure_takes_the_exception_path_at_once() {
+        let fixture = Fixture::paid(&[("A", "failed")]);
+        let failed = fixture.batch(vec![for_order("A", 1)]).await;
+        assert!(failed.is_empty(), "nothing to retry: {failed:?}");
+        let failed_with_reason = (OrderStatus::DeliveryFailed, Some("supplier_refused".into()));
+        assert_eq!(fixture.status("A"), failed_with_reason);
+
+        // An operator's redelivery that fails again says so again.
+        assert_eq!(
+            fixture.deliver("A").await.unwrap(),
+            DeliveryOutcome::Failed("supplier_refused")
+        );
+        assert_eq!(fixture.status("A"), failed_with_reason);
+    }
+
+    #[tokio::test]
+    async fn not_payable_settles_on_what_became_of_the_order() {
+        let fixture = Fixture::paid(&[("A", "not_payable"), ("B", "not_payable")]);
+        // Another worker delivers A while this one works on it; B stays paid.
+        fixture.orders.moves_after_read("A", OrderStatus::Delivered);
+        assert_eq!(
+            fixture.deliver("A").await.unwrap(),
+            DeliveryOutcome::AlreadyDelivered
+        );
+        assert!(matches!(
+            fixture.deliver("B").await,
+            Err(Error::Contention("delivery"))
+        ));
+    }
+
+    #[tokio::test]
+    async fn errors_are_retried_and_given_up_after_the_last_attempt() {
+        let fixture = Fixture::paid(&[("A", "error")]);
+        let failed = fixture.batch(vec![for_order("A", 1)]).await;
+        assert_eq!(failed, ["msg-A"], "reported for a retry");
+        assert_eq!(fixture.status("A"), (OrderStatus::Paid, None));
+
+        let failed = fixture
+            .batch(vec![for_order("A", fixture.last_attempt())])
+            .await;
+        assert_eq!(failed, ["msg-A"], "the last failure goes to the DLQ");
+        assert_eq!(fixture.status("A"), (OrderStatus::DeliveryFailed, None));
+    }
+
+    #[tokio::test]
+    async fn a_batch_reports_only_its_failed_messages() {
+        let fixture = Fixture::paid(&[
+            ("done", "done"),
+            ("pending", "pending"),
+            ("failed", "failed"),
+            ("error", "error"),
+        ]);
+        let failed = fixture
+            .batch(vec![
+                for_order("done", 1),
+                message("poison", "not json", 1),
+                for_order("pending", 1),
+                for_order("error", 1),
+                for_order("failed", 1),
+            ])
+            .await;
+        assert_eq!(failed, ["poison", "msg-error"]);
+        assert_eq!(fixture.status("done").0, OrderStatus::Delivered);
+        assert_eq!(fixture.status("pending").0, OrderStatus::Paid);
+        assert_eq!(fixture.status("failed").0, OrderStatus::DeliveryFailed);
+    }
+}
