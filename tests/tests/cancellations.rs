@@ -9,8 +9,8 @@ use kami_shared::domain::product::{DeliveryType, Product};
 use kami_shared::domain::time::{Timestamp, new_id};
 use kami_shared::error::{ConflictKind, Error, Result};
 use kami_shared::store::{
-    AllocateOutcome, CreateOrderOutcome, OrderRecord, PaymentApplied, PaymentChange, STOCK_SHARDS,
-    SealedKey, StockKey, Store,
+    AllocateOutcome, CreateOrderOutcome, DeliveryRecord, OrderRecord, PaymentApplied,
+    PaymentChange, STOCK_SHARDS, SealedKey, StockKey, Store,
 };
 use kami_tests::*;
 
@@ -58,6 +58,7 @@ fn new_order(sku: &str, quantity: u32, shard: u32) -> OrderRecord {
         order_id: new_id(),
         sku: sku.to_owned(),
         quantity,
+        delivery_type: DeliveryType::CardKey,
         stock_shard: shard,
         amount: Money {
             amount: PRICE * i64::from(quantity),
@@ -291,6 +292,7 @@ async fn an_allocation_says_whether_the_key_the_slot_or_the_order_refused() {
     let mut slots: Vec<(u32, String)> = view
         .deliveries
         .iter()
+        .filter_map(DeliveryRecord::card_key)
         .map(|d| (d.slot, d.key_id.clone()))
         .collect();
     slots.sort();

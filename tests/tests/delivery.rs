@@ -6,6 +6,7 @@ use std::sync::Arc;
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use kami_shared::Context;
 use kami_shared::app::delivery::{self, DeliveryOutcome};
+use kami_shared::app::fulfil::card_key;
 use kami_tests::*;
 use serde_json::Value;
 
@@ -109,13 +110,13 @@ async fn a_worker_stopped_between_writes_is_finished_by_the_next_one() {
     let mut partial = order.clone();
     partial.quantity = 1;
     assert!(
-        delivery::allocate_keys(&paid.ctx, &partial, &[])
+        card_key::allocate_keys(&paid.ctx, &partial, &[])
             .await
             .expect("partial")
     );
     // Stopped after all keys, before marking delivered.
     assert!(
-        delivery::allocate_keys(&paid.ctx, &order, &[0])
+        card_key::allocate_keys(&paid.ctx, &order, &[0])
             .await
             .expect("rest")
     );

@@ -1,123 +1,212 @@
-//! The delivery worker: moves reserved stock's card keys into a paid order's delivery
-//! slots, one transaction per key, then marks the order delivered. Every step is
-//! conditional, so duplicate messages, parallel workers and a crash between any two
-//! writes all converge on each slot holding exactly one key and no key in two slots.
+//! The delivery worker: hands each paid order to the fulfiller of its delivery type
+//! (`app::fulfil`) and keeps what every type shares. A message for an order that is
+//! delivered, or not waiting for delivery, is a no-op; failures are reported per message
+//! (`ReportBatchItemFailures`); after the queue's last attempt the order becomes
+//! `delivery_failed`, as it does at once when its fulfiller reports a definite failure;
+//! a fulfiller that is done has the order marked delivered here, once.
+
+use std::future::Future;
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 
+use super::fulfil::{ByType, Fulfiller, Fulfilment};
 use crate::adapters::queue::DeliveryMessage;
 use crate::config::Context;
 use crate::domain::order::OrderStatus;
 use crate::error::{Error, Result};
-use crate::store::{AllocateOutcome, OrderRecord, STOCK_SHARDS, Store};
-
-const KEYS_PER_QUERY: i32 = 10;
-/// Re-reads of one stock shard when other deliveries keep taking its keys first.
-const SHARD_RETRIES: u32 = 5;
+use crate::store::{OrderRecord, OrderView, Store};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeliveryOutcome {
     Delivered,
     AlreadyDelivered,
+    /// The fulfiller's work goes on elsewhere; the sweep sends the order round again.
+    Pending,
+    /// The fulfiller reported a definite failure: the order is `delivery_failed`.
+    Failed(&'static str),
     /// The order is not (or no longer) waiting for delivery; nothing to do.
     Skipped(Option<OrderStatus>),
 }
 
 /// Delivers one order, from wherever an earlier attempt stopped.
 pub async fn deliver(ctx: &Context, order_id: &str) -> Result<DeliveryOutcome> {
-    // One query reads the order and the slots an earlier attempt filled.
-    let Some(view) = ctx.store.get_order_view(order_id).await? else {
-        return Ok(DeliveryOutcome::Skipped(None));
-    };
-    let order = view.order;
-    let filled: Vec<u32> = view.deliveries.iter().map(|slot| slot.slot).collect();
-    if order.status == OrderStatus::Delivered {
-        return Ok(DeliveryOutcome::AlreadyDelivered);
+    Worker::new(ctx).deliver(order_id).await
+}
+
+/// The SQS handler: failures are reported per message, so only they come back.
+pub fn handle_batch(ctx: &Context, event: SqsEvent) -> impl Future<Output = SqsBatchResponse> {
+    // Not an `async fn`: one level less in the deeply nested future the binary lays out.
+    Worker::new(ctx).handle_batch(event)
+}
+
+/// What the worker reads and writes of an order, whatever its delivery type: the
+/// `Store`, or a fake in the tests below.
+pub trait DeliveryOrders: Sync {
+    /// The order with the delivery records earlier attempts wrote (one read).
+    fn load(&self, order_id: &str) -> impl Future<Output = Result<Option<OrderView>>> + Send;
+    /// The order as it is now (strongly consistent).
+    fn current(&self, order_id: &str) -> impl Future<Output = Result<Option<OrderRecord>>> + Send;
+    /// Marks it delivered from the status it was read in; false if that changed.
+    fn finish(&self, order: &OrderRecord) -> impl Future<Output = Result<bool>> + Send;
+    /// `paid → delivery_failed` after the last attempt; false if no longer `paid`.
+    fn give_up(&self, order: &OrderRecord) -> impl Future<Output = Result<bool>> + Send;
+    /// `→ delivery_failed` with `reason` as its exception; false if its status changed.
+    fn fail(
+        &self,
+        order: &OrderRecord,
+        reason: &'static str,
+    ) -> impl Future<Output = Result<bool>> + Send;
+}
+
+/// Each method is the store's own future, not wrapped in another.
+impl DeliveryOrders for Store {
+    fn load(&self, order_id: &str) -> impl Future<Output = Result<Option<OrderView>>> + Send {
+        // One query reads the order and every record an earlier attempt wrote.
+        self.get_order_view(order_id)
     }
-    if !order.status.awaits_delivery() {
-        return Ok(DeliveryOutcome::Skipped(Some(order.status)));
+
+    fn current(&self, order_id: &str) -> impl Future<Output = Result<Option<OrderRecord>>> + Send {
+        self.get_order(order_id)
     }
-    if allocate_keys(ctx, &order, &filled).await? {
-        finish(ctx, &order).await
-    } else {
-        // Another worker finished (or an operator moved the order) meanwhile.
-        settled_outcome(ctx, &order.order_id).await
+
+    fn finish(&self, order: &OrderRecord) -> impl Future<Output = Result<bool>> + Send {
+        self.mark_delivered(order, order.status)
+    }
+
+    fn give_up(&self, order: &OrderRecord) -> impl Future<Output = Result<bool>> + Send {
+        self.give_up_delivery(order)
+    }
+
+    fn fail(
+        &self,
+        order: &OrderRecord,
+        reason: &'static str,
+    ) -> impl Future<Output = Result<bool>> + Send {
+        self.fail_delivery(order, reason)
     }
 }
 
-/// Fills every slot of the order not in `filled` (a slot filled meanwhile by another
-/// worker is detected by its condition). Returns false if the order stopped waiting for
-/// delivery meanwhile.
-pub async fn allocate_keys(ctx: &Context, order: &OrderRecord, filled: &[u32]) -> Result<bool> {
-    for slot in (0..order.quantity).filter(|slot| !filled.contains(slot)) {
-        if !fill_slot(ctx, order, slot).await? {
-            return Ok(false);
+/// The shared part of delivery, over where orders are kept (`O`) and which fulfiller
+/// serves them (`F`: the registry in Lambda).
+struct Worker<'a, O, F> {
+    ctx: &'a Context,
+    orders: &'a O,
+    fulfiller: &'a F,
+}
+
+impl<'a> Worker<'a, Store, ByType> {
+    fn new(ctx: &'a Context) -> Self {
+        Worker {
+            ctx,
+            orders: &ctx.store,
+            fulfiller: &ByType,
         }
     }
-    Ok(true)
 }
 
-async fn fill_slot(ctx: &Context, order: &OrderRecord, slot: u32) -> Result<bool> {
-    let home = Store::home_shard(&order.order_id);
-    for step in 0..STOCK_SHARDS {
-        let shard = (home + step) % STOCK_SHARDS;
-        for _ in 0..SHARD_RETRIES {
-            let candidates = ctx
-                .store
-                .available_keys(&order.sku, shard, KEYS_PER_QUERY)
-                .await?;
-            if candidates.is_empty() {
-                break;
+impl<O: DeliveryOrders, F: Fulfiller + Sync> Worker<'_, O, F> {
+    async fn deliver(&self, order_id: &str) -> Result<DeliveryOutcome> {
+        let Some(OrderView {
+            order, deliveries, ..
+        }) = self.orders.load(order_id).await?
+        else {
+            return Ok(DeliveryOutcome::Skipped(None));
+        };
+        if order.status == OrderStatus::Delivered {
+            return Ok(DeliveryOutcome::AlreadyDelivered);
+        }
+        if !order.status.awaits_delivery() {
+            return Ok(DeliveryOutcome::Skipped(Some(order.status)));
+        }
+        match self.fulfiller.fulfil(self.ctx, &order, &deliveries).await? {
+            Fulfilment::Done => self.finish(&order).await,
+            // Another worker finished (or an operator moved the order) meanwhile.
+            Fulfilment::NotPayable => self.settled_outcome(order_id).await,
+            Fulfilment::Pending => Ok(DeliveryOutcome::Pending),
+            Fulfilment::Failed { reason } => self.fail(&order, reason).await,
+        }
+    }
+
+    /// Marks the order delivered once its fulfiller is done.
+    async fn finish(&self, order: &OrderRecord) -> Result<DeliveryOutcome> {
+        if self.orders.finish(order).await? {
+            tracing::info!(order_id = %order.order_id, quantity = order.quantity, "order delivered");
+            return Ok(DeliveryOutcome::Delivered);
+        }
+        self.settled_outcome(&order.order_id).await
+    }
+
+    /// A definite failure: the order shows `delivery_failed` and why, at once; only an
+    /// operator's redelivery sends it round again.
+    async fn fail(&self, order: &OrderRecord, reason: &'static str) -> Result<DeliveryOutcome> {
+        if self.orders.fail(order, reason).await? {
+            tracing::error!(
+                order_id = %order.order_id,
+                reason,
+                "delivery failed for good; order marked delivery_failed"
+            );
+            return Ok(DeliveryOutcome::Failed(reason));
+        }
+        self.settled_outcome(&order.order_id).await
+    }
+
+    async fn settled_outcome(&self, order_id: &str) -> Result<DeliveryOutcome> {
+        match self.orders.current(order_id).await? {
+            Some(current) if current.status == OrderStatus::Delivered => {
+                Ok(DeliveryOutcome::AlreadyDelivered)
             }
-            for key in &candidates {
-                match ctx.store.allocate_key(order, slot, key).await? {
-                    AllocateOutcome::Allocated | AllocateOutcome::SlotFilled => return Ok(true),
-                    AllocateOutcome::NotPayable => return Ok(false),
-                    AllocateOutcome::KeyGone => continue,
+            Some(current) if current.status.awaits_delivery() => Err(Error::Contention("delivery")),
+            current => Ok(DeliveryOutcome::Skipped(current.map(|o| o.status))),
+        }
+    }
+
+    /// Gives up on an order after the queue's last attempt: it shows `delivery_failed`;
+    /// the sweep sends it round again every few minutes, and an operator can too.
+    async fn give_up(&self, order_id: &str) -> Result<()> {
+        if let Some(order) = self.orders.current(order_id).await?
+            && order.status == OrderStatus::Paid
+            && self.orders.give_up(&order).await?
+        {
+            tracing::error!(
+                order_id,
+                "delivery failed on its last attempt; order marked delivery_failed"
+            );
+        }
+        Ok(())
+    }
+
+    async fn handle_message(&self, message: &SqsMessage) -> Result<()> {
+        let body = message.body.as_deref().unwrap_or_default();
+        let parsed: DeliveryMessage = serde_json::from_str(body).map_err(Error::invalid_json)?;
+        match self.deliver(&parsed.order_id).await {
+            Ok(outcome) => {
+                tracing::info!(order_id = %parsed.order_id, ?outcome, "delivery message handled");
+                Ok(())
+            }
+            Err(err) => {
+                if receive_count(message) >= self.ctx.config.delivery_max_attempts {
+                    self.give_up(&parsed.order_id).await?;
                 }
+                Err(err)
             }
         }
     }
-    // Stock was reserved at order time, so this means the inventory and the counters
-    // disagree: fail loudly (the message retries, then the order shows delivery_failed).
-    Err(Error::Corrupt(format!(
-        "no card key left in stock for paid order {}",
-        order.order_id
-    )))
-}
 
-/// Marks the order delivered once every slot is filled.
-pub async fn finish(ctx: &Context, order: &OrderRecord) -> Result<DeliveryOutcome> {
-    if ctx.store.mark_delivered(order, order.status).await? {
-        tracing::info!(order_id = %order.order_id, quantity = order.quantity, "order delivered");
-        return Ok(DeliveryOutcome::Delivered);
-    }
-    settled_outcome(ctx, &order.order_id).await
-}
-
-async fn settled_outcome(ctx: &Context, order_id: &str) -> Result<DeliveryOutcome> {
-    match ctx.store.get_order(order_id).await? {
-        Some(current) if current.status == OrderStatus::Delivered => {
-            Ok(DeliveryOutcome::AlreadyDelivered)
+    async fn handle_batch(self, event: SqsEvent) -> SqsBatchResponse {
+        let mut response = SqsBatchResponse::default();
+        for message in &event.records {
+            let id = message.message_id.clone().unwrap_or_default();
+            let span = tracing::info_span!("delivery_message", message_id = %id);
+            let _guard = span.enter();
+            if let Err(err) = self.handle_message(message).await {
+                tracing::error!(error = %err, "delivery message failed");
+                let mut failure = BatchItemFailure::default();
+                failure.item_identifier = id;
+                response.batch_item_failures.push(failure);
+            }
         }
-        Some(current) if current.status.awaits_delivery() => Err(Error::Contention("delivery")),
-        current => Ok(DeliveryOutcome::Skipped(current.map(|o| o.status))),
+        response
     }
-}
-
-/// Gives up on an order after the queue's last attempt: it shows `delivery_failed`;
-/// the sweep sends it round again every few minutes, and an operator can too.
-async fn give_up(ctx: &Context, order_id: &str) -> Result<()> {
-    if let Some(order) = ctx.store.get_order(order_id).await?
-        && order.status == OrderStatus::Paid
-        && ctx.store.give_up_delivery(&order).await?
-    {
-        tracing::error!(
-            order_id,
-            "delivery failed on its last attempt; order marked delivery_failed"
-        );
-    }
-    Ok(())
 }
 
 fn receive_count(message: &SqsMessage) -> u32 {
@@ -128,36 +217,409 @@ fn receive_count(message: &SqsMessage) -> u32 {
         .unwrap_or(1)
 }
 
-async fn handle_message(ctx: &Context, message: &SqsMessage) -> Result<()> {
-    let body = message.body.as_deref().unwrap_or_default();
-    let parsed: DeliveryMessage = serde_json::from_str(body).map_err(Error::invalid_json)?;
-    match deliver(ctx, &parsed.order_id).await {
-        Ok(outcome) => {
-            tracing::info!(order_id = %parsed.order_id, ?outcome, "delivery message handled");
-            Ok(())
-        }
-        Err(err) => {
-            if receive_count(message) >= ctx.config.delivery_max_attempts {
-                give_up(ctx, &parsed.order_id).await?;
-            }
-            Err(err)
-        }
-    }
-}
+/// The worker's shared part with a fake order store and a scripted fulfiller: no AWS.
+/// The fulfiller stands for any delivery type; what it answers is what these test.
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
 
-/// The SQS handler: failures are reported per message, so only they come back.
-pub async fn handle_batch(ctx: &Context, event: SqsEvent) -> SqsBatchResponse {
-    let mut response = SqsBatchResponse::default();
-    for message in &event.records {
-        let id = message.message_id.clone().unwrap_or_default();
-        let span = tracing::info_span!("delivery_message", message_id = %id);
-        let _guard = span.enter();
-        if let Err(err) = handle_message(ctx, message).await {
-            tracing::error!(error = %err, "delivery message failed");
-            let mut failure = BatchItemFailure::default();
-            failure.item_identifier = id;
-            response.batch_item_failures.push(failure);
+    use aws_config::{BehaviorVersion, Region, SdkConfig};
+
+    use super::*;
+    use crate::app::orders::Delivered;
+    use crate::config::{Config, ContextBuilder};
+    use crate::domain::money::Money;
+    use crate::domain::order::Cause;
+    use crate::domain::product::DeliveryType;
+    use crate::domain::time::Timestamp;
+    use crate::store::{CardKeySlot, DeliveryRecord};
+
+    /// A context whose clients are never called (the fakes stand in for them).
+    fn offline_context() -> Arc<Context> {
+        let config =
+            Config::from_lookup(|name| (name == "KAMI_TABLE").then(|| "t".to_owned())).unwrap();
+        let sdk = SdkConfig::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::from_static("us-east-1"))
+            .build();
+        ContextBuilder::new(config, sdk, None).build()
+    }
+
+    fn order(order_id: &str, sku: &str, status: OrderStatus) -> OrderRecord {
+        let now = Timestamp::now();
+        OrderRecord {
+            order_id: order_id.to_owned(),
+            sku: sku.to_owned(),
+            quantity: 2,
+            delivery_type: DeliveryType::CardKey,
+            stock_shard: 0,
+            amount: Money {
+                amount: 200,
+                currency: "CNY".into(),
+            },
+            status,
+            buyer_email: "buyer@example.com".into(),
+            token_hash: String::new(),
+            created_at: now.to_rfc3339(),
+            expires_at: now,
+            updated_at: now.to_rfc3339(),
+            payment_ref: None,
+            exception: None,
         }
     }
-    response
+
+    fn record(slot: u32) -> DeliveryRecord {
+        DeliveryRecord::CardKey(CardKeySlot {
+            slot,
+            key_id: format!("key-{slot}"),
+            batch_id: "batch".into(),
+            sku: "sku".into(),
+            sealed: Vec::new(),
+        })
+    }
+
+    /// Orders in memory; every move is conditional on the status the worker read, and
+    /// follows the domain's transition table, as the store's do.
+    #[derive(Default)]
+    struct FakeOrders {
+        orders: Mutex<HashMap<String, (OrderRecord, Vec<DeliveryRecord>)>>,
+        /// Another actor moves the order to this status right after the worker reads it.
+        moved_after_read: Mutex<HashMap<String, OrderStatus>>,
+    }
+
+    impl FakeOrders {
+        fn with(orders: impl IntoIterator<Item = (OrderRecord, Vec<DeliveryRecord>)>) -> Self {
+            let orders = orders
+                .into_iter()
+                .map(|(order, done)| (order.order_id.clone(), (order, done)))
+                .collect();
+            FakeOrders {
+                orders: Mutex::new(orders),
+                ..FakeOrders::default()
+            }
+        }
+
+        fn stored(&self, order_id: &str) -> OrderRecord {
+            self.orders.lock().unwrap()[order_id].0.clone()
+        }
+
+        fn moves_after_read(&self, order_id: &str, to: OrderStatus) {
+            self.moved_after_read
+                .lock()
+                .unwrap()
+                .insert(order_id.to_owned(), to);
+        }
+
+        fn apply(&self, read: &OrderRecord, cause: Cause, exception: Option<&str>) -> Result<bool> {
+            let mut orders = self.orders.lock().unwrap();
+            let Some((stored, _)) = orders.get_mut(&read.order_id) else {
+                return Ok(false);
+            };
+            if stored.status != read.status {
+                return Ok(false);
+            }
+            stored.status = stored.status.next(cause)?;
+            if cause == Cause::Deliver || exception.is_some() {
+                stored.exception = exception.map(str::to_owned);
+            }
+            Ok(true)
+        }
+    }
+
+    impl DeliveryOrders for FakeOrders {
+        async fn load(&self, order_id: &str) -> Result<Option<OrderView>> {
+            let mut orders = self.orders.lock().unwrap();
+            let Some((order, done)) = orders.get_mut(order_id) else {
+                return Ok(None);
+            };
+            let view = OrderView {
+                order: order.clone(),
+                events: Vec::new(),
+                deliveries: done.clone(),
+                payments: Vec::new(),
+            };
+            if let Some(to) = self.moved_after_read.lock().unwrap().remove(order_id) {
+                order.status = to;
+            }
+            Ok(Some(view))
+        }
+
+        async fn current(&self, order_id: &str) -> Result<Option<OrderRecord>> {
+            let orders = self.orders.lock().unwrap();
+            Ok(orders.get(order_id).map(|(order, _)| order.clone()))
+        }
+
+        async fn finish(&self, order: &OrderRecord) -> Result<bool> {
+            self.apply(order, Cause::Deliver, None)
+        }
+
+        async fn give_up(&self, order: &OrderRecord) -> Result<bool> {
+            self.apply(order, Cause::DeliveryGaveUp, None)
+        }
+
+        async fn fail(&self, order: &OrderRecord, reason: &'static str) -> Result<bool> {
+            self.apply(order, Cause::FulfilmentFailed, Some(reason))
+        }
+    }
+
+    /// A fulfiller scripted by the order's sku: `done`, `pending`, `failed`,
+    /// `not_payable`; anything else is a transient error. Remembers each call as
+    /// (order id, records it was handed).
+    #[derive(Default)]
+    struct Scripted {
+        calls: Mutex<Vec<(String, usize)>>,
+    }
+
+    impl Scripted {
+        fn calls(&self) -> Vec<(String, usize)> {
+            self.calls.lock().unwrap().clone()
+        }
+    }
+
+    impl Fulfiller for Scripted {
+        async fn fulfil(
+            &self,
+            _ctx: &Context,
+            order: &OrderRecord,
+            done: &[DeliveryRecord],
+        ) -> Result<Fulfilment> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push((order.order_id.clone(), done.len()));
+            match order.sku.as_str() {
+                "done" => Ok(Fulfilment::Done),
+                "pending" => Ok(Fulfilment::Pending),
+                "failed" => Ok(Fulfilment::Failed {
+                    reason: "supplier_refused",
+                }),
+                "not_payable" => Ok(Fulfilment::NotPayable),
+                _ => Err(Error::Aws {
+                    service: "supplier",
+                    message: "timed out".into(),
+                }),
+            }
+        }
+
+        async fn show(
+            &self,
+            _ctx: &Context,
+            _order: &OrderRecord,
+            _done: &[DeliveryRecord],
+        ) -> Result<Vec<Delivered>> {
+            Ok(Vec::new())
+        }
+    }
+
+    fn message(message_id: &str, body: &str, receive_count: u32) -> SqsMessage {
+        let mut message = SqsMessage::default();
+        message.message_id = Some(message_id.to_owned());
+        message.body = Some(body.to_owned());
+        message
+            .attributes
+            .insert("ApproximateReceiveCount".into(), receive_count.to_string());
+        message
+    }
+
+    fn for_order(order_id: &str, receive_count: u32) -> SqsMessage {
+        let body = format!(r#"{{"order_id":"{order_id}"}}"#);
+        message(&format!("msg-{order_id}"), &body, receive_count)
+    }
+
+    /// The worker over fakes, with its orders.
+    struct Fixture {
+        ctx: Arc<Context>,
+        orders: FakeOrders,
+        fulfiller: Scripted,
+    }
+
+    impl Fixture {
+        fn new(orders: impl IntoIterator<Item = (OrderRecord, Vec<DeliveryRecord>)>) -> Self {
+            Fixture {
+                ctx: offline_context(),
+                orders: FakeOrders::with(orders),
+                fulfiller: Scripted::default(),
+            }
+        }
+
+        /// Paid orders without records, each (id, sku: what the fulfiller answers).
+        fn paid(orders: &[(&str, &str)]) -> Self {
+            Fixture::new(
+                orders
+                    .iter()
+                    .map(|(id, sku)| (order(id, sku, OrderStatus::Paid), Vec::new())),
+            )
+        }
+
+        fn worker(&self) -> Worker<'_, FakeOrders, Scripted> {
+            Worker {
+                ctx: &self.ctx,
+                orders: &self.orders,
+                fulfiller: &self.fulfiller,
+            }
+        }
+
+        async fn deliver(&self, order_id: &str) -> Result<DeliveryOutcome> {
+            self.worker().deliver(order_id).await
+        }
+
+        /// Runs one SQS batch; the ids of the messages reported failed.
+        async fn batch(&self, messages: Vec<SqsMessage>) -> Vec<String> {
+            let mut event = SqsEvent::default();
+            event.records = messages;
+            let response = self.worker().handle_batch(event).await;
+            response
+                .batch_item_failures
+                .into_iter()
+                .map(|failure| failure.item_identifier)
+                .collect()
+        }
+
+        fn status(&self, order_id: &str) -> (OrderStatus, Option<String>) {
+            let stored = self.orders.stored(order_id);
+            (stored.status, stored.exception)
+        }
+
+        fn last_attempt(&self) -> u32 {
+            self.ctx.config.delivery_max_attempts
+        }
+    }
+
+    #[tokio::test]
+    async fn the_fulfiller_is_handed_the_order_with_what_earlier_attempts_recorded() {
+        let fixture = Fixture::new([
+            (order("A", "done", OrderStatus::Paid), vec![record(0)]),
+            (order("B", "done", OrderStatus::DeliveryFailed), Vec::new()),
+        ]);
+        let failed = fixture
+            .batch(vec![for_order("A", 1), for_order("B", 1)])
+            .await;
+        assert!(failed.is_empty(), "{failed:?}");
+        assert_eq!(
+            fixture.fulfiller.calls(),
+            [("A".into(), 1), ("B".into(), 0)]
+        );
+        assert_eq!(fixture.status("A"), (OrderStatus::Delivered, None));
+        assert_eq!(fixture.status("B"), (OrderStatus::Delivered, None));
+    }
+
+    #[tokio::test]
+    async fn a_delivered_order_is_delivered_once_and_then_left_alone() {
+        let fixture = Fixture::paid(&[("A", "done")]);
+        assert_eq!(
+            fixture.deliver("A").await.unwrap(),
+            DeliveryOutcome::Delivered
+        );
+        assert_eq!(
+            fixture.deliver("A").await.unwrap(),
+            DeliveryOutcome::AlreadyDelivered
+        );
+        assert_eq!(
+            fixture.fulfiller.calls().len(),
+            1,
+            "the second message is a no-op"
+        );
+    }
+
+    #[tokio::test]
+    async fn orders_not_waiting_for_delivery_never_reach_the_fulfiller() {
+        let waiting_for_nothing = [
+            OrderStatus::PendingPayment,
+            OrderStatus::Expired,
+            OrderStatus::PaymentException,
+        ];
+        let fixture = Fixture::new(
+            waiting_for_nothing.map(|status| (order(status.as_str(), "done", status), Vec::new())),
+        );
+        for status in waiting_for_nothing {
+            assert_eq!(
+                fixture.deliver(status.as_str()).await.unwrap(),
+                DeliveryOutcome::Skipped(Some(status))
+            );
+        }
+        assert_eq!(
+            fixture.deliver("unknown").await.unwrap(),
+            DeliveryOutcome::Skipped(None)
+        );
+        assert!(fixture.fulfiller.calls().is_empty());
+    }
+
+    #[tokio::test]
+    async fn pending_leaves_the_order_for_the_sweep_and_acknowledges_the_message() {
+        let fixture = Fixture::paid(&[("A", "pending")]);
+        let failed = fixture
+            .batch(vec![for_order("A", fixture.last_attempt())])
+            .await;
+        assert!(failed.is_empty(), "pending is not a failure: {failed:?}");
+        assert_eq!(fixture.status("A"), (OrderStatus::Paid, None));
+    }
+
+    #[tokio::test]
+    async fn a_definite_failure_takes_the_exception_path_at_once() {
+        let fixture = Fixture::paid(&[("A", "failed")]);
+        let failed = fixture.batch(vec![for_order("A", 1)]).await;
+        assert!(failed.is_empty(), "nothing to retry: {failed:?}");
+        let failed_with_reason = (OrderStatus::DeliveryFailed, Some("supplier_refused".into()));
+        assert_eq!(fixture.status("A"), failed_with_reason);
+
+        // An operator's redelivery that fails again says so again.
+        assert_eq!(
+            fixture.deliver("A").await.unwrap(),
+            DeliveryOutcome::Failed("supplier_refused")
+        );
+        assert_eq!(fixture.status("A"), failed_with_reason);
+    }
+
+    #[tokio::test]
+    async fn not_payable_settles_on_what_became_of_the_order() {
+        let fixture = Fixture::paid(&[("A", "not_payable"), ("B", "not_payable")]);
+        // Another worker delivers A while this one works on it; B stays paid.
+        fixture.orders.moves_after_read("A", OrderStatus::Delivered);
+        assert_eq!(
+            fixture.deliver("A").await.unwrap(),
+            DeliveryOutcome::AlreadyDelivered
+        );
+        assert!(matches!(
+            fixture.deliver("B").await,
+            Err(Error::Contention("delivery"))
+        ));
+    }
+
+    #[tokio::test]
+    async fn errors_are_retried_and_given_up_after_the_last_attempt() {
+        let fixture = Fixture::paid(&[("A", "error")]);
+        let failed = fixture.batch(vec![for_order("A", 1)]).await;
+        assert_eq!(failed, ["msg-A"], "reported for a retry");
+        assert_eq!(fixture.status("A"), (OrderStatus::Paid, None));
+
+        let failed = fixture
+            .batch(vec![for_order("A", fixture.last_attempt())])
+            .await;
+        assert_eq!(failed, ["msg-A"], "the last failure goes to the DLQ");
+        assert_eq!(fixture.status("A"), (OrderStatus::DeliveryFailed, None));
+    }
+
+    #[tokio::test]
+    async fn a_batch_reports_only_its_failed_messages() {
+        let fixture = Fixture::paid(&[
+            ("done", "done"),
+            ("pending", "pending"),
+            ("failed", "failed"),
+            ("error", "error"),
+        ]);
+        let failed = fixture
+            .batch(vec![
+                for_order("done", 1),
+                message("poison", "not json", 1),
+                for_order("pending", 1),
+                for_order("error", 1),
+                for_order("failed", 1),
+            ])
+            .await;
+        assert_eq!(failed, ["poison", "msg-error"]);
+        assert_eq!(fixture.status("done").0, OrderStatus::Delivered);
+        assert_eq!(fixture.status("pending").0, OrderStatus::Paid);
+        assert_eq!(fixture.status("failed").0, OrderStatus::DeliveryFailed);
+    }
 }

@@ -2,6 +2,7 @@
 
 pub mod catalog;
 pub mod delivery;
+pub mod fulfil;
 pub mod import;
 pub mod operator;
 pub mod orders;

@@ -10,6 +10,7 @@ use crate::domain::money::Money;
 use crate::domain::order::OrderStatus;
 use crate::domain::time::is_id;
 use crate::error::{Error, Result};
+use crate::store::DeliveryRecord;
 
 /// The buyer as the operator sees them.
 #[derive(Debug, Serialize, ToSchema)]
@@ -97,11 +98,12 @@ pub async fn order_for_operator(ctx: &Context, order_id: &str) -> Result<Operato
             .collect(),
         allocated_keys: view
             .deliveries
-            .into_iter()
+            .iter()
+            .filter_map(DeliveryRecord::card_key)
             .map(|d| AllocatedKey {
                 slot: d.slot,
-                key_id: d.key_id,
-                batch_id: d.batch_id,
+                key_id: d.key_id.clone(),
+                batch_id: d.batch_id.clone(),
             })
             .collect(),
     })

@@ -1,24 +1,20 @@
 //! Buyer side: create an order (reserving stock), and show it to the token holder with
-//! its delivered card keys.
-
-use std::collections::HashMap;
+//! what was delivered (each delivery type shows its own records: `app::fulfil`).
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;
 
+use super::fulfil::{ByType, Fulfiller};
 use crate::config::Context;
-use crate::domain::crypto::{
-    self, DataKey, card_key_aad, order_access_token, sha256_hex, token_matches,
-};
+use crate::domain::crypto::{order_access_token, sha256_hex, token_matches};
 use crate::domain::money::Money;
 use crate::domain::order::{OrderStatus, payment_deadline};
 use crate::domain::product::{DeliveryType, validate_quantity, validate_sku};
 use crate::domain::time::{is_id, new_id};
 use crate::error::{ConflictKind, Error, Result};
-use crate::ports::vault::EncryptionContext;
 use crate::request::RequestBody;
-use crate::store::{COUNTER_SHARDS, CreateOrderOutcome, OrderEvent, OrderRecord, OrderView};
+use crate::store::{COUNTER_SHARDS, CreateOrderOutcome, OrderEvent, OrderRecord};
 
 const MIN_IDEMPOTENCY_KEY_LEN: usize = 8;
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
@@ -158,6 +154,7 @@ pub async fn create_order(
         order_id: order_id.clone(),
         sku: product.sku.clone(),
         quantity,
+        delivery_type: product.delivery,
         stock_shard: 0,
         amount: product.price.times(quantity)?,
         status: OrderStatus::PendingPayment,
@@ -316,7 +313,7 @@ pub async fn get_order(ctx: &Context, order_id: &str, token: Option<&str>) -> Re
         .filter(|view| token_matches(token, &view.order.token_hash))
         .ok_or(Error::NotFound("order"))?;
     let deliveries = if view.order.status == OrderStatus::Delivered {
-        reveal_codes(ctx, &view).await?
+        ByType.show(ctx, &view.order, &view.deliveries).await?
     } else {
         Vec::new()
     };
@@ -334,44 +331,4 @@ pub async fn get_order(ctx: &Context, order_id: &str, token: Option<&str>) -> Re
         deliveries,
         exception: order.exception.clone(),
     })
-}
-
-/// Decrypts the delivered keys: the only place a card key is ever decrypted.
-async fn reveal_codes(ctx: &Context, view: &OrderView) -> Result<Vec<Delivered>> {
-    let mut data_keys: HashMap<&str, DataKey> = HashMap::new();
-    let mut codes = Vec::with_capacity(view.deliveries.len());
-    for slot in &view.deliveries {
-        if !data_keys.contains_key(slot.batch_id.as_str()) {
-            let vault = ctx.vault()?;
-            let recent = vault.recently_unwrapped(&EncryptionContext::card_key_batch(
-                &slot.sku,
-                &slot.batch_id,
-            ));
-            let key = match recent {
-                Some(key) => key,
-                None => {
-                    let batch =
-                        ctx.store.get_batch(&slot.batch_id).await?.ok_or_else(|| {
-                            Error::Corrupt("delivered key without its batch".into())
-                        })?;
-                    let context = EncryptionContext::card_key_batch(&batch.sku, &batch.batch_id);
-                    vault.unwrap_data_key(&context, &batch.wrapped_key).await?
-                }
-            };
-            data_keys.insert(slot.batch_id.as_str(), key);
-        }
-        let data_key = data_keys
-            .get(slot.batch_id.as_str())
-            .ok_or(Error::Crypto("data key missing"))?;
-        let code = crypto::open(
-            data_key,
-            &card_key_aad(&slot.sku, &slot.key_id),
-            &slot.sealed,
-        )?;
-        codes.push(Delivered {
-            kind: DeliveryType::CardKey,
-            code: code.expose().to_owned(),
-        });
-    }
-    Ok(codes)
 }

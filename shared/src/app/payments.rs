@@ -195,6 +195,7 @@ mod tests {
             order_id: "01J00000000000000000000000".into(),
             sku: "sku".into(),
             quantity: 1,
+            delivery_type: crate::domain::product::DeliveryType::CardKey,
             stock_shard: 0,
             amount: Money {
                 amount,

@@ -18,7 +18,8 @@ pub enum OrderStatus {
     PaidAfterExpiry,
     /// Money arrived but not the amount or currency of the order: kept for an operator.
     PaymentException,
-    /// Delivery gave up after the queue's last attempt: kept for an operator to redeliver.
+    /// Delivery gave up after the queue's last attempt, or its fulfiller reported a
+    /// definite failure (`exception` says why): kept for an operator to redeliver.
     DeliveryFailed,
 }
 
@@ -35,6 +36,8 @@ pub enum Cause {
     Cancel,
     Deliver,
     DeliveryGaveUp,
+    /// The fulfiller of the order's delivery type reported that delivery cannot succeed.
+    FulfilmentFailed,
 }
 
 impl Cause {
@@ -48,6 +51,7 @@ impl Cause {
             Cause::Cancel => "cancel",
             Cause::Deliver => "deliver",
             Cause::DeliveryGaveUp => "delivery_gave_up",
+            Cause::FulfilmentFailed => "fulfilment_failed",
         }
     }
 }
@@ -68,6 +72,9 @@ const TRANSITIONS: &[(OrderStatus, Cause, OrderStatus)] = {
         (Cancelled, PaymentMismatch, PaidAfterExpiry),
         (Paid, Deliver, Delivered),
         (Paid, DeliveryGaveUp, DeliveryFailed),
+        (Paid, FulfilmentFailed, DeliveryFailed),
+        // A redelivery that fails again records why, once more.
+        (DeliveryFailed, FulfilmentFailed, DeliveryFailed),
         (DeliveryFailed, Deliver, Delivered),
     ]
 };
@@ -106,7 +113,7 @@ impl OrderStatus {
             })
     }
 
-    /// Paid and waiting for its keys: the delivery worker may act.
+    /// Paid and waiting for delivery: the delivery worker may act.
     pub fn awaits_delivery(self) -> bool {
         matches!(self, OrderStatus::Paid | OrderStatus::DeliveryFailed)
     }

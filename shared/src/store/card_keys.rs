@@ -1,13 +1,14 @@
 //! Card keys: batches (each batch's KMS-wrapped data key), fingerprints (one per key
 //! ever imported, so a duplicate is refused), keys in stock (spread over
 //! `STOCK_SHARDS` partitions), and the move of one key from stock into an order's
-//! delivery slot.
+//! delivery slot: the card-key type's delivery record (`CardKeySlot`).
 
-use super::codec::{FromItem, Item, b, get_b, get_s, item, key_item, keys, n, s};
+use super::codec::{FromItem, Item, b, get_b, get_s, get_u32, item, key_item, keys, n, s};
 use super::orders::OrderRecord;
 use super::tx::{ItemName, TxOutcome};
 use super::{COUNTER_SHARDS, STOCK_SHARDS, Store, shard_of};
 use crate::domain::order::OrderStatus;
+use crate::domain::product::DeliveryType;
 use crate::domain::time::Timestamp;
 use crate::error::{Error, Result};
 
@@ -33,6 +34,17 @@ pub struct StockKey {
     partition: String,
 }
 
+/// The card-key delivery record: the key moved from stock into one slot of an order,
+/// still sealed under its batch's data key.
+#[derive(Debug, Clone)]
+pub struct CardKeySlot {
+    pub slot: u32,
+    pub key_id: String,
+    pub batch_id: String,
+    pub sku: String,
+    pub sealed: Vec<u8>,
+}
+
 pub enum AllocateOutcome {
     Allocated,
     /// The chosen key was taken by another delivery: pick another.
@@ -49,6 +61,18 @@ impl FromItem for BatchRecord {
             batch_id: get_s(item, "batch_id")?,
             sku: get_s(item, "sku")?,
             wrapped_key: get_b(item, "wrapped_key")?,
+        })
+    }
+}
+
+impl FromItem for CardKeySlot {
+    fn from_item(item: &Item) -> Result<CardKeySlot> {
+        Ok(CardKeySlot {
+            slot: get_u32(item, "slot")?,
+            key_id: get_s(item, "key_id")?,
+            batch_id: get_s(item, "batch_id")?,
+            sku: get_s(item, "sku")?,
+            sealed: get_b(item, "sealed")?,
         })
     }
 }
@@ -198,6 +222,7 @@ impl Store {
                 keys::delivery(&order.order_id, slot),
                 "delivery",
                 [
+                    ("type", s(DeliveryType::CardKey.as_str())),
                     ("slot", n(slot)),
                     ("key_id", s(&key.key_id)),
                     ("batch_id", s(&key.batch_id)),

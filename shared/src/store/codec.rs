@@ -7,6 +7,7 @@ use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::AttributeValue;
 
 use crate::domain::money::Money;
+use crate::domain::product::DeliveryType;
 use crate::error::{Error, Result};
 
 pub type Item = HashMap<String, AttributeValue>;
@@ -158,6 +159,13 @@ pub(crate) fn get_money(item: &Item, amount_name: &str) -> Result<Money> {
         amount: get_n(item, amount_name)?,
         currency: get_s(item, "currency")?,
     })
+}
+
+/// A delivery type stored as its name (`card_key`); an unknown one is corrupt data.
+pub(crate) fn get_delivery_type(item: &Item, name: &str) -> Result<DeliveryType> {
+    let stored = get_s(item, name)?;
+    DeliveryType::parse(&stored)
+        .map_err(|_| Error::Corrupt(format!("unknown delivery type {stored:?}")))
 }
 
 /// Reads a stored item back into its record type.

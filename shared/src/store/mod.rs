@@ -6,8 +6,9 @@
 //! - `codec`: attribute values, item keys, `FromItem`
 //! - `tx`: transactions whose items have names, and cancellations read by name
 //! - `products`: products and their sharded stock counters
-//! - `card_keys`: batches, fingerprints, keys in stock, allocation to an order
-//! - `orders`: orders, their events and delivery slots, the sweep's index
+//! - `card_keys`: batches, fingerprints, keys in stock, allocation to an order (the
+//!   card-key delivery record)
+//! - `orders`: orders, their events and delivery records, the sweep's index
 //! - `payments`: payment records and webhook dedupe / unmatched records
 //! - `idempotency`: `POST /orders` idempotency records
 
@@ -24,10 +25,10 @@ mod payments;
 mod products;
 mod tx;
 
-pub use card_keys::{AllocateOutcome, BatchRecord, SealedKey, StockKey};
+pub use card_keys::{AllocateOutcome, BatchRecord, CardKeySlot, SealedKey, StockKey};
 pub use codec::Item;
 pub use idempotency::IdempotencyRecord;
-pub use orders::{CreateOrderOutcome, DeliverySlot, OrderEvent, OrderRecord, OrderView};
+pub use orders::{CreateOrderOutcome, DeliveryRecord, OrderEvent, OrderRecord, OrderView};
 pub use payments::{PaymentApplied, PaymentChange, PaymentRecord, Unmatched};
 
 use codec::{FromItem, key_item};

@@ -1,11 +1,14 @@
 //! Orders and everything in an order's partition: the order item, its events (one per
-//! transition, written in the transition's transaction), its delivery slots; and the
-//! sparse index the sweep reads (due pending orders, paid orders still undelivered).
+//! transition, written in the transition's transaction), its delivery records (one per
+//! delivered unit, each in its delivery type's shape); and the sparse index the sweep
+//! reads (due pending orders, paid orders still undelivered).
 
 use aws_sdk_dynamodb::types::AttributeValue;
 
+use super::card_keys::CardKeySlot;
 use super::codec::{
-    FromItem, Item, get_b, get_money, get_n, get_opt_s, get_s, get_u32, item, key_item, keys, n, s,
+    FromItem, Item, get_delivery_type, get_money, get_n, get_opt_s, get_s, get_u32, item, key_item,
+    keys, n, s,
 };
 use super::idempotency::idempotency_item;
 use super::payments::PaymentRecord;
@@ -17,6 +20,7 @@ use super::{
 };
 use crate::domain::money::Money;
 use crate::domain::order::{Cause, OrderStatus};
+use crate::domain::product::DeliveryType;
 use crate::domain::time::{Timestamp, new_id};
 use crate::error::{ConflictKind, Error, Result};
 
@@ -26,6 +30,8 @@ pub struct OrderRecord {
     pub order_id: String,
     pub sku: String,
     pub quantity: u32,
+    /// The product's delivery type when the order was made: which fulfiller delivers it.
+    pub delivery_type: DeliveryType,
     /// The stock counter shard this order's quantity was reserved on.
     pub stock_shard: u32,
     pub amount: Money,
@@ -47,13 +53,21 @@ pub struct OrderEvent {
     pub cause: String,
 }
 
+/// One delivered unit, as its delivery type records it (`DELIVERY#{slot}` items, told
+/// apart by their `type`). An order's records are all of its type today; a bundle will
+/// hold records of several.
 #[derive(Debug, Clone)]
-pub struct DeliverySlot {
-    pub slot: u32,
-    pub key_id: String,
-    pub batch_id: String,
-    pub sku: String,
-    pub sealed: Vec<u8>,
+pub enum DeliveryRecord {
+    CardKey(CardKeySlot),
+}
+
+impl DeliveryRecord {
+    /// The card key this record holds, if it is a card-key record.
+    pub fn card_key(&self) -> Option<&CardKeySlot> {
+        match self {
+            DeliveryRecord::CardKey(slot) => Some(slot),
+        }
+    }
 }
 
 /// Everything stored under one order's partition.
@@ -61,7 +75,7 @@ pub struct DeliverySlot {
 pub struct OrderView {
     pub order: OrderRecord,
     pub events: Vec<OrderEvent>,
-    pub deliveries: Vec<DeliverySlot>,
+    pub deliveries: Vec<DeliveryRecord>,
     pub payments: Vec<PaymentRecord>,
 }
 
@@ -79,6 +93,7 @@ fn order_item(order: &OrderRecord) -> Item {
             ("order_id", s(&order.order_id)),
             ("sku", s(&order.sku)),
             ("quantity", n(order.quantity)),
+            ("delivery_type", s(order.delivery_type.as_str())),
             ("stock_shard", n(order.stock_shard)),
             ("amount", n(order.amount.amount)),
             ("currency", s(&order.amount.currency)),
@@ -98,6 +113,7 @@ impl FromItem for OrderRecord {
             order_id: get_s(item, "order_id")?,
             sku: get_s(item, "sku")?,
             quantity: get_u32(item, "quantity")?,
+            delivery_type: get_delivery_type(item, "delivery_type")?,
             stock_shard: get_u32(item, "stock_shard")?,
             amount: get_money(item, "amount")?,
             status: OrderStatus::parse(&get_s(item, "status")?)?,
@@ -147,14 +163,10 @@ impl FromItem for OrderEvent {
     }
 }
 
-impl FromItem for DeliverySlot {
-    fn from_item(item: &Item) -> Result<DeliverySlot> {
-        Ok(DeliverySlot {
-            slot: get_u32(item, "slot")?,
-            key_id: get_s(item, "key_id")?,
-            batch_id: get_s(item, "batch_id")?,
-            sku: get_s(item, "sku")?,
-            sealed: get_b(item, "sealed")?,
+impl FromItem for DeliveryRecord {
+    fn from_item(item: &Item) -> Result<DeliveryRecord> {
+        Ok(match get_delivery_type(item, "type")? {
+            DeliveryType::CardKey => DeliveryRecord::CardKey(CardKeySlot::from_item(item)?),
         })
     }
 }
@@ -278,7 +290,7 @@ impl Store {
             } else if sk.starts_with(keys::EVENT_PREFIX) {
                 events.push(OrderEvent::from_item(item)?);
             } else if sk.starts_with(keys::DELIVERY_PREFIX) {
-                deliveries.push(DeliverySlot::from_item(item)?);
+                deliveries.push(DeliveryRecord::from_item(item)?);
             } else if sk.starts_with(keys::PAYMENT_PREFIX) {
                 payments.push(PaymentRecord::from_item(item)?);
             }
@@ -291,8 +303,9 @@ impl Store {
         }))
     }
 
-    /// Access pattern: mark an order delivered once all its slots are filled, moving
-    /// its quantity from reserved to sold. Returns false if it was not in `from`.
+    /// Access pattern: mark an order delivered once its fulfiller is done, moving its
+    /// quantity from reserved to sold (and dropping the exception of an earlier failed
+    /// delivery). Returns false if it was not in `from`.
     pub async fn mark_delivered(&self, order: &OrderRecord, from: OrderStatus) -> Result<bool> {
         let to = from.next(Cause::Deliver)?;
         let at = Timestamp::now().to_rfc3339();
@@ -301,9 +314,9 @@ impl Store {
             &order.order_id,
             (from, to, Cause::Deliver),
             &at,
-            " REMOVE gsi1pk, gsi1sk",
+            " REMOVE gsi1pk, gsi1sk, #exception",
             None,
-            &[],
+            &["exception"],
             Vec::new(),
         )?;
         tx.move_stock(order, StockMove::Sell)?;
@@ -325,6 +338,25 @@ impl Store {
             None,
             &[],
             vec![(":retry", n(now.unix_seconds() + FAILED_RETRY_AFTER_SECONDS))],
+        )?;
+        Ok(self.transact(tx).await?.committed())
+    }
+
+    /// Access pattern: a fulfiller's definite failure (`paid | delivery_failed →
+    /// delivery_failed`), its reason kept as the order's `exception`. The order leaves
+    /// the sweep's index: retrying cannot help, an operator redelivers. Returns false if
+    /// it was no longer in the status it was read in.
+    pub async fn fail_delivery(&self, order: &OrderRecord, reason: &str) -> Result<bool> {
+        let to = order.status.next(Cause::FulfilmentFailed)?;
+        let mut tx = self.tx();
+        tx.move_order(
+            &order.order_id,
+            (order.status, to, Cause::FulfilmentFailed),
+            &Timestamp::now().to_rfc3339(),
+            ", #exception = :reason REMOVE gsi1pk, gsi1sk",
+            None,
+            &["exception"],
+            vec![(":reason", s(reason))],
         )?;
         Ok(self.transact(tx).await?.committed())
     }

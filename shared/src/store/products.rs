@@ -3,11 +3,13 @@
 
 use aws_sdk_dynamodb::types::KeysAndAttributes;
 
-use super::codec::{FromItem, Item, get_money, get_n, get_s, get_u32, item, key_item, keys, n, s};
+use super::codec::{
+    FromItem, Item, get_delivery_type, get_money, get_n, get_s, get_u32, item, key_item, keys, n, s,
+};
 use super::orders::OrderRecord;
 use super::tx::{ItemName, Tx, TxOutcome};
 use super::{COUNTER_SHARDS, Store, built};
-use crate::domain::product::{DeliveryType, Product, Stock};
+use crate::domain::product::{Product, Stock};
 use crate::error::{ConflictKind, Error, Result};
 
 impl FromItem for Product {
@@ -16,8 +18,7 @@ impl FromItem for Product {
             sku: get_s(item, "sku")?,
             title: get_s(item, "title")?,
             price: get_money(item, "price_amount")?,
-            delivery: DeliveryType::parse(&get_s(item, "delivery_type")?)
-                .map_err(|_| Error::Corrupt("unknown delivery type".into()))?,
+            delivery: get_delivery_type(item, "delivery_type")?,
             max_per_order: get_u32(item, "max_per_order")?,
             created_at: get_s(item, "created_at")?,
         })

@@ -1,0 +1,91 @@
+//! Delivery types and their fulfillers. The delivery worker (`app::delivery`) hands a
+//! paid order to the fulfiller of the order's delivery type and keeps what every type
+//! shares (idempotence, partial batches, giving up, finishing); a fulfiller does the
+//! type's own work and records it in the order's partition, one record per delivered
+//! unit. Adding a type: docs/delivery-types.md.
+
+use std::future::Future;
+
+use futures_util::future::BoxFuture;
+
+use crate::app::orders::Delivered;
+use crate::config::Context;
+use crate::domain::product::DeliveryType;
+use crate::error::Result;
+use crate::store::{DeliveryRecord, OrderRecord};
+
+pub mod card_key;
+
+/// What a fulfiller's attempt came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fulfilment {
+    /// Every unit is delivered and recorded: the worker marks the order delivered.
+    Done,
+    /// The order stopped waiting for delivery meanwhile (a condition on it failed): the
+    /// worker reads it again to see what became of it.
+    NotPayable,
+    /// The work goes on elsewhere (a supplier, say): the order stays as it is and the
+    /// sweep sends it round again (`STUCK_AFTER_SECONDS` for `paid`).
+    Pending,
+    /// Delivery cannot succeed and retrying will not help. The order becomes
+    /// `delivery_failed` with `reason` as its `exception`, shown to the buyer and the
+    /// operator: a short snake_case code, never a supplier's text (that goes to the log).
+    Failed { reason: &'static str },
+}
+
+/// The work of one delivery type. A transient failure is an `Err`: the worker reports
+/// the message for a retry and gives up after the queue's last attempt.
+pub trait Fulfiller {
+    /// Does what is left of delivering `order`, given `done`: the records earlier
+    /// attempts (or parallel workers) wrote, in slot order. Any step may have run
+    /// before, or run at the same time elsewhere: every write is conditional on what it
+    /// must not overwrite and on the order still awaiting delivery.
+    fn fulfil(
+        &self,
+        ctx: &Context,
+        order: &OrderRecord,
+        done: &[DeliveryRecord],
+    ) -> impl Future<Output = Result<Fulfilment>> + Send;
+
+    /// What the buyer is shown of a delivered order's records (`GET /orders/{id}`).
+    fn show(
+        &self,
+        ctx: &Context,
+        order: &OrderRecord,
+        done: &[DeliveryRecord],
+    ) -> impl Future<Output = Result<Vec<Delivered>>> + Send;
+}
+
+/// The registry: the fulfiller of each delivery type, chosen by the type the order
+/// recorded when it was made. Dispatch is static, so each binary links only what it
+/// calls: the worker `fulfil`, checkout `show` (docs/bench.md, binary size). Each
+/// type's future is boxed here, once per order: the worker's future keeps its size and
+/// depth whatever a type does (a bundle, calling back into the registry, needs the box
+/// anyway).
+pub struct ByType;
+
+impl Fulfiller for ByType {
+    async fn fulfil(
+        &self,
+        ctx: &Context,
+        order: &OrderRecord,
+        done: &[DeliveryRecord],
+    ) -> Result<Fulfilment> {
+        let work: BoxFuture<'_, _> = match order.delivery_type {
+            DeliveryType::CardKey => Box::pin(card_key::CardKeys.fulfil(ctx, order, done)),
+        };
+        work.await
+    }
+
+    async fn show(
+        &self,
+        ctx: &Context,
+        order: &OrderRecord,
+        done: &[DeliveryRecord],
+    ) -> Result<Vec<Delivered>> {
+        let view: BoxFuture<'_, _> = match order.delivery_type {
+            DeliveryType::CardKey => Box::pin(card_key::CardKeys.show(ctx, order, done)),
+        };
+        view.await
+    }
+}
