@@ -4,13 +4,13 @@ use std::sync::Arc;
 
 use aws_config::{BehaviorVersion, ConfigLoader, SdkConfig};
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
-use zeroize::Zeroizing;
 
 use crate::adapters::clock::{SystemClock, clock_from_env};
 use crate::adapters::kms::KmsVault;
 use crate::adapters::metrics::AwsCallCounter;
 use crate::adapters::queue::SqsDeliveryQueue;
-use crate::adapters::secrets;
+pub use crate::adapters::secrets::Secrets;
+use crate::adapters::secrets::{self, SecretIds};
 use crate::adapters::stripe::StripeProvider;
 use crate::error::{Error, Result};
 use crate::ports::{Clock, KeyVault, PaymentProvider};
@@ -58,42 +58,6 @@ impl Config {
             fingerprint_secret_id: optional("FINGERPRINT_SECRET_ID"),
             order_token_secret_id: optional("ORDER_TOKEN_SECRET_ID"),
         })
-    }
-}
-
-/// Secret values this function was given access to; absent ones stay `None` and the use
-/// case that needs one fails closed.
-#[derive(Default)]
-pub struct Secrets {
-    pub admin_token: Option<Zeroizing<String>>,
-    pub stripe_webhook_secrets: Vec<Zeroizing<String>>,
-    pub fingerprint_key: Option<Zeroizing<String>>,
-    pub order_token_key: Option<Zeroizing<String>>,
-}
-
-impl std::fmt::Debug for Secrets {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secrets(<redacted>)")
-    }
-}
-
-fn required<'a>(value: &'a Option<Zeroizing<String>>, what: &str) -> Result<&'a [u8]> {
-    value
-        .as_ref()
-        .map(|v| v.as_bytes())
-        .filter(|v| !v.is_empty())
-        .ok_or_else(|| Error::Config(format!("{what} is not configured")))
-}
-
-impl Secrets {
-    pub fn admin_token(&self) -> Result<&[u8]> {
-        required(&self.admin_token, "admin token")
-    }
-    pub fn fingerprint_key(&self) -> Result<&[u8]> {
-        required(&self.fingerprint_key, "fingerprint key")
-    }
-    pub fn order_token_key(&self) -> Result<&[u8]> {
-        required(&self.order_token_key, "order token key")
     }
 }
 
@@ -239,7 +203,13 @@ impl ContextBuilder {
 
     /// The secrets this function's configuration names (Secrets Manager).
     pub async fn with_secrets(mut self) -> Result<Self> {
-        self.secrets = secrets::load(&self.sdk, &self.config).await?;
+        let ids = SecretIds {
+            admin_token: self.config.admin_token_secret_id.as_deref(),
+            stripe_webhook: self.config.stripe_webhook_secret_id.as_deref(),
+            fingerprint_key: self.config.fingerprint_secret_id.as_deref(),
+            order_token_key: self.config.order_token_secret_id.as_deref(),
+        };
+        self.secrets = secrets::load(&self.sdk, &ids).await?;
         Ok(self)
     }
 
