@@ -580,17 +580,23 @@ pub async fn webhook_record(
     provider: &str,
     event_id: &str,
 ) -> Option<HashMap<String, aws_sdk_dynamodb::types::AttributeValue>> {
+    table_item(&format!("WEBHOOK#{provider}#{event_id}"), "WEBHOOK").await
+}
+
+/// An item straight from the table, by its keys (strongly consistent).
+pub async fn table_item(
+    pk: &str,
+    sk: &str,
+) -> Option<HashMap<String, aws_sdk_dynamodb::types::AttributeValue>> {
     use aws_sdk_dynamodb::types::AttributeValue;
     aws_sdk_dynamodb::Client::new(&sdk_config().await)
         .get_item()
         .table_name(&stack().env["KAMI_TABLE"])
-        .key(
-            "pk",
-            AttributeValue::S(format!("WEBHOOK#{provider}#{event_id}")),
-        )
-        .key("sk", AttributeValue::S("WEBHOOK".into()))
+        .key("pk", AttributeValue::S(pk.to_owned()))
+        .key("sk", AttributeValue::S(sk.to_owned()))
+        .consistent_read(true)
         .send()
         .await
-        .expect("get webhook record")
+        .expect("get item")
         .item
 }

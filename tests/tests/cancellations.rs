@@ -89,7 +89,11 @@ async fn pending_order(store: &Store, sku: &str, quantity: u32, shard: u32) -> O
     let order = new_order(sku, quantity, shard);
     let key = format!("idem-{}", new_id());
     assert_eq!(
-        created(store.create_order(&order, &key, "request").await),
+        created(
+            store
+                .create_order(&order, &key, "request", Timestamp::now())
+                .await
+        ),
         "created"
     );
     order
@@ -159,7 +163,11 @@ async fn an_order_refused_for_its_stock_or_its_key_says_which() {
     // The stock counter, second in the transaction, fails alone.
     let greedy = new_order(&sku, 3, 5);
     assert_eq!(
-        created(store.create_order(&greedy, &key, "request-a").await),
+        created(
+            store
+                .create_order(&greedy, &key, "request-a", Timestamp::now())
+                .await
+        ),
         "out_of_stock"
     );
     let nothing = store.get_idempotency("orders", &key).await.expect("get");
@@ -175,7 +183,11 @@ async fn an_order_refused_for_its_stock_or_its_key_says_which() {
 
     let first = new_order(&sku, 2, 5);
     assert_eq!(
-        created(store.create_order(&first, &key, "request-a").await),
+        created(
+            store
+                .create_order(&first, &key, "request-a", Timestamp::now())
+                .await
+        ),
         "created"
     );
     assert_eq!(counter(store, &sku, 5).await, (0, 2, 0));
@@ -184,7 +196,11 @@ async fn an_order_refused_for_its_stock_or_its_key_says_which() {
     // counter both fail, and the key decides (the client sees its first order).
     let again = new_order(&sku, 1, 5);
     assert_eq!(
-        created(store.create_order(&again, &key, "request-b").await),
+        created(
+            store
+                .create_order(&again, &key, "request-b", Timestamp::now())
+                .await
+        ),
         "key_taken"
     );
     let record = store
@@ -205,7 +221,11 @@ async fn an_order_refused_for_its_stock_or_its_key_says_which() {
     let late = new_order(&sku, 1, 5);
     let other_key = format!("idem-{}", new_id());
     assert_eq!(
-        created(store.create_order(&late, &other_key, "request-c").await),
+        created(
+            store
+                .create_order(&late, &other_key, "request-c", Timestamp::now())
+                .await
+        ),
         "out_of_stock"
     );
     assert_eq!(counter(store, &sku, 5).await, (0, 2, 0));
@@ -236,7 +256,10 @@ async fn an_allocation_says_whether_the_key_the_slot_or_the_order_refused() {
         ),
         false,
     );
-    assert_eq!(applied(store.apply_payment(&order, &paid).await), "applied");
+    assert_eq!(
+        applied(store.apply_payment(&order, &paid, Timestamp::now()).await),
+        "applied"
+    );
     let order = current(store, &order.order_id).await;
     let keys = stock_keys(store, &sku).await;
     let [a, b, c] = keys.as_slice() else {
@@ -244,42 +267,42 @@ async fn an_allocation_says_whether_the_key_the_slot_or_the_order_refused() {
     };
 
     assert_eq!(
-        allocated(store.allocate_key(&order, 0, a).await),
+        allocated(store.allocate_key(&order, 0, a, Timestamp::now()).await),
         "allocated"
     );
     // Items: the key leaving stock, the slot, the order's state.
     assert_eq!(
-        allocated(store.allocate_key(&order, 1, a).await),
+        allocated(store.allocate_key(&order, 1, a, Timestamp::now()).await),
         "key_gone",
         "the key alone failed"
     );
     assert_eq!(
-        allocated(store.allocate_key(&order, 0, b).await),
+        allocated(store.allocate_key(&order, 0, b, Timestamp::now()).await),
         "slot_filled",
         "the slot alone failed"
     );
     assert_eq!(
-        allocated(store.allocate_key(&order, 0, a).await),
+        allocated(store.allocate_key(&order, 0, a, Timestamp::now()).await),
         "slot_filled",
         "the key and the slot failed"
     );
     assert_eq!(
-        allocated(store.allocate_key(&order, 1, b).await),
+        allocated(store.allocate_key(&order, 1, b, Timestamp::now()).await),
         "allocated"
     );
     assert!(
         store
-            .mark_delivered(&order, OrderStatus::Paid)
+            .mark_delivered(&order, OrderStatus::Paid, Timestamp::now())
             .await
             .expect("deliver")
     );
     assert_eq!(
-        allocated(store.allocate_key(&order, 2, c).await),
+        allocated(store.allocate_key(&order, 2, c, Timestamp::now()).await),
         "not_payable",
         "the order alone failed"
     );
     assert_eq!(
-        allocated(store.allocate_key(&order, 0, a).await),
+        allocated(store.allocate_key(&order, 0, a, Timestamp::now()).await),
         "not_payable",
         "all three failed"
     );
@@ -331,7 +354,7 @@ async fn a_payment_says_whether_it_was_a_duplicate_a_race_or_out_of_stock() {
     let first = format!("evt_{}", new_id());
     let change = payment(&first, &late.amount, reserve_again, true);
     assert_eq!(
-        applied(store.apply_payment(&late, &change).await),
+        applied(store.apply_payment(&late, &change, Timestamp::now()).await),
         "no_stock"
     );
     assert!(
@@ -352,7 +375,10 @@ async fn a_payment_says_whether_it_was_a_duplicate_a_race_or_out_of_stock() {
         ),
         false,
     );
-    assert_eq!(applied(store.apply_payment(&late, &change).await), "raced");
+    assert_eq!(
+        applied(store.apply_payment(&late, &change, Timestamp::now()).await),
+        "raced"
+    );
     assert!(webhook_record("stripe", &stale).await.is_none());
 
     let kept = format!("evt_{}", new_id());
@@ -367,19 +393,19 @@ async fn a_payment_says_whether_it_was_a_duplicate_a_race_or_out_of_stock() {
         false,
     );
     assert_eq!(
-        applied(store.apply_payment(&late, &change).await),
+        applied(store.apply_payment(&late, &change, Timestamp::now()).await),
         "applied"
     );
     // The same event again: the webhook record fails with the order (no longer
     // expired), and the event id decides.
     assert_eq!(
-        applied(store.apply_payment(&late, &change).await),
+        applied(store.apply_payment(&late, &change, Timestamp::now()).await),
         "duplicate"
     );
     // ... also when the counter fails too.
     let change = payment(&kept, &late.amount, reserve_again, true);
     assert_eq!(
-        applied(store.apply_payment(&late, &change).await),
+        applied(store.apply_payment(&late, &change, Timestamp::now()).await),
         "duplicate"
     );
     let view = store

@@ -283,4 +283,68 @@ mod tests {
         assert!(template.contains("Environment:"), "read the real template");
         assert!(!template.contains(LOCAL_CLOCK_FILE_ENV));
     }
+
+    /// What reads the machine's time. Only the clocks above may (and `Timestamp::now`
+    /// itself, in `domain::time`).
+    const MACHINE_TIME: [&str; 3] = ["Timestamp::now", "SystemTime::now", "OffsetDateTime::now"];
+
+    fn rust_files(dir: &std::path::Path, found: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                rust_files(&path, found);
+            } else if path.extension().is_some_and(|ext| ext == "rs") {
+                found.push(path);
+            }
+        }
+    }
+
+    /// The store, the use cases (tests included) and the functions take the time from
+    /// `ctx.clock`, never from the machine: a local or fake clock moves every time Kami
+    /// writes, and nothing lags behind it.
+    #[test]
+    fn only_the_clocks_read_the_machines_time() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut files = Vec::new();
+        rust_files(&root.join("shared/src"), &mut files);
+        for function in std::fs::read_dir(root.join("functions")).unwrap() {
+            rust_files(&function.unwrap().path().join("src"), &mut files);
+        }
+        let under = |dir: &str| {
+            files
+                .iter()
+                .filter(|file| file.starts_with(root.join(dir)))
+                .count()
+        };
+        assert!(
+            under("shared/src/store") >= 5 && under("shared/src/app/fulfil") >= 2,
+            "read the real sources"
+        );
+        assert!(under("functions") >= 5, "read every function");
+        let allowed = [
+            root.join("shared/src/adapters/clock.rs"),
+            root.join("shared/src/domain/time.rs"),
+        ];
+        let mut offenders = Vec::new();
+        for file in files.iter().filter(|file| !allowed.contains(file)) {
+            let text = std::fs::read_to_string(file).unwrap();
+            for (number, line) in text.lines().enumerate() {
+                if MACHINE_TIME.iter().any(|needle| line.contains(needle)) {
+                    offenders.push(format!(
+                        "{}:{}: {}",
+                        file.display(),
+                        number + 1,
+                        line.trim()
+                    ));
+                }
+            }
+        }
+        assert!(
+            offenders.is_empty(),
+            "read the time from ctx.clock (or take `now` from the caller): {offenders:#?}"
+        );
+    }
 }

@@ -13,6 +13,7 @@ use super::fulfil::{ByType, Fulfiller, Fulfilment};
 use crate::adapters::queue::DeliveryMessage;
 use crate::config::Context;
 use crate::domain::order::OrderStatus;
+use crate::domain::time::Timestamp;
 use crate::error::{Error, Result};
 use crate::store::{OrderRecord, OrderView, Store};
 
@@ -46,15 +47,27 @@ pub trait DeliveryOrders: Sync {
     fn load(&self, order_id: &str) -> impl Future<Output = Result<Option<OrderView>>> + Send;
     /// The order as it is now (strongly consistent).
     fn current(&self, order_id: &str) -> impl Future<Output = Result<Option<OrderRecord>>> + Send;
-    /// Marks it delivered from the status it was read in; false if that changed.
-    fn finish(&self, order: &OrderRecord) -> impl Future<Output = Result<bool>> + Send;
-    /// `paid → delivery_failed` after the last attempt; false if no longer `paid`.
-    fn give_up(&self, order: &OrderRecord) -> impl Future<Output = Result<bool>> + Send;
-    /// `→ delivery_failed` with `reason` as its exception; false if its status changed.
+    /// Marks it delivered from the status it was read in, at `now`; false if that
+    /// changed.
+    fn finish(
+        &self,
+        order: &OrderRecord,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<bool>> + Send;
+    /// `paid → delivery_failed` after the last attempt, at `now`; false if no longer
+    /// `paid`.
+    fn give_up(
+        &self,
+        order: &OrderRecord,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<bool>> + Send;
+    /// `→ delivery_failed` with `reason` as its exception, at `now`; false if its status
+    /// changed.
     fn fail(
         &self,
         order: &OrderRecord,
         reason: &'static str,
+        now: Timestamp,
     ) -> impl Future<Output = Result<bool>> + Send;
 }
 
@@ -69,20 +82,29 @@ impl DeliveryOrders for Store {
         self.get_order(order_id)
     }
 
-    fn finish(&self, order: &OrderRecord) -> impl Future<Output = Result<bool>> + Send {
-        self.mark_delivered(order, order.status)
+    fn finish(
+        &self,
+        order: &OrderRecord,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<bool>> + Send {
+        self.mark_delivered(order, order.status, now)
     }
 
-    fn give_up(&self, order: &OrderRecord) -> impl Future<Output = Result<bool>> + Send {
-        self.give_up_delivery(order)
+    fn give_up(
+        &self,
+        order: &OrderRecord,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<bool>> + Send {
+        self.give_up_delivery(order, now)
     }
 
     fn fail(
         &self,
         order: &OrderRecord,
         reason: &'static str,
+        now: Timestamp,
     ) -> impl Future<Output = Result<bool>> + Send {
-        self.fail_delivery(order, reason)
+        self.fail_delivery(order, reason, now)
     }
 }
 
@@ -129,7 +151,7 @@ impl<O: DeliveryOrders, F: Fulfiller + Sync> Worker<'_, O, F> {
 
     /// Marks the order delivered once its fulfiller is done.
     async fn finish(&self, order: &OrderRecord) -> Result<DeliveryOutcome> {
-        if self.orders.finish(order).await? {
+        if self.orders.finish(order, self.ctx.clock.now()).await? {
             tracing::info!(order_id = %order.order_id, quantity = order.quantity, "order delivered");
             return Ok(DeliveryOutcome::Delivered);
         }
@@ -139,7 +161,11 @@ impl<O: DeliveryOrders, F: Fulfiller + Sync> Worker<'_, O, F> {
     /// A definite failure: the order shows `delivery_failed` and why, at once; only an
     /// operator's redelivery sends it round again.
     async fn fail(&self, order: &OrderRecord, reason: &'static str) -> Result<DeliveryOutcome> {
-        if self.orders.fail(order, reason).await? {
+        if self
+            .orders
+            .fail(order, reason, self.ctx.clock.now())
+            .await?
+        {
             tracing::error!(
                 order_id = %order.order_id,
                 reason,
@@ -165,7 +191,7 @@ impl<O: DeliveryOrders, F: Fulfiller + Sync> Worker<'_, O, F> {
     async fn give_up(&self, order_id: &str) -> Result<()> {
         if let Some(order) = self.orders.current(order_id).await?
             && order.status == OrderStatus::Paid
-            && self.orders.give_up(&order).await?
+            && self.orders.give_up(&order, self.ctx.clock.now()).await?
         {
             tracing::error!(
                 order_id,
@@ -232,22 +258,28 @@ mod tests {
     use crate::domain::money::Money;
     use crate::domain::order::Cause;
     use crate::domain::product::DeliveryType;
-    use crate::domain::time::Timestamp;
+    use crate::fakes::FakeClock;
     use crate::store::{CardKeySlot, DeliveryRecord};
 
-    /// A context whose clients are never called (the fakes stand in for them).
-    fn offline_context() -> Arc<Context> {
+    /// A context whose clients are never called (the fakes stand in for them), with time
+    /// from `clock`.
+    fn offline_context(clock: Arc<FakeClock>) -> Arc<Context> {
         let config =
             Config::from_lookup(|name| (name == "KAMI_TABLE").then(|| "t".to_owned())).unwrap();
         let sdk = SdkConfig::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::from_static("us-east-1"))
             .build();
-        ContextBuilder::new(config, sdk, None).build()
+        ContextBuilder::new(config, sdk, None)
+            .with_clock(clock)
+            .build()
     }
 
+    /// When the fixtures' orders were made.
+    const MADE: Timestamp = FakeClock::DEFAULT;
+
     fn order(order_id: &str, sku: &str, status: OrderStatus) -> OrderRecord {
-        let now = Timestamp::now();
+        let now = MADE;
         OrderRecord {
             order_id: order_id.to_owned(),
             sku: sku.to_owned(),
@@ -311,7 +343,13 @@ mod tests {
                 .insert(order_id.to_owned(), to);
         }
 
-        fn apply(&self, read: &OrderRecord, cause: Cause, exception: Option<&str>) -> Result<bool> {
+        fn apply(
+            &self,
+            read: &OrderRecord,
+            cause: Cause,
+            exception: Option<&str>,
+            now: Timestamp,
+        ) -> Result<bool> {
             let mut orders = self.orders.lock().unwrap();
             let Some((stored, _)) = orders.get_mut(&read.order_id) else {
                 return Ok(false);
@@ -320,6 +358,7 @@ mod tests {
                 return Ok(false);
             }
             stored.status = stored.status.next(cause)?;
+            stored.updated_at = now.to_rfc3339();
             if cause == Cause::Deliver || exception.is_some() {
                 stored.exception = exception.map(str::to_owned);
             }
@@ -350,16 +389,21 @@ mod tests {
             Ok(orders.get(order_id).map(|(order, _)| order.clone()))
         }
 
-        async fn finish(&self, order: &OrderRecord) -> Result<bool> {
-            self.apply(order, Cause::Deliver, None)
+        async fn finish(&self, order: &OrderRecord, now: Timestamp) -> Result<bool> {
+            self.apply(order, Cause::Deliver, None, now)
         }
 
-        async fn give_up(&self, order: &OrderRecord) -> Result<bool> {
-            self.apply(order, Cause::DeliveryGaveUp, None)
+        async fn give_up(&self, order: &OrderRecord, now: Timestamp) -> Result<bool> {
+            self.apply(order, Cause::DeliveryGaveUp, None, now)
         }
 
-        async fn fail(&self, order: &OrderRecord, reason: &'static str) -> Result<bool> {
-            self.apply(order, Cause::FulfilmentFailed, Some(reason))
+        async fn fail(
+            &self,
+            order: &OrderRecord,
+            reason: &'static str,
+            now: Timestamp,
+        ) -> Result<bool> {
+            self.apply(order, Cause::FulfilmentFailed, Some(reason), now)
         }
     }
 
@@ -430,14 +474,17 @@ mod tests {
     /// The worker over fakes, with its orders.
     struct Fixture {
         ctx: Arc<Context>,
+        clock: Arc<FakeClock>,
         orders: FakeOrders,
         fulfiller: Scripted,
     }
 
     impl Fixture {
         fn new(orders: impl IntoIterator<Item = (OrderRecord, Vec<DeliveryRecord>)>) -> Self {
+            let clock = Arc::new(FakeClock::at(MADE));
             Fixture {
-                ctx: offline_context(),
+                ctx: offline_context(clock.clone()),
+                clock,
                 orders: FakeOrders::with(orders),
                 fulfiller: Scripted::default(),
             }
@@ -621,5 +668,30 @@ mod tests {
         assert_eq!(fixture.status("done").0, OrderStatus::Delivered);
         assert_eq!(fixture.status("pending").0, OrderStatus::Paid);
         assert_eq!(fixture.status("failed").0, OrderStatus::DeliveryFailed);
+    }
+
+    #[tokio::test]
+    async fn every_move_is_stamped_by_the_context_clock() {
+        let fixture = Fixture::paid(&[("done", "done"), ("failed", "failed"), ("error", "error")]);
+        // Years away from when the orders were made (and from the machine's time).
+        let later = MADE.plus_seconds(20 * 365 * 86_400);
+        fixture.clock.set(later);
+        let failed = fixture
+            .batch(vec![
+                for_order("done", 1),
+                for_order("failed", 1),
+                for_order("error", fixture.last_attempt()),
+            ])
+            .await;
+        assert_eq!(failed, ["msg-error"]);
+        for (order_id, status) in [
+            ("done", OrderStatus::Delivered),
+            ("failed", OrderStatus::DeliveryFailed),
+            ("error", OrderStatus::DeliveryFailed),
+        ] {
+            let stored = fixture.orders.stored(order_id);
+            assert_eq!(stored.status, status, "{order_id}");
+            assert_eq!(stored.updated_at, later.to_rfc3339(), "{order_id}");
+        }
     }
 }

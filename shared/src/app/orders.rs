@@ -174,7 +174,7 @@ pub async fn create_order(
         order.stock_shard = shard;
         match ctx
             .store
-            .create_order(&order, idempotency_key, &request_hash)
+            .create_order(&order, idempotency_key, &request_hash, now)
             .await
         {
             Ok(CreateOrderOutcome::Created) => {

@@ -44,7 +44,7 @@ pub async fn payment_notification(
                 amount: None,
             };
             ctx.store
-                .record_unmatched_payment(name, &event_id, &unmatched)
+                .record_unmatched_payment(name, &event_id, &unmatched, notification.received_at)
                 .await?;
             tracing::warn!(
                 provider = name,
@@ -122,6 +122,8 @@ fn decide<'a>(
 pub async fn record_payment(ctx: &Context, notice: &PaymentNotice) -> Result<()> {
     let mut stock_gone = false;
     for _ in 0..DECISION_ATTEMPTS {
+        // One reading per attempt: whatever this attempt writes is stamped alike.
+        let now = ctx.clock.now();
         let order = if is_id(&notice.order_id) {
             ctx.store.get_order(&notice.order_id).await?
         } else {
@@ -136,13 +138,13 @@ pub async fn record_payment(ctx: &Context, notice: &PaymentNotice) -> Result<()>
             };
             let first = ctx
                 .store
-                .record_unmatched_payment(notice.provider, &notice.event_id, &unmatched)
+                .record_unmatched_payment(notice.provider, &notice.event_id, &unmatched, now)
                 .await?;
             tracing::warn!(event_id = %notice.event_id, first, "payment for an unknown order kept for an operator");
             return Ok(());
         };
         let change = decide(&order, notice, stock_gone);
-        match ctx.store.apply_payment(&order, &change).await? {
+        match ctx.store.apply_payment(&order, &change, now).await? {
             PaymentApplied::Applied => {
                 tracing::info!(order_id = %order.order_id, event_id = %notice.event_id, outcome = change.outcome, "payment recorded");
                 let status = change.transition.map_or(order.status, |(_, to, _)| to);

@@ -203,12 +203,14 @@ impl Store {
 
     /// Access pattern: move one key from stock into an order's delivery slot. One
     /// transaction: the key leaves stock (only if still there), the slot is filled
-    /// (only if empty), and the order must still be waiting for delivery.
+    /// (only if empty, `allocated_at` = `now`), and the order must still be waiting for
+    /// delivery.
     pub async fn allocate_key(
         &self,
         order: &OrderRecord,
         slot: u32,
         key: &StockKey,
+        now: Timestamp,
     ) -> Result<AllocateOutcome> {
         let mut tx = self.tx();
         tx.delete(
@@ -228,7 +230,7 @@ impl Store {
                     ("batch_id", s(&key.batch_id)),
                     ("sku", s(&order.sku)),
                     ("sealed", b(key.sealed.clone())),
-                    ("allocated_at", s(Timestamp::now().to_rfc3339())),
+                    ("allocated_at", s(now.to_rfc3339())),
                 ],
             ),
             Some("attribute_not_exists(pk)"),

@@ -2,6 +2,9 @@
 //! is a named `Store` method (an access pattern); docs/dynamodb.md lists each with its
 //! keys, operation, condition and callers, and every item shape. Multi-item changes are
 //! single `TransactWriteItems` calls (`tx`), so no crash can leave half of one written.
+//! The store never reads the time: every time it writes (event times, `received_at`,
+//! `allocated_at`, the sweep index's due times, TTLs) comes from its caller as `now`,
+//! which the use cases read from `ctx.clock` (docs/ports.md, "Clock").
 //!
 //! - `codec`: attribute values, item keys, `FromItem`
 //! - `tx`: transactions whose items have names, and cancellations read by name

@@ -215,14 +215,15 @@ impl Tx {
 }
 
 impl Store {
-    /// Access pattern: create an order. One transaction claims the idempotency key,
-    /// reserves stock (fails if not enough is available), stores the order and its
-    /// first event.
+    /// Access pattern: create an order. One transaction claims the idempotency key
+    /// (kept a day from `now`), reserves stock (fails if not enough is available),
+    /// stores the order and its first event (at the order's `created_at`).
     pub async fn create_order(
         &self,
         order: &OrderRecord,
         idempotency_key: &str,
         request_hash: &str,
+        now: Timestamp,
     ) -> Result<CreateOrderOutcome> {
         let mut tx = self.tx();
         tx.put(
@@ -232,7 +233,7 @@ impl Store {
                 idempotency_key,
                 request_hash,
                 &order.order_id,
-                Timestamp::now(),
+                now,
             ),
             Some("attribute_not_exists(pk)"),
         )?;
@@ -305,10 +306,16 @@ impl Store {
 
     /// Access pattern: mark an order delivered once its fulfiller is done, moving its
     /// quantity from reserved to sold (and dropping the exception of an earlier failed
-    /// delivery). Returns false if it was not in `from`.
-    pub async fn mark_delivered(&self, order: &OrderRecord, from: OrderStatus) -> Result<bool> {
+    /// delivery), its event and `updated_at` at `now`. Returns false if it was not in
+    /// `from`.
+    pub async fn mark_delivered(
+        &self,
+        order: &OrderRecord,
+        from: OrderStatus,
+        now: Timestamp,
+    ) -> Result<bool> {
         let to = from.next(Cause::Deliver)?;
-        let at = Timestamp::now().to_rfc3339();
+        let at = now.to_rfc3339();
         let mut tx = self.tx();
         tx.move_order(
             &order.order_id,
@@ -324,11 +331,11 @@ impl Store {
     }
 
     /// Access pattern: give up delivering a paid order (`paid → delivery_failed`). It
-    /// stays in the stuck-order index, due again in `FAILED_RETRY_AFTER_SECONDS`, so the
-    /// sweep retries it after an outage. Returns false if it was no longer `paid`.
-    pub async fn give_up_delivery(&self, order: &OrderRecord) -> Result<bool> {
+    /// stays in the stuck-order index, due again `FAILED_RETRY_AFTER_SECONDS` after
+    /// `now`, so the sweep retries it after an outage. Returns false if it was no longer
+    /// `paid`.
+    pub async fn give_up_delivery(&self, order: &OrderRecord, now: Timestamp) -> Result<bool> {
         let to = order.status.next(Cause::DeliveryGaveUp)?;
-        let now = Timestamp::now();
         let mut tx = self.tx();
         tx.move_order(
             &order.order_id,
@@ -346,13 +353,18 @@ impl Store {
     /// delivery_failed`), its reason kept as the order's `exception`. The order leaves
     /// the sweep's index: retrying cannot help, an operator redelivers. Returns false if
     /// it was no longer in the status it was read in.
-    pub async fn fail_delivery(&self, order: &OrderRecord, reason: &str) -> Result<bool> {
+    pub async fn fail_delivery(
+        &self,
+        order: &OrderRecord,
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<bool> {
         let to = order.status.next(Cause::FulfilmentFailed)?;
         let mut tx = self.tx();
         tx.move_order(
             &order.order_id,
             (order.status, to, Cause::FulfilmentFailed),
-            &Timestamp::now().to_rfc3339(),
+            &now.to_rfc3339(),
             ", #exception = :reason REMOVE gsi1pk, gsi1sk",
             None,
             &["exception"],

@@ -86,13 +86,15 @@ fn webhook_item(provider: &str, event_id: &str, outcome: &str, now: Timestamp) -
 
 impl Store {
     /// Access pattern: record a payment notification once per provider event id, and
-    /// move the order if `change.transition` says so, in one transaction.
+    /// move the order if `change.transition` says so, in one transaction. Everything it
+    /// stamps is at `now`: the records' `received_at`, the event and `updated_at`, the
+    /// stuck-order index's due time and the dedupe record's TTL.
     pub async fn apply_payment(
         &self,
         order: &OrderRecord,
         change: &PaymentChange<'_>,
+        now: Timestamp,
     ) -> Result<PaymentApplied> {
-        let now = Timestamp::now();
         let at = now.to_rfc3339();
         let mut tx = self.tx();
         let mut webhook = webhook_item(change.provider, change.event_id, change.outcome, now);
@@ -175,14 +177,15 @@ impl Store {
 
     /// Access pattern: keep a verified notification Kami cannot apply to an order (an
     /// unknown order id, or an event without one) for an operator. Returns false when
-    /// the event id was already recorded.
+    /// the event id was already recorded. Received at `now`.
     pub async fn record_unmatched_payment(
         &self,
         provider: &str,
         event_id: &str,
         unmatched: &Unmatched<'_>,
+        now: Timestamp,
     ) -> Result<bool> {
-        let mut webhook = webhook_item(provider, event_id, unmatched.outcome, Timestamp::now());
+        let mut webhook = webhook_item(provider, event_id, unmatched.outcome, now);
         webhook.insert("kind".to_owned(), s(unmatched.kind));
         if let Some(order_id) = unmatched.claimed_order_id {
             webhook.insert("order_id".to_owned(), s(order_id));

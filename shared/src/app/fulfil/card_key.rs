@@ -77,7 +77,11 @@ async fn fill_slot(ctx: &Context, order: &OrderRecord, slot: u32) -> Result<bool
                 break;
             }
             for key in &candidates {
-                match ctx.store.allocate_key(order, slot, key).await? {
+                match ctx
+                    .store
+                    .allocate_key(order, slot, key, ctx.clock.now())
+                    .await?
+                {
                     AllocateOutcome::Allocated | AllocateOutcome::SlotFilled => return Ok(true),
                     AllocateOutcome::NotPayable => return Ok(false),
                     AllocateOutcome::KeyGone => continue,
