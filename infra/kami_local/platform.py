@@ -285,8 +285,11 @@ def _handler(platform: Platform):
             status, headers, data = apigw.map_response(result.body)
             self._send(status, headers, data, req_id)
 
-        # Every method reaches the router, so one that no route takes gets 404, as from API Gateway
-        # (the standard library would answer TRACE, CONNECT or an unknown verb with 501).
-        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = do_TRACE = do_CONNECT = _handle
+        # Every method, known verb or not, reaches the router, so one that no route takes gets
+        # 404 as from API Gateway (the standard library would answer TRACE or QUERY with 501).
+        def __getattr__(self, name: str):
+            if name.startswith("do_"):
+                return self._handle
+            raise AttributeError(name)
 
     return Handler

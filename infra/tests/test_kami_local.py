@@ -363,7 +363,7 @@ def test_a_method_no_route_takes_answers_404_not_501():
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/items/1"
     try:
-        for method in ("TRACE", "PUT", "DELETE"):
+        for method in ("TRACE", "QUERY", "PUT", "DELETE"):
             r = requests.request(method, url, timeout=30)
             assert (r.status_code, r.json()) == (404, {"message": "Not Found"}), method
     finally:
