@@ -8,34 +8,28 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$repo/.kami/venv"
 requirements="$repo/infra/requirements.txt"
-stamp="$venv/.kami-requirements.sha256"
 python="${KAMI_PYTHON:-python3}"
+force="${1:-}"
 
-want="$( { sha256sum "$requirements" | cut -d' ' -f1; "$python" -c 'import sys; print(sys.version)'; } | sha256sum | cut -d' ' -f1)"
-
-if [[ "${1:-}" != "--force" && -x "$venv/bin/python" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
-    echo "setup: .kami/venv is up to date"
-else
-    echo "setup: installing the pinned toolchain into .kami/venv (about a minute)"
-    mkdir -p "$repo/.kami/logs"
+# Installs requirements file $2 into the venv $1 unless its stamp (the file's hash and the
+# Python version) says it is there already.
+install_venv() {
+    local venv="$1" requirements="$2" what="$3" stamp="$1/.kami-requirements.sha256" want
+    want="$( { sha256sum "$requirements" | cut -d' ' -f1; "$python" -c 'import sys; print(sys.version)'; } | sha256sum | cut -d' ' -f1)"
+    if [[ "$force" != "--force" && -x "$venv/bin/python" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+        echo "setup: ${venv#"$repo/"} is up to date"
+        return
+    fi
+    echo "setup: installing $what into ${venv#"$repo/"}"
     [[ -x "$venv/bin/python" ]] || "$python" -m venv "$venv"
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$requirements"
     echo "$want" > "$stamp"
-fi
+}
 
+mkdir -p "$repo/.kami/logs"
+install_venv "$venv" "$requirements" "the pinned toolchain (about a minute)"
 # schemathesis (the API conformance check) in a venv of its own: its pins clash with sam's.
-st_venv="$repo/.kami/schemathesis"
-st_requirements="$repo/infra/requirements-schemathesis.txt"
-st_stamp="$st_venv/.kami-requirements.sha256"
-st_want="$( { sha256sum "$st_requirements" | cut -d' ' -f1; "$python" -c 'import sys; print(sys.version)'; } | sha256sum | cut -d' ' -f1)"
-if [[ "${1:-}" != "--force" && -x "$st_venv/bin/schemathesis" && -f "$st_stamp" && "$(cat "$st_stamp")" == "$st_want" ]]; then
-    echo "setup: .kami/schemathesis is up to date"
-else
-    echo "setup: installing schemathesis into .kami/schemathesis"
-    [[ -x "$st_venv/bin/python" ]] || "$python" -m venv "$st_venv"
-    "$st_venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$st_requirements"
-    echo "$st_want" > "$st_stamp"
-fi
+install_venv "$repo/.kami/schemathesis" "$repo/infra/requirements-schemathesis.txt" "schemathesis"
 
 # Checks that cost nothing and catch a broken machine early.
 command -v cargo >/dev/null || { echo "setup: cargo not found (install Rust with rustup)" >&2; exit 1; }

@@ -248,6 +248,12 @@ class Function:
             if self._closed or len(self.instances) >= self.max_instances:
                 return
             self.instances.append(None)  # reserve the slot while the emulator starts
+        self._spawn_into_slot(busy=False)
+
+    def _spawn_into_slot(self, busy: bool) -> Instance | None:
+        """Starts an emulator in the slot reserved for it, busy (for the caller) or offered to
+        the waiting invocations; None if the pool stopped meanwhile (the emulator is killed:
+        stop() did not see it)."""
         try:
             inst = self._spawn()
         except Exception:
@@ -255,10 +261,13 @@ class Function:
             raise
         with self._lock:
             self.instances[self.instances.index(None)] = inst
-            if self._closed:  # stopped while it started: stop() did not see it
+            inst.busy = busy
+            if self._closed:
                 inst.kill()
-                return
-            self._offer(inst)
+                return None
+            if not busy:
+                self._offer(inst)
+        return inst
 
     def _unreserve(self) -> None:
         with self._lock:
@@ -322,17 +331,9 @@ class Function:
             grant = waiter.grant
             if grant != "slot":
                 return grant
-        try:
-            inst = self._spawn()
-        except Exception:
-            self._unreserve()
-            raise
-        with self._lock:
-            self.instances[self.instances.index(None)] = inst
-            inst.busy = True
-            if self._closed:  # stopped while it started: stop() did not see it
-                inst.kill()
-                raise RuntimeError("platform stopped")
+        inst = self._spawn_into_slot(busy=True)
+        if inst is None:
+            raise RuntimeError("platform stopped")
         return inst
 
     def _release(self, inst: Instance) -> None:
