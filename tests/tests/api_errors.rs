@@ -330,3 +330,109 @@ async fn import_reports_duplicates_and_invalid_keys_and_reads_text() {
     let (_, product) = admin_product(&ctx, &sku).await;
     assert_eq!(product["stock"]["available"], 5);
 }
+
+/// A bad field is named by its JSON path, with the code the API already used for it; a
+/// body that is not JSON, or a request without a field at fault, has no path.
+#[tokio::test]
+async fn bad_fields_are_named_by_their_json_path() {
+    let ctx = context().await;
+    let sku = product_with_keys(&ctx, "paths", 990, 2, &make_keys("PTH", 2)).await;
+    let key = "key-paths-0001";
+    let order_cases = [
+        (
+            json!({"sku": sku, "quantity": "1", "buyer": {"email": "a@example.com"}}),
+            "invalid_quantity",
+            Some("quantity"),
+        ),
+        (
+            json!({"sku": sku, "quantity": 0, "buyer": {"email": "a@example.com"}}),
+            "invalid_quantity",
+            Some("quantity"),
+        ),
+        (
+            json!({"sku": sku, "quantity": 1, "buyer": {"email": 7}}),
+            "invalid_email",
+            Some("buyer.email"),
+        ),
+        (
+            json!({"sku": sku, "quantity": 1, "buyer": {"email": "nope"}}),
+            "invalid_email",
+            Some("buyer.email"),
+        ),
+        (
+            json!({"sku": 12, "quantity": 1, "buyer": {"email": "a@example.com"}}),
+            "invalid_sku",
+            Some("sku"),
+        ),
+        (
+            json!({"sku": "bad/sku", "quantity": 1, "buyer": {"email": "a@example.com"}}),
+            "invalid_sku",
+            Some("sku"),
+        ),
+        (json!("an order"), "invalid_json", None),
+    ];
+    for (body, expected, path) in order_cases {
+        let (status, response) = checkout(
+            &ctx,
+            request(
+                "POST",
+                "/orders",
+                &[("idempotency-key", key)],
+                body.to_string(),
+            ),
+        )
+        .await;
+        assert_eq!(
+            (status, code(&response)),
+            (400, expected),
+            "{body} -> {response}"
+        );
+        assert_eq!(
+            response["error"]["path"].as_str(),
+            path,
+            "{body} -> {response}"
+        );
+    }
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let headers = [("authorization", auth.as_str())];
+    let product = |price: Value| json!({"sku": unique_sku("path"), "title": "t", "price": price, "delivery": {"type": "card_key"}});
+    let admin_cases = [
+        (
+            product(json!({"amount": "x", "currency": "CNY"})),
+            "invalid_json",
+            Some("price.amount"),
+        ),
+        (
+            product(json!({"amount": 0, "currency": "CNY"})),
+            "invalid_price",
+            Some("price.amount"),
+        ),
+        (
+            product(json!({"amount": 10, "currency": "yuan"})),
+            "invalid_currency",
+            Some("price.currency"),
+        ),
+        (
+            product(json!({"amount": 10, "currency": "CNY", "extra": 1})),
+            "invalid_json",
+            Some("price.extra"),
+        ),
+    ];
+    for (body, expected, path) in admin_cases {
+        let (status, response) = admin(
+            &ctx,
+            request("POST", "/admin/products", &headers, body.to_string()),
+        )
+        .await;
+        assert_eq!(
+            (status, code(&response)),
+            (400, expected),
+            "{body} -> {response}"
+        );
+        assert_eq!(
+            response["error"]["path"].as_str(),
+            path,
+            "{body} -> {response}"
+        );
+    }
+}
