@@ -88,7 +88,13 @@ impl Store {
                 .build(),
         )?);
         let mut shards = Vec::with_capacity(COUNTER_SHARDS as usize);
+        let mut attempt = 0;
         while let Some(request) = pending.take() {
+            // Unprocessed keys are throttled keys: wait before asking again.
+            if attempt > 0 {
+                super::backoff::before_retry(attempt, "stock read").await?;
+            }
+            attempt += 1;
             let output = self
                 .client
                 .batch_get_item()
