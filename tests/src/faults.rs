@@ -8,6 +8,18 @@ use tokio::net::{TcpListener, TcpStream};
 
 const TRANSACT_WRITE_TARGET: &[u8] = b"DynamoDB_20120810.TransactWriteItems";
 
+/// What the caller gets instead of the first `TransactWriteItems` answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Instead {
+    /// Nothing: the connection closes.
+    Nothing,
+    /// `TransactionInProgressException`, as DynamoDB answers a call whose transaction
+    /// is still running.
+    InProgress,
+}
+
+const IN_PROGRESS_ANSWER: &str = "{\"__type\":\"com.amazonaws.dynamodb.v20120810#TransactionInProgressException\",\"message\":\"Transaction is ongoing for the idempotency token\"}";
+
 /// A TCP proxy in front of moto that lets the first `TransactWriteItems` through (so it
 /// commits) and then closes the connection instead of passing its answer back: the
 /// caller sees a lost answer to a committed transaction, as after a network timeout.
@@ -18,6 +30,18 @@ pub struct AnswerLosingProxy {
 
 impl AnswerLosingProxy {
     pub async fn start(upstream: &str) -> Self {
+        Self::start_with(upstream, Instead::Nothing, 1).await
+    }
+
+    /// As `start`, but every `TransactWriteItems` reaches moto, and the first `times`
+    /// answers are replaced by `TransactionInProgressException` (then the connection
+    /// closes). The SDK retries that error itself, with the call's token, up to its
+    /// attempt limit (3): with `times` at that limit, the error reaches the caller.
+    pub async fn start_in_progress(upstream: &str, times: usize) -> Self {
+        Self::start_with(upstream, Instead::InProgress, times).await
+    }
+
+    async fn start_with(upstream: &str, instead: Instead, times: usize) -> Self {
         let upstream = upstream
             .trim_start_matches("http://")
             .trim_end_matches('/')
@@ -32,7 +56,7 @@ impl AnswerLosingProxy {
                 let lost = lost_by_proxy.clone();
                 tokio::spawn(async move {
                     if let Ok(server) = TcpStream::connect(&upstream).await {
-                        relay(client, server, lost).await;
+                        relay(client, server, lost, instead, times).await;
                     }
                 });
             }
@@ -40,13 +64,19 @@ impl AnswerLosingProxy {
         AnswerLosingProxy { endpoint, lost }
     }
 
-    /// How many answers were dropped (at most one).
+    /// How many answers were dropped or replaced.
     pub fn lost(&self) -> usize {
         self.lost.load(Ordering::SeqCst)
     }
 }
 
-async fn relay(client: TcpStream, server: TcpStream, lost: Arc<AtomicUsize>) {
+async fn relay(
+    client: TcpStream,
+    server: TcpStream,
+    lost: Arc<AtomicUsize>,
+    instead: Instead,
+    times: usize,
+) {
     let (mut client_read, mut client_write) = client.into_split();
     let (mut server_read, mut server_write) = server.into_split();
     let transaction_sent = Arc::new(AtomicBool::new(false));
@@ -77,9 +107,21 @@ async fn relay(client: TcpStream, server: TcpStream, lost: Arc<AtomicUsize>) {
         // flag is set before the transaction's answer arrives.
         if transaction_sent.load(Ordering::SeqCst)
             && lost
-                .compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst)
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                    (n < times).then_some(n + 1)
+                })
                 .is_ok()
         {
+            if instead == Instead::InProgress {
+                let answer = format!(
+                    "HTTP/1.1 400 Bad Request\r\ncontent-type: application/x-amz-json-1.0\r\n\
+                     x-amzn-errortype: TransactionInProgressException\r\n\
+                     content-length: {}\r\nconnection: close\r\n\r\n{IN_PROGRESS_ANSWER}",
+                    IN_PROGRESS_ANSWER.len()
+                );
+                let _ = client_write.write_all(answer.as_bytes()).await;
+                let _ = client_write.shutdown().await;
+            }
             break; // drop the answer and both connections
         }
         if client_write.write_all(&buf[..n]).await.is_err() {

@@ -68,3 +68,37 @@ async fn an_import_whose_answer_is_lost_and_retried_reports_no_duplicates() {
         json!({"available": 30, "reserved": 0, "sold": 0})
     );
 }
+
+/// DynamoDB answers `TransactionInProgressException` while a call's transaction may
+/// still commit. Retrying it as a new call (new `ClientRequestToken`) ran the import
+/// chunk twice and reported its keys as duplicates of themselves; the retry is now the
+/// same call (same token), applied once.
+#[tokio::test]
+async fn an_import_answered_in_progress_is_retried_as_the_same_call() {
+    let ctx = context().await;
+    let sku = product_with_keys(&ctx, "inprogress", 100, 10, &[]).await;
+    // The SDK's own 3 attempts (same token) are all answered in progress; Kami's
+    // retry then decides which call comes next.
+    let proxy =
+        kami_tests::faults::AnswerLosingProxy::start_in_progress(&stack().endpoint, 3).await;
+    let through_proxy = context_via(&proxy.endpoint).await;
+    let keys = make_keys("INPROGRESS", 30);
+
+    let (status, report) = import_keys(
+        &through_proxy,
+        &sku,
+        "application/json",
+        json!({ "keys": keys }).to_string(),
+    )
+    .await;
+
+    assert_eq!(proxy.lost(), 3, "the transaction was answered in progress");
+    assert_eq!(status, 201, "{report}");
+    assert_eq!(report["accepted"], 30, "{report}");
+    assert_eq!(report["duplicates"], json!([]), "{report}");
+    let (_, product) = admin_product(&ctx, &sku).await;
+    assert_eq!(
+        product["stock"],
+        json!({"available": 30, "reserved": 0, "sold": 0})
+    );
+}

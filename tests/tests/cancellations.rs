@@ -37,6 +37,7 @@ async fn stocked_product(store: &Store, units: usize, shard: u32) -> (String, Ve
             },
             delivery: DeliveryType::CardKey,
             max_per_order: 10,
+            card_keys: Default::default(),
             created_at: Timestamp::now().to_rfc3339(),
         })
         .await

@@ -4,6 +4,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::config::Context;
+use crate::domain::card_key::CardKeyRules;
 use crate::domain::money::Money;
 use crate::domain::product::{DeliveryType, NewProductRequest, Product, Stock, validate_sku};
 use crate::error::{Error, Result};
@@ -85,6 +86,8 @@ pub struct AdminProductView {
     pub price: Money,
     pub delivery: DeliveryView,
     pub max_per_order: u32,
+    /// How the product's card keys compare when duplicates are looked for.
+    pub card_keys: CardKeyRules,
     pub stock: Stock,
     pub created_at: String,
 }
@@ -98,6 +101,7 @@ impl AdminProductView {
             price: public.price,
             delivery: public.delivery,
             max_per_order: public.max_per_order,
+            card_keys: product.card_keys,
             stock: stock.clone(),
             created_at: product.created_at.clone(),
         }

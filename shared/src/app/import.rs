@@ -57,7 +57,9 @@ pub async fn import_card_keys(
     let mut duplicates = Vec::new();
     let mut fresh = Vec::new();
     for (index, code) in candidates.valid {
-        let fp = fingerprint(fingerprint_key, &code)?;
+        // Look-alikes (NFKC forms, and case variants where the product ignores case)
+        // share a fingerprint: the second is a duplicate, here and across imports.
+        let fp = fingerprint(fingerprint_key, &code, product.card_keys)?;
         if first_seen.contains_key(&fp) {
             duplicates.push(index);
         } else {

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-use crate::domain::card_key::CardKeyCode;
+use crate::domain::card_key::{CardKeyCode, CardKeyRules};
 use crate::error::{Error, Result};
 
 const NONCE_LEN: usize = 12;
@@ -95,11 +95,19 @@ fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> Result<[u8; 32]> {
 }
 
 /// Keyed fingerprint of a card key: finds duplicates without a plaintext index, and
-/// without letting someone with the table alone test guesses.
-pub fn fingerprint(fingerprint_key: &[u8], code: &CardKeyCode) -> Result<String> {
+/// without letting someone with the table alone test guesses. `code` is a validated
+/// (trimmed, NFKC) key; a product whose codes ignore case fingerprints its case folding,
+/// so `abc` and `ABC` meet. A case-sensitive key is fingerprinted as before
+/// normalisation existed: ASCII keys already imported keep their fingerprints.
+pub fn fingerprint(
+    fingerprint_key: &[u8],
+    code: &CardKeyCode,
+    rules: CardKeyRules,
+) -> Result<String> {
+    let compared = code.comparison_form(rules);
     Ok(hex::encode(hmac_sha256(
         fingerprint_key,
-        &[b"kami/fingerprint/v1|", code.expose().as_bytes()],
+        &[b"kami/fingerprint/v1|", compared.expose().as_bytes()],
     )?))
 }
 
@@ -170,10 +178,34 @@ mod tests {
     #[test]
     fn fingerprints_are_keyed_and_stable() {
         let code = CardKeyCode::from("ABCD".to_owned());
-        let a = fingerprint(b"k1", &code).unwrap();
-        assert_eq!(a, fingerprint(b"k1", &code).unwrap());
-        assert_ne!(a, fingerprint(b"k2", &code).unwrap());
+        let rules = CardKeyRules::default();
+        let a = fingerprint(b"k1", &code, rules).unwrap();
+        assert_eq!(a, fingerprint(b"k1", &code, rules).unwrap());
+        assert_ne!(a, fingerprint(b"k2", &code, rules).unwrap());
         assert_ne!(a, sha256_hex(b"ABCD"));
+    }
+
+    #[test]
+    fn look_alike_keys_have_one_fingerprint() {
+        use crate::domain::card_key::validate_key;
+        let sensitive = CardKeyRules::default();
+        let insensitive = CardKeyRules {
+            case_sensitive: false,
+        };
+        let fp = |raw: &str, rules| fingerprint(b"k", &validate_key(raw).unwrap(), rules).unwrap();
+        assert_eq!(fp("GIFT-42", sensitive), fp("ＧＩＦＴ－４２", sensitive));
+        assert_eq!(fp("GIFT-42", sensitive), fp(" GIFT-42\u{3000}", sensitive));
+        assert_ne!(fp("GIFT-42", sensitive), fp("gift-42", sensitive));
+        assert_eq!(fp("GIFT-42", insensitive), fp("gift-42", insensitive));
+        assert_eq!(
+            fp("GIFT-42", insensitive),
+            fp("ｇｉｆｔ－４２", insensitive)
+        );
+        // Keys imported before normalisation (ASCII, case-sensitive) keep their print.
+        assert_eq!(
+            fp("GIFT-42", sensitive),
+            hmac_sha256_hex(b"k", b"kami/fingerprint/v1|GIFT-42").unwrap()
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::domain::card_key::CardKeyRules;
 use crate::domain::money::Money;
 use crate::error::{Error, Result};
 use crate::request::RequestBody;
@@ -51,6 +52,8 @@ pub struct Product {
     pub price: Money,
     pub delivery: DeliveryType,
     pub max_per_order: u32,
+    /// How its card keys compare when duplicates are looked for.
+    pub card_keys: CardKeyRules,
     pub created_at: String,
 }
 
@@ -68,6 +71,16 @@ pub struct NewProductRequest {
     /// Units one order may hold (default 10).
     #[schema(minimum = 1, maximum = 100)]
     pub max_per_order: Option<u32>,
+    /// How the product's card keys compare (default: case-sensitive). Fixed at creation.
+    pub card_keys: Option<CardKeysRequest>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CardKeysRequest {
+    /// `false` when the codes are redeemed whatever their case: keys differing only in
+    /// case are then duplicates. Default `true`.
+    pub case_sensitive: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -126,6 +139,12 @@ impl NewProductRequest {
             delivery: DeliveryType::parse(&self.delivery.kind)
                 .map_err(|err| err.at("delivery.type"))?,
             max_per_order,
+            card_keys: CardKeyRules {
+                case_sensitive: self
+                    .card_keys
+                    .and_then(|rules| rules.case_sensitive)
+                    .unwrap_or(true),
+            },
             created_at,
         })
     }
@@ -192,6 +211,30 @@ mod tests {
         assert_eq!(product.title, "Game card");
         assert_eq!(product.max_per_order, 5);
         assert_eq!(product.price.amount, 990);
+        assert!(
+            product.card_keys.case_sensitive,
+            "case-sensitive by default"
+        );
+    }
+
+    #[test]
+    fn a_product_may_ignore_the_case_of_its_keys() {
+        let base = serde_json::json!({
+            "sku": "s", "title": "t", "price": {"amount": 1, "currency": "CNY"},
+            "delivery": {"type": "card_key"}
+        });
+        for (card_keys, expected) in [
+            (serde_json::json!({"case_sensitive": false}), false),
+            (serde_json::json!({"case_sensitive": true}), true),
+            (serde_json::json!({}), true),
+        ] {
+            let mut body = base.clone();
+            body["card_keys"] = card_keys;
+            assert_eq!(request(body).unwrap().card_keys.case_sensitive, expected);
+        }
+        let mut unknown = base.clone();
+        unknown["card_keys"] = serde_json::json!({"case": false});
+        assert!(serde_json::from_value::<NewProductRequest>(unknown).is_err());
     }
 
     #[test]

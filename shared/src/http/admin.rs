@@ -102,7 +102,8 @@ fn import_format(headers: &HeaderMap) -> Result<ImportFormat> {
         .to_ascii_lowercase();
     match media_type.as_str() {
         "application/json" => Ok(ImportFormat::Json),
-        "text/plain" | "text/csv" => Ok(ImportFormat::Lines),
+        "text/plain" => Ok(ImportFormat::Lines),
+        "text/csv" => Ok(ImportFormat::Csv),
         other => Err(Error::UnsupportedMediaType(other.to_owned())),
     }
 }
@@ -116,7 +117,7 @@ fn import_format(headers: &HeaderMap) -> Result<ImportFormat> {
     security(("admin_token" = [])),
     params(("sku" = String, Path, description = "The product's sku")),
     request_body(
-        description = "`{\"keys\": [...]}`, or one key per line (`text/plain`, `text/csv`)",
+        description = "`{\"keys\": [...]}`; `text/plain`, one key per line; or `text/csv`, the key in the first column (a first record whose first field is `key` or `code` is a header). Keys are trimmed and NFKC-normalised; the normalised key is what is stored and delivered.",
         content(
             (JsonImport = "application/json"),
             (String = "text/plain"),
@@ -126,7 +127,7 @@ fn import_format(headers: &HeaderMap) -> Result<ImportFormat> {
     responses(
         (status = 201, description = "Keys accepted (some may be duplicates or invalid)", body = ImportReport),
         (status = 200, description = "No key accepted", body = ImportReport),
-        (status = 400, description = "`invalid_json`, `invalid_encoding`, `too_many_keys`, `unsupported_delivery_type`", body = ErrorBody),
+        (status = 400, description = "`invalid_json`, `invalid_encoding`, `invalid_csv`, `too_many_keys`, `unsupported_delivery_type`", body = ErrorBody),
         (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`product_not_found`", body = ErrorBody),
         (status = 413, description = "`payload_too_large`", body = ErrorBody),

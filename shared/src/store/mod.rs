@@ -20,6 +20,7 @@ use aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder;
 
 use crate::error::{Error, Result};
 
+mod backoff;
 mod card_keys;
 mod codec;
 mod idempotency;

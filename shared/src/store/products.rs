@@ -1,7 +1,7 @@
 //! Products and their stock: the product item, and its `COUNTER_SHARDS` stock counters
 //! (available / reserved / sold), whose sum is the product's stock.
 
-use aws_sdk_dynamodb::types::KeysAndAttributes;
+use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes};
 
 use super::codec::{
     FromItem, Item, get_delivery_type, get_money, get_n, get_s, get_u32, item, key_item, keys, n, s,
@@ -9,6 +9,7 @@ use super::codec::{
 use super::orders::OrderRecord;
 use super::tx::{ItemName, Tx, TxOutcome};
 use super::{COUNTER_SHARDS, Store, built};
+use crate::domain::card_key::CardKeyRules;
 use crate::domain::product::{Product, Stock};
 use crate::error::{ConflictKind, Error, Result};
 
@@ -20,6 +21,14 @@ impl FromItem for Product {
             price: get_money(item, "price_amount")?,
             delivery: get_delivery_type(item, "delivery_type")?,
             max_per_order: get_u32(item, "max_per_order")?,
+            // Products created before the setting existed compare keys exactly.
+            card_keys: CardKeyRules {
+                case_sensitive: item
+                    .get("case_sensitive_keys")
+                    .and_then(|value| value.as_bool().ok())
+                    .copied()
+                    .unwrap_or(true),
+            },
             created_at: get_s(item, "created_at")?,
         })
     }
@@ -88,7 +97,13 @@ impl Store {
                 .build(),
         )?);
         let mut shards = Vec::with_capacity(COUNTER_SHARDS as usize);
+        let mut attempt = 0;
         while let Some(request) = pending.take() {
+            // Unprocessed keys are throttled keys: wait before asking again.
+            if attempt > 0 {
+                super::backoff::before_retry(attempt, "stock read").await?;
+            }
+            attempt += 1;
             let output = self
                 .client
                 .batch_get_item()
@@ -148,6 +163,10 @@ impl Store {
                     ("currency", s(&product.price.currency)),
                     ("delivery_type", s(product.delivery.as_str())),
                     ("max_per_order", n(product.max_per_order)),
+                    (
+                        "case_sensitive_keys",
+                        AttributeValue::Bool(product.card_keys.case_sensitive),
+                    ),
                     ("created_at", s(&product.created_at)),
                 ],
             ),

@@ -235,34 +235,47 @@ impl Store {
 
     /// Runs a transaction: committed, or cancelled by a failed condition (read by name);
     /// conflicts and throttling are retried with backoff, anything else is an error.
+    ///
+    ///
+    /// Each call carries a `ClientRequestToken`. A retry after
+    /// `TransactionInProgressException` (the first attempt may still commit) keeps it:
+    /// it is the same call, which DynamoDB applies at most once, never a second
+    /// transaction racing the first. A retry after a cancellation (nothing was
+    /// written) takes a new one: it is a new call.
     pub(crate) async fn transact(&self, tx: Tx) -> Result<TxOutcome> {
+        let mut token = client_request_token();
         let mut attempt = 0;
         loop {
             let result = self
                 .client
                 .transact_write_items()
                 .set_transact_items(Some(tx.items.clone()))
+                .client_request_token(token.as_str())
                 .send()
                 .await;
             let err = match result {
                 Ok(_) => return Ok(TxOutcome::Committed),
                 Err(err) => err,
             };
-            let reasons = match &err {
+            let (reasons, retry) = match &err {
                 SdkError::ServiceError(service) => match service.err() {
-                    TransactWriteItemsError::TransactionCanceledException(cancel) => Some(
-                        cancel
-                            .cancellation_reasons()
-                            .iter()
-                            .map(|r| r.code().unwrap_or("None").to_owned())
-                            .collect::<Vec<_>>(),
+                    TransactWriteItemsError::TransactionCanceledException(cancel) => (
+                        Some(
+                            cancel
+                                .cancellation_reasons()
+                                .iter()
+                                .map(|r| r.code().unwrap_or("None").to_owned())
+                                .collect::<Vec<_>>(),
+                        ),
+                        RetryAs::NewCall,
                     ),
-                    TransactWriteItemsError::TransactionInProgressException(_) => {
-                        Some(vec!["TransactionConflict".to_owned()])
-                    }
-                    _ => None,
+                    TransactWriteItemsError::TransactionInProgressException(_) => (
+                        Some(vec!["TransactionConflict".to_owned()]),
+                        RetryAs::SameCall,
+                    ),
+                    _ => (None, RetryAs::SameCall),
                 },
-                _ => None,
+                _ => (None, RetryAs::SameCall),
             };
             let Some(reasons) = reasons else {
                 return Err(Error::aws("dynamodb", err));
@@ -285,6 +298,7 @@ impl Store {
             if attempt > CONFLICT_RETRIES {
                 return Err(Error::Contention("transaction"));
             }
+            token = retry.token(token);
             let jitter = u64::from(rand::random::<u8>() % 20);
             tokio::time::sleep(std::time::Duration::from_millis(
                 (5u64 << attempt.min(6)) + jitter,
@@ -292,6 +306,31 @@ impl Store {
             .await;
         }
     }
+}
+
+/// What the next attempt of a transaction is, by how the last one ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RetryAs {
+    /// The last attempt may still commit (`TransactionInProgressException`): send the
+    /// same call again, same token, so it commits once at most.
+    SameCall,
+    /// The last attempt was cancelled and wrote nothing: a new call, new token.
+    NewCall,
+}
+
+impl RetryAs {
+    fn token(self, last: String) -> String {
+        match self {
+            RetryAs::SameCall => last,
+            RetryAs::NewCall => client_request_token(),
+        }
+    }
+}
+
+/// The idempotency token of one `transact` call, kept by all its attempts (DynamoDB
+/// remembers it for 10 minutes; 1 to 36 characters: a ULID is 26).
+fn client_request_token() -> String {
+    crate::domain::time::new_id()
 }
 
 #[cfg(test)]
@@ -375,6 +414,15 @@ mod tests {
     fn reasons_that_do_not_match_the_items_are_an_error() {
         let short = Cancelled::from_reasons(&[Webhook, Payment, Order], &codes(&["None"]));
         assert!(matches!(short, Err(Error::Aws { .. })), "{short:?}");
+    }
+
+    #[test]
+    fn a_transaction_in_progress_is_retried_with_the_same_token() {
+        let first = client_request_token();
+        assert!((1..=36).contains(&first.len()));
+        assert_eq!(RetryAs::SameCall.token(first.clone()), first);
+        let renewed = RetryAs::NewCall.token(first.clone());
+        assert_ne!(renewed, first, "a cancelled call is retried as a new one");
     }
 
     #[test]
