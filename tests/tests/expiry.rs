@@ -302,3 +302,58 @@ async fn a_late_payment_takes_stock_from_any_counter_that_has_it() {
         json!({"available": 99 - left, "reserved": left, "sold": 1})
     );
 }
+
+/// GIVEN an order of 10 drawn from several counters (none held 10) WHEN it expires
+/// THEN each counter gets back exactly what it gave; and when its money comes late it
+/// takes the same counters again, is delivered, and they count its 10 units as sold.
+#[tokio::test]
+async fn an_order_drawn_from_several_counters_expires_and_sells_on_each() {
+    let _turn = SWEEPS.lock().await;
+    let ctx = context().await;
+    let sku = product_with_keys(&ctx, "split", 100, 10, &make_keys("SPLIT", 100)).await;
+    let before = ctx.store.stock_shards(&sku, true).await.expect("stock");
+    let mut orders = Vec::new();
+    for i in 0..9 {
+        let (status, body) = order(&ctx, &sku, 10, &format!("split-{sku}-{i}")).await;
+        assert_eq!(status, 201, "order {i}: {body}");
+        orders.push(body);
+    }
+    let last = &orders[8];
+    let last_id = last["order_id"].as_str().expect("id");
+    let split = stored_order(&ctx, last_id).await.stock_shards;
+    assert!(split.len() > 1, "{split:?}");
+
+    assert!(
+        sweep(&ctx, after_expiry(&ctx))
+            .await
+            .expect("sweep")
+            .expired
+            >= 9
+    );
+    let after = ctx.store.stock_shards(&sku, true).await.expect("stock");
+    assert_eq!(
+        format!("{after:?}"),
+        format!("{before:?}"),
+        "every counter got back what it gave"
+    );
+
+    let (status, _) = pay(&ctx, &format!("evt_split_{sku}"), last_id, 1000, "CNY").await;
+    assert_eq!(status, 200);
+    drain_delivery_queue(&ctx).await;
+    let (_, view) = view_order(&ctx, last_id, last["access_token"].as_str().expect("token")).await;
+    assert_eq!(view["status"], "delivered", "{view}");
+    assert_eq!(view["deliveries"].as_array().expect("deliveries").len(), 10);
+    let shards = ctx.store.stock_shards(&sku, true).await.expect("stock");
+    for share in &split {
+        let (_, stock) = shards
+            .iter()
+            .find(|(shard, _)| *shard == share.shard)
+            .expect("counter");
+        assert_eq!(stock.sold, i64::from(share.units), "{shards:?}");
+        assert_eq!(stock.reserved, 0);
+    }
+    assert_eq!(
+        admin_product(&ctx, &sku).await.1["stock"],
+        json!({"available": 90, "reserved": 0, "sold": 10})
+    );
+}
