@@ -199,9 +199,11 @@ async fn the_sweep_retries_a_failed_delivery_until_it_is_delivered() {
     );
 }
 
-/// A time by which every order made before it is due for the sweep.
+/// A time by which every order made before it is due for the sweep (past its
+/// `expires_at` and the grace after it).
 fn after_expiry(ctx: &Context) -> Timestamp {
-    Timestamp::now().plus_seconds(ctx.config.order_ttl_seconds + 1)
+    Timestamp::now()
+        .plus_seconds(ctx.config.order_ttl_seconds + ctx.config.expiry_grace_seconds + 1)
 }
 
 async fn stored_order(ctx: &Context, order_id: &str) -> OrderRecord {
@@ -355,5 +357,59 @@ async fn an_order_drawn_from_several_counters_expires_and_sells_on_each() {
     assert_eq!(
         admin_product(&ctx, &sku).await.1["stock"],
         json!({"available": 90, "reserved": 0, "sold": 10})
+    );
+}
+
+/// GIVEN an unpaid order just past its `expires_at` but within the grace
+/// (`EXPIRY_GRACE_SECONDS`) WHEN the sweep runs THEN it keeps the order pending with its
+/// stock and its `expires_at`; a payment arriving then is a normal payment; an order
+/// still unpaid once the grace is over is expired.
+#[tokio::test]
+async fn a_payment_within_the_grace_after_expiry_is_a_normal_payment() {
+    let _turn = SWEEPS.lock().await;
+    let ctx = context().await;
+    let grace = ctx.config.expiry_grace_seconds;
+    assert_eq!(grace, 300, "the default grace");
+    let sku = product_with_keys(&ctx, "grace", 300, 5, &make_keys("GRACE", 2)).await;
+    let (_, paid_late) = order(&ctx, &sku, 1, &format!("grace-paid-{sku}")).await;
+    let (_, unpaid) = order(&ctx, &sku, 1, &format!("grace-unpaid-{sku}")).await;
+    let paid_id = paid_late["order_id"].as_str().expect("id");
+    let paid_token = paid_late["access_token"].as_str().expect("token");
+    let expires_at = stored_order(&ctx, paid_id).await.expires_at;
+
+    // Past expires_at, within the grace: nothing is released.
+    let within = expires_at.plus_seconds(1);
+    assert_eq!(sweep(&ctx, within).await.expect("sweep").expired, 0);
+    let within = expires_at.plus_seconds(grace - 1);
+    assert_eq!(sweep(&ctx, within).await.expect("sweep").expired, 0);
+    let (_, view) = view_order(&ctx, paid_id, paid_token).await;
+    assert_eq!(view["status"], "pending_payment");
+    assert_eq!(view["expires_at"], paid_late["expires_at"]);
+    assert_eq!(
+        admin_product(&ctx, &sku).await.1["stock"],
+        json!({"available": 0, "reserved": 2, "sold": 0})
+    );
+
+    // The webhook of a payment made in time arrives now: a normal payment.
+    let (status, _) = pay(&ctx, &format!("evt_grace_{sku}"), paid_id, 300, "CNY").await;
+    assert_eq!(status, 200);
+    drain_delivery_queue(&ctx).await;
+    let (_, view) = view_order(&ctx, paid_id, paid_token).await;
+    assert_eq!(view["status"], "delivered", "{view}");
+    assert_eq!(causes(&view), ["created", "payment_received", "deliver"]);
+
+    // Once the grace is over, the unpaid one expires and its unit returns.
+    let over = expires_at.plus_seconds(grace + 1);
+    assert!(sweep(&ctx, over).await.expect("sweep").expired >= 1);
+    let (_, view) = view_order(
+        &ctx,
+        unpaid["order_id"].as_str().expect("id"),
+        unpaid["access_token"].as_str().expect("token"),
+    )
+    .await;
+    assert_eq!(view["status"], "expired");
+    assert_eq!(
+        admin_product(&ctx, &sku).await.1["stock"],
+        json!({"available": 1, "reserved": 0, "sold": 1})
     );
 }
