@@ -521,3 +521,61 @@ impl Store {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(shares: &[StockShare], quantity: u32) -> Item {
+        let now = Timestamp(1_700_000_000_000);
+        order_item(&OrderRecord {
+            order_id: "01J00000000000000000000000".into(),
+            sku: "sku".into(),
+            quantity,
+            delivery_type: DeliveryType::CardKey,
+            stock_shards: shares.to_vec(),
+            amount: Money {
+                amount: 100,
+                currency: "CNY".into(),
+            },
+            status: OrderStatus::PendingPayment,
+            buyer_email: "buyer@example.com".into(),
+            token_hash: String::new(),
+            created_at: now.to_rfc3339(),
+            expires_at: now,
+            updated_at: now.to_rfc3339(),
+            payment_ref: None,
+            exception: None,
+        })
+    }
+
+    #[test]
+    fn an_order_keeps_the_counters_it_reserved_on() {
+        let split = [
+            StockShare { shard: 6, units: 7 },
+            StockShare { shard: 2, units: 3 },
+        ];
+        let item = stored(&split, 10);
+        assert_eq!(item.get("stock_shard"), Some(&n(6)));
+        let order = OrderRecord::from_item(&item).unwrap();
+        assert_eq!(order.stock_shards, split);
+    }
+
+    #[test]
+    fn an_order_stored_before_splits_reads_as_its_one_counter() {
+        let mut item = stored(&StockShare::whole(4, 3), 3);
+        item.remove("stock_split");
+        let order = OrderRecord::from_item(&item).unwrap();
+        assert_eq!(order.stock_shards, StockShare::whole(4, 3));
+    }
+
+    #[test]
+    fn a_split_that_does_not_add_up_is_corrupt() {
+        let mut item = stored(&StockShare::whole(4, 3), 3);
+        item.insert("quantity".into(), n(4));
+        assert!(matches!(
+            OrderRecord::from_item(&item),
+            Err(Error::Corrupt(_))
+        ));
+    }
+}
