@@ -224,3 +224,63 @@ async fn concurrent_multi_unit_orders_never_oversell() {
         json!({"available": 100 - units, "reserved": units, "sold": 0})
     );
 }
+
+/// GIVEN a reservation split over two counters, one of which is short WHEN the order is
+/// written THEN it is refused `out_of_stock` and neither counter moves (one transaction).
+#[tokio::test]
+async fn a_split_reservation_with_one_short_counter_moves_nothing() {
+    use kami_shared::domain::money::Money;
+    use kami_shared::domain::order::OrderStatus;
+    use kami_shared::domain::product::DeliveryType;
+    use kami_shared::domain::time::{Timestamp, new_id};
+    use kami_shared::error::{ConflictKind, Error};
+    use kami_shared::store::{OrderRecord, StockShare};
+
+    let ctx = context().await;
+    let sku = product_with_keys(&ctx, "split-short", 100, 10, &make_keys("SSHORT", 3)).await;
+    let before = ctx.store.stock_shards(&sku, true).await.expect("stock");
+    let (full, _) = before
+        .iter()
+        .find(|(_, stock)| stock.available == 3)
+        .expect("the three keys are on one counter");
+    let empty = (full + 1) % kami_shared::store::COUNTER_SHARDS;
+    let now = Timestamp::now();
+    let order = OrderRecord {
+        order_id: new_id(),
+        sku: sku.clone(),
+        quantity: 4,
+        delivery_type: DeliveryType::CardKey,
+        stock_shards: vec![
+            StockShare {
+                shard: *full,
+                units: 3,
+            },
+            StockShare {
+                shard: empty,
+                units: 1,
+            },
+        ],
+        amount: Money {
+            amount: 400,
+            currency: "CNY".into(),
+        },
+        status: OrderStatus::PendingPayment,
+        buyer_email: "buyer@example.com".into(),
+        token_hash: "0".repeat(64),
+        created_at: now.to_rfc3339(),
+        expires_at: now.plus_seconds(900),
+        updated_at: now.to_rfc3339(),
+        payment_ref: None,
+        exception: None,
+    };
+    let outcome = ctx
+        .store
+        .create_order(&order, &format!("idem-{}", new_id()), "split", now)
+        .await;
+    assert!(
+        matches!(outcome, Err(Error::Conflict(ConflictKind::OutOfStock))),
+        "refused"
+    );
+    let after = ctx.store.stock_shards(&sku, true).await.expect("stock");
+    assert_eq!(format!("{after:?}"), format!("{before:?}"));
+}
