@@ -23,6 +23,10 @@ pub struct Config {
     pub delivery_queue_url: Option<String>,
     pub card_key_kms_key_id: Option<String>,
     pub order_ttl_seconds: i64,
+    /// How long after an order's `expires_at` the sweep waits before it expires the
+    /// order and returns its stock (`EXPIRY_GRACE_SECONDS`, default 300): a payment
+    /// confirmed just before `expires_at` whose webhook comes late still finds it pending.
+    pub expiry_grace_seconds: i64,
     pub delivery_max_attempts: u32,
     pub admin_token_secret_id: Option<String>,
     pub stripe_webhook_secret_id: Option<String>,
@@ -51,6 +55,9 @@ impl Config {
             delivery_queue_url: optional("DELIVERY_QUEUE_URL"),
             card_key_kms_key_id: optional("CARD_KEY_KMS_KEY_ID"),
             order_ttl_seconds: number("ORDER_TTL_SECONDS", 900)?,
+            expiry_grace_seconds: Some(number("EXPIRY_GRACE_SECONDS", 300)?)
+                .filter(|grace| *grace >= 0)
+                .ok_or_else(|| Error::Config("EXPIRY_GRACE_SECONDS must not be negative".into()))?,
             delivery_max_attempts: u32::try_from(number("DELIVERY_MAX_ATTEMPTS", 5)?)
                 .map_err(|_| Error::Config("DELIVERY_MAX_ATTEMPTS must be positive".into()))?,
             admin_token_secret_id: optional("ADMIN_TOKEN_SECRET_ID"),

@@ -10,7 +10,7 @@ use kami_shared::domain::time::{Timestamp, new_id};
 use kami_shared::error::{ConflictKind, Error, Result};
 use kami_shared::store::{
     AllocateOutcome, CreateOrderOutcome, DeliveryRecord, OrderRecord, PaymentApplied,
-    PaymentChange, STOCK_SHARDS, SealedKey, StockKey, Store,
+    PaymentChange, STOCK_SHARDS, SealedKey, StockKey, StockShare, Store,
 };
 use kami_tests::*;
 
@@ -60,7 +60,7 @@ fn new_order(sku: &str, quantity: u32, shard: u32) -> OrderRecord {
         sku: sku.to_owned(),
         quantity,
         delivery_type: DeliveryType::CardKey,
-        stock_shard: shard,
+        stock_shards: StockShare::whole(shard, quantity),
         amount: Money {
             amount: PRICE * i64::from(quantity),
             currency: "CNY".into(),
@@ -141,7 +141,7 @@ fn payment<'a>(
     event_id: &'a str,
     amount: &'a Money,
     transition: (OrderStatus, OrderStatus, Cause),
-    reserve_stock: bool,
+    reserve_stock: Option<&'a [StockShare]>,
 ) -> PaymentChange<'a> {
     PaymentChange {
         provider: "stripe",
@@ -255,7 +255,7 @@ async fn an_allocation_says_whether_the_key_the_slot_or_the_order_refused() {
             OrderStatus::Paid,
             Cause::PaymentReceived,
         ),
-        false,
+        None,
     );
     assert_eq!(
         applied(store.apply_payment(&order, &paid, Timestamp::now()).await),
@@ -353,7 +353,12 @@ async fn a_payment_says_whether_it_was_a_duplicate_a_race_or_out_of_stock() {
 
     // Items: webhook record, payment, order, event, counter. The counter, last, fails alone.
     let first = format!("evt_{}", new_id());
-    let change = payment(&first, &late.amount, reserve_again, true);
+    let change = payment(
+        &first,
+        &late.amount,
+        reserve_again,
+        Some(&late.stock_shards),
+    );
     assert_eq!(
         applied(store.apply_payment(&late, &change, Timestamp::now()).await),
         "no_stock"
@@ -374,7 +379,7 @@ async fn a_payment_says_whether_it_was_a_duplicate_a_race_or_out_of_stock() {
             OrderStatus::Paid,
             Cause::PaymentReceived,
         ),
-        false,
+        None,
     );
     assert_eq!(
         applied(store.apply_payment(&late, &change, Timestamp::now()).await),
@@ -391,7 +396,7 @@ async fn a_payment_says_whether_it_was_a_duplicate_a_race_or_out_of_stock() {
             OrderStatus::PaidAfterExpiry,
             Cause::PaymentReceived,
         ),
-        false,
+        None,
     );
     assert_eq!(
         applied(store.apply_payment(&late, &change, Timestamp::now()).await),
@@ -404,7 +409,7 @@ async fn a_payment_says_whether_it_was_a_duplicate_a_race_or_out_of_stock() {
         "duplicate"
     );
     // ... also when the counter fails too.
-    let change = payment(&kept, &late.amount, reserve_again, true);
+    let change = payment(&kept, &late.amount, reserve_again, Some(&late.stock_shards));
     assert_eq!(
         applied(store.apply_payment(&late, &change, Timestamp::now()).await),
         "duplicate"

@@ -1,8 +1,13 @@
 //! The sweep expires unpaid orders and returns their stock; a late payment is kept as
 //! `paid_after_expiry`. Its own test binary (own moto), since a sweep sees every order.
 
+use std::sync::Arc;
+
+use kami_shared::Context;
 use kami_shared::app::sweep::{SweepReport, sweep};
-use kami_shared::domain::time::Timestamp;
+use kami_shared::domain::order::OrderStatus;
+use kami_shared::domain::time::{Timestamp, new_id};
+use kami_shared::store::{CreateOrderOutcome, OrderRecord, StockShare};
 use kami_tests::*;
 use serde_json::json;
 
@@ -38,7 +43,7 @@ async fn expiry_returns_stock_and_late_payments_are_kept() {
     )
     .await;
     assert_eq!(status, 200);
-    let later = Timestamp::now().plus_seconds(ctx.config.order_ttl_seconds + 1);
+    let later = after_expiry(&ctx);
     let (a, b) = tokio::join!(sweep(&ctx, later), sweep(&ctx, later));
     let (a, b) = (a.expect("sweep a"), b.expect("sweep b"));
     assert_eq!(
@@ -121,7 +126,7 @@ async fn a_late_payment_takes_its_stock_again_when_it_is_still_there() {
     let (_, created) = order(&ctx, &sku, 1, "late-order-1").await;
     let order_id = created["order_id"].as_str().expect("id");
     let token = created["access_token"].as_str().expect("token");
-    let later = Timestamp::now().plus_seconds(ctx.config.order_ttl_seconds + 1);
+    let later = after_expiry(&ctx);
     assert!(sweep(&ctx, later).await.expect("sweep").expired >= 1);
     assert_eq!(admin_product(&ctx, &sku).await.1["stock"]["available"], 2);
 
@@ -191,5 +196,220 @@ async fn the_sweep_retries_a_failed_delivery_until_it_is_delivered() {
     assert_eq!(
         view_order(&ctx, order_id, token).await.1["status"],
         "delivered"
+    );
+}
+
+/// A time by which every order made before it is due for the sweep (past its
+/// `expires_at` and the grace after it).
+fn after_expiry(ctx: &Context) -> Timestamp {
+    Timestamp::now()
+        .plus_seconds(ctx.config.order_ttl_seconds + ctx.config.expiry_grace_seconds + 1)
+}
+
+async fn stored_order(ctx: &Context, order_id: &str) -> OrderRecord {
+    ctx.store
+        .get_order(order_id)
+        .await
+        .expect("read")
+        .expect("order")
+}
+
+async fn available_on(ctx: &Context, sku: &str, shard: u32) -> i64 {
+    let shards = ctx.store.stock_shards(sku, true).await.expect("stock");
+    shards
+        .into_iter()
+        .find(|(s, _)| *s == shard)
+        .map(|(_, stock)| stock.available)
+        .expect("counter")
+}
+
+/// Another buyer's pending order for `units`, reserved on counter `shard` alone.
+async fn reserve_on(ctx: &Arc<Context>, sku: &str, shard: u32, units: u32) {
+    let now = Timestamp::now();
+    let mut other = stored_order_template(sku, units, now);
+    other.stock_shards = StockShare::whole(shard, units);
+    let outcome = ctx
+        .store
+        .create_order(&other, &format!("idem-{}", new_id()), "other", now)
+        .await
+        .expect("other order");
+    assert!(matches!(outcome, CreateOrderOutcome::Created));
+}
+
+fn stored_order_template(sku: &str, units: u32, now: Timestamp) -> OrderRecord {
+    OrderRecord {
+        order_id: new_id(),
+        sku: sku.to_owned(),
+        quantity: units,
+        delivery_type: kami_shared::domain::product::DeliveryType::CardKey,
+        stock_shards: Vec::new(),
+        amount: kami_shared::domain::money::Money {
+            amount: 300 * i64::from(units),
+            currency: "CNY".into(),
+        },
+        status: OrderStatus::PendingPayment,
+        buyer_email: "other@example.com".into(),
+        token_hash: "0".repeat(64),
+        created_at: now.to_rfc3339(),
+        // Far off: the other tests' sweeps must not expire it.
+        expires_at: now.plus_seconds(30 * 86_400),
+        updated_at: now.to_rfc3339(),
+        payment_ref: None,
+        exception: None,
+    }
+}
+
+/// GIVEN an expired order whose own stock counter has since sold out while other
+/// counters hold stock WHEN its exact payment arrives THEN it takes its unit from one
+/// of them and is delivered (not kept as `paid_after_expiry`).
+#[tokio::test]
+async fn a_late_payment_takes_stock_from_any_counter_that_has_it() {
+    let _turn = SWEEPS.lock().await;
+    let ctx = context().await;
+    // 100 keys: 49, 49 and 2 units on three counters.
+    let sku = product_with_keys(&ctx, "late-any", 300, 10, &make_keys("LATEANY", 100)).await;
+    let (status, created) = order(&ctx, &sku, 1, &format!("late-any-{sku}")).await;
+    assert_eq!(status, 201, "{created}");
+    let order_id = created["order_id"].as_str().expect("id");
+    let token = created["access_token"].as_str().expect("token");
+    let own = stored_order(&ctx, order_id).await.stock_shards;
+    assert!(
+        sweep(&ctx, after_expiry(&ctx))
+            .await
+            .expect("sweep")
+            .expired
+            >= 1
+    );
+
+    // Everything on the order's counter is reserved by another buyer meanwhile.
+    let shard = own[0].shard;
+    let left = u32::try_from(available_on(&ctx, &sku, shard).await).expect("count");
+    reserve_on(&ctx, &sku, shard, left).await;
+    assert_eq!(available_on(&ctx, &sku, shard).await, 0);
+
+    let (status, _) = pay(&ctx, &format!("evt_late_any_{sku}"), order_id, 300, "CNY").await;
+    assert_eq!(status, 200);
+    drain_delivery_queue(&ctx).await;
+    let (_, view) = view_order(&ctx, order_id, token).await;
+    assert_eq!(view["status"], "delivered", "{view}");
+    assert_eq!(
+        causes(&view),
+        ["created", "expire", "late_payment_reserved", "deliver"]
+    );
+    let moved = stored_order(&ctx, order_id).await.stock_shards;
+    assert_eq!(moved.len(), 1);
+    assert_ne!(moved[0].shard, shard, "reserved again on another counter");
+    assert_eq!(
+        admin_product(&ctx, &sku).await.1["stock"],
+        json!({"available": 99 - left, "reserved": left, "sold": 1})
+    );
+}
+
+/// GIVEN an order of 10 drawn from several counters (none held 10) WHEN it expires
+/// THEN each counter gets back exactly what it gave; and when its money comes late it
+/// takes the same counters again, is delivered, and they count its 10 units as sold.
+#[tokio::test]
+async fn an_order_drawn_from_several_counters_expires_and_sells_on_each() {
+    let _turn = SWEEPS.lock().await;
+    let ctx = context().await;
+    let sku = product_with_keys(&ctx, "split", 100, 10, &make_keys("SPLIT", 100)).await;
+    let before = ctx.store.stock_shards(&sku, true).await.expect("stock");
+    let mut orders = Vec::new();
+    for i in 0..9 {
+        let (status, body) = order(&ctx, &sku, 10, &format!("split-{sku}-{i}")).await;
+        assert_eq!(status, 201, "order {i}: {body}");
+        orders.push(body);
+    }
+    let last = &orders[8];
+    let last_id = last["order_id"].as_str().expect("id");
+    let split = stored_order(&ctx, last_id).await.stock_shards;
+    assert!(split.len() > 1, "{split:?}");
+
+    assert!(
+        sweep(&ctx, after_expiry(&ctx))
+            .await
+            .expect("sweep")
+            .expired
+            >= 9
+    );
+    let after = ctx.store.stock_shards(&sku, true).await.expect("stock");
+    assert_eq!(
+        format!("{after:?}"),
+        format!("{before:?}"),
+        "every counter got back what it gave"
+    );
+
+    let (status, _) = pay(&ctx, &format!("evt_split_{sku}"), last_id, 1000, "CNY").await;
+    assert_eq!(status, 200);
+    drain_delivery_queue(&ctx).await;
+    let (_, view) = view_order(&ctx, last_id, last["access_token"].as_str().expect("token")).await;
+    assert_eq!(view["status"], "delivered", "{view}");
+    assert_eq!(view["deliveries"].as_array().expect("deliveries").len(), 10);
+    let shards = ctx.store.stock_shards(&sku, true).await.expect("stock");
+    for share in &split {
+        let (_, stock) = shards
+            .iter()
+            .find(|(shard, _)| *shard == share.shard)
+            .expect("counter");
+        assert_eq!(stock.sold, i64::from(share.units), "{shards:?}");
+        assert_eq!(stock.reserved, 0);
+    }
+    assert_eq!(
+        admin_product(&ctx, &sku).await.1["stock"],
+        json!({"available": 90, "reserved": 0, "sold": 10})
+    );
+}
+
+/// GIVEN an unpaid order just past its `expires_at` but within the grace
+/// (`EXPIRY_GRACE_SECONDS`) WHEN the sweep runs THEN it keeps the order pending with its
+/// stock and its `expires_at`; a payment arriving then is a normal payment; an order
+/// still unpaid once the grace is over is expired.
+#[tokio::test]
+async fn a_payment_within_the_grace_after_expiry_is_a_normal_payment() {
+    let _turn = SWEEPS.lock().await;
+    let ctx = context().await;
+    let grace = ctx.config.expiry_grace_seconds;
+    assert_eq!(grace, 300, "the default grace");
+    let sku = product_with_keys(&ctx, "grace", 300, 5, &make_keys("GRACE", 2)).await;
+    let (_, paid_late) = order(&ctx, &sku, 1, &format!("grace-paid-{sku}")).await;
+    let (_, unpaid) = order(&ctx, &sku, 1, &format!("grace-unpaid-{sku}")).await;
+    let paid_id = paid_late["order_id"].as_str().expect("id");
+    let paid_token = paid_late["access_token"].as_str().expect("token");
+    let expires_at = stored_order(&ctx, paid_id).await.expires_at;
+
+    // Past expires_at, within the grace: nothing is released.
+    let within = expires_at.plus_seconds(1);
+    assert_eq!(sweep(&ctx, within).await.expect("sweep").expired, 0);
+    let within = expires_at.plus_seconds(grace - 1);
+    assert_eq!(sweep(&ctx, within).await.expect("sweep").expired, 0);
+    let (_, view) = view_order(&ctx, paid_id, paid_token).await;
+    assert_eq!(view["status"], "pending_payment");
+    assert_eq!(view["expires_at"], paid_late["expires_at"]);
+    assert_eq!(
+        admin_product(&ctx, &sku).await.1["stock"],
+        json!({"available": 0, "reserved": 2, "sold": 0})
+    );
+
+    // The webhook of a payment made in time arrives now: a normal payment.
+    let (status, _) = pay(&ctx, &format!("evt_grace_{sku}"), paid_id, 300, "CNY").await;
+    assert_eq!(status, 200);
+    drain_delivery_queue(&ctx).await;
+    let (_, view) = view_order(&ctx, paid_id, paid_token).await;
+    assert_eq!(view["status"], "delivered", "{view}");
+    assert_eq!(causes(&view), ["created", "payment_received", "deliver"]);
+
+    // Once the grace is over, the unpaid one expires and its unit returns.
+    let over = expires_at.plus_seconds(grace + 1);
+    assert!(sweep(&ctx, over).await.expect("sweep").expired >= 1);
+    let (_, view) = view_order(
+        &ctx,
+        unpaid["order_id"].as_str().expect("id"),
+        unpaid["access_token"].as_str().expect("token"),
+    )
+    .await;
+    assert_eq!(view["status"], "expired");
+    assert_eq!(
+        admin_product(&ctx, &sku).await.1["stock"],
+        json!({"available": 1, "reserved": 0, "sold": 1})
     );
 }

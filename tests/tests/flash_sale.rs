@@ -130,3 +130,157 @@ async fn delivered_count(ctx: &std::sync::Arc<kami_shared::Context>, order_ids: 
     }
     delivered
 }
+
+/// GIVEN 100 keys (on three counters: 49, 49 and 2) WHEN orders of 10 come one after
+/// another THEN all ten succeed (the ninth and tenth draw from several counters at
+/// once), the eleventh is refused, and all 100 keys are delivered exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn orders_for_several_units_use_stock_on_every_counter() {
+    let ctx = context().await;
+    let keys = make_keys("MULTI", 100);
+    let sku = product_with_keys(&ctx, "multi", 100, 10, &keys).await;
+    let mut created = Vec::new();
+    for i in 0..10 {
+        let (status, body) = order(&ctx, &sku, 10, &format!("multi-{sku}-{i}")).await;
+        assert_eq!(status, 201, "order {i}: {body}");
+        created.push(body);
+    }
+    let (status, refused) = order(&ctx, &sku, 1, &format!("multi-{sku}-last")).await;
+    assert_eq!(
+        (status, refused["error"]["code"].as_str()),
+        (409, Some("out_of_stock"))
+    );
+    assert_eq!(
+        admin_product(&ctx, &sku).await.1["stock"],
+        json!({"available": 0, "reserved": 100, "sold": 0})
+    );
+    let mut split = 0;
+    for order in &created {
+        let id = order["order_id"].as_str().expect("id");
+        let stored = ctx.store.get_order(id).await.expect("read").expect("order");
+        split += usize::from(stored.stock_shards.len() > 1);
+        let (status, body) = pay(&ctx, &format!("evt_multi_{id}"), id, 1000, "CNY").await;
+        assert_eq!(status, 200, "{body}");
+    }
+    assert!(split > 0, "some order was drawn from several counters");
+    drain_delivery_queue(&ctx).await;
+    let mut delivered = HashSet::new();
+    for order in &created {
+        let (_, view) = view_order(
+            &ctx,
+            order["order_id"].as_str().expect("id"),
+            order["access_token"].as_str().expect("token"),
+        )
+        .await;
+        assert_eq!(view["status"], "delivered", "{view}");
+        for delivery in view["deliveries"].as_array().expect("deliveries") {
+            assert!(delivered.insert(delivery["code"].as_str().expect("code").to_owned()));
+        }
+    }
+    assert_eq!(delivered, keys.into_iter().collect::<HashSet<_>>());
+    let shards = ctx.store.stock_shards(&sku, true).await.expect("stock");
+    assert!(
+        shards
+            .iter()
+            .all(|(_, s)| s.available == 0 && s.reserved == 0),
+        "{shards:?}"
+    );
+    assert_eq!(
+        admin_product(&ctx, &sku).await.1["stock"],
+        json!({"available": 0, "reserved": 0, "sold": 100})
+    );
+}
+
+/// GIVEN 100 keys WHEN 40 buyers order 7 units each at once THEN no counter goes
+/// below zero and exactly the units of the created orders are reserved (never more
+/// than 100).
+#[tokio::test(flavor = "multi_thread", worker_threads = 8)]
+async fn concurrent_multi_unit_orders_never_oversell() {
+    let ctx = context().await;
+    let sku = product_with_keys(&ctx, "multi-race", 100, 10, &make_keys("MRACE", 100)).await;
+    let mut buyers = Vec::new();
+    for i in 0..40 {
+        let ctx = ctx.clone();
+        let sku = sku.clone();
+        buyers.push(tokio::spawn(async move {
+            order(&ctx, &sku, 7, &format!("mrace-{sku}-{i}")).await
+        }));
+    }
+    let mut units = 0;
+    for buyer in buyers {
+        let (status, body) = buyer.await.expect("buyer task");
+        match status {
+            201 => units += 7,
+            409 => assert_eq!(body["error"]["code"], "out_of_stock", "{body}"),
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert!(units <= 100);
+    assert!(units >= 70, "only {units} units sold of 100");
+    let shards = ctx.store.stock_shards(&sku, true).await.expect("stock");
+    assert!(shards.iter().all(|(_, s)| s.available >= 0), "{shards:?}");
+    assert_eq!(
+        admin_product(&ctx, &sku).await.1["stock"],
+        json!({"available": 100 - units, "reserved": units, "sold": 0})
+    );
+}
+
+/// GIVEN a reservation split over two counters, one of which is short WHEN the order is
+/// written THEN it is refused `out_of_stock` and neither counter moves (one transaction).
+#[tokio::test]
+async fn a_split_reservation_with_one_short_counter_moves_nothing() {
+    use kami_shared::domain::money::Money;
+    use kami_shared::domain::order::OrderStatus;
+    use kami_shared::domain::product::DeliveryType;
+    use kami_shared::domain::time::{Timestamp, new_id};
+    use kami_shared::error::{ConflictKind, Error};
+    use kami_shared::store::{OrderRecord, StockShare};
+
+    let ctx = context().await;
+    let sku = product_with_keys(&ctx, "split-short", 100, 10, &make_keys("SSHORT", 3)).await;
+    let before = ctx.store.stock_shards(&sku, true).await.expect("stock");
+    let (full, _) = before
+        .iter()
+        .find(|(_, stock)| stock.available == 3)
+        .expect("the three keys are on one counter");
+    let empty = (full + 1) % kami_shared::store::COUNTER_SHARDS;
+    let now = Timestamp::now();
+    let order = OrderRecord {
+        order_id: new_id(),
+        sku: sku.clone(),
+        quantity: 4,
+        delivery_type: DeliveryType::CardKey,
+        stock_shards: vec![
+            StockShare {
+                shard: *full,
+                units: 3,
+            },
+            StockShare {
+                shard: empty,
+                units: 1,
+            },
+        ],
+        amount: Money {
+            amount: 400,
+            currency: "CNY".into(),
+        },
+        status: OrderStatus::PendingPayment,
+        buyer_email: "buyer@example.com".into(),
+        token_hash: "0".repeat(64),
+        created_at: now.to_rfc3339(),
+        expires_at: now.plus_seconds(900),
+        updated_at: now.to_rfc3339(),
+        payment_ref: None,
+        exception: None,
+    };
+    let outcome = ctx
+        .store
+        .create_order(&order, &format!("idem-{}", new_id()), "split", now)
+        .await;
+    assert!(
+        matches!(outcome, Err(Error::Conflict(ConflictKind::OutOfStock))),
+        "refused"
+    );
+    let after = ctx.store.stock_shards(&sku, true).await.expect("stock");
+    assert_eq!(format!("{after:?}"), format!("{before:?}"));
+}

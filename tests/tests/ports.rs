@@ -37,7 +37,8 @@ async fn orders_expire_and_webhooks_verify_by_the_context_clock() {
     let order_id = created["order_id"].as_str().expect("id");
     let token = created["access_token"].as_str().expect("token");
 
-    clock.advance_seconds(ttl - 1);
+    // Released only once the grace after expires_at is over.
+    clock.advance_seconds(ttl + ctx.config.expiry_grace_seconds - 1);
     assert_eq!(
         sweep(&ctx, ctx.clock.now()).await.expect("sweep").expired,
         0

@@ -285,7 +285,7 @@ mod tests {
             sku: sku.to_owned(),
             quantity: 2,
             delivery_type: DeliveryType::CardKey,
-            stock_shard: 0,
+            stock_shards: crate::store::StockShare::whole(0, 2),
             amount: Money {
                 amount: 200,
                 currency: "CNY".into(),

@@ -7,4 +7,5 @@ pub mod import;
 pub mod operator;
 pub mod orders;
 pub mod payments;
+mod stock;
 pub mod sweep;

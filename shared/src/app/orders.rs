@@ -6,6 +6,7 @@ use serde_json::json;
 use utoipa::ToSchema;
 
 use super::fulfil::{ByType, Fulfiller};
+use super::stock::reservation_plans;
 use crate::config::Context;
 use crate::domain::crypto::{order_access_token, sha256_hex, token_matches};
 use crate::domain::money::Money;
@@ -14,11 +15,14 @@ use crate::domain::product::{DeliveryType, validate_quantity, validate_sku};
 use crate::domain::time::{is_id, new_id};
 use crate::error::{ConflictKind, Error, Result};
 use crate::request::RequestBody;
-use crate::store::{COUNTER_SHARDS, CreateOrderOutcome, OrderEvent, OrderRecord};
+use crate::store::{COUNTER_SHARDS, CreateOrderOutcome, OrderEvent, OrderRecord, StockShare};
 
 const MIN_IDEMPOTENCY_KEY_LEN: usize = 8;
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
 const MAX_EMAIL_LEN: usize = 254;
+/// Consistent reads of a product's counters one order may make when the counter it
+/// tried first is short (each followed by an attempt on every counter that fits).
+const STOCK_READS: u32 = 2;
 
 /// The body of `POST /orders`. Fields are optional here so that a missing one gets
 /// its own code (`invalid_sku`, ...), as a wrong one does; a price in the body is
@@ -155,7 +159,7 @@ pub async fn create_order(
         sku: product.sku.clone(),
         quantity,
         delivery_type: product.delivery,
-        stock_shard: 0,
+        stock_shards: Vec::new(),
         amount: product.price.times(quantity)?,
         status: OrderStatus::PendingPayment,
         buyer_email: request.email,
@@ -166,40 +170,44 @@ pub async fn create_order(
         payment_ref: None,
         exception: None,
     };
-    // Start on a random counter shard; if it has too little, read all of them once and
-    // try those that have enough, fullest first.
-    let mut candidates = vec![rand::random::<u32>() % COUNTER_SHARDS];
-    let mut read_all_shards = false;
-    while let Some(shard) = candidates.pop() {
-        order.stock_shard = shard;
-        match ctx
-            .store
-            .create_order(&order, idempotency_key, &request_hash, now)
-            .await
-        {
-            Ok(CreateOrderOutcome::Created) => {
-                tracing::info!(order_id = %order.order_id, sku = %order.sku, quantity, shard, "order created");
-                return Ok(created_body(&order, &token));
+    // Start on a random counter shard; if it has too little, read all of them (at
+    // most `STOCK_READS` times) and try where the order fits, as `stock` chooses.
+    let mut plans = vec![StockShare::whole(
+        rand::random::<u32>() % COUNTER_SHARDS,
+        quantity,
+    )];
+    let mut reads = 0;
+    loop {
+        for plan in plans {
+            order.stock_shards = plan;
+            match ctx
+                .store
+                .create_order(&order, idempotency_key, &request_hash, now)
+                .await
+            {
+                Ok(CreateOrderOutcome::Created) => {
+                    tracing::info!(order_id = %order.order_id, sku = %order.sku, quantity, shards = ?order.stock_shards, "order created");
+                    return Ok(created_body(&order, &token));
+                }
+                Ok(CreateOrderOutcome::KeyTaken) => {
+                    return replay(ctx, idempotency_key, &request_hash)
+                        .await?
+                        .ok_or(Error::Contention("idempotency key"));
+                }
+                Err(Error::Conflict(ConflictKind::OutOfStock)) => {}
+                Err(err) => return Err(err),
             }
-            Ok(CreateOrderOutcome::KeyTaken) => {
-                return replay(ctx, idempotency_key, &request_hash)
-                    .await?
-                    .ok_or(Error::Contention("idempotency key"));
-            }
-            Err(Error::Conflict(ConflictKind::OutOfStock)) if !read_all_shards => {
-                read_all_shards = true;
-                let mut shards = ctx.store.stock_shards(&order.sku, true).await?;
-                shards.retain(|(other, stock)| {
-                    *other != shard && stock.available >= i64::from(quantity)
-                });
-                shards.sort_by_key(|(_, stock)| stock.available);
-                candidates = shards.into_iter().map(|(other, _)| other).collect();
-            }
-            Err(Error::Conflict(ConflictKind::OutOfStock)) => {}
-            Err(err) => return Err(err),
+        }
+        if reads == STOCK_READS {
+            return Err(Error::Conflict(ConflictKind::OutOfStock));
+        }
+        reads += 1;
+        let shards = ctx.store.stock_shards(&order.sku, true).await?;
+        plans = reservation_plans(&shards, quantity);
+        if plans.is_empty() {
+            return Err(Error::Conflict(ConflictKind::OutOfStock));
         }
     }
-    Err(Error::Conflict(ConflictKind::OutOfStock))
 }
 
 async fn replay(

@@ -5,12 +5,13 @@
 use lambda_http::http::HeaderMap;
 use serde_json::{Value, json};
 
+use super::stock::reservation_plans;
 use crate::config::Context;
 use crate::domain::order::{Cause, OrderStatus};
 use crate::domain::time::is_id;
 use crate::error::{Error, Result};
 use crate::ports::payment::{Notification, PaymentEvent, PaymentNotice};
-use crate::store::{OrderRecord, PaymentApplied, PaymentChange, Unmatched};
+use crate::store::{OrderRecord, PaymentApplied, PaymentChange, StockShare, Unmatched};
 
 const DECISION_ATTEMPTS: u32 = 4;
 
@@ -59,16 +60,16 @@ pub async fn payment_notification(
     Ok(json!({"received": true}))
 }
 
-/// The outcome a notice has on an order in its current state. `stock_gone` is true once
-/// a late payment found its stock sold meanwhile.
+/// The outcome a notice has on an order in its current state. `stock` is where a late
+/// payment would take its units again; `None` once no counter holds them.
 fn decide<'a>(
     order: &OrderRecord,
     notice: &'a PaymentNotice,
-    stock_gone: bool,
+    stock: Option<&'a [StockShare]>,
 ) -> PaymentChange<'a> {
     let amount = &notice.amount;
     let exact = *amount == order.amount;
-    let mut reserve_stock = false;
+    let mut reserve_stock = None;
     let (outcome, transition) = match order.status {
         OrderStatus::PendingPayment if exact => (
             "paid",
@@ -84,8 +85,8 @@ fn decide<'a>(
         ),
         // The buyer paid after the order expired: if its stock is still there, take it
         // again and deliver, rather than leave a paying buyer with nothing.
-        OrderStatus::Expired if exact && !stock_gone => {
-            reserve_stock = true;
+        OrderStatus::Expired if exact && stock.is_some() => {
+            reserve_stock = stock;
             (
                 "paid_late",
                 Some((order.status, OrderStatus::Paid, Cause::LatePaymentReserved)),
@@ -120,8 +121,12 @@ fn decide<'a>(
 }
 
 pub async fn record_payment(ctx: &Context, notice: &PaymentNotice) -> Result<()> {
-    let mut stock_gone = false;
-    for _ in 0..DECISION_ATTEMPTS {
+    // Where a late payment takes its stock again: first the counters the order held;
+    // once they are short, each counter that holds the order, fullest first, as
+    // checkout chooses (read once); when none does, the stock is gone.
+    let mut other_counters: Option<Vec<Vec<StockShare>>> = None;
+    let mut races = 0;
+    loop {
         // One reading per attempt: whatever this attempt writes is stamped alike.
         let now = ctx.clock.now();
         let order = if is_id(&notice.order_id) {
@@ -143,7 +148,11 @@ pub async fn record_payment(ctx: &Context, notice: &PaymentNotice) -> Result<()>
             tracing::warn!(event_id = %notice.event_id, first, "payment for an unknown order kept for an operator");
             return Ok(());
         };
-        let change = decide(&order, notice, stock_gone);
+        let stock = match &other_counters {
+            None => Some(order.stock_shards.as_slice()),
+            Some(plans) => plans.first().map(Vec::as_slice),
+        };
+        let change = decide(&order, notice, stock);
         match ctx.store.apply_payment(&order, &change, now).await? {
             PaymentApplied::Applied => {
                 tracing::info!(order_id = %order.order_id, event_id = %notice.event_id, outcome = change.outcome, "payment recorded");
@@ -163,11 +172,24 @@ pub async fn record_payment(ctx: &Context, notice: &PaymentNotice) -> Result<()>
                 tracing::info!(order_id = %order.order_id, event_id = %notice.event_id, "duplicate notification acknowledged");
                 return Ok(());
             }
-            PaymentApplied::NoStock => stock_gone = true,
-            PaymentApplied::Raced => continue,
+            PaymentApplied::NoStock => match &mut other_counters {
+                None => {
+                    let shards = ctx.store.stock_shards(&order.sku, true).await?;
+                    other_counters = Some(reservation_plans(&shards, order.quantity));
+                }
+                Some(plans) if !plans.is_empty() => {
+                    plans.remove(0);
+                }
+                Some(_) => {}
+            },
+            PaymentApplied::Raced => {
+                races += 1;
+                if races >= DECISION_ATTEMPTS {
+                    return Err(Error::Contention("order state"));
+                }
+            }
         }
     }
-    Err(Error::Contention("order state"))
 }
 
 #[cfg(test)]
@@ -198,7 +220,7 @@ mod tests {
             sku: "sku".into(),
             quantity: 1,
             delivery_type: crate::domain::product::DeliveryType::CardKey,
-            stock_shard: 0,
+            stock_shards: StockShare::whole(0, 1),
             amount: Money {
                 amount,
                 currency: "CNY".into(),
@@ -282,7 +304,7 @@ mod tests {
     async fn a_verified_payment_pays_a_pending_order_once() {
         let body = checkout_completed(990);
         let notice = paid(&stripe(), &signed_at(FakeClock::DEFAULT, &body), &body).await;
-        let change = decide(&order(OrderStatus::PendingPayment, 990), &notice, false);
+        let change = decide(&order(OrderStatus::PendingPayment, 990), &notice, None);
         assert_eq!(change.outcome, "paid");
         assert_eq!(
             change.transition,
@@ -294,7 +316,7 @@ mod tests {
         );
         assert_eq!((change.provider, change.provider_ref), ("stripe", "pi_1"));
         // Another event about the same payment, then a second payment.
-        let again = decide(&order(OrderStatus::Paid, 990), &notice, false);
+        let again = decide(&order(OrderStatus::Paid, 990), &notice, None);
         assert_eq!(
             (again.outcome, again.transition),
             ("repeat_notification", None)
@@ -303,7 +325,7 @@ mod tests {
             provider_ref: "pi_2".into(),
             ..notice
         };
-        let second = decide(&order(OrderStatus::Delivered, 990), &other, false);
+        let second = decide(&order(OrderStatus::Delivered, 990), &other, None);
         assert_eq!(second.outcome, "duplicate_payment");
     }
 
@@ -311,7 +333,7 @@ mod tests {
     async fn wrong_money_and_late_money() {
         let body = checkout_completed(980);
         let short = paid(&stripe(), &signed_at(FakeClock::DEFAULT, &body), &body).await;
-        let change = decide(&order(OrderStatus::PendingPayment, 990), &short, false);
+        let change = decide(&order(OrderStatus::PendingPayment, 990), &short, None);
         assert_eq!(change.outcome, "amount_mismatch");
         assert_eq!(
             change.transition.map(|(_, to, _)| to),
@@ -319,12 +341,16 @@ mod tests {
         );
         let body = checkout_completed(990);
         let exact = paid(&stripe(), &signed_at(FakeClock::DEFAULT, &body), &body).await;
-        let late = decide(&order(OrderStatus::Expired, 990), &exact, false);
-        assert_eq!((late.outcome, late.reserve_stock), ("paid_late", true));
-        let sold = decide(&order(OrderStatus::Expired, 990), &exact, true);
+        let elsewhere = StockShare::whole(5, 1);
+        let late = decide(&order(OrderStatus::Expired, 990), &exact, Some(&elsewhere));
+        assert_eq!(
+            (late.outcome, late.reserve_stock),
+            ("paid_late", Some(elsewhere.as_slice()))
+        );
+        let sold = decide(&order(OrderStatus::Expired, 990), &exact, None);
         assert_eq!(
             (sold.outcome, sold.reserve_stock),
-            ("paid_after_expiry", false)
+            ("paid_after_expiry", None)
         );
     }
 
@@ -337,7 +363,7 @@ mod tests {
         };
         let (headers, body) = provider.pay("evt_9", Some("01J00000000000000000000000"), money);
         let notice = paid(&provider, &headers, &body).await;
-        let change = decide(&order(OrderStatus::PendingPayment, 990), &notice, false);
+        let change = decide(&order(OrderStatus::PendingPayment, 990), &notice, None);
         assert_eq!((change.provider, change.outcome), ("fake-pay", "paid"));
     }
 

@@ -1,5 +1,5 @@
-//! The scheduled sweep: expire unpaid orders past `expires_at` (giving their stock
-//! back) and re-queue paid orders that have waited too long for delivery, including
+//! The scheduled sweep: expire unpaid orders once `expires_at` and the grace after it
+//! (`EXPIRY_GRACE_SECONDS`) have passed (giving their stock back) and re-queue paid orders that have waited too long for delivery, including
 //! ones whose delivery gave up (so a passing outage heals by itself). Every write is
 //! conditional, so two sweeps at once do each thing once; one order's failure is
 //! logged and counted and does not stop the others.
@@ -18,11 +18,18 @@ pub struct SweepReport {
     pub failed: u32,
 }
 
-async fn expire_one(ctx: &Context, order_id: &str, now: Timestamp) -> Result<bool> {
+/// Expires the order if it is unpaid and its `expires_at` is at or before `due_by`
+/// (`now` less the grace).
+async fn expire_one(
+    ctx: &Context,
+    order_id: &str,
+    now: Timestamp,
+    due_by: Timestamp,
+) -> Result<bool> {
     let Some(order) = ctx.store.get_order(order_id).await? else {
         return Ok(false);
     };
-    Ok(payment_overdue(order.status, order.expires_at, now)
+    Ok(payment_overdue(order.status, order.expires_at, due_by)
         && ctx.store.expire_order(&order, now).await?)
 }
 
@@ -43,8 +50,11 @@ async fn requeue_one(ctx: &Context, order_id: &str, now: Timestamp) -> Result<bo
 
 pub async fn sweep(ctx: &Context, now: Timestamp) -> Result<SweepReport> {
     let mut report = SweepReport::default();
-    for order_id in ctx.store.due_pending_orders(now).await? {
-        match expire_one(ctx, &order_id, now).await {
+    // Stock is released only a grace after `expires_at`: until then a late webhook for
+    // a payment made in time finds the order still pending, a normal payment.
+    let due_by = now.plus_seconds(-ctx.config.expiry_grace_seconds);
+    for order_id in ctx.store.due_pending_orders(due_by).await? {
+        match expire_one(ctx, &order_id, now, due_by).await {
             Ok(expired) => report.expired += u32::from(expired),
             Err(err) => {
                 report.failed += 1;

@@ -32,7 +32,9 @@ mod tx;
 pub use card_keys::{AllocateOutcome, BatchRecord, CardKeySlot, SealedKey, StockKey};
 pub use codec::Item;
 pub use idempotency::IdempotencyRecord;
-pub use orders::{CreateOrderOutcome, DeliveryRecord, OrderEvent, OrderRecord, OrderView};
+pub use orders::{
+    CreateOrderOutcome, DeliveryRecord, OrderEvent, OrderRecord, OrderView, StockShare,
+};
 pub use payments::{PaymentApplied, PaymentChange, PaymentRecord, Unmatched};
 
 use codec::{FromItem, key_item};

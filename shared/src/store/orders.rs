@@ -32,8 +32,10 @@ pub struct OrderRecord {
     pub quantity: u32,
     /// The product's delivery type when the order was made: which fulfiller delivers it.
     pub delivery_type: DeliveryType,
-    /// The stock counter shard this order's quantity was reserved on.
-    pub stock_shard: u32,
+    /// The stock counter shards this order's quantity is reserved on, with the units
+    /// on each (their sum is `quantity`). Stored as `stock_split`, plus `stock_shard`
+    /// (the first) that orders made before splits had alone.
+    pub stock_shards: Vec<StockShare>,
     pub amount: Money,
     pub status: OrderStatus,
     pub buyer_email: String,
@@ -43,6 +45,62 @@ pub struct OrderRecord {
     pub updated_at: String,
     pub payment_ref: Option<String>,
     pub exception: Option<String>,
+}
+
+/// Units of an order reserved on one stock counter shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StockShare {
+    pub shard: u32,
+    pub units: u32,
+}
+
+impl StockShare {
+    /// All of an order's units on one counter.
+    pub fn whole(shard: u32, units: u32) -> Vec<StockShare> {
+        vec![StockShare { shard, units }]
+    }
+}
+
+/// The order's `stock_shard` and `stock_split` attributes.
+pub(crate) fn stock_attributes(shares: &[StockShare]) -> (AttributeValue, AttributeValue) {
+    let first = shares.first().map_or(0, |share| share.shard);
+    let split = shares
+        .iter()
+        .map(|share| {
+            AttributeValue::M(
+                [("shard", n(share.shard)), ("units", n(share.units))]
+                    .into_iter()
+                    .map(|(name, value)| (name.to_owned(), value))
+                    .collect(),
+            )
+        })
+        .collect();
+    (n(first), AttributeValue::L(split))
+}
+
+/// Reads `stock_split`; an order stored before splits has only `stock_shard`, which
+/// then holds its whole quantity.
+fn get_stock_shares(item: &Item, quantity: u32) -> Result<Vec<StockShare>> {
+    let shares = match item.get("stock_split") {
+        None => StockShare::whole(get_u32(item, "stock_shard")?, quantity),
+        Some(AttributeValue::L(list)) => list
+            .iter()
+            .map(|entry| match entry {
+                AttributeValue::M(share) => Ok(StockShare {
+                    shard: get_u32(share, "shard")?,
+                    units: get_u32(share, "units")?,
+                }),
+                _ => Err(Error::Corrupt("stock_split entry is not a map".into())),
+            })
+            .collect::<Result<Vec<_>>>()?,
+        Some(_) => return Err(Error::Corrupt("stock_split is not a list".into())),
+    };
+    if shares.is_empty() || shares.iter().map(|share| share.units).sum::<u32>() != quantity {
+        return Err(Error::Corrupt(
+            "stock_split does not add up to the quantity".into(),
+        ));
+    }
+    Ok(shares)
 }
 
 #[derive(Debug, Clone)]
@@ -86,6 +144,7 @@ pub enum CreateOrderOutcome {
 }
 
 fn order_item(order: &OrderRecord) -> Item {
+    let (stock_shard, stock_split) = stock_attributes(&order.stock_shards);
     item(
         keys::order(&order.order_id),
         "order",
@@ -94,7 +153,8 @@ fn order_item(order: &OrderRecord) -> Item {
             ("sku", s(&order.sku)),
             ("quantity", n(order.quantity)),
             ("delivery_type", s(order.delivery_type.as_str())),
-            ("stock_shard", n(order.stock_shard)),
+            ("stock_shard", stock_shard),
+            ("stock_split", stock_split),
             ("amount", n(order.amount.amount)),
             ("currency", s(&order.amount.currency)),
             ("status", s(order.status.as_str())),
@@ -109,12 +169,13 @@ fn order_item(order: &OrderRecord) -> Item {
 
 impl FromItem for OrderRecord {
     fn from_item(item: &Item) -> Result<OrderRecord> {
+        let quantity = get_u32(item, "quantity")?;
         Ok(OrderRecord {
             order_id: get_s(item, "order_id")?,
             sku: get_s(item, "sku")?,
-            quantity: get_u32(item, "quantity")?,
+            quantity,
             delivery_type: get_delivery_type(item, "delivery_type")?,
-            stock_shard: get_u32(item, "stock_shard")?,
+            stock_shards: get_stock_shares(item, quantity)?,
             amount: get_money(item, "amount")?,
             status: OrderStatus::parse(&get_s(item, "status")?)?,
             buyer_email: get_s(item, "buyer_email")?,
@@ -237,7 +298,7 @@ impl Store {
             ),
             Some("attribute_not_exists(pk)"),
         )?;
-        tx.move_stock(order, StockMove::Reserve)?;
+        tx.move_stock(&order.sku, &order.stock_shards, StockMove::Reserve)?;
         let mut stored = order_item(order);
         stored.insert(
             "gsi1pk".to_owned(),
@@ -326,7 +387,7 @@ impl Store {
             &["exception"],
             Vec::new(),
         )?;
-        tx.move_stock(order, StockMove::Sell)?;
+        tx.move_stock(&order.sku, &order.stock_shards, StockMove::Sell)?;
         Ok(self.transact(tx).await?.committed())
     }
 
@@ -423,7 +484,7 @@ impl Store {
             &[],
             vec![(":now", n(now.0))],
         )?;
-        tx.move_stock(order, StockMove::Release)?;
+        tx.move_stock(&order.sku, &order.stock_shards, StockMove::Release)?;
         Ok(self.transact(tx).await?.committed())
     }
 
@@ -458,5 +519,63 @@ impl Store {
             Err(err) if condition_failed(&err) => Ok(()),
             Err(err) => Err(Error::aws("dynamodb", err)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(shares: &[StockShare], quantity: u32) -> Item {
+        let now = Timestamp(1_700_000_000_000);
+        order_item(&OrderRecord {
+            order_id: "01J00000000000000000000000".into(),
+            sku: "sku".into(),
+            quantity,
+            delivery_type: DeliveryType::CardKey,
+            stock_shards: shares.to_vec(),
+            amount: Money {
+                amount: 100,
+                currency: "CNY".into(),
+            },
+            status: OrderStatus::PendingPayment,
+            buyer_email: "buyer@example.com".into(),
+            token_hash: String::new(),
+            created_at: now.to_rfc3339(),
+            expires_at: now,
+            updated_at: now.to_rfc3339(),
+            payment_ref: None,
+            exception: None,
+        })
+    }
+
+    #[test]
+    fn an_order_keeps_the_counters_it_reserved_on() {
+        let split = [
+            StockShare { shard: 6, units: 7 },
+            StockShare { shard: 2, units: 3 },
+        ];
+        let item = stored(&split, 10);
+        assert_eq!(item.get("stock_shard"), Some(&n(6)));
+        let order = OrderRecord::from_item(&item).unwrap();
+        assert_eq!(order.stock_shards, split);
+    }
+
+    #[test]
+    fn an_order_stored_before_splits_reads_as_its_one_counter() {
+        let mut item = stored(&StockShare::whole(4, 3), 3);
+        item.remove("stock_split");
+        let order = OrderRecord::from_item(&item).unwrap();
+        assert_eq!(order.stock_shards, StockShare::whole(4, 3));
+    }
+
+    #[test]
+    fn a_split_that_does_not_add_up_is_corrupt() {
+        let mut item = stored(&StockShare::whole(4, 3), 3);
+        item.insert("quantity".into(), n(4));
+        assert!(matches!(
+            OrderRecord::from_item(&item),
+            Err(Error::Corrupt(_))
+        ));
     }
 }

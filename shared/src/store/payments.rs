@@ -3,7 +3,7 @@
 //! that matches no order for an operator).
 
 use super::codec::{FromItem, Item, get_money, get_s, item, key_item, keys, n, s};
-use super::orders::OrderRecord;
+use super::orders::{OrderRecord, StockShare, stock_attributes};
 use super::products::StockMove;
 use super::tx::{ItemName, TxOutcome};
 use super::{INDEX_SHARDS, STUCK_AFTER_SECONDS, Store, shard_of};
@@ -34,9 +34,10 @@ pub struct PaymentChange<'a> {
     pub outcome: &'a str,
     /// `Some((from, to, cause))` to move the order; `None` to only record the payment.
     pub transition: Option<(OrderStatus, OrderStatus, Cause)>,
-    /// Reserve the order's quantity again on its stock counter (a late payment for an
-    /// expired order); the whole change fails with `NoStock` if it is not there.
-    pub reserve_stock: bool,
+    /// Reserve the order's quantity again on these stock counters (a late payment for
+    /// an expired order), recorded as the order's new `stock_shards`; the whole change
+    /// fails with `NoStock` if any of them is short.
+    pub reserve_stock: Option<&'a [StockShare]>,
 }
 
 /// A verified notification that matches no order.
@@ -121,22 +122,21 @@ impl Store {
             // Paid orders join the "stuck if undelivered" index; any other outcome is
             // an exception for an operator and leaves every index.
             Some(transition @ (_, OrderStatus::Paid, _)) => {
-                tx.move_order(
-                    &order.order_id,
-                    transition,
-                    &at,
-                    ", payment_ref = :ref, gsi1pk = :gpk, gsi1sk = :gsk",
-                    None,
-                    &[],
-                    vec![
-                        (":ref", s(change.provider_ref)),
-                        (
-                            ":gpk",
-                            s(keys::paid_index(shard_of(&order.order_id, INDEX_SHARDS))),
-                        ),
-                        (":gsk", n(now.unix_seconds() + STUCK_AFTER_SECONDS)),
-                    ],
-                )?;
+                let mut more = ", payment_ref = :ref, gsi1pk = :gpk, gsi1sk = :gsk".to_owned();
+                let mut values = vec![
+                    (":ref", s(change.provider_ref)),
+                    (
+                        ":gpk",
+                        s(keys::paid_index(shard_of(&order.order_id, INDEX_SHARDS))),
+                    ),
+                    (":gsk", n(now.unix_seconds() + STUCK_AFTER_SECONDS)),
+                ];
+                if let Some(shares) = change.reserve_stock {
+                    let (first, split) = stock_attributes(shares);
+                    more.push_str(", stock_shard = :shard, stock_split = :split");
+                    values.extend([(":shard", first), (":split", split)]);
+                }
+                tx.move_order(&order.order_id, transition, &at, &more, None, &[], values)?;
             }
             Some(transition) => {
                 tx.move_order(
@@ -162,13 +162,16 @@ impl Store {
                 )?;
             }
         }
-        if change.reserve_stock {
-            tx.move_stock(order, StockMove::Reserve)?;
+        if let Some(shares) = change.reserve_stock {
+            tx.move_stock(&order.sku, shares, StockMove::Reserve)?;
         }
         Ok(match self.transact(tx).await? {
             TxOutcome::Committed => PaymentApplied::Applied,
             TxOutcome::Cancelled(c) if c.failed(ItemName::Webhook) => PaymentApplied::Duplicate,
-            TxOutcome::Cancelled(c) if c.failed(ItemName::Counter(order.stock_shard)) => {
+            TxOutcome::Cancelled(c)
+                if c.failed_items()
+                    .any(|name| matches!(name, ItemName::Counter(_))) =>
+            {
                 PaymentApplied::NoStock
             }
             TxOutcome::Cancelled(_) => PaymentApplied::Raced,

@@ -6,7 +6,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes};
 use super::codec::{
     FromItem, Item, get_delivery_type, get_money, get_n, get_s, get_u32, item, key_item, keys, n, s,
 };
-use super::orders::OrderRecord;
+use super::orders::StockShare;
 use super::tx::{ItemName, Tx, TxOutcome};
 use super::{COUNTER_SHARDS, Store, built};
 use crate::domain::card_key::CardKeyRules;
@@ -45,10 +45,12 @@ pub(crate) enum StockMove {
 }
 
 impl Tx {
-    /// Moves an order's quantity on the counter it reserved on (`ItemName::Counter`).
+    /// Moves an order's units on each counter they are reserved on (`ItemName::Counter`
+    /// per share): with `Reserve`, each counter must hold its share.
     pub(crate) fn move_stock(
         &mut self,
-        order: &OrderRecord,
+        sku: &str,
+        shares: &[StockShare],
         movement: StockMove,
     ) -> Result<&mut Self> {
         let (expression, condition, columns): (_, _, &[&str]) = match movement {
@@ -68,14 +70,17 @@ impl Tx {
                 &["reserved", "sold"],
             ),
         };
-        self.update(
-            ItemName::Counter(order.stock_shard),
-            key_item(keys::stock_counter(&order.sku, order.stock_shard)),
-            expression,
-            condition,
-            columns,
-            vec![(":q", n(order.quantity))],
-        )
+        for share in shares {
+            self.update(
+                ItemName::Counter(share.shard),
+                key_item(keys::stock_counter(sku, share.shard)),
+                expression,
+                condition,
+                columns,
+                vec![(":q", n(share.units))],
+            )?;
+        }
+        Ok(self)
     }
 }
 
