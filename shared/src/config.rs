@@ -209,7 +209,11 @@ impl ContextBuilder {
             fingerprint_key: self.config.fingerprint_secret_id.as_deref(),
             order_token_key: self.config.order_token_secret_id.as_deref(),
         };
-        self.secrets = secrets::load(&self.sdk, &ids).await?;
+        // A weak or unreadable secret stops the cold start; the log names which, never
+        // its value (the function fails to start rather than serve with it).
+        self.secrets = secrets::load(&self.sdk, &ids).await.inspect_err(|err| {
+            tracing::error!(error = %err, "cold start refused: secrets");
+        })?;
         Ok(self)
     }
 

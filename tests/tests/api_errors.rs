@@ -221,7 +221,7 @@ async fn admin_routes_need_the_token_and_valid_input() {
         "",
         "Bearer wrong",
         "Basic a2FtaQ==",
-        "Bearer kami-local-admin-tokenX",
+        "Bearer kami-local-admin-token-not-a-secret-22222222X",
     ] {
         let headers: Vec<(&str, &str)> = if auth.is_empty() {
             vec![]
