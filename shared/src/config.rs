@@ -28,6 +28,9 @@ pub struct Config {
     pub stripe_webhook_secret_id: Option<String>,
     pub fingerprint_secret_id: Option<String>,
     pub order_token_secret_id: Option<String>,
+    /// `STRIPE_LIVEMODE`: whether this deployment takes Stripe's live events (`true`) or
+    /// its test-mode events (`false`, the default); the other mode's are refused.
+    pub stripe_livemode: bool,
 }
 
 impl Config {
@@ -57,6 +60,15 @@ impl Config {
             stripe_webhook_secret_id: optional("STRIPE_WEBHOOK_SECRET_ID"),
             fingerprint_secret_id: optional("FINGERPRINT_SECRET_ID"),
             order_token_secret_id: optional("ORDER_TOKEN_SECRET_ID"),
+            stripe_livemode: match optional("STRIPE_LIVEMODE").as_deref() {
+                None | Some("false") => false,
+                Some("true") => true,
+                Some(_) => {
+                    return Err(Error::Config(
+                        "STRIPE_LIVEMODE must be true or false".into(),
+                    ));
+                }
+            },
         })
     }
 }
@@ -221,8 +233,9 @@ impl ContextBuilder {
         let dynamodb = client_with_counter!(aws_sdk_dynamodb, &self.sdk, &self.counter);
         if self.stripe {
             let secrets = std::mem::take(&mut self.secrets.stripe_webhook_secrets);
-            self.payment_providers
-                .push(Arc::new(StripeProvider::new(secrets)));
+            self.payment_providers.push(Arc::new(
+                StripeProvider::new(secrets).with_livemode(self.config.stripe_livemode),
+            ));
         }
         Arc::new(Context {
             store: Store::new(dynamodb, self.config.table.clone()),
@@ -233,5 +246,26 @@ impl ContextBuilder {
             secrets: self.secrets,
             config: self.config,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(livemode: Option<&str>) -> Result<Config> {
+        Config::from_lookup(|name| match name {
+            "KAMI_TABLE" => Some("kami".into()),
+            "STRIPE_LIVEMODE" => livemode.map(str::to_owned),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn stripe_livemode_is_false_unless_set_and_only_true_or_false() {
+        assert!(!config(None).unwrap().stripe_livemode);
+        assert!(!config(Some("false")).unwrap().stripe_livemode);
+        assert!(config(Some("true")).unwrap().stripe_livemode);
+        assert!(matches!(config(Some("yes")), Err(Error::Config(_))));
     }
 }
