@@ -1,9 +1,14 @@
 //! Configuration, read once at cold start, and the `Context` every use case receives.
 
+use std::str::FromStr;
 use std::sync::Arc;
 
 use aws_config::{BehaviorVersion, ConfigLoader, SdkConfig};
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
+use lambda_runtime::tracing::subscriber as tracing_subscriber;
+use tracing_subscriber::filter::{EnvFilter, LevelFilter, Targets};
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt;
 
 use crate::adapters::clock::{SystemClock, clock_from_env};
 use crate::adapters::kms::KmsVault;
@@ -32,6 +37,9 @@ pub struct Config {
     pub stripe_webhook_secret_id: Option<String>,
     pub fingerprint_secret_id: Option<String>,
     pub order_token_secret_id: Option<String>,
+    /// `STRIPE_LIVEMODE`: whether this deployment takes Stripe's live events (`true`) or
+    /// its test-mode events (`false`, the default); the other mode's are refused.
+    pub stripe_livemode: bool,
 }
 
 impl Config {
@@ -64,8 +72,83 @@ impl Config {
             stripe_webhook_secret_id: optional("STRIPE_WEBHOOK_SECRET_ID"),
             fingerprint_secret_id: optional("FINGERPRINT_SECRET_ID"),
             order_token_secret_id: optional("ORDER_TOKEN_SECRET_ID"),
+            stripe_livemode: match optional("STRIPE_LIVEMODE").as_deref() {
+                None | Some("false") => false,
+                Some("true") => true,
+                Some(_) => {
+                    return Err(Error::Config(
+                        "STRIPE_LIVEMODE must be true or false".into(),
+                    ));
+                }
+            },
         })
     }
+}
+
+/// Crates whose own logs are capped at DEBUG whatever `RUST_LOG` says: at TRACE the
+/// Lambda runtime logs every invocation event whole (`raw JSON event received from
+/// Lambda`: import bodies with plaintext card keys, bearer tokens, webhook bodies), and
+/// the HTTP stack below it may log what it reads and writes. (A target prefix: `hyper`
+/// covers `hyper_util` and `hyper_rustls`, `lambda_runtime` its API client.)
+pub const CAPPED_LOG_TARGETS: [&str; 5] = ["lambda_runtime", "lambda_http", "hyper", "h2", "tower"];
+
+/// The most these crates may log.
+pub const CAPPED_LOG_LEVEL: tracing::Level = tracing::Level::DEBUG;
+
+/// The filter that holds `CAPPED_LOG_TARGETS` below TRACE; every other target is left
+/// to `RUST_LOG`.
+pub fn log_cap() -> Targets {
+    CAPPED_LOG_TARGETS.iter().fold(
+        Targets::new().with_default(LevelFilter::TRACE),
+        |targets, target| targets.with_target(*target, CAPPED_LOG_LEVEL),
+    )
+}
+
+/// The subscriber of `init_logging`: as the runtime's default one (the level from
+/// `AWS_LAMBDA_LOG_LEVEL`, else `RUST_LOG`'s directives; JSON when
+/// `AWS_LAMBDA_LOG_FORMAT=JSON`), plus `log_cap`, which no directive can lift.
+pub fn log_subscriber<W>(
+    lambda_log_level: Option<&str>,
+    rust_log: Option<&str>,
+    json: bool,
+    writer: W,
+) -> Box<dyn tracing::Subscriber + Send + Sync>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let level = lambda_log_level
+        .or(rust_log)
+        .and_then(|level| LevelFilter::from_str(level).ok())
+        .unwrap_or(LevelFilter::INFO);
+    let filter = EnvFilter::builder()
+        .with_default_directive(level.into())
+        .parse_lossy(rust_log.unwrap_or_default());
+    let builder = tracing_subscriber::fmt()
+        .with_target(false)
+        .without_time()
+        .with_env_filter(filter)
+        .with_writer(writer);
+    if json {
+        Box::new(builder.json().finish().with(log_cap()))
+    } else {
+        Box::new(builder.finish().with(log_cap()))
+    }
+}
+
+/// Logging for a function, from the environment Lambda gives it (stdout).
+pub fn init_logging() {
+    let lambda_log_level = std::env::var("AWS_LAMBDA_LOG_LEVEL").ok();
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let json = std::env::var("AWS_LAMBDA_LOG_FORMAT")
+        .is_ok_and(|format| format.eq_ignore_ascii_case("json"));
+    let subscriber = log_subscriber(
+        lambda_log_level.as_deref(),
+        rust_log.as_deref(),
+        json,
+        std::io::stdout,
+    );
+    // Already set (a second cold start in one process, in tests): keep the first.
+    let _ = tracing::subscriber::set_global_default(subscriber);
 }
 
 /// A client of one AWS service from the shared config, counted when a counter is given.
@@ -104,11 +187,12 @@ pub struct Context {
 }
 
 impl Context {
-    /// Cold start: logging (the runtime's subscriber: `RUST_LOG`, the Lambda log format),
+    /// Cold start: logging (`init_logging`: `RUST_LOG`, the Lambda log format, the
+    /// runtime's own modules capped below TRACE),
     /// settings from the environment and one shared `SdkConfig` for every client
     /// (credentials resolved once).
     pub async fn from_env() -> Result<ContextBuilder> {
-        lambda_runtime::tracing::init_default_subscriber();
+        init_logging();
         let config = Config::from_env()?;
         let sdk = sdk_loader().load().await;
         Ok(ContextBuilder::new(config, sdk, None).with_clock(clock_from_env()))
@@ -216,7 +300,11 @@ impl ContextBuilder {
             fingerprint_key: self.config.fingerprint_secret_id.as_deref(),
             order_token_key: self.config.order_token_secret_id.as_deref(),
         };
-        self.secrets = secrets::load(&self.sdk, &ids).await?;
+        // A weak or unreadable secret stops the cold start; the log names which, never
+        // its value (the function fails to start rather than serve with it).
+        self.secrets = secrets::load(&self.sdk, &ids).await.inspect_err(|err| {
+            tracing::error!(error = %err, "cold start refused: secrets");
+        })?;
         Ok(self)
     }
 
@@ -224,8 +312,9 @@ impl ContextBuilder {
         let dynamodb = client_with_counter!(aws_sdk_dynamodb, &self.sdk, &self.counter);
         if self.stripe {
             let secrets = std::mem::take(&mut self.secrets.stripe_webhook_secrets);
-            self.payment_providers
-                .push(Arc::new(StripeProvider::new(secrets)));
+            self.payment_providers.push(Arc::new(
+                StripeProvider::new(secrets).with_livemode(self.config.stripe_livemode),
+            ));
         }
         Arc::new(Context {
             store: Store::new(dynamodb, self.config.table.clone()),
@@ -236,5 +325,110 @@ impl ContextBuilder {
             secrets: self.secrets,
             config: self.config,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Capture(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .map_err(|_| std::io::ErrorKind::Other)?
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'w> MakeWriter<'w> for Capture {
+        type Writer = Capture;
+        fn make_writer(&'w self) -> Capture {
+            self.clone()
+        }
+    }
+
+    #[test]
+    fn at_rust_log_trace_the_runtime_never_logs_raw_events() {
+        for (rust_log, json) in [
+            ("trace", false),
+            ("trace", true),
+            (
+                "lambda_runtime=trace,lambda_runtime::layers::api_response=trace",
+                false,
+            ),
+            ("info,hyper=trace,h2=trace,lambda_http=trace", false),
+        ] {
+            let capture = Capture::default();
+            let subscriber = log_subscriber(None, Some(rust_log), json, capture.clone());
+            tracing::subscriber::with_default(subscriber, || {
+                tracing::trace!(
+                    target: "lambda_runtime::layers::api_response",
+                    body = "RAW-EVENT-BODY",
+                    "raw JSON event received from Lambda"
+                );
+                tracing::trace!(target: "lambda_runtime_api_client", "RAW-CLIENT");
+                tracing::trace!(target: "lambda_http::request", "RAW-HTTP");
+                tracing::trace!(target: "hyper_util::client", "RAW-HYPER");
+                tracing::trace!(target: "h2::codec", "RAW-H2");
+                tracing::debug!(target: "lambda_runtime", "runtime-debug-kept");
+                tracing::trace!(target: "kami_shared::app", "kami-trace-kept");
+            });
+            let text = String::from_utf8_lossy(&capture.0.lock().unwrap()).into_owned();
+            assert!(!text.contains("RAW-"), "{rust_log}: {text}");
+            if rust_log == "trace" {
+                assert!(text.contains("runtime-debug-kept"), "{text}");
+                assert!(text.contains("kami-trace-kept"), "{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_lambda_log_level_wins_and_info_is_the_default() {
+        let capture = Capture::default();
+        let subscriber = log_subscriber(Some("error"), None, false, capture.clone());
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!("hidden-warning");
+            tracing::error!("shown-error");
+        });
+        let capture_default = Capture::default();
+        let subscriber = log_subscriber(None, None, false, capture_default.clone());
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::debug!("hidden-debug");
+            tracing::info!("shown-info");
+        });
+        let text = String::from_utf8_lossy(&capture.0.lock().unwrap()).into_owned();
+        assert!(
+            text.contains("shown-error") && !text.contains("hidden-warning"),
+            "{text}"
+        );
+        let text = String::from_utf8_lossy(&capture_default.0.lock().unwrap()).into_owned();
+        assert!(
+            text.contains("shown-info") && !text.contains("hidden-debug"),
+            "{text}"
+        );
+    }
+
+    fn config(livemode: Option<&str>) -> Result<Config> {
+        Config::from_lookup(|name| match name {
+            "KAMI_TABLE" => Some("kami".into()),
+            "STRIPE_LIVEMODE" => livemode.map(str::to_owned),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn stripe_livemode_is_false_unless_set_and_only_true_or_false() {
+        assert!(!config(None).unwrap().stripe_livemode);
+        assert!(!config(Some("false")).unwrap().stripe_livemode);
+        assert!(config(Some("true")).unwrap().stripe_livemode);
+        assert!(matches!(config(Some("yes")), Err(Error::Config(_))));
     }
 }

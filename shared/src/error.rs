@@ -63,6 +63,10 @@ pub enum Error {
     /// An outside system gave no answer in time: whether it acted is unknown.
     #[error("{system} did not answer in time")]
     Timeout { system: &'static str },
+    /// The invocation's time budget ran out before this step could start (the delivery
+    /// worker stops in time rather than be killed mid-batch): retry it.
+    #[error("the invocation's time ran out before {0}")]
+    OutOfTime(&'static str),
     /// A port operation this adapter does not implement yet.
     #[error("{operation} is not available for {system} yet")]
     NotAvailable {

@@ -112,11 +112,18 @@ def pytest_runtest_makereport(item, call):
 
 @pytest.fixture(scope="session")
 def platform(tmp_path_factory) -> Platform:
-    work = tmp_path_factory.mktemp("platform")
+    yield from start_platform(tmp_path_factory.mktemp("platform"))
+
+
+def start_platform(work: Path, parameters: dict[str, str] | None = None):
+    """Runs a whole platform in `work` (template `parameters` overridden) while the
+    generator is suspended; a fixture yields from it."""
     ready = work / "ready.json"
     log_dir = work / "logs"
     cmd = [sys.executable, "-m", "kami_local", "up", "--port", "0", "--no-state", "--log-dir", str(log_dir),
            "--ready-file", str(ready)]
+    for name, value in (parameters or {}).items():
+        cmd += ["--parameter", f"{name}={value}"]
     if os.environ.get("KAMI_E2E_NO_BUILD"):
         cmd.append("--no-build")
     out = open(work / "platform.out", "w")

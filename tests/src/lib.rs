@@ -24,8 +24,8 @@ use sha2::Sha256;
 
 pub mod faults;
 
-pub const ADMIN_TOKEN: &str = "kami-local-admin-token";
-pub const STRIPE_SECRET: &str = "whsec_kami_local_test_secret";
+pub const ADMIN_TOKEN: &str = "kami-local-admin-token-not-a-secret-22222222";
+pub const STRIPE_SECRET: &str = "whsec_kami_local_test_secret_not_a_secret_3333";
 
 pub struct Stack {
     pub endpoint: String,

@@ -221,7 +221,7 @@ async fn admin_routes_need_the_token_and_valid_input() {
         "",
         "Bearer wrong",
         "Basic a2FtaQ==",
-        "Bearer kami-local-admin-tokenX",
+        "Bearer kami-local-admin-token-not-a-secret-22222222X",
     ] {
         let headers: Vec<(&str, &str)> = if auth.is_empty() {
             vec![]
@@ -435,4 +435,37 @@ async fn bad_fields_are_named_by_their_json_path() {
             "{body} -> {response}"
         );
     }
+}
+
+/// A cold start with an admin token shorter than 32 characters fails, naming the secret
+/// and not its value.
+#[tokio::test]
+async fn a_short_admin_token_stops_the_cold_start() {
+    let short = "kami-admin-short-token";
+    let secrets = aws_sdk_secretsmanager::Client::new(&sdk_config().await);
+    let arn = secrets
+        .create_secret()
+        .name(format!(
+            "short-admin-{}",
+            kami_shared::domain::time::new_id()
+        ))
+        .secret_string(short)
+        .send()
+        .await
+        .expect("create secret")
+        .arn
+        .expect("arn");
+    let mut env = stack().env.clone();
+    env.insert("ADMIN_TOKEN_SECRET_ID".into(), arn);
+    let config =
+        kami_shared::config::Config::from_lookup(|name| env.get(name).cloned()).expect("config");
+    let refused = kami_shared::config::ContextBuilder::new(config, sdk_config().await, None)
+        .with_secrets()
+        .await;
+    let Err(err) = refused else {
+        panic!("a 22-character admin token was accepted");
+    };
+    let message = err.to_string();
+    assert!(message.contains("admin token"), "{message}");
+    assert!(!message.contains(short), "{message}");
 }

@@ -7,6 +7,7 @@ use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use kami_shared::Context;
 use kami_shared::app::delivery::{self, DeliveryOutcome};
 use kami_shared::app::fulfil::card_key;
+use kami_shared::ports::Clock;
 use kami_tests::*;
 use serde_json::Value;
 
@@ -110,13 +111,13 @@ async fn a_worker_stopped_between_writes_is_finished_by_the_next_one() {
     let mut partial = order.clone();
     partial.quantity = 1;
     assert!(
-        card_key::allocate_keys(&paid.ctx, &partial, &[])
+        card_key::allocate_keys(&paid.ctx, &partial, &[], &delivery::Budget::unlimited())
             .await
             .expect("partial")
     );
     // Stopped after all keys, before marking delivered.
     assert!(
-        card_key::allocate_keys(&paid.ctx, &order, &[0])
+        card_key::allocate_keys(&paid.ctx, &order, &[0], &delivery::Budget::unlimited())
             .await
             .expect("rest")
     );
@@ -320,4 +321,37 @@ async fn a_failed_delivery_is_delivered_after_the_operator_restocks_and_redelive
     let (view, codes) = codes(&paid).await;
     assert_eq!(view["status"], "delivered");
     assert_eq!(codes, replacement);
+}
+
+#[tokio::test]
+async fn no_card_key_is_taken_once_the_invocation_is_out_of_time() {
+    let paid = paid_order("budget", 2, 2).await;
+    let order = paid
+        .ctx
+        .store
+        .get_order(&paid.order_id)
+        .await
+        .expect("read")
+        .expect("order");
+    // A deadline a second away: less than a key's reserve.
+    let clock = Arc::new(kami_shared::fakes::FakeClock::default());
+    let deadline = clock.now().plus_seconds(1);
+    let budget = delivery::Budget::until(deadline, clock);
+    let answer = card_key::allocate_keys(&paid.ctx, &order, &[], &budget).await;
+    assert!(
+        matches!(answer, Err(kami_shared::error::Error::OutOfTime(_))),
+        "{answer:?}"
+    );
+    let (view, codes_now) = codes(&paid).await;
+    assert_eq!(view["status"], "paid");
+    assert!(codes_now.is_empty());
+    // The retry, with time, delivers both.
+    assert_eq!(
+        delivery::deliver(&paid.ctx, &paid.order_id)
+            .await
+            .expect("deliver"),
+        DeliveryOutcome::Delivered
+    );
+    let (_, delivered) = codes(&paid).await;
+    assert_eq!(delivered.len(), 2);
 }

@@ -111,7 +111,9 @@ async fn during_rotation_both_endpoint_secrets_verify() {
             "stripe-rotation-{}",
             kami_shared::domain::time::new_id()
         ))
-        .secret_string(format!("whsec_old_one, {STRIPE_SECRET}"))
+        .secret_string(format!(
+            "whsec_old_one_being_rotated_out_000000, {STRIPE_SECRET}"
+        ))
         .send()
         .await
         .expect("create secret")
@@ -119,7 +121,7 @@ async fn during_rotation_both_endpoint_secrets_verify() {
         .expect("arn");
     let ctx = context_with(&[("STRIPE_WEBHOOK_SECRET_ID", &arn)]).await;
     let payload = r#"{"id":"evt_rot","type":"customer.created","data":{"object":{}}}"#;
-    for secret in ["whsec_old_one", STRIPE_SECRET] {
+    for secret in ["whsec_old_one_being_rotated_out_000000", STRIPE_SECRET] {
         let signature = stripe_signature(secret, now_seconds(), payload);
         let (status, body) = send_webhook(&ctx, &signature, payload).await;
         assert_eq!((status, body), (200, json!({"received": true})), "{secret}");

@@ -2,6 +2,10 @@
 //! (`ReportBatchItemFailures`).
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use std::sync::Arc;
+
+use kami_shared::adapters::clock::SystemClock;
+use kami_shared::domain::time::Timestamp;
 use kami_shared::{Context, app::delivery};
 use lambda_runtime::{Error, LambdaEvent, run, service_fn};
 
@@ -11,7 +15,14 @@ async fn main() -> Result<(), Error> {
     let ctx = Context::from_env().await?.build();
     run(service_fn(|event: LambdaEvent<SqsEvent>| {
         let ctx = ctx.clone();
-        async move { Ok::<SqsBatchResponse, Error>(delivery::handle_batch(&ctx, event.payload).await) }
+        // The runtime's deadline is the machine's time (not the platform clock locally).
+        let deadline = Timestamp(i64::try_from(event.context.deadline).unwrap_or(i64::MAX));
+        let budget = delivery::Budget::until(deadline, Arc::new(SystemClock));
+        async move {
+            Ok::<SqsBatchResponse, Error>(
+                delivery::handle_batch_within(&ctx, event.payload, budget).await,
+            )
+        }
     }))
     .await
 }

@@ -42,6 +42,42 @@ impl Secrets {
     }
 }
 
+/// The shortest admin token or signing secret a function starts with: a guessable or
+/// truncated value is refused at cold start, not discovered in production.
+pub const MIN_SECRET_CHARS: usize = 32;
+
+impl Secrets {
+    /// Refuses a configured admin token or signing secret shorter than
+    /// `MIN_SECRET_CHARS`. The error names the secret, never its value.
+    pub fn check_strength(&self) -> Result<()> {
+        let named = [
+            ("admin token (AdminTokenSecret)", self.admin_token.as_ref()),
+            (
+                "fingerprint key (FingerprintKeySecret)",
+                self.fingerprint_key.as_ref(),
+            ),
+            (
+                "order token key (OrderTokenSecret)",
+                self.order_token_key.as_ref(),
+            ),
+        ];
+        let stripe = self
+            .stripe_webhook_secrets
+            .iter()
+            .map(|secret| ("Stripe webhook secret (StripeWebhookSecret)", Some(secret)));
+        for (what, value) in named.into_iter().chain(stripe) {
+            if let Some(value) = value
+                && value.chars().count() < MIN_SECRET_CHARS
+            {
+                return Err(Error::Config(format!(
+                    "{what} is shorter than {MIN_SECRET_CHARS} characters; refusing to start"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Which secrets to read: the ids this function's configuration names.
 pub struct SecretIds<'a> {
     pub admin_token: Option<&'a str>,
@@ -72,7 +108,7 @@ pub async fn load(sdk: &SdkConfig, ids: &SecretIds<'_>) -> Result<Secrets> {
         fetch(&client, ids.fingerprint_key),
         fetch(&client, ids.order_token_key),
     )?;
-    Ok(Secrets {
+    let secrets = Secrets {
         admin_token,
         // Several endpoint secrets, comma separated, while one is being rotated.
         stripe_webhook_secrets: stripe
@@ -86,5 +122,58 @@ pub async fn load(sdk: &SdkConfig, ids: &SecretIds<'_>) -> Result<Secrets> {
             .unwrap_or_default(),
         fingerprint_key,
         order_token_key,
-    })
+    };
+    secrets.check_strength()?;
+    Ok(secrets)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strong() -> Secrets {
+        Secrets {
+            admin_token: Some(Zeroizing::new("a".repeat(MIN_SECRET_CHARS))),
+            stripe_webhook_secrets: vec![
+                Zeroizing::new(format!("whsec_{}", "b".repeat(40))),
+                Zeroizing::new(format!("whsec_{}", "c".repeat(40))),
+            ],
+            fingerprint_key: Some(Zeroizing::new("d".repeat(64))),
+            order_token_key: Some(Zeroizing::new("e".repeat(64))),
+        }
+    }
+
+    #[test]
+    fn secrets_of_32_characters_or_more_and_absent_ones_pass() {
+        strong().check_strength().unwrap();
+        Secrets::default().check_strength().unwrap();
+    }
+
+    #[test]
+    fn a_short_admin_token_or_signing_secret_is_refused_by_name_without_its_value() {
+        let short = "short-secret-value-31-characters";
+        let short = &short[..MIN_SECRET_CHARS - 1];
+        type Weaken = fn(&mut Secrets, &str);
+        let cases: [(&str, Weaken); 4] = [
+            ("admin token", |s, v| {
+                s.admin_token = Some(Zeroizing::new(v.into()))
+            }),
+            ("Stripe webhook secret", |s, v| {
+                s.stripe_webhook_secrets.push(Zeroizing::new(v.into()))
+            }),
+            ("fingerprint key", |s, v| {
+                s.fingerprint_key = Some(Zeroizing::new(v.into()))
+            }),
+            ("order token key", |s, v| {
+                s.order_token_key = Some(Zeroizing::new(v.into()))
+            }),
+        ];
+        for (name, weaken) in cases {
+            let mut secrets = strong();
+            weaken(&mut secrets, short);
+            let message = secrets.check_strength().unwrap_err().to_string();
+            assert!(message.contains(name), "{message}");
+            assert!(!message.contains(short), "{message}");
+        }
+    }
 }

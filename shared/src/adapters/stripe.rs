@@ -5,6 +5,10 @@
 //! `"{t}.{raw body}"` under the endpoint secret; any `v1` may match; several endpoint
 //! secrets are accepted while one is being rotated.
 //!
+//! An event's `livemode` must match the deployment's mode (`STRIPE_LIVEMODE`, false
+//! unless set): a test-mode event, signed with a leaked or shared test secret, never pays
+//! a live order, nor a live one a test deployment's.
+//!
 //! Kami does not call Stripe's API yet (no Checkout Session is created here; the buyer's
 //! payment page is the payments issue's work): `create_payment`, `query_payment`,
 //! `close_payment` and `refund` answer `Error::NotAvailable`.
@@ -30,14 +34,23 @@ pub const DEFAULT_TOLERANCE_SECONDS: i64 = 300;
 pub struct StripeProvider {
     webhook_secrets: Vec<Zeroizing<String>>,
     tolerance_seconds: i64,
+    livemode: bool,
 }
 
 impl StripeProvider {
+    /// A test-mode provider (`with_livemode(true)` for live events).
     pub fn new(webhook_secrets: Vec<Zeroizing<String>>) -> Self {
         StripeProvider {
             webhook_secrets,
             tolerance_seconds: DEFAULT_TOLERANCE_SECONDS,
+            livemode: false,
         }
+    }
+
+    /// Accept only events whose `livemode` is `livemode` (the deployment's mode).
+    pub fn with_livemode(mut self, livemode: bool) -> Self {
+        self.livemode = livemode;
+        self
     }
 
     fn verify(&self, notification: &Notification<'_>) -> Result<PaymentEvent> {
@@ -53,6 +66,7 @@ impl StripeProvider {
             notification.received_at.unix_seconds(),
             self.tolerance_seconds,
         )?;
+        check_mode(notification.body, self.livemode)?;
         parse_event(notification.body)
     }
 }
@@ -112,10 +126,6 @@ pub fn verify_signature<S: AsRef<str>>(
         .map(AsRef::as_ref)
         .filter(|s| !s.trim().is_empty())
         .collect();
-    if secrets.is_empty() {
-        // An empty secret would make every signature "valid": refuse everything.
-        return Err(Error::InvalidSignature("no endpoint secret is configured"));
-    }
     let mut timestamp = None;
     let mut signatures = Vec::new();
     for item in header.split(',') {
@@ -145,6 +155,13 @@ pub fn verify_signature<S: AsRef<str>>(
     if now.abs_diff(timestamp) > tolerance_seconds.unsigned_abs() {
         return Err(Error::InvalidSignature("timestamp outside the tolerance"));
     }
+    if secrets.is_empty() {
+        // An empty secret would make every signature "valid": refuse everything. The
+        // caller hears what a forgery hears (it must not learn that no secret is set);
+        // the operator reads it in the log.
+        tracing::error!("no Stripe endpoint secret is configured; refusing every webhook");
+        return Err(Error::InvalidSignature(NO_MATCH));
+    }
     let prefix = format!("{timestamp}.");
     for secret in secrets {
         for signature in &signatures {
@@ -158,7 +175,35 @@ pub fn verify_signature<S: AsRef<str>>(
             }
         }
     }
-    Err(Error::InvalidSignature("no signature matches"))
+    Err(Error::InvalidSignature(NO_MATCH))
+}
+
+const NO_MATCH: &str = "no signature matches";
+
+#[derive(Deserialize)]
+struct RawMode {
+    #[serde(default)]
+    livemode: Option<bool>,
+}
+
+/// Refuses a verified event of the other mode (live against test or the reverse). An
+/// event without `livemode` counts as a test event: a live deployment refuses it.
+pub fn check_mode(raw_body: &[u8], deployment_livemode: bool) -> Result<()> {
+    let mode: RawMode = serde_json::from_slice(raw_body).map_err(Error::invalid_json)?;
+    let event_livemode = mode.livemode.unwrap_or(false);
+    if event_livemode == deployment_livemode {
+        return Ok(());
+    }
+    tracing::warn!(
+        event_livemode,
+        deployment_livemode,
+        "Stripe event of the other mode refused"
+    );
+    Err(Error::InvalidRequest {
+        code: "livemode_mismatch",
+        message: "the event's livemode does not match this endpoint".into(),
+        path: Some("livemode".into()),
+    })
 }
 
 #[derive(Deserialize)]
@@ -363,6 +408,99 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    fn notification_at<'a>(
+        headers: &'a lambda_http::http::HeaderMap,
+        body: &'a [u8],
+        clock: &crate::fakes::FakeClock,
+    ) -> Notification<'a> {
+        use crate::ports::Clock;
+        Notification {
+            headers,
+            body,
+            received_at: clock.now(),
+        }
+    }
+
+    fn signed(secret: &str, t: i64, body: &[u8]) -> lambda_http::http::HeaderMap {
+        let mut headers = lambda_http::http::HeaderMap::new();
+        headers.insert(
+            SIGNATURE_HEADER,
+            lambda_http::http::HeaderValue::from_str(&header(secret, t, body)).unwrap(),
+        );
+        headers
+    }
+
+    fn paid_session(livemode: Option<bool>) -> Vec<u8> {
+        let mut event = serde_json::json!({"id": "evt_m", "type": "checkout.session.completed",
+            "data": {"object": {"id": "cs_m", "client_reference_id": "01ORDER",
+            "amount_total": 990, "currency": "cny", "payment_intent": "pi_m",
+            "payment_status": "paid"}}});
+        if let Some(mode) = livemode {
+            event["livemode"] = serde_json::json!(mode);
+        }
+        event.to_string().into_bytes()
+    }
+
+    #[tokio::test]
+    async fn an_event_of_the_other_mode_is_refused() {
+        let clock = crate::fakes::FakeClock::default();
+        let t = crate::ports::Clock::now(&clock).unix_seconds();
+        let secret = "whsec_mode_test_secret_000000000000000";
+        let test_mode = StripeProvider::new(vec![secret.to_owned().into()]);
+        let live_mode = StripeProvider::new(vec![secret.to_owned().into()]).with_livemode(true);
+        for (provider, livemode, accepted) in [
+            (&test_mode, Some(false), true),
+            (&test_mode, None, true),
+            (&test_mode, Some(true), false),
+            (&live_mode, Some(true), true),
+            (&live_mode, Some(false), false),
+            (&live_mode, None, false),
+        ] {
+            let body = paid_session(livemode);
+            let headers = signed(secret, t, &body);
+            let answer = provider
+                .verify_notification(&notification_at(&headers, &body, &clock))
+                .await;
+            match (accepted, answer) {
+                (true, Ok(PaymentEvent::Paid(_))) => {}
+                (
+                    false,
+                    Err(Error::InvalidRequest {
+                        code: "livemode_mismatch",
+                        ..
+                    }),
+                ) => {}
+                (_, other) => panic!("live {:?} event {livemode:?}: {other:?}", provider.livemode),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unsigned_caller_hears_the_same_whether_or_not_a_secret_is_set() {
+        let clock = crate::fakes::FakeClock::default();
+        let t = crate::ports::Clock::now(&clock).unix_seconds();
+        let configured = StripeProvider::new(vec![
+            "whsec_configured_000000000000000000".to_owned().into(),
+        ]);
+        let unconfigured = StripeProvider::new(Vec::new());
+        let body = paid_session(Some(false));
+        for headers in [
+            signed("whsec_guessed", t, &body),
+            signed("whsec_guessed", t - 10_000, &body),
+            lambda_http::http::HeaderMap::new(),
+        ] {
+            let notification = notification_at(&headers, &body, &clock);
+            let with = configured.verify_notification(&notification).await;
+            let without = unconfigured.verify_notification(&notification).await;
+            let (Err(with), Err(without)) = (with, without) else {
+                panic!("a forged webhook was accepted");
+            };
+            assert!(matches!(with, Error::InvalidSignature(_)));
+            assert_eq!(with.to_string(), without.to_string());
+            assert!(!without.to_string().contains("configured"), "{without}");
+        }
     }
 
     #[test]

@@ -4,8 +4,16 @@
 //! (`ReportBatchItemFailures`); after the queue's last attempt the order becomes
 //! `delivery_failed`, as it does at once when its fulfiller reports a definite failure;
 //! a fulfiller that is done has the order marked delivered here, once.
+//!
+//! Time: an SQS batch runs within one invocation's timeout. The worker checks the
+//! invocation's `Budget` before each message (and the card-key fulfiller before each
+//! key): a message it has no time to start is reported for a retry untouched, one that
+//! runs out of time mid-way stops between two keys and is reported too, and a message
+//! on its last receive marks its order `delivery_failed` while there is still time to,
+//! instead of being killed by the timeout with the order left `paid`.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 
@@ -15,7 +23,65 @@ use crate::config::Context;
 use crate::domain::order::OrderStatus;
 use crate::domain::time::Timestamp;
 use crate::error::{Error, Result};
+use crate::ports::Clock;
 use crate::store::{OrderRecord, OrderView, Store};
+
+/// No message starts with less time left than this (a few keys, their retries and
+/// marking the order).
+pub const MESSAGE_RESERVE_MS: i64 = 3_000;
+/// No card key (a query and a transaction, with its conflict retries) starts with less.
+pub const KEY_RESERVE_MS: i64 = 1_500;
+/// Marking an order `delivery_failed` (a read and a conditional write) needs this.
+pub const GIVE_UP_RESERVE_MS: i64 = 500;
+
+/// The time an invocation has left: its deadline read on a clock (in Lambda the
+/// context's deadline on the system clock, which is what the runtime's deadline is
+/// measured in; a fake clock in tests). App code never reads the machine's time.
+#[derive(Clone)]
+pub struct Budget {
+    deadline: Option<(Timestamp, Arc<dyn Clock>)>,
+}
+
+impl Budget {
+    /// No deadline (an operator's redelivery, tests).
+    pub fn unlimited() -> Self {
+        Budget { deadline: None }
+    }
+
+    /// Until `deadline` on `clock`.
+    pub fn until(deadline: Timestamp, clock: Arc<dyn Clock>) -> Self {
+        Budget {
+            deadline: Some((deadline, clock)),
+        }
+    }
+
+    /// Milliseconds left; `None` without a deadline.
+    pub fn remaining_ms(&self) -> Option<i64> {
+        self.deadline
+            .as_ref()
+            .map(|(deadline, clock)| deadline.0.saturating_sub(clock.now().0))
+    }
+
+    /// Whether at least `reserve_ms` are left.
+    pub fn allows(&self, reserve_ms: i64) -> bool {
+        self.remaining_ms().is_none_or(|left| left >= reserve_ms)
+    }
+
+    /// `Err(OutOfTime(before))` unless at least `reserve_ms` are left.
+    pub fn check(&self, reserve_ms: i64, before: &'static str) -> Result<()> {
+        if self.allows(reserve_ms) {
+            Ok(())
+        } else {
+            Err(Error::OutOfTime(before))
+        }
+    }
+}
+
+impl std::fmt::Debug for Budget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Budget(remaining_ms: {:?})", self.remaining_ms())
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeliveryOutcome {
@@ -29,15 +95,28 @@ pub enum DeliveryOutcome {
     Skipped(Option<OrderStatus>),
 }
 
-/// Delivers one order, from wherever an earlier attempt stopped.
+/// Delivers one order, from wherever an earlier attempt stopped (no time budget).
 pub async fn deliver(ctx: &Context, order_id: &str) -> Result<DeliveryOutcome> {
-    Worker::new(ctx).deliver(order_id).await
+    Worker::new(ctx)
+        .deliver(order_id, &Budget::unlimited())
+        .await
 }
 
-/// The SQS handler: failures are reported per message, so only they come back.
+/// The SQS handler without a time budget (tests, local tools); the Lambda function
+/// uses `handle_batch_within`.
 pub fn handle_batch(ctx: &Context, event: SqsEvent) -> impl Future<Output = SqsBatchResponse> {
+    handle_batch_within(ctx, event, Budget::unlimited())
+}
+
+/// The SQS handler: failures are reported per message, so only they come back; no
+/// message or key starts once `budget` runs low.
+pub fn handle_batch_within(
+    ctx: &Context,
+    event: SqsEvent,
+    budget: Budget,
+) -> impl Future<Output = SqsBatchResponse> {
     // Not an `async fn`: one level less in the deeply nested future the binary lays out.
-    Worker::new(ctx).handle_batch(event)
+    Worker::new(ctx).handle_batch(event, budget)
 }
 
 /// What the worker reads and writes of an order, whatever its delivery type: the
@@ -127,7 +206,7 @@ impl<'a> Worker<'a, Store, ByType> {
 }
 
 impl<O: DeliveryOrders, F: Fulfiller + Sync> Worker<'_, O, F> {
-    async fn deliver(&self, order_id: &str) -> Result<DeliveryOutcome> {
+    async fn deliver(&self, order_id: &str, budget: &Budget) -> Result<DeliveryOutcome> {
         let Some(OrderView {
             order, deliveries, ..
         }) = self.orders.load(order_id).await?
@@ -140,7 +219,11 @@ impl<O: DeliveryOrders, F: Fulfiller + Sync> Worker<'_, O, F> {
         if !order.status.awaits_delivery() {
             return Ok(DeliveryOutcome::Skipped(Some(order.status)));
         }
-        match self.fulfiller.fulfil(self.ctx, &order, &deliveries).await? {
+        match self
+            .fulfiller
+            .fulfil(self.ctx, &order, &deliveries, budget)
+            .await?
+        {
             Fulfilment::Done => self.finish(&order).await,
             // Another worker finished (or an operator moved the order) meanwhile.
             Fulfilment::NotPayable => self.settled_outcome(order_id).await,
@@ -201,16 +284,23 @@ impl<O: DeliveryOrders, F: Fulfiller + Sync> Worker<'_, O, F> {
         Ok(())
     }
 
-    async fn handle_message(&self, message: &SqsMessage) -> Result<()> {
+    async fn handle_message(&self, message: &SqsMessage, budget: &Budget) -> Result<()> {
         let body = message.body.as_deref().unwrap_or_default();
         let parsed: DeliveryMessage = serde_json::from_str(body).map_err(Error::invalid_json)?;
-        match self.deliver(&parsed.order_id).await {
+        let last_receive = receive_count(message) >= self.ctx.config.delivery_max_attempts;
+        let result = match budget.check(MESSAGE_RESERVE_MS, "the delivery message") {
+            Ok(()) => self.deliver(&parsed.order_id, budget).await,
+            Err(err) => Err(err),
+        };
+        match result {
             Ok(outcome) => {
                 tracing::info!(order_id = %parsed.order_id, ?outcome, "delivery message handled");
                 Ok(())
             }
             Err(err) => {
-                if receive_count(message) >= self.ctx.config.delivery_max_attempts {
+                // On the last receive the order is marked while there is time to; with
+                // none left the sweep finds it still `paid` later.
+                if last_receive && budget.allows(GIVE_UP_RESERVE_MS) {
                     self.give_up(&parsed.order_id).await?;
                 }
                 Err(err)
@@ -218,13 +308,13 @@ impl<O: DeliveryOrders, F: Fulfiller + Sync> Worker<'_, O, F> {
         }
     }
 
-    async fn handle_batch(self, event: SqsEvent) -> SqsBatchResponse {
+    async fn handle_batch(self, event: SqsEvent, budget: Budget) -> SqsBatchResponse {
         let mut response = SqsBatchResponse::default();
         for message in &event.records {
             let id = message.message_id.clone().unwrap_or_default();
             let span = tracing::info_span!("delivery_message", message_id = %id);
             let _guard = span.enter();
-            if let Err(err) = self.handle_message(message).await {
+            if let Err(err) = self.handle_message(message, &budget).await {
                 tracing::error!(error = %err, "delivery message failed");
                 let mut failure = BatchItemFailure::default();
                 failure.item_identifier = id;
@@ -408,11 +498,14 @@ mod tests {
     }
 
     /// A fulfiller scripted by the order's sku: `done`, `pending`, `failed`,
-    /// `not_payable`; anything else is a transient error. Remembers each call as
+    /// `not_payable`, `keys` (one unit after another, each checking the budget as the
+    /// card-key fulfiller does); anything else is a transient error. Remembers each call as
     /// (order id, records it was handed).
     #[derive(Default)]
     struct Scripted {
         calls: Mutex<Vec<(String, usize)>>,
+        /// What each call (each key, for `keys`) costs on this clock, in milliseconds.
+        cost: Option<(Arc<FakeClock>, i64)>,
     }
 
     impl Scripted {
@@ -427,11 +520,25 @@ mod tests {
             _ctx: &Context,
             order: &OrderRecord,
             done: &[DeliveryRecord],
+            budget: &Budget,
         ) -> Result<Fulfilment> {
             self.calls
                 .lock()
                 .unwrap()
                 .push((order.order_id.clone(), done.len()));
+            let spend = || {
+                if let Some((clock, ms)) = &self.cost {
+                    clock.set(Timestamp(clock.now().0 + ms));
+                }
+            };
+            if order.sku == "keys" {
+                for _ in 0..order.quantity {
+                    budget.check(KEY_RESERVE_MS, "the next card key")?;
+                    spend();
+                }
+                return Ok(Fulfilment::Done);
+            }
+            spend();
             match order.sku.as_str() {
                 "done" => Ok(Fulfilment::Done),
                 "pending" => Ok(Fulfilment::Pending),
@@ -508,14 +615,30 @@ mod tests {
         }
 
         async fn deliver(&self, order_id: &str) -> Result<DeliveryOutcome> {
-            self.worker().deliver(order_id).await
+            self.worker().deliver(order_id, &Budget::unlimited()).await
         }
 
         /// Runs one SQS batch; the ids of the messages reported failed.
         async fn batch(&self, messages: Vec<SqsMessage>) -> Vec<String> {
+            self.batch_within(messages, Budget::unlimited()).await
+        }
+
+        /// Each fulfiller call (each key for `keys`) costs `ms` on the fixture's clock.
+        fn costing(mut self, ms: i64) -> Self {
+            self.fulfiller.cost = Some((self.clock.clone(), ms));
+            self
+        }
+
+        /// A budget of `ms` from now on the fixture's clock.
+        fn budget_ms(&self, ms: i64) -> Budget {
+            Budget::until(Timestamp(self.clock.now().0 + ms), self.clock.clone())
+        }
+
+        /// Runs one SQS batch within `budget`; the ids of the messages reported failed.
+        async fn batch_within(&self, messages: Vec<SqsMessage>, budget: Budget) -> Vec<String> {
             let mut event = SqsEvent::default();
             event.records = messages;
-            let response = self.worker().handle_batch(event).await;
+            let response = self.worker().handle_batch(event, budget).await;
             response
                 .batch_item_failures
                 .into_iter()
@@ -693,5 +816,76 @@ mod tests {
             assert_eq!(stored.status, status, "{order_id}");
             assert_eq!(stored.updated_at, later.to_rfc3339(), "{order_id}");
         }
+    }
+
+    #[tokio::test]
+    async fn messages_left_without_time_are_reported_unstarted() {
+        let fixture = Fixture::paid(&[("A", "done"), ("B", "done"), ("C", "done"), ("D", "done")])
+            .costing(4_000);
+        // 10 s: A (4 s) and B (4 s) run; with 2 s left, C and D do not start.
+        let budget = fixture.budget_ms(10_000);
+        let failed = fixture
+            .batch_within(
+                vec![
+                    for_order("A", 1),
+                    for_order("B", 1),
+                    for_order("C", 1),
+                    for_order("D", 1),
+                ],
+                budget,
+            )
+            .await;
+        assert_eq!(failed, ["msg-C", "msg-D"]);
+        let called: Vec<String> = fixture.fulfiller.calls().into_iter().map(|c| c.0).collect();
+        assert_eq!(called, ["A", "B"], "C and D never reach the fulfiller");
+        assert_eq!(fixture.status("B").0, OrderStatus::Delivered);
+        assert_eq!(fixture.status("C"), (OrderStatus::Paid, None));
+        assert_eq!(fixture.status("D"), (OrderStatus::Paid, None));
+    }
+
+    #[tokio::test]
+    async fn a_message_stops_between_keys_when_time_runs_low() {
+        // Two keys of 4 s each with 5 s left: the first runs, the second does not start.
+        let fixture = Fixture::paid(&[("A", "keys")]).costing(4_000);
+        let budget = fixture.budget_ms(5_000);
+        let failed = fixture.batch_within(vec![for_order("A", 1)], budget).await;
+        assert_eq!(failed, ["msg-A"], "reported for a retry");
+        assert_eq!(fixture.status("A"), (OrderStatus::Paid, None));
+        assert_eq!(fixture.clock.now(), MADE.plus_seconds(4));
+    }
+
+    #[tokio::test]
+    async fn on_its_last_receive_an_order_out_of_time_is_marked_delivery_failed() {
+        let fixture = Fixture::paid(&[("A", "keys"), ("B", "done"), ("C", "done")]).costing(4_000);
+        let last = fixture.last_attempt();
+        // A runs out of time after its first key, B gets no time to start: both are on
+        // their last receive and marked before the timeout. C, not on its last, waits.
+        let budget = fixture.budget_ms(5_000);
+        let failed = fixture
+            .batch_within(
+                vec![
+                    for_order("A", last),
+                    for_order("B", last),
+                    for_order("C", 1),
+                ],
+                budget,
+            )
+            .await;
+        assert_eq!(failed, ["msg-A", "msg-B", "msg-C"]);
+        assert_eq!(fixture.status("A"), (OrderStatus::DeliveryFailed, None));
+        assert_eq!(fixture.status("B"), (OrderStatus::DeliveryFailed, None));
+        assert_eq!(fixture.status("C"), (OrderStatus::Paid, None));
+    }
+
+    #[tokio::test]
+    async fn with_no_time_even_to_mark_it_the_order_is_left_for_the_sweep() {
+        let fixture = Fixture::paid(&[("A", "done")]);
+        let budget = fixture.budget_ms(GIVE_UP_RESERVE_MS - 1);
+        let failed = fixture
+            .batch_within(vec![for_order("A", fixture.last_attempt())], budget)
+            .await;
+        assert_eq!(failed, ["msg-A"]);
+        assert_eq!(fixture.status("A"), (OrderStatus::Paid, None));
+        assert!(fixture.fulfiller.calls().is_empty());
     }
 }

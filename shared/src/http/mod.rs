@@ -65,7 +65,9 @@ fn status_and_code(err: &Error) -> (StatusCode, &'static str) {
         Error::IdempotencyKeyReused => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
         Error::InvalidSignature(_) => (StatusCode::BAD_REQUEST, "invalid_signature"),
         Error::IllegalTransition { .. } => (StatusCode::CONFLICT, "illegal_transition"),
-        Error::Contention(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy_retry"),
+        Error::Contention(_) | Error::OutOfTime(_) => {
+            (StatusCode::SERVICE_UNAVAILABLE, "busy_retry")
+        }
         Error::Corrupt(_)
         | Error::Crypto(_)
         | Error::Config(_)
@@ -84,7 +86,7 @@ impl IntoResponse for Error {
         let message = if status.is_server_error() {
             tracing::error!(error = %self, code, "request failed");
             match self {
-                Error::Contention(_) => {
+                Error::Contention(_) | Error::OutOfTime(_) => {
                     "the system is busy; retry with the same request".to_owned()
                 }
                 _ => "internal error; retry later".to_owned(),

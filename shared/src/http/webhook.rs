@@ -31,7 +31,7 @@ pub struct WebhookAck {
     request_body(content = Object, description = "A Stripe event, as Stripe sends it (raw body, signed)", content_type = "application/json"),
     responses(
         (status = 200, description = "Recorded (or ignored, or already recorded)", body = WebhookAck),
-        (status = 400, description = "`invalid_signature`, `invalid_json`", body = ErrorBody),
+        (status = 400, description = "`invalid_signature`, `invalid_json`, `livemode_mismatch` (an event of the other Stripe mode)", body = ErrorBody),
         (status = 413, description = "`payload_too_large`", body = ErrorBody),
         (status = 503, description = "`busy_retry`: Stripe retries", body = ErrorBody),
     )

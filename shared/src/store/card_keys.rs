@@ -47,7 +47,8 @@ pub struct CardKeySlot {
 
 pub enum AllocateOutcome {
     Allocated,
-    /// The chosen key was taken by another delivery: pick another.
+    /// The chosen key was taken by another delivery, or another delivery's transaction
+    /// on it is in progress: pick another.
     KeyGone,
     /// This slot was filled by another worker: re-read the slots.
     SlotFilled,
@@ -245,11 +246,23 @@ impl Store {
                 (":failed", s(OrderStatus::DeliveryFailed.as_str())),
             ],
         )?;
-        Ok(match self.transact(tx).await? {
-            TxOutcome::Committed => AllocateOutcome::Allocated,
-            TxOutcome::Cancelled(c) if c.failed(ItemName::Order) => AllocateOutcome::NotPayable,
-            TxOutcome::Cancelled(c) if c.failed(ItemName::Slot) => AllocateOutcome::SlotFilled,
-            TxOutcome::Cancelled(_) => AllocateOutcome::KeyGone,
-        })
+        // Another worker's transaction on this key: it is (about to be) taken; the next
+        // key at once rather than backing off on this one (the delivery's time budget).
+        Ok(
+            match self
+                .transact_yielding(tx, Some(ItemName::AllocatedKey))
+                .await?
+            {
+                None => AllocateOutcome::KeyGone,
+                Some(TxOutcome::Committed) => AllocateOutcome::Allocated,
+                Some(TxOutcome::Cancelled(c)) if c.failed(ItemName::Order) => {
+                    AllocateOutcome::NotPayable
+                }
+                Some(TxOutcome::Cancelled(c)) if c.failed(ItemName::Slot) => {
+                    AllocateOutcome::SlotFilled
+                }
+                Some(TxOutcome::Cancelled(_)) => AllocateOutcome::KeyGone,
+            },
+        )
     }
 }

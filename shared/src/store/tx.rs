@@ -220,6 +220,17 @@ impl Tx {
 }
 
 const CONFLICT_RETRIES: u32 = 8;
+const CONFLICT: &str = "TransactionConflict";
+
+/// Whether the item added under `name` was cancelled by a conflict with another
+/// transaction (reasons by position, as `Cancelled::from_reasons` reads them).
+fn conflicted_on(names: &[ItemName], codes: &[String], name: ItemName) -> bool {
+    names.len() == codes.len()
+        && names
+            .iter()
+            .zip(codes)
+            .any(|(item, code)| *item == name && code == CONFLICT)
+}
 const RETRYABLE_CANCELLATIONS: &[&str] = &[
     "TransactionConflict",
     "ThrottlingError",
@@ -236,13 +247,25 @@ impl Store {
     /// Runs a transaction: committed, or cancelled by a failed condition (read by name);
     /// conflicts and throttling are retried with backoff, anything else is an error.
     ///
-    ///
     /// Each call carries a `ClientRequestToken`. A retry after
     /// `TransactionInProgressException` (the first attempt may still commit) keeps it:
     /// it is the same call, which DynamoDB applies at most once, never a second
     /// transaction racing the first. A retry after a cancellation (nothing was
     /// written) takes a new one: it is a new call.
     pub(crate) async fn transact(&self, tx: Tx) -> Result<TxOutcome> {
+        self.transact_yielding(tx, None)
+            .await?
+            .ok_or(Error::Contention("transaction"))
+    }
+
+    /// As `transact`, but a conflict on the item named `yield_on` (another transaction
+    /// in progress on it: another worker taking the same stock key) is answered at once
+    /// with `None` instead of retried, for a caller with another item to try.
+    pub(crate) async fn transact_yielding(
+        &self,
+        tx: Tx,
+        yield_on: Option<ItemName>,
+    ) -> Result<Option<TxOutcome>> {
         let mut token = client_request_token();
         let mut attempt = 0;
         loop {
@@ -254,7 +277,7 @@ impl Store {
                 .send()
                 .await;
             let err = match result {
-                Ok(_) => return Ok(TxOutcome::Committed),
+                Ok(_) => return Ok(Some(TxOutcome::Committed)),
                 Err(err) => err,
             };
             let (reasons, retry) = match &err {
@@ -281,7 +304,11 @@ impl Store {
                 return Err(Error::aws("dynamodb", err));
             };
             if reasons.iter().any(|code| code == CONDITION_FAILED) {
-                return Cancelled::from_reasons(&tx.names, &reasons).map(TxOutcome::Cancelled);
+                return Cancelled::from_reasons(&tx.names, &reasons)
+                    .map(|cancelled| Some(TxOutcome::Cancelled(cancelled)));
+            }
+            if yield_on.is_some_and(|name| conflicted_on(&tx.names, &reasons, name)) {
+                return Ok(None);
             }
             // Conflicts with concurrent transactions and throttling pass: retry those.
             // Anything else (validation, item collection size) will not: report it.
@@ -408,6 +435,20 @@ mod tests {
         )
         .expect("readable");
         assert_eq!(cancelled.failed_items().collect::<Vec<_>>(), [Order]);
+    }
+
+    #[test]
+    fn a_conflict_is_read_by_the_name_of_the_item_it_was_on() {
+        let names = [AllocatedKey, Slot, Order];
+        let on_key = codes(&["TransactionConflict", "None", "None"]);
+        assert!(conflicted_on(&names, &on_key, AllocatedKey));
+        assert!(!conflicted_on(&names, &on_key, Order));
+        let on_order = codes(&["None", "None", "TransactionConflict"]);
+        assert!(!conflicted_on(&names, &on_order, AllocatedKey));
+        let throttled = codes(&["ThrottlingError", "None", "None"]);
+        assert!(!conflicted_on(&names, &throttled, AllocatedKey));
+        // TransactionInProgressException names no item: not read as one.
+        assert!(!conflicted_on(&names, &codes(&[CONFLICT]), AllocatedKey));
     }
 
     #[test]

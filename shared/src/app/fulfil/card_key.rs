@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 
 use super::{Fulfiller, Fulfilment};
+use crate::app::delivery::{Budget, KEY_RESERVE_MS};
 use crate::app::orders::Delivered;
 use crate::config::Context;
 use crate::domain::crypto::{self, DataKey, card_key_aad};
@@ -29,13 +30,14 @@ impl Fulfiller for CardKeys {
         ctx: &Context,
         order: &OrderRecord,
         done: &[DeliveryRecord],
+        budget: &Budget,
     ) -> Result<Fulfilment> {
         let filled: Vec<u32> = done
             .iter()
             .filter_map(DeliveryRecord::card_key)
             .map(|slot| slot.slot)
             .collect();
-        Ok(if allocate_keys(ctx, order, &filled).await? {
+        Ok(if allocate_keys(ctx, order, &filled, budget).await? {
             Fulfilment::Done
         } else {
             Fulfilment::NotPayable
@@ -54,17 +56,23 @@ impl Fulfiller for CardKeys {
 
 /// Fills every slot of the order not in `filled` (a slot filled meanwhile by another
 /// worker is detected by its condition). Returns false if the order stopped waiting for
-/// delivery meanwhile.
-pub async fn allocate_keys(ctx: &Context, order: &OrderRecord, filled: &[u32]) -> Result<bool> {
+/// delivery meanwhile; `Error::OutOfTime` when `budget` runs low before a key (the
+/// slots filled so far stay filled).
+pub async fn allocate_keys(
+    ctx: &Context,
+    order: &OrderRecord,
+    filled: &[u32],
+    budget: &Budget,
+) -> Result<bool> {
     for slot in (0..order.quantity).filter(|slot| !filled.contains(slot)) {
-        if !fill_slot(ctx, order, slot).await? {
+        if !fill_slot(ctx, order, slot, budget).await? {
             return Ok(false);
         }
     }
     Ok(true)
 }
 
-async fn fill_slot(ctx: &Context, order: &OrderRecord, slot: u32) -> Result<bool> {
+async fn fill_slot(ctx: &Context, order: &OrderRecord, slot: u32, budget: &Budget) -> Result<bool> {
     let home = Store::home_shard(&order.order_id);
     for step in 0..STOCK_SHARDS {
         let shard = (home + step) % STOCK_SHARDS;
@@ -77,6 +85,7 @@ async fn fill_slot(ctx: &Context, order: &OrderRecord, slot: u32) -> Result<bool
                 break;
             }
             for key in &candidates {
+                budget.check(KEY_RESERVE_MS, "the next card key")?;
                 match ctx
                     .store
                     .allocate_key(order, slot, key, ctx.clock.now())

@@ -8,6 +8,7 @@ use std::future::Future;
 
 use futures_util::future::BoxFuture;
 
+use crate::app::delivery::Budget;
 use crate::app::orders::Delivered;
 use crate::config::Context;
 use crate::domain::product::DeliveryType;
@@ -39,12 +40,14 @@ pub trait Fulfiller {
     /// Does what is left of delivering `order`, given `done`: the records earlier
     /// attempts (or parallel workers) wrote, in slot order. Any step may have run
     /// before, or run at the same time elsewhere: every write is conditional on what it
-    /// must not overwrite and on the order still awaiting delivery.
+    /// must not overwrite and on the order still awaiting delivery. No unit starts once
+    /// `budget` runs low (`Error::OutOfTime`: the message is retried from there).
     fn fulfil(
         &self,
         ctx: &Context,
         order: &OrderRecord,
         done: &[DeliveryRecord],
+        budget: &Budget,
     ) -> impl Future<Output = Result<Fulfilment>> + Send;
 
     /// What the buyer is shown of a delivered order's records (`GET /orders/{id}`).
@@ -70,9 +73,10 @@ impl Fulfiller for ByType {
         ctx: &Context,
         order: &OrderRecord,
         done: &[DeliveryRecord],
+        budget: &Budget,
     ) -> Result<Fulfilment> {
         let work: BoxFuture<'_, _> = match order.delivery_type {
-            DeliveryType::CardKey => Box::pin(card_key::CardKeys.fulfil(ctx, order, done)),
+            DeliveryType::CardKey => Box::pin(card_key::CardKeys.fulfil(ctx, order, done, budget)),
         };
         work.await
     }
