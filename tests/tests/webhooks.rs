@@ -228,3 +228,60 @@ async fn no_acknowledgement_until_the_delivery_is_queued() {
         "delivered"
     );
 }
+
+/// Money that names no order is kept forever (no TTL, unlike the 30-day dedupe records)
+/// and listed for operators, newest first, through the admin API.
+#[tokio::test]
+async fn unmatched_payments_never_expire_and_are_listed_for_operators() {
+    let (ctx, _, _, _) = pending_order("unmatched", 1).await;
+    let unknown = format!("evt_unknown_{}", kami_shared::domain::time::new_id());
+    let (status, _) = pay(&ctx, &unknown, "01JUNKNOWNORDER0000000001", 250, "CNY").await;
+    assert_eq!(status, 200);
+    let unbound = format!("evt_unbound_{}", kami_shared::domain::time::new_id());
+    let payload = json!({"id": unbound, "type": "checkout.session.completed",
+        "data": {"object": {"id": "cs_unbound2", "payment_status": "paid", "amount_total": 300, "currency": "cny"}}})
+    .to_string();
+    let signature = stripe_signature(STRIPE_SECRET, now_seconds(), &payload);
+    let (status, _) = send_webhook(&ctx, &signature, payload).await;
+    assert_eq!(status, 200);
+    for event in [&unknown, &unbound] {
+        let kept = webhook_record("stripe", event).await.expect("kept");
+        assert!(
+            !kept.contains_key("ttl"),
+            "{event}: a record of money expires: {kept:?}"
+        );
+    }
+
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let (status, listed) = admin(
+        &ctx,
+        request(
+            "GET",
+            "/admin/payments/unmatched",
+            &[("authorization", &auth)],
+            "",
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{listed}");
+    let payments = listed["payments"].as_array().expect("payments");
+    let find = |event: &str| {
+        payments
+            .iter()
+            .find(|p| p["event_id"] == event)
+            .cloned()
+            .unwrap_or_else(|| panic!("{event} not listed: {listed}"))
+    };
+    let first = find(&unknown);
+    assert_eq!(first["outcome"], "unknown_order");
+    assert_eq!(first["claimed_order_id"], "01JUNKNOWNORDER0000000001");
+    assert_eq!(first["amount"], json!({"amount": 250, "currency": "CNY"}));
+    assert_eq!(first["provider"], "stripe");
+    let second = find(&unbound);
+    assert_eq!(second["outcome"], "unbound_event");
+    assert_eq!(second["claimed_order_id"], Value::Null);
+    // An unbound event is kept by its id and type; its amount is read at the provider.
+    assert_eq!(second["kind"], "checkout.session.completed");
+    let (status, _) = admin(&ctx, request("GET", "/admin/payments/unmatched", &[], "")).await;
+    assert_eq!(status, 401);
+}

@@ -13,7 +13,7 @@ use super::{
 };
 use crate::app::catalog::{self, AdminProductView};
 use crate::app::import::{self, ImportReport};
-use crate::app::operator::{self, OperatorOrderView, Redelivery};
+use crate::app::operator::{self, OperatorOrderView, Redelivery, UnmatchedPayments};
 use crate::domain::card_key::{ImportFormat, JsonImport};
 use crate::domain::crypto::secrets_equal;
 use crate::domain::product::NewProductRequest;
@@ -28,6 +28,7 @@ pub fn routes() -> ApiRouter {
         .routes(routes!(import_card_keys))
         .routes(routes!(get_order))
         .routes(routes!(redeliver))
+        .routes(routes!(unmatched_payments))
 }
 
 /// The admin router, the token checked before any route (and before not-found).
@@ -197,5 +198,25 @@ async fn redeliver(
     Ok(Reply(
         StatusCode::ACCEPTED,
         operator::redeliver(&ctx, &order_id).await?,
+    ))
+}
+
+/// Verified payments that name no order Kami can apply them to (`unknown_order`,
+/// `unbound_event`), newest first, at most 100: money an operator must settle by hand.
+/// Kept forever (no TTL).
+#[utoipa::path(
+    get,
+    path = "/admin/payments/unmatched",
+    tag = "admin",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The unmatched payments", body = UnmatchedPayments),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+    )
+)]
+async fn unmatched_payments(State(ctx): State<AppState>) -> ApiResult<UnmatchedPayments> {
+    Ok(Reply(
+        StatusCode::OK,
+        operator::unmatched_payments(&ctx).await?,
     ))
 }

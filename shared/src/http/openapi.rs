@@ -149,7 +149,7 @@ mod tests {
             }
         }
         assert_eq!(
-            operations, 10,
+            operations, 11,
             "one operation per route of the three functions"
         );
     }

@@ -84,6 +84,8 @@ pub(crate) mod keys {
     pub fn paid_index(shard: u32) -> String {
         format!("PAID#{shard}")
     }
+    /// Money that names no order Kami can apply it to: few, kept forever, one partition.
+    pub const UNMATCHED_INDEX: &str = "UNMATCHED";
 }
 
 pub(crate) fn s(value: impl Into<String>) -> AttributeValue {

@@ -17,6 +17,7 @@
 
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder;
+use aws_sdk_dynamodb::types::KeysAndAttributes;
 
 use crate::error::{Error, Result};
 
@@ -35,7 +36,7 @@ pub use idempotency::IdempotencyRecord;
 pub use orders::{
     CreateOrderOutcome, DeliveryRecord, OrderEvent, OrderRecord, OrderView, StockShare,
 };
-pub use payments::{PaymentApplied, PaymentChange, PaymentRecord, Unmatched};
+pub use payments::{PaymentApplied, PaymentChange, PaymentRecord, Unmatched, UnmatchedPayment};
 
 use codec::{FromItem, key_item};
 
@@ -106,6 +107,45 @@ impl Store {
             Err(err) if condition_failed(&err) => Ok(false),
             Err(err) => Err(Error::aws("dynamodb", err)),
         }
+    }
+
+    /// The items at `keys` (at most 100), every one DynamoDB leaves unprocessed asked
+    /// again after a backoff (they are throttled keys). Missing items are left out.
+    async fn batch_get(
+        &self,
+        keys: Vec<Item>,
+        consistent: bool,
+        what: &'static str,
+    ) -> Result<Vec<Item>> {
+        let mut pending = Some(built(
+            KeysAndAttributes::builder()
+                .set_keys(Some(keys))
+                .consistent_read(consistent)
+                .build(),
+        )?);
+        let mut items = Vec::new();
+        let mut attempt = 0;
+        while let Some(request) = pending.take() {
+            if attempt > 0 {
+                backoff::before_retry(attempt, what).await?;
+            }
+            attempt += 1;
+            let output = self
+                .client
+                .batch_get_item()
+                .request_items(&self.table, request)
+                .send()
+                .await
+                .map_err(|e| Error::aws("dynamodb", e))?;
+            if let Some(found) = output.responses().and_then(|r| r.get(&self.table)) {
+                items.extend(found.iter().cloned());
+            }
+            pending = output
+                .unprocessed_keys()
+                .and_then(|u| u.get(&self.table))
+                .cloned();
+        }
+        Ok(items)
     }
 
     /// A query on the table.

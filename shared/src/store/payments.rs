@@ -2,15 +2,17 @@
 //! webhook dedupe record of every provider event (also what keeps a verified event
 //! that matches no order for an operator).
 
-use super::codec::{FromItem, Item, get_money, get_s, item, key_item, keys, n, s};
+use super::codec::{
+    FromItem, Item, get_money, get_n, get_opt_s, get_s, item, key_item, keys, n, s,
+};
 use super::orders::{OrderRecord, StockShare, stock_attributes};
 use super::products::StockMove;
 use super::tx::{ItemName, TxOutcome};
-use super::{INDEX_SHARDS, STUCK_AFTER_SECONDS, Store, shard_of};
+use super::{INDEX_SHARDS, ORDER_INDEX, STUCK_AFTER_SECONDS, Store, shard_of};
 use crate::domain::money::Money;
 use crate::domain::order::{Cause, OrderStatus};
 use crate::domain::time::Timestamp;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 const WEBHOOK_TTL_SECONDS: i64 = 30 * 24 * 3600;
 
@@ -189,6 +191,11 @@ impl Store {
         now: Timestamp,
     ) -> Result<bool> {
         let mut webhook = webhook_item(provider, event_id, unmatched.outcome, now);
+        // A record of money is never deleted (no TTL): an operator must settle it. It is
+        // listed through the sparse index, newest first.
+        webhook.remove("ttl");
+        webhook.insert("gsi1pk".to_owned(), s(keys::UNMATCHED_INDEX));
+        webhook.insert("gsi1sk".to_owned(), n(now.unix_seconds()));
         webhook.insert("kind".to_owned(), s(unmatched.kind));
         if let Some(order_id) = unmatched.claimed_order_id {
             webhook.insert("order_id".to_owned(), s(order_id));
@@ -198,5 +205,78 @@ impl Store {
             webhook.insert("currency".to_owned(), s(&amount.currency));
         }
         self.put_if_absent(webhook).await
+    }
+
+    /// Access pattern: the unmatched payments (`record_unmatched_payment`), newest first,
+    /// at most `limit` ≤ 100: one Query of the sparse index's `UNMATCHED` partition (keys
+    /// only, as the index projects), then one BatchGetItem of those records.
+    pub async fn unmatched_payments(&self, limit: i32) -> Result<Vec<UnmatchedPayment>> {
+        let output = self
+            .query()
+            .index_name(ORDER_INDEX)
+            .key_condition_expression("gsi1pk = :pk")
+            .expression_attribute_values(":pk", s(keys::UNMATCHED_INDEX))
+            .scan_index_forward(false)
+            .limit(limit)
+            .send()
+            .await
+            .map_err(|e| Error::aws("dynamodb", e))?;
+        // The index projects keys only: read the records themselves.
+        let keys: Vec<Item> = output
+            .items()
+            .iter()
+            .map(|found| Ok(key_item((get_s(found, "pk")?, get_s(found, "sk")?))))
+            .collect::<Result<_>>()?;
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut payments = self
+            .batch_get(keys, false, "unmatched payments read")
+            .await?
+            .iter()
+            .map(UnmatchedPayment::from_item)
+            .collect::<Result<Vec<_>>>()?;
+        // BatchGetItem answers in no particular order.
+        payments.sort_by(|a, b| b.received_at.cmp(&a.received_at));
+        Ok(payments)
+    }
+}
+
+/// A verified payment notification Kami could not apply to an order, as kept.
+#[derive(Debug, Clone)]
+pub struct UnmatchedPayment {
+    pub provider: String,
+    pub event_id: String,
+    /// `unknown_order` (names an order Kami never issued) or `unbound_event` (names none).
+    pub outcome: String,
+    pub kind: String,
+    pub claimed_order_id: Option<String>,
+    pub amount: Option<Money>,
+    pub received_at: String,
+}
+
+impl FromItem for UnmatchedPayment {
+    fn from_item(item: &Item) -> Result<Self> {
+        let pk = get_s(item, "pk")?;
+        let (provider, event_id) = pk
+            .strip_prefix("WEBHOOK#")
+            .and_then(|rest| rest.split_once('#'))
+            .ok_or_else(|| Error::Corrupt(format!("unmatched payment key {pk}")))?;
+        let amount = match (get_opt_s(item, "currency"), item.get("amount")) {
+            (Some(currency), Some(_)) => Some(Money {
+                amount: get_n(item, "amount")?,
+                currency,
+            }),
+            _ => None,
+        };
+        Ok(UnmatchedPayment {
+            provider: provider.to_owned(),
+            event_id: event_id.to_owned(),
+            outcome: get_s(item, "outcome")?,
+            kind: get_s(item, "kind")?,
+            claimed_order_id: get_opt_s(item, "order_id"),
+            amount,
+            received_at: get_s(item, "received_at")?,
+        })
     }
 }

@@ -1,14 +1,14 @@
 //! Products and their stock: the product item, and its `COUNTER_SHARDS` stock counters
 //! (available / reserved / sold), whose sum is the product's stock.
 
-use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes};
+use aws_sdk_dynamodb::types::AttributeValue;
 
 use super::codec::{
     FromItem, Item, get_delivery_type, get_money, get_n, get_s, get_u32, item, key_item, keys, n, s,
 };
 use super::orders::StockShare;
 use super::tx::{ItemName, Tx, TxOutcome};
-use super::{COUNTER_SHARDS, Store, built};
+use super::{COUNTER_SHARDS, Store};
 use crate::domain::card_key::CardKeyRules;
 use crate::domain::product::{Product, Stock};
 use crate::error::{ConflictKind, Error, Result};
@@ -95,47 +95,21 @@ impl Store {
         let keys: Vec<Item> = (0..COUNTER_SHARDS)
             .map(|shard| key_item(keys::stock_counter(sku, shard)))
             .collect();
-        let mut pending = Some(built(
-            KeysAndAttributes::builder()
-                .set_keys(Some(keys))
-                .consistent_read(consistent)
-                .build(),
-        )?);
-        let mut shards = Vec::with_capacity(COUNTER_SHARDS as usize);
-        let mut attempt = 0;
-        while let Some(request) = pending.take() {
-            // Unprocessed keys are throttled keys: wait before asking again.
-            if attempt > 0 {
-                super::backoff::before_retry(attempt, "stock read").await?;
-            }
-            attempt += 1;
-            let output = self
-                .client
-                .batch_get_item()
-                .request_items(&self.table, request)
-                .send()
-                .await
-                .map_err(|e| Error::aws("dynamodb", e))?;
-            for item in output
-                .responses()
-                .and_then(|r| r.get(&self.table))
-                .into_iter()
-                .flatten()
-            {
-                shards.push((
+        let mut shards = self
+            .batch_get(keys, consistent, "stock read")
+            .await?
+            .iter()
+            .map(|item| {
+                Ok((
                     get_u32(item, "shard")?,
                     Stock {
                         available: get_n(item, "available")?,
                         reserved: get_n(item, "reserved")?,
                         sold: get_n(item, "sold")?,
                     },
-                ));
-            }
-            pending = output
-                .unprocessed_keys()
-                .and_then(|u| u.get(&self.table))
-                .cloned();
-        }
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
         shards.sort_by_key(|(shard, _)| *shard);
         Ok(shards)
     }
