@@ -20,44 +20,44 @@ async fn bad_order_requests_are_refused_with_stable_codes() {
     };
     let cases: Vec<Case> = vec![
         (
-            vec![("idempotency-key", "key-0001")],
+            vec![("idempotency-key", "key-0001-idempotency")],
             "{not json".into(),
             400,
             "invalid_json",
         ),
         (
-            vec![("idempotency-key", "key-0002")],
+            vec![("idempotency-key", "key-0002-idempotency")],
             json!({"sku": "no-such-sku", "quantity": 1, "buyer": {"email": "a@example.com"}})
                 .to_string(),
             404,
             "product_not_found",
         ),
         (
-            vec![("idempotency-key", "key-0003")],
+            vec![("idempotency-key", "key-0003-idempotency")],
             order_body(json!(0)),
             400,
             "invalid_quantity",
         ),
         (
-            vec![("idempotency-key", "key-0004")],
+            vec![("idempotency-key", "key-0004-idempotency")],
             order_body(json!(-2)),
             400,
             "invalid_quantity",
         ),
         (
-            vec![("idempotency-key", "key-0005")],
+            vec![("idempotency-key", "key-0005-idempotency")],
             order_body(json!(4)),
             400,
             "quantity_over_limit",
         ),
         (
-            vec![("idempotency-key", "key-0006")],
+            vec![("idempotency-key", "key-0006-idempotency")],
             order_body(json!(1.5)),
             400,
             "invalid_quantity",
         ),
         (
-            vec![("idempotency-key", "key-0007")],
+            vec![("idempotency-key", "key-0007-idempotency")],
             order_body(json!("1")),
             400,
             "invalid_quantity",
@@ -76,26 +76,26 @@ async fn bad_order_requests_are_refused_with_stable_codes() {
             "invalid_idempotency_key",
         ),
         (
-            vec![("idempotency-key", "key-0011")],
+            vec![("idempotency-key", "key-0011-idempotency")],
             json!({"sku": "bad/sku", "quantity": 1, "buyer": {"email": "a@example.com"}})
                 .to_string(),
             400,
             "invalid_sku",
         ),
         (
-            vec![("idempotency-key", "key-0008")],
+            vec![("idempotency-key", "key-0008-idempotency")],
             json!({"sku": sku, "quantity": 1, "buyer": {"email": "nope"}}).to_string(),
             400,
             "invalid_email",
         ),
         (
-            vec![("idempotency-key", "key-0009")],
+            vec![("idempotency-key", "key-0009-idempotency")],
             json!({"sku": sku, "quantity": 1}).to_string(),
             400,
             "invalid_email",
         ),
         (
-            vec![("idempotency-key", "key-0010")],
+            vec![("idempotency-key", "key-0010-idempotency")],
             "x".repeat(70_000),
             413,
             "payload_too_large",
@@ -132,7 +132,7 @@ async fn bad_order_requests_are_refused_with_stable_codes() {
 async fn idempotency_keys_replay_and_refuse_reuse() {
     let ctx = context().await;
     let sku = product_with_keys(&ctx, "idem", 990, 3, &make_keys("IDEM", 5)).await;
-    let (status, first) = order(&ctx, &sku, 2, "idem-key-1").await;
+    let (status, first) = order(&ctx, &sku, 2, "idem-key-1-idempotency").await;
     assert_eq!(status, 201);
     assert_eq!(first["status"], "pending_payment");
     assert_eq!(first["amount"], json!({"amount": 1980, "currency": "CNY"}));
@@ -145,15 +145,15 @@ async fn idempotency_keys_replay_and_refuse_reuse() {
         request(
             "POST",
             "/orders",
-            &[("idempotency-key", "idem-key-1")],
+            &[("idempotency-key", "idem-key-1-idempotency")],
             with_price,
         ),
     )
     .await;
     assert_eq!((status, &replay), (201, &first));
-    let (status, again) = order(&ctx, &sku, 2, "idem-key-1").await;
+    let (status, again) = order(&ctx, &sku, 2, "idem-key-1-idempotency").await;
     assert_eq!((status, &again), (201, &first));
-    let (status, reused) = order(&ctx, &sku, 1, "idem-key-1").await;
+    let (status, reused) = order(&ctx, &sku, 1, "idem-key-1-idempotency").await;
     assert_eq!((status, code(&reused)), (422, "idempotency_key_reused"));
 
     // A double-click: ten identical requests at once make one order.
@@ -161,7 +161,7 @@ async fn idempotency_keys_replay_and_refuse_reuse() {
     for _ in 0..10 {
         let (ctx, sku) = (ctx.clone(), sku.clone());
         clicks.push(tokio::spawn(async move {
-            order(&ctx, &sku, 1, "idem-double-click").await
+            order(&ctx, &sku, 1, "idem-double-click-idempotency").await
         }));
     }
     let mut ids = std::collections::HashSet::new();
@@ -183,7 +183,7 @@ async fn idempotency_keys_replay_and_refuse_reuse() {
 async fn orders_are_hidden_without_their_token() {
     let ctx = context().await;
     let sku = product_with_keys(&ctx, "hidden", 990, 3, &make_keys("HID", 1)).await;
-    let (_, created) = order(&ctx, &sku, 1, "hidden-1").await;
+    let (_, created) = order(&ctx, &sku, 1, "hidden-1-idempotency").await;
     let order_id = created["order_id"].as_str().expect("id");
     let token = created["access_token"].as_str().expect("token");
     let (status, _) = view_order(&ctx, order_id, token).await;
@@ -337,7 +337,7 @@ async fn import_reports_duplicates_and_invalid_keys_and_reads_text() {
 async fn bad_fields_are_named_by_their_json_path() {
     let ctx = context().await;
     let sku = product_with_keys(&ctx, "paths", 990, 2, &make_keys("PTH", 2)).await;
-    let key = "key-paths-0001";
+    let key = "key-paths-0001-idempotency";
     let order_cases = [
         (
             json!({"sku": sku, "quantity": "1", "buyer": {"email": "a@example.com"}}),

@@ -22,7 +22,7 @@ async fn one_hundred_thousand_keys_in_one_import() {
     );
 
     // The imported keys sell: one order, paid and delivered, gets one of them.
-    let (status, created) = order(&ctx, &sku, 2, "bulk-order").await;
+    let (status, created) = order(&ctx, &sku, 2, "bulk-order-idempotency").await;
     assert_eq!(status, 201);
     let order_id = created["order_id"].as_str().expect("id");
     pay(&ctx, "evt_bulk", order_id, 200, "CNY").await;

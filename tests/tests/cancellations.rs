@@ -92,7 +92,7 @@ async fn pending_order(store: &Store, sku: &str, quantity: u32, shard: u32) -> O
     assert_eq!(
         created(
             store
-                .create_order(&order, &key, "request", Timestamp::now())
+                .create_order(&order, &key, "source", "request", Timestamp::now())
                 .await
         ),
         "created"
@@ -166,7 +166,7 @@ async fn an_order_refused_for_its_stock_or_its_key_says_which() {
     assert_eq!(
         created(
             store
-                .create_order(&greedy, &key, "request-a", Timestamp::now())
+                .create_order(&greedy, &key, "source", "request-a", Timestamp::now())
                 .await
         ),
         "out_of_stock"
@@ -186,7 +186,7 @@ async fn an_order_refused_for_its_stock_or_its_key_says_which() {
     assert_eq!(
         created(
             store
-                .create_order(&first, &key, "request-a", Timestamp::now())
+                .create_order(&first, &key, "source", "request-a", Timestamp::now())
                 .await
         ),
         "created"
@@ -199,7 +199,7 @@ async fn an_order_refused_for_its_stock_or_its_key_says_which() {
     assert_eq!(
         created(
             store
-                .create_order(&again, &key, "request-b", Timestamp::now())
+                .create_order(&again, &key, "source", "request-b", Timestamp::now())
                 .await
         ),
         "key_taken"
@@ -224,7 +224,7 @@ async fn an_order_refused_for_its_stock_or_its_key_says_which() {
     assert_eq!(
         created(
             store
-                .create_order(&late, &other_key, "request-c", Timestamp::now())
+                .create_order(&late, &other_key, "source", "request-c", Timestamp::now())
                 .await
         ),
         "out_of_stock"

@@ -19,9 +19,9 @@ async fn expiry_returns_stock_and_late_payments_are_kept() {
     let _turn = SWEEPS.lock().await;
     let ctx = context().await;
     let sku = product_with_keys(&ctx, "expiry", 700, 5, &make_keys("EXP", 4)).await;
-    let (_, first) = order(&ctx, &sku, 3, "expiry-first").await;
-    let (_, second) = order(&ctx, &sku, 1, "expiry-second").await;
-    let (status, refused) = order(&ctx, &sku, 1, "expiry-third").await;
+    let (_, first) = order(&ctx, &sku, 3, "expiry-first-idempotency").await;
+    let (_, second) = order(&ctx, &sku, 1, "expiry-second-idempotency").await;
+    let (status, refused) = order(&ctx, &sku, 1, "expiry-third-idempotency").await;
     assert_eq!(
         (status, refused["error"]["code"].as_str()),
         (409, Some("out_of_stock"))
@@ -63,7 +63,7 @@ async fn expiry_returns_stock_and_late_payments_are_kept() {
     );
 
     // The returned stock sells again.
-    let (status, _) = order(&ctx, &sku, 3, "expiry-again").await;
+    let (status, _) = order(&ctx, &sku, 3, "expiry-again-idempotency").await;
     assert_eq!(status, 201);
 
     // Money for the expired order arrives after all: recorded, kept, not delivered.
@@ -91,7 +91,7 @@ async fn a_paid_order_left_undelivered_is_requeued() {
     let _turn = SWEEPS.lock().await;
     let ctx = context().await;
     let sku = product_with_keys(&ctx, "stuck", 100, 5, &make_keys("STUCK", 1)).await;
-    let (_, created) = order(&ctx, &sku, 1, "stuck-order").await;
+    let (_, created) = order(&ctx, &sku, 1, "stuck-order-idempotency").await;
     let order_id = created["order_id"].as_str().expect("id");
     let (status, _) = pay(&ctx, "evt_stuck", order_id, 100, "CNY").await;
     assert_eq!(status, 200);
@@ -123,7 +123,7 @@ async fn a_late_payment_takes_its_stock_again_when_it_is_still_there() {
     let _turn = SWEEPS.lock().await;
     let ctx = context().await;
     let sku = product_with_keys(&ctx, "late", 300, 5, &make_keys("LATE", 2)).await;
-    let (_, created) = order(&ctx, &sku, 1, "late-order-1").await;
+    let (_, created) = order(&ctx, &sku, 1, "late-order-1-idempotency").await;
     let order_id = created["order_id"].as_str().expect("id");
     let token = created["access_token"].as_str().expect("token");
     let later = after_expiry(&ctx);
@@ -151,7 +151,7 @@ async fn the_sweep_retries_a_failed_delivery_until_it_is_delivered() {
     let _turn = SWEEPS.lock().await;
     let ctx = context().await;
     let sku = product_with_keys(&ctx, "retry", 300, 5, &make_keys("RETRY", 1)).await;
-    let (_, created) = order(&ctx, &sku, 1, "retry-order-1").await;
+    let (_, created) = order(&ctx, &sku, 1, "retry-order-1-idempotency").await;
     let order_id = created["order_id"].as_str().expect("id");
     let token = created["access_token"].as_str().expect("token");
     let (status, _) = pay(&ctx, "evt_retry_1", order_id, 300, "CNY").await;
@@ -230,7 +230,13 @@ async fn reserve_on(ctx: &Arc<Context>, sku: &str, shard: u32, units: u32) {
     other.stock_shards = StockShare::whole(shard, units);
     let outcome = ctx
         .store
-        .create_order(&other, &format!("idem-{}", new_id()), "other", now)
+        .create_order(
+            &other,
+            &format!("idem-{}", new_id()),
+            "source",
+            "other",
+            now,
+        )
         .await
         .expect("other order");
     assert!(matches!(outcome, CreateOrderOutcome::Created));
@@ -268,7 +274,7 @@ async fn a_late_payment_takes_stock_from_any_counter_that_has_it() {
     let ctx = context().await;
     // 100 keys: 49, 49 and 2 units on three counters.
     let sku = product_with_keys(&ctx, "late-any", 300, 10, &make_keys("LATEANY", 100)).await;
-    let (status, created) = order(&ctx, &sku, 1, &format!("late-any-{sku}")).await;
+    let (status, created) = order(&ctx, &sku, 1, &format!("idem-late-any-{sku}")).await;
     assert_eq!(status, 201, "{created}");
     let order_id = created["order_id"].as_str().expect("id");
     let token = created["access_token"].as_str().expect("token");
@@ -316,7 +322,7 @@ async fn an_order_drawn_from_several_counters_expires_and_sells_on_each() {
     let before = ctx.store.stock_shards(&sku, true).await.expect("stock");
     let mut orders = Vec::new();
     for i in 0..9 {
-        let (status, body) = order(&ctx, &sku, 10, &format!("split-{sku}-{i}")).await;
+        let (status, body) = order(&ctx, &sku, 10, &format!("idem-split-{sku}-{i}")).await;
         assert_eq!(status, 201, "order {i}: {body}");
         orders.push(body);
     }
@@ -371,8 +377,8 @@ async fn a_payment_within_the_grace_after_expiry_is_a_normal_payment() {
     let grace = ctx.config.expiry_grace_seconds;
     assert_eq!(grace, 300, "the default grace");
     let sku = product_with_keys(&ctx, "grace", 300, 5, &make_keys("GRACE", 2)).await;
-    let (_, paid_late) = order(&ctx, &sku, 1, &format!("grace-paid-{sku}")).await;
-    let (_, unpaid) = order(&ctx, &sku, 1, &format!("grace-unpaid-{sku}")).await;
+    let (_, paid_late) = order(&ctx, &sku, 1, &format!("idem-grace-paid-{sku}")).await;
+    let (_, unpaid) = order(&ctx, &sku, 1, &format!("idem-grace-unpaid-{sku}")).await;
     let paid_id = paid_late["order_id"].as_str().expect("id");
     let paid_token = paid_late["access_token"].as_str().expect("token");
     let expires_at = stored_order(&ctx, paid_id).await.expires_at;

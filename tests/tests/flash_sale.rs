@@ -18,7 +18,7 @@ async fn two_hundred_concurrent_orders_for_fifty_keys() {
         let ctx = ctx.clone();
         let sku = sku.clone();
         buyers.push(tokio::spawn(async move {
-            order(&ctx, &sku, 1, &format!("flash-{sku}-{i}")).await
+            order(&ctx, &sku, 1, &format!("idem-flash-{sku}-{i}")).await
         }));
     }
     let mut created = Vec::new();
@@ -141,11 +141,11 @@ async fn orders_for_several_units_use_stock_on_every_counter() {
     let sku = product_with_keys(&ctx, "multi", 100, 10, &keys).await;
     let mut created = Vec::new();
     for i in 0..10 {
-        let (status, body) = order(&ctx, &sku, 10, &format!("multi-{sku}-{i}")).await;
+        let (status, body) = order(&ctx, &sku, 10, &format!("idem-multi-{sku}-{i}")).await;
         assert_eq!(status, 201, "order {i}: {body}");
         created.push(body);
     }
-    let (status, refused) = order(&ctx, &sku, 1, &format!("multi-{sku}-last")).await;
+    let (status, refused) = order(&ctx, &sku, 1, &format!("idem-multi-{sku}-last")).await;
     assert_eq!(
         (status, refused["error"]["code"].as_str()),
         (409, Some("out_of_stock"))
@@ -203,7 +203,7 @@ async fn concurrent_multi_unit_orders_never_oversell() {
         let ctx = ctx.clone();
         let sku = sku.clone();
         buyers.push(tokio::spawn(async move {
-            order(&ctx, &sku, 7, &format!("mrace-{sku}-{i}")).await
+            order(&ctx, &sku, 7, &format!("idem-mrace-{sku}-{i}")).await
         }));
     }
     let mut units = 0;
@@ -275,7 +275,13 @@ async fn a_split_reservation_with_one_short_counter_moves_nothing() {
     };
     let outcome = ctx
         .store
-        .create_order(&order, &format!("idem-{}", new_id()), "split", now)
+        .create_order(
+            &order,
+            &format!("idem-{}", new_id()),
+            "source",
+            "split",
+            now,
+        )
         .await;
     assert!(
         matches!(outcome, Err(Error::Conflict(ConflictKind::OutOfStock))),

@@ -17,7 +17,7 @@ async fn logs_of_a_full_run_hold_no_key_token_or_secret() {
     let ctx = context().await;
     let keys = make_keys("LEAKCHECK", 3);
     let sku = product_with_keys(&ctx, "leak", 990, 3, &keys).await;
-    let (status, created) = order(&ctx, &sku, 2, "leak-order").await;
+    let (status, created) = order(&ctx, &sku, 2, "leak-order-idempotency").await;
     assert_eq!(status, 201);
     let order_id = created["order_id"].as_str().expect("id");
     let token = created["access_token"].as_str().expect("token");

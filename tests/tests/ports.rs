@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use kami_shared::app::sweep::sweep;
-use kami_shared::domain::crypto::sha256_hex;
+use kami_shared::domain::crypto::{hmac_sha256_hex, sha256_hex};
 use kami_shared::domain::order::{OrderStatus, payment_deadline};
 use kami_shared::domain::time::{Timestamp, new_id};
 use kami_shared::fakes::{FakeClock, contracts};
@@ -30,7 +30,7 @@ async fn orders_expire_and_webhooks_verify_by_the_context_clock() {
     let ctx = context_on(clock.clone()).await;
     let ttl = ctx.config.order_ttl_seconds;
     let sku = product_with_keys(&ctx, "clock", 990, 5, &make_keys("CLK", 1)).await;
-    let (status, created) = order(&ctx, &sku, 1, &format!("clock-{}", new_id())).await;
+    let (status, created) = order(&ctx, &sku, 1, &format!("idem-clock-{}", new_id())).await;
     assert_eq!(status, 201, "{created}");
     let deadline = payment_deadline(clock.now(), ttl);
     assert_eq!(created["expires_at"], deadline.to_rfc3339());
@@ -175,8 +175,22 @@ async fn everything_an_order_stores_is_dated_by_the_context_clock() {
 
     // The records kept outside the order: a day for the idempotency key, 30 days for
     // the provider event, from the clock's time.
+    // The key is stored as an HMAC under the order-token key, never as sent.
+    let keyed = hmac_sha256_hex(
+        ctx.secrets.order_token_key().expect("order token key"),
+        format!("idempotency:orders:{key}").as_bytes(),
+    )
+    .expect("hmac");
+    assert!(
+        table_item(
+            &format!("IDEMPOTENCY#orders#{}", sha256_hex(key.as_bytes())),
+            "IDEMPOTENCY"
+        )
+        .await
+        .is_none()
+    );
     let claimed = table_item(
-        &format!("IDEMPOTENCY#orders#{}", sha256_hex(key.as_bytes())),
+        &format!("IDEMPOTENCY#orders#{}", sha256_hex(keyed.as_bytes())),
         "IDEMPOTENCY",
     )
     .await
@@ -198,4 +212,57 @@ async fn everything_an_order_stores_is_dated_by_the_context_clock() {
     let kept = webhook_record("stripe", &stray).await.expect("kept");
     assert_eq!(text(&kept, "outcome"), "unknown_order");
     assert_eq!(text(&kept, "received_at"), clock.now().to_rfc3339());
+}
+
+/// A replayed `POST /orders` hands the access token back only to the address that made
+/// the order and only within five minutes; otherwise the same order without its token.
+#[tokio::test]
+async fn a_replay_gets_the_token_only_from_the_same_address_and_soon() {
+    use aws_lambda_events::apigw::ApiGatewayV2httpRequestContext;
+    use lambda_http::request::RequestContext;
+
+    // Twenty years ahead: the other tests of this binary sweep nearer times, and must not
+    // see this order as due.
+    let clock = Arc::new(FakeClock::at(
+        Timestamp::now().plus_seconds(20 * 365 * 86_400),
+    ));
+    let ctx = context_on(clock.clone()).await;
+    let sku = product_with_keys(&ctx, "replay", 990, 5, &make_keys("RPL", 2)).await;
+    let key = format!("replay-key-{}", new_id());
+    let body = serde_json::json!({"sku": sku, "quantity": 1, "buyer": {"email": "b@example.com"}})
+        .to_string();
+    let from = |ip: &str| {
+        let mut req = request(
+            "POST",
+            "/orders",
+            &[("idempotency-key", &key)],
+            body.clone(),
+        );
+        let mut context = ApiGatewayV2httpRequestContext::default();
+        context.http.source_ip = Some(ip.to_owned());
+        req.extensions_mut()
+            .insert(RequestContext::ApiGatewayV2(context));
+        req
+    };
+    let (status, first) = checkout(&ctx, from("203.0.113.7")).await;
+    assert_eq!(status, 201, "{first}");
+    let token = first["access_token"].as_str().expect("a token").to_owned();
+
+    let (status, same) = checkout(&ctx, from("203.0.113.7")).await;
+    assert_eq!(
+        (status, same["access_token"].as_str()),
+        (201, Some(token.as_str()))
+    );
+
+    let (status, other) = checkout(&ctx, from("198.51.100.9")).await;
+    assert_eq!(status, 201, "{other}");
+    assert_eq!(other["order_id"], first["order_id"]);
+    assert!(other.get("access_token").is_none(), "{other}");
+    assert!(other["access_token_withheld"].is_string(), "{other}");
+
+    clock.advance_seconds(301);
+    let (status, late) = checkout(&ctx, from("203.0.113.7")).await;
+    assert_eq!((status, &late["order_id"]), (201, &first["order_id"]));
+    assert!(late.get("access_token").is_none(), "{late}");
+    assert!(!late.to_string().contains(&token));
 }

@@ -9,7 +9,7 @@ async fn pending_order(
 ) -> (std::sync::Arc<kami_shared::Context>, String, String, i64) {
     let ctx = context().await;
     let sku = product_with_keys(&ctx, prefix, 1500, 5, &make_keys(prefix, keys)).await;
-    let (status, created) = order(&ctx, &sku, 1, &format!("{sku}-order")).await;
+    let (status, created) = order(&ctx, &sku, 1, &format!("idem-{sku}-order")).await;
     assert_eq!(status, 201, "{created}");
     (
         ctx,

@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 use super::fulfil::{ByType, Fulfiller};
 use super::stock::reservation_plans;
 use crate::config::Context;
-use crate::domain::crypto::{order_access_token, sha256_hex, token_matches};
+use crate::domain::crypto::{self, order_access_token, sha256_hex, token_matches};
 use crate::domain::money::Money;
 use crate::domain::order::{OrderStatus, payment_deadline};
 use crate::domain::product::{DeliveryType, validate_quantity, validate_sku};
@@ -17,7 +17,10 @@ use crate::error::{ConflictKind, Error, Result};
 use crate::request::RequestBody;
 use crate::store::{COUNTER_SHARDS, CreateOrderOutcome, OrderEvent, OrderRecord, StockShare};
 
-const MIN_IDEMPOTENCY_KEY_LEN: usize = 8;
+const MIN_IDEMPOTENCY_KEY_LEN: usize = 16;
+/// A replay hands the access token back only this soon after the order, and only to
+/// the source that made it (docs/security.md).
+const REPLAY_TOKEN_SECONDS: i64 = 300;
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
 const MAX_EMAIL_LEN: usize = 254;
 /// Consistent reads of a product's counters one order may make when the counter it
@@ -121,8 +124,8 @@ pub fn validate_idempotency_key(key: Option<&str>) -> Result<&str> {
             "the Idempotency-Key header is required",
         )
     })?;
-    // A replay returns the order's access token, so the key is a secret of its own:
-    // long enough not to be guessed, and stored only as a hash.
+    // A replay may return the order's access token, so the key is a secret of its own:
+    // long enough not to be guessed, and stored only as an HMAC under a secret.
     if !(MIN_IDEMPOTENCY_KEY_LEN..=MAX_IDEMPOTENCY_KEY_LEN).contains(&key.len())
         || !key.bytes().all(|b| b.is_ascii_graphic())
     {
@@ -141,9 +144,11 @@ pub fn validate_idempotency_key(key: Option<&str>) -> Result<&str> {
 pub async fn create_order(
     ctx: &Context,
     idempotency_key: &str,
+    source_ip: Option<&str>,
     request: OrderRequest,
 ) -> Result<OrderCreated> {
     let request = ValidOrderRequest::from_request(request)?;
+    let claim = IdempotencyClaim::new(ctx, idempotency_key, source_ip)?;
     let request_hash = request.fingerprint();
     validate_sku(&request.sku).map_err(|err| err.at("sku"))?;
     // No read of the idempotency record first: the order transaction claims the key,
@@ -182,7 +187,7 @@ pub async fn create_order(
             order.stock_shards = plan;
             match ctx
                 .store
-                .create_order(&order, idempotency_key, &request_hash, now)
+                .create_order(&order, &claim.key, &claim.source, &request_hash, now)
                 .await
             {
                 Ok(CreateOrderOutcome::Created) => {
@@ -190,7 +195,7 @@ pub async fn create_order(
                     return Ok(created_body(&order, &token));
                 }
                 Ok(CreateOrderOutcome::KeyTaken) => {
-                    return replay(ctx, idempotency_key, &request_hash)
+                    return replay(ctx, &claim, &request_hash)
                         .await?
                         .ok_or(Error::Contention("idempotency key"));
                 }
@@ -210,12 +215,34 @@ pub async fn create_order(
     }
 }
 
+/// What an `Idempotency-Key` claim stores: the key and the client's source address,
+/// each as an HMAC under the order-token key, never as sent.
+struct IdempotencyClaim {
+    key: String,
+    source: String,
+}
+
+impl IdempotencyClaim {
+    fn new(ctx: &Context, key: &str, source_ip: Option<&str>) -> Result<Self> {
+        let secret = ctx.secrets.order_token_key()?;
+        Ok(IdempotencyClaim {
+            key: crypto::hmac_sha256_hex(secret, format!("idempotency:orders:{key}").as_bytes())?,
+            source: crypto::hmac_sha256_hex(
+                secret,
+                format!("source:{}", source_ip.unwrap_or("")).as_bytes(),
+            )?,
+        })
+    }
+}
+
+/// The answer to a retry: the same order. Its access token only to the source that made
+/// the order, within `REPLAY_TOKEN_SECONDS`: a leaked or guessed key opens nothing.
 async fn replay(
     ctx: &Context,
-    idempotency_key: &str,
+    claim: &IdempotencyClaim,
     request_hash: &str,
 ) -> Result<Option<OrderCreated>> {
-    let Some(record) = ctx.store.get_idempotency("orders", idempotency_key).await? else {
+    let Some(record) = ctx.store.get_idempotency("orders", &claim.key).await? else {
         return Ok(None);
     };
     if record.request_hash != request_hash {
@@ -226,8 +253,19 @@ async fn replay(
         .get_order(&record.order_id)
         .await?
         .ok_or_else(|| Error::Corrupt("idempotency record without its order".into()))?;
-    let token = order_access_token(ctx.secrets.order_token_key()?, &order.order_id)?;
-    Ok(Some(created_body(&order, &token)))
+    let fresh = record
+        .created
+        .is_some_and(|created| ctx.clock.now().unix_seconds() - created <= REPLAY_TOKEN_SECONDS);
+    if fresh && record.source.as_deref() == Some(claim.source.as_str()) {
+        let token = order_access_token(ctx.secrets.order_token_key()?, &order.order_id)?;
+        return Ok(Some(created_body(&order, &token)));
+    }
+    let mut body = created_body(&order, "");
+    body.access_token = None;
+    body.access_token_withheld = Some(format!(
+        "a retry gets the access token only from the address that made the order and within {REPLAY_TOKEN_SECONDS} s of it; use the token of the first answer"
+    ));
+    Ok(Some(body))
 }
 
 /// The `POST /orders` answer; rebuilt identically on replay from the stored order.
@@ -241,8 +279,13 @@ pub struct OrderCreated {
     pub amount: Money,
     /// RFC 3339, UTC: unpaid by then, the order expires and its stock returns.
     pub expires_at: String,
-    /// The bearer token for `GET /orders/{order_id}`; keep it, it is shown here only.
-    pub access_token: String,
+    /// The bearer token for `GET /orders/{order_id}`; keep it: a retry gets it again only
+    /// from the same address within 5 minutes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_token: Option<String>,
+    /// Why a retry's answer has no `access_token` (and what to do instead).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_token_withheld: Option<String>,
 }
 
 fn created_body(order: &OrderRecord, token: &str) -> OrderCreated {
@@ -253,7 +296,8 @@ fn created_body(order: &OrderRecord, token: &str) -> OrderCreated {
         quantity: order.quantity,
         amount: order.amount.clone(),
         expires_at: order.expires_at.to_rfc3339(),
-        access_token: token.to_owned(),
+        access_token: Some(token.to_owned()),
+        access_token_withheld: None,
     }
 }
 

@@ -3,6 +3,7 @@
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
+use lambda_http::request::RequestContext;
 use utoipa_axum::routes;
 
 use super::{
@@ -83,12 +84,32 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for IdempotencyKey {
 async fn create_order(
     State(ctx): State<AppState>,
     IdempotencyKey(key): IdempotencyKey,
+    SourceIp(source): SourceIp,
     JsonBody(request): JsonBody<OrderRequest>,
 ) -> ApiResult<OrderCreated> {
     Ok(Reply(
         StatusCode::CREATED,
-        orders::create_order(&ctx, &key, request).await?,
+        orders::create_order(&ctx, &key, source.as_deref(), request).await?,
     ))
+}
+
+/// The client's address as API Gateway saw it (its request context), never a header a
+/// client can set; none outside API Gateway.
+struct SourceIp(Option<String>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for SourceIp {
+    type Rejection = crate::error::Error;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self> {
+        let source = match parts.extensions.get::<RequestContext>() {
+            Some(RequestContext::ApiGatewayV2(context)) => context.http.source_ip.clone(),
+            _ => None,
+        };
+        Ok(SourceIp(source))
+    }
 }
 
 /// The order, its history and, once delivered, its card keys. Any mismatch of id or

@@ -1,8 +1,8 @@
-//! Idempotency records: a client's `Idempotency-Key` (stored only as its SHA-256),
+//! Idempotency records: a client's `Idempotency-Key` (stored only as an HMAC),
 //! claimed in the transaction that creates what it names, and read back on a retry.
 
 use super::Store;
-use super::codec::{FromItem, Item, get_s, item, keys, n, s};
+use super::codec::{FromItem, Item, get_n, get_opt_s, get_s, item, keys, n, s};
 use crate::domain::time::Timestamp;
 use crate::error::Result;
 
@@ -12,6 +12,10 @@ const IDEMPOTENCY_TTL_SECONDS: i64 = 24 * 3600;
 pub struct IdempotencyRecord {
     pub request_hash: String,
     pub order_id: String,
+    /// The claiming client's source address, as its HMAC (absent on older records).
+    pub source: Option<String>,
+    /// When the key was claimed, unix seconds (absent on older records).
+    pub created: Option<i64>,
 }
 
 impl FromItem for IdempotencyRecord {
@@ -19,6 +23,11 @@ impl FromItem for IdempotencyRecord {
         Ok(IdempotencyRecord {
             request_hash: get_s(item, "request_hash")?,
             order_id: get_s(item, "order_id")?,
+            source: get_opt_s(item, "source"),
+            created: item
+                .get("created")
+                .map(|_| get_n(item, "created"))
+                .transpose()?,
         })
     }
 }
@@ -27,6 +36,7 @@ impl FromItem for IdempotencyRecord {
 pub(super) fn idempotency_item(
     scope: &str,
     key: &str,
+    source: &str,
     request_hash: &str,
     order_id: &str,
     now: Timestamp,
@@ -37,6 +47,8 @@ pub(super) fn idempotency_item(
         [
             ("request_hash", s(request_hash)),
             ("order_id", s(order_id)),
+            ("source", s(source)),
+            ("created", n(now.unix_seconds())),
             ("ttl", n(now.unix_seconds() + IDEMPOTENCY_TTL_SECONDS)),
         ],
     )

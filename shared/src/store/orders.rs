@@ -283,6 +283,7 @@ impl Store {
         &self,
         order: &OrderRecord,
         idempotency_key: &str,
+        source: &str,
         request_hash: &str,
         now: Timestamp,
     ) -> Result<CreateOrderOutcome> {
@@ -292,6 +293,7 @@ impl Store {
             idempotency_item(
                 "orders",
                 idempotency_key,
+                source,
                 request_hash,
                 &order.order_id,
                 now,

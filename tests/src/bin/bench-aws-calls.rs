@@ -91,7 +91,7 @@ async fn main() {
     let mut created = Vec::with_capacity(orders);
     let started = Instant::now();
     for i in 0..orders {
-        let (status, body) = order(&ctx, &sku, 1, &format!("bench-{sku}-{i}")).await;
+        let (status, body) = order(&ctx, &sku, 1, &format!("idem-bench-{sku}-{i}")).await;
         assert_eq!(status, 201, "{body}");
         created.push(body);
     }
