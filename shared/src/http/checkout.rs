@@ -43,7 +43,7 @@ async fn get_product(
     ))
 }
 
-/// The `Idempotency-Key` header of `POST /orders`: required, 8 to 128 visible ASCII
+/// The `Idempotency-Key` header of `POST /orders`: required, 16 to 128 visible ASCII
 /// characters. A header that is present but not visible ASCII is invalid, not missing.
 struct IdempotencyKey(String);
 
@@ -69,7 +69,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for IdempotencyKey {
     post,
     path = "/orders",
     tag = "storefront",
-    params(("Idempotency-Key" = String, Header, description = "8 to 128 visible ASCII characters, one per purchase (a UUID)")),
+    params(("Idempotency-Key" = String, Header, description = "16 to 128 visible ASCII characters, one per purchase (a UUID); stored as an HMAC")),
     request_body = OrderRequest,
     responses(
         (status = 201, description = "Order created (or the same order, on a retry)", body = OrderCreated),
