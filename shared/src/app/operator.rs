@@ -11,6 +11,7 @@ use crate::domain::order::OrderStatus;
 use crate::domain::time::is_id;
 use crate::error::{Error, Result};
 use crate::store::DeliveryRecord;
+use crate::store::UnmatchedPayment;
 
 /// The buyer as the operator sees them.
 #[derive(Debug, Serialize, ToSchema)]
@@ -112,46 +113,16 @@ pub async fn order_for_operator(ctx: &Context, order_id: &str) -> Result<Operato
 /// Most unmatched payments one answer lists.
 pub const UNMATCHED_PAGE: i32 = 100;
 
-/// A verified payment Kami could not apply to an order, kept for an operator (never
-/// expires).
-#[derive(Debug, Serialize, ToSchema)]
-pub struct UnmatchedPaymentView {
-    pub provider: String,
-    pub event_id: String,
-    /// `unknown_order` (names an order Kami never issued) or `unbound_event` (names none).
-    pub outcome: String,
-    /// The provider's event type.
-    pub kind: String,
-    /// The order id the payment named, if any.
-    pub claimed_order_id: Option<String>,
-    pub amount: Option<Money>,
-    pub received_at: String,
-}
-
 /// The `GET /admin/payments/unmatched` answer, newest first.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct UnmatchedPayments {
-    pub payments: Vec<UnmatchedPaymentView>,
+    pub payments: Vec<UnmatchedPayment>,
 }
 
 /// `GET /admin/payments/unmatched`: money that reached Kami for no order it can apply
 /// it to, newest first (at most `UNMATCHED_PAGE`).
 pub async fn unmatched_payments(ctx: &Context) -> Result<UnmatchedPayments> {
-    let payments = ctx
-        .store
-        .unmatched_payments(UNMATCHED_PAGE)
-        .await?
-        .into_iter()
-        .map(|p| UnmatchedPaymentView {
-            provider: p.provider,
-            event_id: p.event_id,
-            outcome: p.outcome,
-            kind: p.kind,
-            claimed_order_id: p.claimed_order_id,
-            amount: p.amount,
-            received_at: p.received_at,
-        })
-        .collect();
+    let payments = ctx.store.unmatched_payments(UNMATCHED_PAGE).await?;
     Ok(UnmatchedPayments { payments })
 }
 

@@ -242,14 +242,17 @@ impl Store {
     }
 }
 
-/// A verified payment notification Kami could not apply to an order, as kept.
-#[derive(Debug, Clone)]
+/// A verified payment notification Kami could not apply to an order, kept for an
+/// operator (never expires); listed as is by `GET /admin/payments/unmatched`.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct UnmatchedPayment {
     pub provider: String,
     pub event_id: String,
     /// `unknown_order` (names an order Kami never issued) or `unbound_event` (names none).
     pub outcome: String,
+    /// The provider's event type.
     pub kind: String,
+    /// The order id the payment named, if any.
     pub claimed_order_id: Option<String>,
     pub amount: Option<Money>,
     pub received_at: String,
