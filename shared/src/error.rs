@@ -13,7 +13,7 @@ pub enum Error {
         path: Option<String>,
     },
     /// A body that is not JSON, or not of the expected shape (`path`: where).
-    #[error("request body is not valid JSON: {message}")]
+    #[error("{message}")]
     InvalidJson {
         message: String,
         path: Option<String>,
@@ -120,7 +120,7 @@ impl Error {
 
     pub fn invalid_json(message: impl std::fmt::Display) -> Self {
         Error::InvalidJson {
-            message: message.to_string(),
+            message: format!("request body is not valid JSON: {message}"),
             path: None,
         }
     }

@@ -32,7 +32,7 @@ pub fn parse_json<T: RequestBody>(bytes: &[u8]) -> Result<T> {
         match T::field_code(&path) {
             Some(code) => Error::invalid_field(code, &path, format!("{path}: {inner}")),
             None => Error::InvalidJson {
-                message: format!("{path}: {inner}"),
+                message: format!("request body field {path} is not valid: {inner}"),
                 path: Some(path),
             },
         }
