@@ -271,18 +271,9 @@ pub fn unique_sku(prefix: &str) -> String {
     )
 }
 
-/// Creates a card-key product and imports `keys`; returns the sku.
-pub async fn product_with_keys(
-    ctx: &Arc<Context>,
-    prefix: &str,
-    price: i64,
-    max_per_order: u32,
-    keys: &[String],
-) -> String {
-    let sku = unique_sku(prefix);
+/// Creates the product `body` describes through the admin API (201 or the test fails).
+pub async fn create_product(ctx: &Arc<Context>, body: Value) {
     let auth = format!("Bearer {ADMIN_TOKEN}");
-    let body = json!({"sku": sku, "title": "Test card", "price": {"amount": price, "currency": "CNY"},
-        "delivery": {"type": "card_key"}, "max_per_order": max_per_order});
     let (status, created) = admin(
         ctx,
         request(
@@ -294,6 +285,23 @@ pub async fn product_with_keys(
     )
     .await;
     assert_eq!(status, 201, "{created}");
+}
+
+/// Creates a card-key product and imports `keys`; returns the sku.
+pub async fn product_with_keys(
+    ctx: &Arc<Context>,
+    prefix: &str,
+    price: i64,
+    max_per_order: u32,
+    keys: &[String],
+) -> String {
+    let sku = unique_sku(prefix);
+    create_product(
+        ctx,
+        json!({"sku": sku, "title": "Test card", "price": {"amount": price, "currency": "CNY"},
+            "delivery": {"type": "card_key"}, "max_per_order": max_per_order}),
+    )
+    .await;
     if !keys.is_empty() {
         let (status, report) = import_keys(
             ctx,

@@ -47,26 +47,7 @@ async fn an_import_whose_answer_is_lost_and_retried_reports_no_duplicates() {
     let ctx = context().await;
     let sku = product_with_keys(&ctx, "lost", 100, 10, &[]).await;
     let proxy = kami_tests::faults::AnswerLosingProxy::start(&stack().endpoint).await;
-    let through_proxy = context_via(&proxy.endpoint).await;
-    let keys = make_keys("LOST", 30);
-
-    let (status, report) = import_keys(
-        &through_proxy,
-        &sku,
-        "application/json",
-        json!({ "keys": keys }).to_string(),
-    )
-    .await;
-
-    assert_eq!(proxy.lost(), 1, "the transaction's answer was dropped");
-    assert_eq!(status, 201, "{report}");
-    assert_eq!(report["accepted"], 30, "{report}");
-    assert_eq!(report["duplicates"], json!([]), "{report}");
-    let (_, product) = admin_product(&ctx, &sku).await;
-    assert_eq!(
-        product["stock"],
-        json!({"available": 30, "reserved": 0, "sold": 0})
-    );
+    imports_30_keys_once(&ctx, &sku, &proxy, "LOST", 1).await;
 }
 
 /// DynamoDB answers `TransactionInProgressException` while a call's transaction may
@@ -81,22 +62,37 @@ async fn an_import_answered_in_progress_is_retried_as_the_same_call() {
     // retry then decides which call comes next.
     let proxy =
         kami_tests::faults::AnswerLosingProxy::start_in_progress(&stack().endpoint, 3).await;
-    let through_proxy = context_via(&proxy.endpoint).await;
-    let keys = make_keys("INPROGRESS", 30);
+    imports_30_keys_once(&ctx, &sku, &proxy, "INPROGRESS", 3).await;
+}
 
+/// Imports 30 fresh keys through `proxy`, which spoils `spoiled` transaction answers:
+/// every key is accepted once, none reported a duplicate of itself, and all 30 are in
+/// stock.
+async fn imports_30_keys_once(
+    ctx: &std::sync::Arc<kami_shared::Context>,
+    sku: &str,
+    proxy: &kami_tests::faults::AnswerLosingProxy,
+    prefix: &str,
+    spoiled: usize,
+) {
+    let through_proxy = context_via(&proxy.endpoint).await;
+    let keys = make_keys(prefix, 30);
     let (status, report) = import_keys(
         &through_proxy,
-        &sku,
+        sku,
         "application/json",
         json!({ "keys": keys }).to_string(),
     )
     .await;
-
-    assert_eq!(proxy.lost(), 3, "the transaction was answered in progress");
+    assert_eq!(
+        proxy.lost(),
+        spoiled,
+        "the transaction's answers were spoiled"
+    );
     assert_eq!(status, 201, "{report}");
     assert_eq!(report["accepted"], 30, "{report}");
     assert_eq!(report["duplicates"], json!([]), "{report}");
-    let (_, product) = admin_product(&ctx, &sku).await;
+    let (_, product) = admin_product(ctx, sku).await;
     assert_eq!(
         product["stock"],
         json!({"available": 30, "reserved": 0, "sold": 0})

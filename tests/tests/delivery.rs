@@ -44,6 +44,16 @@ async fn paid_order(prefix: &str, stock: usize, quantity: i64) -> Paid {
     }
 }
 
+/// The paid order as stored.
+async fn stored_order(paid: &Paid) -> kami_shared::store::OrderRecord {
+    paid.ctx
+        .store
+        .get_order(&paid.order_id)
+        .await
+        .expect("read")
+        .expect("order")
+}
+
 async fn codes(paid: &Paid) -> (Value, Vec<String>) {
     let (status, view) = view_order(&paid.ctx, &paid.order_id, &paid.token).await;
     assert_eq!(status, 200);
@@ -99,13 +109,7 @@ async fn a_message_processed_twice_delivers_once() {
 #[tokio::test]
 async fn a_worker_stopped_between_writes_is_finished_by_the_next_one() {
     let paid = paid_order("crash", 6, 3).await;
-    let order = paid
-        .ctx
-        .store
-        .get_order(&paid.order_id)
-        .await
-        .expect("read")
-        .expect("order");
+    let order = stored_order(&paid).await;
 
     // Stopped after one of three keys: allocate slot 0 only.
     let mut partial = order.clone();
@@ -326,13 +330,7 @@ async fn a_failed_delivery_is_delivered_after_the_operator_restocks_and_redelive
 #[tokio::test]
 async fn no_card_key_is_taken_once_the_invocation_is_out_of_time() {
     let paid = paid_order("budget", 2, 2).await;
-    let order = paid
-        .ctx
-        .store
-        .get_order(&paid.order_id)
-        .await
-        .expect("read")
-        .expect("order");
+    let order = stored_order(&paid).await;
     // A deadline a second away: less than a key's reserve.
     let clock = Arc::new(kami_shared::fakes::FakeClock::default());
     let deadline = clock.now().plus_seconds(1);

@@ -17,23 +17,12 @@ fn full_width(key: &str) -> String {
 
 async fn product(ctx: &std::sync::Arc<kami_shared::config::Context>, card_keys: Value) -> String {
     let sku = unique_sku("lookalike");
-    let auth = format!("Bearer {ADMIN_TOKEN}");
     let mut body = json!({"sku": sku, "title": "Look-alikes", "price": {"amount": 100, "currency": "CNY"},
         "delivery": {"type": "card_key"}});
     if !card_keys.is_null() {
         body["card_keys"] = card_keys;
     }
-    let (status, created) = admin(
-        ctx,
-        request(
-            "POST",
-            "/admin/products",
-            &[("authorization", &auth)],
-            body.to_string(),
-        ),
-    )
-    .await;
-    assert_eq!(status, 201, "{created}");
+    create_product(ctx, body).await;
     sku
 }
 

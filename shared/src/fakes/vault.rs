@@ -40,7 +40,7 @@ impl FakeVault {
         Ok(NewDataKey { plaintext, wrapped })
     }
 
-    fn unwrap(&self, context: &EncryptionContext, wrapped: &[u8]) -> Result<DataKey> {
+    fn open_wrapped(&self, context: &EncryptionContext, wrapped: &[u8]) -> Result<DataKey> {
         self.script.perform(SYSTEM, || *lock(&self.unwraps) += 1)?;
         let key = match lock(&self.keys).get(wrapped) {
             Some((made_for, key)) if made_for == context => key.clone(),
@@ -62,7 +62,7 @@ impl KeyVault for FakeVault {
         context: &'a EncryptionContext,
         wrapped: &'a [u8],
     ) -> PortFuture<'a, DataKey> {
-        Box::pin(async move { self.unwrap(context, wrapped) })
+        Box::pin(async move { self.open_wrapped(context, wrapped) })
     }
 
     fn recently_unwrapped(&self, context: &EncryptionContext) -> Option<DataKey> {
