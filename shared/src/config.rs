@@ -62,7 +62,7 @@ impl Config {
                 .ok_or_else(|| Error::Config("KAMI_TABLE is not set".into()))?,
             delivery_queue_url: optional("DELIVERY_QUEUE_URL"),
             card_key_kms_key_id: optional("CARD_KEY_KMS_KEY_ID"),
-            order_ttl_seconds: number("ORDER_TTL_SECONDS", 900)?,
+            order_ttl_seconds: number("ORDER_TTL_SECONDS", 1800)?,
             expiry_grace_seconds: Some(number("EXPIRY_GRACE_SECONDS", 300)?)
                 .filter(|grace| *grace >= 0)
                 .ok_or_else(|| Error::Config("EXPIRY_GRACE_SECONDS must not be negative".into()))?,

@@ -30,6 +30,16 @@ pub enum Error {
     RouteNotFound { method: String, path: String },
     #[error("{0}")]
     Conflict(ConflictKind),
+    /// The client (its address or its email) already holds as many unpaid units of the
+    /// product as it may (docs/security.md, stock hoarding).
+    #[error(
+        "this {holder} already holds {limit} unpaid units of this product: pay for an open order, or retry after {retry_after_seconds} s"
+    )]
+    TooManyPendingOrders {
+        holder: &'static str,
+        limit: u32,
+        retry_after_seconds: i64,
+    },
     #[error("the Idempotency-Key was already used with a different request")]
     IdempotencyKeyReused,
     #[error("webhook signature verification failed: {0}")]

@@ -50,11 +50,12 @@ class Platform:
     def status(self) -> dict:
         return requests.get(f"{self.api}/_local/status", timeout=10).json()
 
-    def create_product(self, keys: int, price: int = 990, currency: str = "CNY") -> tuple[str, list[str]]:
+    def create_product(self, keys: int, price: int = 990, currency: str = "CNY",
+                       settings: dict | None = None) -> tuple[str, list[str]]:
         sku = f"e2e-{uuid.uuid4().hex[:10]}"
         r = requests.post(f"{self.api}/admin/products", headers=ADMIN, timeout=30, json={
             "sku": sku, "title": "E2E card key", "price": {"amount": price, "currency": currency},
-            "delivery": {"type": "card_key"}, "max_per_order": 5})
+            "delivery": {"type": "card_key"}, "max_per_order": 5, **(settings or {})})
         assert r.status_code == 201, r.text
         codes = [f"E2E-{uuid.uuid4().hex.upper()}" for _ in range(keys)]
         r = requests.post(f"{self.api}/admin/products/{sku}/card-keys", headers=ADMIN, json={"keys": codes}, timeout=60)

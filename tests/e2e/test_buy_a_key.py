@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import uuid
 
 import requests
 from conftest import stripe_webhook, wait_for
@@ -30,6 +31,21 @@ def test_buy_a_key_end_to_end(platform):
     assert body["deliveries"][0]["type"] == "card_key"
     assert body["deliveries"][0]["code"] in codes
     assert body["events"], "the order has an event history"
+
+
+def test_a_client_at_its_cap_of_unpaid_units_gets_429_with_retry_after(platform):
+    # GIVEN a product whose clients may hold 5 unpaid units per address (the local API
+    # passes the TCP peer, 127.0.0.1, as API Gateway's sourceIp)
+    sku, _ = platform.create_product(keys=10, settings={"pending_limits": {"per_address": 5}})
+    platform.create_order(sku, quantity=5)
+    # WHEN the same address orders one more, as another buyer
+    r = requests.post(f"{platform.api}/orders", timeout=30, headers={"Idempotency-Key": str(uuid.uuid4())},
+                      json={"sku": sku, "quantity": 1, "buyer": {"email": "other-e2e@example.com"}})
+    # THEN the real binary refuses it with the stable code and a Retry-After past the 30 minutes
+    assert r.status_code == 429, r.text
+    assert r.json()["error"]["code"] == "too_many_pending_orders"
+    assert int(r.headers["Retry-After"]) > 1800, r.headers
+    assert requests.get(f"{platform.api}/products/{sku}", timeout=30).json()["stock"]["available"] == 5
 
 
 def test_the_same_webhook_twenty_times_concurrently_delivers_once(platform):

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use aws_config::Region;
+use aws_lambda_events::apigw::ApiGatewayV2httpRequestContext;
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use aws_sdk_dynamodb::config::Credentials;
 use hmac::{Hmac, KeyInit, Mac};
@@ -18,6 +19,7 @@ use kami_shared::app::delivery;
 use kami_shared::config::ContextBuilder;
 use kami_shared::ports::Clock;
 use kami_shared::{Config, Context, http};
+use lambda_http::request::RequestContext;
 use lambda_http::{Body, Request};
 use serde_json::{Value, json};
 use sha2::Sha256;
@@ -237,10 +239,26 @@ pub fn request(
     builder.body(body.into()).expect("request")
 }
 
-/// One request through a function's router, as Lambda would run it.
-async fn answer(router: axum::Router, request: Request) -> (u16, Value) {
+/// `request` as API Gateway passes it on from a client at `source_ip` (its request
+/// context; the only place Kami takes a client's address from).
+pub fn from_address(mut request: Request, source_ip: &str) -> Request {
+    let mut context = ApiGatewayV2httpRequestContext::default();
+    context.http.source_ip = Some(source_ip.to_owned());
+    request
+        .extensions_mut()
+        .insert(RequestContext::ApiGatewayV2(context));
+    request
+}
+
+/// One request through a function's router, as Lambda would run it: status, headers,
+/// body.
+async fn answer_with_headers(
+    router: axum::Router,
+    request: Request,
+) -> (u16, lambda_http::http::HeaderMap, Value) {
     let response = http::call(router, request).await;
     let status = response.status().as_u16();
+    let headers = response.headers().clone();
     let body = axum::body::to_bytes(response.into_body(), usize::MAX)
         .await
         .expect("response body");
@@ -249,11 +267,24 @@ async fn answer(router: axum::Router, request: Request) -> (u16, Value) {
     } else {
         serde_json::from_slice(&body).expect("JSON response")
     };
-    (status, value)
+    (status, headers, value)
+}
+
+async fn answer(router: axum::Router, request: Request) -> (u16, Value) {
+    let (status, _, body) = answer_with_headers(router, request).await;
+    (status, body)
 }
 
 pub async fn checkout(ctx: &Arc<Context>, request: Request) -> (u16, Value) {
     answer(http::finish(http::checkout::routes(), ctx.clone()), request).await
+}
+
+/// As `checkout`, with the answer's headers.
+pub async fn checkout_with_headers(
+    ctx: &Arc<Context>,
+    request: Request,
+) -> (u16, lambda_http::http::HeaderMap, Value) {
+    answer_with_headers(http::finish(http::checkout::routes(), ctx.clone()), request).await
 }
 
 pub async fn admin(ctx: &Arc<Context>, request: Request) -> (u16, Value) {
@@ -323,6 +354,15 @@ pub fn make_keys(prefix: &str, count: usize) -> Vec<String> {
         .collect()
 }
 
+/// The buyer email `order` sends with this key: one buyer per purchase (as in a real
+/// sale), so no buyer's cap on unpaid units is reached.
+pub fn buyer_for(idempotency_key: &str) -> String {
+    format!(
+        "buyer-{}@example.com",
+        &kami_shared::domain::crypto::sha256_hex(idempotency_key.as_bytes())[..16]
+    )
+}
+
 /// `POST /orders`; returns (status, body).
 pub async fn order(
     ctx: &Arc<Context>,
@@ -330,7 +370,8 @@ pub async fn order(
     quantity: i64,
     idempotency_key: &str,
 ) -> (u16, Value) {
-    let body = json!({"sku": sku, "quantity": quantity, "buyer": {"email": "buyer@example.com"}});
+    let body =
+        json!({"sku": sku, "quantity": quantity, "buyer": {"email": buyer_for(idempotency_key)}});
     checkout(
         ctx,
         request(

@@ -138,7 +138,7 @@ async fn idempotency_keys_replay_and_refuse_reuse() {
     assert_eq!(first["amount"], json!({"amount": 1980, "currency": "CNY"}));
     // The price is the server's, whatever the body says.
     let with_price =
-        json!({"sku": sku, "quantity": 2, "buyer": {"email": "buyer@example.com"}, "price": 1})
+        json!({"sku": sku, "quantity": 2, "buyer": {"email": buyer_for("idem-key-1-idempotency")}, "price": 1})
             .to_string();
     let (status, replay) = checkout(
         &ctx,

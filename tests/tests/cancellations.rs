@@ -5,9 +5,10 @@
 
 use kami_shared::domain::money::Money;
 use kami_shared::domain::order::{Cause, OrderStatus};
-use kami_shared::domain::product::{DeliveryType, Product};
+use kami_shared::domain::product::{DeliveryType, PendingLimits, Product};
 use kami_shared::domain::time::{Timestamp, new_id};
 use kami_shared::error::{ConflictKind, Error, Result};
+use kami_shared::fakes::order_fixture;
 use kami_shared::store::{
     AllocateOutcome, CreateOrderOutcome, DeliveryRecord, OrderRecord, PaymentApplied,
     PaymentChange, STOCK_SHARDS, SealedKey, StockKey, StockShare, Store,
@@ -38,6 +39,8 @@ async fn stocked_product(store: &Store, units: usize, shard: u32) -> (String, Ve
             delivery: DeliveryType::CardKey,
             max_per_order: 10,
             card_keys: Default::default(),
+            pending_limits: PendingLimits::defaults(10),
+            reservation_seconds: None,
             created_at: Timestamp::now().to_rfc3339(),
         })
         .await
@@ -54,25 +57,13 @@ async fn stocked_product(store: &Store, units: usize, shard: u32) -> (String, Ve
 }
 
 fn new_order(sku: &str, quantity: u32, shard: u32) -> OrderRecord {
-    let now = Timestamp::now();
     OrderRecord {
-        order_id: new_id(),
-        sku: sku.to_owned(),
-        quantity,
-        delivery_type: DeliveryType::CardKey,
         stock_shards: StockShare::whole(shard, quantity),
         amount: Money {
             amount: PRICE * i64::from(quantity),
             currency: "CNY".into(),
         },
-        status: OrderStatus::PendingPayment,
-        buyer_email: "buyer@example.com".into(),
-        token_hash: "0".repeat(64),
-        created_at: now.to_rfc3339(),
-        expires_at: now.plus_seconds(900),
-        updated_at: now.to_rfc3339(),
-        payment_ref: None,
-        exception: None,
+        ..order_fixture(sku, quantity, Timestamp::now())
     }
 }
 
@@ -80,6 +71,7 @@ fn created(outcome: Result<CreateOrderOutcome>) -> String {
     match outcome {
         Ok(CreateOrderOutcome::Created) => "created".into(),
         Ok(CreateOrderOutcome::KeyTaken) => "key_taken".into(),
+        Ok(CreateOrderOutcome::HoldFull { claim }) => format!("hold_full {claim}"),
         Err(Error::Conflict(ConflictKind::OutOfStock)) => "out_of_stock".into(),
         Err(err) => format!("error: {err}"),
     }
@@ -92,7 +84,7 @@ async fn pending_order(store: &Store, sku: &str, quantity: u32, shard: u32) -> O
     assert_eq!(
         created(
             store
-                .create_order(&order, &key, "source", "request", Timestamp::now())
+                .create_order(&order, &[], &key, "source", "request", Timestamp::now())
                 .await
         ),
         "created"
@@ -166,7 +158,7 @@ async fn an_order_refused_for_its_stock_or_its_key_says_which() {
     assert_eq!(
         created(
             store
-                .create_order(&greedy, &key, "source", "request-a", Timestamp::now())
+                .create_order(&greedy, &[], &key, "source", "request-a", Timestamp::now())
                 .await
         ),
         "out_of_stock"
@@ -186,7 +178,7 @@ async fn an_order_refused_for_its_stock_or_its_key_says_which() {
     assert_eq!(
         created(
             store
-                .create_order(&first, &key, "source", "request-a", Timestamp::now())
+                .create_order(&first, &[], &key, "source", "request-a", Timestamp::now())
                 .await
         ),
         "created"
@@ -199,7 +191,7 @@ async fn an_order_refused_for_its_stock_or_its_key_says_which() {
     assert_eq!(
         created(
             store
-                .create_order(&again, &key, "source", "request-b", Timestamp::now())
+                .create_order(&again, &[], &key, "source", "request-b", Timestamp::now())
                 .await
         ),
         "key_taken"
@@ -224,7 +216,14 @@ async fn an_order_refused_for_its_stock_or_its_key_says_which() {
     assert_eq!(
         created(
             store
-                .create_order(&late, &other_key, "source", "request-c", Timestamp::now())
+                .create_order(
+                    &late,
+                    &[],
+                    &other_key,
+                    "source",
+                    "request-c",
+                    Timestamp::now()
+                )
                 .await
         ),
         "out_of_stock"

@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use kami_shared::Context;
 use kami_shared::app::sweep::{SweepReport, sweep};
-use kami_shared::domain::order::OrderStatus;
 use kami_shared::domain::time::{Timestamp, new_id};
 use kami_shared::store::{CreateOrderOutcome, OrderRecord, StockShare};
 use kami_tests::*;
@@ -232,6 +231,7 @@ async fn reserve_on(ctx: &Arc<Context>, sku: &str, shard: u32, units: u32) {
         .store
         .create_order(
             &other,
+            &[],
             &format!("idem-{}", new_id()),
             "source",
             "other",
@@ -244,24 +244,10 @@ async fn reserve_on(ctx: &Arc<Context>, sku: &str, shard: u32, units: u32) {
 
 fn stored_order_template(sku: &str, units: u32, now: Timestamp) -> OrderRecord {
     OrderRecord {
-        order_id: new_id(),
-        sku: sku.to_owned(),
-        quantity: units,
-        delivery_type: kami_shared::domain::product::DeliveryType::CardKey,
         stock_shards: Vec::new(),
-        amount: kami_shared::domain::money::Money {
-            amount: 300 * i64::from(units),
-            currency: "CNY".into(),
-        },
-        status: OrderStatus::PendingPayment,
-        buyer_email: "other@example.com".into(),
-        token_hash: "0".repeat(64),
-        created_at: now.to_rfc3339(),
         // Far off: the other tests' sweeps must not expire it.
         expires_at: now.plus_seconds(30 * 86_400),
-        updated_at: now.to_rfc3339(),
-        payment_ref: None,
-        exception: None,
+        ..kami_shared::fakes::order_fixture(sku, units, now)
     }
 }
 

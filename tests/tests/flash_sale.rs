@@ -229,11 +229,9 @@ async fn concurrent_multi_unit_orders_never_oversell() {
 /// written THEN it is refused `out_of_stock` and neither counter moves (one transaction).
 #[tokio::test]
 async fn a_split_reservation_with_one_short_counter_moves_nothing() {
-    use kami_shared::domain::money::Money;
-    use kami_shared::domain::order::OrderStatus;
-    use kami_shared::domain::product::DeliveryType;
     use kami_shared::domain::time::{Timestamp, new_id};
     use kami_shared::error::{ConflictKind, Error};
+    use kami_shared::fakes::order_fixture;
     use kami_shared::store::{OrderRecord, StockShare};
 
     let ctx = context().await;
@@ -244,12 +242,7 @@ async fn a_split_reservation_with_one_short_counter_moves_nothing() {
         .find(|(_, stock)| stock.available == 3)
         .expect("the three keys are on one counter");
     let empty = (full + 1) % kami_shared::store::COUNTER_SHARDS;
-    let now = Timestamp::now();
     let order = OrderRecord {
-        order_id: new_id(),
-        sku: sku.clone(),
-        quantity: 4,
-        delivery_type: DeliveryType::CardKey,
         stock_shards: vec![
             StockShare {
                 shard: *full,
@@ -260,23 +253,14 @@ async fn a_split_reservation_with_one_short_counter_moves_nothing() {
                 units: 1,
             },
         ],
-        amount: Money {
-            amount: 400,
-            currency: "CNY".into(),
-        },
-        status: OrderStatus::PendingPayment,
-        buyer_email: "buyer@example.com".into(),
-        token_hash: "0".repeat(64),
-        created_at: now.to_rfc3339(),
-        expires_at: now.plus_seconds(900),
-        updated_at: now.to_rfc3339(),
-        payment_ref: None,
-        exception: None,
+        ..order_fixture(&sku, 4, Timestamp::now())
     };
+    let now = Timestamp::now();
     let outcome = ctx
         .store
         .create_order(
             &order,
+            &[],
             &format!("idem-{}", new_id()),
             "source",
             "split",

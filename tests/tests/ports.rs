@@ -218,9 +218,6 @@ async fn everything_an_order_stores_is_dated_by_the_context_clock() {
 /// the order and only within five minutes; otherwise the same order without its token.
 #[tokio::test]
 async fn a_replay_gets_the_token_only_from_the_same_address_and_soon() {
-    use aws_lambda_events::apigw::ApiGatewayV2httpRequestContext;
-    use lambda_http::request::RequestContext;
-
     // Twenty years ahead: the other tests of this binary sweep nearer times, and must not
     // see this order as due.
     let clock = Arc::new(FakeClock::at(
@@ -232,17 +229,15 @@ async fn a_replay_gets_the_token_only_from_the_same_address_and_soon() {
     let body = serde_json::json!({"sku": sku, "quantity": 1, "buyer": {"email": "b@example.com"}})
         .to_string();
     let from = |ip: &str| {
-        let mut req = request(
-            "POST",
-            "/orders",
-            &[("idempotency-key", &key)],
-            body.clone(),
-        );
-        let mut context = ApiGatewayV2httpRequestContext::default();
-        context.http.source_ip = Some(ip.to_owned());
-        req.extensions_mut()
-            .insert(RequestContext::ApiGatewayV2(context));
-        req
+        from_address(
+            request(
+                "POST",
+                "/orders",
+                &[("idempotency-key", &key)],
+                body.clone(),
+            ),
+            ip,
+        )
     };
     let (status, first) = checkout(&ctx, from("203.0.113.7")).await;
     assert_eq!(status, 201, "{first}");

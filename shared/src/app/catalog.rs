@@ -6,14 +6,16 @@ use utoipa::ToSchema;
 use crate::config::Context;
 use crate::domain::card_key::CardKeyRules;
 use crate::domain::money::Money;
-use crate::domain::product::{DeliveryType, NewProductRequest, Product, Stock, validate_sku};
+use crate::domain::product::{
+    DeliveryType, NewProductRequest, PendingLimits, Product, Stock, validate_sku,
+};
 use crate::error::{Error, Result};
 
 pub async fn create_product(ctx: &Context, request: NewProductRequest) -> Result<AdminProductView> {
     let product = request.into_product(ctx.clock.now().to_rfc3339())?;
     ctx.store.create_product(&product).await?;
     tracing::info!(sku = %product.sku, "product created");
-    Ok(AdminProductView::of(&product, &Stock::default()))
+    Ok(AdminProductView::of(ctx, &product, &Stock::default()))
 }
 
 pub async fn find_product(ctx: &Context, sku: &str, consistent: bool) -> Result<Product> {
@@ -35,7 +37,7 @@ pub async fn public_product(ctx: &Context, sku: &str) -> Result<ProductView> {
 pub async fn admin_product(ctx: &Context, sku: &str) -> Result<AdminProductView> {
     let product = find_product(ctx, sku, true).await?;
     let stock = ctx.store.stock(sku, true).await?;
-    Ok(AdminProductView::of(&product, &stock))
+    Ok(AdminProductView::of(ctx, &product, &stock))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -88,12 +90,17 @@ pub struct AdminProductView {
     pub max_per_order: u32,
     /// How the product's card keys compare when duplicates are looked for.
     pub card_keys: CardKeyRules,
+    /// Units one client may hold in unpaid orders of this product.
+    pub pending_limits: PendingLimits,
+    /// Seconds an unpaid order holds its units (the product's, or the deployment's
+    /// default).
+    pub reservation_seconds: i64,
     pub stock: Stock,
     pub created_at: String,
 }
 
 impl AdminProductView {
-    fn of(product: &Product, stock: &Stock) -> Self {
+    fn of(ctx: &Context, product: &Product, stock: &Stock) -> Self {
         let public = ProductView::of(product, stock);
         AdminProductView {
             sku: public.sku,
@@ -102,6 +109,8 @@ impl AdminProductView {
             delivery: public.delivery,
             max_per_order: public.max_per_order,
             card_keys: product.card_keys,
+            pending_limits: product.pending_limits,
+            reservation_seconds: product.reservation_seconds(ctx.config.order_ttl_seconds),
             stock: stock.clone(),
             created_at: product.created_at.clone(),
         }

@@ -345,9 +345,7 @@ mod tests {
     use super::*;
     use crate::app::orders::Delivered;
     use crate::config::{Config, ContextBuilder};
-    use crate::domain::money::Money;
     use crate::domain::order::Cause;
-    use crate::domain::product::DeliveryType;
     use crate::fakes::FakeClock;
     use crate::store::{CardKeySlot, DeliveryRecord};
 
@@ -369,25 +367,11 @@ mod tests {
     const MADE: Timestamp = FakeClock::DEFAULT;
 
     fn order(order_id: &str, sku: &str, status: OrderStatus) -> OrderRecord {
-        let now = MADE;
         OrderRecord {
             order_id: order_id.to_owned(),
-            sku: sku.to_owned(),
-            quantity: 2,
-            delivery_type: DeliveryType::CardKey,
-            stock_shards: crate::store::StockShare::whole(0, 2),
-            amount: Money {
-                amount: 200,
-                currency: "CNY".into(),
-            },
             status,
-            buyer_email: "buyer@example.com".into(),
-            token_hash: String::new(),
-            created_at: now.to_rfc3339(),
-            expires_at: now,
-            updated_at: now.to_rfc3339(),
-            payment_ref: None,
-            exception: None,
+            expires_at: MADE,
+            ..crate::fakes::order_fixture(sku, 2, MADE)
         }
     }
 

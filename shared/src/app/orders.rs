@@ -9,13 +9,16 @@ use super::fulfil::{ByType, Fulfiller};
 use super::stock::reservation_plans;
 use crate::config::Context;
 use crate::domain::crypto::{self, order_access_token, sha256_hex, token_matches};
+use crate::domain::hold::{Holder, address_bucket};
 use crate::domain::money::Money;
 use crate::domain::order::{OrderStatus, payment_deadline};
-use crate::domain::product::{DeliveryType, validate_quantity, validate_sku};
-use crate::domain::time::{is_id, new_id};
+use crate::domain::product::{DeliveryType, Product, validate_quantity, validate_sku};
+use crate::domain::time::{Timestamp, is_id, new_id};
 use crate::error::{ConflictKind, Error, Result};
 use crate::request::RequestBody;
-use crate::store::{COUNTER_SHARDS, CreateOrderOutcome, OrderEvent, OrderRecord, StockShare};
+use crate::store::{
+    COUNTER_SHARDS, CreateOrderOutcome, HoldClaim, OrderEvent, OrderRecord, StockShare,
+};
 
 const MIN_IDEMPOTENCY_KEY_LEN: usize = 16;
 /// A replay hands the access token back only this soon after the order, and only to
@@ -23,6 +26,9 @@ const MIN_IDEMPOTENCY_KEY_LEN: usize = 16;
 const REPLAY_TOKEN_SECONDS: i64 = 300;
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
 const MAX_EMAIL_LEN: usize = 254;
+/// How often the sweep runs (template.yaml, the expiry sweep's schedule): a refused
+/// client's `Retry-After` allows for one run after the grace.
+const SWEEP_PERIOD_SECONDS: i64 = 60;
 /// Consistent reads of a product's counters one order may make when the counter it
 /// tried first is short (each followed by an attempt on every counter that fits).
 const STOCK_READS: u32 = 2;
@@ -170,11 +176,24 @@ pub async fn create_order(
         buyer_email: request.email,
         token_hash: sha256_hex(token.as_bytes()),
         created_at: now.to_rfc3339(),
-        expires_at: payment_deadline(now, ctx.config.order_ttl_seconds),
+        expires_at: payment_deadline(
+            now,
+            product.reservation_seconds(ctx.config.order_ttl_seconds),
+        ),
         updated_at: now.to_rfc3339(),
         payment_ref: None,
         exception: None,
+        holds: Vec::new(),
     };
+    let holds = hold_claims(ctx, &product, &order.buyer_email, source_ip)?;
+    if let Some((holder, claim)) = holds.iter().find(|(_, claim)| claim.limit < quantity) {
+        return Err(too_many_pending(*holder, claim.limit, 1));
+    }
+    order.holds = holds
+        .iter()
+        .map(|(_, claim)| claim.holder.clone())
+        .collect();
+    let claims: Vec<HoldClaim> = holds.iter().map(|(_, claim)| claim.clone()).collect();
     // Start on a random counter shard; if it has too little, read all of them (at
     // most `STOCK_READS` times) and try where the order fits, as `stock` chooses.
     let mut plans = vec![StockShare::whole(
@@ -187,7 +206,14 @@ pub async fn create_order(
             order.stock_shards = plan;
             match ctx
                 .store
-                .create_order(&order, &claim.key, &claim.source, &request_hash, now)
+                .create_order(
+                    &order,
+                    &claims,
+                    &claim.key,
+                    &claim.source,
+                    &request_hash,
+                    now,
+                )
                 .await
             {
                 Ok(CreateOrderOutcome::Created) => {
@@ -198,6 +224,10 @@ pub async fn create_order(
                     return replay(ctx, &claim, &request_hash)
                         .await?
                         .ok_or(Error::Contention("idempotency key"));
+                }
+                Ok(CreateOrderOutcome::HoldFull { claim }) => {
+                    let (holder, claim) = &holds[claim];
+                    return Err(hold_full(ctx, &order.sku, *holder, claim, now).await?);
                 }
                 Err(Error::Conflict(ConflictKind::OutOfStock)) => {}
                 Err(err) => return Err(err),
@@ -212,6 +242,70 @@ pub async fn create_order(
         if plans.is_empty() {
             return Err(Error::Conflict(ConflictKind::OutOfStock));
         }
+    }
+}
+
+/// The holds a new order counts against: the client's source address (when API Gateway
+/// gave one; not outside it) and the buyer's email, each under the product's limit. Each
+/// holder is stored as an HMAC under the order-token key, never as sent.
+fn hold_claims(
+    ctx: &Context,
+    product: &Product,
+    email: &str,
+    source_ip: Option<&str>,
+) -> Result<Vec<(Holder, HoldClaim)>> {
+    let secret = ctx.secrets.order_token_key()?;
+    let limits = product.pending_limits;
+    let mut holds = Vec::with_capacity(2);
+    if let Some(source_ip) = source_ip {
+        holds.push((
+            Holder::Address,
+            address_bucket(source_ip),
+            limits.per_address,
+        ));
+    }
+    holds.push((Holder::Email, email.to_owned(), limits.per_email));
+    holds
+        .into_iter()
+        .map(|(holder, who, limit)| {
+            let digest = crypto::hmac_sha256_hex(
+                secret,
+                format!("hold:{}:{who}", holder.as_str()).as_bytes(),
+            )?;
+            Ok((
+                holder,
+                HoldClaim {
+                    holder: format!("{}#{digest}", holder.as_str()),
+                    limit,
+                },
+            ))
+        })
+        .collect()
+}
+
+/// The refusal of an order whose client's hold is full, with when to come back: when
+/// the newest order on that hold will have been paid for or expired (the sweep's grace
+/// and one sweep period after its `expires_at`). Reads the hold: refusals only.
+async fn hold_full(
+    ctx: &Context,
+    sku: &str,
+    holder: Holder,
+    claim: &HoldClaim,
+    now: Timestamp,
+) -> Result<Error> {
+    let released_by = ctx.store.get_hold(sku, &claim.holder).await?.map(|hold| {
+        hold.until
+            .plus_seconds(ctx.config.expiry_grace_seconds + SWEEP_PERIOD_SECONDS)
+    });
+    let retry_after = released_by.map_or(1, |at| at.unix_seconds() - now.unix_seconds());
+    Ok(too_many_pending(holder, claim.limit, retry_after))
+}
+
+fn too_many_pending(holder: Holder, limit: u32, retry_after_seconds: i64) -> Error {
+    Error::TooManyPendingOrders {
+        holder: holder.as_str(),
+        limit,
+        retry_after_seconds: retry_after_seconds.max(1),
     }
 }
 

@@ -217,22 +217,14 @@ mod tests {
     fn order(status: OrderStatus, amount: i64) -> OrderRecord {
         OrderRecord {
             order_id: "01J00000000000000000000000".into(),
-            sku: "sku".into(),
-            quantity: 1,
-            delivery_type: crate::domain::product::DeliveryType::CardKey,
-            stock_shards: StockShare::whole(0, 1),
             amount: Money {
                 amount,
                 currency: "CNY".into(),
             },
             status,
-            buyer_email: "buyer@example.com".into(),
-            token_hash: String::new(),
-            created_at: String::new(),
             expires_at: Timestamp(0),
-            updated_at: String::new(),
             payment_ref: Some("pi_1".into()),
-            exception: None,
+            ..crate::fakes::order_fixture("sku", 1, Timestamp(0))
         }
     }
 

@@ -2,6 +2,7 @@
 
 pub mod card_key;
 pub mod crypto;
+pub mod hold;
 pub mod money;
 pub mod order;
 pub mod product;

@@ -12,6 +12,14 @@ pub const MAX_SKU_LEN: usize = 64;
 pub const MAX_TITLE_LEN: usize = 200;
 pub const MAX_PER_ORDER_LIMIT: u32 = 100;
 const DEFAULT_MAX_PER_ORDER: u32 = 10;
+/// Units one client may hold in unpaid orders of a product, by default (docs/security.md,
+/// stock hoarding): per source address and per buyer email.
+pub const DEFAULT_PENDING_UNITS_PER_ADDRESS: u32 = 20;
+pub const DEFAULT_PENDING_UNITS_PER_EMAIL: u32 = 10;
+pub const MAX_PENDING_UNITS: u32 = 1_000_000;
+/// How long an unpaid order may hold its stock, when a product sets it.
+pub const MIN_RESERVATION_SECONDS: u32 = 60;
+pub const MAX_RESERVATION_SECONDS: u32 = 86_400;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -54,7 +62,40 @@ pub struct Product {
     pub max_per_order: u32,
     /// How its card keys compare when duplicates are looked for.
     pub card_keys: CardKeyRules,
+    pub pending_limits: PendingLimits,
+    /// How long an unpaid order holds its units; `None`: the deployment's
+    /// `ORDER_TTL_SECONDS`.
+    pub reservation_seconds: Option<u32>,
     pub created_at: String,
+}
+
+impl Product {
+    /// How long an unpaid order of this product holds its units, in seconds.
+    pub fn reservation_seconds(&self, deployment_default: i64) -> i64 {
+        self.reservation_seconds
+            .map_or(deployment_default, i64::from)
+    }
+}
+
+/// The most units of one product that one client may hold in unpaid orders at once: a
+/// buyer who needs more pays first. Never below the product's `max_per_order`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+pub struct PendingLimits {
+    /// Per source address (an IPv6 address counts by its /64).
+    pub per_address: u32,
+    /// Per buyer email.
+    pub per_email: u32,
+}
+
+impl PendingLimits {
+    /// The defaults, raised to `max_per_order` where it is higher (so one order of the
+    /// most a product allows always fits).
+    pub fn defaults(max_per_order: u32) -> Self {
+        PendingLimits {
+            per_address: DEFAULT_PENDING_UNITS_PER_ADDRESS.max(max_per_order),
+            per_email: DEFAULT_PENDING_UNITS_PER_EMAIL.max(max_per_order),
+        }
+    }
 }
 
 /// The body of `POST /admin/products`, as sent.
@@ -73,6 +114,25 @@ pub struct NewProductRequest {
     pub max_per_order: Option<u32>,
     /// How the product's card keys compare (default: case-sensitive). Fixed at creation.
     pub card_keys: Option<CardKeysRequest>,
+    /// Units one client may hold in unpaid orders of this product (defaults: 20 per
+    /// address, 10 per email, each at least `max_per_order`).
+    pub pending_limits: Option<PendingLimitsRequest>,
+    /// Seconds an unpaid order holds its units before it expires (60 to 86400; default:
+    /// the deployment's `OrderTtlSeconds`, 1800). A payment session opened for an order
+    /// expires with it.
+    #[schema(minimum = 60, maximum = 86400, example = 1800)]
+    pub reservation_seconds: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PendingLimitsRequest {
+    /// Units per source address (at least `max_per_order`, at most 1000000).
+    #[schema(minimum = 1, maximum = 1000000, example = 20)]
+    pub per_address: Option<u32>,
+    /// Units per buyer email (at least `max_per_order`, at most 1000000).
+    #[schema(minimum = 1, maximum = 1000000, example = 10)]
+    pub per_email: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -103,7 +163,16 @@ pub struct DeliveryRequest {
     pub kind: String,
 }
 
-impl RequestBody for NewProductRequest {}
+impl RequestBody for NewProductRequest {
+    fn field_code(path: &str) -> Option<&'static str> {
+        match path {
+            "max_per_order" => Some("invalid_max_per_order"),
+            "reservation_seconds" => Some("invalid_reservation_seconds"),
+            path if path.starts_with("pending_limits") => Some("invalid_pending_limits"),
+            _ => None,
+        }
+    }
+}
 
 impl NewProductRequest {
     pub fn into_product(self, created_at: String) -> Result<Product> {
@@ -122,6 +191,18 @@ impl NewProductRequest {
                 "invalid_max_per_order",
                 "max_per_order",
                 format!("max_per_order must be between 1 and {MAX_PER_ORDER_LIMIT}"),
+            ));
+        }
+        let pending_limits = pending_limits(self.pending_limits, max_per_order)?;
+        if let Some(seconds) = self.reservation_seconds
+            && !(MIN_RESERVATION_SECONDS..=MAX_RESERVATION_SECONDS).contains(&seconds)
+        {
+            return Err(Error::invalid_field(
+                "invalid_reservation_seconds",
+                "reservation_seconds",
+                format!(
+                    "reservation_seconds must be between {MIN_RESERVATION_SECONDS} and {MAX_RESERVATION_SECONDS}"
+                ),
             ));
         }
         Ok(Product {
@@ -145,9 +226,40 @@ impl NewProductRequest {
                     .and_then(|rules| rules.case_sensitive)
                     .unwrap_or(true),
             },
+            pending_limits,
+            reservation_seconds: self.reservation_seconds,
             created_at,
         })
     }
+}
+
+/// The limits a product asks for, each defaulted and at least `max_per_order`.
+fn pending_limits(
+    request: Option<PendingLimitsRequest>,
+    max_per_order: u32,
+) -> Result<PendingLimits> {
+    let defaults = PendingLimits::defaults(max_per_order);
+    let Some(request) = request else {
+        return Ok(defaults);
+    };
+    let checked = |value: Option<u32>, default: u32, field: &str| {
+        let value = value.unwrap_or(default);
+        if (max_per_order..=MAX_PENDING_UNITS).contains(&value) {
+            Ok(value)
+        } else {
+            Err(Error::invalid_field(
+                "invalid_pending_limits",
+                &format!("pending_limits.{field}"),
+                format!(
+                    "pending_limits.{field} must be between max_per_order ({max_per_order}) and {MAX_PENDING_UNITS}"
+                ),
+            ))
+        }
+    };
+    Ok(PendingLimits {
+        per_address: checked(request.per_address, defaults.per_address, "per_address")?,
+        per_email: checked(request.per_email, defaults.per_email, "per_email")?,
+    })
 }
 
 /// Skus appear in URLs and DynamoDB keys: a small, safe alphabet.
@@ -277,6 +389,47 @@ mod tests {
                 other => panic!("{field}: expected {expected}, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn pending_limits_default_to_20_and_10_and_never_below_max_per_order() {
+        let base = serde_json::json!({
+            "sku": "s", "title": "t", "price": {"amount": 1, "currency": "CNY"},
+            "delivery": {"type": "card_key"}
+        });
+        let product = request(base.clone()).unwrap();
+        assert_eq!(
+            (product.pending_limits, product.reservation_seconds),
+            (
+                PendingLimits {
+                    per_address: 20,
+                    per_email: 10
+                },
+                None
+            )
+        );
+        let mut big = base.clone();
+        big["max_per_order"] = serde_json::json!(50);
+        assert_eq!(
+            request(big.clone()).unwrap().pending_limits,
+            PendingLimits {
+                per_address: 50,
+                per_email: 50
+            }
+        );
+        big["pending_limits"] = serde_json::json!({"per_email": 49});
+        assert!(matches!(
+            request(big),
+            Err(Error::InvalidRequest { code: "invalid_pending_limits", path: Some(path), .. })
+                if path == "pending_limits.per_email"
+        ));
+        let mut own = base.clone();
+        own["pending_limits"] = serde_json::json!({"per_address": 1000000, "per_email": 10});
+        own["reservation_seconds"] = serde_json::json!(86400);
+        let product = request(own).unwrap();
+        assert_eq!(product.pending_limits.per_address, 1_000_000);
+        assert_eq!(product.reservation_seconds(1800), 86_400);
+        assert_eq!(request(base).unwrap().reservation_seconds(1800), 1800);
     }
 
     #[test]

@@ -17,12 +17,14 @@ use crate::error::{Error, Result};
 mod clock;
 pub mod contracts;
 mod notifier;
+mod orders;
 mod payment;
 mod supplier;
 mod vault;
 
 pub use clock::FakeClock;
 pub use notifier::FakeNotifier;
+pub use orders::{FIXTURE_UNIT_PRICE, order_fixture};
 pub use payment::FakePaymentProvider;
 pub use supplier::FakeSupplier;
 pub use vault::FakeVault;

@@ -53,7 +53,7 @@ async fn authorize(State(ctx): State<AppState>, request: Request, next: Next) ->
     request_body = NewProductRequest,
     responses(
         (status = 201, description = "Created, with empty stock", body = AdminProductView),
-        (status = 400, description = "`invalid_json`, `invalid_sku`, `invalid_title`, `invalid_price`, `invalid_currency`, `invalid_max_per_order`, `unsupported_delivery_type`", body = ErrorBody),
+        (status = 400, description = "`invalid_json`, `invalid_sku`, `invalid_title`, `invalid_price`, `invalid_currency`, `invalid_max_per_order`, `invalid_pending_limits`, `invalid_reservation_seconds`, `unsupported_delivery_type`", body = ErrorBody),
         (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 409, description = "`product_exists`", body = ErrorBody),
         (status = 413, description = "`payload_too_large`", body = ErrorBody),

@@ -78,6 +78,8 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for IdempotencyKey {
         (status = 409, description = "`out_of_stock`", body = ErrorBody),
         (status = 413, description = "`payload_too_large`", body = ErrorBody),
         (status = 422, description = "`idempotency_key_reused`: the key was used with another body", body = ErrorBody),
+        (status = 429, description = "`too_many_pending_orders`: the client (its address, or the buyer email) already holds the product's cap of unpaid units", body = ErrorBody,
+            headers(("Retry-After" = i64, description = "Seconds until the client's unpaid units have been paid for or released"))),
         (status = 503, description = "`busy_retry`: retry with the same key", body = ErrorBody),
     )
 )]

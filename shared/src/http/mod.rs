@@ -63,6 +63,9 @@ fn status_and_code(err: &Error) -> (StatusCode, &'static str) {
         Error::Conflict(ConflictKind::OutOfStock) => (StatusCode::CONFLICT, "out_of_stock"),
         Error::Conflict(ConflictKind::ProductExists) => (StatusCode::CONFLICT, "product_exists"),
         Error::IdempotencyKeyReused => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
+        Error::TooManyPendingOrders { .. } => {
+            (StatusCode::TOO_MANY_REQUESTS, "too_many_pending_orders")
+        }
         Error::InvalidSignature(_) => (StatusCode::BAD_REQUEST, "invalid_signature"),
         Error::IllegalTransition { .. } => (StatusCode::CONFLICT, "illegal_transition"),
         Error::Contention(_) | Error::OutOfTime(_) => {
@@ -95,6 +98,13 @@ impl IntoResponse for Error {
             tracing::info!(code, status = status.as_u16(), "request refused");
             self.to_string()
         };
+        let retry_after = match self {
+            Error::TooManyPendingOrders {
+                retry_after_seconds,
+                ..
+            } => Some(retry_after_seconds),
+            _ => None,
+        };
         let path = match self {
             Error::InvalidRequest { path, .. } | Error::InvalidJson { path, .. } => path,
             _ => None,
@@ -106,7 +116,13 @@ impl IntoResponse for Error {
                 path,
             },
         };
-        json_response(status, &body)
+        let mut response = json_response(status, &body);
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
     }
 }
 
@@ -252,6 +268,35 @@ mod tests {
             .await
             .unwrap();
         (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_full_hold_answers_429_with_retry_after() {
+        let err = Error::TooManyPendingOrders {
+            holder: "email",
+            limit: 10,
+            retry_after_seconds: 2160,
+        };
+        let response = err.into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "2160");
+        let (status, body) = mapped(Error::TooManyPendingOrders {
+            holder: "email",
+            limit: 10,
+            retry_after_seconds: 2160,
+        })
+        .await;
+        assert_eq!(status, 429);
+        assert_eq!(body["error"]["code"], "too_many_pending_orders");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("this email already holds 10 unpaid units"),
+            "{body}"
+        );
+        let other = Error::Unauthorized.into_response();
+        assert!(!other.headers().contains_key(header::RETRY_AFTER));
     }
 
     #[tokio::test]

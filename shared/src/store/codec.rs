@@ -78,6 +78,11 @@ pub(crate) mod keys {
             "IDEMPOTENCY".into(),
         )
     }
+    /// A client's hold on a product's units; `holder` is already an HMAC (never an
+    /// address or an email).
+    pub fn hold(sku: &str, holder: &str) -> (String, String) {
+        (format!("HOLD#{sku}#{holder}"), "HOLD".into())
+    }
     pub fn pending_index(shard: u32) -> String {
         format!("PENDING#{shard}")
     }
@@ -146,6 +151,13 @@ pub(crate) fn get_n(item: &Item, name: &str) -> Result<i64> {
 
 pub(crate) fn get_u32(item: &Item, name: &str) -> Result<u32> {
     u32::try_from(get_n(item, name)?).map_err(|_| Error::Corrupt(format!("{name} out of range")))
+}
+
+/// A number that older items may not have.
+pub(crate) fn get_opt_u32(item: &Item, name: &str) -> Result<Option<u32>> {
+    item.contains_key(name)
+        .then(|| get_u32(item, name))
+        .transpose()
 }
 
 pub(crate) fn get_b(item: &Item, name: &str) -> Result<Vec<u8>> {

@@ -13,6 +13,7 @@
 //!   card-key delivery record)
 //! - `orders`: orders, their events and delivery records, the sweep's index
 //! - `payments`: payment records and webhook dedupe / unmatched records
+//! - `holds`: units each client holds in unpaid orders of a product (the hoarding cap)
 //! - `idempotency`: `POST /orders` idempotency records
 
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
@@ -24,6 +25,7 @@ use crate::error::{Error, Result};
 mod backoff;
 mod card_keys;
 mod codec;
+mod holds;
 mod idempotency;
 mod orders;
 mod payments;
@@ -32,6 +34,7 @@ mod tx;
 
 pub use card_keys::{AllocateOutcome, BatchRecord, CardKeySlot, SealedKey, StockKey};
 pub use codec::Item;
+pub use holds::{HoldClaim, HoldRecord};
 pub use idempotency::IdempotencyRecord;
 pub use orders::{
     CreateOrderOutcome, DeliveryRecord, OrderEvent, OrderRecord, OrderView, StockShare,

@@ -10,6 +10,7 @@ use super::codec::{
     FromItem, Item, get_delivery_type, get_money, get_n, get_opt_s, get_s, get_u32, item, key_item,
     keys, n, s,
 };
+use super::holds::HoldClaim;
 use super::idempotency::idempotency_item;
 use super::payments::PaymentRecord;
 use super::products::StockMove;
@@ -45,6 +46,10 @@ pub struct OrderRecord {
     pub updated_at: String,
     pub payment_ref: Option<String>,
     pub exception: Option<String>,
+    /// The holds (`store::holds`) its units count against while it is unpaid: the
+    /// holders as stored, so a release finds the same items whatever the secrets are by
+    /// then. Empty for orders made before holds.
+    pub holds: Vec<String>,
 }
 
 /// Units of an order reserved on one stock counter shard.
@@ -141,6 +146,10 @@ pub enum CreateOrderOutcome {
     Created,
     /// Another request with the same key got there first.
     KeyTaken,
+    /// The client already holds as many unpaid units as the `claim`-th hold allows.
+    HoldFull {
+        claim: usize,
+    },
 }
 
 fn order_item(order: &OrderRecord) -> Item {
@@ -163,6 +172,10 @@ fn order_item(order: &OrderRecord) -> Item {
             ("created_at", s(&order.created_at)),
             ("expires_at", n(order.expires_at.0)),
             ("updated_at", s(&order.updated_at)),
+            (
+                "holds",
+                AttributeValue::L(order.holds.iter().map(s).collect()),
+            ),
         ],
     )
 }
@@ -185,6 +198,17 @@ impl FromItem for OrderRecord {
             updated_at: get_s(item, "updated_at")?,
             payment_ref: get_opt_s(item, "payment_ref"),
             exception: get_opt_s(item, "exception"),
+            holds: match item.get("holds") {
+                None => Vec::new(),
+                Some(AttributeValue::L(list)) => list
+                    .iter()
+                    .map(|holder| match holder {
+                        AttributeValue::S(holder) => Ok(holder.clone()),
+                        _ => Err(Error::Corrupt("holds entry is not a string".into())),
+                    })
+                    .collect::<Result<_>>()?,
+                Some(_) => return Err(Error::Corrupt("holds is not a list".into())),
+            },
         })
     }
 }
@@ -240,7 +264,7 @@ impl Tx {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn move_order(
         &mut self,
-        order_id: &str,
+        order: &OrderRecord,
         (from, to, cause): (OrderStatus, OrderStatus, Cause),
         at: &str,
         more: &str,
@@ -261,15 +285,20 @@ impl Tx {
         ]);
         self.update(
             ItemName::Order,
-            key_item(keys::order(order_id)),
+            key_item(keys::order(&order.order_id)),
             &format!("SET #status = :to, updated_at = :at{more}"),
             Some(&condition),
             &all_names,
             values,
         )?;
+        // Leaving `pending_payment` (paid, expired, a payment exception, cancelled):
+        // its units no longer count against the client's holds.
+        if from == OrderStatus::PendingPayment {
+            self.release_holds(&order.sku, &order.holds, order.quantity)?;
+        }
         self.put(
             ItemName::Event,
-            event_item(order_id, Some(from), to, cause, at),
+            event_item(&order.order_id, Some(from), to, cause, at),
             None,
         )
     }
@@ -278,10 +307,12 @@ impl Tx {
 impl Store {
     /// Access pattern: create an order. One transaction claims the idempotency key
     /// (kept a day from `now`), reserves stock (fails if not enough is available),
+    /// adds the order's units to each of the client's `holds` (fails if one is full),
     /// stores the order and its first event (at the order's `created_at`).
     pub async fn create_order(
         &self,
         order: &OrderRecord,
+        holds: &[HoldClaim],
         idempotency_key: &str,
         source: &str,
         request_hash: &str,
@@ -301,6 +332,7 @@ impl Store {
             Some("attribute_not_exists(pk)"),
         )?;
         tx.move_stock(&order.sku, &order.stock_shards, StockMove::Reserve)?;
+        tx.claim_holds(&order.sku, holds, order.quantity, order.expires_at)?;
         let mut stored = order_item(order);
         stored.insert(
             "gsi1pk".to_owned(),
@@ -323,6 +355,12 @@ impl Store {
             TxOutcome::Committed => Ok(CreateOrderOutcome::Created),
             TxOutcome::Cancelled(c) if c.failed(ItemName::Idempotency) => {
                 Ok(CreateOrderOutcome::KeyTaken)
+            }
+            // A full hold wins over short stock: trying other counters cannot help.
+            TxOutcome::Cancelled(c)
+                if let Some(claim) = (0..holds.len()).find(|i| c.failed(ItemName::Hold(*i))) =>
+            {
+                Ok(CreateOrderOutcome::HoldFull { claim })
             }
             // The counter had too little (an order id collision, a fresh ULID, would
             // land here too and is effectively impossible).
@@ -381,7 +419,7 @@ impl Store {
         let at = now.to_rfc3339();
         let mut tx = self.tx();
         tx.move_order(
-            &order.order_id,
+            order,
             (from, to, Cause::Deliver),
             &at,
             " REMOVE gsi1pk, gsi1sk, #exception",
@@ -401,7 +439,7 @@ impl Store {
         let to = order.status.next(Cause::DeliveryGaveUp)?;
         let mut tx = self.tx();
         tx.move_order(
-            &order.order_id,
+            order,
             (order.status, to, Cause::DeliveryGaveUp),
             &now.to_rfc3339(),
             ", gsi1sk = :retry",
@@ -425,7 +463,7 @@ impl Store {
         let to = order.status.next(Cause::FulfilmentFailed)?;
         let mut tx = self.tx();
         tx.move_order(
-            &order.order_id,
+            order,
             (order.status, to, Cause::FulfilmentFailed),
             &now.to_rfc3339(),
             ", #exception = :reason REMOVE gsi1pk, gsi1sk",
@@ -478,7 +516,7 @@ impl Store {
         let to = order.status.next(Cause::Expire)?;
         let mut tx = self.tx();
         tx.move_order(
-            &order.order_id,
+            order,
             (order.status, to, Cause::Expire),
             &now.to_rfc3339(),
             " REMOVE gsi1pk, gsi1sk",
@@ -531,23 +569,8 @@ mod tests {
     fn stored(shares: &[StockShare], quantity: u32) -> Item {
         let now = Timestamp(1_700_000_000_000);
         order_item(&OrderRecord {
-            order_id: "01J00000000000000000000000".into(),
-            sku: "sku".into(),
-            quantity,
-            delivery_type: DeliveryType::CardKey,
             stock_shards: shares.to_vec(),
-            amount: Money {
-                amount: 100,
-                currency: "CNY".into(),
-            },
-            status: OrderStatus::PendingPayment,
-            buyer_email: "buyer@example.com".into(),
-            token_hash: String::new(),
-            created_at: now.to_rfc3339(),
-            expires_at: now,
-            updated_at: now.to_rfc3339(),
-            payment_ref: None,
-            exception: None,
+            ..crate::fakes::order_fixture("sku", quantity, now)
         })
     }
 

@@ -4,23 +4,27 @@
 use aws_sdk_dynamodb::types::AttributeValue;
 
 use super::codec::{
-    FromItem, Item, get_delivery_type, get_money, get_n, get_s, get_u32, item, key_item, keys, n, s,
+    FromItem, Item, get_delivery_type, get_money, get_n, get_opt_u32, get_s, get_u32, item,
+    key_item, keys, n, s,
 };
 use super::orders::StockShare;
 use super::tx::{ItemName, Tx, TxOutcome};
 use super::{COUNTER_SHARDS, Store};
 use crate::domain::card_key::CardKeyRules;
-use crate::domain::product::{Product, Stock};
+use crate::domain::product::{PendingLimits, Product, Stock};
 use crate::error::{ConflictKind, Error, Result};
 
 impl FromItem for Product {
     fn from_item(item: &Item) -> Result<Product> {
+        let max_per_order = get_u32(item, "max_per_order")?;
+        // Products created before the limits existed get the defaults.
+        let defaults = PendingLimits::defaults(max_per_order);
         Ok(Product {
             sku: get_s(item, "sku")?,
             title: get_s(item, "title")?,
             price: get_money(item, "price_amount")?,
             delivery: get_delivery_type(item, "delivery_type")?,
-            max_per_order: get_u32(item, "max_per_order")?,
+            max_per_order,
             // Products created before the setting existed compare keys exactly.
             card_keys: CardKeyRules {
                 case_sensitive: item
@@ -29,6 +33,12 @@ impl FromItem for Product {
                     .copied()
                     .unwrap_or(true),
             },
+            pending_limits: PendingLimits {
+                per_address: get_opt_u32(item, "pending_per_address")?
+                    .unwrap_or(defaults.per_address),
+                per_email: get_opt_u32(item, "pending_per_email")?.unwrap_or(defaults.per_email),
+            },
+            reservation_seconds: get_opt_u32(item, "reservation_seconds")?,
             created_at: get_s(item, "created_at")?,
         })
     }
@@ -129,28 +139,30 @@ impl Store {
     /// Access pattern: create a product and its zeroed stock counters in one
     /// transaction; an existing sku is a conflict.
     pub async fn create_product(&self, product: &Product) -> Result<()> {
+        let mut stored = item(
+            keys::product(&product.sku),
+            "product",
+            [
+                ("sku", s(&product.sku)),
+                ("title", s(&product.title)),
+                ("price_amount", n(product.price.amount)),
+                ("currency", s(&product.price.currency)),
+                ("delivery_type", s(product.delivery.as_str())),
+                ("max_per_order", n(product.max_per_order)),
+                (
+                    "case_sensitive_keys",
+                    AttributeValue::Bool(product.card_keys.case_sensitive),
+                ),
+                ("pending_per_address", n(product.pending_limits.per_address)),
+                ("pending_per_email", n(product.pending_limits.per_email)),
+                ("created_at", s(&product.created_at)),
+            ],
+        );
+        if let Some(seconds) = product.reservation_seconds {
+            stored.insert("reservation_seconds".to_owned(), n(seconds));
+        }
         let mut tx = self.tx();
-        tx.put(
-            ItemName::Product,
-            item(
-                keys::product(&product.sku),
-                "product",
-                [
-                    ("sku", s(&product.sku)),
-                    ("title", s(&product.title)),
-                    ("price_amount", n(product.price.amount)),
-                    ("currency", s(&product.price.currency)),
-                    ("delivery_type", s(product.delivery.as_str())),
-                    ("max_per_order", n(product.max_per_order)),
-                    (
-                        "case_sensitive_keys",
-                        AttributeValue::Bool(product.card_keys.case_sensitive),
-                    ),
-                    ("created_at", s(&product.created_at)),
-                ],
-            ),
-            Some("attribute_not_exists(pk)"),
-        )?;
+        tx.put(ItemName::Product, stored, Some("attribute_not_exists(pk)"))?;
         for shard in 0..COUNTER_SHARDS {
             tx.put(
                 ItemName::Counter(shard),

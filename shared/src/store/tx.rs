@@ -38,6 +38,8 @@ pub(crate) enum ItemName {
     Payment,
     /// The webhook dedupe record of a provider event.
     Webhook,
+    /// The i-th hold an order claims or releases.
+    Hold(usize),
 }
 
 /// A `TransactWriteItems` being built: its items, each under its own name.
