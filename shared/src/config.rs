@@ -37,6 +37,10 @@ pub struct Config {
     pub stripe_webhook_secret_id: Option<String>,
     pub fingerprint_secret_id: Option<String>,
     pub order_token_secret_id: Option<String>,
+    /// `SECRETS_REFRESH_SECONDS` (default 60): how often a warm instance reads the
+    /// revocable secrets (admin token, Stripe webhook secrets) again, so a rotated one
+    /// stops working within it.
+    pub secrets_refresh_seconds: i64,
     /// `STRIPE_LIVEMODE`: whether this deployment takes Stripe's live events (`true`) or
     /// its test-mode events (`false`, the default); the other mode's are refused.
     pub stripe_livemode: bool,
@@ -72,6 +76,9 @@ impl Config {
             stripe_webhook_secret_id: optional("STRIPE_WEBHOOK_SECRET_ID"),
             fingerprint_secret_id: optional("FINGERPRINT_SECRET_ID"),
             order_token_secret_id: optional("ORDER_TOKEN_SECRET_ID"),
+            secrets_refresh_seconds: Some(number("SECRETS_REFRESH_SECONDS", 60)?)
+                .filter(|seconds| *seconds > 0)
+                .ok_or_else(|| Error::Config("SECRETS_REFRESH_SECONDS must be positive".into()))?,
             stripe_livemode: match optional("STRIPE_LIVEMODE").as_deref() {
                 None | Some("false") => false,
                 Some("true") => true,
@@ -302,18 +309,22 @@ impl ContextBuilder {
         };
         // A weak or unreadable secret stops the cold start; the log names which, never
         // its value (the function fails to start rather than serve with it).
-        self.secrets = secrets::load(&self.sdk, &ids).await.inspect_err(|err| {
-            tracing::error!(error = %err, "cold start refused: secrets");
-        })?;
+        let now = self.clock.now();
+        let refresh_seconds = self.config.secrets_refresh_seconds;
+        self.secrets = secrets::load(&self.sdk, &ids, refresh_seconds, now)
+            .await
+            .inspect_err(|err| {
+                tracing::error!(error = %err, "cold start refused: secrets");
+            })?;
         Ok(self)
     }
 
     pub fn build(mut self) -> Arc<Context> {
         let dynamodb = client_with_counter!(aws_sdk_dynamodb, &self.sdk, &self.counter);
         if self.stripe {
-            let secrets = std::mem::take(&mut self.secrets.stripe_webhook_secrets);
             self.payment_providers.push(Arc::new(
-                StripeProvider::new(secrets).with_livemode(self.config.stripe_livemode),
+                StripeProvider::new(self.secrets.revocable())
+                    .with_livemode(self.config.stripe_livemode),
             ));
         }
         Arc::new(Context {

@@ -158,16 +158,24 @@ async fn context_from(
     sdk: aws_config::SdkConfig,
     counter: Option<AwsCallCounter>,
 ) -> Arc<Context> {
-    builder_from(env, sdk, counter).await.build()
+    builder_from(env, sdk, counter, None).await.build()
 }
 
+/// The builder a cold start makes, on `clock` if given (before the secrets are read: the
+/// time they are due again is the clock's).
 async fn builder_from(
     env: &HashMap<String, String>,
     sdk: aws_config::SdkConfig,
     counter: Option<AwsCallCounter>,
+    clock: Option<Arc<dyn Clock>>,
 ) -> ContextBuilder {
     let config = Config::from_lookup(|name| env.get(name).cloned()).expect("config");
-    ContextBuilder::new(config, sdk, counter)
+    let builder = ContextBuilder::new(config, sdk, counter);
+    let builder = match clock {
+        Some(clock) => builder.with_clock(clock),
+        None => builder,
+    };
+    builder
         .with_queue()
         .with_vault()
         .with_payments()
@@ -203,11 +211,18 @@ pub async fn counted_context(counter: Option<AwsCallCounter>) -> Arc<Context> {
 
 /// As `context`, with time from `clock` (a `FakeClock`, say).
 pub async fn context_on(clock: Arc<dyn Clock>) -> Arc<Context> {
+    context_on_with(clock, &[]).await
+}
+
+/// As `context_on`, with `overrides` of the environment applied.
+pub async fn context_on_with(clock: Arc<dyn Clock>, overrides: &[(&str, &str)]) -> Arc<Context> {
     let mut env = stack().env.clone();
     env.insert("DELIVERY_QUEUE_URL".to_owned(), test_queue().await);
-    builder_from(&env, sdk_config().await, None)
+    for (name, value) in overrides {
+        env.insert((*name).to_owned(), (*value).to_owned());
+    }
+    builder_from(&env, sdk_config().await, None, Some(clock))
         .await
-        .with_clock(clock)
         .build()
 }
 

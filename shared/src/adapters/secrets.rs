@@ -1,52 +1,45 @@
-//! Secrets Manager, read once at cold start; only the secrets this function's
-//! configuration names (and its IAM policy allows).
+//! Secrets Manager: the secrets this function's configuration names (and its IAM policy
+//! allows), read at cold start. The ones an operator rotates to revoke access (the admin
+//! token, Stripe's webhook secrets) are read again every `SECRETS_REFRESH_SECONDS` while
+//! the instance is warm, so a rotated value stops working within that interval
+//! (docs/operations.md); the keys stored data depends on (fingerprint key, order-token
+//! key) are read once: rotating them is not supported.
+
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use aws_config::SdkConfig;
 use zeroize::Zeroizing;
 
+use crate::domain::time::Timestamp;
 use crate::error::{Error, Result};
 
-/// Secret values this function was given access to; absent ones stay `None` and the use
-/// case that needs one fails closed.
+/// Secret values as read from Secrets Manager; absent ones stay `None` and the use case
+/// that needs one fails closed.
 #[derive(Default)]
-pub struct Secrets {
+pub struct SecretValues {
     pub admin_token: Option<Zeroizing<String>>,
     pub stripe_webhook_secrets: Vec<Zeroizing<String>>,
     pub fingerprint_key: Option<Zeroizing<String>>,
     pub order_token_key: Option<Zeroizing<String>>,
 }
 
-impl std::fmt::Debug for Secrets {
+impl std::fmt::Debug for SecretValues {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secrets(<redacted>)")
+        f.write_str("SecretValues(<redacted>)")
     }
 }
 
-fn required<'a>(value: &'a Option<Zeroizing<String>>, what: &str) -> Result<&'a [u8]> {
+fn required<'a>(value: Option<&'a Zeroizing<String>>, what: &str) -> Result<&'a Zeroizing<String>> {
     value
-        .as_ref()
-        .map(|v| v.as_bytes())
         .filter(|v| !v.is_empty())
         .ok_or_else(|| Error::Config(format!("{what} is not configured")))
-}
-
-impl Secrets {
-    pub fn admin_token(&self) -> Result<&[u8]> {
-        required(&self.admin_token, "admin token")
-    }
-    pub fn fingerprint_key(&self) -> Result<&[u8]> {
-        required(&self.fingerprint_key, "fingerprint key")
-    }
-    pub fn order_token_key(&self) -> Result<&[u8]> {
-        required(&self.order_token_key, "order token key")
-    }
 }
 
 /// The shortest admin token or signing secret a function starts with: a guessable or
 /// truncated value is refused at cold start, not discovered in production.
 pub const MIN_SECRET_CHARS: usize = 32;
 
-impl Secrets {
+impl SecretValues {
     /// Refuses a configured admin token or signing secret shorter than
     /// `MIN_SECRET_CHARS`. The error names the secret, never its value.
     pub fn check_strength(&self) -> Result<()> {
@@ -78,6 +71,143 @@ impl Secrets {
     }
 }
 
+/// The secrets that revoke access when rotated, as last read.
+#[derive(Default)]
+pub struct Revocable {
+    pub admin_token: Option<Zeroizing<String>>,
+    pub stripe_webhook_secrets: Vec<Zeroizing<String>>,
+}
+
+/// Where and how often the revocable secrets are read again.
+struct Refresh {
+    client: aws_sdk_secretsmanager::Client,
+    admin_token_id: Option<String>,
+    stripe_webhook_id: Option<String>,
+    every_seconds: i64,
+    /// When the next read is due.
+    due: Mutex<Option<Timestamp>>,
+}
+
+/// The revocable secrets, shared by everything that checks them (the admin router, the
+/// Stripe provider): each reads the current values at use.
+#[derive(Default)]
+pub struct RevocableSecrets {
+    current: RwLock<Arc<Revocable>>,
+    refresh: Option<Refresh>,
+}
+
+impl RevocableSecrets {
+    /// Values that never change (tests, fakes).
+    pub fn fixed(values: Revocable) -> Arc<Self> {
+        Arc::new(RevocableSecrets {
+            current: RwLock::new(Arc::new(values)),
+            refresh: None,
+        })
+    }
+
+    pub fn current(&self) -> Arc<Revocable> {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Reads the revocable secrets again if `every_seconds` have passed since the last
+    /// read (by the context's clock): at most one read per secret per interval. A read
+    /// that fails keeps the values in hand until the next interval (Secrets Manager being
+    /// down must not lock the operator out); a value that is now too weak is not used
+    /// (fails closed: the old one was rotated away for a reason).
+    pub async fn refresh_if_due(&self, now: Timestamp) {
+        let Some(refresh) = &self.refresh else { return };
+        {
+            let mut due = refresh.due.lock().unwrap_or_else(PoisonError::into_inner);
+            // Not due yet, unless the clock stepped back past the last read (a clock
+            // set back must not postpone a revocation).
+            let last_read = due.map(|due| due.plus_seconds(-refresh.every_seconds));
+            if due.is_some_and(|due| now < due) && last_read.is_some_and(|read| now >= read) {
+                return;
+            }
+            *due = Some(now.plus_seconds(refresh.every_seconds));
+        }
+        let read = tokio::try_join!(
+            fetch(&refresh.client, refresh.admin_token_id.as_deref()),
+            fetch(&refresh.client, refresh.stripe_webhook_id.as_deref()),
+        );
+        let (admin_token, stripe) = match read {
+            Ok(values) => values,
+            Err(err) => {
+                tracing::error!(error = %err, "re-reading secrets failed; keeping the values in hand");
+                return;
+            }
+        };
+        let values = SecretValues {
+            admin_token,
+            stripe_webhook_secrets: split_list(stripe),
+            ..SecretValues::default()
+        };
+        let fresh = match values.check_strength() {
+            Ok(()) => Revocable {
+                admin_token: values.admin_token,
+                stripe_webhook_secrets: values.stripe_webhook_secrets,
+            },
+            Err(err) => {
+                tracing::error!(error = %err, "a rotated secret is too weak; refusing it (and the one it replaced)");
+                Revocable::default()
+            }
+        };
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(fresh);
+    }
+}
+
+/// A function's secrets.
+#[derive(Default)]
+pub struct Secrets {
+    fingerprint_key: Option<Zeroizing<String>>,
+    order_token_key: Option<Zeroizing<String>>,
+    revocable: Arc<RevocableSecrets>,
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secrets(<redacted>)")
+    }
+}
+
+impl Secrets {
+    /// Values that never change (tests, fakes).
+    pub fn fixed(values: SecretValues) -> Self {
+        Secrets {
+            revocable: RevocableSecrets::fixed(Revocable {
+                admin_token: values.admin_token,
+                stripe_webhook_secrets: values.stripe_webhook_secrets,
+            }),
+            fingerprint_key: values.fingerprint_key,
+            order_token_key: values.order_token_key,
+        }
+    }
+
+    /// The admin token as last read.
+    pub fn admin_token(&self) -> Result<Zeroizing<String>> {
+        required(self.revocable.current().admin_token.as_ref(), "admin token").cloned()
+    }
+    pub fn fingerprint_key(&self) -> Result<&[u8]> {
+        required(self.fingerprint_key.as_ref(), "fingerprint key").map(|key| key.as_bytes())
+    }
+    pub fn order_token_key(&self) -> Result<&[u8]> {
+        required(self.order_token_key.as_ref(), "order token key").map(|key| key.as_bytes())
+    }
+
+    /// The revocable secrets, for a component that checks them at use.
+    pub fn revocable(&self) -> Arc<RevocableSecrets> {
+        self.revocable.clone()
+    }
+
+    /// See `RevocableSecrets::refresh_if_due`.
+    pub async fn refresh_if_due(&self, now: Timestamp) {
+        self.revocable.refresh_if_due(now).await;
+    }
+}
+
 /// Which secrets to read: the ids this function's configuration names.
 pub struct SecretIds<'a> {
     pub admin_token: Option<&'a str>,
@@ -100,7 +230,26 @@ async fn fetch(
     Ok(output.secret_string.map(Zeroizing::new))
 }
 
-pub async fn load(sdk: &SdkConfig, ids: &SecretIds<'_>) -> Result<Secrets> {
+/// Several endpoint secrets, comma separated, while one is being rotated.
+fn split_list(list: Option<Zeroizing<String>>) -> Vec<Zeroizing<String>> {
+    list.map(|list| {
+        list.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| Zeroizing::new(s.to_owned()))
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+/// Cold start (at `now`): reads every secret `ids` names (a weak one stops the start),
+/// and re-reads the revocable ones every `refresh_seconds` after.
+pub async fn load(
+    sdk: &SdkConfig,
+    ids: &SecretIds<'_>,
+    refresh_seconds: i64,
+    now: Timestamp,
+) -> Result<Secrets> {
     let client = aws_sdk_secretsmanager::Client::new(sdk);
     let (admin_token, stripe, fingerprint_key, order_token_key) = tokio::try_join!(
         fetch(&client, ids.admin_token),
@@ -108,31 +257,39 @@ pub async fn load(sdk: &SdkConfig, ids: &SecretIds<'_>) -> Result<Secrets> {
         fetch(&client, ids.fingerprint_key),
         fetch(&client, ids.order_token_key),
     )?;
-    let secrets = Secrets {
+    let values = SecretValues {
         admin_token,
-        // Several endpoint secrets, comma separated, while one is being rotated.
-        stripe_webhook_secrets: stripe
-            .map(|list| {
-                list.split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(|s| Zeroizing::new(s.to_owned()))
-                    .collect()
-            })
-            .unwrap_or_default(),
+        stripe_webhook_secrets: split_list(stripe),
         fingerprint_key,
         order_token_key,
     };
-    secrets.check_strength()?;
-    Ok(secrets)
+    values.check_strength()?;
+    let refresh = (ids.admin_token.is_some() || ids.stripe_webhook.is_some()).then(|| Refresh {
+        client,
+        admin_token_id: ids.admin_token.map(str::to_owned),
+        stripe_webhook_id: ids.stripe_webhook.map(str::to_owned),
+        every_seconds: refresh_seconds,
+        due: Mutex::new(Some(now.plus_seconds(refresh_seconds))),
+    });
+    Ok(Secrets {
+        revocable: Arc::new(RevocableSecrets {
+            current: RwLock::new(Arc::new(Revocable {
+                admin_token: values.admin_token,
+                stripe_webhook_secrets: values.stripe_webhook_secrets,
+            })),
+            refresh,
+        }),
+        fingerprint_key: values.fingerprint_key,
+        order_token_key: values.order_token_key,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn strong() -> Secrets {
-        Secrets {
+    fn strong() -> SecretValues {
+        SecretValues {
             admin_token: Some(Zeroizing::new("a".repeat(MIN_SECRET_CHARS))),
             stripe_webhook_secrets: vec![
                 Zeroizing::new(format!("whsec_{}", "b".repeat(40))),
@@ -146,14 +303,14 @@ mod tests {
     #[test]
     fn secrets_of_32_characters_or_more_and_absent_ones_pass() {
         strong().check_strength().unwrap();
-        Secrets::default().check_strength().unwrap();
+        SecretValues::default().check_strength().unwrap();
     }
 
     #[test]
     fn a_short_admin_token_or_signing_secret_is_refused_by_name_without_its_value() {
         let short = "short-secret-value-31-characters";
         let short = &short[..MIN_SECRET_CHARS - 1];
-        type Weaken = fn(&mut Secrets, &str);
+        type Weaken = fn(&mut SecretValues, &str);
         let cases: [(&str, Weaken); 4] = [
             ("admin token", |s, v| {
                 s.admin_token = Some(Zeroizing::new(v.into()))

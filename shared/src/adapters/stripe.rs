@@ -16,8 +16,9 @@
 use hmac::{Hmac, KeyInit, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
-use zeroize::Zeroizing;
+use std::sync::Arc;
 
+use crate::adapters::secrets::RevocableSecrets;
 use crate::domain::money::{Money, parse_currency};
 use crate::error::{Error, Result};
 use crate::ports::PortFuture;
@@ -32,19 +33,32 @@ pub const DEFAULT_TOLERANCE_SECONDS: i64 = 300;
 
 /// Stripe as a `PaymentProvider`: verifies webhooks under the endpoint secrets.
 pub struct StripeProvider {
-    webhook_secrets: Vec<Zeroizing<String>>,
+    /// The endpoint secrets as last read (`RevocableSecrets`): a retired one stops
+    /// verifying within the refresh interval.
+    webhook_secrets: Arc<RevocableSecrets>,
     tolerance_seconds: i64,
     livemode: bool,
 }
 
 impl StripeProvider {
     /// A test-mode provider (`with_livemode(true)` for live events).
-    pub fn new(webhook_secrets: Vec<Zeroizing<String>>) -> Self {
+    pub fn new(webhook_secrets: Arc<RevocableSecrets>) -> Self {
         StripeProvider {
             webhook_secrets,
             tolerance_seconds: DEFAULT_TOLERANCE_SECONDS,
             livemode: false,
         }
+    }
+
+    /// A provider whose endpoint secrets never change (tests).
+    #[cfg(any(test, feature = "fakes"))]
+    pub fn with_fixed_secrets(webhook_secrets: Vec<zeroize::Zeroizing<String>>) -> Self {
+        Self::new(RevocableSecrets::fixed(
+            crate::adapters::secrets::Revocable {
+                stripe_webhook_secrets: webhook_secrets,
+                ..Default::default()
+            },
+        ))
     }
 
     /// Accept only events whose `livemode` is `livemode` (the deployment's mode).
@@ -62,7 +76,7 @@ impl StripeProvider {
         verify_signature(
             header,
             notification.body,
-            &self.webhook_secrets,
+            &self.webhook_secrets.current().stripe_webhook_secrets,
             notification.received_at.unix_seconds(),
             self.tolerance_seconds,
         )?;
@@ -448,8 +462,9 @@ mod tests {
         let clock = crate::fakes::FakeClock::default();
         let t = crate::ports::Clock::now(&clock).unix_seconds();
         let secret = "whsec_mode_test_secret_000000000000000";
-        let test_mode = StripeProvider::new(vec![secret.to_owned().into()]);
-        let live_mode = StripeProvider::new(vec![secret.to_owned().into()]).with_livemode(true);
+        let test_mode = StripeProvider::with_fixed_secrets(vec![secret.to_owned().into()]);
+        let live_mode =
+            StripeProvider::with_fixed_secrets(vec![secret.to_owned().into()]).with_livemode(true);
         for (provider, livemode, accepted) in [
             (&test_mode, Some(false), true),
             (&test_mode, None, true),
@@ -481,10 +496,10 @@ mod tests {
     async fn an_unsigned_caller_hears_the_same_whether_or_not_a_secret_is_set() {
         let clock = crate::fakes::FakeClock::default();
         let t = crate::ports::Clock::now(&clock).unix_seconds();
-        let configured = StripeProvider::new(vec![
+        let configured = StripeProvider::with_fixed_secrets(vec![
             "whsec_configured_000000000000000000".to_owned().into(),
         ]);
-        let unconfigured = StripeProvider::new(Vec::new());
+        let unconfigured = StripeProvider::with_fixed_secrets(Vec::new());
         let body = paid_session(Some(false));
         for headers in [
             signed("whsec_guessed", t, &body),

@@ -211,7 +211,7 @@ mod tests {
     const SECRET: &str = "whsec_unit";
 
     fn stripe() -> StripeProvider {
-        StripeProvider::new(vec![SECRET.to_owned().into()])
+        StripeProvider::with_fixed_secrets(vec![SECRET.to_owned().into()])
     }
 
     fn order(status: OrderStatus, amount: i64) -> OrderRecord {

@@ -37,9 +37,13 @@ pub fn router(ctx: AppState) -> axum::Router {
 }
 
 async fn authorize(State(ctx): State<AppState>, request: Request, next: Next) -> Result<Response> {
+    // This check runs before the router's own refresh (it guards unknown paths too).
+    ctx.secrets.refresh_if_due(ctx.clock.now()).await;
     let expected = ctx.secrets.admin_token()?;
     match bearer(request.headers()) {
-        Some(token) if secrets_equal(token.as_bytes(), expected) => Ok(next.run(request).await),
+        Some(token) if secrets_equal(token.as_bytes(), expected.as_bytes()) => {
+            Ok(next.run(request).await)
+        }
         _ => Err(Error::Unauthorized),
     }
 }

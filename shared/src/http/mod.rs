@@ -236,7 +236,23 @@ pub fn finish(router: ApiRouter, ctx: AppState) -> axum::Router {
     router
         .fallback(no_route)
         .method_not_allowed_fallback(no_route)
+        .layer(axum::middleware::from_fn_with_state(
+            ctx.clone(),
+            refresh_secrets,
+        ))
         .with_state(ctx)
+}
+
+/// Before each request: re-read the revocable secrets (admin token, webhook secrets) if
+/// their interval has passed, so a rotated one stops working on warm instances too
+/// (docs/operations.md). Usually a clock read and nothing else.
+async fn refresh_secrets(
+    axum::extract::State(ctx): axum::extract::State<AppState>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    ctx.secrets.refresh_if_due(ctx.clock.now()).await;
+    next.run(request).await
 }
 
 /// One request through a router, answered as Lambda would (tests and tools).
