@@ -191,6 +191,12 @@ class Stack:
         name = p.get("FunctionName") or self._name(logical_id)
         return name, {"Arn": f"arn:aws:lambda:{tpl.REGION}:{tpl.ACCOUNT_ID}:function:{name}"}
 
+    def _role(self, logical_id: str, p: dict) -> tuple[str, dict]:
+        """A function's role is only named locally: moto does not enforce IAM, so the
+        template's policies are checked by infra/tests/test_iam.py instead."""
+        name = p.get("RoleName") or self._name(logical_id)
+        return name, {"Arn": f"arn:aws:iam::{tpl.ACCOUNT_ID}:role/{name}", "RoleId": name}
+
     def _virtual(self, logical_id: str, p: dict) -> tuple[str, dict]:
         """Resources with nothing to create locally (the HTTP API is served by the platform)."""
         return f"{self.stack_name}-{logical_id}".lower(), {}
@@ -203,6 +209,7 @@ _HANDLERS = {
     "AWS::KMS::Alias": Stack._kms_alias,
     "AWS::SecretsManager::Secret": Stack._secret,
     "AWS::Serverless::Function": Stack._function,
+    "AWS::IAM::Role": Stack._role,
 }
 
 
