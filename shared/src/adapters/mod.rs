@@ -3,6 +3,7 @@
 //! Stripe. The DynamoDB access layer is `crate::store`.
 
 pub mod clock;
+pub mod http_client;
 pub mod kms;
 pub mod metrics;
 pub mod queue;

@@ -23,8 +23,8 @@ use crate::domain::money::{Money, parse_currency};
 use crate::error::{Error, Result};
 use crate::ports::PortFuture;
 use crate::ports::payment::{
-    Notification, PaymentEvent, PaymentNotice, PaymentProvider, PaymentRequest, PaymentSession,
-    PaymentState, RefundOutcome, RefundRequest,
+    Notification, NotificationAnswer, PaymentEvent, PaymentHandle, PaymentMethod, PaymentNotice,
+    PaymentProvider, PaymentRequest, PaymentSession, PaymentState, RefundOutcome, RefundRequest,
 };
 
 pub const PROVIDER: &str = "stripe";
@@ -114,16 +114,43 @@ impl PaymentProvider for StripeProvider {
         Box::pin(async move { self.verify(notification) })
     }
 
-    fn query_payment<'a>(&'a self, _: &'a str) -> PortFuture<'a, PaymentState> {
+    fn default_method(&self) -> PaymentMethod {
+        PaymentMethod::Checkout
+    }
+
+    fn notification_answer(&self, outcome: std::result::Result<(), &Error>) -> NotificationAnswer {
+        json_answer(outcome)
+    }
+
+    fn query_payment<'a>(&'a self, _: &'a PaymentHandle) -> PortFuture<'a, PaymentState> {
         Box::pin(async { not_yet("query_payment") })
     }
 
-    fn close_payment<'a>(&'a self, _: &'a str) -> PortFuture<'a, ()> {
+    fn close_payment<'a>(&'a self, _: &'a PaymentHandle) -> PortFuture<'a, ()> {
         Box::pin(async { not_yet("close_payment") })
     }
 
     fn refund<'a>(&'a self, _: &'a RefundRequest) -> PortFuture<'a, RefundOutcome> {
         Box::pin(async { not_yet("refund") })
+    }
+}
+
+/// Stripe's answer: 200 `{"received": true}` once recorded, else the JSON error shape
+/// with the error's status (the same `ErrorBody` as every API error).
+pub fn json_answer(outcome: std::result::Result<(), &Error>) -> NotificationAnswer {
+    match outcome {
+        Ok(()) => NotificationAnswer {
+            status: 200,
+            content_type: "application/json",
+            body: br#"{"received":true}"#.to_vec(),
+        },
+        Err(err) => NotificationAnswer {
+            status: 400,
+            content_type: "application/json",
+            body: serde_json::json!({"error": {"code": "invalid_signature", "message": err.to_string()}})
+                .to_string()
+                .into_bytes(),
+        },
     }
 }
 
@@ -295,7 +322,8 @@ pub fn parse_event(raw_body: &[u8]) -> Result<PaymentEvent> {
         };
     Ok(PaymentEvent::Paid(PaymentNotice {
         provider: PROVIDER,
-        order_id: order_id.to_owned(),
+        payment_id: text("/metadata/payment_id").map(str::to_owned),
+        order_id: Some(order_id.to_owned()),
         amount: Money { amount, currency },
         provider_ref: provider_ref.to_owned(),
         event_id: event.id,
@@ -379,7 +407,8 @@ mod tests {
             PaymentEvent::Paid(PaymentNotice {
                 provider: "stripe",
                 event_id: "evt_1".into(),
-                order_id: "01ORDER".into(),
+                payment_id: None,
+                order_id: Some("01ORDER".into()),
                 amount: Money {
                     amount: 990,
                     currency: "CNY".into(),

@@ -56,6 +56,11 @@ pub async fn payment_notification(
             );
         }
         PaymentEvent::Paid(notice) => record_payment(ctx, &notice).await?,
+        PaymentEvent::Waiting { event_id, .. }
+        | PaymentEvent::Closed { event_id, .. }
+        | PaymentEvent::RefundSettled { event_id, .. } => {
+            tracing::info!(provider = name, event_id, "payment event acknowledged");
+        }
     }
     Ok(json!({"received": true}))
 }
@@ -129,16 +134,15 @@ pub async fn record_payment(ctx: &Context, notice: &PaymentNotice) -> Result<()>
     loop {
         // One reading per attempt: whatever this attempt writes is stamped alike.
         let now = ctx.clock.now();
-        let order = if is_id(&notice.order_id) {
-            ctx.store.get_order(&notice.order_id).await?
-        } else {
-            None
+        let order = match notice.order_id.as_deref().filter(|id| is_id(id)) {
+            Some(order_id) => ctx.store.get_order(order_id).await?,
+            None => None,
         };
         let Some(order) = order else {
             let unmatched = Unmatched {
                 outcome: "unknown_order",
                 kind: "payment",
-                claimed_order_id: Some(&notice.order_id),
+                claimed_order_id: notice.order_id.as_deref(),
                 amount: Some(&notice.amount),
             };
             let first = ctx

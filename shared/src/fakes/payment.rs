@@ -9,8 +9,9 @@ use crate::domain::money::Money;
 use crate::error::{Error, Result};
 use crate::ports::PortFuture;
 use crate::ports::payment::{
-    Notification, PaymentEvent, PaymentNotice, PaymentProvider, PaymentRequest, PaymentSession,
-    PaymentState, RefundOutcome, RefundRequest,
+    Notification, NotificationAnswer, PaymentAction, PaymentEvent, PaymentHandle, PaymentMethod,
+    PaymentNotice, PaymentProvider, PaymentRequest, PaymentSession, PaymentState, RefundOutcome,
+    RefundRequest,
 };
 
 const NAME: &str = "fake-pay";
@@ -29,6 +30,7 @@ pub struct FakePaymentProvider {
 #[derive(Serialize, Deserialize)]
 struct Body {
     event_id: String,
+    payment_id: Option<String>,
     order_id: Option<String>,
     amount: Money,
     provider_ref: String,
@@ -51,22 +53,26 @@ impl FakePaymentProvider {
     }
 
     /// The buyer pays `amount` for `order_id` (None: a payment naming no order): the
-    /// notification the provider sends, as (headers, body).
+    /// notification the provider sends, as (headers, body). The payment is known by the
+    /// order id as its `payment_id`.
     pub fn pay(
         &self,
         event_id: &str,
         order_id: Option<&str>,
         amount: Money,
     ) -> (HeaderMap, Vec<u8>) {
-        let provider_ref = format!("fake_pay_{}", order_id.unwrap_or(event_id));
+        let payment_id = order_id.unwrap_or(event_id).to_owned();
+        let provider_ref = format!("fake_pay_{payment_id}");
         lock(&self.payments).insert(
-            provider_ref.clone(),
+            payment_id.clone(),
             PaymentState::Paid {
                 amount: amount.clone(),
+                provider_ref: provider_ref.clone(),
             },
         );
         let body = Body {
             event_id: event_id.to_owned(),
+            payment_id: Some(payment_id),
             order_id: order_id.map(str::to_owned),
             amount,
             provider_ref,
@@ -93,7 +99,8 @@ impl FakePaymentProvider {
             Some(order_id) => PaymentEvent::Paid(PaymentNotice {
                 provider: NAME,
                 event_id: body.event_id,
-                order_id,
+                payment_id: body.payment_id,
+                order_id: Some(order_id),
                 amount: body.amount,
                 provider_ref: body.provider_ref,
             }),
@@ -106,23 +113,25 @@ impl FakePaymentProvider {
     }
 
     fn create(&self, request: &PaymentRequest) -> Result<PaymentSession> {
-        let provider_ref = format!("fake_pay_{}", request.order_id);
+        let payment_id = request.payment_id.clone();
         self.script.perform(NAME, || {
-            lock(&self.payments).insert(provider_ref.clone(), PaymentState::AwaitingPayment);
+            lock(&self.payments).insert(payment_id.clone(), PaymentState::AwaitingPayment);
         })?;
         Ok(PaymentSession {
-            pay_url: format!("https://pay.invalid/{provider_ref}"),
-            provider_ref,
+            action: PaymentAction::Redirect {
+                url: format!("https://pay.invalid/{payment_id}"),
+            },
+            provider_ref: None,
         })
     }
 
-    fn close(&self, provider_ref: &str) -> Result<()> {
+    fn close(&self, payment_id: &str) -> Result<()> {
         let mut outcome = Ok(());
         self.script.perform(NAME, || {
             let mut payments = lock(&self.payments);
-            outcome = match payments.get(provider_ref) {
+            outcome = match payments.get(payment_id) {
                 Some(PaymentState::AwaitingPayment | PaymentState::Closed) => {
-                    payments.insert(provider_ref.to_owned(), PaymentState::Closed);
+                    payments.insert(payment_id.to_owned(), PaymentState::Closed);
                     Ok(())
                 }
                 _ => Err(Error::Upstream {
@@ -138,7 +147,7 @@ impl FakePaymentProvider {
     /// retry after a lost answer (or a duplicated request) refunds nothing more.
     fn refund_now(&self, request: &RefundRequest) -> Result<RefundOutcome> {
         let paid = matches!(
-            lock(&self.payments).get(&request.provider_ref),
+            lock(&self.payments).get(&request.payment.payment_id),
             Some(PaymentState::Paid { .. } | PaymentState::Refunded { .. })
         );
         if !paid {
@@ -152,7 +161,7 @@ impl FakePaymentProvider {
                 refunds.push(request.clone());
             }
             lock(&self.payments).insert(
-                request.provider_ref.clone(),
+                request.payment.payment_id.clone(),
                 PaymentState::Refunded {
                     amount: request.amount.clone(),
                 },
@@ -178,17 +187,25 @@ impl PaymentProvider for FakePaymentProvider {
         Box::pin(async move { self.verify(notification) })
     }
 
-    fn query_payment<'a>(&'a self, provider_ref: &'a str) -> PortFuture<'a, PaymentState> {
+    fn default_method(&self) -> PaymentMethod {
+        PaymentMethod::Page
+    }
+
+    fn notification_answer(&self, outcome: std::result::Result<(), &Error>) -> NotificationAnswer {
+        crate::adapters::stripe::json_answer(outcome)
+    }
+
+    fn query_payment<'a>(&'a self, payment: &'a PaymentHandle) -> PortFuture<'a, PaymentState> {
         Box::pin(async move {
             Ok(lock(&self.payments)
-                .get(provider_ref)
+                .get(&payment.payment_id)
                 .cloned()
                 .unwrap_or(PaymentState::Unknown))
         })
     }
 
-    fn close_payment<'a>(&'a self, provider_ref: &'a str) -> PortFuture<'a, ()> {
-        Box::pin(async move { self.close(provider_ref) })
+    fn close_payment<'a>(&'a self, payment: &'a PaymentHandle) -> PortFuture<'a, ()> {
+        Box::pin(async move { self.close(&payment.payment_id) })
     }
 
     fn refund<'a>(&'a self, request: &'a RefundRequest) -> PortFuture<'a, RefundOutcome> {
@@ -220,8 +237,8 @@ mod tests {
         match provider.verify_notification(&notification).await.unwrap() {
             PaymentEvent::Paid(notice) => {
                 assert_eq!(
-                    (notice.provider, notice.order_id.as_str()),
-                    (NAME, "01ORDER")
+                    (notice.provider, notice.order_id.as_deref()),
+                    (NAME, Some("01ORDER"))
                 );
                 assert_eq!(notice.amount, cny(990));
             }
@@ -251,18 +268,27 @@ mod tests {
     async fn create_query_close() {
         let provider = FakePaymentProvider::default();
         let request = PaymentRequest {
+            payment_id: "P01ORDER1".into(),
             order_id: "01ORDER".into(),
             amount: cny(990),
+            subject: "Card".into(),
+            method: PaymentMethod::Page,
+            notify_url: "https://kami.invalid/webhooks/fake".into(),
             buyer_email: "buyer@example.com".into(),
             expires_at: Timestamp(0),
         };
         let session = provider.create_payment(&request).await.unwrap();
-        let state = provider.query_payment(&session.provider_ref).await.unwrap();
+        assert!(matches!(session.action, PaymentAction::Redirect { .. }));
+        let handle = |id: &str| PaymentHandle {
+            payment_id: id.into(),
+            provider_ref: None,
+        };
+        let state = provider.query_payment(&handle("P01ORDER1")).await.unwrap();
         assert_eq!(state, PaymentState::AwaitingPayment);
-        provider.close_payment(&session.provider_ref).await.unwrap();
-        let state = provider.query_payment(&session.provider_ref).await.unwrap();
+        provider.close_payment(&handle("P01ORDER1")).await.unwrap();
+        let state = provider.query_payment(&handle("P01ORDER1")).await.unwrap();
         assert_eq!(state, PaymentState::Closed);
-        let state = provider.query_payment("nope").await.unwrap();
+        let state = provider.query_payment(&handle("nope")).await.unwrap();
         assert_eq!(state, PaymentState::Unknown);
     }
 
@@ -272,11 +298,17 @@ mod tests {
         provider.pay("evt_1", Some("01ORDER"), cny(990));
         let refund = RefundRequest {
             refund_id: "refund-01ORDER".into(),
-            provider_ref: "fake_pay_01ORDER".into(),
+            payment: PaymentHandle {
+                payment_id: "01ORDER".into(),
+                provider_ref: Some("fake_pay_01ORDER".into()),
+            },
             amount: cny(990),
+            paid: cny(990),
+            reason: "test".into(),
+            notify_url: "https://kami.invalid/webhooks/fake".into(),
         };
         assert!(
-            provider.close_payment(&refund.provider_ref).await.is_err(),
+            provider.close_payment(&refund.payment).await.is_err(),
             "a paid payment cannot be closed"
         );
         provider.then(Behaviour::TimeOut);
@@ -290,7 +322,10 @@ mod tests {
         );
         assert_eq!(provider.refunds().len(), 1);
         let unknown = RefundRequest {
-            provider_ref: "fake_pay_other".into(),
+            payment: PaymentHandle {
+                payment_id: "other".into(),
+                provider_ref: None,
+            },
             ..refund
         };
         assert!(matches!(

@@ -3,10 +3,13 @@
 //! (`app::payments`) see only the types here, never a provider's field names.
 
 use lambda_http::http::HeaderMap;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::PortFuture;
 use crate::domain::money::Money;
 use crate::domain::time::Timestamp;
+use crate::error::Error;
 
 /// An HTTP notification as the provider sent it: headers and the raw body (signatures
 /// cover the exact bytes), and when it arrived by Kami's clock.
@@ -16,24 +19,47 @@ pub struct Notification<'a> {
     pub received_at: Timestamp,
 }
 
-/// A provider's word that money for an order arrived.
+/// A provider's word that money arrived.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PaymentNotice {
     pub provider: &'static str,
-    /// The provider's id of this notification; each is applied once.
+    /// The provider's id of this notification (Stripe's event id, Alipay's `notify_id`,
+    /// WeChat Pay's notification `id`); each is applied once.
     pub event_id: String,
-    pub order_id: String,
+    /// Kami's attempt the money is for (the provider's merchant order number,
+    /// `out_trade_no`; Stripe's `metadata.payment_id`), when the notification names one.
+    /// A channel's notification must name one: it pays only that attempt.
+    pub payment_id: Option<String>,
+    /// The order it names directly (Stripe's `client_reference_id`), when it does.
+    pub order_id: Option<String>,
     pub amount: Money,
     /// The provider's reference of the payment (two notifications about one payment
-    /// share it).
+    /// share it: Alipay's `trade_no`, WeChat's `transaction_id`, Stripe's payment intent).
     pub provider_ref: String,
 }
 
 /// What a verified notification means to Kami.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PaymentEvent {
-    /// Money for an order arrived.
+    /// Money for an attempt or an order arrived.
     Paid(PaymentNotice),
+    /// The buyer has not paid yet (Alipay's `WAIT_BUYER_PAY`): acknowledged.
+    Waiting {
+        event_id: String,
+        payment_id: String,
+    },
+    /// The provider closed the attempt unpaid (Alipay's `TRADE_CLOSED`).
+    Closed {
+        event_id: String,
+        payment_id: String,
+    },
+    /// A refund Kami asked for has settled (WeChat Pay's `REFUND.SUCCESS`, ...).
+    RefundSettled {
+        event_id: String,
+        /// Kami's refund id (`out_refund_no`).
+        refund_id: String,
+        succeeded: bool,
+    },
     /// Money arrived but the notification cannot be bound to an order (no order id,
     /// amount or currency): acknowledged, and kept for an operator.
     Unbound {
@@ -45,21 +71,73 @@ pub enum PaymentEvent {
     Ignored { event_id: String, kind: String },
 }
 
-/// Ask a provider to take payment for an order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PaymentRequest {
-    pub order_id: String,
-    pub amount: Money,
-    pub buyer_email: String,
-    /// The provider must not take money after this (the order's deadline).
-    pub expires_at: Timestamp,
+/// The kinds of payment page a provider offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PaymentMethod {
+    /// A desktop web page (Alipay `alipay.trade.page.pay`).
+    Page,
+    /// A mobile web page (Alipay `alipay.trade.wap.pay`).
+    Wap,
+    /// A QR code the buyer scans (WeChat Pay Native).
+    Native,
+    /// A hosted checkout page (Stripe Checkout).
+    Checkout,
 }
 
-/// Where the buyer pays, and the reference to query or close it by.
+impl PaymentMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PaymentMethod::Page => "page",
+            PaymentMethod::Wap => "wap",
+            PaymentMethod::Native => "native",
+            PaymentMethod::Checkout => "checkout",
+        }
+    }
+}
+
+/// Ask a provider to take payment for an order: one attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymentRequest {
+    /// Kami's id of the attempt, sent as the provider's merchant order number
+    /// (`out_trade_no`; Stripe's `metadata.payment_id`): 6–32 of `A-Z a-z 0-9 _ -`.
+    pub payment_id: String,
+    pub order_id: String,
+    pub amount: Money,
+    /// What the buyer sees on the provider's page (the product's title).
+    pub subject: String,
+    pub method: PaymentMethod,
+    /// Where the provider sends this attempt's notifications (the channel's webhook URL).
+    pub notify_url: String,
+    /// The provider must not take money after this (the order's deadline).
+    pub expires_at: Timestamp,
+    pub buyer_email: String,
+}
+
+/// What the buyer does next to pay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum PaymentAction {
+    /// Open this URL (Alipay's signed gateway URL, Stripe Checkout's page).
+    Redirect { url: String },
+    /// Show this as a QR code (WeChat Pay Native's `code_url`).
+    QrCode { code_url: String },
+}
+
+/// A payment the provider opened.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PaymentSession {
-    pub provider_ref: String,
-    pub pay_url: String,
+    /// The provider's own reference, when it gives one at creation (Stripe's session id);
+    /// Alipay and WeChat Pay are asked by `payment_id`.
+    pub provider_ref: Option<String>,
+    pub action: PaymentAction,
+}
+
+/// Which payment to ask about: Kami's attempt id and the provider's reference if known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymentHandle {
+    pub payment_id: String,
+    pub provider_ref: Option<String>,
 }
 
 /// A payment's state as the provider sees it.
@@ -68,21 +146,28 @@ pub enum PaymentState {
     AwaitingPayment,
     Paid {
         amount: Money,
+        provider_ref: String,
     },
     Closed,
     Refunded {
         amount: Money,
     },
-    /// The provider does not know this reference.
+    /// The provider does not know this payment.
     Unknown,
 }
 
-/// Give money back for a payment. `refund_id` is Kami's: asking twice refunds once.
+/// Give money back for a payment. `refund_id` is Kami's (`out_request_no`,
+/// `out_refund_no`, Stripe's idempotency key): asking twice refunds once.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RefundRequest {
     pub refund_id: String,
-    pub provider_ref: String,
+    pub payment: PaymentHandle,
     pub amount: Money,
+    /// What the payment took in all (WeChat Pay asks for it).
+    pub paid: Money,
+    pub reason: String,
+    /// Where the provider reports the refund's outcome, when it does (WeChat Pay).
+    pub notify_url: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,23 +177,44 @@ pub enum RefundOutcome {
     Refused { reason: String },
 }
 
+/// The HTTP answer a provider expects to a notification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotificationAnswer {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
+}
+
 pub trait PaymentProvider: Send + Sync {
-    /// The provider's name in routes and records (`stripe`).
+    /// The provider's name in routes and records (`alipay`, `wechatpay`, `stripe`).
     fn name(&self) -> &'static str;
 
+    /// The method used when a buyer names none (`page`, `native`, `checkout`).
+    fn default_method(&self) -> PaymentMethod;
+
+    /// Opens a payment. A method the provider does not offer is
+    /// `Error::InvalidRequest { code: "unsupported_payment_method", .. }`; a provider that
+    /// cannot be reached, answers with a failure or whose answer does not verify is
+    /// `Error::Upstream` / `Error::Timeout`.
     fn create_payment<'a>(&'a self, request: &'a PaymentRequest) -> PortFuture<'a, PaymentSession>;
 
-    /// Checks that the notification comes from the provider (signature, freshness by
-    /// `received_at`) and says what it means. A forgery is `Error::InvalidSignature`.
+    /// Checks that the notification comes from the provider for this channel (signature
+    /// over the raw bytes, freshness by `received_at`, the channel's own account ids) and
+    /// says what it means. A forgery, or another account's notification, is
+    /// `Error::InvalidSignature`.
     fn verify_notification<'a>(
         &'a self,
         notification: &'a Notification<'a>,
     ) -> PortFuture<'a, PaymentEvent>;
 
-    fn query_payment<'a>(&'a self, provider_ref: &'a str) -> PortFuture<'a, PaymentState>;
+    /// The answer the provider expects: `accepted` once Kami has recorded the
+    /// notification, otherwise a refusal with `error`'s message.
+    fn notification_answer(&self, outcome: std::result::Result<(), &Error>) -> NotificationAnswer;
+
+    fn query_payment<'a>(&'a self, payment: &'a PaymentHandle) -> PortFuture<'a, PaymentState>;
 
     /// Stops a payment that has not been paid (an expired order) from being paid.
-    fn close_payment<'a>(&'a self, provider_ref: &'a str) -> PortFuture<'a, ()>;
+    fn close_payment<'a>(&'a self, payment: &'a PaymentHandle) -> PortFuture<'a, ()>;
 
     fn refund<'a>(&'a self, request: &'a RefundRequest) -> PortFuture<'a, RefundOutcome>;
 }
