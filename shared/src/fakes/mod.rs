@@ -21,7 +21,7 @@ mod payment;
 mod supplier;
 mod vault;
 
-pub use clock::FakeClock;
+pub use clock::{FakeClock, TickingClock};
 pub use notifier::FakeNotifier;
 pub use payment::FakePaymentProvider;
 pub use supplier::FakeSupplier;
