@@ -282,12 +282,13 @@ impl<O: SweepOrders> Run<'_, O> {
             if !self.budget.allows(PAGE_RESERVE_MS) {
                 return Ok(false);
             }
-            let page = self
+            let DuePage { order_ids, next } = self
                 .orders
                 .due(queue, shard, due_by, after, self.page_size)
                 .await?;
-            let handled: Vec<Handled> = stream::iter(&page.order_ids)
-                .map(|order_id| self.handle(queue, order_id))
+            // Owned ids: a closure over borrowed ones would make the future not `Send`.
+            let handled: Vec<Handled> = stream::iter(order_ids)
+                .map(|order_id| async move { self.handle(queue, &order_id).await })
                 .buffer_unordered(IN_FLIGHT)
                 .collect()
                 .await;
@@ -304,7 +305,7 @@ impl<O: SweepOrders> Run<'_, O> {
             if !all_started {
                 return Ok(false);
             }
-            if let Some(next) = page.next {
+            if let Some(next) = next {
                 shards.push_back((shard, Some(next)));
             }
         }
