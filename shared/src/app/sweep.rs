@@ -28,7 +28,7 @@ use crate::domain::order::{OrderStatus, payment_overdue};
 use crate::domain::time::{Timestamp, new_id};
 use crate::error::Result;
 use crate::store::{
-    DueCursor, DuePage, DueQueue, INDEX_SHARDS, OrderRecord, SWEEP_LEASE_MAX_MS, Store, SweepLease,
+    DueCursor, DuePage, DueQueue, INDEX_SHARDS, OrderRecord, SWEEP_LEASE_MAX_MS, SweepLease,
 };
 
 /// Due ids read per query.
@@ -184,7 +184,7 @@ impl SweepOrders for Live<'_> {
         status: OrderStatus,
         now: Timestamp,
     ) -> impl Future<Output = Result<()>> + Send {
-        Store::snooze_stuck_order(&self.0.store, order_id, status, now)
+        self.0.store.snooze_stuck_order(order_id, status, now)
     }
 }
 
