@@ -93,7 +93,7 @@ fn lease_until(now: Timestamp, budget: &Budget) -> Timestamp {
 
 /// What the sweep reads and writes: the table and the delivery queue (`Live`), or a
 /// fake in the tests below.
-pub trait SweepOrders: Sync {
+trait SweepOrders: Sync {
     /// Where the next page of a shard starts.
     type Cursor: Send;
     fn take_lease(
