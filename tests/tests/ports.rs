@@ -12,7 +12,7 @@ use kami_shared::domain::order::{OrderStatus, payment_deadline};
 use kami_shared::domain::time::{Timestamp, new_id};
 use kami_shared::fakes::{FakeClock, contracts};
 use kami_shared::ports::Clock;
-use kami_shared::store::{STUCK_AFTER_SECONDS, Store};
+use kami_shared::store::{DueQueue, INDEX_SHARDS, STUCK_AFTER_SECONDS, Store};
 use kami_tests::*;
 
 #[tokio::test]
@@ -91,9 +91,25 @@ fn number(item: &Item, name: &str) -> i64 {
 
 type Item = std::collections::HashMap<String, AttributeValue>;
 
+/// Whether the sweep would re-queue the order at `at` (every page of every shard).
 async fn stuck_at(store: &Store, order_id: &str, at: Timestamp) -> bool {
-    let due = store.stuck_paid_orders(at).await.expect("stuck orders");
-    due.iter().any(|id| id == order_id)
+    for shard in 0..INDEX_SHARDS {
+        let mut after = None;
+        loop {
+            let page = store
+                .due_orders(DueQueue::Paid, shard, at, after, 100)
+                .await
+                .expect("stuck orders");
+            if page.order_ids.iter().any(|id| id == order_id) {
+                return true;
+            }
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+    }
+    false
 }
 
 /// With the clock years away from the machine's, an order made, paid and delivered has

@@ -36,3 +36,26 @@ impl Clock for FakeClock {
         Timestamp(self.0.load(Ordering::SeqCst))
     }
 }
+
+/// A clock that moves `step_ms` forward each time it is read: a `Budget` on it runs out
+/// after a known number of checks, however fast or slow the machine is.
+#[derive(Debug)]
+pub struct TickingClock {
+    now: AtomicI64,
+    step_ms: i64,
+}
+
+impl TickingClock {
+    pub fn at(time: Timestamp, step_ms: i64) -> Self {
+        TickingClock {
+            now: AtomicI64::new(time.0),
+            step_ms,
+        }
+    }
+}
+
+impl Clock for TickingClock {
+    fn now(&self) -> Timestamp {
+        Timestamp(self.now.fetch_add(self.step_ms, Ordering::SeqCst))
+    }
+}

@@ -22,7 +22,7 @@ mod payment;
 mod supplier;
 mod vault;
 
-pub use clock::FakeClock;
+pub use clock::{FakeClock, TickingClock};
 pub use notifier::FakeNotifier;
 pub use orders::{FIXTURE_UNIT_PRICE, order_fixture};
 pub use payment::FakePaymentProvider;

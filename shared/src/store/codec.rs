@@ -89,6 +89,10 @@ pub(crate) mod keys {
     pub fn paid_index(shard: u32) -> String {
         format!("PAID#{shard}")
     }
+    /// The one lease the expiry sweep's runs take in turn.
+    pub fn sweep_lease() -> (String, String) {
+        ("SWEEP#expiry".into(), "LEASE".into())
+    }
     /// Money that names no order Kami can apply it to: few, kept forever, one partition.
     pub const UNMATCHED_INDEX: &str = "UNMATCHED";
 }

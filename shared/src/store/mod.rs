@@ -12,6 +12,7 @@
 //! - `card_keys`: batches, fingerprints, keys in stock, allocation to an order (the
 //!   card-key delivery record)
 //! - `orders`: orders, their events and delivery records, the sweep's index
+//! - `sweep_lease`: the lease that keeps two sweep runs from working at once
 //! - `payments`: payment records and webhook dedupe / unmatched records
 //! - `holds`: units each client holds in unpaid orders of a product (the hoarding cap)
 //! - `idempotency`: `POST /orders` idempotency records
@@ -30,6 +31,7 @@ mod idempotency;
 mod orders;
 mod payments;
 mod products;
+mod sweep_lease;
 mod tx;
 
 pub use card_keys::{AllocateOutcome, BatchRecord, CardKeySlot, SealedKey, StockKey};
@@ -37,9 +39,11 @@ pub use codec::Item;
 pub use holds::{HoldClaim, HoldRecord};
 pub use idempotency::IdempotencyRecord;
 pub use orders::{
-    CreateOrderOutcome, DeliveryRecord, OrderEvent, OrderRecord, OrderView, StockShare,
+    CreateOrderOutcome, DeliveryRecord, DueCursor, DuePage, DueQueue, OrderEvent, OrderRecord,
+    OrderView, StockShare,
 };
 pub use payments::{PaymentApplied, PaymentChange, PaymentRecord, Unmatched, UnmatchedPayment};
+pub use sweep_lease::SweepLease;
 
 use codec::{FromItem, key_item};
 
@@ -60,6 +64,9 @@ pub const INDEX_SHARDS: u32 = 8;
 pub const STUCK_AFTER_SECONDS: i64 = 120;
 /// A `delivery_failed` order is re-queued by the sweep this often until it is delivered.
 pub const FAILED_RETRY_AFTER_SECONDS: i64 = 900;
+/// The longest a sweep run holds its lease: Lambda's longest timeout (15 minutes) and a
+/// minute. A lease ending further ahead than this was taken on a clock since moved back.
+pub const SWEEP_LEASE_MAX_MS: i64 = 960_000;
 
 pub struct Store {
     client: aws_sdk_dynamodb::Client,

@@ -142,6 +142,26 @@ pub struct OrderView {
     pub payments: Vec<PaymentRecord>,
 }
 
+/// The two queues of work the sweep reads from the sparse index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DueQueue {
+    /// Paid orders still undelivered at their next re-queue time (`PAID#{shard}`).
+    Paid,
+    /// Unpaid orders by their `expires_at` (`PENDING#{shard}`).
+    Pending,
+}
+
+/// Where the next page of a `due_orders` query starts (DynamoDB's `LastEvaluatedKey`).
+#[derive(Debug, Clone)]
+pub struct DueCursor(Item);
+
+/// One page of due order ids; `next` is `None` once the shard has no more.
+#[derive(Debug)]
+pub struct DuePage<C = DueCursor> {
+    pub order_ids: Vec<String>,
+    pub next: Option<C>,
+}
+
 pub enum CreateOrderOutcome {
     Created,
     /// Another request with the same key got there first.
@@ -178,6 +198,17 @@ fn order_item(order: &OrderRecord) -> Item {
             ),
         ],
     )
+}
+
+/// A new order as stored, in the sweep's pending queue until its `expires_at`.
+fn pending_order_item(order: &OrderRecord) -> Item {
+    let mut stored = order_item(order);
+    stored.insert(
+        "gsi1pk".to_owned(),
+        s(keys::pending_index(shard_of(&order.order_id, INDEX_SHARDS))),
+    );
+    stored.insert("gsi1sk".to_owned(), n(order.expires_at.unix_seconds()));
+    stored
 }
 
 impl FromItem for OrderRecord {
@@ -333,13 +364,11 @@ impl Store {
         )?;
         tx.move_stock(&order.sku, &order.stock_shards, StockMove::Reserve)?;
         tx.claim_holds(&order.sku, holds, order.quantity, order.expires_at)?;
-        let mut stored = order_item(order);
-        stored.insert(
-            "gsi1pk".to_owned(),
-            s(keys::pending_index(shard_of(&order.order_id, INDEX_SHARDS))),
-        );
-        stored.insert("gsi1sk".to_owned(), n(order.expires_at.unix_seconds()));
-        tx.put(ItemName::Order, stored, Some("attribute_not_exists(pk)"))?;
+        tx.put(
+            ItemName::Order,
+            pending_order_item(order),
+            Some("attribute_not_exists(pk)"),
+        )?;
         tx.put(
             ItemName::Event,
             event_item(
@@ -476,38 +505,43 @@ impl Store {
 
     // ---------- the sweep's index ----------
 
-    /// The ids of the orders due by `now` in one index, over all its shards (one Query
-    /// per shard, every page).
-    async fn due_in_index(
+    /// Access pattern: one page (at most `limit` ids) of the orders due by `due_by` in
+    /// one shard of one of the sweep's queues, from `after` (the previous page's
+    /// `next`). The sweep handles a page before it asks for the next, so it never holds
+    /// a whole backlog in memory and can stop between two pages.
+    pub async fn due_orders(
         &self,
-        partition: fn(u32) -> String,
-        now: Timestamp,
-    ) -> Result<Vec<String>> {
-        let mut ids = Vec::new();
-        for shard in 0..INDEX_SHARDS {
-            let query = self
-                .query()
-                .index_name(ORDER_INDEX)
-                .key_condition_expression("gsi1pk = :pk AND gsi1sk <= :now")
-                .expression_attribute_values(":pk", s(partition(shard)))
-                .expression_attribute_values(":now", n(now.unix_seconds()));
-            for item in self.query_all(query).await? {
-                if let Some(id) = keys::order_id_of(&get_s(&item, "pk")?) {
-                    ids.push(id.to_owned());
-                }
+        queue: DueQueue,
+        shard: u32,
+        due_by: Timestamp,
+        after: Option<DueCursor>,
+        limit: i32,
+    ) -> Result<DuePage> {
+        let partition = match queue {
+            DueQueue::Paid => keys::paid_index(shard),
+            DueQueue::Pending => keys::pending_index(shard),
+        };
+        let output = self
+            .query()
+            .index_name(ORDER_INDEX)
+            .key_condition_expression("gsi1pk = :pk AND gsi1sk <= :due")
+            .expression_attribute_values(":pk", s(partition))
+            .expression_attribute_values(":due", n(due_by.unix_seconds()))
+            .limit(limit)
+            .set_exclusive_start_key(after.map(|cursor| cursor.0))
+            .send()
+            .await
+            .map_err(|e| Error::aws("dynamodb", e))?;
+        let mut order_ids = Vec::with_capacity(output.items().len());
+        for item in output.items() {
+            if let Some(id) = keys::order_id_of(&get_s(item, "pk")?) {
+                order_ids.push(id.to_owned());
             }
         }
-        Ok(ids)
-    }
-
-    /// Access pattern: pending orders whose `expires_at` has passed (sparse GSI).
-    pub async fn due_pending_orders(&self, now: Timestamp) -> Result<Vec<String>> {
-        self.due_in_index(keys::pending_index, now).await
-    }
-
-    /// Access pattern: paid orders still undelivered past their grace time (sparse GSI).
-    pub async fn stuck_paid_orders(&self, now: Timestamp) -> Result<Vec<String>> {
-        self.due_in_index(keys::paid_index, now).await
+        Ok(DuePage {
+            order_ids,
+            next: output.last_evaluated_key().cloned().map(DueCursor),
+        })
     }
 
     /// Access pattern: expire a pending order and give its stock back, only if it is
@@ -559,6 +593,65 @@ impl Store {
             Err(err) if condition_failed(&err) => Ok(()),
             Err(err) => Err(Error::aws("dynamodb", err)),
         }
+    }
+}
+
+#[cfg(feature = "fakes")]
+impl Store {
+    /// Test support (the `fakes` feature; never in a Lambda binary): stores new pending
+    /// orders as `create_order` does, indexed for the sweep, but without their
+    /// idempotency record, first event or stock reservation, 25 to a `BatchWriteItem`
+    /// and several at once, so a test lays out a backlog of thousands in seconds. A test
+    /// that counts stock reserves their units on the counters itself.
+    pub async fn put_pending_orders_unchecked(&self, orders: &[OrderRecord]) -> Result<()> {
+        use aws_sdk_dynamodb::types::{PutRequest, WriteRequest};
+        use futures_util::{StreamExt, TryStreamExt, stream};
+
+        let batches = orders
+            .chunks(25)
+            .map(|chunk| {
+                chunk
+                    .iter()
+                    .map(|order| {
+                        let put = PutRequest::builder()
+                            .set_item(Some(pending_order_item(order)))
+                            .build();
+                        super::built(put)
+                            .map(|put| WriteRequest::builder().put_request(put).build())
+                    })
+                    .collect::<Result<Vec<_>>>()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        stream::iter(batches)
+            .map(|batch| self.batch_write(batch))
+            .buffer_unordered(8)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
+    }
+
+    async fn batch_write(&self, batch: Vec<aws_sdk_dynamodb::types::WriteRequest>) -> Result<()> {
+        let mut pending = batch;
+        let mut attempt = 0;
+        while !pending.is_empty() {
+            if attempt > 0 {
+                super::backoff::before_retry(attempt, "batch write").await?;
+            }
+            attempt += 1;
+            let output = self
+                .client
+                .batch_write_item()
+                .request_items(&self.table, pending)
+                .send()
+                .await
+                .map_err(|e| Error::aws("dynamodb", e))?;
+            pending = output
+                .unprocessed_items()
+                .and_then(|left| left.get(&self.table))
+                .cloned()
+                .unwrap_or_default();
+        }
+        Ok(())
     }
 }
 
