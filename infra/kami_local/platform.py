@@ -90,20 +90,23 @@ class Platform:
         self.schedules: dict[str, Schedule] = {}
         api = next((k for k, r in template["Resources"].items() if r["Type"] == "AWS::Serverless::HttpApi"), None)
         self.api_id = stack.ref(api) if api else "local"
+        self.routes = apigw.routes(template)
+        self.server = ApiServer(("127.0.0.1", port), _handler(self))
+        self.port = self.server.server_address[1]
         for logical_id, fn in tpl.functions(template).items():
             if logical_id not in bootstraps:
                 continue
             props = fn["Properties"]
             env = dict(provisioned["functions"][logical_id]["env"])
             env.update(provision.aws_env(endpoint))
+            # The local API is the public API: payment providers (the sandbox) notify it.
+            if "PUBLIC_API_URL" in env and not env["PUBLIC_API_URL"]:
+                env["PUBLIC_API_URL"] = self.url
             self.functions[logical_id] = runtime.Function(
                 logical_id, bootstraps[logical_id], env, int(props.get("Timeout", 3)),
                 int(props.get("MemorySize", 128)), self.log_dir, max_instances, self.status)
             for event_name, event in (props.get("Events") or {}).items():
                 self._event_source(stack, logical_id, event_name, event, sqs_pollers)
-        self.routes = apigw.routes(template)
-        self.server = ApiServer(("127.0.0.1", port), _handler(self))
-        self.port = self.server.server_address[1]
 
     def _event_source(self, stack, logical_id: str, event_name: str, event: dict, pollers: int) -> None:
         kind = event.get("Type")

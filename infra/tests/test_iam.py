@@ -358,7 +358,12 @@ def test_every_leading_key_prefix_is_a_key_the_store_writes(functions):
                     f"{name}: LeadingKeys {prefix} names no key of shared/src (known: {sorted(literals)})")
 
 
-def test_kms_decrypt_only_where_the_table_says_and_only_for_card_key_batches(functions, documented):
+# What a data key may protect (`EncryptionContext` in shared/src/ports/vault.rs): every KMS
+# grant names exactly one of them.
+PURPOSES = ("card-key-batch", "payment-channel")
+
+
+def test_kms_decrypt_only_where_the_table_says_and_only_for_known_purposes(functions, documented):
     def decrypters(rows_by_function):
         return {name for name, rows in rows_by_function.items()
                 if any(r.service == "kms" and "Decrypt" in r.actions for r in rows)}
@@ -368,8 +373,9 @@ def test_kms_decrypt_only_where_the_table_says_and_only_for_card_key_batches(fun
     for name, fn in functions.items():
         for row in fn.rows():
             if row.service == "kms":
-                assert ("StringEquals", PURPOSE, frozenset({"card-key-batch"})) in row.conditions, (
-                    f"{name}: KMS without the card-key-batch encryption context: {row}")
+                assert any(("StringEquals", PURPOSE, frozenset({purpose})) in row.conditions
+                           for purpose in PURPOSES), (
+                    f"{name}: KMS without one known encryption-context purpose {PURPOSES}: {row}")
                 assert row.resources == {"CardKeyKey"}, f"{name}: KMS on {sorted(row.resources)}"
 
 

@@ -13,6 +13,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use crate::adapters::clock::{SystemClock, clock_from_env};
 use crate::adapters::kms::KmsVault;
 use crate::adapters::metrics::AwsCallCounter;
+use crate::adapters::payment_channels::ChannelCache;
 use crate::adapters::queue::SqsDeliveryQueue;
 pub use crate::adapters::secrets::Secrets;
 use crate::adapters::secrets::{self, SecretIds};
@@ -44,6 +45,9 @@ pub struct Config {
     /// `STRIPE_LIVEMODE`: whether this deployment takes Stripe's live events (`true`) or
     /// its test-mode events (`false`, the default); the other mode's are refused.
     pub stripe_livemode: bool,
+    /// `PUBLIC_API_URL`: the API's public base URL (API Gateway's in AWS, the local API's
+    /// locally), for the notify URLs payment providers call.
+    pub public_api_url: Option<String>,
 }
 
 impl Config {
@@ -76,6 +80,8 @@ impl Config {
             stripe_webhook_secret_id: optional("STRIPE_WEBHOOK_SECRET_ID"),
             fingerprint_secret_id: optional("FINGERPRINT_SECRET_ID"),
             order_token_secret_id: optional("ORDER_TOKEN_SECRET_ID"),
+            public_api_url: optional("PUBLIC_API_URL")
+                .map(|url| url.trim_end_matches('/').to_owned()),
             secrets_refresh_seconds: Some(number("SECRETS_REFRESH_SECONDS", 60)?)
                 .filter(|seconds| *seconds > 0)
                 .ok_or_else(|| Error::Config("SECRETS_REFRESH_SECONDS must be positive".into()))?,
@@ -191,6 +197,8 @@ pub struct Context {
     vault: Option<Arc<dyn KeyVault>>,
     payment_providers: Vec<Arc<dyn PaymentProvider>>,
     pub secrets: Secrets,
+    /// This instance's copy of the payment channels and their built providers.
+    pub channels: ChannelCache,
 }
 
 impl Context {
@@ -334,6 +342,7 @@ impl ContextBuilder {
             vault: self.vault,
             payment_providers: self.payment_providers,
             secrets: self.secrets,
+            channels: ChannelCache::default(),
             config: self.config,
         })
     }

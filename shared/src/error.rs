@@ -77,6 +77,10 @@ pub enum Error {
     /// worker stops in time rather than be killed mid-batch): retry it.
     #[error("the invocation's time ran out before {0}")]
     OutOfTime(&'static str),
+    /// Every eligible payment channel failed to open a payment (each attempt is recorded
+    /// on the order).
+    #[error("no payment provider could open a payment; {attempts} attempt(s) failed")]
+    PaymentProvidersUnavailable { attempts: usize },
     /// A port operation this adapter does not implement yet.
     #[error("{operation} is not available for {system} yet")]
     NotAvailable {
@@ -89,6 +93,10 @@ pub enum Error {
 pub enum ConflictKind {
     OutOfStock,
     ProductExists,
+    /// The order is not awaiting payment (paid, expired, ...).
+    OrderNotPayable,
+    /// The channel is disabled, or does not take the order's currency or amount.
+    ChannelNotEligible,
 }
 
 impl std::fmt::Display for ConflictKind {
@@ -96,6 +104,10 @@ impl std::fmt::Display for ConflictKind {
         f.write_str(match self {
             ConflictKind::OutOfStock => "not enough stock for this quantity",
             ConflictKind::ProductExists => "a product with this sku already exists",
+            ConflictKind::OrderNotPayable => "the order is not awaiting payment",
+            ConflictKind::ChannelNotEligible => {
+                "the channel is disabled or does not take this order's currency or amount"
+            }
         })
     }
 }

@@ -143,6 +143,7 @@ fn payment<'a>(
         outcome: "test",
         transition: Some(transition),
         reserve_stock,
+        attempt: None,
     }
 }
 

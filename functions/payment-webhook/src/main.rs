@@ -6,10 +6,11 @@ use kami_shared::http::{self, serve};
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_http::Error> {
     // Paid orders are queued for delivery; the payment providers check signatures
-    // against their secrets.
+    // against their secrets (a channel's, sealed under KMS: the vault opens them).
     let ctx = Context::from_env()
         .await?
         .with_queue()
+        .with_vault()
         .with_payments()
         .with_secrets()
         .await?

@@ -6,6 +6,7 @@ pub mod clock;
 pub mod http_client;
 pub mod kms;
 pub mod metrics;
+pub mod payment_channels;
 pub mod queue;
 pub mod secrets;
 pub mod stripe;

@@ -9,22 +9,29 @@
 //! unless set): a test-mode event, signed with a leaked or shared test secret, never pays
 //! a live order, nor a live one a test deployment's.
 //!
-//! Kami does not call Stripe's API yet (no Checkout Session is created here; the buyer's
-//! payment page is the payments issue's work): `create_payment`, `query_payment`,
-//! `close_payment` and `refund` answer `Error::NotAvailable`.
+//! A payment channel of provider `stripe` also calls Stripe's API with its secret key:
+//! Checkout Sessions (create, retrieve, expire) and refunds, each with an
+//! `Idempotency-Key`. The deployment's default endpoint (`/webhooks/stripe`, secrets from
+//! Secrets Manager) only verifies: its API calls answer `Error::NotAvailable`.
 
 use hmac::{Hmac, KeyInit, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
 use std::sync::Arc;
+use std::time::Duration;
 
+use zeroize::Zeroizing;
+
+use crate::adapters::http_client::HttpClient;
 use crate::adapters::secrets::RevocableSecrets;
 use crate::domain::money::{Money, parse_currency};
 use crate::error::{Error, Result};
+use crate::ports::Clock;
 use crate::ports::PortFuture;
 use crate::ports::payment::{
-    Notification, NotificationAnswer, PaymentEvent, PaymentHandle, PaymentMethod, PaymentNotice,
-    PaymentProvider, PaymentRequest, PaymentSession, PaymentState, RefundOutcome, RefundRequest,
+    Notification, NotificationAnswer, PaymentAction, PaymentEvent, PaymentHandle, PaymentMethod,
+    PaymentNotice, PaymentProvider, PaymentRequest, PaymentSession, PaymentState, RefundOutcome,
+    RefundRequest,
 };
 
 pub const PROVIDER: &str = "stripe";
@@ -38,6 +45,328 @@ pub struct StripeProvider {
     webhook_secrets: Arc<RevocableSecrets>,
     tolerance_seconds: i64,
     livemode: bool,
+    /// Stripe's API, for a channel (its secret key).
+    api: Option<StripeApi>,
+}
+
+/// Secret fields of a `stripe` channel's config (stored sealed, shown as "<set>").
+pub const SECRET_FIELDS: &[&str] = &["secret_key", "webhook_secrets"];
+pub const DEFAULT_API_BASE: &str = "https://api.stripe.com";
+/// Stripe refuses a Checkout Session that expires sooner than this after its creation.
+const SHORTEST_SESSION_SECONDS: i64 = 30 * 60;
+
+/// A `stripe` channel's config, parsed and checked.
+#[derive(Clone)]
+pub struct StripeChannelConfig {
+    secret_key: Zeroizing<String>,
+    webhook_secrets: Vec<Zeroizing<String>>,
+    api_base_url: String,
+    success_url: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawChannelConfig {
+    secret_key: Option<String>,
+    webhook_secrets: Option<Vec<String>>,
+    api_base_url: Option<String>,
+    success_url: Option<String>,
+}
+
+fn bad_config(field: &str, message: &str) -> Error {
+    Error::invalid_field(
+        "invalid_channel_config",
+        &format!("config.{field}"),
+        format!("config.{field} {message}"),
+    )
+}
+
+/// An http(s) URL without a trailing slash (a local sandbox on loopback is fine).
+pub fn checked_base_url(field: &str, url: &str) -> Result<String> {
+    let ok = (url.starts_with("https://") || url.starts_with("http://"))
+        && url.len() > "http://".len()
+        && !url.chars().any(|c| c.is_whitespace() || c.is_control());
+    if ok {
+        Ok(url.trim_end_matches('/').to_owned())
+    } else {
+        Err(bad_config(field, "must be an http(s) URL"))
+    }
+}
+
+impl StripeChannelConfig {
+    /// Parses a channel's `config` (secrets opened). Errors name the field
+    /// (`invalid_channel_config`, `config.<field>`), never a secret.
+    pub fn from_json(config: &serde_json::Value) -> Result<Self> {
+        let raw: RawChannelConfig = serde_json::from_value(config.clone()).map_err(|err| {
+            let field = err.to_string();
+            Error::invalid_field(
+                "invalid_channel_config",
+                "config",
+                format!(
+                    "config is not a stripe config: {}",
+                    field.split(" at ").next().unwrap_or("")
+                ),
+            )
+        })?;
+        let secret_key = raw
+            .secret_key
+            .filter(|key| key.starts_with("sk_") || key.starts_with("rk_"))
+            .ok_or_else(|| {
+                bad_config(
+                    "secret_key",
+                    "must be a Stripe secret key (sk_... or rk_...)",
+                )
+            })?;
+        let webhook_secrets = raw.webhook_secrets.unwrap_or_default();
+        if webhook_secrets.is_empty()
+            || webhook_secrets
+                .iter()
+                .any(|secret| !secret.starts_with("whsec_"))
+        {
+            return Err(bad_config(
+                "webhook_secrets",
+                "must list at least one endpoint secret (whsec_...)",
+            ));
+        }
+        Ok(StripeChannelConfig {
+            secret_key: Zeroizing::new(secret_key),
+            webhook_secrets: webhook_secrets.into_iter().map(Zeroizing::new).collect(),
+            api_base_url: checked_base_url(
+                "api_base_url",
+                raw.api_base_url.as_deref().unwrap_or(DEFAULT_API_BASE),
+            )?,
+            success_url: raw
+                .success_url
+                .map(|url| checked_base_url("success_url", &url))
+                .transpose()?,
+        })
+    }
+}
+
+/// Stripe's API as one channel calls it.
+struct StripeApi {
+    secret_key: Zeroizing<String>,
+    base_url: String,
+    success_url: Option<String>,
+    http: HttpClient,
+    timeout: Duration,
+    clock: Arc<dyn Clock>,
+}
+
+impl StripeApi {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        form: &[(&str, String)],
+        idempotency_key: Option<&str>,
+    ) -> Result<(u16, serde_json::Value)> {
+        let url = format!("{}{path}", self.base_url);
+        let auth = format!("Bearer {}", self.secret_key.as_str());
+        let mut headers = vec![("authorization", auth.as_str())];
+        if let Some(key) = idempotency_key {
+            headers.push(("idempotency-key", key));
+        }
+        let body = (!form.is_empty()).then(|| {
+            headers.push(("content-type", "application/x-www-form-urlencoded"));
+            let mut encoded = form_urlencoded::Serializer::new(String::new());
+            for (name, value) in form {
+                encoded.append_pair(name, value);
+            }
+            encoded.finish().into_bytes()
+        });
+        let response = self
+            .http
+            .send(PROVIDER, method, &url, &headers, body, self.timeout)
+            .await?;
+        let json = serde_json::from_slice(&response.body).map_err(|_| Error::Upstream {
+            system: PROVIDER,
+            message: format!("answer {} is not JSON", response.status),
+        })?;
+        Ok((response.status, json))
+    }
+
+    fn failure(status: u16, answer: &serde_json::Value) -> Error {
+        Error::Upstream {
+            system: PROVIDER,
+            message: format!(
+                "{status}: {}",
+                answer
+                    .pointer("/error/message")
+                    .and_then(|m| m.as_str())
+                    .unwrap_or("no message")
+            ),
+        }
+    }
+
+    async fn create(&self, request: &PaymentRequest) -> Result<PaymentSession> {
+        if request.method != PaymentMethod::Checkout {
+            return Err(Error::invalid(
+                "unsupported_payment_method",
+                "Stripe channels take the checkout method",
+            ));
+        }
+        let mut form = vec![
+            ("mode", "payment".to_owned()),
+            (
+                "line_items[0][price_data][currency]",
+                request.amount.currency.to_ascii_lowercase(),
+            ),
+            (
+                "line_items[0][price_data][unit_amount]",
+                request.amount.amount.to_string(),
+            ),
+            (
+                "line_items[0][price_data][product_data][name]",
+                request.subject.clone(),
+            ),
+            ("line_items[0][quantity]", "1".to_owned()),
+            ("client_reference_id", request.order_id.clone()),
+            ("metadata[order_id]", request.order_id.clone()),
+            ("metadata[payment_id]", request.payment_id.clone()),
+            (
+                "payment_intent_data[metadata][order_id]",
+                request.order_id.clone(),
+            ),
+            (
+                "payment_intent_data[metadata][payment_id]",
+                request.payment_id.clone(),
+            ),
+            ("customer_email", request.buyer_email.clone()),
+        ];
+        // Stripe takes a session expiry 30 minutes to 24 hours ahead: an order due
+        // sooner gets Stripe's default, and the reconciler expires the session when the
+        // order expires (docs/payments.md).
+        let now = self.clock.now();
+        if request.expires_at.unix_seconds() - now.unix_seconds() >= SHORTEST_SESSION_SECONDS + 60 {
+            form.push(("expires_at", request.expires_at.unix_seconds().to_string()));
+        }
+        if let Some(url) = &self.success_url {
+            form.push(("success_url", url.clone()));
+        }
+        let (status, answer) = self
+            .call(
+                reqwest::Method::POST,
+                "/v1/checkout/sessions",
+                &form,
+                Some(&request.payment_id),
+            )
+            .await?;
+        if !(200..300).contains(&status) {
+            return Err(Self::failure(status, &answer));
+        }
+        let text = |name: &str| answer.get(name).and_then(|v| v.as_str()).map(str::to_owned);
+        match (text("id"), text("url")) {
+            (Some(id), Some(url)) => Ok(PaymentSession {
+                provider_ref: Some(id),
+                action: PaymentAction::Redirect { url },
+            }),
+            _ => Err(Error::Upstream {
+                system: PROVIDER,
+                message: "session without id or url".into(),
+            }),
+        }
+    }
+
+    async fn query(&self, payment: &PaymentHandle) -> Result<PaymentState> {
+        let Some(session) = &payment.provider_ref else {
+            return Ok(PaymentState::Unknown);
+        };
+        let (status, answer) = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/v1/checkout/sessions/{session}"),
+                &[],
+                None,
+            )
+            .await?;
+        if status == 404 {
+            return Ok(PaymentState::Unknown);
+        }
+        if !(200..300).contains(&status) {
+            return Err(Self::failure(status, &answer));
+        }
+        let text = |name: &str| answer.get(name).and_then(|v| v.as_str());
+        Ok(match (text("payment_status"), text("status")) {
+            (Some("paid"), _) => {
+                let amount = answer.get("amount_total").and_then(|v| v.as_i64());
+                let currency = text("currency").and_then(|c| parse_currency(c).ok());
+                match (amount, currency, text("payment_intent")) {
+                    (Some(amount), Some(currency), Some(intent)) => PaymentState::Paid {
+                        amount: Money { amount, currency },
+                        provider_ref: intent.to_owned(),
+                    },
+                    _ => {
+                        return Err(Error::Upstream {
+                            system: PROVIDER,
+                            message: "paid session without amount, currency or intent".into(),
+                        });
+                    }
+                }
+            }
+            (_, Some("expired")) => PaymentState::Closed,
+            _ => PaymentState::AwaitingPayment,
+        })
+    }
+
+    async fn close(&self, payment: &PaymentHandle) -> Result<()> {
+        let Some(session) = &payment.provider_ref else {
+            return Ok(());
+        };
+        let (status, answer) = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/v1/checkout/sessions/{session}/expire"),
+                &[],
+                Some(&format!("expire-{}", payment.payment_id)),
+            )
+            .await?;
+        if (200..300).contains(&status) {
+            return Ok(());
+        }
+        // Already expired is closed; already paid is not.
+        match self.query(payment).await? {
+            PaymentState::Closed | PaymentState::Unknown => Ok(()),
+            _ => Err(Self::failure(status, &answer)),
+        }
+    }
+
+    async fn refund(&self, request: &RefundRequest) -> Result<RefundOutcome> {
+        let Some(intent) = &request.payment.provider_ref else {
+            return Ok(RefundOutcome::Refused {
+                reason: "no Stripe payment to refund".into(),
+            });
+        };
+        let form = [
+            ("payment_intent", intent.clone()),
+            ("amount", request.amount.amount.to_string()),
+            ("metadata[refund_id]", request.refund_id.clone()),
+        ];
+        let (status, answer) = self
+            .call(
+                reqwest::Method::POST,
+                "/v1/refunds",
+                &form,
+                Some(&request.refund_id),
+            )
+            .await?;
+        if !(200..300).contains(&status) {
+            return Ok(RefundOutcome::Refused {
+                reason: answer
+                    .pointer("/error/message")
+                    .and_then(|m| m.as_str())
+                    .unwrap_or("refused")
+                    .to_owned(),
+            });
+        }
+        Ok(match answer.get("status").and_then(|s| s.as_str()) {
+            Some("succeeded") => RefundOutcome::Refunded,
+            Some("pending" | "requires_action") => RefundOutcome::Pending,
+            other => RefundOutcome::Refused {
+                reason: format!("refund {}", other.unwrap_or("without status")),
+            },
+        })
+    }
 }
 
 impl StripeProvider {
@@ -47,7 +376,40 @@ impl StripeProvider {
             webhook_secrets,
             tolerance_seconds: DEFAULT_TOLERANCE_SECONDS,
             livemode: false,
+            api: None,
         }
+    }
+
+    /// A channel's provider: its own endpoint secrets, and Stripe's API with its key.
+    pub fn for_channel(
+        config: StripeChannelConfig,
+        http: HttpClient,
+        timeout: Duration,
+        clock: Arc<dyn Clock>,
+        livemode: bool,
+    ) -> Self {
+        let secrets = RevocableSecrets::fixed(crate::adapters::secrets::Revocable {
+            stripe_webhook_secrets: config.webhook_secrets,
+            ..Default::default()
+        });
+        StripeProvider {
+            api: Some(StripeApi {
+                secret_key: config.secret_key,
+                base_url: config.api_base_url,
+                success_url: config.success_url,
+                http,
+                timeout,
+                clock,
+            }),
+            ..Self::new(secrets).with_livemode(livemode)
+        }
+    }
+
+    fn api(&self, operation: &'static str) -> Result<&StripeApi> {
+        self.api.as_ref().ok_or(Error::NotAvailable {
+            system: PROVIDER,
+            operation,
+        })
     }
 
     /// A provider whose endpoint secrets never change (tests).
@@ -91,20 +453,13 @@ impl std::fmt::Debug for StripeProvider {
     }
 }
 
-fn not_yet<T>(operation: &'static str) -> Result<T> {
-    Err(Error::NotAvailable {
-        system: PROVIDER,
-        operation,
-    })
-}
-
 impl PaymentProvider for StripeProvider {
     fn name(&self) -> &'static str {
         PROVIDER
     }
 
-    fn create_payment<'a>(&'a self, _: &'a PaymentRequest) -> PortFuture<'a, PaymentSession> {
-        Box::pin(async { not_yet("create_payment") })
+    fn create_payment<'a>(&'a self, request: &'a PaymentRequest) -> PortFuture<'a, PaymentSession> {
+        Box::pin(async move { self.api("create_payment")?.create(request).await })
     }
 
     fn verify_notification<'a>(
@@ -122,16 +477,16 @@ impl PaymentProvider for StripeProvider {
         json_answer(outcome)
     }
 
-    fn query_payment<'a>(&'a self, _: &'a PaymentHandle) -> PortFuture<'a, PaymentState> {
-        Box::pin(async { not_yet("query_payment") })
+    fn query_payment<'a>(&'a self, payment: &'a PaymentHandle) -> PortFuture<'a, PaymentState> {
+        Box::pin(async move { self.api("query_payment")?.query(payment).await })
     }
 
-    fn close_payment<'a>(&'a self, _: &'a PaymentHandle) -> PortFuture<'a, ()> {
-        Box::pin(async { not_yet("close_payment") })
+    fn close_payment<'a>(&'a self, payment: &'a PaymentHandle) -> PortFuture<'a, ()> {
+        Box::pin(async move { self.api("close_payment")?.close(payment).await })
     }
 
-    fn refund<'a>(&'a self, _: &'a RefundRequest) -> PortFuture<'a, RefundOutcome> {
-        Box::pin(async { not_yet("refund") })
+    fn refund<'a>(&'a self, request: &'a RefundRequest) -> PortFuture<'a, RefundOutcome> {
+        Box::pin(async move { self.api("refund")?.refund(request).await })
     }
 }
 

@@ -447,6 +447,7 @@ mod tests {
                 return Ok(None);
             };
             let view = OrderView {
+                attempts: Vec::new(),
                 order: order.clone(),
                 events: Vec::new(),
                 deliveries: done.clone(),

@@ -1,11 +1,13 @@
 //! Use cases: one module each, plain async functions over the `Context`.
 
 pub mod catalog;
+pub mod channels;
 pub mod delivery;
 pub mod fulfil;
 pub mod import;
 pub mod operator;
 pub mod orders;
+pub mod pay;
 pub mod payments;
 mod stock;
 pub mod sweep;

@@ -194,6 +194,8 @@ pub async fn create_order(
         .map(|(_, claim)| claim.holder.clone())
         .collect();
     let claims: Vec<HoldClaim> = holds.iter().map(|(_, claim)| claim.clone()).collect();
+    // Before the order is written: an order is never made that its answer cannot carry.
+    let payment_channels = offers(ctx, &order.amount).await?;
     // Start on a random counter shard; if it has too little, read all of them (at
     // most `STOCK_READS` times) and try where the order fits, as `stock` chooses.
     let mut plans = vec![StockShare::whole(
@@ -218,7 +220,7 @@ pub async fn create_order(
             {
                 Ok(CreateOrderOutcome::Created) => {
                     tracing::info!(order_id = %order.order_id, sku = %order.sku, quantity, shards = ?order.stock_shards, "order created");
-                    return Ok(created_body(&order, &token));
+                    return Ok(created_body(&order, &token, payment_channels));
                 }
                 Ok(CreateOrderOutcome::KeyTaken) => {
                     return replay(ctx, &claim, &request_hash)
@@ -352,9 +354,13 @@ async fn replay(
         .is_some_and(|created| ctx.clock.now().unix_seconds() - created <= REPLAY_TOKEN_SECONDS);
     if fresh && record.source.as_deref() == Some(claim.source.as_str()) {
         let token = order_access_token(ctx.secrets.order_token_key()?, &order.order_id)?;
-        return Ok(Some(created_body(&order, &token)));
+        return Ok(Some(created_body(
+            &order,
+            &token,
+            offers(ctx, &order.amount).await?,
+        )));
     }
-    let mut body = created_body(&order, "");
+    let mut body = created_body(&order, "", offers(ctx, &order.amount).await?);
     body.access_token = None;
     body.access_token_withheld = Some(format!(
         "a retry gets the access token only from the address that made the order and within {REPLAY_TOKEN_SECONDS} s of it; use the token of the first answer"
@@ -380,9 +386,40 @@ pub struct OrderCreated {
     /// Why a retry's answer has no `access_token` (and what to do instead).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub access_token_withheld: Option<String>,
+    /// The channels that take this order, by priority: pay with
+    /// `POST /orders/{order_id}/payments`.
+    pub payment_channels: Vec<ChannelOffer>,
 }
 
-fn created_body(order: &OrderRecord, token: &str) -> OrderCreated {
+/// A channel a buyer may pay an order with.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ChannelOffer {
+    #[schema(example = "alipay-main")]
+    pub channel: String,
+    #[schema(example = "alipay")]
+    pub provider: String,
+    pub display_name: String,
+}
+
+/// The channels that take `amount` (this instance's copy of the list, read at most every
+/// 30 seconds).
+async fn offers(ctx: &Context, amount: &Money) -> Result<Vec<ChannelOffer>> {
+    Ok(super::channels::channels_taking(ctx, amount)
+        .await?
+        .into_iter()
+        .map(|channel| ChannelOffer {
+            channel: channel.channel_id,
+            provider: channel.settings.provider.as_str().to_owned(),
+            display_name: channel.settings.display_name,
+        })
+        .collect())
+}
+
+fn created_body(
+    order: &OrderRecord,
+    token: &str,
+    payment_channels: Vec<ChannelOffer>,
+) -> OrderCreated {
     OrderCreated {
         order_id: order.order_id.clone(),
         status: OrderStatus::PendingPayment,
@@ -392,6 +429,7 @@ fn created_body(order: &OrderRecord, token: &str) -> OrderCreated {
         expires_at: order.expires_at.to_rfc3339(),
         access_token: Some(token.to_owned()),
         access_token_withheld: None,
+        payment_channels,
     }
 }
 

@@ -10,8 +10,12 @@ use crate::config::Context;
 use crate::domain::order::{Cause, OrderStatus};
 use crate::domain::time::is_id;
 use crate::error::{Error, Result};
-use crate::ports::payment::{Notification, PaymentEvent, PaymentNotice};
-use crate::store::{OrderRecord, PaymentApplied, PaymentChange, StockShare, Unmatched};
+use crate::ports::payment::{
+    Notification, NotificationAnswer, PaymentEvent, PaymentNotice, PaymentProvider,
+};
+use crate::store::{
+    AttemptStatus, OrderRecord, PaymentApplied, PaymentChange, StockShare, Unmatched,
+};
 
 const DECISION_ATTEMPTS: u32 = 4;
 
@@ -37,25 +41,8 @@ pub async fn payment_notification(
             event_id,
             kind,
             missing,
-        } => {
-            let unmatched = Unmatched {
-                outcome: "unbound_event",
-                kind: &kind,
-                claimed_order_id: None,
-                amount: None,
-            };
-            ctx.store
-                .record_unmatched_payment(name, &event_id, &unmatched, notification.received_at)
-                .await?;
-            tracing::warn!(
-                provider = name,
-                event_id,
-                kind,
-                missing,
-                "payment event without an order kept for an operator"
-            );
-        }
-        PaymentEvent::Paid(notice) => record_payment(ctx, &notice).await?,
+        } => keep_unbound(ctx, name, &event_id, &kind, missing).await?,
+        PaymentEvent::Paid(notice) => record_payment(ctx, &notice, None).await?,
         PaymentEvent::Waiting { event_id, .. }
         | PaymentEvent::Closed { event_id, .. }
         | PaymentEvent::RefundSettled { event_id, .. } => {
@@ -65,12 +52,142 @@ pub async fn payment_notification(
     Ok(json!({"received": true}))
 }
 
+/// `POST /webhooks/{provider}/{channel_id}`: a notification for a payment channel,
+/// verified with that channel's keys and bound to the attempt it names, which must be one
+/// this channel issued. Answered as the provider expects (`notification_answer`), both
+/// when it is recorded and when it is refused.
+pub async fn channel_notification(
+    ctx: &Context,
+    provider: &str,
+    channel_id: &str,
+    headers: &HeaderMap,
+    raw_body: &[u8],
+) -> Result<NotificationAnswer> {
+    let channel = super::channels::find_channel(ctx, channel_id).await?;
+    if channel.settings.provider.as_str() != provider {
+        return Err(Error::NotFound("channel"));
+    }
+    let adapter = super::channels::provider_for(ctx, &channel).await?;
+    let outcome =
+        apply_channel_notification(ctx, adapter.as_ref(), channel_id, headers, raw_body).await;
+    if let Err(err) = &outcome {
+        tracing::warn!(provider, channel_id, error = %err, "payment notification refused");
+    }
+    Ok(adapter.notification_answer(outcome.as_ref().map(|_| ())))
+}
+
+async fn apply_channel_notification(
+    ctx: &Context,
+    adapter: &dyn PaymentProvider,
+    channel_id: &str,
+    headers: &HeaderMap,
+    raw_body: &[u8],
+) -> Result<()> {
+    let notification = Notification {
+        headers,
+        body: raw_body,
+        received_at: ctx.clock.now(),
+    };
+    let name = adapter.name();
+    match adapter.verify_notification(&notification).await? {
+        PaymentEvent::Paid(mut notice) => {
+            let Some(payment_id) = notice.payment_id.clone() else {
+                return keep_unbound(ctx, name, &notice.event_id, "payment", "payment id").await;
+            };
+            let attempt = match super::pay::order_of_payment(&payment_id) {
+                Some(order_id) => ctx.store.get_attempt(order_id, &payment_id).await?,
+                None => None,
+            };
+            let Some(attempt) = attempt else {
+                // Verified money naming no attempt Kami issued: kept for an operator.
+                notice.order_id = super::pay::order_of_payment(&payment_id).map(str::to_owned);
+                return record_payment(ctx, &notice, None).await;
+            };
+            if attempt.channel_id != channel_id {
+                // Verified by this channel's keys but issued by another channel: binding
+                // fails, nothing changes.
+                return Err(Error::InvalidSignature(
+                    "the payment was not issued by this channel",
+                ));
+            }
+            notice.order_id = Some(attempt.order_id.clone());
+            record_payment(ctx, &notice, Some(&attempt.payment_id)).await
+        }
+        PaymentEvent::Closed {
+            event_id,
+            payment_id,
+        } => {
+            let attempt = match super::pay::order_of_payment(&payment_id) {
+                Some(order_id) => ctx.store.get_attempt(order_id, &payment_id).await?,
+                None => None,
+            };
+            if let Some(attempt) = attempt.filter(|a| a.channel_id == channel_id) {
+                ctx.store
+                    .end_attempt(
+                        &attempt,
+                        &[AttemptStatus::Creating, AttemptStatus::Pending],
+                        AttemptStatus::Closed,
+                        None,
+                        notification.received_at,
+                    )
+                    .await?;
+            }
+            tracing::info!(
+                provider = name,
+                event_id,
+                payment_id,
+                "payment closed by the provider"
+            );
+            Ok(())
+        }
+        PaymentEvent::Waiting { event_id, .. }
+        | PaymentEvent::RefundSettled { event_id, .. }
+        | PaymentEvent::Ignored { event_id, .. } => {
+            tracing::info!(provider = name, event_id, "payment event acknowledged");
+            Ok(())
+        }
+        PaymentEvent::Unbound {
+            event_id,
+            kind,
+            missing,
+        } => keep_unbound(ctx, name, &event_id, &kind, missing).await,
+    }
+}
+
+/// Verified money that names no order: kept (never expiring) for an operator.
+async fn keep_unbound(
+    ctx: &Context,
+    provider: &str,
+    event_id: &str,
+    kind: &str,
+    missing: &str,
+) -> Result<()> {
+    let unmatched = Unmatched {
+        outcome: "unbound_event",
+        kind,
+        claimed_order_id: None,
+        amount: None,
+    };
+    ctx.store
+        .record_unmatched_payment(provider, event_id, &unmatched, ctx.clock.now())
+        .await?;
+    tracing::warn!(
+        provider,
+        event_id,
+        kind,
+        missing,
+        "payment event without an order kept for an operator"
+    );
+    Ok(())
+}
+
 /// The outcome a notice has on an order in its current state. `stock` is where a late
 /// payment would take its units again; `None` once no counter holds them.
 fn decide<'a>(
     order: &OrderRecord,
     notice: &'a PaymentNotice,
     stock: Option<&'a [StockShare]>,
+    attempt: Option<&'a str>,
 ) -> PaymentChange<'a> {
     let amount = &notice.amount;
     let exact = *amount == order.amount;
@@ -122,10 +239,18 @@ fn decide<'a>(
         outcome,
         transition,
         reserve_stock,
+        attempt,
     }
 }
 
-pub async fn record_payment(ctx: &Context, notice: &PaymentNotice) -> Result<()> {
+/// Applies a verified payment to the order it names (`notice.order_id`). `attempt` is the
+/// payment attempt of that order it was bound to (a channel's notification, checked by
+/// the caller), marked paid in the same transaction.
+pub async fn record_payment(
+    ctx: &Context,
+    notice: &PaymentNotice,
+    attempt: Option<&str>,
+) -> Result<()> {
     // Where a late payment takes its stock again: first the counters the order held;
     // once they are short, each counter that holds the order, fullest first, as
     // checkout chooses (read once); when none does, the stock is gone.
@@ -156,7 +281,7 @@ pub async fn record_payment(ctx: &Context, notice: &PaymentNotice) -> Result<()>
             None => Some(order.stock_shards.as_slice()),
             Some(plans) => plans.first().map(Vec::as_slice),
         };
-        let change = decide(&order, notice, stock);
+        let change = decide(&order, notice, stock, attempt);
         match ctx.store.apply_payment(&order, &change, now).await? {
             PaymentApplied::Applied => {
                 tracing::info!(order_id = %order.order_id, event_id = %notice.event_id, outcome = change.outcome, "payment recorded");
@@ -300,7 +425,12 @@ mod tests {
     async fn a_verified_payment_pays_a_pending_order_once() {
         let body = checkout_completed(990);
         let notice = paid(&stripe(), &signed_at(FakeClock::DEFAULT, &body), &body).await;
-        let change = decide(&order(OrderStatus::PendingPayment, 990), &notice, None);
+        let change = decide(
+            &order(OrderStatus::PendingPayment, 990),
+            &notice,
+            None,
+            None,
+        );
         assert_eq!(change.outcome, "paid");
         assert_eq!(
             change.transition,
@@ -312,7 +442,7 @@ mod tests {
         );
         assert_eq!((change.provider, change.provider_ref), ("stripe", "pi_1"));
         // Another event about the same payment, then a second payment.
-        let again = decide(&order(OrderStatus::Paid, 990), &notice, None);
+        let again = decide(&order(OrderStatus::Paid, 990), &notice, None, None);
         assert_eq!(
             (again.outcome, again.transition),
             ("repeat_notification", None)
@@ -321,7 +451,7 @@ mod tests {
             provider_ref: "pi_2".into(),
             ..notice
         };
-        let second = decide(&order(OrderStatus::Delivered, 990), &other, None);
+        let second = decide(&order(OrderStatus::Delivered, 990), &other, None, None);
         assert_eq!(second.outcome, "duplicate_payment");
     }
 
@@ -329,7 +459,7 @@ mod tests {
     async fn wrong_money_and_late_money() {
         let body = checkout_completed(980);
         let short = paid(&stripe(), &signed_at(FakeClock::DEFAULT, &body), &body).await;
-        let change = decide(&order(OrderStatus::PendingPayment, 990), &short, None);
+        let change = decide(&order(OrderStatus::PendingPayment, 990), &short, None, None);
         assert_eq!(change.outcome, "amount_mismatch");
         assert_eq!(
             change.transition.map(|(_, to, _)| to),
@@ -338,12 +468,17 @@ mod tests {
         let body = checkout_completed(990);
         let exact = paid(&stripe(), &signed_at(FakeClock::DEFAULT, &body), &body).await;
         let elsewhere = StockShare::whole(5, 1);
-        let late = decide(&order(OrderStatus::Expired, 990), &exact, Some(&elsewhere));
+        let late = decide(
+            &order(OrderStatus::Expired, 990),
+            &exact,
+            Some(&elsewhere),
+            None,
+        );
         assert_eq!(
             (late.outcome, late.reserve_stock),
             ("paid_late", Some(elsewhere.as_slice()))
         );
-        let sold = decide(&order(OrderStatus::Expired, 990), &exact, None);
+        let sold = decide(&order(OrderStatus::Expired, 990), &exact, None, None);
         assert_eq!(
             (sold.outcome, sold.reserve_stock),
             ("paid_after_expiry", None)
@@ -359,7 +494,12 @@ mod tests {
         };
         let (headers, body) = provider.pay("evt_9", Some("01J00000000000000000000000"), money);
         let notice = paid(&provider, &headers, &body).await;
-        let change = decide(&order(OrderStatus::PendingPayment, 990), &notice, None);
+        let change = decide(
+            &order(OrderStatus::PendingPayment, 990),
+            &notice,
+            None,
+            None,
+        );
         assert_eq!((change.provider, change.outcome), ("fake-pay", "paid"));
     }
 

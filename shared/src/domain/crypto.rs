@@ -46,14 +46,14 @@ pub fn card_key_aad(sku: &str, key_id: &str) -> Vec<u8> {
 }
 
 /// Encrypts with a fresh random nonce; returns `nonce || ciphertext+tag`.
-pub fn seal(key: &DataKey, aad: &[u8], code: &CardKeyCode) -> Result<Vec<u8>> {
+pub fn seal_bytes(key: &DataKey, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
     let nonce = Nonce::generate();
     let ciphertext = key
         .cipher()?
         .encrypt(
             &nonce,
             Payload {
-                msg: code.expose().as_bytes(),
+                msg: plaintext,
                 aad,
             },
         )
@@ -64,13 +64,14 @@ pub fn seal(key: &DataKey, aad: &[u8], code: &CardKeyCode) -> Result<Vec<u8>> {
     Ok(sealed)
 }
 
-pub fn open(key: &DataKey, aad: &[u8], sealed: &[u8]) -> Result<CardKeyCode> {
+/// The plaintext of `seal_bytes`, if `key` and `aad` are the ones it was sealed with.
+pub fn open_bytes(key: &DataKey, aad: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
     if sealed.len() < NONCE_LEN + 16 {
-        return Err(Error::Crypto("sealed card key is truncated"));
+        return Err(Error::Crypto("sealed value is truncated"));
     }
     let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
     let nonce = Nonce::try_from(nonce).map_err(|_| Error::Crypto("bad nonce"))?;
-    let plaintext = Zeroizing::new(
+    Ok(Zeroizing::new(
         key.cipher()?
             .decrypt(
                 &nonce,
@@ -79,8 +80,18 @@ pub fn open(key: &DataKey, aad: &[u8], sealed: &[u8]) -> Result<CardKeyCode> {
                     aad,
                 },
             )
-            .map_err(|_| Error::Crypto("card key failed authentication"))?,
-    );
+            .map_err(|_| Error::Crypto("sealed value failed authentication"))?,
+    ))
+}
+
+/// Seals a card key (`seal_bytes` of its text).
+pub fn seal(key: &DataKey, aad: &[u8], code: &CardKeyCode) -> Result<Vec<u8>> {
+    seal_bytes(key, aad, code.expose().as_bytes())
+}
+
+pub fn open(key: &DataKey, aad: &[u8], sealed: &[u8]) -> Result<CardKeyCode> {
+    let plaintext = open_bytes(key, aad, sealed)
+        .map_err(|_| Error::Crypto("card key failed authentication"))?;
     let code =
         std::str::from_utf8(&plaintext).map_err(|_| Error::Crypto("card key is not UTF-8"))?;
     Ok(CardKeyCode::from(code.to_owned()))

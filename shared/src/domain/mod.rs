@@ -1,6 +1,7 @@
 //! Types and rules with no I/O.
 
 pub mod card_key;
+pub mod channel;
 pub mod crypto;
 pub mod hold;
 pub mod money;

@@ -12,9 +12,11 @@ use super::{
     header_str,
 };
 use crate::app::catalog::{self, AdminProductView};
+use crate::app::channels::{self, ChannelList, ChannelView};
 use crate::app::import::{self, ImportReport};
 use crate::app::operator::{self, OperatorOrderView, Redelivery, UnmatchedPayments};
 use crate::domain::card_key::{ImportFormat, JsonImport};
+use crate::domain::channel::ChannelRequest;
 use crate::domain::crypto::secrets_equal;
 use crate::domain::product::NewProductRequest;
 use crate::error::{Error, Result};
@@ -28,6 +30,8 @@ pub fn routes() -> ApiRouter {
         .routes(routes!(import_card_keys))
         .routes(routes!(get_order))
         .routes(routes!(redeliver))
+        .routes(routes!(put_payment_channel, get_payment_channel))
+        .routes(routes!(list_payment_channels))
         .routes(routes!(unmatched_payments))
 }
 
@@ -223,4 +227,73 @@ async fn unmatched_payments(State(ctx): State<AppState>) -> ApiResult<UnmatchedP
         StatusCode::OK,
         operator::unmatched_payments(&ctx).await?,
     ))
+}
+
+/// Creates or replaces a payment channel (201 created, 200 replaced). Secret config
+/// fields are sealed under KMS and never shown; a replace that omits one keeps it.
+#[utoipa::path(
+    put,
+    path = "/admin/payment-channels/{channel_id}",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(("channel_id" = String, Path, description = "1 to 40 of a-z 0-9 _ -")),
+    request_body = ChannelRequest,
+    responses(
+        (status = 201, description = "Created", body = ChannelView),
+        (status = 200, description = "Replaced", body = ChannelView),
+        (status = 400, description = "`invalid_channel_id`, `invalid_channel`, `invalid_channel_config` (with the field's path), `invalid_json`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = ErrorBody),
+    )
+)]
+async fn put_payment_channel(
+    State(ctx): State<AppState>,
+    PathParam(channel_id): PathParam<String>,
+    JsonBody(request): JsonBody<ChannelRequest>,
+) -> ApiResult<ChannelView> {
+    let (created, view) = channels::put_channel(&ctx, &channel_id, request).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(Reply(status, view))
+}
+
+/// One payment channel, secrets shown as `"<set>"`.
+#[utoipa::path(
+    get,
+    path = "/admin/payment-channels/{channel_id}",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(("channel_id" = String, Path, description = "The channel's id")),
+    responses(
+        (status = 200, description = "The channel", body = ChannelView),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`channel_not_found`", body = ErrorBody),
+    )
+)]
+async fn get_payment_channel(
+    State(ctx): State<AppState>,
+    PathParam(channel_id): PathParam<String>,
+) -> ApiResult<ChannelView> {
+    Ok(Reply(
+        StatusCode::OK,
+        channels::get_channel(&ctx, &channel_id).await?,
+    ))
+}
+
+/// Every payment channel, by priority, secrets shown as `"<set>"`.
+#[utoipa::path(
+    get,
+    path = "/admin/payment-channels",
+    tag = "admin",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The channels", body = ChannelList),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+    )
+)]
+async fn list_payment_channels(State(ctx): State<AppState>) -> ApiResult<ChannelList> {
+    Ok(Reply(StatusCode::OK, channels::list_channels(&ctx).await?))
 }

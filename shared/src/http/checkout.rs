@@ -11,6 +11,7 @@ use super::{
 };
 use crate::app::catalog::{self, ProductView};
 use crate::app::orders::{self, OrderCreated, OrderDetails, OrderRequest};
+use crate::app::pay::{self, PayRequest, PaymentStarted};
 use crate::error::Result;
 
 /// The checkout function's routes (and the spec, which it serves).
@@ -19,6 +20,7 @@ pub fn routes() -> ApiRouter {
         .routes(routes!(get_product))
         .routes(routes!(create_order))
         .routes(routes!(get_order))
+        .routes(routes!(start_payment))
         .routes(routes!(openapi::get_spec))
 }
 
@@ -135,5 +137,41 @@ async fn get_order(
     Ok(Reply(
         StatusCode::OK,
         orders::get_order(&ctx, &order_id, bearer(&headers)).await?,
+    ))
+}
+
+/// Opens a payment for the order on a channel (the one named, or the first by priority
+/// that takes the order, failing over to the next when a provider cannot open it). A
+/// retry with the same `Idempotency-Key` and body answers the same payment.
+#[utoipa::path(
+    post,
+    path = "/orders/{order_id}/payments",
+    tag = "storefront",
+    params(
+        ("order_id" = String, Path, description = "The order's id (ULID)"),
+        ("Idempotency-Key" = String, Header, description = "16 to 128 visible ASCII characters, one per payment attempt the buyer means"),
+    ),
+    security(("order_token" = [])),
+    request_body = PayRequest,
+    responses(
+        (status = 201, description = "The payment is open: `action` says where the buyer pays", body = PaymentStarted),
+        (status = 400, description = "`invalid_json`, `unsupported_payment_method`, `invalid_channel_id`, `missing_idempotency_key`, `invalid_idempotency_key`", body = ErrorBody),
+        (status = 404, description = "`order_not_found` (also for a wrong or missing token), `channel_not_found`", body = ErrorBody),
+        (status = 409, description = "`order_not_payable`, `channel_not_eligible`", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = ErrorBody),
+        (status = 422, description = "`idempotency_key_reused`", body = ErrorBody),
+        (status = 502, description = "`payment_provider_unavailable`: every eligible channel failed (each attempt is recorded on the order)", body = ErrorBody),
+    )
+)]
+async fn start_payment(
+    State(ctx): State<AppState>,
+    PathParam(order_id): PathParam<String>,
+    IdempotencyKey(key): IdempotencyKey,
+    headers: HeaderMap,
+    JsonBody(request): JsonBody<PayRequest>,
+) -> ApiResult<PaymentStarted> {
+    Ok(Reply(
+        StatusCode::CREATED,
+        pay::start_payment(&ctx, &order_id, bearer(&headers), &key, request).await?,
     ))
 }

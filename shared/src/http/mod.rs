@@ -59,9 +59,19 @@ fn status_and_code(err: &Error) -> (StatusCode, &'static str) {
         Error::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
         Error::NotFound("product") => (StatusCode::NOT_FOUND, "product_not_found"),
         Error::NotFound("order") => (StatusCode::NOT_FOUND, "order_not_found"),
+        Error::NotFound("channel") => (StatusCode::NOT_FOUND, "channel_not_found"),
         Error::NotFound(_) | Error::RouteNotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
         Error::Conflict(ConflictKind::OutOfStock) => (StatusCode::CONFLICT, "out_of_stock"),
         Error::Conflict(ConflictKind::ProductExists) => (StatusCode::CONFLICT, "product_exists"),
+        Error::Conflict(ConflictKind::OrderNotPayable) => {
+            (StatusCode::CONFLICT, "order_not_payable")
+        }
+        Error::Conflict(ConflictKind::ChannelNotEligible) => {
+            (StatusCode::CONFLICT, "channel_not_eligible")
+        }
+        Error::PaymentProvidersUnavailable { .. } => {
+            (StatusCode::BAD_GATEWAY, "payment_provider_unavailable")
+        }
         Error::IdempotencyKeyReused => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
         Error::TooManyPendingOrders { .. } => {
             (StatusCode::TOO_MANY_REQUESTS, "too_many_pending_orders")

@@ -54,6 +54,13 @@ pub fn spec() -> OpenApi {
             "Stripe's HMAC-SHA256 signature of the raw body with a timestamp (t=..., v1=...)",
         ))),
     );
+    components.add_security_scheme(
+        "provider_signature",
+        SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+            "Wechatpay-Signature",
+            "The channel provider's own signature, verified with the channel's keys: Alipay's RSA2 `sign` in the form body, WeChat Pay's `Wechatpay-Signature` (with `-Timestamp`, `-Nonce`, `-Serial`), Stripe's `Stripe-Signature`",
+        ))),
+    );
     spec
 }
 
@@ -149,7 +156,7 @@ mod tests {
             }
         }
         assert_eq!(
-            operations, 11,
+            operations, 16,
             "one operation per route of the three functions"
         );
     }

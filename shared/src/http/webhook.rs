@@ -7,12 +7,16 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use utoipa_axum::routes;
 
-use super::{ApiResult, ApiRouter, AppState, ErrorBody, RawBody, Reply};
+use axum::response::{IntoResponse, Response};
+
+use super::{ApiResult, ApiRouter, AppState, ErrorBody, PathParam, RawBody, Reply};
 use crate::app::payments;
 use crate::request::MAX_SMALL_BODY;
 
 pub fn routes() -> ApiRouter {
-    ApiRouter::new().routes(routes!(stripe))
+    ApiRouter::new()
+        .routes(routes!(stripe))
+        .routes(routes!(channel))
 }
 
 /// What a provider gets once the notification is durably recorded.
@@ -43,4 +47,44 @@ async fn stripe(
 ) -> ApiResult<WebhookAck> {
     payments::payment_notification(&ctx, "stripe", &headers, &body).await?;
     Ok(Reply(StatusCode::OK, WebhookAck { received: true }))
+}
+
+/// A payment channel's notification (`/webhooks/alipay/{channel_id}`,
+/// `/webhooks/wechatpay/{channel_id}`, `/webhooks/stripe/{channel_id}`), verified with that
+/// channel's keys and bound to the attempt it names. Answered as the provider expects:
+/// Alipay `success` / `failure` (text), WeChat Pay 204 / `{"code":"FAIL"}`, Stripe JSON.
+#[utoipa::path(
+    post,
+    path = "/webhooks/{provider}/{channel_id}",
+    tag = "webhooks",
+    security(("provider_signature" = [])),
+    params(
+        ("provider" = String, Path, description = "`alipay`, `wechatpay` or `stripe`: the channel's provider"),
+        ("channel_id" = String, Path, description = "The channel's id"),
+    ),
+    request_body(content = String, description = "The provider's notification, raw (form-encoded for Alipay, JSON otherwise), signed as the provider signs it", content_type = "application/octet-stream"),
+    responses(
+        (status = 200, description = "Recorded (Alipay: `success`; Stripe: `{\"received\": true}`)", body = String, content_type = "text/plain"),
+        (status = 204, description = "Recorded (WeChat Pay)"),
+        (status = 400, description = "Refused: a bad signature, another channel's or account's payment (Alipay: `failure`; WeChat Pay: `{\"code\":\"FAIL\"}`; Stripe: the JSON error shape)", body = String, content_type = "text/plain"),
+        (status = 404, description = "`channel_not_found`", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = ErrorBody),
+        (status = 500, description = "Not recorded; the provider retries", body = String, content_type = "text/plain"),
+    )
+)]
+async fn channel(
+    State(ctx): State<AppState>,
+    PathParam((provider, channel_id)): PathParam<(String, String)>,
+    headers: HeaderMap,
+    RawBody(body): RawBody<MAX_SMALL_BODY>,
+) -> Result<Response, crate::error::Error> {
+    let answer =
+        payments::channel_notification(&ctx, &provider, &channel_id, &headers, &body).await?;
+    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    Ok((
+        status,
+        [(axum::http::header::CONTENT_TYPE, answer.content_type)],
+        answer.body,
+    )
+        .into_response())
 }

@@ -115,7 +115,7 @@ pub struct PaymentRequest {
 }
 
 /// What the buyer does next to pay.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum PaymentAction {
     /// Open this URL (Alipay's signed gateway URL, Stripe Checkout's page).

@@ -22,6 +22,17 @@ impl EncryptionContext {
         ]))
     }
 
+    /// The data key sealing one payment channel's secrets. Each write of the channel
+    /// seals under a new key, named by `seal_id` (a context names exactly one data key:
+    /// vaults cache unwrapped keys by context).
+    pub fn payment_channel(channel_id: &str, seal_id: &str) -> Self {
+        EncryptionContext(BTreeMap::from([
+            ("kami:purpose".to_owned(), "payment-channel".to_owned()),
+            ("kami:channel".to_owned(), channel_id.to_owned()),
+            ("kami:seal".to_owned(), seal_id.to_owned()),
+        ]))
+    }
+
     /// The (name, value) pairs, sorted by name.
     pub fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
         self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))

@@ -83,6 +83,26 @@ pub(crate) mod keys {
     pub fn hold(sku: &str, holder: &str) -> (String, String) {
         (format!("HOLD#{sku}#{holder}"), "HOLD".into())
     }
+    /// Every payment channel, in one partition (a handful per deployment).
+    pub const CHANNELS_PARTITION: &str = "CHANNEL#ALL";
+    pub fn channel(channel_id: &str) -> (String, String) {
+        (
+            CHANNELS_PARTITION.to_owned(),
+            format!("CHANNEL#{channel_id}"),
+        )
+    }
+    /// A payment attempt lives in its order's partition.
+    pub const ATTEMPT_PREFIX: &str = "ATTEMPT#";
+    pub fn attempt(order_id: &str, payment_id: &str) -> (String, String) {
+        (
+            order_partition(order_id),
+            format!("{ATTEMPT_PREFIX}{payment_id}"),
+        )
+    }
+    /// Pending attempts, by creation time, for the payment reconciler.
+    pub fn attempts_index(shard: u32) -> String {
+        format!("ATTEMPTS#{shard}")
+    }
     pub fn pending_index(shard: u32) -> String {
         format!("PENDING#{shard}")
     }

@@ -16,6 +16,8 @@ pub struct IdempotencyRecord {
     pub source: Option<String>,
     /// When the key was claimed, unix seconds (absent on older records).
     pub created: Option<i64>,
+    /// The payment attempt a `POST /orders/{id}/payments` key made.
+    pub payment_id: Option<String>,
 }
 
 impl FromItem for IdempotencyRecord {
@@ -28,6 +30,7 @@ impl FromItem for IdempotencyRecord {
                 .get("created")
                 .map(|_| get_n(item, "created"))
                 .transpose()?,
+            payment_id: get_opt_s(item, "payment_id"),
         })
     }
 }
@@ -62,5 +65,20 @@ impl Store {
         key: &str,
     ) -> Result<Option<IdempotencyRecord>> {
         self.get_as(keys::idempotency(scope, key), true).await
+    }
+
+    /// Access pattern: claim a `POST /orders/{id}/payments` key for the attempt it
+    /// opened (PutItem if absent); false if another request claimed it first.
+    pub async fn claim_payment_key(
+        &self,
+        key: &str,
+        request_hash: &str,
+        order_id: &str,
+        payment_id: &str,
+        now: Timestamp,
+    ) -> Result<bool> {
+        let mut claim = idempotency_item("payments", key, "", request_hash, order_id, now);
+        claim.insert("payment_id".to_owned(), s(payment_id));
+        self.put_if_absent(claim).await
     }
 }

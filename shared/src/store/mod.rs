@@ -23,8 +23,10 @@ use aws_sdk_dynamodb::types::KeysAndAttributes;
 
 use crate::error::{Error, Result};
 
+mod attempts;
 mod backoff;
 mod card_keys;
+mod channels;
 mod codec;
 mod holds;
 mod idempotency;
@@ -34,7 +36,9 @@ mod products;
 mod sweep_lease;
 mod tx;
 
+pub use attempts::{AttemptRecord, AttemptStatus};
 pub use card_keys::{AllocateOutcome, BatchRecord, CardKeySlot, SealedKey, StockKey};
+pub use channels::{ChannelRecord, SealedSecrets};
 pub use codec::Item;
 pub use holds::{HoldClaim, HoldRecord};
 pub use idempotency::IdempotencyRecord;

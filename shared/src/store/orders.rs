@@ -5,6 +5,7 @@
 
 use aws_sdk_dynamodb::types::AttributeValue;
 
+use super::attempts::{AttemptRecord, is_attempt};
 use super::card_keys::CardKeySlot;
 use super::codec::{
     FromItem, Item, get_delivery_type, get_money, get_n, get_opt_s, get_s, get_u32, item, key_item,
@@ -140,6 +141,7 @@ pub struct OrderView {
     pub events: Vec<OrderEvent>,
     pub deliveries: Vec<DeliveryRecord>,
     pub payments: Vec<PaymentRecord>,
+    pub attempts: Vec<AttemptRecord>,
 }
 
 /// The two queues of work the sweep reads from the sparse index.
@@ -414,6 +416,7 @@ impl Store {
         let mut events = Vec::new();
         let mut deliveries = Vec::new();
         let mut payments = Vec::new();
+        let mut attempts = Vec::new();
         for item in &items {
             let sk = get_s(item, "sk")?;
             if sk == keys::ORDER_SK {
@@ -424,6 +427,8 @@ impl Store {
                 deliveries.push(DeliveryRecord::from_item(item)?);
             } else if sk.starts_with(keys::PAYMENT_PREFIX) {
                 payments.push(PaymentRecord::from_item(item)?);
+            } else if is_attempt(&sk) {
+                attempts.push(AttemptRecord::from_item(item)?);
             }
         }
         Ok(order.map(|order| OrderView {
@@ -431,6 +436,7 @@ impl Store {
             events,
             deliveries,
             payments,
+            attempts,
         }))
     }
 

@@ -40,6 +40,9 @@ pub struct PaymentChange<'a> {
     /// an expired order), recorded as the order's new `stock_shards`; the whole change
     /// fails with `NoStock` if any of them is short.
     pub reserve_stock: Option<&'a [StockShare]>,
+    /// The payment attempt of the order the money was for, marked paid in the same
+    /// transaction (a channel's notification names one).
+    pub attempt: Option<&'a str>,
 }
 
 /// A verified notification that matches no order.
@@ -166,6 +169,9 @@ impl Store {
         }
         if let Some(shares) = change.reserve_stock {
             tx.move_stock(&order.sku, shares, StockMove::Reserve)?;
+        }
+        if let Some(payment_id) = change.attempt {
+            tx.attempt_paid(&order.order_id, payment_id, &at)?;
         }
         Ok(match self.transact(tx).await? {
             TxOutcome::Committed => PaymentApplied::Applied,

@@ -40,6 +40,8 @@ pub(crate) enum ItemName {
     Webhook,
     /// The i-th hold an order claims or releases.
     Hold(usize),
+    /// The payment attempt a payment pays.
+    Attempt,
 }
 
 /// A `TransactWriteItems` being built: its items, each under its own name.

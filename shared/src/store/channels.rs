@@ -1,0 +1,171 @@
+//! Payment channels: one item each in the `CHANNELS` partition (a handful per
+//! deployment, so listing them is one Query), the provider config in the clear but for
+//! its secret fields, which are sealed together under a data key of the channel's own
+//! (encryption context `payment-channel` + the channel id).
+
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
+
+use super::Store;
+use super::codec::{FromItem, Item, get_b, get_n, get_opt_u32, get_s, item, keys, n, s};
+use crate::domain::channel::{ChannelSettings, ProviderKind};
+use crate::error::{Error, Result};
+
+/// A channel's secret fields, sealed: the wrapped data key and `nonce || ciphertext` of
+/// the fields' JSON object (AAD `kami/payment-channel/v1|{channel_id}`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedSecrets {
+    /// Names the data key in its encryption context (one per write of the channel).
+    pub seal_id: String,
+    pub wrapped_key: Vec<u8>,
+    pub sealed: Vec<u8>,
+}
+
+/// A channel as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChannelRecord {
+    pub channel_id: String,
+    pub settings: ChannelSettings,
+    /// The config without its secret fields.
+    pub public_config: serde_json::Value,
+    /// Which secret fields are set, with their shape (`"<set>"` or a list of them).
+    pub secret_shapes: serde_json::Map<String, serde_json::Value>,
+    pub secrets: SealedSecrets,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+fn get_bool(item: &Item, name: &str) -> Result<bool> {
+    match item.get(name) {
+        Some(AttributeValue::Bool(value)) => Ok(*value),
+        _ => Err(Error::Corrupt(format!("item has no boolean {name}"))),
+    }
+}
+
+fn get_json(item: &Item, name: &str) -> Result<serde_json::Value> {
+    serde_json::from_str(&get_s(item, name)?)
+        .map_err(|_| Error::Corrupt(format!("{name} is not JSON")))
+}
+
+impl FromItem for ChannelRecord {
+    fn from_item(item: &Item) -> Result<Self> {
+        let currencies = match item.get("currencies") {
+            Some(AttributeValue::L(list)) => list
+                .iter()
+                .map(|code| {
+                    code.as_s()
+                        .cloned()
+                        .map_err(|_| Error::Corrupt("currency is not a string".into()))
+                })
+                .collect::<Result<Vec<_>>>()?,
+            _ => return Err(Error::Corrupt("channel has no currencies".into())),
+        };
+        let secret_shapes = match get_json(item, "secret_shapes")? {
+            serde_json::Value::Object(map) => map,
+            _ => return Err(Error::Corrupt("secret_shapes is not an object".into())),
+        };
+        Ok(ChannelRecord {
+            channel_id: get_s(item, "channel_id")?,
+            settings: ChannelSettings {
+                provider: ProviderKind::parse(&get_s(item, "provider")?)
+                    .map_err(|_| Error::Corrupt("unknown channel provider".into()))?,
+                enabled: get_bool(item, "enabled")?,
+                display_name: get_s(item, "display_name")?,
+                currencies,
+                priority: i32::try_from(get_n(item, "priority")?)
+                    .map_err(|_| Error::Corrupt("priority out of range".into()))?,
+                min_amount: get_n(item, "min_amount")?,
+                max_amount: item
+                    .contains_key("max_amount")
+                    .then(|| get_n(item, "max_amount"))
+                    .transpose()?,
+                timeout_ms: get_opt_u32(item, "timeout_ms")?
+                    .ok_or_else(|| Error::Corrupt("channel has no timeout_ms".into()))?,
+            },
+            public_config: get_json(item, "config")?,
+            secret_shapes,
+            secrets: SealedSecrets {
+                seal_id: get_s(item, "secrets_seal_id")?,
+                wrapped_key: get_b(item, "secrets_wrapped_key")?,
+                sealed: get_b(item, "secrets_sealed")?,
+            },
+            created_at: get_s(item, "created_at")?,
+            updated_at: get_s(item, "updated_at")?,
+        })
+    }
+}
+
+fn channel_item(channel: &ChannelRecord) -> Item {
+    let settings = &channel.settings;
+    let mut stored = item(
+        keys::channel(&channel.channel_id),
+        "payment_channel",
+        [
+            ("channel_id", s(&channel.channel_id)),
+            ("provider", s(settings.provider.as_str())),
+            ("enabled", AttributeValue::Bool(settings.enabled)),
+            ("display_name", s(&settings.display_name)),
+            (
+                "currencies",
+                AttributeValue::L(settings.currencies.iter().map(s).collect()),
+            ),
+            ("priority", n(settings.priority)),
+            ("min_amount", n(settings.min_amount)),
+            ("timeout_ms", n(settings.timeout_ms)),
+            ("config", s(channel.public_config.to_string())),
+            (
+                "secret_shapes",
+                s(serde_json::Value::Object(channel.secret_shapes.clone()).to_string()),
+            ),
+            ("secrets_seal_id", s(&channel.secrets.seal_id)),
+            (
+                "secrets_wrapped_key",
+                super::codec::b(channel.secrets.wrapped_key.clone()),
+            ),
+            (
+                "secrets_sealed",
+                super::codec::b(channel.secrets.sealed.clone()),
+            ),
+            ("created_at", s(&channel.created_at)),
+            ("updated_at", s(&channel.updated_at)),
+        ],
+    );
+    if let Some(max) = settings.max_amount {
+        stored.insert("max_amount".to_owned(), n(max));
+    }
+    stored
+}
+
+impl Store {
+    /// Access pattern: create or replace a channel. Returns true when it was created
+    /// (the old item, if any, comes back from the same PutItem).
+    pub async fn put_channel(&self, channel: &ChannelRecord) -> Result<bool> {
+        let output = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(channel_item(channel)))
+            .return_values(ReturnValue::AllOld)
+            .send()
+            .await
+            .map_err(|e| Error::aws("dynamodb", e))?;
+        Ok(output.attributes.is_none_or(|old| old.is_empty()))
+    }
+
+    /// Access pattern: one channel by id.
+    pub async fn get_channel(&self, channel_id: &str) -> Result<Option<ChannelRecord>> {
+        self.get_as(keys::channel(channel_id), true).await
+    }
+
+    /// Access pattern: every channel (one Query on the `CHANNELS` partition).
+    pub async fn list_channels(&self) -> Result<Vec<ChannelRecord>> {
+        let query = self
+            .query()
+            .key_condition_expression("pk = :pk")
+            .expression_attribute_values(":pk", s(keys::CHANNELS_PARTITION));
+        self.query_all(query)
+            .await?
+            .iter()
+            .map(ChannelRecord::from_item)
+            .collect()
+    }
+}
