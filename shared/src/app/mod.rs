@@ -9,5 +9,6 @@ pub mod operator;
 pub mod orders;
 pub mod pay;
 pub mod payments;
+pub mod reconcile;
 mod stock;
 pub mod sweep;

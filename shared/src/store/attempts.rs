@@ -7,12 +7,16 @@
 
 use super::codec::{FromItem, Item, get_money, get_opt_s, get_s, item, key_item, keys, n, s};
 use super::tx::{ItemName, Tx};
-use super::{INDEX_SHARDS, Store, condition_failed, shard_of};
+use super::{INDEX_SHARDS, ORDER_INDEX, Store, condition_failed, shard_of};
 use crate::domain::channel::ProviderKind;
 use crate::domain::money::Money;
 use crate::domain::time::Timestamp;
 use crate::error::{Error, Result};
 use crate::ports::payment::{PaymentAction, PaymentMethod};
+
+/// An open attempt is first asked about this long after it was made, then this often
+/// (the payment reconciler's schedule runs every minute).
+pub const RECONCILE_AFTER_SECONDS: i64 = 60;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -146,7 +150,7 @@ impl Store {
                         INDEX_SHARDS,
                     ))),
                 ),
-                ("gsi1sk", n(now.unix_seconds())),
+                ("gsi1sk", n(now.unix_seconds() + RECONCILE_AFTER_SECONDS)),
             ],
         );
         if let Some(failure) = &attempt.failure {
@@ -247,6 +251,65 @@ impl Store {
         match update.send().await {
             Ok(_) => Ok(true),
             Err(err) if condition_failed(&err) => Ok(false),
+            Err(err) => Err(Error::aws("dynamodb", err)),
+        }
+    }
+}
+
+impl Store {
+    /// Access pattern: open attempts due for a check by `due_by`, in one index shard,
+    /// oldest first, at most `limit` (one Query page of the sparse index; each attempt
+    /// checked leaves it or moves its due time on, so the next page is again the first).
+    pub async fn due_attempts(
+        &self,
+        shard: u32,
+        due_by: Timestamp,
+        limit: i32,
+    ) -> Result<Vec<(String, String)>> {
+        let output = self
+            .query()
+            .index_name(ORDER_INDEX)
+            .key_condition_expression("gsi1pk = :pk AND gsi1sk <= :due")
+            .expression_attribute_values(":pk", s(keys::attempts_index(shard)))
+            .expression_attribute_values(":due", n(due_by.unix_seconds()))
+            .limit(limit)
+            .send()
+            .await
+            .map_err(|e| Error::aws("dynamodb", e))?;
+        let mut due = Vec::with_capacity(output.items().len());
+        for item in output.items() {
+            let (pk, sk) = (get_s(item, "pk")?, get_s(item, "sk")?);
+            if let (Some(order_id), Some(payment_id)) = (
+                keys::order_id_of(&pk),
+                sk.strip_prefix(keys::ATTEMPT_PREFIX),
+            ) {
+                due.push((order_id.to_owned(), payment_id.to_owned()));
+            }
+        }
+        Ok(due)
+    }
+
+    /// Access pattern: check an open attempt again at `next` (while it is still open).
+    pub async fn snooze_attempt(&self, attempt: &AttemptRecord, next: Timestamp) -> Result<()> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key_item(keys::attempt(
+                &attempt.order_id,
+                &attempt.payment_id,
+            ))))
+            .update_expression("SET gsi1sk = :next")
+            .condition_expression("#status IN (:creating, :pending)")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":next", n(next.unix_seconds()))
+            .expression_attribute_values(":creating", s(AttemptStatus::Creating.as_str()))
+            .expression_attribute_values(":pending", s(AttemptStatus::Pending.as_str()))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(err) if condition_failed(&err) => Ok(()),
             Err(err) => Err(Error::aws("dynamodb", err)),
         }
     }

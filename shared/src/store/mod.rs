@@ -36,7 +36,7 @@ mod products;
 mod sweep_lease;
 mod tx;
 
-pub use attempts::{AttemptRecord, AttemptStatus};
+pub use attempts::{AttemptRecord, AttemptStatus, RECONCILE_AFTER_SECONDS};
 pub use card_keys::{AllocateOutcome, BatchRecord, CardKeySlot, SealedKey, StockKey};
 pub use channels::{ChannelRecord, SealedSecrets};
 pub use codec::Item;

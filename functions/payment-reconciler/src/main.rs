@@ -1,0 +1,29 @@
+//! Thin entrypoint: every minute (the `PaymentReconcile` schedule), ask the payment
+//! providers about open payment attempts, within the invocation's deadline.
+
+use std::sync::Arc;
+
+use kami_shared::Context;
+use kami_shared::adapters::clock::SystemClock;
+use kami_shared::app::delivery::Budget;
+use kami_shared::app::reconcile::{self, ReconcileReport};
+use kami_shared::domain::time::Timestamp;
+use lambda_runtime::{Error, LambdaEvent, run, service_fn};
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Error> {
+    // Paid orders are queued for delivery; channels' secrets are opened by the vault.
+    let ctx = Context::from_env().await?.with_queue().with_vault().build();
+    run(service_fn(|event: LambdaEvent<serde_json::Value>| {
+        let ctx = ctx.clone();
+        // The runtime's deadline is the machine's time (not the platform clock locally).
+        let deadline = Timestamp(i64::try_from(event.context.deadline).unwrap_or(i64::MAX));
+        let budget = Budget::until(deadline, Arc::new(SystemClock));
+        async move {
+            reconcile::reconcile(&ctx, ctx.clock.now(), &budget)
+                .await
+                .map_err(Error::from) as Result<ReconcileReport, Error>
+        }
+    }))
+    .await
+}
