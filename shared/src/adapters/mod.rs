@@ -9,3 +9,4 @@ pub mod metrics;
 pub mod queue;
 pub mod secrets;
 pub mod stripe;
+pub mod wechatpay;
