@@ -291,15 +291,16 @@ impl WechatPayConfig {
         let appid = id_field(object, "appid")?;
         let merchant_serial_no = id_field(object, "merchant_serial_no")?;
         let merchant_private_key = parse_private_key(secret_text(object, "merchant_private_key")?)?;
-        let apiv3_key: [u8; 32] = secret_text(object, "apiv3_key")?
-            .as_bytes()
-            .try_into()
-            .map_err(|_| {
-                config_error(
-                    "apiv3_key",
-                    "must be the 32-character APIv3 key set in the merchant platform",
-                )
-            })?;
+        let apiv3_text = secret_text(object, "apiv3_key")?.as_bytes();
+        if apiv3_text.len() != 32 {
+            return Err(config_error(
+                "apiv3_key",
+                "must be the 32-character APIv3 key set in the merchant platform",
+            ));
+        }
+        // Copied straight into wiped memory (no stray copy on the stack).
+        let mut apiv3_key = Zeroizing::new([0u8; 32]);
+        apiv3_key.copy_from_slice(apiv3_text);
         let platform_public_keys = parse_platform_keys(object.get("platform_public_keys"))?;
         let api_base_url = parse_base_url(object.get("api_base_url"))?;
         Ok(WechatPayConfig {
@@ -307,7 +308,7 @@ impl WechatPayConfig {
             appid,
             merchant_serial_no,
             merchant_private_key,
-            apiv3_key: Zeroizing::new(apiv3_key),
+            apiv3_key,
             platform_public_keys,
             api_base_url,
         })
@@ -375,6 +376,8 @@ pub fn verify_signed_message(
     if timestamp.is_empty() || !timestamp.bytes().all(|b| b.is_ascii_digit()) {
         return Err("Wechatpay-Timestamp is not a number");
     }
+    // The header's own text is what was signed; the number is for the freshness check.
+    let signed_timestamp = timestamp;
     let timestamp: i64 = timestamp
         .parse()
         .map_err(|_| "Wechatpay-Timestamp is not a number")?;
@@ -398,14 +401,11 @@ pub fn verify_signed_message(
         .map_err(|_| "Wechatpay-Signature is not base64")?;
     let signature = Signature::try_from(signature.as_slice())
         .map_err(|_| "Wechatpay-Signature is malformed")?;
-    let mut message =
-        Vec::with_capacity(timestamp.to_string().len() + nonce.len() + body.len() + 3);
-    message.extend_from_slice(timestamp.to_string().as_bytes());
-    message.push(b'\n');
-    message.extend_from_slice(nonce.as_bytes());
-    message.push(b'\n');
-    message.extend_from_slice(body);
-    message.push(b'\n');
+    let mut message = Vec::with_capacity(signed_timestamp.len() + nonce.len() + body.len() + 3);
+    for part in [signed_timestamp.as_bytes(), nonce.as_bytes(), body] {
+        message.extend_from_slice(part);
+        message.push(b'\n');
+    }
     key.verify(&message, &signature)
         .map_err(|_| "Wechatpay-Signature does not match")
 }
@@ -931,6 +931,10 @@ impl WechatPayProvider {
                 .mchid
                 .as_deref()
                 .is_some_and(|id| id != self.config.mchid)
+            || transaction
+                .appid
+                .as_deref()
+                .is_some_and(|id| id != self.config.appid)
         {
             return Err(upstream("WeChat Pay answered about another payment"));
         }
