@@ -1522,6 +1522,25 @@ mod tests {
         assert!(verify(&provider, &forged, body, NOW).await.is_err());
     }
 
+    #[test]
+    fn the_timestamp_is_verified_as_sent() {
+        // The signature covers the header's text, not the number re-printed.
+        let body = br#"{"code_url":"weixin://x"}"#;
+        let message = [b"01800000000\nN\n".as_slice(), body, b"\n"].concat();
+        let signature = B64.encode(platform().sign(&message).to_bytes());
+        let headers = headers(&[
+            ("Wechatpay-Timestamp", "01800000000"),
+            ("Wechatpay-Nonce", "N"),
+            ("Wechatpay-Signature", &signature),
+            ("Wechatpay-Serial", PLATFORM_SERIAL),
+        ]);
+        let config = config();
+        assert_eq!(
+            verify_signed_message(&config.platform_public_keys, &headers, body, NOW),
+            Ok(())
+        );
+    }
+
     #[tokio::test]
     async fn another_merchants_or_apps_notification_is_refused() {
         let provider = provider();
