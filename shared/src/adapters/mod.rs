@@ -10,3 +10,4 @@ pub mod payment_channels;
 pub mod queue;
 pub mod secrets;
 pub mod stripe;
+pub mod wechatpay;
