@@ -120,9 +120,8 @@ impl AlipayConfig {
             return Err(config_error(unknown, "unknown field"));
         }
         let app_id = match object.get("app_id") {
-            Some(Value::String(id)) => account_id(id, 32).ok_or_else(|| {
-                config_error("app_id", "must be 1 to 32 ASCII letters or digits")
-            })?,
+            Some(Value::String(id)) => account_id(id, 32)
+                .ok_or_else(|| config_error("app_id", "must be 1 to 32 ASCII letters or digits"))?,
             _ => return Err(config_error("app_id", "is required (a string)")),
         };
         let seller_id = match object.get("seller_id") {
@@ -489,10 +488,7 @@ impl AlipayProvider {
         // A system error leaves the outcome unknown: retrying with the same
         // out_request_no refunds at most once.
         if code == "20000" || sub_code.ends_with("SYSTEM_ERROR") {
-            return Err(upstream(format!(
-                "{method}: {}",
-                answer.describe()
-            )));
+            return Err(upstream(format!("{method}: {}", answer.describe())));
         }
         let reason = ["sub_msg", "msg", "sub_code"]
             .iter()
@@ -578,7 +574,12 @@ fn invalid_notification(message: &str) -> Error {
 
 /// What a verified notification means to Kami.
 fn parse_event(params: &BTreeMap<String, String>) -> Result<PaymentEvent> {
-    let text = |name: &str| params.get(name).map(String::as_str).filter(|v| !v.is_empty());
+    let text = |name: &str| {
+        params
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    };
     let event_id = text("notify_id")
         .ok_or_else(|| invalid_notification("the notification has no notify_id"))?
         .to_owned();
@@ -671,9 +672,7 @@ fn yuan(money: &Money) -> Result<String> {
 /// third decimal.
 pub fn parse_yuan(text: &str) -> Option<i64> {
     let (whole, fraction) = match text.split_once('.') {
-        Some((whole, fraction)) if !fraction.is_empty() && fraction.len() <= 2 => {
-            (whole, fraction)
-        }
+        Some((whole, fraction)) if !fraction.is_empty() && fraction.len() <= 2 => (whole, fraction),
         Some(_) => return None,
         None => (text, ""),
     };
@@ -686,7 +685,11 @@ pub fn parse_yuan(text: &str) -> Option<i64> {
         1 => fraction.parse::<i64>().ok()? * 10,
         _ => fraction.parse::<i64>().ok()?,
     };
-    whole.parse::<i64>().ok()?.checked_mul(100)?.checked_add(fen)
+    whole
+        .parse::<i64>()
+        .ok()?
+        .checked_mul(100)?
+        .checked_add(fen)
 }
 
 /// A time as Alipay reads it: Beijing time (UTC+8, no daylight saving).
@@ -864,7 +867,9 @@ impl Answer {
             _ => false,
         };
         if other_trade || other_ref {
-            return Err(upstream(format!("{method}: the answer is about another trade")));
+            return Err(upstream(format!(
+                "{method}: the answer is about another trade"
+            )));
         }
         Ok(())
     }
@@ -966,7 +971,10 @@ fn top_level_members(text: &[u8]) -> Option<Vec<(String, Range<usize>)>> {
 }
 
 fn skip_space(text: &[u8], mut i: usize) -> usize {
-    while text.get(i).is_some_and(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r')) {
+    while text
+        .get(i)
+        .is_some_and(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+    {
         i += 1;
     }
     i
@@ -1021,6 +1029,1118 @@ fn skip_value(text: &[u8], i: usize) -> Option<usize> {
                 j += 1;
             }
             (j > i).then_some(j)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::fakes::FakeClock;
+
+    // Test-only keys (shared/testdata/alipay/README.md): "app" is the merchant's pair,
+    // "alipay" stands in for Alipay's.
+    const APP_PRIVATE: &str = include_str!("../../testdata/alipay/app_private_key.test.pem");
+    const APP_PRIVATE_PKCS1: &str =
+        include_str!("../../testdata/alipay/app_private_key_pkcs1.test.pem");
+    const APP_PUBLIC: &str = include_str!("../../testdata/alipay/app_public_key.test.pem");
+    const ALIPAY_PRIVATE: &str = include_str!("../../testdata/alipay/alipay_private_key.test.pem");
+    const ALIPAY_PUBLIC: &str = include_str!("../../testdata/alipay/alipay_public_key.test.pem");
+
+    const APP_ID: &str = "2021000000000001";
+    const SELLER_ID: &str = "2088000000000002";
+    const NOTIFY_URL: &str = "https://kami.example.com/webhooks/alipay/01J0CHANNEL";
+    const PAYMENT_ID: &str = "pay_01J0ATTEMPT";
+    const TRADE_NO: &str = "2027011522001400000000000001";
+
+    // Produced by python-alipay-sdk 3.4.0 (fzlee/alipay) on the test keys above with
+    // `/tmp/alipay-venv/bin/python infra/tests/alipay_golden.py` (the script says how to
+    // make the venv): the SDK's string to sign and signed query for a page payment, and a
+    // notification it signed with the "alipay" key, as a form body.
+    const SDK_PAGE_PAY_STRING_TO_SIGN: &str = r#"app_id=2021000000000001&biz_content={"out_trade_no":"pay_01J0ATTEMPT","total_amount":"12.34","subject":"\u4f1a\u5458\u6708\u5361 \"VIP\" & 1+1","product_code":"FAST_INSTANT_TRADE_PAY","time_expire":"2027-01-15 16:30:00"}&charset=utf-8&format=JSON&method=alipay.trade.page.pay&notify_url=https://kami.example.com/webhooks/alipay/01J0CHANNEL&sign_type=RSA2&timestamp=2027-01-15 16:00:00&version=1.0"#;
+    const SDK_PAGE_PAY_SIGNED_QUERY: &str = "app_id=2021000000000001&biz_content=%7B%22out_trade_no%22%3A%22pay_01J0ATTEMPT%22%2C%22total_amount%22%3A%2212.34%22%2C%22subject%22%3A%22%5Cu4f1a%5Cu5458%5Cu6708%5Cu5361+%5C%22VIP%5C%22+%26+1%2B1%22%2C%22product_code%22%3A%22FAST_INSTANT_TRADE_PAY%22%2C%22time_expire%22%3A%222027-01-15+16%3A30%3A00%22%7D&charset=utf-8&format=JSON&method=alipay.trade.page.pay&notify_url=https%3A%2F%2Fkami.example.com%2Fwebhooks%2Falipay%2F01J0CHANNEL&sign_type=RSA2&timestamp=2027-01-15+16%3A00%3A00&version=1.0&sign=zFXarDNTqgLrMeu%2F0ipIXSS1OFg7J94w3vWmZSCQeN10%2FJThCw2jMI3VXuMnhZaQiTYcj%2Fh499EfIpoie42HXAw9kIUlVVTCqAPK3CdDt6iHkQUSSj44fjYvptEVrJUGVpWgctireyXtmWEZFo95lUzaTi2L5i5%2FaogSeM4BfYaqZL3UnwbJ%2BYWxPmUId2AnYUXSXKoRqa0AllGtsmlJZAtrcR1ptS2H5O9U%2F1%2B27dVE7ypkY3SbntDKVT2tOO65Mf5k3UKduf317XeJqMfWg2mRsK6g%2FA4%2FOT%2BKRHTOJdXyJwFGxtH1w0PhU5PivVUTXzeMzXyR7yEGHX1J97SU8A%3D%3D";
+    const SDK_NOTIFICATION: &str = "app_id=2021000000000001&auth_app_id=2021000000000001&buyer_id=2088000000000003&buyer_pay_amount=12.34&charset=utf-8&fund_bill_list=%5B%7B%22amount%22%3A%2212.34%22%2C%22fundChannel%22%3A%22ALIPAYACCOUNT%22%7D%5D&gmt_create=2027-01-15+16%3A01%3A02&invoice_amount=12.34&notify_id=2027011500222160105000000000000001&notify_time=2027-01-15+16%3A01%3A05&notify_type=trade_status_sync&out_trade_no=pay_01J0ATTEMPT&point_amount=0.00&receipt_amount=12.34&seller_id=2088000000000002&subject=%E4%BC%9A%E5%91%98%E6%9C%88%E5%8D%A1&total_amount=12.34&trade_no=2027011522001400000000000001&trade_status=TRADE_SUCCESS&version=1.0&sign=gReez1sEfcuNeXTpgo5t4%2FhRaHjKYE4tav3fALYkOX6vXE%2Bsslz7wkR14bxvCQW584rfxxs1MgNHaxYpVCXOEoLCBpeelIx%2BMQQCL%2B78j9wxutl7Hw%2FLQ7KEw2VQZgRAlc0JFL%2B8pnjcKAeKFFFPefzUM9%2FfSoOaaZ%2FxN78YKOyvGlRFMOvfhGlkOWKlU4nhz7d8N%2F8w9XnXCAcurR7lkMKsfJ08gup1IxEfAfKvxt8C2%2BDDAViU2d2bK8f1YLVi8IWzHrNw6fOBRaeFrX6AqkGckreAyp9QispzGKhZ0klaLEH6gqkgzbEfK5dO6KE68IFNw53y1HgpW85NBdCKXg%3D%3D&sign_type=RSA2";
+
+    fn config_json(gateway_url: &str) -> Value {
+        json!({
+            "app_id": APP_ID,
+            "seller_id": SELLER_ID,
+            "app_private_key": APP_PRIVATE,
+            "alipay_public_keys": [ALIPAY_PUBLIC],
+            "gateway_url": gateway_url,
+        })
+    }
+
+    fn provider_with(config: AlipayConfig) -> AlipayProvider {
+        AlipayProvider::new(
+            config,
+            HttpClient::new().unwrap(),
+            Duration::from_secs(5),
+            Arc::new(FakeClock::default()),
+        )
+    }
+
+    fn provider(gateway_url: &str) -> AlipayProvider {
+        provider_with(AlipayConfig::from_json(&config_json(gateway_url)).unwrap())
+    }
+
+    /// Signs as Alipay does, with the "alipay" test key.
+    fn alipay_sign(content: &[u8]) -> String {
+        let key = AppKey::new(PrivateKey::from_pkcs8_pem(ALIPAY_PRIVATE).unwrap());
+        STANDARD.encode(key.sign(content).to_bytes())
+    }
+
+    /// A notification form body as Alipay sends it: `params` signed with the "alipay"
+    /// test key (everything but sign_type), url-encoded, `sign` and `sign_type` added.
+    fn notification_body(params: &[(&str, &str)]) -> Vec<u8> {
+        let mut sorted = params.to_vec();
+        sorted.sort();
+        let content = sorted
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("&");
+        let mut body = sorted
+            .iter()
+            .map(|(k, v)| format!("{k}={}", quote_plus(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        body.push_str(&format!(
+            "&sign={}&sign_type=RSA2",
+            quote_plus(&alipay_sign(content.as_bytes()))
+        ));
+        body.into_bytes()
+    }
+
+    fn paid_params() -> Vec<(&'static str, &'static str)> {
+        vec![
+            ("notify_id", "ntf_1"),
+            ("notify_type", "trade_status_sync"),
+            ("app_id", APP_ID),
+            ("seller_id", SELLER_ID),
+            ("out_trade_no", PAYMENT_ID),
+            ("trade_no", TRADE_NO),
+            ("trade_status", "TRADE_SUCCESS"),
+            ("total_amount", "12.34"),
+            ("subject", "会员月卡 & more"),
+            ("charset", "utf-8"),
+        ]
+    }
+
+    fn with(
+        params: &[(&'static str, &'static str)],
+        field: &'static str,
+        value: &'static str,
+    ) -> Vec<(&'static str, &'static str)> {
+        let mut out: Vec<_> = params
+            .iter()
+            .copied()
+            .filter(|(k, _)| *k != field)
+            .collect();
+        out.push((field, value));
+        out
+    }
+
+    async fn verify_body(provider: &AlipayProvider, body: &[u8]) -> Result<PaymentEvent> {
+        let headers = lambda_http::http::HeaderMap::new();
+        let notification = Notification {
+            headers: &headers,
+            body,
+            received_at: FakeClock::DEFAULT,
+        };
+        provider.verify_notification(&notification).await
+    }
+
+    fn payment_request(method: PaymentMethod) -> PaymentRequest {
+        PaymentRequest {
+            payment_id: PAYMENT_ID.into(),
+            order_id: "01J0ORDER".into(),
+            amount: cny(1234),
+            subject: r#"会员月卡 "VIP" & 1+1"#.into(),
+            method,
+            notify_url: NOTIFY_URL.into(),
+            expires_at: FakeClock::DEFAULT.plus_seconds(1800),
+            buyer_email: "buyer@example.com".into(),
+        }
+    }
+
+    fn redirect_url(session: PaymentSession) -> String {
+        match session.action {
+            PaymentAction::Redirect { url } => url,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn signing_then_verifying_round_trips() {
+        let config = AlipayConfig::from_json(&config_json(DEFAULT_GATEWAY)).unwrap();
+        let content = "a=1&b=会员&c=x y";
+        let signature = config.app_private_key.sign(content.as_bytes());
+        let signature = STANDARD.encode(signature.to_bytes());
+        let app_public = vec![AlipayKey::new(
+            PublicKey::from_public_key_pem(APP_PUBLIC).unwrap(),
+        )];
+        assert!(verify_rsa2(&app_public, content.as_bytes(), &signature));
+        assert!(!verify_rsa2(&app_public, b"a=1&b=2&c=x y", &signature));
+        // The channel's Alipay key is not the app's: it does not verify the app's signature.
+        assert!(!verify_rsa2(
+            &config.alipay_public_keys,
+            content.as_bytes(),
+            &signature
+        ));
+        assert!(!verify_rsa2(&app_public, content.as_bytes(), "not base64!"));
+    }
+
+    #[tokio::test]
+    async fn the_page_pay_url_is_byte_for_byte_what_python_alipay_sdk_signs() {
+        let provider = provider(DEFAULT_GATEWAY);
+        let request = payment_request(PaymentMethod::Page);
+        let params = provider.payment_params(&request).unwrap();
+        assert_eq!(
+            join_raw(&sorted_params(&params)),
+            SDK_PAGE_PAY_STRING_TO_SIGN
+        );
+        let session = provider.create_payment(&request).await.unwrap();
+        assert_eq!(session.provider_ref, None);
+        assert_eq!(
+            redirect_url(session),
+            format!("{DEFAULT_GATEWAY}?{SDK_PAGE_PAY_SIGNED_QUERY}")
+        );
+    }
+
+    #[tokio::test]
+    async fn wap_pay_has_its_method_product_code_and_deadline_to_the_minute() {
+        let provider = provider(DEFAULT_GATEWAY);
+        let mut request = payment_request(PaymentMethod::Wap);
+        request.expires_at = FakeClock::DEFAULT.plus_seconds(1859);
+        let content = join_raw(&sorted_params(&provider.payment_params(&request).unwrap()));
+        assert!(
+            content.contains("&method=alipay.trade.wap.pay&"),
+            "{content}"
+        );
+        assert!(
+            content.contains(r#""product_code":"QUICK_WAP_WAY""#),
+            "{content}"
+        );
+        // 16:30:59 Beijing, truncated: Alipay stops no later than the order's deadline.
+        assert!(
+            content.contains(r#""time_expire":"2027-01-15 16:30""#),
+            "{content}"
+        );
+        let url = redirect_url(provider.create_payment(&request).await.unwrap());
+        let query = url.strip_prefix(&format!("{DEFAULT_GATEWAY}?")).unwrap();
+        let params = parse_form(query.as_bytes()).unwrap();
+        assert_eq!(params["method"], "alipay.trade.wap.pay");
+        // The app's public key verifies the request (everything but sign, sign_type included).
+        let mut signed = params.clone();
+        let signature = signed.remove("sign").unwrap();
+        let content = signed
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("&");
+        let app_public = vec![AlipayKey::new(
+            PublicKey::from_public_key_pem(APP_PUBLIC).unwrap(),
+        )];
+        assert!(verify_rsa2(&app_public, content.as_bytes(), &signature));
+    }
+
+    #[tokio::test]
+    async fn other_methods_currencies_and_amounts_are_refused() {
+        let provider = provider(DEFAULT_GATEWAY);
+        for method in [PaymentMethod::Native, PaymentMethod::Checkout] {
+            let err = provider
+                .create_payment(&payment_request(method))
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    Error::InvalidRequest {
+                        code: "unsupported_payment_method",
+                        ..
+                    }
+                ),
+                "{err:?}"
+            );
+        }
+        let mut usd = payment_request(PaymentMethod::Page);
+        usd.amount.currency = "USD".into();
+        let err = provider.create_payment(&usd).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::InvalidRequest {
+                    code: "channel_not_eligible",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let mut free = payment_request(PaymentMethod::Page);
+        free.amount.amount = 0;
+        assert!(provider.create_payment(&free).await.is_err());
+        assert_eq!(provider.default_method(), PaymentMethod::Page);
+        assert_eq!(provider.name(), "alipay");
+    }
+
+    #[test]
+    fn amounts_are_yuan_with_two_decimals_exactly() {
+        for (fen, text) in [
+            (1, "0.01"),
+            (10, "0.10"),
+            (1230, "12.30"),
+            (100_000_000_00, "100000000.00"),
+        ] {
+            assert_eq!(yuan(&cny(fen)).unwrap(), text);
+            assert_eq!(parse_yuan(text), Some(fen));
+        }
+        assert_eq!(parse_yuan("12.3"), Some(1230));
+        assert_eq!(parse_yuan("12"), Some(1200));
+        assert_eq!(parse_yuan("0.00"), Some(0));
+        for garbage in [
+            "12.345",
+            "1e3",
+            "-1",
+            "+1",
+            "",
+            ".5",
+            "12.",
+            "1 2",
+            " 12.00",
+            "12,00",
+            "0x10",
+            "１２",
+            "99999999999999999999.00",
+            "12.3a",
+        ] {
+            assert_eq!(parse_yuan(garbage), None, "{garbage}");
+        }
+    }
+
+    #[test]
+    fn biz_content_is_json_as_python_writes_it() {
+        assert_eq!(
+            json_object(&[("a", "x\"\\\n\u{1}\u{7f}é😀"), ("b", "")]),
+            r#"{"a":"x\"\\\n\u0001\u007f\u00e9\ud83d\ude00","b":""}"#
+        );
+        assert_eq!(quote_plus("a b+c/é~_.-"), "a+b%2Bc%2F%C3%A9~_.-");
+    }
+
+    #[tokio::test]
+    async fn a_notification_signed_by_python_alipay_sdk_is_verified() {
+        let provider = provider(DEFAULT_GATEWAY);
+        let event = verify_body(&provider, SDK_NOTIFICATION.as_bytes())
+            .await
+            .unwrap();
+        assert_eq!(
+            event,
+            PaymentEvent::Paid(PaymentNotice {
+                provider: "alipay",
+                event_id: "2027011500222160105000000000000001".into(),
+                payment_id: Some(PAYMENT_ID.into()),
+                order_id: None,
+                amount: cny(1234),
+                provider_ref: TRADE_NO.into(),
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn a_changed_byte_another_key_or_no_signature_is_refused() {
+        let provider = provider(DEFAULT_GATEWAY);
+        let good = SDK_NOTIFICATION.as_bytes();
+        // One byte changed anywhere in the signed part (total_amount 12.34 -> 92.34).
+        let tampered = SDK_NOTIFICATION.replacen("total_amount=12.34", "total_amount=92.34", 1);
+        // Signed by the app's key instead of Alipay's.
+        let mut params = parse_form(good).unwrap();
+        params.remove("sign");
+        params.remove("sign_type");
+        let content = join_raw(
+            &params
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect::<Vec<_>>(),
+        );
+        let config = AlipayConfig::from_json(&config_json(DEFAULT_GATEWAY)).unwrap();
+        let by_app = STANDARD.encode(config.app_private_key.sign(content.as_bytes()).to_bytes());
+        let (before, _) = SDK_NOTIFICATION.split_once("&sign=").unwrap();
+        let wrong_key = format!("{before}&sign={}&sign_type=RSA2", quote_plus(&by_app));
+        let unsigned = format!("{before}&sign_type=RSA2");
+        let empty_sign = format!("{before}&sign=&sign_type=RSA2");
+        let rsa1 = SDK_NOTIFICATION.replace("sign_type=RSA2", "sign_type=RSA");
+        for body in [tampered, wrong_key, unsigned, empty_sign, rsa1] {
+            let err = verify_body(&provider, body.as_bytes()).await.unwrap_err();
+            assert!(matches!(err, Error::InvalidSignature(_)), "{err:?}");
+        }
+        // Every byte of the signature matters, too.
+        let mut flipped = good.to_vec();
+        let at = SDK_NOTIFICATION.find("&sign=").unwrap() + 10;
+        flipped[at] = if flipped[at] == b'A' { b'B' } else { b'A' };
+        assert!(matches!(
+            verify_body(&provider, &flipped).await,
+            Err(Error::InvalidSignature(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn another_app_or_seller_is_refused_though_alipay_signed_it() {
+        let provider = provider(DEFAULT_GATEWAY);
+        let paid = paid_params();
+        assert!(matches!(
+            verify_body(&provider, &notification_body(&paid)).await,
+            Ok(PaymentEvent::Paid(_))
+        ));
+        for params in [
+            with(&paid, "app_id", "2021000000000999"),
+            with(&paid, "seller_id", "2088000000000999"),
+            paid.iter()
+                .copied()
+                .filter(|(k, _)| *k != "app_id")
+                .collect(),
+            paid.iter()
+                .copied()
+                .filter(|(k, _)| *k != "seller_id")
+                .collect(),
+        ] {
+            let err = verify_body(&provider, &notification_body(&params))
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(err, Error::InvalidSignature(_)),
+                "{params:?}: {err:?}"
+            );
+        }
+        // Without a configured seller_id, any seller of this app is accepted.
+        let mut config = AlipayConfig::from_json(&config_json(DEFAULT_GATEWAY)).unwrap();
+        config.seller_id = None;
+        let any_seller = provider_with(config);
+        let other_seller = with(&paid, "seller_id", "2088000000000999");
+        assert!(
+            verify_body(&any_seller, &notification_body(&other_seller))
+                .await
+                .is_ok()
+        );
+    }
+
+    #[tokio::test]
+    async fn either_key_verifies_during_rotation() {
+        let mut rotating = config_json(DEFAULT_GATEWAY);
+        // The "app" public key stands for Alipay's next key here.
+        rotating["alipay_public_keys"] = json!([APP_PUBLIC, ALIPAY_PUBLIC]);
+        let provider = provider_with(AlipayConfig::from_json(&rotating).unwrap());
+        assert!(
+            verify_body(&provider, SDK_NOTIFICATION.as_bytes())
+                .await
+                .is_ok()
+        );
+        // A notification signed with the other key of the pair verifies too.
+        let mut params = parse_form(SDK_NOTIFICATION.as_bytes()).unwrap();
+        params.remove("sign");
+        params.remove("sign_type");
+        let content = join_raw(
+            &params
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect::<Vec<_>>(),
+        );
+        let signature = STANDARD.encode(
+            provider
+                .config
+                .app_private_key
+                .sign(content.as_bytes())
+                .to_bytes(),
+        );
+        let (before, _) = SDK_NOTIFICATION.split_once("&sign=").unwrap();
+        let body = format!("{before}&sign={}&sign_type=RSA2", quote_plus(&signature));
+        assert!(verify_body(&provider, body.as_bytes()).await.is_ok());
+        // Retired: only the new key is left, the old one's notification is refused.
+        rotating["alipay_public_keys"] = json!([APP_PUBLIC]);
+        let retired = provider_with(AlipayConfig::from_json(&rotating).unwrap());
+        assert!(verify_body(&retired, body.as_bytes()).await.is_ok());
+        assert!(matches!(
+            verify_body(&retired, SDK_NOTIFICATION.as_bytes()).await,
+            Err(Error::InvalidSignature(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_empty_key_list_verifies_nothing_and_says_so_to_no_one() {
+        let mut config = AlipayConfig::from_json(&config_json(DEFAULT_GATEWAY)).unwrap();
+        config.alipay_public_keys.clear();
+        let keyless = provider_with(config);
+        let keyed = provider(DEFAULT_GATEWAY);
+        let forged = SDK_NOTIFICATION.replacen("12.34", "92.34", 1);
+        let with_keys = verify_body(&keyed, forged.as_bytes()).await.unwrap_err();
+        let without = verify_body(&keyless, SDK_NOTIFICATION.as_bytes())
+            .await
+            .unwrap_err();
+        assert!(matches!(without, Error::InvalidSignature(_)));
+        assert_eq!(with_keys.to_string(), without.to_string());
+        assert!(!verify_rsa2(&[], b"x", &alipay_sign(b"x")));
+        // And a channel cannot be configured so.
+        let mut empty = config_json(DEFAULT_GATEWAY);
+        empty["alipay_public_keys"] = json!([]);
+        assert!(AlipayConfig::from_json(&empty).is_err());
+    }
+
+    #[tokio::test]
+    async fn trade_statuses_map_to_events() {
+        let provider = provider(DEFAULT_GATEWAY);
+        let paid = paid_params();
+        let event = |params: Vec<(&'static str, &'static str)>| {
+            let body = notification_body(&params);
+            let provider = &provider;
+            async move { verify_body(provider, &body).await.unwrap() }
+        };
+        assert!(matches!(
+            event(with(&paid, "trade_status", "TRADE_FINISHED")).await,
+            PaymentEvent::Paid(PaymentNotice {
+                amount: Money { amount: 1234, .. },
+                ..
+            })
+        ));
+        assert_eq!(
+            event(with(&paid, "trade_status", "WAIT_BUYER_PAY")).await,
+            PaymentEvent::Waiting {
+                event_id: "ntf_1".into(),
+                payment_id: PAYMENT_ID.into()
+            }
+        );
+        assert_eq!(
+            event(with(&paid, "trade_status", "TRADE_CLOSED")).await,
+            PaymentEvent::Closed {
+                event_id: "ntf_1".into(),
+                payment_id: PAYMENT_ID.into()
+            }
+        );
+        assert_eq!(
+            event(with(&paid, "trade_status", "SOMETHING_NEW")).await,
+            PaymentEvent::Ignored {
+                event_id: "ntf_1".into(),
+                kind: "SOMETHING_NEW".into()
+            }
+        );
+        // Refund notifications (partial: TRADE_SUCCESS, full: TRADE_CLOSED) are ignored.
+        for status in ["TRADE_SUCCESS", "TRADE_CLOSED"] {
+            let mut refund = with(&paid, "trade_status", status);
+            refund.extend([
+                ("refund_fee", "1.00"),
+                ("gmt_refund", "2027-01-16 10:00:00.123"),
+                ("out_biz_no", "rf_1"),
+            ]);
+            assert_eq!(
+                event(refund).await,
+                PaymentEvent::Ignored {
+                    event_id: "ntf_1".into(),
+                    kind: "refund".into()
+                }
+            );
+        }
+        for (amount, missing) in [
+            ("12.345", "amount"),
+            ("1e3", "amount"),
+            ("-1", "amount"),
+            ("", "amount"),
+        ] {
+            assert_eq!(
+                event(with(&paid, "total_amount", amount)).await,
+                PaymentEvent::Unbound {
+                    event_id: "ntf_1".into(),
+                    kind: "TRADE_SUCCESS".into(),
+                    missing
+                },
+            );
+        }
+        assert!(matches!(
+            event(
+                paid.iter()
+                    .copied()
+                    .filter(|(k, _)| *k != "out_trade_no")
+                    .collect()
+            )
+            .await,
+            PaymentEvent::Unbound {
+                missing: "payment id",
+                ..
+            }
+        ));
+        assert!(matches!(
+            event(
+                paid.iter()
+                    .copied()
+                    .filter(|(k, _)| *k != "trade_no")
+                    .collect()
+            )
+            .await,
+            PaymentEvent::Unbound {
+                missing: "payment reference",
+                ..
+            }
+        ));
+        assert_eq!(
+            event(with(&paid, "total_amount", "0.01")).await,
+            PaymentEvent::Paid(PaymentNotice {
+                provider: "alipay",
+                event_id: "ntf_1".into(),
+                payment_id: Some(PAYMENT_ID.into()),
+                order_id: None,
+                amount: cny(1),
+                provider_ref: TRADE_NO.into(),
+            })
+        );
+        // A verified notification without notify_id cannot be applied once: refused.
+        let no_id: Vec<_> = paid
+            .iter()
+            .copied()
+            .filter(|(k, _)| *k != "notify_id")
+            .collect();
+        assert!(matches!(
+            verify_body(&provider, &notification_body(&no_id)).await,
+            Err(Error::InvalidRequest { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn malformed_bodies_are_refused_not_panics() {
+        let provider = provider(DEFAULT_GATEWAY);
+        for body in [
+            &b""[..],
+            b"sign",
+            b"a=%zz&sign=x",
+            b"a=%e4&sign=x",
+            b"a=%",
+            b"a=1&a=2&sign=x",
+            b"\xff\xfe=1",
+        ] {
+            let err = verify_body(&provider, body).await.unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    Error::InvalidRequest { .. } | Error::InvalidSignature(_)
+                ),
+                "{body:?}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn notification_answers_are_success_or_failure() {
+        let provider = provider(DEFAULT_GATEWAY);
+        let ok = provider.notification_answer(Ok(()));
+        assert_eq!(
+            (ok.status, ok.content_type, ok.body.as_slice()),
+            (200, "text/plain", &b"success"[..])
+        );
+        for (err, status) in [
+            (Error::InvalidSignature("x"), 400),
+            (Error::invalid("invalid_notification", "x"), 400),
+            (Error::invalid_json("x"), 400),
+            (Error::Contention("orders"), 500),
+            (Error::Timeout { system: "dynamodb" }, 500),
+        ] {
+            let answer = provider.notification_answer(Err(&err));
+            assert_eq!(
+                (answer.status, answer.body.as_slice()),
+                (status, &b"failure"[..]),
+                "{err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn config_accepts_pkcs8_pkcs1_and_bare_base64_keys() {
+        let mut config = config_json(DEFAULT_GATEWAY);
+        let pkcs8 = AlipayConfig::from_json(&config).unwrap();
+        config["app_private_key"] = json!(APP_PRIVATE_PKCS1);
+        let pkcs1 = AlipayConfig::from_json(&config).unwrap();
+        let bare = |pem: &str| -> String {
+            pem.lines()
+                .filter(|l| !l.starts_with("-----"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        config["app_private_key"] = json!(bare(APP_PRIVATE));
+        config["alipay_public_keys"] = json!([bare(ALIPAY_PUBLIC)]);
+        let bare = AlipayConfig::from_json(&config).unwrap();
+        // One key, three spellings: the same signature.
+        let sign = |c: &AlipayConfig| c.app_private_key.sign(b"x").to_bytes();
+        assert_eq!(sign(&pkcs8), sign(&pkcs1));
+        assert_eq!(sign(&pkcs8), sign(&bare));
+        assert_eq!(bare.alipay_public_keys.len(), 1);
+        assert_eq!(pkcs8.gateway_url, DEFAULT_GATEWAY);
+        assert_eq!(pkcs8.seller_id.as_deref(), Some(SELLER_ID));
+        let mut minimal = config_json(DEFAULT_GATEWAY);
+        let object = minimal.as_object_mut().unwrap();
+        object.remove("gateway_url");
+        object.remove("seller_id");
+        let minimal = AlipayConfig::from_json(&minimal).unwrap();
+        assert_eq!(
+            (minimal.gateway_url.as_str(), minimal.seller_id),
+            (DEFAULT_GATEWAY, None)
+        );
+    }
+
+    #[test]
+    fn config_errors_name_the_field_and_never_the_key() {
+        let base = config_json(DEFAULT_GATEWAY);
+        let broken_key = APP_PRIVATE.replace("MII", "MIJ");
+        let cases: Vec<(&str, Value, &str)> = vec![
+            ("app_id", Value::Null, "config.app_id"),
+            ("app_id", json!(""), "config.app_id"),
+            ("app_id", json!("2021 0001"), "config.app_id"),
+            ("seller_id", json!(""), "config.seller_id"),
+            ("seller_id", json!(2088), "config.seller_id"),
+            (
+                "app_private_key",
+                json!(broken_key),
+                "config.app_private_key",
+            ),
+            (
+                "app_private_key",
+                json!(ALIPAY_PUBLIC),
+                "config.app_private_key",
+            ),
+            ("app_private_key", json!(123), "config.app_private_key"),
+            ("alipay_public_keys", json!([]), "config.alipay_public_keys"),
+            (
+                "alipay_public_keys",
+                json!(ALIPAY_PUBLIC),
+                "config.alipay_public_keys",
+            ),
+            (
+                "alipay_public_keys",
+                json!([ALIPAY_PUBLIC, APP_PRIVATE]),
+                "config.alipay_public_keys[1]",
+            ),
+            (
+                "alipay_public_keys",
+                json!([7]),
+                "config.alipay_public_keys[0]",
+            ),
+            (
+                "gateway_url",
+                json!("ftp://openapi.alipay.com/gateway.do"),
+                "config.gateway_url",
+            ),
+            (
+                "gateway_url",
+                json!("https://openapi.alipay.com/gateway.do?charset=utf-8"),
+                "config.gateway_url",
+            ),
+            (
+                "gateway_url",
+                json!("https://user:pw@openapi.alipay.com/gateway.do"),
+                "config.gateway_url",
+            ),
+            ("gateway_url", json!("gateway.do"), "config.gateway_url"),
+            ("app_secret", json!("x"), "config.app_secret"),
+        ];
+        for (field, value, path) in cases {
+            let mut config = base.clone();
+            if value.is_null() {
+                config.as_object_mut().unwrap().remove(field);
+            } else {
+                config[field] = value;
+            }
+            match AlipayConfig::from_json(&config) {
+                Err(Error::InvalidRequest {
+                    code,
+                    message,
+                    path: Some(got),
+                }) => {
+                    assert_eq!(
+                        (code, got.as_str()),
+                        ("invalid_channel_config", path),
+                        "{field}"
+                    );
+                    for secret in [APP_PRIVATE, ALIPAY_PRIVATE] {
+                        let body: String = secret.lines().nth(1).unwrap().into();
+                        assert!(!message.contains(&body), "{field}: {message}");
+                    }
+                    assert!(!message.contains("MII"), "{field}: {message}");
+                }
+                other => panic!("{field}: {other:?}"),
+            }
+        }
+        assert!(AlipayConfig::from_json(&json!("x")).is_err());
+        // A key below 2048 bits is refused (RSA2).
+        let mut short = base.clone();
+        short["app_private_key"] = json!(SHORT_KEY);
+        let err = AlipayConfig::from_json(&short).unwrap_err();
+        assert!(err.to_string().contains("2048"), "{err}");
+        let mut http = base;
+        http["gateway_url"] = json!("http://127.0.0.1:8080/gateway.do");
+        assert_eq!(
+            AlipayConfig::from_json(&http).unwrap().gateway_url,
+            "http://127.0.0.1:8080/gateway.do"
+        );
+    }
+
+    /// A 1024-bit key (test only): too short for RSA2.
+    const SHORT_KEY: &str = include_str!("../../testdata/alipay/short_private_key.test.pem");
+
+    #[test]
+    fn debug_output_shows_no_key() {
+        let provider = provider(DEFAULT_GATEWAY);
+        for text in [format!("{provider:?}"), format!("{:?}", provider.config)] {
+            assert!(
+                text.contains(APP_ID) && text.contains("<redacted>"),
+                "{text}"
+            );
+            assert!(
+                !text.contains("PrivateKey") && !text.to_lowercase().contains("limbs"),
+                "{text}"
+            );
+            let key_line = APP_PRIVATE.lines().nth(1).unwrap();
+            assert!(!text.contains(&key_line[..16]), "{text}");
+        }
+    }
+
+    // ---- query, close and refund against a gateway on 127.0.0.1 ----
+
+    /// An answer as Alipay signs it: `response` (raw JSON text) under `key`, then `sign`.
+    fn signed_answer(key: &str, response: &str) -> Vec<u8> {
+        format!(
+            r#"{{"{key}":{response},"sign":"{}"}}"#,
+            alipay_sign(response.as_bytes())
+        )
+        .into_bytes()
+    }
+
+    /// A gateway that answers one request with `status` and `body` after `delay`, and
+    /// hands back the request's body.
+    fn one_shot_gateway(
+        status: u16,
+        body: Vec<u8>,
+        delay: Duration,
+    ) -> (String, std::thread::JoinHandle<Vec<u8>>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/gateway.do", listener.local_addr().unwrap());
+        let handle = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 8192];
+            let head_end = loop {
+                let n = stream.read(&mut buf).unwrap();
+                assert!(n > 0, "connection closed before the request ended");
+                request.extend_from_slice(&buf[..n]);
+                if let Some(at) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break at + 4;
+                }
+            };
+            let head = String::from_utf8_lossy(&request[..head_end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map(|v| v.trim().parse().unwrap())
+                .unwrap_or(0);
+            while request.len() < head_end + length {
+                let n = stream.read(&mut buf).unwrap();
+                assert!(n > 0);
+                request.extend_from_slice(&buf[..n]);
+            }
+            assert!(head.starts_with("post /gateway.do "), "{head}");
+            assert!(
+                head.contains("content-type: application/x-www-form-urlencoded"),
+                "{head}"
+            );
+            std::thread::sleep(delay);
+            let answer = format!(
+                "HTTP/1.1 {status} X\r\ncontent-type: application/json;charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                body.len()
+            );
+            // The client may have given up (the timeout test).
+            let _ = stream
+                .write_all(answer.as_bytes())
+                .and_then(|()| stream.write_all(&body));
+            request[head_end..].to_vec()
+        });
+        (url, handle)
+    }
+
+    /// Runs `call` against a gateway answering `status`/`body`; returns its result and
+    /// the signed form Kami posted, checked with the app's public key.
+    async fn exchange<T, F>(
+        status: u16,
+        body: Vec<u8>,
+        call: F,
+    ) -> (Result<T>, BTreeMap<String, String>)
+    where
+        F: for<'a> FnOnce(&'a AlipayProvider) -> PortFuture<'a, T>,
+    {
+        let (url, server) = one_shot_gateway(status, body, Duration::ZERO);
+        let provider = provider(&url);
+        let result = call(&provider).await;
+        let posted = server.join().unwrap();
+        let mut params = parse_form(&posted).unwrap();
+        let signature = params.remove("sign").unwrap();
+        let content = params
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("&");
+        let app_public = vec![AlipayKey::new(
+            PublicKey::from_public_key_pem(APP_PUBLIC).unwrap(),
+        )];
+        assert!(
+            verify_rsa2(&app_public, content.as_bytes(), &signature),
+            "{content}"
+        );
+        assert_eq!(params["timestamp"], "2027-01-15 16:00:00");
+        (result, params)
+    }
+
+    fn handle() -> PaymentHandle {
+        PaymentHandle {
+            payment_id: PAYMENT_ID.into(),
+            provider_ref: None,
+        }
+    }
+
+    const QUERY: &str = "alipay_trade_query_response";
+
+    #[tokio::test]
+    async fn query_maps_trade_statuses() {
+        let paid = format!(
+            r#"{{"code":"10000","msg":"Success","trade_no":"{TRADE_NO}","out_trade_no":"{PAYMENT_ID}","trade_status":"TRADE_SUCCESS","total_amount":"12.30","buyer_logon_id":"abc***@example.com"}}"#
+        );
+        let (state, posted) = exchange(200, signed_answer(QUERY, &paid), |p| {
+            p.query_payment_for_test()
+        })
+        .await;
+        assert_eq!(
+            state.unwrap(),
+            PaymentState::Paid {
+                amount: cny(1230),
+                provider_ref: TRADE_NO.into()
+            }
+        );
+        assert_eq!(posted["method"], "alipay.trade.query");
+        assert_eq!(
+            posted["biz_content"],
+            format!(r#"{{"out_trade_no":"{PAYMENT_ID}"}}"#)
+        );
+        for (status, expected) in [
+            ("WAIT_BUYER_PAY", PaymentState::AwaitingPayment),
+            ("TRADE_CLOSED", PaymentState::Closed),
+        ] {
+            let answer = format!(
+                r#"{{"code":"10000","msg":"Success","trade_no":"{TRADE_NO}","out_trade_no":"{PAYMENT_ID}","trade_status":"{status}","total_amount":"12.30"}}"#
+            );
+            let (state, _) = exchange(200, signed_answer(QUERY, &answer), |p| {
+                p.query_payment_for_test()
+            })
+            .await;
+            assert_eq!(state.unwrap(), expected);
+        }
+        // Alipay's own Chinese text and a brace inside a string: still the raw text.
+        let missing = r#"{"code":"40004","msg":"Business Failed","sub_code":"ACQ.TRADE_NOT_EXIST","sub_msg":"交易不存在 {\"x\":\"}\"}"}"#;
+        let (state, _) = exchange(200, signed_answer(QUERY, missing), |p| {
+            p.query_payment_for_test()
+        })
+        .await;
+        assert_eq!(state.unwrap(), PaymentState::Unknown);
+        // Another trade's answer, an inexact amount, a system error: not believed.
+        for answer in [
+            format!(r#"{{"code":"10000","trade_no":"{TRADE_NO}","out_trade_no":"pay_other","trade_status":"TRADE_SUCCESS","total_amount":"12.30"}}"#),
+            format!(r#"{{"code":"10000","trade_no":"{TRADE_NO}","out_trade_no":"{PAYMENT_ID}","trade_status":"TRADE_SUCCESS","total_amount":"12.305"}}"#),
+            r#"{"code":"20000","msg":"Service Currently Unavailable","sub_code":"isp.unknow-error"}"#.to_owned(),
+        ] {
+            let (state, _) = exchange(200, signed_answer(QUERY, &answer), |p| p.query_payment_for_test()).await;
+            assert!(matches!(state, Err(Error::Upstream { .. })), "{answer}: {state:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unsigned_forged_or_failed_answer_is_upstream() {
+        let paid = format!(
+            r#"{{"code":"10000","trade_no":"{TRADE_NO}","out_trade_no":"{PAYMENT_ID}","trade_status":"TRADE_SUCCESS","total_amount":"12.30"}}"#
+        );
+        let signed = String::from_utf8(signed_answer(QUERY, &paid)).unwrap();
+        let answers: Vec<(u16, Vec<u8>)> = vec![
+            // Unsigned (Alipay does not sign errors for an app it cannot identify).
+            (200, br#"{"error_response":{"code":"40002","msg":"Invalid Arguments","sub_code":"isv.invalid-app-id"}}"#.to_vec()),
+            // Signed, then the amount changed.
+            (200, signed.replace("12.30", "99.30").into_bytes()),
+            // Re-serialised (a space added): Alipay signed the text, not the value.
+            (200, signed.replacen(r#""code":"10000""#, r#""code": "10000""#, 1).into_bytes()),
+            // Signed by the app's key, not Alipay's.
+            (200, format!(r#"{{"{QUERY}":{paid},"sign":"{}"}}"#, STANDARD.encode(AlipayConfig::from_json(&config_json(DEFAULT_GATEWAY)).unwrap().app_private_key.sign(paid.as_bytes()).to_bytes())).into_bytes()),
+            // The response twice: which one was signed?
+            (200, format!(r#"{{"{QUERY}":{{"code":"10000"}},"{QUERY}":{paid},"sign":"{}"}}"#, alipay_sign(paid.as_bytes())).into_bytes()),
+            (200, b"<html>busy</html>".to_vec()),
+            (502, signed.clone().into_bytes()),
+        ];
+        for (status, body) in answers {
+            let shown = String::from_utf8_lossy(&body).into_owned();
+            let (state, _) = exchange(status, body, |p| p.query_payment_for_test()).await;
+            assert!(
+                matches!(
+                    state,
+                    Err(Error::Upstream {
+                        system: "alipay",
+                        ..
+                    })
+                ),
+                "{status} {shown}: {state:?}"
+            );
+        }
+        // A signed error_response is verified and read like any answer.
+        let error = r#"{"code":"40004","msg":"Business Failed","sub_code":"ACQ.TRADE_NOT_EXIST"}"#;
+        let (state, _) = exchange(200, signed_answer("error_response", error), |p| {
+            p.query_payment_for_test()
+        })
+        .await;
+        assert_eq!(state.unwrap(), PaymentState::Unknown);
+    }
+
+    #[tokio::test]
+    async fn a_gateway_that_does_not_answer_in_time_is_a_timeout() {
+        let (url, server) = one_shot_gateway(200, b"{}".to_vec(), Duration::from_millis(1500));
+        let mut provider = provider(&url);
+        provider.timeout = Duration::from_millis(200);
+        let result = provider.query_payment(&handle()).await;
+        assert!(
+            matches!(result, Err(Error::Timeout { system: "alipay" })),
+            "{result:?}"
+        );
+        server.join().unwrap();
+    }
+
+    const CLOSE: &str = "alipay_trade_close_response";
+
+    #[tokio::test]
+    async fn close_accepts_a_closed_or_unknown_trade_and_not_a_paid_one() {
+        let closed = format!(
+            r#"{{"code":"10000","msg":"Success","trade_no":"{TRADE_NO}","out_trade_no":"{PAYMENT_ID}"}}"#
+        );
+        let (result, posted) = exchange(200, signed_answer(CLOSE, &closed), |p| {
+            p.close_payment_for_test()
+        })
+        .await;
+        result.unwrap();
+        assert_eq!(posted["method"], "alipay.trade.close");
+        let unknown = r#"{"code":"40004","msg":"Business Failed","sub_code":"ACQ.TRADE_NOT_EXIST","sub_msg":"交易不存在"}"#;
+        let (result, _) = exchange(200, signed_answer(CLOSE, unknown), |p| {
+            p.close_payment_for_test()
+        })
+        .await;
+        result.unwrap();
+        let paid = r#"{"code":"40004","msg":"Business Failed","sub_code":"ACQ.TRADE_STATUS_ERROR","sub_msg":"交易状态不合法"}"#;
+        let (result, _) = exchange(200, signed_answer(CLOSE, paid), |p| {
+            p.close_payment_for_test()
+        })
+        .await;
+        match result {
+            Err(Error::Upstream { message, .. }) => {
+                assert!(message.contains("ACQ.TRADE_STATUS_ERROR"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    const REFUND: &str = "alipay_trade_refund_response";
+
+    fn refund_request() -> RefundRequest {
+        RefundRequest {
+            refund_id: "rf_01J0REFUND".into(),
+            payment: handle(),
+            amount: cny(500),
+            paid: cny(1234),
+            reason: "缺货".into(),
+            notify_url: NOTIFY_URL.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn refund_maps_fund_change_and_refusals() {
+        let done = format!(
+            r#"{{"code":"10000","msg":"Success","trade_no":"{TRADE_NO}","out_trade_no":"{PAYMENT_ID}","fund_change":"Y","refund_fee":"5.00"}}"#
+        );
+        let (outcome, posted) =
+            exchange(200, signed_answer(REFUND, &done), |p| p.refund_for_test()).await;
+        assert_eq!(outcome.unwrap(), RefundOutcome::Refunded);
+        assert_eq!(posted["method"], "alipay.trade.refund");
+        assert_eq!(
+            posted["biz_content"],
+            r#"{"out_trade_no":"pay_01J0ATTEMPT","refund_amount":"5.00","out_request_no":"rf_01J0REFUND","refund_reason":"\u7f3a\u8d27"}"#
+        );
+        let repeat = done.replace(r#""fund_change":"Y""#, r#""fund_change":"N""#);
+        let (outcome, _) =
+            exchange(200, signed_answer(REFUND, &repeat), |p| p.refund_for_test()).await;
+        assert_eq!(outcome.unwrap(), RefundOutcome::Pending);
+        let refused = r#"{"code":"40004","msg":"Business Failed","sub_code":"ACQ.REFUND_AMT_NOT_EQUAL_TOTAL","sub_msg":"退款金额超限"}"#;
+        let (outcome, _) =
+            exchange(200, signed_answer(REFUND, refused), |p| p.refund_for_test()).await;
+        assert_eq!(
+            outcome.unwrap(),
+            RefundOutcome::Refused {
+                reason: "退款金额超限".into()
+            }
+        );
+        // A system error leaves the outcome unknown: an error to retry, not a refusal.
+        let busy = r#"{"code":"40004","msg":"Business Failed","sub_code":"ACQ.SYSTEM_ERROR","sub_msg":"系统错误"}"#;
+        let (outcome, _) =
+            exchange(200, signed_answer(REFUND, busy), |p| p.refund_for_test()).await;
+        assert!(
+            matches!(outcome, Err(Error::Upstream { .. })),
+            "{outcome:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refund_in_another_currency_is_refused_before_any_call() {
+        let provider = provider("http://127.0.0.1:9/gateway.do");
+        let mut request = refund_request();
+        request.amount.currency = "USD".into();
+        let err = provider.refund(&request).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::InvalidRequest {
+                    code: "channel_not_eligible",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn the_response_member_is_cut_from_the_raw_text() {
+        let body =
+            br#" { "sign" : "s" , "x_response" : {"a":"}\"{","b":[1,{"c":null}]} , "n": -1.5e3 } "#;
+        let members = top_level_members(body).unwrap();
+        let names: Vec<_> = members.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["sign", "x_response", "n"]);
+        assert_eq!(
+            &body[members[1].1.clone()],
+            br#"{"a":"}\"{","b":[1,{"c":null}]}"#
+        );
+        assert_eq!(&body[members[2].1.clone()], b"-1.5e3");
+        assert_eq!(top_level_members(b"{}").unwrap().len(), 0);
+        assert!(top_level_members(b"[1]").is_none());
+    }
+
+    impl AlipayProvider {
+        fn query_payment_for_test(&self) -> PortFuture<'_, PaymentState> {
+            Box::pin(async move { self.query(&handle()).await })
+        }
+
+        fn close_payment_for_test(&self) -> PortFuture<'_, ()> {
+            Box::pin(async move { self.close(&handle()).await })
+        }
+
+        fn refund_for_test(&self) -> PortFuture<'_, RefundOutcome> {
+            Box::pin(async move { self.refund_payment(&refund_request()).await })
         }
     }
 }
