@@ -1,7 +1,8 @@
 //! Adapters: the delivery queue, the secrets loader, the AWS request counter, and the
-//! real implementations of the ports (`crate::ports`): the clocks, the KMS key vault and
-//! Stripe. The DynamoDB access layer is `crate::store`.
+//! real implementations of the ports (`crate::ports`): the clocks, the KMS key vault, Stripe
+//! and Alipay. The DynamoDB access layer is `crate::store`.
 
+pub mod alipay;
 pub mod clock;
 pub mod http_client;
 pub mod kms;

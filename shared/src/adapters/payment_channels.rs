@@ -7,11 +7,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
+use crate::adapters::alipay::{self, AlipayConfig, AlipayProvider};
 use crate::adapters::http_client::HttpClient;
 use crate::adapters::stripe::{self, StripeChannelConfig, StripeProvider};
+use crate::adapters::wechatpay::{self, WechatPayConfig, WechatPayProvider};
 use crate::domain::channel::ProviderKind;
 use crate::domain::time::Timestamp;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::ports::Clock;
 use crate::ports::payment::PaymentProvider;
 use crate::store::ChannelRecord;
@@ -23,24 +25,18 @@ pub const CHANNEL_LIST_TTL_SECONDS: i64 = 30;
 /// The secret fields of a provider's config (stored sealed, shown as `"<set>"`).
 pub fn secret_fields(kind: ProviderKind) -> &'static [&'static str] {
     match kind {
+        ProviderKind::Alipay => alipay::SECRET_FIELDS,
+        ProviderKind::Wechatpay => wechatpay::SECRET_FIELDS,
         ProviderKind::Stripe => stripe::SECRET_FIELDS,
-        ProviderKind::Alipay | ProviderKind::Wechatpay => &[],
     }
-}
-
-fn not_yet(kind: ProviderKind) -> Error {
-    Error::invalid_field(
-        "invalid_channel_config",
-        "provider",
-        format!("provider {} is not available yet", kind.as_str()),
-    )
 }
 
 /// Checks a channel's whole config (secrets included), naming the field at fault.
 pub fn check_config(kind: ProviderKind, config: &serde_json::Value) -> Result<()> {
     match kind {
+        ProviderKind::Alipay => AlipayConfig::from_json(config).map(|_| ()),
+        ProviderKind::Wechatpay => WechatPayConfig::from_json(config).map(|_| ()),
         ProviderKind::Stripe => StripeChannelConfig::from_json(config).map(|_| ()),
-        other => Err(not_yet(other)),
     }
 }
 
@@ -60,6 +56,18 @@ pub fn build(
     deps: ProviderDeps,
 ) -> Result<Arc<dyn PaymentProvider>> {
     Ok(match kind {
+        ProviderKind::Alipay => Arc::new(AlipayProvider::new(
+            AlipayConfig::from_json(config)?,
+            deps.http,
+            deps.timeout,
+            deps.clock,
+        )),
+        ProviderKind::Wechatpay => Arc::new(WechatPayProvider::new(
+            WechatPayConfig::from_json(config)?,
+            deps.http,
+            deps.timeout,
+            deps.clock,
+        )),
         ProviderKind::Stripe => Arc::new(StripeProvider::for_channel(
             StripeChannelConfig::from_json(config)?,
             deps.http,
@@ -67,7 +75,6 @@ pub fn build(
             deps.clock,
             deps.stripe_livemode,
         )),
-        other => return Err(not_yet(other)),
     })
 }
 
