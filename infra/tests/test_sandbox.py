@@ -5,6 +5,8 @@ notifies, and the sandbox must accept what they sign and refuse what is tampered
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import threading
 import time
@@ -58,6 +60,8 @@ class Receiver:
                 self.send_header("Content-Length", str(len(answer)))
                 self.end_headers()
                 self.wfile.write(answer)
+
+            do_PUT = do_POST
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -562,3 +566,47 @@ def test_notifications_are_signed_at_the_local_clocks_time(sandbox, receiver, cl
     ts = int(receiver.requests[-1]["headers"]["Wechatpay-Timestamp"])
     assert abs(ts - (time.time() + 31 * 86400)) < 60
     assert urlsplit(sandbox.url).hostname == "127.0.0.1"
+
+
+def test_put_channels_stores_each_channel_with_the_admin_token(sandbox, receiver):
+    statuses = cli.put_channels(receiver.url, "admin-token", sandbox.channel_configs())
+    assert statuses == {"alipay-sandbox": 200, "wechat-sandbox": 200, "stripe-sandbox": 200}
+    puts = {r["path"]: r for r in receiver.requests}
+    body = json.loads(puts["/admin/payment-channels/wechat-sandbox"]["body"])
+    assert body["config"]["api_base_url"] == f"{sandbox.url}/wechatpay"
+    assert puts["/admin/payment-channels/alipay-sandbox"]["headers"]["Authorization"] == "Bearer admin-token"
+    assert requests.get(f"{sandbox.url}/_sandbox/channels", timeout=10).json() == sandbox.channel_configs()
+
+
+def test_the_command_line_runs_the_sandbox_and_pays(tmp_path, receiver):
+    receiver.requests.clear()
+    infra = Path(__file__).resolve().parents[1]
+    python = os.path.abspath(sys.executable)  # the venv's (not resolved: that would leave the venv)
+    proc = subprocess.Popen([python, "-m", "kami_local.sandbox", "--port", "0", "--state", str(tmp_path),
+                             "--kami-api", receiver.url], cwd=infra, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "sandbox.json").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read().decode()
+            time.sleep(0.05)
+        url = cli.running_url(tmp_path)
+        keys = sandbox_keys.load_or_create(tmp_path)
+        client = stripe.StripeClient(keys.stripe_secret_key, base_addresses={"api": f"{url}/stripe"})
+        session = client.v1.checkout.sessions.create(session_params(metadata={"payment_id": "PAY-CLI"}))
+        assert cli.main(["--sandbox", url, "pay", "stripe", "PAY-CLI"]) == 0
+        [hit] = receiver.requests
+        event = stripe.Webhook.construct_event(hit["body"], hit["headers"]["Stripe-Signature"],
+                                               keys.stripe_webhook_secret)
+        assert event.data.object.id == session.id
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert proc.returncode == 0 and not (tmp_path / "sandbox.json").exists()
+
+
+def test_a_trade_without_notify_url_is_paid_and_nothing_is_sent(sandbox):
+    query = alipay_merchant(sandbox).api_alipay_trade_wap_pay(subject="x", out_trade_no="PAY-N1", total_amount="1.00")
+    assert requests.get(f"{sandbox.url}/alipay/gateway.do?{query}", timeout=10).headers["X-Sandbox-Trade"] == "PAY-N1"
+    [sent] = sandbox_pay(sandbox, provider="alipay", payment_id="PAY-N1").json()["notifications"]
+    assert sent["status"] is None and "no notify_url" in sent["error"]
+    assert alipay_merchant(sandbox).api_alipay_trade_query(out_trade_no="PAY-N1")["trade_status"] == "TRADE_SUCCESS"

@@ -80,6 +80,17 @@ def channels(sandbox_url: str | None = None) -> dict:
     return r.json()
 
 
+def put_channels(kami_api: str, admin_token: str, configs: dict[str, dict], timeout: float = 30) -> dict[str, int]:
+    """Stores the sandbox's channels in Kami (`PUT {kami_api}/admin/payment-channels/{id}`
+    with the admin token); returns each channel's HTTP status."""
+    statuses = {}
+    for channel_id, body in configs.items():
+        r = requests.put(f"{kami_api.rstrip('/')}/admin/payment-channels/{channel_id}", json=body, timeout=timeout,
+                         headers={"Authorization": f"Bearer {admin_token}"})
+        statuses[channel_id] = r.status_code
+    return statuses
+
+
 def _summary(result: dict) -> int:
     print(json.dumps(result, indent=2, ensure_ascii=False))
     return 0 if all(n.get("accepted") for n in result.get("notifications", [])) else 1

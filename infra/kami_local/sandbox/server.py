@@ -220,15 +220,13 @@ class Sandbox:
             summary, notification = impl.pay(str(payment_id), amount, {"notify_url": notify_url,
                                                                        "trade_status": trade_status})
             self.save()
+            result = {"provider": provider, "payment_id": str(payment_id), "trade": summary, "lost": bool(lose)}
+            if provider == "alipay":  # where the cashier sends the buyer back
+                result["return_url"] = impl.return_url(impl.find(str(payment_id)))
+            if provider == "stripe":
+                result["success_url"] = impl.find(str(payment_id))["object"].get("success_url")
         self.log(f"{provider} {payment_id} paid" + (" (notification lost)" if lose else ""))
-        sent = [] if lose else [self.send(impl, notification) for _ in range(2 if twice else 1)]
-        result = {"provider": provider, "payment_id": str(payment_id), "trade": summary, "lost": bool(lose),
-                  "notifications": sent}
-        if provider == "alipay":
-            trade = impl.find(str(payment_id))
-            result["return_url"] = impl.return_url(trade) if trade else None
-        if provider == "stripe":
-            result["success_url"] = impl.find(str(payment_id))["object"].get("success_url")
+        result["notifications"] = [] if lose else [self.send(impl, notification) for _ in range(2 if twice else 1)]
         return result
 
     def refund_notify(self, out_refund_no: str, status: str = "SUCCESS", lose: bool = False, twice: bool = False,
@@ -274,6 +272,10 @@ class Sandbox:
         record = {"provider": impl.name, "kind": notification["kind"], "event_id": notification["event_id"],
                   "url": notification["url"], "at": int(self.now()), "status": None, "answer": None,
                   "accepted": False, "error": None}
+        if not notification["url"]:
+            record["error"] = "no notify_url: the provider has nowhere to send it"
+            self.sent.append(record)
+            return record
         try:
             r = requests.post(notification["url"], data=body, headers=headers, timeout=self.notify_timeout)
             record.update(status=r.status_code, answer=r.text[:500], accepted=impl.accepted(r.status_code, r.text))
