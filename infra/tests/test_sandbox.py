@@ -92,10 +92,11 @@ def sandbox(tmp_path, receiver, clock):
     sb.stop()
 
 
-def alipay_merchant(sb: Sandbox, app_private_key: str = KEYS.alipay_app_private_key) -> AliPay:
+def alipay_merchant(sb: Sandbox, app_private_key: str | None = None) -> AliPay:
     """python-alipay-sdk as Kami: the app's private key, the sandbox's Alipay public key."""
-    merchant = AliPay(appid=KEYS.alipay_app_id, app_private_key_string=app_private_key,
-                      alipay_public_key_string=KEYS.alipay_public_key, sign_type="RSA2")
+    merchant = AliPay(appid=sb.keys.alipay_app_id,
+                      app_private_key_string=app_private_key or sb.keys.alipay_app_private_key,
+                      alipay_public_key_string=sb.keys.alipay_public_key, sign_type="RSA2")
     merchant._gateway = f"{sb.url}/alipay/gateway.do"
     return merchant
 
@@ -390,7 +391,8 @@ def test_stripe_checkout_session_through_the_sdk_with_idempotency(sandbox):
     client = stripe_merchant(sandbox)
     session = client.v1.checkout.sessions.create(session_params(), {"idempotency_key": "idem-1"})
     assert session.id.startswith("cs_test_") and session.object == "checkout.session"
-    assert (session.status, session.payment_status, session.amount_total, session.currency) == ("open", "unpaid", 990, "cny")
+    assert (session.status, session.payment_status, session.amount_total, session.currency) == \
+        ("open", "unpaid", 990, "cny")
     assert session.metadata["payment_id"] == "PAY-S1" and session.client_reference_id == "ORDER-1"
     assert session.payment_intent is None and session.url.startswith(f"{sandbox.url}/stripe/checkout/pay/cs_test_")
     again = client.v1.checkout.sessions.create(session_params(), {"idempotency_key": "idem-1"})
@@ -504,7 +506,7 @@ def test_state_survives_a_restart_and_cli_pay_finds_the_running_sandbox(tmp_path
     receiver.requests.clear()
     first = Sandbox(state_dir=tmp_path, kami_api=receiver.url, log=lambda line: None).start()
     try:
-        requests.get(alipay_page_url_for(first, receiver, "PAY-R1"), timeout=10)
+        requests.get(alipay_page_url(first, receiver, "PAY-R1"), timeout=10)
         assert cli.running_url(tmp_path) == first.url
     finally:
         first.stop()
@@ -518,14 +520,6 @@ def test_state_survives_a_restart_and_cli_pay_finds_the_running_sandbox(tmp_path
             cli.pay(second.url, "alipay", "NOPE")
     finally:
         second.stop()
-
-
-def alipay_page_url_for(sb: Sandbox, receiver: Receiver, out_trade_no: str) -> str:
-    merchant = AliPay(appid=sb.keys.alipay_app_id, app_private_key_string=sb.keys.alipay_app_private_key,
-                      alipay_public_key_string=sb.keys.alipay_public_key, sign_type="RSA2")
-    query = merchant.api_alipay_trade_page_pay(subject="Demo", out_trade_no=out_trade_no, total_amount="1.00",
-                                               notify_url=receiver.webhook("alipay", "alipay-sandbox"))
-    return f"{sb.url}/alipay/gateway.do?{query}"
 
 
 def test_pay_opens_the_pay_url_first_and_refuses_unknown_payments(sandbox, receiver):

@@ -25,7 +25,6 @@ import datetime
 import json
 import os
 import secrets
-import string
 import tempfile
 from pathlib import Path
 
@@ -33,6 +32,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
+
+from .common import digits, token
 
 DEFAULT_STATE_DIR = Path(__file__).resolve().parents[3] / ".kami" / "sandbox"
 KEYS_FILE = "keys.json"
@@ -92,14 +93,6 @@ def _serial() -> str:
     return f"{((secrets.randbelow(7) + 1) << 156) | secrets.randbits(156):040X}"
 
 
-def _digits(first: str, n: int) -> str:
-    return first + "".join(secrets.choice(string.digits) for _ in range(n - len(first)))
-
-
-def _token(n: int) -> str:
-    return "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(n))
-
-
 def _platform_certificate(key: rsa.RSAPrivateKey, serial_no: str) -> str:
     name = x509.Name([
         x509.NameAttribute(NameOID.COUNTRY_NAME, "CN"),
@@ -122,13 +115,13 @@ def generate() -> SandboxKeys:
     platform_key, plat_private, plat_public = _rsa_pair()
     platform_serial = _serial()
     return SandboxKeys(
-        alipay_app_id=_digits("9021", 16),  # Alipay's sandbox apps are 16 digits starting 9021
-        alipay_seller_id=_digits("2088", 16),
+        alipay_app_id=digits(16, "9021"),  # Alipay's sandbox apps are 16 digits starting 9021
+        alipay_seller_id=digits(16, "2088"),
         alipay_app_private_key=app_private,
         alipay_app_public_key=app_public,
         alipay_private_key=ali_private,
         alipay_public_key=ali_public,
-        wechat_mchid=_digits("19", 10),
+        wechat_mchid=digits(10, "19"),
         wechat_appid="wx" + secrets.token_hex(8),
         wechat_merchant_serial_no=_serial(),
         wechat_merchant_private_key=mch_private,
@@ -137,11 +130,11 @@ def generate() -> SandboxKeys:
         wechat_platform_private_key=plat_private,
         wechat_platform_public_key=plat_public,
         wechat_platform_certificate=_platform_certificate(platform_key, platform_serial),
-        wechat_apiv3_key=_token(32),
-        stripe_account="acct_" + _token(16),
-        stripe_secret_key="sk_test_kamisandbox" + _token(40),
-        stripe_publishable_key="pk_test_kamisandbox" + _token(40),
-        stripe_webhook_secret="whsec_kamisandbox" + _token(32),
+        wechat_apiv3_key=token(32),
+        stripe_account="acct_" + token(16),
+        stripe_secret_key="sk_test_kamisandbox" + token(40),
+        stripe_publishable_key="pk_test_kamisandbox" + token(40),
+        stripe_webhook_secret="whsec_kamisandbox" + token(32),
     )
 
 

@@ -121,7 +121,8 @@ class Stripe:
     def __init__(self, sandbox) -> None:
         self.sb = sandbox
         keys = sandbox.keys
-        self.accounts = {keys.stripe_secret_key: {"id": keys.stripe_account, "webhook_secrets": [keys.stripe_webhook_secret],
+        self.accounts = {keys.stripe_secret_key: {"id": keys.stripe_account, "secret_key": keys.stripe_secret_key,
+                                                  "webhook_secrets": [keys.stripe_webhook_secret],
                                                   "channel_id": "stripe-sandbox"}}
         self.state = sandbox.state.setdefault("stripe", {"sessions": {}, "payment_intents": {}, "refunds": {},
                                                          "idempotency": {}})
@@ -230,7 +231,8 @@ class Stripe:
             if not isinstance(item, dict):
                 raise StripeError(400, "Invalid object", param=where)
             if "price" in item:
-                raise StripeError(400, f"No such price: '{item['price']}'", code="resource_missing", param=f"{where}[price]")
+                raise StripeError(400, f"No such price: '{item['price']}'", code="resource_missing",
+                                  param=f"{where}[price]")
             price = item.get("price_data")
             if not isinstance(price, dict):
                 raise StripeError(400, "You must specify either `price` or `price_data` for each line item.",
@@ -375,8 +377,9 @@ class Stripe:
         refund_id = "re_" + token(24)
         refund = {"id": refund_id, "object": "refund", "amount": amount, "balance_transaction": "txn_" + token(24),
                   "charge": charge, "created": int(self.sb.now()), "currency": obj["currency"],
-                  "destination_details": {"card": {"reference_status": "pending", "reference_type": "acquirer_reference_number",
-                                                   "type": "refund"}, "type": "card"},
+                  "destination_details": {"card": {"reference_status": "pending",
+                                                   "reference_type": "acquirer_reference_number", "type": "refund"},
+                                          "type": "card"},
                   "metadata": metadata(params.get("metadata")), "payment_intent": obj["id"],
                   "reason": params.get("reason") or None, "receipt_number": None, "source_transfer_reversal": None,
                   "status": self.sb.settings["stripe_refund_status"], "transfer_reversal": None}
@@ -428,13 +431,10 @@ class Stripe:
         event = {"id": "evt_" + token(24), "object": "event", "api_version": stripe.api_version, "created": now,
                  "data": {"object": self._view(session, [])}, "livemode": False, "pending_webhooks": 1,
                  "request": {"id": None, "idempotency_key": None}, "type": "checkout.session.completed"}
-        notification = {"url": url, "event_id": event["id"], "kind": event["type"], "account_key": self._key(account),
+        notification = {"url": url, "event_id": event["id"], "kind": event["type"], "account_key": account["secret_key"],
                         "body": json.dumps(event, indent=2, ensure_ascii=False)}
         session["notification"] = notification
         return self.summary(session), notification
-
-    def _key(self, account: dict) -> str:
-        return next(k for k, a in self.accounts.items() if a is account)
 
     def deliver(self, notification: dict) -> tuple[dict, bytes]:
         """Signed afresh at each delivery (a new `t`), as Stripe's retries are; one `v1` per

@@ -147,7 +147,8 @@ class WechatPay:
         if method == "GET" and path.startswith("/v3/pay/transactions/id/"):
             self._check_mchid(merchant, query.get("mchid"))
             transaction_id = path.rsplit("/", 1)[1]
-            trade = next((t for t in self._trades(merchant).values() if t.get("transaction_id") == transaction_id), None)
+            trade = next((t for t in self._trades(merchant).values()
+                          if t.get("transaction_id") == transaction_id), None)
             if trade is None:
                 raise ApiError(404, "ORDER_NOT_EXIST", "订单不存在")
             return 200, self._transaction(trade)
@@ -344,8 +345,9 @@ class WechatPay:
                       plaintext: dict) -> dict:
         resource = encrypt(merchant["apiv3_key"], json.dumps(plaintext, ensure_ascii=False, separators=(",", ":")),
                            original_type)
-        envelope = {"id": str(uuid.uuid4()), "create_time": rfc3339_china(self.sb.now()), "resource_type": "encrypt-resource",
-                    "event_type": event_type, "summary": summary, "resource": {"original_type": original_type, **resource}}
+        envelope = {"id": str(uuid.uuid4()), "create_time": rfc3339_china(self.sb.now()),
+                    "resource_type": "encrypt-resource", "event_type": event_type, "summary": summary,
+                    "resource": {"original_type": original_type, **resource}}
         return {"url": url, "event_id": envelope["id"], "kind": event_type,
                 "body": json.dumps(envelope, ensure_ascii=False, separators=(",", ":"))}
 
@@ -377,16 +379,12 @@ class WechatPay:
             raise SandboxError(409, f"refund {out_refund_no} is {record['status']} already")
         url = options.get("notify_url") or record["notify_url"]
         if not url:
-            raise SandboxError(409, f"refund {out_refund_no} was asked for without notify_url: WeChat Pay would not notify")
+            raise SandboxError(409, f"refund {out_refund_no} was asked for without notify_url: "
+                                    "WeChat Pay would not notify")
         now = self.sb.now()
         record["status"] = status
         if status == "SUCCESS":
             record["success_at"] = record.get("success_at") or now
-        elif status == "CLOSED":
-            trade = self.find(record["out_trade_no"])
-            if trade is not None and not any(r["status"] != "CLOSED" for r in self.state["refunds"][record["mchid"]].values()
-                                              if r["out_trade_no"] == trade["out_trade_no"]):
-                trade["trade_state"] = "SUCCESS"
         event_type, summary = REFUND_EVENTS[status]
         plaintext = {"mchid": record["mchid"], "out_trade_no": record["out_trade_no"],
                      "transaction_id": record["transaction_id"], "out_refund_no": record["out_refund_no"],
@@ -396,7 +394,8 @@ class WechatPay:
                                 "payer_refund": record["refund"]}}
         if status == "SUCCESS":
             plaintext["success_time"] = rfc3339_china(record["success_at"])
-        notification = self._notification(self.merchants[record["mchid"]], url, event_type, summary, "refund", plaintext)
+        notification = self._notification(self.merchants[record["mchid"]], url, event_type, summary, "refund",
+                                          plaintext)
         record["notification"] = notification
         return {k: record[k] for k in ("out_refund_no", "refund_id", "out_trade_no", "status", "refund")}, notification
 
