@@ -67,12 +67,56 @@ Buy a key:
   curl -s -X POST {api}/orders -H 'Content-Type: application/json' \\
        -H "Idempotency-Key: $(cat /proc/sys/kernel/random/uuid)" \\
        -d '{{"sku":"{DEMO_SKU}","quantity":1,"buyer":{{"email":"buyer@example.com"}}}}'
-  infra/kami webhook <order_id>        # a signed Stripe checkout.session.completed for it
+  curl -s -X POST {api}/orders/<order_id>/payments -H 'Authorization: Bearer <access_token>' \
+       -H "Idempotency-Key: $(cat /proc/sys/kernel/random/uuid)" -d '{{"channel":"alipay-sandbox"}}'
+  infra/kami pay <order_id>            # the sandbox pays it and notifies Kami as Alipay would
+  infra/kami webhook <order_id>        # or: a signed Stripe event on the default endpoint
   curl -s {api}/orders/<order_id> -H 'Authorization: Bearer <access_token>'
 Admin:
   curl -s {api}/admin/products/{DEMO_SKU} -H 'Authorization: Bearer {s['AdminTokenSecret']}'
+  curl -s {api}/admin/payment-channels -H 'Authorization: Bearer {s['AdminTokenSecret']}'
   infra/kami fire EveryMinute          # run the expiry sweep now
+  infra/kami fire PaymentReconcile     # ask the providers about open payments now
 """
+
+
+def start_payment_sandbox(platform, state_dir: Path):
+    """The payment providers' sandbox (docs/sandbox.md), with one channel per provider
+    set up in Kami through the admin API, as an operator would."""
+    from .sandbox import start_sandbox
+    from .sandbox.cli import put_channels
+
+    sandbox = start_sandbox(port=0, state_dir=state_dir, kami_api=platform.url, log=platform.status)
+    statuses = put_channels(platform.url, prov.local_secrets()["AdminTokenSecret"], sandbox.channel_configs())
+    refused = {channel: status for channel, status in statuses.items() if status not in (200, 201)}
+    if refused:
+        raise RuntimeError(f"seeding the sandbox's payment channels failed: {refused}")
+    return sandbox
+
+
+def cmd_pay(args) -> int:
+    """The buyer pays the order's open payment attempt at the sandbox, which notifies Kami
+    as its provider would (or loses the notification, or sends it twice)."""
+    from .sandbox import cli as sandbox_cli
+
+    state = _state(args)
+    ddb = prov.client("dynamodb", state["endpoint"])
+    items = ddb.query(TableName=state["resources"]["KamiTable"], ConsistentRead=True,
+                      KeyConditionExpression="pk = :pk AND begins_with(sk, :attempt)",
+                      ExpressionAttributeValues={":pk": {"S": f"ORDER#{args.order_id}"},
+                                                 ":attempt": {"S": "ATTEMPT#"}})["Items"]
+    attempts = [i for i in items if i["status"]["S"] == "pending"
+                and (args.channel is None or i["channel_id"]["S"] == args.channel)]
+    if not attempts:
+        raise SystemExit(f"order {args.order_id} has no open payment attempt"
+                         f"{' on ' + args.channel if args.channel else ''}: "
+                         "open one with POST /orders/{order_id}/payments")
+    attempt = max(attempts, key=lambda i: i["created_at"]["S"])
+    action = json.loads(attempt.get("action", {}).get("S", "{}"))
+    result = sandbox_cli.pay(None, attempt["provider"]["S"], attempt["payment_id"]["S"], lose=args.lose,
+                             twice=args.twice, amount=args.amount, pay_url=action.get("url"))
+    print(json.dumps(result, indent=2, ensure_ascii=False))
+    return 0 if args.lose or all(n.get("accepted") for n in result.get("notifications", [])) else 1
 
 
 def cmd_up(args) -> int:
@@ -82,6 +126,7 @@ def cmd_up(args) -> int:
         signal.signal(sig, lambda *_: stop.set())
     moto = None
     platform = None
+    sandbox = None
     if args.no_state:
         # A platform of its own (the tests') has a clock of its own.
         os.environ.setdefault(clock.ENV, str(log_dir / "clock"))
@@ -105,16 +150,22 @@ def cmd_up(args) -> int:
         platform = Platform(template, stack, provisioned, bootstraps, endpoint, args.port,
                             args.max_instances, args.sqs_pollers, log_dir)
         platform.start(register=not args.no_state)
+        sandbox = start_payment_sandbox(platform, log_dir if args.no_state else STATE_DIR / "sandbox")
         if args.seed:
             seed(platform.url)
         print(banner(platform.url, endpoint), flush=True)
+        print(f"payment sandbox         {sandbox.url}  (channels alipay-sandbox, wechat-sandbox, stripe-sandbox)",
+              flush=True)
         if args.ready_file:
             Path(args.ready_file).write_text(json.dumps({"api_url": platform.url, "endpoint": endpoint,
-                                                         "resources": provisioned["resources"]}))
+                                                         "resources": provisioned["resources"],
+                                                         "sandbox_url": sandbox.url}))
         stop.wait()
         print("stopping...", flush=True)
         return 0
     finally:
+        if sandbox is not None:
+            sandbox.stop()
         if platform is not None:
             platform.stop()
         if moto is not None:
@@ -200,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--no-state", action="store_true",
                     help="do not register as the running platform (.kami/run/platform.json), e.g. in tests")
 
-    for name in ("status", "fire", "invoke", "kill", "webhook"):
+    for name in ("status", "fire", "invoke", "kill", "webhook", "pay"):
         p = sub.add_parser(name)
         p.add_argument("--api", help="platform URL (default: the running one)")
         if name == "fire":
@@ -211,6 +262,12 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("event_file", nargs="?")
         if name == "kill":
             p.add_argument("--after-ms", type=float, default=0)
+        if name == "pay":
+            p.add_argument("order_id")
+            p.add_argument("--channel", help="the attempt of this channel (default: the newest open one)")
+            p.add_argument("--lose", action="store_true", help="pay, but send no notification (reconciliation)")
+            p.add_argument("--twice", action="store_true", help="send the notification twice")
+            p.add_argument("--amount", type=int, help="pay this many minor units instead (a mismatch)")
         if name == "webhook":
             p.add_argument("order_id")
             p.add_argument("--event-id", help="reuse an event id (to test deduplication)")
@@ -247,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_logs(args)
     if args.command == "webhook":
         return cmd_webhook(args)
+    if args.command == "pay":
+        return cmd_pay(args)
     if args.command == "clock":
         if (args.action == "advance") != (args.duration is not None):
             parser.error("clock advance takes a duration (e.g. 31d); reset and show take none")

@@ -41,7 +41,8 @@ def wait_for(what: str, check: Callable[[], object], timeout: float, interval: f
 
 
 class Platform:
-    def __init__(self, api: str, endpoint: str, resources: dict, log_dir: Path) -> None:
+    def __init__(self, api: str, endpoint: str, resources: dict, log_dir: Path, sandbox: str = "") -> None:
+        self.sandbox = sandbox
         self.api = api
         self.endpoint = endpoint
         self.resources = resources
@@ -135,7 +136,7 @@ def start_platform(work: Path, parameters: dict[str, str] | None = None):
         if proc.poll() is not None:
             pytest.fail(f"platform exited with {proc.returncode}:\n{(work / 'platform.out').read_text()[-4000:]}")
         info = json.loads(ready.read_text())
-        yield Platform(info["api_url"], info["endpoint"], info["resources"], log_dir)
+        yield Platform(info["api_url"], info["endpoint"], info["resources"], log_dir, info.get("sandbox_url", ""))
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGTERM)

@@ -256,19 +256,24 @@ fn parse_base_url(value: Option<&serde_json::Value>) -> Result<String> {
     let rest = url
         .strip_prefix("https://")
         .or_else(|| url.strip_prefix("http://"));
-    // Only an origin: the signed path is the API's own (`/v3/...`), as WeChat Pay sees it.
-    let valid = rest.is_some_and(|host| {
+    // An origin, and optionally a path prefix (a proxy, the local sandbox): the signed
+    // path is always the API's own (`/v3/...`), as WeChat Pay sees it.
+    let valid = rest.is_some_and(|rest| {
+        let (host, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         !host.is_empty()
             && host
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+            && prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'.' | b'-' | b'_'))
     });
     if valid {
         Ok(url.to_owned())
     } else {
         Err(config_error(
             FIELD,
-            "must be http(s)://host[:port] with no path, query or user",
+            "must be http(s)://host[:port][/path] with no query or user",
         ))
     }
 }

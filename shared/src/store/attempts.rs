@@ -196,15 +196,16 @@ impl Store {
             ))))
             .condition_expression("#status = :creating")
             .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#action", "action")
             .expression_attribute_values(":creating", s(AttemptStatus::Creating.as_str()))
             .expression_attribute_values(":pending", s(AttemptStatus::Pending.as_str()))
             .expression_attribute_values(":action", s(action))
             .expression_attribute_values(":at", s(now.to_rfc3339()));
         update = match provider_ref {
             Some(reference) => update
-                .update_expression("SET #status = :pending, action = :action, provider_ref = :ref, updated_at = :at")
+                .update_expression("SET #status = :pending, #action = :action, provider_ref = :ref, updated_at = :at")
                 .expression_attribute_values(":ref", s(reference)),
-            None => update.update_expression("SET #status = :pending, action = :action, updated_at = :at"),
+            None => update.update_expression("SET #status = :pending, #action = :action, updated_at = :at"),
         };
         match update.send().await {
             Ok(_) => Ok(true),
