@@ -107,3 +107,47 @@ def test_duplicate_notifications_across_two_channels_deliver_once(platform):
     payments = r.json()["payments"]
     outcomes = sorted(p["outcome"] for p in payments)
     assert outcomes.count("paid") == 1 and "duplicate_payment" in outcomes, payments
+
+
+def _attempt(platform, order: dict, payment_id: str) -> dict:
+    from kami_local.provision import client
+    item = client("dynamodb", platform.endpoint).get_item(
+        TableName=platform.resources["KamiTable"], ConsistentRead=True,
+        Key={"pk": {"S": f"ORDER#{order['order_id']}"}, "sk": {"S": f"ATTEMPT#{payment_id}"}})["Item"]
+    return {k: next(iter(v.values())) for k, v in item.items()}
+
+
+def test_an_amount_one_fen_short_is_an_exception_and_nothing_is_delivered(platform):
+    sku, _ = platform.create_product(keys=1, price=990)
+    order = platform.create_order(sku)
+    started = _pay(platform, order, "wechat-sandbox").json()
+    result = sandbox.pay(platform.sandbox, "wechatpay", started["payment_id"], amount=989)
+    assert all(n["accepted"] for n in result["notifications"]), result
+    view = wait_for("the payment to be recorded", lambda: (v := platform.get_order(order))["status"] != "pending_payment" and v,
+                    timeout=30)
+    assert view["status"] == "payment_exception", view
+    assert view["deliveries"] == []
+    assert platform.admin_product(sku)["stock"]["sold"] == 0
+
+
+def test_the_reconciler_closes_an_expired_orders_open_payment_upstream(platform):
+    from kami_local import clock
+    sku, _ = platform.create_product(keys=1)
+    order = platform.create_order(sku)
+    started = _pay(platform, order, "wechat-sandbox").json()
+    file = platform.log_dir / "clock"
+    try:
+        # Past the order's 30 minutes: it can no longer be paid.
+        clock.advance(clock.parse_duration("31m"), file)
+
+        def closed() -> bool:
+            r = requests.post(f"{platform.api}/_local/schedules/PaymentReconcile/fire", timeout=120)
+            assert r.status_code == 200, r.text
+            return _attempt(platform, order, started["payment_id"])["status"] == "closed"
+
+        wait_for("the reconciler to close the attempt", closed, timeout=60, interval=0.5)
+        # Closed at WeChat Pay too: the buyer can no longer pay it.
+        with pytest.raises(RuntimeError, match="sandbox refused pay"):
+            sandbox.pay(platform.sandbox, "wechatpay", started["payment_id"])
+    finally:
+        clock.reset(file)

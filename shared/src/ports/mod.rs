@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | [`Clock`] | `adapters::clock::{SystemClock, LocalClock}` | `FakeClock` |
 //! | [`KeyVault`] | `adapters::kms::KmsVault` | `FakeVault` |
-//! | [`PaymentProvider`] | `adapters::stripe::StripeProvider` | `FakePaymentProvider` |
+//! | [`PaymentProvider`] | `adapters::{alipay, wechatpay, stripe}` | `FakePaymentProvider` |
 //! | [`Supplier`] | none yet | `FakeSupplier` |
 //! | [`Notifier`] | none yet | `FakeNotifier` |
 //!
