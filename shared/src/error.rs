@@ -97,6 +97,11 @@ pub enum ConflictKind {
     OrderNotPayable,
     /// The channel is disabled, or does not take the order's currency or amount.
     ChannelNotEligible,
+    /// The refunds of a payment would add up to more than it took.
+    RefundExceedsPayment,
+    /// The payment came through no channel Kami can refund through (the deployment's
+    /// default Stripe endpoint, a manual confirmation).
+    RefundNotPossible,
 }
 
 impl std::fmt::Display for ConflictKind {
@@ -107,6 +112,12 @@ impl std::fmt::Display for ConflictKind {
             ConflictKind::OrderNotPayable => "the order is not awaiting payment",
             ConflictKind::ChannelNotEligible => {
                 "the channel is disabled or does not take this order's currency or amount"
+            }
+            ConflictKind::RefundExceedsPayment => {
+                "the refunds of this payment would add up to more than it took"
+            }
+            ConflictKind::RefundNotPossible => {
+                "this payment did not come through a payment channel: refund it where it was taken"
             }
         })
     }

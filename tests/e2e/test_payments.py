@@ -151,3 +151,85 @@ def test_the_reconciler_closes_an_expired_orders_open_payment_upstream(platform)
             sandbox.pay(platform.sandbox, "wechatpay", started["payment_id"])
     finally:
         clock.reset(file)
+
+
+def _paid_and_delivered(platform, channel: str, provider: str, keys: int = 1, price: int = 990) -> dict:
+    sku, _ = platform.create_product(keys=keys, price=price)
+    order = platform.create_order(sku)
+    started = _pay(platform, order, channel).json()
+    pay_url = started["action"].get("url") if provider == "alipay" else None
+    result = sandbox.pay(platform.sandbox, provider, started["payment_id"], pay_url=pay_url)
+    assert all(n["accepted"] for n in result["notifications"]), result
+    platform.wait_delivered(order, timeout=30)
+    return order
+
+
+def _refund(platform, order: dict, amount: int, key: str | None = None, **extra) -> requests.Response:
+    body = {"amount": {"amount": amount, "currency": "CNY"}, "reason": "e2e refund", **extra}
+    return requests.post(f"{platform.api}/admin/orders/{order['order_id']}/refunds", timeout=60, json=body,
+                         headers={**ADMIN, "Idempotency-Key": key or str(uuid.uuid4())})
+
+
+def test_a_full_refund_through_alipay_ends_the_order_refunded(platform):
+    order = _paid_and_delivered(platform, "alipay-sandbox", "alipay")
+    key = str(uuid.uuid4())
+    r = _refund(platform, order, 990, key)
+    assert r.status_code == 201 and r.json()["status"] == "succeeded", r.text
+    again = _refund(platform, order, 990, key)
+    assert again.status_code == 201 and again.json()["refund_id"] == r.json()["refund_id"], again.text
+    assert platform.get_order(order)["status"] == "refunded"
+    more = _refund(platform, order, 1)
+    assert more.status_code == 409 and more.json()["error"]["code"] == "refund_exceeds_payment", more.text
+
+
+def test_two_concurrent_partial_refunds_that_exceed_the_payment_one_is_refused(platform):
+    order = _paid_and_delivered(platform, "stripe-sandbox", "stripe")
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda _: _refund(platform, order, 600), range(2)))
+    statuses = sorted(a.status_code for a in answers)
+    assert statuses == [201, 409], [a.text for a in answers]
+    refused = next(a for a in answers if a.status_code == 409)
+    assert refused.json()["error"]["code"] == "refund_exceeds_payment"
+    assert platform.get_order(order)["status"] == "partially_refunded"
+    rest = _refund(platform, order, 390)
+    assert rest.status_code == 201, rest.text
+    assert platform.get_order(order)["status"] == "refunded"
+
+
+def test_a_wechat_refund_settles_by_its_notification(platform):
+    order = _paid_and_delivered(platform, "wechat-sandbox", "wechatpay")
+    r = _refund(platform, order, 990)
+    assert r.status_code == 201, r.text
+    refund = r.json()
+    if refund["status"] == "pending":
+        result = sandbox.refund_notify(platform.sandbox, refund["refund_id"])
+        assert all(n["accepted"] for n in result["notifications"]), result
+    wait_for("the refund to settle", lambda: platform.get_order(order)["status"] == "refunded", timeout=30)
+
+
+def test_money_taken_at_the_default_stripe_endpoint_cannot_be_refunded_here(platform):
+    from conftest import stripe_webhook
+    sku, _ = platform.create_product(keys=1)
+    order = platform.create_order(sku)
+    r = stripe_webhook.send(platform.api, platform.paid_event(order["order_id"]))
+    assert r.status_code == 200, r.text
+    platform.wait_delivered(order, timeout=30)
+    r = _refund(platform, order, 990)
+    assert r.status_code == 409 and r.json()["error"]["code"] == "refund_not_possible", r.text
+
+
+def test_an_operator_confirms_a_payment_and_the_order_is_delivered(platform):
+    sku, codes = platform.create_product(keys=1)
+    order = platform.create_order(sku)
+    body = {"reason": "bank transfer seen", "reference": "BANK-2026-0001"}
+    url = f"{platform.api}/admin/orders/{order['order_id']}/confirm-paid"
+    r = requests.post(url, headers=ADMIN, json=body, timeout=30)
+    assert r.status_code == 200, r.text
+    delivered = platform.wait_delivered(order, timeout=30)
+    assert delivered["deliveries"][0]["code"] in codes
+    again = requests.post(url, headers=ADMIN, json=body, timeout=30)
+    assert again.status_code == 200, again.text
+    other = requests.post(url, headers=ADMIN, json={**body, "reference": "OTHER"}, timeout=30)
+    assert other.status_code == 409 and other.json()["error"]["code"] == "illegal_transition", other.text
+    bad = requests.post(url, headers=ADMIN, json={"reason": "", "reference": "x"}, timeout=30)
+    assert bad.status_code == 400 and bad.json()["error"]["path"] == "reason", bad.text

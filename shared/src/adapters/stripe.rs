@@ -156,7 +156,7 @@ struct StripeApi {
 impl StripeApi {
     async fn call(
         &self,
-        method: reqwest::Method,
+        method: lambda_http::http::Method,
         path: &str,
         form: &[(&str, String)],
         idempotency_key: Option<&str>,
@@ -246,7 +246,7 @@ impl StripeApi {
         }
         let (status, answer) = self
             .call(
-                reqwest::Method::POST,
+                lambda_http::http::Method::POST,
                 "/v1/checkout/sessions",
                 &form,
                 Some(&request.payment_id),
@@ -274,7 +274,7 @@ impl StripeApi {
         };
         let (status, answer) = self
             .call(
-                reqwest::Method::GET,
+                lambda_http::http::Method::GET,
                 &format!("/v1/checkout/sessions/{session}"),
                 &[],
                 None,
@@ -315,7 +315,7 @@ impl StripeApi {
         };
         let (status, answer) = self
             .call(
-                reqwest::Method::POST,
+                lambda_http::http::Method::POST,
                 &format!("/v1/checkout/sessions/{session}/expire"),
                 &[],
                 Some(&format!("expire-{}", payment.payment_id)),
@@ -344,7 +344,7 @@ impl StripeApi {
         ];
         let (status, answer) = self
             .call(
-                reqwest::Method::POST,
+                lambda_http::http::Method::POST,
                 "/v1/refunds",
                 &form,
                 Some(&request.refund_id),

@@ -448,6 +448,7 @@ mod tests {
             };
             let view = OrderView {
                 attempts: Vec::new(),
+                refunds: Vec::new(),
                 order: order.clone(),
                 events: Vec::new(),
                 deliveries: done.clone(),

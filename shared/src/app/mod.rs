@@ -10,5 +10,6 @@ pub mod orders;
 pub mod pay;
 pub mod payments;
 pub mod reconcile;
+pub mod refunds;
 mod stock;
 pub mod sweep;

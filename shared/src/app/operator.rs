@@ -159,6 +159,98 @@ pub async fn redeliver(ctx: &Context, order_id: &str) -> Result<Redelivery> {
     })
 }
 
+const MAX_NOTE_LEN: usize = 200;
+
+/// The body of `POST /admin/orders/{order_id}/confirm-paid`.
+#[derive(Debug, serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConfirmPaidRequest {
+    /// Why the operator confirms it (1 to 200 printable characters).
+    #[schema(example = "bank transfer seen on the merchant account")]
+    pub reason: String,
+    /// The payment's reference where the money arrived (1 to 200 printable characters).
+    #[schema(example = "2026120122001400000000000001")]
+    pub reference: String,
+}
+
+impl crate::request::RequestBody for ConfirmPaidRequest {
+    fn field_code(_path: &str) -> Option<&'static str> {
+        Some("invalid_confirmation")
+    }
+}
+
+/// The answer: the order as the confirmation left it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConfirmedPayment {
+    pub order_id: String,
+    pub status: OrderStatus,
+}
+
+fn checked_note(text: &str, field: &str) -> Result<String> {
+    let text = text.trim();
+    if text.is_empty() || text.chars().count() > MAX_NOTE_LEN || text.chars().any(char::is_control)
+    {
+        return Err(Error::invalid_field(
+            "invalid_confirmation",
+            field,
+            format!("{field} must be 1 to {MAX_NOTE_LEN} printable characters"),
+        ));
+    }
+    Ok(text.to_owned())
+}
+
+/// `POST /admin/orders/{order_id}/confirm-paid`: an operator saw the order's money arrive
+/// outside the providers' notifications. The same idempotent path as a notification
+/// (provider `manual`, one confirmation per order: repeating it changes nothing), so an
+/// unpaid order is paid and delivered, an expired one takes its stock again if it is
+/// there. An order already paid is refused (`illegal_transition`): nothing to confirm.
+pub async fn confirm_paid(
+    ctx: &Context,
+    order_id: &str,
+    request: ConfirmPaidRequest,
+) -> Result<ConfirmedPayment> {
+    let reason = checked_note(&request.reason, "reason")?;
+    let reference = checked_note(&request.reference, "reference")?;
+    let order = if is_id(order_id) {
+        ctx.store.get_order(order_id).await?
+    } else {
+        None
+    };
+    let order = order.ok_or(Error::NotFound("order"))?;
+    let event_id = format!("manual:{order_id}");
+    let confirmed_before = order.payment_ref.as_deref() == Some(reference.as_str());
+    if !confirmed_before
+        && !matches!(
+            order.status,
+            OrderStatus::PendingPayment | OrderStatus::Expired | OrderStatus::Cancelled
+        )
+    {
+        return Err(Error::IllegalTransition {
+            from: order.status.as_str(),
+            cause: "confirm_paid",
+        });
+    }
+    let notice = crate::ports::payment::PaymentNotice {
+        provider: "manual",
+        event_id,
+        payment_id: None,
+        order_id: Some(order.order_id.clone()),
+        amount: order.amount.clone(),
+        provider_ref: reference,
+    };
+    super::payments::record_payment(ctx, &notice, None).await?;
+    tracing::warn!(order_id, reason, "payment confirmed by an operator");
+    let status = ctx
+        .store
+        .get_order(order_id)
+        .await?
+        .map_or(order.status, |o| o.status);
+    Ok(ConfirmedPayment {
+        order_id: order.order_id,
+        status,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use crate::domain::order::{ALL_STATUSES, OrderStatus};

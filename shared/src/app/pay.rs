@@ -221,6 +221,7 @@ async fn try_channel(
         action: None,
         provider_ref: None,
         failure: None,
+        refunded: 0,
         created_at: now.to_rfc3339(),
         updated_at: now.to_rfc3339(),
     };

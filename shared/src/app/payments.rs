@@ -140,9 +140,21 @@ async fn apply_channel_notification(
             );
             Ok(())
         }
-        PaymentEvent::Waiting { event_id, .. }
-        | PaymentEvent::RefundSettled { event_id, .. }
-        | PaymentEvent::Ignored { event_id, .. } => {
+        PaymentEvent::RefundSettled {
+            event_id,
+            refund_id,
+            succeeded,
+        } => {
+            tracing::info!(
+                provider = name,
+                event_id,
+                refund_id,
+                succeeded,
+                "refund settled by the provider"
+            );
+            super::refunds::refund_settled(ctx, &refund_id, succeeded).await
+        }
+        PaymentEvent::Waiting { event_id, .. } | PaymentEvent::Ignored { event_id, .. } => {
             tracing::info!(provider = name, event_id, "payment event acknowledged");
             Ok(())
         }

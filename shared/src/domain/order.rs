@@ -21,6 +21,10 @@ pub enum OrderStatus {
     /// Delivery gave up after the queue's last attempt, or its fulfiller reported a
     /// definite failure (`exception` says why): kept for an operator to redeliver.
     DeliveryFailed,
+    /// Part of the order's payment was given back.
+    PartiallyRefunded,
+    /// All of the order's payment was given back.
+    Refunded,
 }
 
 /// What moves an order from one state to the next.
@@ -38,6 +42,10 @@ pub enum Cause {
     DeliveryGaveUp,
     /// The fulfiller of the order's delivery type reported that delivery cannot succeed.
     FulfilmentFailed,
+    /// A refund that leaves part of the payment.
+    PartialRefund,
+    /// A refund that gives back the rest of the payment.
+    Refund,
 }
 
 impl Cause {
@@ -52,6 +60,8 @@ impl Cause {
             Cause::Deliver => "deliver",
             Cause::DeliveryGaveUp => "delivery_gave_up",
             Cause::FulfilmentFailed => "fulfilment_failed",
+            Cause::PartialRefund => "partial_refund",
+            Cause::Refund => "refund",
         }
     }
 }
@@ -76,6 +86,14 @@ const TRANSITIONS: &[(OrderStatus, Cause, OrderStatus)] = {
         // A redelivery that fails again records why, once more.
         (DeliveryFailed, FulfilmentFailed, DeliveryFailed),
         (DeliveryFailed, Deliver, Delivered),
+        // Money given back: a delivered order's keys are never sold again (they left
+        // stock when delivered); an order whose money was an exception is settled.
+        (Delivered, PartialRefund, PartiallyRefunded),
+        (PartiallyRefunded, PartialRefund, PartiallyRefunded),
+        (Delivered, Refund, Refunded),
+        (PartiallyRefunded, Refund, Refunded),
+        (PaymentException, Refund, Refunded),
+        (PaidAfterExpiry, Refund, Refunded),
     ]
 };
 
@@ -90,6 +108,8 @@ impl OrderStatus {
             OrderStatus::PaidAfterExpiry => "paid_after_expiry",
             OrderStatus::PaymentException => "payment_exception",
             OrderStatus::DeliveryFailed => "delivery_failed",
+            OrderStatus::PartiallyRefunded => "partially_refunded",
+            OrderStatus::Refunded => "refunded",
         }
     }
 
@@ -129,7 +149,7 @@ pub fn payment_overdue(status: OrderStatus, expires_at: Timestamp, now: Timestam
     status == OrderStatus::PendingPayment && expires_at <= now
 }
 
-pub const ALL_STATUSES: [OrderStatus; 8] = [
+pub const ALL_STATUSES: [OrderStatus; 10] = [
     OrderStatus::PendingPayment,
     OrderStatus::Paid,
     OrderStatus::Delivered,
@@ -138,6 +158,8 @@ pub const ALL_STATUSES: [OrderStatus; 8] = [
     OrderStatus::PaidAfterExpiry,
     OrderStatus::PaymentException,
     OrderStatus::DeliveryFailed,
+    OrderStatus::PartiallyRefunded,
+    OrderStatus::Refunded,
 ];
 
 impl std::fmt::Display for OrderStatus {

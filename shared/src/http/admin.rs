@@ -8,13 +8,16 @@ use axum::response::Response;
 use utoipa_axum::routes;
 
 use super::{
-    ApiResult, ApiRouter, AppState, ErrorBody, JsonBody, PathParam, RawBody, Reply, bearer,
-    header_str,
+    ApiResult, ApiRouter, AppState, ErrorBody, IdempotencyKey, JsonBody, PathParam, RawBody, Reply,
+    bearer, header_str,
 };
 use crate::app::catalog::{self, AdminProductView};
 use crate::app::channels::{self, ChannelList, ChannelView};
 use crate::app::import::{self, ImportReport};
-use crate::app::operator::{self, OperatorOrderView, Redelivery, UnmatchedPayments};
+use crate::app::operator::{
+    self, ConfirmPaidRequest, ConfirmedPayment, OperatorOrderView, Redelivery, UnmatchedPayments,
+};
+use crate::app::refunds::{self, RefundRequest, RefundStarted};
 use crate::domain::card_key::{ImportFormat, JsonImport};
 use crate::domain::channel::ChannelRequest;
 use crate::domain::crypto::secrets_equal;
@@ -30,6 +33,8 @@ pub fn routes() -> ApiRouter {
         .routes(routes!(import_card_keys))
         .routes(routes!(get_order))
         .routes(routes!(redeliver))
+        .routes(routes!(confirm_paid))
+        .routes(routes!(refund_order))
         .routes(routes!(put_payment_channel, get_payment_channel))
         .routes(routes!(list_payment_channels))
         .routes(routes!(unmatched_payments))
@@ -296,4 +301,67 @@ async fn get_payment_channel(
 )]
 async fn list_payment_channels(State(ctx): State<AppState>) -> ApiResult<ChannelList> {
     Ok(Reply(StatusCode::OK, channels::list_channels(&ctx).await?))
+}
+
+/// An operator confirms that the order's money arrived (seen outside the providers'
+/// notifications): paid through the same idempotent path, delivered as any paid order.
+#[utoipa::path(
+    post,
+    path = "/admin/orders/{order_id}/confirm-paid",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(("order_id" = String, Path, description = "The order's id (ULID)")),
+    request_body = ConfirmPaidRequest,
+    responses(
+        (status = 200, description = "Confirmed (or confirmed before): the order's status now", body = ConfirmedPayment),
+        (status = 400, description = "`invalid_confirmation`, `invalid_json`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`order_not_found`", body = ErrorBody),
+        (status = 409, description = "`illegal_transition`: the order is already paid", body = ErrorBody),
+    )
+)]
+async fn confirm_paid(
+    State(ctx): State<AppState>,
+    PathParam(order_id): PathParam<String>,
+    JsonBody(request): JsonBody<ConfirmPaidRequest>,
+) -> ApiResult<ConfirmedPayment> {
+    Ok(Reply(
+        StatusCode::OK,
+        operator::confirm_paid(&ctx, &order_id, request).await?,
+    ))
+}
+
+/// Gives money back through the provider of the payment it came from (the one that paid
+/// the order, or the `payment_id` named). The refunds of a payment never add up to more
+/// than it took, also under concurrent requests. A retry with the same `Idempotency-Key`
+/// answers the same refund (asked of the provider again while its outcome is unknown).
+#[utoipa::path(
+    post,
+    path = "/admin/orders/{order_id}/refunds",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(
+        ("order_id" = String, Path, description = "The order's id (ULID)"),
+        ("Idempotency-Key" = String, Header, description = "16 to 128 visible ASCII characters, one per refund meant"),
+    ),
+    request_body = RefundRequest,
+    responses(
+        (status = 201, description = "Recorded and asked of the provider: `succeeded`, `pending` (settles later), `refused` (nothing given back) or `requested` (the provider's answer was lost: retry with the same key)", body = RefundStarted),
+        (status = 400, description = "`invalid_refund` (with the field's path), `invalid_json`, `missing_idempotency_key`, `invalid_idempotency_key`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`order_not_found`, `payment_not_found`", body = ErrorBody),
+        (status = 409, description = "`refund_exceeds_payment`, `refund_not_possible` (the money did not come through a channel)", body = ErrorBody),
+        (status = 422, description = "`idempotency_key_reused`", body = ErrorBody),
+    )
+)]
+async fn refund_order(
+    State(ctx): State<AppState>,
+    PathParam(order_id): PathParam<String>,
+    IdempotencyKey(key): IdempotencyKey,
+    JsonBody(request): JsonBody<RefundRequest>,
+) -> ApiResult<RefundStarted> {
+    Ok(Reply(
+        StatusCode::CREATED,
+        refunds::refund(&ctx, &order_id, &key, request).await?,
+    ))
 }

@@ -7,7 +7,8 @@ use lambda_http::request::RequestContext;
 use utoipa_axum::routes;
 
 use super::{
-    ApiResult, ApiRouter, AppState, ErrorBody, JsonBody, PathParam, Reply, bearer, openapi,
+    ApiResult, ApiRouter, AppState, ErrorBody, IdempotencyKey, JsonBody, PathParam, Reply, bearer,
+    openapi,
 };
 use crate::app::catalog::{self, ProductView};
 use crate::app::orders::{self, OrderCreated, OrderDetails, OrderRequest};
@@ -43,25 +44,6 @@ async fn get_product(
         StatusCode::OK,
         catalog::public_product(&ctx, &sku).await?,
     ))
-}
-
-/// The `Idempotency-Key` header of `POST /orders`: required, 16 to 128 visible ASCII
-/// characters. A header that is present but not visible ASCII is invalid, not missing.
-struct IdempotencyKey(String);
-
-impl<S: Send + Sync> axum::extract::FromRequestParts<S> for IdempotencyKey {
-    type Rejection = crate::error::Error;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        _state: &S,
-    ) -> Result<Self> {
-        let key = parts
-            .headers
-            .get("idempotency-key")
-            .map(|value| value.to_str().unwrap_or(""));
-        orders::validate_idempotency_key(key).map(|key| IdempotencyKey(key.to_owned()))
-    }
 }
 
 /// Reserves stock for the buyer and opens an order awaiting payment. A retry with the

@@ -60,6 +60,7 @@ fn status_and_code(err: &Error) -> (StatusCode, &'static str) {
         Error::NotFound("product") => (StatusCode::NOT_FOUND, "product_not_found"),
         Error::NotFound("order") => (StatusCode::NOT_FOUND, "order_not_found"),
         Error::NotFound("channel") => (StatusCode::NOT_FOUND, "channel_not_found"),
+        Error::NotFound("payment") => (StatusCode::NOT_FOUND, "payment_not_found"),
         Error::NotFound(_) | Error::RouteNotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
         Error::Conflict(ConflictKind::OutOfStock) => (StatusCode::CONFLICT, "out_of_stock"),
         Error::Conflict(ConflictKind::ProductExists) => (StatusCode::CONFLICT, "product_exists"),
@@ -68,6 +69,12 @@ fn status_and_code(err: &Error) -> (StatusCode, &'static str) {
         }
         Error::Conflict(ConflictKind::ChannelNotEligible) => {
             (StatusCode::CONFLICT, "channel_not_eligible")
+        }
+        Error::Conflict(ConflictKind::RefundExceedsPayment) => {
+            (StatusCode::CONFLICT, "refund_exceeds_payment")
+        }
+        Error::Conflict(ConflictKind::RefundNotPossible) => {
+            (StatusCode::CONFLICT, "refund_not_possible")
         }
         Error::PaymentProvidersUnavailable { .. } => {
             (StatusCode::BAD_GATEWAY, "payment_provider_unavailable")
@@ -219,6 +226,22 @@ fn route_not_found(parts: &Parts) -> Error {
     Error::RouteNotFound {
         method: parts.method.to_string(),
         path: parts.uri.path().to_owned(),
+    }
+}
+
+/// The `Idempotency-Key` header: required, 16 to 128 visible ASCII characters. A header
+/// that is present but not visible ASCII is invalid, not missing.
+pub struct IdempotencyKey(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self> {
+        let key = parts
+            .headers
+            .get("idempotency-key")
+            .map(|value| value.to_str().unwrap_or(""));
+        crate::app::orders::validate_idempotency_key(key).map(|key| IdempotencyKey(key.to_owned()))
     }
 }
 

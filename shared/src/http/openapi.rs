@@ -156,7 +156,7 @@ mod tests {
             }
         }
         assert_eq!(
-            operations, 16,
+            operations, 18,
             "one operation per route of the three functions"
         );
     }

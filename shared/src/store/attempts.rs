@@ -71,6 +71,8 @@ pub struct AttemptRecord {
     pub provider_ref: Option<String>,
     /// Why it failed (the provider's answer, never a secret).
     pub failure: Option<String>,
+    /// Minor units given back from it so far (refunds requested, not refused).
+    pub refunded: i64,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -99,6 +101,11 @@ impl FromItem for AttemptRecord {
                 .transpose()?,
             provider_ref: get_opt_s(item, "provider_ref"),
             failure: get_opt_s(item, "failure"),
+            refunded: item
+                .contains_key("refunded")
+                .then(|| super::codec::get_n(item, "refunded"))
+                .transpose()?
+                .unwrap_or(0),
             created_at: get_s(item, "created_at")?,
             updated_at: get_s(item, "updated_at")?,
         })

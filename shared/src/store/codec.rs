@@ -99,6 +99,13 @@ pub(crate) mod keys {
             format!("{ATTEMPT_PREFIX}{payment_id}"),
         )
     }
+    pub const REFUND_PREFIX: &str = "REFUND#";
+    pub fn refund(order_id: &str, refund_id: &str) -> (String, String) {
+        (
+            order_partition(order_id),
+            format!("{REFUND_PREFIX}{refund_id}"),
+        )
+    }
     /// Pending attempts, by creation time, for the payment reconciler.
     pub fn attempts_index(shard: u32) -> String {
         format!("ATTEMPTS#{shard}")

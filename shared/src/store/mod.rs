@@ -33,6 +33,7 @@ mod idempotency;
 mod orders;
 mod payments;
 mod products;
+mod refunds;
 mod sweep_lease;
 mod tx;
 
@@ -47,6 +48,7 @@ pub use orders::{
     OrderView, StockShare,
 };
 pub use payments::{PaymentApplied, PaymentChange, PaymentRecord, Unmatched, UnmatchedPayment};
+pub use refunds::{RefundRecord, RefundReserved, RefundSettlement, RefundStatus};
 pub use sweep_lease::SweepLease;
 
 use codec::{FromItem, key_item};

@@ -15,6 +15,7 @@ use super::holds::HoldClaim;
 use super::idempotency::idempotency_item;
 use super::payments::PaymentRecord;
 use super::products::StockMove;
+use super::refunds::{RefundRecord, is_refund};
 use super::tx::{ItemName, Tx, TxOutcome};
 use super::{
     FAILED_RETRY_AFTER_SECONDS, INDEX_SHARDS, ORDER_INDEX, STUCK_AFTER_SECONDS, Store,
@@ -142,6 +143,7 @@ pub struct OrderView {
     pub deliveries: Vec<DeliveryRecord>,
     pub payments: Vec<PaymentRecord>,
     pub attempts: Vec<AttemptRecord>,
+    pub refunds: Vec<RefundRecord>,
 }
 
 /// The two queues of work the sweep reads from the sparse index.
@@ -417,6 +419,7 @@ impl Store {
         let mut deliveries = Vec::new();
         let mut payments = Vec::new();
         let mut attempts = Vec::new();
+        let mut refunds = Vec::new();
         for item in &items {
             let sk = get_s(item, "sk")?;
             if sk == keys::ORDER_SK {
@@ -429,6 +432,8 @@ impl Store {
                 payments.push(PaymentRecord::from_item(item)?);
             } else if is_attempt(&sk) {
                 attempts.push(AttemptRecord::from_item(item)?);
+            } else if is_refund(&sk) {
+                refunds.push(RefundRecord::from_item(item)?);
             }
         }
         Ok(order.map(|order| OrderView {
@@ -437,6 +442,7 @@ impl Store {
             deliveries,
             payments,
             attempts,
+            refunds,
         }))
     }
 

@@ -24,6 +24,8 @@ pub struct PaymentRecord {
     pub provider_ref: String,
     pub outcome: String,
     pub received_at: String,
+    /// The payment attempt it paid (a channel's payment), if any.
+    pub payment_id: Option<String>,
 }
 
 /// What a payment notification does to an order, decided by the use case from the
@@ -73,6 +75,7 @@ impl FromItem for PaymentRecord {
             provider_ref: get_s(item, "provider_ref")?,
             outcome: get_s(item, "outcome")?,
             received_at: get_s(item, "received_at")?,
+            payment_id: get_opt_s(item, "payment_id"),
         })
     }
 }
@@ -106,23 +109,23 @@ impl Store {
         let mut webhook = webhook_item(change.provider, change.event_id, change.outcome, now);
         webhook.insert("order_id".to_owned(), s(&order.order_id));
         tx.put(ItemName::Webhook, webhook, Some("attribute_not_exists(pk)"))?;
-        tx.put(
-            ItemName::Payment,
-            item(
-                keys::payment(&order.order_id, change.provider, change.event_id),
-                "payment",
-                [
-                    ("provider", s(change.provider)),
-                    ("event_id", s(change.event_id)),
-                    ("amount", n(change.amount.amount)),
-                    ("currency", s(&change.amount.currency)),
-                    ("provider_ref", s(change.provider_ref)),
-                    ("outcome", s(change.outcome)),
-                    ("received_at", s(&at)),
-                ],
-            ),
-            None,
-        )?;
+        let mut payment = item(
+            keys::payment(&order.order_id, change.provider, change.event_id),
+            "payment",
+            [
+                ("provider", s(change.provider)),
+                ("event_id", s(change.event_id)),
+                ("amount", n(change.amount.amount)),
+                ("currency", s(&change.amount.currency)),
+                ("provider_ref", s(change.provider_ref)),
+                ("outcome", s(change.outcome)),
+                ("received_at", s(&at)),
+            ],
+        );
+        if let Some(payment_id) = change.attempt {
+            payment.insert("payment_id".to_owned(), s(payment_id));
+        }
+        tx.put(ItemName::Payment, payment, None)?;
         match change.transition {
             // Paid orders join the "stuck if undelivered" index; any other outcome is
             // an exception for an operator and leaves every index.

@@ -40,8 +40,9 @@ pub(crate) enum ItemName {
     Webhook,
     /// The i-th hold an order claims or releases.
     Hold(usize),
-    /// The payment attempt a payment pays.
+    /// The payment attempt a payment pays (or a refund gives money back from).
     Attempt,
+    Refund,
 }
 
 /// A `TransactWriteItems` being built: its items, each under its own name.

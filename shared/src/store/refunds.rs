@@ -1,0 +1,223 @@
+//! Refunds: one record per refund in the order's partition (`REFUND#{refund_id}`), and
+//! the running total refunded on the payment attempt it gives money back from
+//! (`refunded`). The total is raised, under the condition that it stays within what the
+//! payment took, in the same transaction that records the refund and claims its
+//! idempotency key — before the provider is asked — so concurrent refunds can never
+//! give back more than was paid; a refund the provider refuses lowers it again.
+
+use super::Store;
+use super::codec::{FromItem, Item, get_money, get_opt_s, get_s, item, key_item, keys, n, s};
+use super::idempotency::idempotency_item;
+use super::orders::OrderRecord;
+use super::tx::{ItemName, TxOutcome};
+use crate::domain::money::Money;
+use crate::domain::order::{Cause, OrderStatus};
+use crate::domain::time::Timestamp;
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RefundStatus {
+    /// Recorded; the provider's answer is not known yet (asked again with the same id).
+    Requested,
+    /// The provider took it and will settle it (a notification, or a later query).
+    Pending,
+    Succeeded,
+    /// The provider refused it: nothing was given back, the amount is free again.
+    Refused,
+}
+
+impl RefundStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefundStatus::Requested => "requested",
+            RefundStatus::Pending => "pending",
+            RefundStatus::Succeeded => "succeeded",
+            RefundStatus::Refused => "refused",
+        }
+    }
+
+    fn parse(text: &str) -> Result<Self> {
+        Ok(match text {
+            "requested" => RefundStatus::Requested,
+            "pending" => RefundStatus::Pending,
+            "succeeded" => RefundStatus::Succeeded,
+            "refused" => RefundStatus::Refused,
+            other => return Err(Error::Corrupt(format!("unknown refund status {other:?}"))),
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefundRecord {
+    pub refund_id: String,
+    pub order_id: String,
+    /// The payment attempt the money is given back from.
+    pub payment_id: String,
+    pub amount: Money,
+    pub status: RefundStatus,
+    pub reason: String,
+    pub failure: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl FromItem for RefundRecord {
+    fn from_item(item: &Item) -> Result<Self> {
+        Ok(RefundRecord {
+            refund_id: get_s(item, "refund_id")?,
+            order_id: get_s(item, "order_id")?,
+            payment_id: get_s(item, "payment_id")?,
+            amount: get_money(item, "amount")?,
+            status: RefundStatus::parse(&get_s(item, "status")?)?,
+            reason: get_s(item, "reason")?,
+            failure: get_opt_s(item, "failure"),
+            created_at: get_s(item, "created_at")?,
+            updated_at: get_s(item, "updated_at")?,
+        })
+    }
+}
+
+/// How recording a refund ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefundReserved {
+    Reserved,
+    /// The idempotency key was claimed before: a retry.
+    KeyTaken,
+    /// It would give back more than the payment took (with the refunds before it).
+    Exceeds,
+}
+
+/// Where a refund ended, and the order's transition it makes, if any.
+pub struct RefundSettlement<'a> {
+    pub status: RefundStatus,
+    pub failure: Option<&'a str>,
+    pub transition: Option<(OrderStatus, OrderStatus, Cause)>,
+}
+
+impl Store {
+    /// Access pattern: record a refund (`requested`) of `refund.amount` from the attempt
+    /// that took `paid`, raising its total refunded only while it stays within `paid`,
+    /// and claim the idempotency key (`IDEMPOTENCY#refunds#h`), in one transaction.
+    pub async fn reserve_refund(
+        &self,
+        refund: &RefundRecord,
+        paid: &Money,
+        key: &str,
+        request_hash: &str,
+        now: Timestamp,
+    ) -> Result<RefundReserved> {
+        let mut tx = self.tx();
+        let mut claim = idempotency_item("refunds", key, "", request_hash, &refund.order_id, now);
+        claim.insert("payment_id".to_owned(), s(&refund.refund_id));
+        tx.put(
+            ItemName::Idempotency,
+            claim,
+            Some("attribute_not_exists(pk)"),
+        )?;
+        tx.put(
+            ItemName::Refund,
+            item(
+                keys::refund(&refund.order_id, &refund.refund_id),
+                "refund",
+                [
+                    ("refund_id", s(&refund.refund_id)),
+                    ("order_id", s(&refund.order_id)),
+                    ("payment_id", s(&refund.payment_id)),
+                    ("amount", n(refund.amount.amount)),
+                    ("currency", s(&refund.amount.currency)),
+                    ("status", s(refund.status.as_str())),
+                    ("reason", s(&refund.reason)),
+                    ("created_at", s(&refund.created_at)),
+                    ("updated_at", s(&refund.updated_at)),
+                ],
+            ),
+            Some("attribute_not_exists(pk)"),
+        )?;
+        tx.update(
+            ItemName::Attempt,
+            key_item(keys::attempt(&refund.order_id, &refund.payment_id)),
+            "ADD refunded :amount",
+            Some("attribute_exists(pk) AND (attribute_not_exists(refunded) OR refunded <= :room)"),
+            &[],
+            vec![
+                (":amount", n(refund.amount.amount)),
+                (":room", n(paid.amount - refund.amount.amount)),
+            ],
+        )?;
+        Ok(match self.transact(tx).await? {
+            TxOutcome::Committed => RefundReserved::Reserved,
+            TxOutcome::Cancelled(c) if c.failed(ItemName::Idempotency) => RefundReserved::KeyTaken,
+            TxOutcome::Cancelled(c) if c.failed(ItemName::Attempt) => RefundReserved::Exceeds,
+            TxOutcome::Cancelled(_) => {
+                return Err(Error::Corrupt(format!(
+                    "refund id {} was issued twice",
+                    refund.refund_id
+                )));
+            }
+        })
+    }
+
+    /// Access pattern: a refund reaches `settlement.status`, only from `requested` or
+    /// `pending`; a refused one gives its amount back to the attempt's room; with a
+    /// transition, the order moves in the same transaction. False if it had moved on.
+    pub async fn settle_refund(
+        &self,
+        order: &OrderRecord,
+        refund: &RefundRecord,
+        settlement: &RefundSettlement<'_>,
+        now: Timestamp,
+    ) -> Result<bool> {
+        let at = now.to_rfc3339();
+        let mut tx = self.tx();
+        let mut values = vec![
+            (":to", s(settlement.status.as_str())),
+            (":requested", s(RefundStatus::Requested.as_str())),
+            (":pending", s(RefundStatus::Pending.as_str())),
+            (":at", s(&at)),
+        ];
+        let expression = match settlement.failure {
+            Some(failure) => {
+                values.push((":failure", s(failure)));
+                "SET #status = :to, failure = :failure, updated_at = :at"
+            }
+            None => "SET #status = :to, updated_at = :at",
+        };
+        tx.update(
+            ItemName::Refund,
+            key_item(keys::refund(&refund.order_id, &refund.refund_id)),
+            expression,
+            Some("#status IN (:requested, :pending)"),
+            &["status"],
+            values,
+        )?;
+        if settlement.status == RefundStatus::Refused {
+            tx.update(
+                ItemName::Attempt,
+                key_item(keys::attempt(&refund.order_id, &refund.payment_id)),
+                "ADD refunded :less",
+                None,
+                &[],
+                vec![(":less", n(-refund.amount.amount))],
+            )?;
+        }
+        if let Some(transition) = settlement.transition {
+            tx.move_order(order, transition, &at, "", None, &[], Vec::new())?;
+        }
+        Ok(self.transact(tx).await?.committed())
+    }
+
+    /// Access pattern: one refund (strongly consistent).
+    pub async fn get_refund(
+        &self,
+        order_id: &str,
+        refund_id: &str,
+    ) -> Result<Option<RefundRecord>> {
+        self.get_as(keys::refund(order_id, refund_id), true).await
+    }
+}
+
+/// Refunds in an order's partition (for `get_order_view`).
+pub(crate) fn is_refund(sk: &str) -> bool {
+    sk.starts_with(keys::REFUND_PREFIX)
+}
