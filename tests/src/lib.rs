@@ -369,6 +369,26 @@ pub fn make_keys(prefix: &str, count: usize) -> Vec<String> {
         .collect()
 }
 
+/// `POST /orders` as a buyer at `source_ip` sends it through API Gateway.
+pub fn order_request_from(
+    sku: &str,
+    quantity: u32,
+    email: &str,
+    idempotency_key: &str,
+    source_ip: &str,
+) -> Request {
+    let body = json!({"sku": sku, "quantity": quantity, "buyer": {"email": email}});
+    from_address(
+        request(
+            "POST",
+            "/orders",
+            &[("idempotency-key", idempotency_key)],
+            body.to_string(),
+        ),
+        source_ip,
+    )
+}
+
 /// The buyer email `order` sends with this key: one buyer per purchase (as in a real
 /// sale), so no buyer's cap on unpaid units is reached.
 pub fn buyer_for(idempotency_key: &str) -> String {

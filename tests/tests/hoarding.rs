@@ -42,20 +42,8 @@ async fn order_from(
     key: Option<&str>,
 ) -> (u16, Option<i64>, Value) {
     let key = key.map_or_else(|| format!("hoard-{}", new_id()), str::to_owned);
-    let body = json!({"sku": sku, "quantity": quantity, "buyer": {"email": email}});
-    let (status, headers, answer) = checkout_with_headers(
-        ctx,
-        from_address(
-            request(
-                "POST",
-                "/orders",
-                &[("idempotency-key", &key)],
-                body.to_string(),
-            ),
-            address,
-        ),
-    )
-    .await;
+    let (status, headers, answer) =
+        checkout_with_headers(ctx, order_request_from(sku, quantity, email, &key, address)).await;
     let retry_after = headers
         .get("retry-after")
         .map(|value| value.to_str().expect("ascii").parse().expect("seconds"));

@@ -222,18 +222,15 @@ pub async fn refund(
     let order_move = (status == RefundStatus::Succeeded)
         .then(|| transition(&view.order, payment, attempt.refunded, refund.amount.amount))
         .flatten();
-    ctx.store
-        .settle_refund(
-            &view.order,
-            &refund,
-            &RefundSettlement {
-                status,
-                failure: failure.as_deref(),
-                transition: order_move,
-            },
-            ctx.clock.now(),
-        )
-        .await?;
+    settle(
+        ctx,
+        &view.order,
+        &refund,
+        status,
+        failure.as_deref(),
+        order_move,
+    )
+    .await?;
     tracing::info!(order_id, refund_id = %refund.refund_id, status = status.as_str(), "refund asked of the provider");
     Ok(RefundStarted {
         status,
@@ -301,17 +298,30 @@ pub async fn refund_settled(ctx: &Context, refund_id: &str, succeeded: bool) -> 
         ),
         _ => None,
     };
+    let failure = (!succeeded).then_some("the provider reported the refund failed");
+    settle(ctx, &view.order, &refund, status, failure, order_move).await?;
+    Ok(())
+}
+
+/// Records where a refund ended, and the order's move it makes, at the clock's now.
+async fn settle(
+    ctx: &Context,
+    order: &OrderRecord,
+    refund: &RefundRecord,
+    status: RefundStatus,
+    failure: Option<&str>,
+    transition: Option<(OrderStatus, OrderStatus, Cause)>,
+) -> Result<bool> {
     ctx.store
         .settle_refund(
-            &view.order,
-            &refund,
+            order,
+            refund,
             &RefundSettlement {
                 status,
-                failure: (!succeeded).then_some("the provider reported the refund failed"),
-                transition: order_move,
+                failure,
+                transition,
             },
             ctx.clock.now(),
         )
-        .await?;
-    Ok(())
+        .await
 }

@@ -5,6 +5,8 @@
 //! attempt may still be paid (`creating`, `pending`) it is in the sparse index
 //! (`ATTEMPTS#{shard}`, by creation time) that the payment reconciler reads.
 
+use aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder;
+
 use super::codec::{FromItem, Item, get_money, get_opt_s, get_s, item, key_item, keys, n, s};
 use super::tx::{ItemName, Tx};
 use super::{INDEX_SHARDS, ORDER_INDEX, Store, condition_failed, shard_of};
@@ -133,6 +135,18 @@ impl Tx {
 }
 
 impl Store {
+    /// An UpdateItem of one attempt, its `status` named `#status`.
+    fn update_attempt(&self, attempt: &AttemptRecord) -> UpdateItemFluentBuilder {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key_item(keys::attempt(
+                &attempt.order_id,
+                &attempt.payment_id,
+            ))))
+            .expression_attribute_names("#status", "status")
+    }
+
     /// Access pattern: record a new attempt (`creating`, indexed for the reconciler)
     /// before the provider is called.
     pub async fn put_attempt(&self, attempt: &AttemptRecord, now: Timestamp) -> Result<()> {
@@ -194,15 +208,8 @@ impl Store {
         let action = serde_json::to_string(action)
             .map_err(|_| Error::Corrupt("attempt action does not serialise".into()))?;
         let mut update = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(key_item(keys::attempt(
-                &attempt.order_id,
-                &attempt.payment_id,
-            ))))
+            .update_attempt(attempt)
             .condition_expression("#status = :creating")
-            .expression_attribute_names("#status", "status")
             .expression_attribute_names("#action", "action")
             .expression_attribute_values(":creating", s(AttemptStatus::Creating.as_str()))
             .expression_attribute_values(":pending", s(AttemptStatus::Pending.as_str()))
@@ -232,14 +239,7 @@ impl Store {
         now: Timestamp,
     ) -> Result<bool> {
         let mut update = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(key_item(keys::attempt(
-                &attempt.order_id,
-                &attempt.payment_id,
-            ))))
-            .expression_attribute_names("#status", "status")
+            .update_attempt(attempt)
             .expression_attribute_values(":to", s(to.as_str()))
             .expression_attribute_values(":at", s(now.to_rfc3339()));
         let allowed: Vec<String> = (0..from.len()).map(|i| format!(":from{i}")).collect();
@@ -300,16 +300,9 @@ impl Store {
     /// Access pattern: check an open attempt again at `next` (while it is still open).
     pub async fn snooze_attempt(&self, attempt: &AttemptRecord, next: Timestamp) -> Result<()> {
         let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(key_item(keys::attempt(
-                &attempt.order_id,
-                &attempt.payment_id,
-            ))))
+            .update_attempt(attempt)
             .update_expression("SET gsi1sk = :next")
             .condition_expression("#status IN (:creating, :pending)")
-            .expression_attribute_names("#status", "status")
             .expression_attribute_values(":next", n(next.unix_seconds()))
             .expression_attribute_values(":creating", s(AttemptStatus::Creating.as_str()))
             .expression_attribute_values(":pending", s(AttemptStatus::Pending.as_str()))

@@ -10,7 +10,6 @@ use std::time::Instant;
 
 use kami_shared::adapters::metrics::{AwsCallCounter, AwsCalls};
 use kami_tests::*;
-use serde_json::json;
 
 /// us-east-1 list prices (USD) used for the cost model.
 const LAMBDA_GB_SECOND_ARM: f64 = 0.000_013_333_4;
@@ -94,18 +93,10 @@ async fn main() {
     for i in 0..orders {
         // From an address, as through API Gateway: both caps on unpaid units are counted.
         let key = format!("idem-bench-{sku}-{i}");
-        let body = json!({"sku": sku, "quantity": 1, "buyer": {"email": buyer_for(&key)}});
+        let address = format!("198.51.{}.{}", i / 250, i % 250);
         let (status, body) = checkout(
             &ctx,
-            from_address(
-                request(
-                    "POST",
-                    "/orders",
-                    &[("idempotency-key", &key)],
-                    body.to_string(),
-                ),
-                &format!("198.51.{}.{}", i / 250, i % 250),
-            ),
+            order_request_from(&sku, 1, &buyer_for(&key), &key, &address),
         )
         .await;
         assert_eq!(status, 201, "{body}");
