@@ -233,3 +233,18 @@ def test_an_operator_confirms_a_payment_and_the_order_is_delivered(platform):
     assert other.status_code == 409 and other.json()["error"]["code"] == "illegal_transition", other.text
     bad = requests.post(url, headers=ADMIN, json={"reason": "", "reference": "x"}, timeout=30)
     assert bad.status_code == 400 and bad.json()["error"]["path"] == "reason", bad.text
+
+
+def test_the_operator_sees_every_attempt_refund_and_the_refunded_keys(platform):
+    order = _paid_and_delivered(platform, "alipay-sandbox", "alipay")
+    failed = _pay(platform, order, "wechat-sandbox")
+    assert failed.status_code == 409, "a paid order takes no more payments"
+    r = _refund(platform, order, 990)
+    assert r.status_code == 201, r.text
+    view = requests.get(f"{platform.api}/admin/orders/{order['order_id']}", headers=ADMIN, timeout=30).json()
+    assert [(a["channel"], a["status"]) for a in view["attempts"]] == [("alipay-sandbox", "paid")], view
+    assert view["attempts"][0]["refunded"] == 990
+    assert [(x["amount"]["amount"], x["status"]) for x in view["refunds"]] == [(990, "succeeded")], view
+    assert view["payments"][0]["payment_id"] == view["attempts"][0]["payment_id"]
+    assert all(k["refunded"] for k in view["allocated_keys"]) and view["allocated_keys"], view
+    assert view["status"] == "refunded"

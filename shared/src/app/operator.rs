@@ -29,6 +29,9 @@ pub struct PaymentView {
     /// `paid`, `amount_mismatch`, `paid_late`, `paid_after_expiry`, `repeat_notification`, ...
     pub outcome: String,
     pub received_at: String,
+    /// The payment attempt it paid (a channel's payment).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payment_id: Option<String>,
 }
 
 /// A key allocated to the order, by id only.
@@ -37,6 +40,41 @@ pub struct AllocatedKey {
     pub slot: u32,
     pub key_id: String,
     pub batch_id: String,
+    /// The order's money was given back in full: the key left stock when delivered and is
+    /// never sold again.
+    pub refunded: bool,
+}
+
+/// A payment attempt, as an operator sees it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AttemptView {
+    pub payment_id: String,
+    pub channel: String,
+    pub provider: String,
+    pub method: String,
+    pub amount: Money,
+    pub status: crate::store::AttemptStatus,
+    /// Why it failed (the provider's answer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+    /// Minor units refunded from it.
+    pub refunded: i64,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// A refund, as an operator sees it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RefundView {
+    pub refund_id: String,
+    pub payment_id: String,
+    pub amount: Money,
+    pub status: crate::store::RefundStatus,
+    pub reason: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
 }
 
 /// The `GET /admin/orders/{order_id}` answer.
@@ -55,6 +93,9 @@ pub struct OperatorOrderView {
     pub payment_ref: Option<String>,
     pub events: Vec<OrderEventView>,
     pub payments: Vec<PaymentView>,
+    /// Every payment attempt (channel, provider, status, amounts, failures).
+    pub attempts: Vec<AttemptView>,
+    pub refunds: Vec<RefundView>,
     pub allocated_keys: Vec<AllocatedKey>,
 }
 
@@ -70,6 +111,7 @@ pub async fn order_for_operator(ctx: &Context, order_id: &str) -> Result<Operato
         .await?
         .ok_or(Error::NotFound("order"))?;
     let order = view.order;
+    let refunded = order.status == OrderStatus::Refunded;
     Ok(OperatorOrderView {
         expires_at: order.expires_at.to_rfc3339(),
         order_id: order.order_id,
@@ -95,6 +137,37 @@ pub async fn order_for_operator(ctx: &Context, order_id: &str) -> Result<Operato
                 provider_ref: p.provider_ref,
                 outcome: p.outcome,
                 received_at: p.received_at,
+                payment_id: p.payment_id,
+            })
+            .collect(),
+        attempts: view
+            .attempts
+            .into_iter()
+            .map(|a| AttemptView {
+                payment_id: a.payment_id,
+                channel: a.channel_id,
+                provider: a.provider.as_str().to_owned(),
+                method: a.method.as_str().to_owned(),
+                amount: a.amount,
+                status: a.status,
+                failure: a.failure,
+                refunded: a.refunded,
+                created_at: a.created_at,
+                updated_at: a.updated_at,
+            })
+            .collect(),
+        refunds: view
+            .refunds
+            .into_iter()
+            .map(|r| RefundView {
+                refund_id: r.refund_id,
+                payment_id: r.payment_id,
+                amount: r.amount,
+                status: r.status,
+                reason: r.reason,
+                failure: r.failure,
+                created_at: r.created_at,
+                updated_at: r.updated_at,
             })
             .collect(),
         allocated_keys: view
@@ -105,6 +178,7 @@ pub async fn order_for_operator(ctx: &Context, order_id: &str) -> Result<Operato
                 slot: d.slot,
                 key_id: d.key_id.clone(),
                 batch_id: d.batch_id.clone(),
+                refunded,
             })
             .collect(),
     })
