@@ -107,6 +107,13 @@ def test_duplicate_notifications_across_two_channels_deliver_once(platform):
     payments = r.json()["payments"]
     outcomes = sorted(p["outcome"] for p in payments)
     assert outcomes.count("paid") == 1 and "duplicate_payment" in outcomes, payments
+    # The duplicate's money goes back through its own channel; the order stays delivered.
+    duplicate = next(p for p in payments if p["outcome"] == "duplicate_payment")
+    refund = _refund(platform, order, duplicate["amount"]["amount"], payment_id=duplicate["payment_id"])
+    assert refund.status_code == 201 and refund.json()["payment_id"] == duplicate["payment_id"], refund.text
+    if refund.json()["status"] == "pending":
+        sandbox.refund_notify(platform.sandbox, refund.json()["refund_id"])
+    assert platform.get_order(order)["status"] == "delivered"
 
 
 def _attempt(platform, order: dict, payment_id: str) -> dict:
@@ -128,6 +135,12 @@ def test_an_amount_one_fen_short_is_an_exception_and_nothing_is_delivered(platfo
     assert view["status"] == "payment_exception", view
     assert view["deliveries"] == []
     assert platform.admin_product(sku)["stock"]["sold"] == 0
+    # The operator returns that money: the order is settled as refunded.
+    r = _refund(platform, order, 989)
+    assert r.status_code == 201 and r.json()["status"] in ("succeeded", "pending"), r.text
+    if r.json()["status"] == "pending":
+        sandbox.refund_notify(platform.sandbox, r.json()["refund_id"])
+    wait_for("the refund to settle", lambda: platform.get_order(order)["status"] == "refunded", timeout=30)
 
 
 def test_the_reconciler_closes_an_expired_orders_open_payment_upstream(platform):
