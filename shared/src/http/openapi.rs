@@ -1,17 +1,25 @@
 //! The OpenAPI 3.1 spec of the whole API, assembled from the three functions' routers
 //! (the same `#[utoipa::path]` declarations that route requests), with its security
-//! schemes. Built on the first `GET /openapi.json`, never at cold start.
-
-use std::sync::OnceLock;
+//! schemes. `docs/openapi.json` is that spec, checked by a unit test (it fails when the
+//! code moved without it); checkout serves the committed file, so its binary does not
+//! link the other functions' routers to build it (docs/bench.md, binary size).
 
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+#[cfg(test)]
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+#[cfg(test)]
 use utoipa::openapi::{InfoBuilder, OpenApi, Server};
 
+#[cfg(test)]
 use super::{admin, checkout, webhook};
 
-/// The spec as a value.
+/// The committed spec (`docs/openapi.json`), which the unit test below holds equal to
+/// the one the routers generate.
+const SPEC: &str = include_str!("../../../docs/openapi.json");
+
+/// The spec as a value, generated from the routers.
+#[cfg(test)]
 pub fn spec() -> OpenApi {
     let mut spec = checkout::routes()
         .merge(admin::routes())
@@ -65,6 +73,7 @@ pub fn spec() -> OpenApi {
 }
 
 /// The spec as pretty JSON, the text of `docs/openapi.json`.
+#[cfg(test)]
 pub fn spec_json() -> String {
     match spec().to_pretty_json() {
         Ok(text) => text + "\n",
@@ -75,8 +84,6 @@ pub fn spec_json() -> String {
     }
 }
 
-static SPEC: OnceLock<String> = OnceLock::new();
-
 /// This API's OpenAPI 3.1 description.
 #[utoipa::path(
     get,
@@ -85,11 +92,10 @@ static SPEC: OnceLock<String> = OnceLock::new();
     responses((status = 200, description = "The OpenAPI 3.1 spec", content_type = "application/json"))
 )]
 pub async fn get_spec() -> Response {
-    let text = SPEC.get_or_init(spec_json);
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/json")],
-        text.clone(),
+        SPEC,
     )
         .into_response()
 }
