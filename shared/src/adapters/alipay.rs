@@ -504,10 +504,6 @@ impl PaymentProvider for AlipayProvider {
         PROVIDER
     }
 
-    fn default_method(&self) -> PaymentMethod {
-        PaymentMethod::Page
-    }
-
     fn create_payment<'a>(&'a self, request: &'a PaymentRequest) -> PortFuture<'a, PaymentSession> {
         Box::pin(async move {
             let query = self.signed_query(&self.payment_params(request)?)?;
@@ -1284,7 +1280,6 @@ mod tests {
         let mut free = payment_request(PaymentMethod::Page);
         free.amount.amount = 0;
         assert!(provider.create_payment(&free).await.is_err());
-        assert_eq!(provider.default_method(), PaymentMethod::Page);
         assert_eq!(provider.name(), "alipay");
     }
 

@@ -469,10 +469,6 @@ impl PaymentProvider for StripeProvider {
         Box::pin(async move { self.verify(notification) })
     }
 
-    fn default_method(&self) -> PaymentMethod {
-        PaymentMethod::Checkout
-    }
-
     fn notification_answer(&self, outcome: std::result::Result<(), &Error>) -> NotificationAnswer {
         json_answer(outcome)
     }

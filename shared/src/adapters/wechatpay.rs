@@ -1049,10 +1049,6 @@ impl PaymentProvider for WechatPayProvider {
         PROVIDER
     }
 
-    fn default_method(&self) -> PaymentMethod {
-        PaymentMethod::Native
-    }
-
     fn create_payment<'a>(&'a self, request: &'a PaymentRequest) -> PortFuture<'a, PaymentSession> {
         Box::pin(self.create(request))
     }
@@ -1947,7 +1943,6 @@ mod tests {
                 other => panic!("{expected}: {other:?}"),
             }
         }
-        assert_eq!(provider.default_method(), PaymentMethod::Native);
         assert_eq!(provider.name(), "wechatpay");
     }
 

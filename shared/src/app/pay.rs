@@ -144,7 +144,11 @@ pub async fn start_payment(
             let taking: Vec<ChannelRecord> = channels_taking(ctx, &order.amount)
                 .await?
                 .into_iter()
-                .filter(|channel| request.method.is_none_or(|method| offers(channel, method)))
+                .filter(|channel| {
+                    request
+                        .method
+                        .is_none_or(|method| channel.settings.provider.offers(method))
+                })
                 .collect();
             if taking.is_empty() {
                 return Err(Error::Conflict(ConflictKind::ChannelNotEligible));
@@ -177,26 +181,22 @@ pub async fn start_payment(
             }
             // The buyer's choice of method, refused by the channel they named.
             Err(err @ Error::InvalidRequest { .. }) if explicit => return Err(err),
-            Err(err) => {
+            // The provider refused, failed or did not answer: the next channel.
+            Err(
+                err @ (Error::Upstream { .. }
+                | Error::Timeout { .. }
+                | Error::InvalidRequest { .. }
+                | Error::NotAvailable { .. }),
+            ) => {
                 failed += 1;
                 tracing::warn!(order_id, channel_id = %channel.channel_id, error = %err, "payment channel could not open the payment; trying the next");
             }
+            // Kami's own failure (storage, a channel's secrets, configuration) is no
+            // reason to try another provider: it is reported as what it is.
+            Err(err) => return Err(err),
         }
     }
     Err(Error::PaymentProvidersUnavailable { attempts: failed })
-}
-
-/// Whether a channel's provider offers `method`.
-fn offers(channel: &ChannelRecord, method: PaymentMethod) -> bool {
-    use crate::domain::channel::ProviderKind;
-    matches!(
-        (channel.settings.provider, method),
-        (
-            ProviderKind::Alipay,
-            PaymentMethod::Page | PaymentMethod::Wap
-        ) | (ProviderKind::Wechatpay, PaymentMethod::Native)
-            | (ProviderKind::Stripe, PaymentMethod::Checkout)
-    )
 }
 
 /// One attempt on one channel: recorded (`creating`) before the provider is called, then

@@ -65,6 +65,18 @@ impl ProviderKind {
         }
     }
 
+    /// Whether this provider offers `method` (the adapter refuses any other).
+    pub fn offers(self, method: PaymentMethod) -> bool {
+        matches!(
+            (self, method),
+            (
+                ProviderKind::Alipay,
+                PaymentMethod::Page | PaymentMethod::Wap
+            ) | (ProviderKind::Wechatpay, PaymentMethod::Native)
+                | (ProviderKind::Stripe, PaymentMethod::Checkout)
+        )
+    }
+
     /// The method a buyer gets when they name none.
     pub fn default_method(self) -> PaymentMethod {
         match self {
@@ -365,6 +377,28 @@ mod tests {
             ..settings
         };
         assert!(!disabled.takes(&cny(500)));
+    }
+
+    #[test]
+    fn each_provider_offers_its_own_methods_and_defaults_to_one_of_them() {
+        let all = [
+            PaymentMethod::Page,
+            PaymentMethod::Wap,
+            PaymentMethod::Native,
+            PaymentMethod::Checkout,
+        ];
+        for (kind, offered) in [
+            (
+                ProviderKind::Alipay,
+                vec![PaymentMethod::Page, PaymentMethod::Wap],
+            ),
+            (ProviderKind::Wechatpay, vec![PaymentMethod::Native]),
+            (ProviderKind::Stripe, vec![PaymentMethod::Checkout]),
+        ] {
+            let got: Vec<_> = all.into_iter().filter(|m| kind.offers(*m)).collect();
+            assert_eq!(got, offered, "{kind:?}");
+            assert!(kind.offers(kind.default_method()));
+        }
     }
 
     #[test]

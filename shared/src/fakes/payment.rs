@@ -9,9 +9,8 @@ use crate::domain::money::Money;
 use crate::error::{Error, Result};
 use crate::ports::PortFuture;
 use crate::ports::payment::{
-    Notification, NotificationAnswer, PaymentAction, PaymentEvent, PaymentHandle, PaymentMethod,
-    PaymentNotice, PaymentProvider, PaymentRequest, PaymentSession, PaymentState, RefundOutcome,
-    RefundRequest,
+    Notification, NotificationAnswer, PaymentAction, PaymentEvent, PaymentHandle, PaymentNotice,
+    PaymentProvider, PaymentRequest, PaymentSession, PaymentState, RefundOutcome, RefundRequest,
 };
 
 const NAME: &str = "fake-pay";
@@ -187,10 +186,6 @@ impl PaymentProvider for FakePaymentProvider {
         Box::pin(async move { self.verify(notification) })
     }
 
-    fn default_method(&self) -> PaymentMethod {
-        PaymentMethod::Page
-    }
-
     fn notification_answer(&self, outcome: std::result::Result<(), &Error>) -> NotificationAnswer {
         crate::adapters::stripe::json_answer(outcome)
     }
@@ -217,6 +212,7 @@ impl PaymentProvider for FakePaymentProvider {
 mod tests {
     use super::*;
     use crate::domain::time::Timestamp;
+    use crate::ports::payment::PaymentMethod;
 
     fn cny(amount: i64) -> Money {
         Money {

@@ -189,9 +189,6 @@ pub trait PaymentProvider: Send + Sync {
     /// The provider's name in routes and records (`alipay`, `wechatpay`, `stripe`).
     fn name(&self) -> &'static str;
 
-    /// The method used when a buyer names none (`page`, `native`, `checkout`).
-    fn default_method(&self) -> PaymentMethod;
-
     /// Opens a payment. A method the provider does not offer is
     /// `Error::InvalidRequest { code: "unsupported_payment_method", .. }`; a provider that
     /// cannot be reached, answers with a failure or whose answer does not verify is
