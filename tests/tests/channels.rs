@@ -362,4 +362,41 @@ async fn a_notification_pays_only_an_attempt_its_channel_issued() {
         .expect("order");
     assert_eq!(stored.payments.len(), 1);
     assert_eq!(stored.attempts[0].status.as_str(), "paid");
+
+    // A refund whose provider does not answer stays `requested` with its amount held: a
+    // retry with the same key is the same refund (asked again), and no other refund can
+    // take the held amount.
+    let refund = |key: &str, amount: i64| {
+        let auth = format!("Bearer {ADMIN_TOKEN}");
+        request(
+            "POST",
+            &format!("/admin/orders/{order_id}/refunds"),
+            &[("authorization", &auth), ("idempotency-key", key)],
+            json!({"amount": {"amount": amount, "currency": "CNY"}, "reason": "test"}).to_string(),
+        )
+    };
+    let key = format!("refund-key-{run}");
+    let (status, first) = admin(&ctx, refund(&key, 990)).await;
+    assert_eq!(
+        (status, &first["status"]),
+        (201, &json!("requested")),
+        "{first}"
+    );
+    let (status, again) = admin(&ctx, refund(&key, 990)).await;
+    assert_eq!(
+        (status, &again["refund_id"]),
+        (201, &first["refund_id"]),
+        "{again}"
+    );
+    assert_eq!(again["status"], "requested");
+    let (status, other) = admin(&ctx, refund(&format!("refund-other-{run}"), 1)).await;
+    assert_eq!(
+        (status, &other["error"]["code"]),
+        (409, &json!("refund_exceeds_payment"))
+    );
+    let (status, reused) = admin(&ctx, refund(&key, 5)).await;
+    assert_eq!(
+        (status, &reused["error"]["code"]),
+        (422, &json!("idempotency_key_reused"))
+    );
 }

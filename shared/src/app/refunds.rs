@@ -193,18 +193,46 @@ pub async fn refund(
         }
         RefundReserved::Exceeds => return Err(Error::Conflict(ConflictKind::RefundExceedsPayment)),
     }
-    let channel = find_channel(ctx, &attempt.channel_id).await?;
+    let status = ask(ctx, &view, &refund, attempt.refunded).await?;
+    Ok(RefundStarted {
+        status,
+        ..started(&refund)
+    })
+}
+
+/// Asks the provider for a recorded refund (again, with the same refund id, when an
+/// earlier answer was lost: it refunds at most once) and records where it ended.
+/// `refunded_before`: what the payment's earlier refunds took. `Requested` when the
+/// provider's answer is unknown again.
+async fn ask(
+    ctx: &Context,
+    view: &OrderView,
+    refund: &RefundRecord,
+    refunded_before: i64,
+) -> Result<RefundStatus> {
+    let payment = view
+        .payments
+        .iter()
+        .find(|p| p.payment_id.as_deref() == Some(refund.payment_id.as_str()))
+        .ok_or_else(|| Error::Corrupt("a refund of a payment the order does not have".into()))?;
+    let channel_id = view
+        .attempts
+        .iter()
+        .find(|a| a.payment_id == refund.payment_id)
+        .map(|a| a.channel_id.clone())
+        .ok_or_else(|| Error::Corrupt("a refund of an attempt the order does not have".into()))?;
+    let channel = find_channel(ctx, &channel_id).await?;
     let provider = provider_for(ctx, &channel).await?;
     let asked = provider
         .refund(&ProviderRefund {
             refund_id: refund.refund_id.clone(),
             payment: PaymentHandle {
-                payment_id: attempt.payment_id.clone(),
+                payment_id: refund.payment_id.clone(),
                 provider_ref: Some(payment.provider_ref.clone()),
             },
             amount: refund.amount.clone(),
             paid: payment.amount.clone(),
-            reason,
+            reason: refund.reason.clone(),
             notify_url: notify_url(ctx, channel.settings.provider, &channel.channel_id)?,
         })
         .await;
@@ -213,29 +241,26 @@ pub async fn refund(
         Ok(RefundOutcome::Pending) => (RefundStatus::Pending, None),
         Ok(RefundOutcome::Refused { reason }) => (RefundStatus::Refused, Some(reason.clone())),
         // Unknown whether it happened: stays `requested`; the same request (same key)
-        // asks again with the same refund id, which refunds at most once.
+        // asks again with the same refund id.
         Err(err) => {
-            tracing::warn!(order_id, refund_id = %refund.refund_id, error = %err, "refund outcome unknown; a retry asks again");
-            return Ok(started(&refund));
+            tracing::warn!(order_id = %refund.order_id, refund_id = %refund.refund_id, error = %err, "refund outcome unknown; a retry asks again");
+            return Ok(RefundStatus::Requested);
         }
     };
     let order_move = (status == RefundStatus::Succeeded)
-        .then(|| transition(&view.order, payment, attempt.refunded, refund.amount.amount))
+        .then(|| transition(&view.order, payment, refunded_before, refund.amount.amount))
         .flatten();
     settle(
         ctx,
         &view.order,
-        &refund,
+        refund,
         status,
         failure.as_deref(),
         order_move,
     )
     .await?;
-    tracing::info!(order_id, refund_id = %refund.refund_id, status = status.as_str(), "refund asked of the provider");
-    Ok(RefundStarted {
-        status,
-        ..started(&refund)
-    })
+    tracing::info!(order_id = %refund.order_id, refund_id = %refund.refund_id, status = status.as_str(), "refund asked of the provider");
+    Ok(status)
 }
 
 /// A retry with the same key: that refund as it stands now (asked again if its outcome
@@ -260,7 +285,25 @@ async fn replay(
         .get_refund(order_id, &refund_id)
         .await?
         .ok_or_else(|| Error::Corrupt("refund idempotency record without its refund".into()))?;
-    Ok(Some(started(&refund)))
+    if refund.status != RefundStatus::Requested {
+        return Ok(Some(started(&refund)));
+    }
+    // The provider's answer was lost last time: ask again (same refund id).
+    let view = ctx
+        .store
+        .get_order_view(order_id)
+        .await?
+        .ok_or(Error::NotFound("order"))?;
+    let refunded_before = view
+        .attempts
+        .iter()
+        .find(|a| a.payment_id == refund.payment_id)
+        .map_or(0, |a| a.refunded - refund.amount.amount);
+    let status = ask(ctx, &view, &refund, refunded_before).await?;
+    Ok(Some(RefundStarted {
+        status,
+        ..started(&refund)
+    }))
 }
 
 /// A provider's word that a pending refund settled (WeChat Pay's `REFUND.SUCCESS`): the
