@@ -150,7 +150,7 @@ def cmd_up(args) -> int:
         platform = Platform(template, stack, provisioned, bootstraps, endpoint, args.port,
                             args.max_instances, args.sqs_pollers, log_dir)
         platform.start(register=not args.no_state)
-        sandbox = start_payment_sandbox(platform, log_dir if args.no_state else STATE_DIR / "sandbox")
+        sandbox = start_payment_sandbox(platform, (log_dir if args.no_state else STATE_DIR) / "sandbox")
         if args.seed:
             seed(platform.url)
         print(banner(platform.url, endpoint), flush=True)
