@@ -208,16 +208,22 @@ pub struct Redelivery {
     pub queued: bool,
 }
 
+/// The order an operator names; an id that cannot be one is not found.
+async fn find_order(ctx: &Context, order_id: &str) -> Result<crate::store::OrderRecord> {
+    if !is_id(order_id) {
+        return Err(Error::NotFound("order"));
+    }
+    ctx.store
+        .get_order(order_id)
+        .await?
+        .ok_or(Error::NotFound("order"))
+}
+
 /// `POST /admin/orders/{id}/redeliver`: queues delivery again for a paid order that is
 /// waiting (`paid`) or gave up (`delivery_failed`). Safe to repeat: the worker delivers
 /// each order once.
 pub async fn redeliver(ctx: &Context, order_id: &str) -> Result<Redelivery> {
-    let order = if is_id(order_id) {
-        ctx.store.get_order(order_id).await?
-    } else {
-        None
-    };
-    let order = order.ok_or(Error::NotFound("order"))?;
+    let order = find_order(ctx, order_id).await?;
     if !order.status.awaits_delivery() {
         return Err(Error::IllegalTransition {
             from: order.status.as_str(),
@@ -285,12 +291,7 @@ pub async fn confirm_paid(
 ) -> Result<ConfirmedPayment> {
     let reason = checked_note(&request.reason, "reason")?;
     let reference = checked_note(&request.reference, "reference")?;
-    let order = if is_id(order_id) {
-        ctx.store.get_order(order_id).await?
-    } else {
-        None
-    };
-    let order = order.ok_or(Error::NotFound("order"))?;
+    let order = find_order(ctx, order_id).await?;
     let event_id = format!("manual:{order_id}");
     let confirmed_before = order.payment_ref.as_deref() == Some(reference.as_str());
     if !confirmed_before
