@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -94,6 +95,20 @@ def start_payment_sandbox(platform, state_dir: Path):
     return sandbox
 
 
+def start_supplier_sim(platform, state_dir: Path):
+    """The direct top-up suppliers' simulator (docs/suppliers.md), with supplier sim-mobile
+    (a fresh secret each run) and its product set up in Kami through the admin API."""
+    from . import supplier_sim
+
+    sim = supplier_sim.start_supplier_sim(port=0, state_dir=state_dir, log=platform.status)
+    try:
+        supplier_sim.seed_kami(platform.url, prov.local_secrets()["AdminTokenSecret"], sim.url, secrets.token_hex(32))
+    except BaseException:  # up's cleanup never sees a simulator that is not returned
+        sim.stop()
+        raise
+    return sim
+
+
 def cmd_pay(args) -> int:
     """The buyer pays the order's open payment attempt at the sandbox, which notifies Kami
     as its provider would (or loses the notification, or sends it twice)."""
@@ -127,6 +142,7 @@ def cmd_up(args) -> int:
     moto = None
     platform = None
     sandbox = None
+    sim = None
     if args.no_state:
         # A platform of its own (the tests') has a clock of its own.
         os.environ.setdefault(clock.ENV, str(log_dir / "clock"))
@@ -150,20 +166,25 @@ def cmd_up(args) -> int:
         platform = Platform(template, stack, provisioned, bootstraps, endpoint, args.port,
                             args.max_instances, args.sqs_pollers, log_dir)
         platform.start(register=not args.no_state)
-        sandbox = start_payment_sandbox(platform, (log_dir if args.no_state else STATE_DIR) / "sandbox")
+        state_dir = log_dir if args.no_state else STATE_DIR
+        sandbox = start_payment_sandbox(platform, state_dir / "sandbox")
+        sim = start_supplier_sim(platform, state_dir / "supplier_sim")
         if args.seed:
             seed(platform.url)
         print(banner(platform.url, endpoint), flush=True)
         print(f"payment sandbox         {sandbox.url}  (channels alipay-sandbox, wechat-sandbox, stripe-sandbox)",
               flush=True)
+        print(f"supplier simulator      {sim.url}  (supplier sim-mobile, product mobile-credit-50)", flush=True)
         if args.ready_file:
             Path(args.ready_file).write_text(json.dumps({"api_url": platform.url, "endpoint": endpoint,
                                                          "resources": provisioned["resources"],
-                                                         "sandbox_url": sandbox.url}))
+                                                         "sandbox_url": sandbox.url, "supplier_sim_url": sim.url}))
         stop.wait()
         print("stopping...", flush=True)
         return 0
     finally:
+        if sim is not None:
+            sim.stop()
         if sandbox is not None:
             sandbox.stop()
         if platform is not None:

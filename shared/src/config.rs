@@ -11,6 +11,7 @@ use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 
 use crate::adapters::clock::{SystemClock, clock_from_env};
+use crate::adapters::http_client::HttpClient;
 use crate::adapters::kms::KmsVault;
 use crate::adapters::metrics::AwsCallCounter;
 use crate::adapters::payment_channels::ChannelCache;
@@ -18,8 +19,9 @@ use crate::adapters::queue::SqsDeliveryQueue;
 pub use crate::adapters::secrets::Secrets;
 use crate::adapters::secrets::{self, SecretIds};
 use crate::adapters::stripe::StripeProvider;
+use crate::adapters::suppliers::SupplierCache;
 use crate::error::{Error, Result};
-use crate::ports::{Clock, KeyVault, PaymentProvider};
+use crate::ports::{Clock, KeyVault, PaymentProvider, Supplier};
 use crate::store::Store;
 
 /// Plain settings from the environment the template gives each function.
@@ -48,6 +50,10 @@ pub struct Config {
     /// `PUBLIC_API_URL`: the API's public base URL (API Gateway's in AWS, the local API's
     /// locally), for the notify URLs payment providers call.
     pub public_api_url: Option<String>,
+    /// Whether a supplier's `base_url` may be a loopback or private address
+    /// (`SUPPLIER_ALLOW_PRIVATE_URLS`, default false; true on the local platform, whose
+    /// simulator is on loopback).
+    pub supplier_allow_private_urls: bool,
 }
 
 impl Config {
@@ -85,6 +91,15 @@ impl Config {
             secrets_refresh_seconds: Some(number("SECRETS_REFRESH_SECONDS", 60)?)
                 .filter(|seconds| *seconds > 0)
                 .ok_or_else(|| Error::Config("SECRETS_REFRESH_SECONDS must be positive".into()))?,
+            supplier_allow_private_urls: match optional("SUPPLIER_ALLOW_PRIVATE_URLS").as_deref() {
+                None | Some("false") => false,
+                Some("true") => true,
+                Some(_) => {
+                    return Err(Error::Config(
+                        "SUPPLIER_ALLOW_PRIVATE_URLS must be true or false".into(),
+                    ));
+                }
+            },
             stripe_livemode: match optional("STRIPE_LIVEMODE").as_deref() {
                 None | Some("false") => false,
                 Some("true") => true,
@@ -199,6 +214,10 @@ pub struct Context {
     pub secrets: Secrets,
     /// This instance's copy of the payment channels and their built providers.
     pub channels: ChannelCache,
+    /// This instance's copy of the suppliers and their built adapters.
+    pub suppliers: SupplierCache,
+    /// The instance's HTTPS client for providers and suppliers (made on first use).
+    http: std::sync::OnceLock<HttpClient>,
 }
 
 impl Context {
@@ -225,6 +244,16 @@ impl Context {
             .ok_or_else(|| Error::Config("this function has no card-key vault".into()))
     }
 
+    /// The instance's HTTPS client for outside systems (one per instance: its
+    /// connection pool is shared by every call).
+    pub fn http(&self) -> Result<HttpClient> {
+        if let Some(http) = self.http.get() {
+            return Ok(http.clone());
+        }
+        let http = HttpClient::new()?;
+        Ok(self.http.get_or_init(|| http).clone())
+    }
+
     /// The payment provider called `name` (as in `/webhooks/{name}`).
     pub fn payment_provider(&self, name: &str) -> Result<&dyn PaymentProvider> {
         self.payment_providers
@@ -245,6 +274,7 @@ pub struct ContextBuilder {
     vault: Option<Arc<dyn KeyVault>>,
     stripe: bool,
     payment_providers: Vec<Arc<dyn PaymentProvider>>,
+    suppliers: SupplierCache,
     secrets: Secrets,
 }
 
@@ -260,6 +290,7 @@ impl ContextBuilder {
             vault: None,
             stripe: false,
             payment_providers: Vec::new(),
+            suppliers: SupplierCache::default(),
             secrets: Secrets::default(),
         }
     }
@@ -307,6 +338,13 @@ impl ContextBuilder {
         self
     }
 
+    /// Another adapter for the supplier `supplier_id` (a fake in tests); its record
+    /// still comes from the table.
+    pub fn with_supplier(self, supplier_id: &str, supplier: Arc<dyn Supplier>) -> Self {
+        self.suppliers.replace(supplier_id, supplier);
+        self
+    }
+
     /// The secrets this function's configuration names (Secrets Manager).
     pub async fn with_secrets(mut self) -> Result<Self> {
         let ids = SecretIds {
@@ -343,6 +381,8 @@ impl ContextBuilder {
             payment_providers: self.payment_providers,
             secrets: self.secrets,
             channels: ChannelCache::default(),
+            suppliers: self.suppliers,
+            http: std::sync::OnceLock::new(),
             config: self.config,
         })
     }

@@ -44,6 +44,10 @@ pub enum Error {
     IdempotencyKeyReused,
     #[error("webhook signature verification failed: {0}")]
     InvalidSignature(&'static str),
+    /// A supplier callback that does not verify under the supplier's secret (answered
+    /// 401, as the supplier protocol says; payment providers get their own answers).
+    #[error("callback signature verification failed: {0}")]
+    UnverifiedCallback(&'static str),
     #[error("illegal order transition from {from} by {cause}")]
     IllegalTransition {
         /// The order's status (`OrderStatus::as_str`): error.rs depends on no domain type.
@@ -102,6 +106,9 @@ pub enum ConflictKind {
     /// The payment came through no channel Kami can refund through (the deployment's
     /// default Stripe endpoint, a manual confirmation).
     RefundNotPossible,
+    /// None of the product's suppliers is enabled: nobody pays for what cannot be
+    /// delivered.
+    ProductUnavailable,
 }
 
 impl std::fmt::Display for ConflictKind {
@@ -118,6 +125,9 @@ impl std::fmt::Display for ConflictKind {
             }
             ConflictKind::RefundNotPossible => {
                 "this payment did not come through a payment channel: refund it where it was taken"
+            }
+            ConflictKind::ProductUnavailable => {
+                "this product cannot be delivered right now: none of its suppliers is enabled"
             }
         })
     }

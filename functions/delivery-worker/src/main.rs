@@ -11,8 +11,8 @@ use lambda_runtime::{Error, LambdaEvent, run, service_fn};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
-    // Assigning keys is DynamoDB only: no queue, vault or secrets.
-    let ctx = Context::from_env().await?.build();
+    // Card keys are DynamoDB only; top-ups open their supplier's secret (the vault).
+    let ctx = Context::from_env().await?.with_vault().build();
     run(service_fn(|event: LambdaEvent<SqsEvent>| {
         let ctx = ctx.clone();
         // The runtime's deadline is the machine's time (not the platform clock locally).

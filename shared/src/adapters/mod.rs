@@ -11,4 +11,6 @@ pub mod payment_channels;
 pub mod queue;
 pub mod secrets;
 pub mod stripe;
+pub mod supplier_http;
+pub mod suppliers;
 pub mod wechatpay;

@@ -4,7 +4,7 @@
 //! or open a channel's secrets every time.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::adapters::alipay::{self, AlipayConfig, AlipayProvider};
@@ -86,7 +86,6 @@ type BuiltProvider = (String, Arc<dyn PaymentProvider>);
 pub struct ChannelCache {
     list: Mutex<Option<(Timestamp, Arc<Vec<ChannelRecord>>)>>,
     providers: Mutex<HashMap<String, BuiltProvider>>,
-    http: OnceLock<HttpClient>,
 }
 
 impl ChannelCache {
@@ -123,14 +122,5 @@ impl ChannelCache {
                 channel.channel_id.clone(),
                 (channel.updated_at.clone(), provider),
             );
-    }
-
-    /// The instance's HTTPS client for providers (made on first use).
-    pub fn http(&self) -> Result<HttpClient> {
-        if let Some(http) = self.http.get() {
-            return Ok(http.clone());
-        }
-        let http = HttpClient::new()?;
-        Ok(self.http.get_or_init(|| http).clone())
     }
 }

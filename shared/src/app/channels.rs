@@ -204,7 +204,7 @@ pub async fn provider_for(
         channel.settings.provider,
         &whole,
         ProviderDeps {
-            http: ctx.channels.http()?,
+            http: ctx.http()?,
             clock: ctx.clock.clone(),
             timeout: Duration::from_millis(u64::from(channel.settings.timeout_ms)),
             stripe_livemode: ctx.config.stripe_livemode,

@@ -232,23 +232,42 @@ impl<O: DeliveryOrders, F: Fulfiller + Sync> Worker<'_, O, F> {
         }
     }
 
-    /// Marks the order delivered once its fulfiller is done.
+    /// Marks the order delivered once its fulfiller is done (from the status the
+    /// fulfiller left it in: a top-up moves it to `delivering` on the way).
     async fn finish(&self, order: &OrderRecord) -> Result<DeliveryOutcome> {
-        if self.orders.finish(order, self.ctx.clock.now()).await? {
+        let now = self.ctx.clock.now();
+        if self.orders.finish(order, now).await? {
+            tracing::info!(order_id = %order.order_id, quantity = order.quantity, "order delivered");
+            return Ok(DeliveryOutcome::Delivered);
+        }
+        if let Some(moved) = self.moved_on_the_way(order).await?
+            && self.orders.finish(&moved, now).await?
+        {
             tracing::info!(order_id = %order.order_id, quantity = order.quantity, "order delivered");
             return Ok(DeliveryOutcome::Delivered);
         }
         self.settled_outcome(&order.order_id).await
     }
 
+    /// The order as it is now, if it still awaits delivery in another status than it
+    /// was read in (its fulfiller moved it).
+    async fn moved_on_the_way(&self, order: &OrderRecord) -> Result<Option<OrderRecord>> {
+        Ok(self
+            .orders
+            .current(&order.order_id)
+            .await?
+            .filter(|now| now.status.awaits_delivery() && now.status != order.status))
+    }
+
     /// A definite failure: the order shows `delivery_failed` and why, at once; only an
     /// operator's redelivery sends it round again.
     async fn fail(&self, order: &OrderRecord, reason: &'static str) -> Result<DeliveryOutcome> {
-        if self
-            .orders
-            .fail(order, reason, self.ctx.clock.now())
-            .await?
-        {
+        let now = self.ctx.clock.now();
+        let mut failed = self.orders.fail(order, reason, now).await?;
+        if !failed && let Some(moved) = self.moved_on_the_way(order).await? {
+            failed = self.orders.fail(&moved, reason, now).await?;
+        }
+        if failed {
             tracing::error!(
                 order_id = %order.order_id,
                 reason,
@@ -453,6 +472,7 @@ mod tests {
                 events: Vec::new(),
                 deliveries: done.clone(),
                 payments: Vec::new(),
+                supplier_log: Vec::new(),
             };
             if let Some(to) = self.moved_after_read.lock().unwrap().remove(order_id) {
                 order.status = to;

@@ -12,4 +12,5 @@ pub mod payments;
 pub mod reconcile;
 pub mod refunds;
 mod stock;
+pub mod suppliers;
 pub mod sweep;

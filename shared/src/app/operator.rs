@@ -10,8 +10,8 @@ use crate::domain::money::Money;
 use crate::domain::order::OrderStatus;
 use crate::domain::time::is_id;
 use crate::error::{Error, Result};
-use crate::store::DeliveryRecord;
 use crate::store::UnmatchedPayment;
+use crate::store::{DeliveryRecord, SupplierLogEntry, TopUpStatus};
 
 /// The buyer as the operator sees them.
 #[derive(Debug, Serialize, ToSchema)]
@@ -97,6 +97,33 @@ pub struct OperatorOrderView {
     pub attempts: Vec<AttemptView>,
     pub refunds: Vec<RefundView>,
     pub allocated_keys: Vec<AllocatedKey>,
+    /// A direct top-up: the account it is for and every request sent to a supplier.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_up: Option<TopUpView>,
+    /// Every call to a supplier, answer, callback and poll, oldest first.
+    pub supplier_history: Vec<SupplierLogEntry>,
+}
+
+/// A top-up order's account and requests, as an operator sees them.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TopUpView {
+    pub account: String,
+    pub supplier_product: String,
+    pub suppliers: Vec<String>,
+    pub requests: Vec<TopUpRequestView>,
+}
+
+/// One request sent to a supplier.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TopUpRequestView {
+    pub request_id: String,
+    pub supplier_id: String,
+    pub round: u32,
+    pub status: TopUpStatus,
+    pub supplier_ref: Option<String>,
+    pub reason: Option<String>,
+    pub sent_at: String,
+    pub updated_at: String,
 }
 
 /// `GET /admin/orders/{id}`: status, exception, events, payments and which keys were
@@ -181,6 +208,27 @@ pub async fn order_for_operator(ctx: &Context, order_id: &str) -> Result<Operato
                 refunded,
             })
             .collect(),
+        top_up: order.top_up.map(|top_up| TopUpView {
+            account: top_up.account,
+            supplier_product: top_up.supplier_product,
+            suppliers: top_up.suppliers,
+            requests: view
+                .deliveries
+                .iter()
+                .filter_map(DeliveryRecord::top_up)
+                .map(|a| TopUpRequestView {
+                    request_id: a.request_id.clone(),
+                    supplier_id: a.supplier_id.clone(),
+                    round: a.round,
+                    status: a.status,
+                    supplier_ref: a.supplier_ref.clone(),
+                    reason: a.reason.clone(),
+                    sent_at: a.sent_at.to_rfc3339(),
+                    updated_at: a.updated_at.clone(),
+                })
+                .collect(),
+        }),
+        supplier_history: view.supplier_log,
     })
 }
 
@@ -331,11 +379,18 @@ mod tests {
     use crate::domain::order::{ALL_STATUSES, OrderStatus};
 
     #[test]
-    fn only_paid_and_failed_deliveries_can_be_sent_again() {
+    fn only_paid_delivering_and_failed_orders_can_be_sent_again() {
         let allowed: Vec<_> = ALL_STATUSES
             .iter()
             .filter(|s| s.awaits_delivery())
             .collect();
-        assert_eq!(allowed, [&OrderStatus::Paid, &OrderStatus::DeliveryFailed]);
+        assert_eq!(
+            allowed,
+            [
+                &OrderStatus::Paid,
+                &OrderStatus::Delivering,
+                &OrderStatus::DeliveryFailed
+            ]
+        );
     }
 }

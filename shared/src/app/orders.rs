@@ -11,7 +11,7 @@ use crate::config::Context;
 use crate::domain::crypto::{self, order_access_token, sha256_hex, token_matches};
 use crate::domain::hold::{Holder, address_bucket};
 use crate::domain::money::Money;
-use crate::domain::order::{OrderStatus, payment_deadline};
+use crate::domain::order::{OrderStatus, TopUpOrder, payment_deadline};
 use crate::domain::product::{DeliveryType, Product, validate_quantity, validate_sku};
 use crate::domain::time::{Timestamp, is_id, new_id};
 use crate::error::{ConflictKind, Error, Result};
@@ -48,6 +48,17 @@ pub struct OrderRequest {
     pub quantity: Option<i64>,
     #[schema(required = true)]
     pub buyer: Option<Buyer>,
+    /// Who receives a direct top-up (required for `direct_topup` products, refused for
+    /// any other).
+    pub recipient: Option<Recipient>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct Recipient {
+    /// The account to top up, matching the product's `account.pattern` exactly (no
+    /// trimming).
+    #[schema(required = true, example = "13800000000")]
+    pub account: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -62,6 +73,7 @@ impl RequestBody for OrderRequest {
             "sku" => Some("invalid_sku"),
             "quantity" => Some("invalid_quantity"),
             "buyer" | "buyer.email" => Some("invalid_email"),
+            "recipient" | "recipient.account" => Some("invalid_recipient"),
             _ => None,
         }
     }
@@ -72,6 +84,8 @@ struct ValidOrderRequest {
     sku: String,
     quantity: i64,
     email: String,
+    /// `recipient`, if given: `Some(None)` when it names no account.
+    recipient: Option<Option<String>>,
 }
 
 impl ValidOrderRequest {
@@ -102,13 +116,14 @@ impl ValidOrderRequest {
             sku,
             quantity,
             email,
+            recipient: request.recipient.map(|recipient| recipient.account),
         })
     }
 
     /// Hash of what the request means, so a retry with re-ordered JSON still matches.
     fn fingerprint(&self) -> String {
         sha256_hex(
-            json!([self.sku, self.quantity, self.email])
+            json!([self.sku, self.quantity, self.email, self.recipient])
                 .to_string()
                 .as_bytes(),
         )
@@ -162,6 +177,7 @@ pub async fn create_order(
     let product = super::catalog::find_product(ctx, &request.sku, false).await?;
     let quantity =
         validate_quantity(request.quantity, &product).map_err(|err| err.at("quantity"))?;
+    let top_up = top_up_order(ctx, &product, request.recipient.clone()).await?;
     let now = ctx.clock.now();
     let order_id = new_id();
     let token = order_access_token(ctx.secrets.order_token_key()?, &order_id)?;
@@ -184,6 +200,7 @@ pub async fn create_order(
         payment_ref: None,
         exception: None,
         holds: Vec::new(),
+        top_up,
     };
     let holds = hold_claims(ctx, &product, &order.buyer_email, source_ip)?;
     if let Some((holder, claim)) = holds.iter().find(|(_, claim)| claim.limit < quantity) {
@@ -198,10 +215,15 @@ pub async fn create_order(
     let payment_channels = offers(ctx, &order.amount).await?;
     // Start on a random counter shard; if it has too little, read all of them (at
     // most `STOCK_READS` times) and try where the order fits, as `stock` chooses.
-    let mut plans = vec![StockShare::whole(
-        rand::random::<u32>() % COUNTER_SHARDS,
-        quantity,
-    )];
+    let mut plans = if product.delivery.counts_stock() {
+        vec![StockShare::whole(
+            rand::random::<u32>() % COUNTER_SHARDS,
+            quantity,
+        )]
+    } else {
+        // Nothing counted to reserve (a top-up): the order alone.
+        vec![Vec::new()]
+    };
     let mut reads = 0;
     loop {
         for plan in plans {
@@ -245,6 +267,58 @@ pub async fn create_order(
             return Err(Error::Conflict(ConflictKind::OutOfStock));
         }
     }
+}
+
+/// What a top-up order asks of its suppliers: the recipient's account, checked against
+/// the product's pattern, and the product's suppliers, at least one of them enabled
+/// (from this instance's copy of the supplier list). `None` for other products, which
+/// take no recipient.
+async fn top_up_order(
+    ctx: &Context,
+    product: &Product,
+    recipient: Option<Option<String>>,
+) -> Result<Option<TopUpOrder>> {
+    let Some(spec) = &product.top_up else {
+        return match recipient {
+            None => Ok(None),
+            Some(_) => Err(Error::invalid_field(
+                "invalid_recipient",
+                "recipient",
+                "this product takes no recipient",
+            )),
+        };
+    };
+    let account = recipient.flatten().ok_or_else(|| {
+        Error::invalid_field(
+            "invalid_recipient",
+            "recipient.account",
+            format!("recipient.account ({}) is required", spec.account.label),
+        )
+    })?;
+    if !spec.account.accepts(&account)? {
+        return Err(Error::invalid_field(
+            "invalid_recipient",
+            "recipient.account",
+            format!(
+                "recipient.account is not a valid {}",
+                spec.account.label.to_lowercase()
+            ),
+        ));
+    }
+    let suppliers = super::suppliers::known_suppliers(ctx).await?;
+    let deliverable = spec.suppliers.iter().any(|id| {
+        suppliers
+            .iter()
+            .any(|s| &s.supplier_id == id && s.settings.enabled)
+    });
+    if !deliverable {
+        return Err(Error::Conflict(ConflictKind::ProductUnavailable));
+    }
+    Ok(Some(TopUpOrder {
+        account,
+        supplier_product: spec.supplier_product.clone(),
+        suppliers: spec.suppliers.clone(),
+    }))
 }
 
 /// The holds a new order counts against: the client's source address (when API Gateway
@@ -459,10 +533,18 @@ impl OrderEventView {
 /// What the buyer received.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Delivered {
-    /// The delivery type (`card_key`).
+    /// The delivery type (`card_key`, `direct_topup`).
     #[serde(rename = "type")]
     pub kind: DeliveryType,
-    pub code: String,
+    /// `card_key`: the key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// `direct_topup`: the account that was topped up.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    /// `direct_topup`: the supplier's reference for the top-up.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub supplier_ref: Option<String>,
 }
 
 /// The `GET /orders/{order_id}` answer.

@@ -7,4 +7,5 @@ pub mod hold;
 pub mod money;
 pub mod order;
 pub mod product;
+pub mod supplier;
 pub mod time;

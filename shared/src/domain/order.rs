@@ -11,6 +11,9 @@ use crate::error::{Error, Result};
 pub enum OrderStatus {
     PendingPayment,
     Paid,
+    /// A supplier is working on it: a top-up request is pending, or its outcome is
+    /// unknown and being asked about.
+    Delivering,
     Delivered,
     Expired,
     Cancelled,
@@ -46,6 +49,8 @@ pub enum Cause {
     PartialRefund,
     /// A refund that gives back the rest of the payment.
     Refund,
+    /// The fulfiller's work goes on at a supplier (a top-up pending or unknown).
+    AwaitSupplier,
 }
 
 impl Cause {
@@ -62,6 +67,7 @@ impl Cause {
             Cause::FulfilmentFailed => "fulfilment_failed",
             Cause::PartialRefund => "partial_refund",
             Cause::Refund => "refund",
+            Cause::AwaitSupplier => "await_supplier",
         }
     }
 }
@@ -86,6 +92,12 @@ const TRANSITIONS: &[(OrderStatus, Cause, OrderStatus)] = {
         // A redelivery that fails again records why, once more.
         (DeliveryFailed, FulfilmentFailed, DeliveryFailed),
         (DeliveryFailed, Deliver, Delivered),
+        // A supplier works on it; a retry of a failed top-up waits on a supplier again.
+        (Paid, AwaitSupplier, Delivering),
+        (DeliveryFailed, AwaitSupplier, Delivering),
+        (Delivering, Deliver, Delivered),
+        (Delivering, FulfilmentFailed, DeliveryFailed),
+        (Delivering, DeliveryGaveUp, DeliveryFailed),
         // Money given back: a delivered order's keys are never sold again (they left
         // stock when delivered); an order whose money was an exception is settled.
         (Delivered, PartialRefund, PartiallyRefunded),
@@ -102,6 +114,7 @@ impl OrderStatus {
         match self {
             OrderStatus::PendingPayment => "pending_payment",
             OrderStatus::Paid => "paid",
+            OrderStatus::Delivering => "delivering",
             OrderStatus::Delivered => "delivered",
             OrderStatus::Expired => "expired",
             OrderStatus::Cancelled => "cancelled",
@@ -135,8 +148,22 @@ impl OrderStatus {
 
     /// Paid and waiting for delivery: the delivery worker may act.
     pub fn awaits_delivery(self) -> bool {
-        matches!(self, OrderStatus::Paid | OrderStatus::DeliveryFailed)
+        matches!(
+            self,
+            OrderStatus::Paid | OrderStatus::Delivering | OrderStatus::DeliveryFailed
+        )
     }
+}
+
+/// What a direct top-up order asks of its suppliers, fixed when the order is made: a
+/// later change to the product never redirects a paid order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopUpOrder {
+    /// The buyer's account, exactly as given (it matched the product's pattern).
+    pub account: String,
+    pub supplier_product: String,
+    /// Supplier ids, first choice first.
+    pub suppliers: Vec<String>,
 }
 
 /// When an order created at `created` stops waiting for payment.
@@ -149,9 +176,10 @@ pub fn payment_overdue(status: OrderStatus, expires_at: Timestamp, now: Timestam
     status == OrderStatus::PendingPayment && expires_at <= now
 }
 
-pub const ALL_STATUSES: [OrderStatus; 10] = [
+pub const ALL_STATUSES: [OrderStatus; 11] = [
     OrderStatus::PendingPayment,
     OrderStatus::Paid,
+    OrderStatus::Delivering,
     OrderStatus::Delivered,
     OrderStatus::Expired,
     OrderStatus::Cancelled,

@@ -25,24 +25,81 @@ pub const MAX_RESERVATION_SECONDS: u32 = 86_400;
 #[serde(rename_all = "snake_case")]
 pub enum DeliveryType {
     CardKey,
+    /// A top-up an upstream supplier performs on the buyer's account (直充).
+    DirectTopup,
 }
 
 impl DeliveryType {
     pub fn as_str(self) -> &'static str {
         match self {
             DeliveryType::CardKey => "card_key",
+            DeliveryType::DirectTopup => "direct_topup",
         }
     }
 
     pub fn parse(text: &str) -> Result<Self> {
         match text {
             "card_key" => Ok(DeliveryType::CardKey),
+            "direct_topup" => Ok(DeliveryType::DirectTopup),
             other => Err(Error::invalid(
                 "unsupported_delivery_type",
-                format!("delivery type {other:?} is not supported; use \"card_key\""),
+                format!(
+                    "delivery type {other:?} is not supported; use \"card_key\" or \"direct_topup\""
+                ),
             )),
         }
     }
+
+    /// Whether orders reserve units on the product's stock counters (card keys do; a
+    /// top-up has no stock of its own).
+    pub fn counts_stock(self) -> bool {
+        match self {
+            DeliveryType::CardKey => true,
+            DeliveryType::DirectTopup => false,
+        }
+    }
+}
+
+pub const MAX_ACCOUNT_PATTERN_LEN: usize = 200;
+pub const MAX_SUPPLIERS_PER_PRODUCT: usize = 10;
+const MAX_SUPPLIER_PRODUCT_LEN: usize = 100;
+const MAX_ACCOUNT_LEN: usize = 200;
+
+/// How a direct top-up product is fulfilled: which supplier product, by which suppliers
+/// (tried in this order), and the buyer account it needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TopUpSpec {
+    /// The suppliers' code for what is topped up.
+    pub supplier_product: String,
+    /// Supplier ids, first choice first.
+    pub suppliers: Vec<String>,
+    pub account: AccountField,
+}
+
+/// The account a buyer names on the order (`recipient.account`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AccountField {
+    /// What a storefront labels the field with.
+    #[schema(example = "Phone number")]
+    pub label: String,
+    /// A regular expression the whole account must match (no trimming).
+    #[schema(example = "^1[3-9][0-9]{9}$")]
+    pub pattern: String,
+}
+
+impl AccountField {
+    /// Whether `account` matches the pattern as a whole.
+    pub fn accepts(&self, account: &str) -> Result<bool> {
+        Ok(account.len() <= MAX_ACCOUNT_LEN
+            && !has_control(account)
+            && whole_pattern(&self.pattern)?.is_match(account))
+    }
+}
+
+/// The pattern anchored at both ends: an account matches as a whole or not at all.
+fn whole_pattern(pattern: &str) -> Result<regex_lite::Regex> {
+    regex_lite::Regex::new(&format!("^(?:{pattern})$"))
+        .map_err(|_| Error::Corrupt("stored account pattern does not compile".into()))
 }
 
 /// A product's units: on sale, held by unpaid orders, and sold.
@@ -66,6 +123,8 @@ pub struct Product {
     /// How long an unpaid order holds its units; `None`: the deployment's
     /// `ORDER_TTL_SECONDS`.
     pub reservation_seconds: Option<u32>,
+    /// For `direct_topup`: how it is fulfilled.
+    pub top_up: Option<TopUpSpec>,
     pub created_at: String,
 }
 
@@ -157,10 +216,101 @@ pub struct PriceRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveryRequest {
-    /// The delivery type; `card_key` today.
+    /// The delivery type: `card_key` or `direct_topup`.
     #[serde(rename = "type")]
     #[schema(example = "card_key")]
     pub kind: String,
+    /// `direct_topup`: the suppliers' product code.
+    #[schema(example = "cmcc-50")]
+    pub supplier_product: Option<String>,
+    /// `direct_topup`: supplier ids, tried in this order (1 to 10).
+    #[schema(example = json!(["sup_a", "sup_b"]))]
+    pub suppliers: Option<Vec<String>>,
+    /// `direct_topup`: the buyer account the order must name.
+    pub account: Option<AccountField>,
+}
+
+impl DeliveryRequest {
+    /// The type and, for a top-up, its checked spec.
+    fn into_parts(self) -> Result<(DeliveryType, Option<TopUpSpec>)> {
+        let kind = DeliveryType::parse(&self.kind).map_err(|err| err.at("delivery.type"))?;
+        let bad = |field: &str, message: String| {
+            Error::invalid_field("invalid_delivery", &format!("delivery.{field}"), message)
+        };
+        if kind != DeliveryType::DirectTopup {
+            for (field, present) in [
+                ("supplier_product", self.supplier_product.is_some()),
+                ("suppliers", self.suppliers.is_some()),
+                ("account", self.account.is_some()),
+            ] {
+                if present {
+                    return Err(bad(
+                        field,
+                        format!("{field} is only for direct_topup products"),
+                    ));
+                }
+            }
+            return Ok((kind, None));
+        }
+        let supplier_product = self
+            .supplier_product
+            .filter(|code| {
+                !code.trim().is_empty()
+                    && code.len() <= MAX_SUPPLIER_PRODUCT_LEN
+                    && !has_control(code)
+            })
+            .ok_or_else(|| {
+                bad(
+                    "supplier_product",
+                    format!("supplier_product is required: 1 to {MAX_SUPPLIER_PRODUCT_LEN} printable characters"),
+                )
+            })?;
+        let suppliers = self.suppliers.unwrap_or_default();
+        if suppliers.is_empty() || suppliers.len() > MAX_SUPPLIERS_PER_PRODUCT {
+            return Err(bad(
+                "suppliers",
+                format!("suppliers must name 1 to {MAX_SUPPLIERS_PER_PRODUCT} supplier ids"),
+            ));
+        }
+        for (i, supplier) in suppliers.iter().enumerate() {
+            if crate::domain::supplier::validate_supplier_id(supplier).is_err()
+                || suppliers[..i].contains(supplier)
+            {
+                return Err(bad(
+                    &format!("suppliers[{i}]"),
+                    "suppliers must be distinct supplier ids".into(),
+                ));
+            }
+        }
+        let account = self
+            .account
+            .ok_or_else(|| bad("account", "account {label, pattern} is required".into()))?;
+        if account.label.trim().is_empty() || account.label.chars().count() > 100 {
+            return Err(bad(
+                "account.label",
+                "account.label must be 1 to 100 characters".into(),
+            ));
+        }
+        if account.pattern.is_empty()
+            || account.pattern.len() > MAX_ACCOUNT_PATTERN_LEN
+            || whole_pattern(&account.pattern).is_err()
+        {
+            return Err(bad(
+                "account.pattern",
+                format!(
+                    "account.pattern must be a regular expression of 1 to {MAX_ACCOUNT_PATTERN_LEN} characters"
+                ),
+            ));
+        }
+        Ok((
+            kind,
+            Some(TopUpSpec {
+                supplier_product,
+                suppliers,
+                account,
+            }),
+        ))
+    }
 }
 
 impl RequestBody for NewProductRequest {
@@ -169,6 +319,9 @@ impl RequestBody for NewProductRequest {
             "max_per_order" => Some("invalid_max_per_order"),
             "reservation_seconds" => Some("invalid_reservation_seconds"),
             path if path.starts_with("pending_limits") => Some("invalid_pending_limits"),
+            path if path.starts_with("delivery.") && path != "delivery.type" => {
+                Some("invalid_delivery")
+            }
             _ => None,
         }
     }
@@ -185,7 +338,14 @@ impl NewProductRequest {
                 format!("title must be 1 to {MAX_TITLE_LEN} printable characters"),
             ));
         }
-        let max_per_order = self.max_per_order.unwrap_or(DEFAULT_MAX_PER_ORDER);
+        let (delivery, top_up) = self.delivery.into_parts()?;
+        // A top-up is one supplier request per order: one unit unless the product says.
+        let default_max = if top_up.is_some() {
+            1
+        } else {
+            DEFAULT_MAX_PER_ORDER
+        };
+        let max_per_order = self.max_per_order.unwrap_or(default_max);
         if !(1..=MAX_PER_ORDER_LIMIT).contains(&max_per_order) {
             return Err(Error::invalid_field(
                 "invalid_max_per_order",
@@ -217,8 +377,7 @@ impl NewProductRequest {
                 };
                 err.at(field)
             })?,
-            delivery: DeliveryType::parse(&self.delivery.kind)
-                .map_err(|err| err.at("delivery.type"))?,
+            delivery,
             max_per_order,
             card_keys: CardKeyRules {
                 case_sensitive: self
@@ -228,6 +387,7 @@ impl NewProductRequest {
             },
             pending_limits,
             reservation_seconds: self.reservation_seconds,
+            top_up,
             created_at,
         })
     }
@@ -367,8 +527,18 @@ mod tests {
             ),
             (
                 "delivery",
-                serde_json::json!({"type": "direct_topup"}),
+                serde_json::json!({"type": "gift_card"}),
                 "unsupported_delivery_type",
+            ),
+            (
+                "delivery",
+                serde_json::json!({"type": "direct_topup"}),
+                "invalid_delivery",
+            ),
+            (
+                "delivery",
+                serde_json::json!({"type": "card_key", "suppliers": ["a"]}),
+                "invalid_delivery",
             ),
             (
                 "max_per_order",
@@ -430,6 +600,70 @@ mod tests {
         assert_eq!(product.pending_limits.per_address, 1_000_000);
         assert_eq!(product.reservation_seconds(1800), 86_400);
         assert_eq!(request(base).unwrap().reservation_seconds(1800), 1800);
+    }
+
+    #[test]
+    fn a_top_up_product_names_its_suppliers_and_the_account_it_needs() {
+        let base = serde_json::json!({
+            "sku": "m50", "title": "Mobile 50", "price": {"amount": 5000, "currency": "CNY"},
+            "delivery": {"type": "direct_topup", "supplier_product": "cmcc-50",
+                "suppliers": ["sup_a", "sup_b"],
+                "account": {"label": "Phone number", "pattern": "1[3-9][0-9]{9}"}}
+        });
+        let product = request(base.clone()).unwrap();
+        assert_eq!(product.delivery, DeliveryType::DirectTopup);
+        assert_eq!(product.max_per_order, 1, "one top-up per order by default");
+        let spec = product.top_up.unwrap();
+        assert_eq!(spec.suppliers, ["sup_a", "sup_b"]);
+        // Matched whole, never trimmed or searched within.
+        assert!(spec.account.accepts("13800000000").unwrap());
+        for bad in [
+            " 13800000000",
+            "13800000000 ",
+            "138000000001",
+            "x13800000000",
+            "12800000000",
+        ] {
+            assert!(!spec.account.accepts(bad).unwrap(), "{bad:?}");
+        }
+        for (patch, path) in [
+            (
+                serde_json::json!({"supplier_product": ""}),
+                "delivery.supplier_product",
+            ),
+            (serde_json::json!({"suppliers": []}), "delivery.suppliers"),
+            (
+                serde_json::json!({"suppliers": ["a", "a"]}),
+                "delivery.suppliers[1]",
+            ),
+            (
+                serde_json::json!({"suppliers": ["Not An Id"]}),
+                "delivery.suppliers[0]",
+            ),
+            (
+                serde_json::json!({"account": {"label": "x", "pattern": "(unclosed"}}),
+                "delivery.account.pattern",
+            ),
+            (
+                serde_json::json!({"account": {"label": "", "pattern": "1"}}),
+                "delivery.account.label",
+            ),
+        ] {
+            let mut body = base.clone();
+            for (k, v) in patch.as_object().unwrap() {
+                body["delivery"][k] = v.clone();
+            }
+            match request(body) {
+                Err(Error::InvalidRequest {
+                    code: "invalid_delivery",
+                    path: Some(p),
+                    ..
+                }) => {
+                    assert_eq!(p, path)
+                }
+                other => panic!("{path}: {other:?}"),
+            }
+        }
     }
 
     #[test]

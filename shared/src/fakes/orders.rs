@@ -33,5 +33,6 @@ pub fn order_fixture(sku: &str, quantity: u32, now: Timestamp) -> OrderRecord {
         payment_ref: None,
         exception: None,
         holds: Vec::new(),
+        top_up: None,
     }
 }

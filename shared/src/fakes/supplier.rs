@@ -2,17 +2,21 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use super::{Behaviour, Script, lock};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ports::PortFuture;
-use crate::ports::supplier::{Supplier, TopUpOutcome, TopUpRequest};
+use crate::ports::payment::Notification;
+use crate::ports::supplier::{Supplier, SupplierCallback, TopUpOutcome, TopUpRequest};
 
 const NAME: &str = "fake-supplier";
+/// The header a fake callback must carry with the value `valid` to verify.
+pub const FAKE_SIGNATURE_HEADER: &str = "x-fake-signature";
 
 /// A supplier in memory. A submit that reaches it is recorded with the outcome it is
 /// told to give (`Success` by default; `answer_with` for `Pending` or `Failed`);
-/// `query` answers that outcome, or `Unknown` for a request it never saw; `settle`
+/// `query` answers that outcome, or `NotFound` for a request it never saw; `settle`
 /// finishes a pending one. It does not de-duplicate by `request_id` (a real supplier
-/// may not either): `top_ups` shows every time it acted.
+/// may not either): `top_ups` shows every time it acted. A callback verifies when it
+/// carries `x-fake-signature: valid`; its body is the `http_json` callback's.
 #[derive(Default)]
 pub struct FakeSupplier {
     script: Script,
@@ -57,7 +61,7 @@ impl FakeSupplier {
 }
 
 impl Supplier for FakeSupplier {
-    fn name(&self) -> &'static str {
+    fn kind(&self) -> &'static str {
         NAME
     }
 
@@ -70,7 +74,40 @@ impl Supplier for FakeSupplier {
             Ok(lock(&self.outcomes)
                 .get(request_id)
                 .cloned()
-                .unwrap_or(TopUpOutcome::Unknown))
+                .unwrap_or(TopUpOutcome::NotFound))
+        })
+    }
+
+    fn verify_callback(&self, callback: &Notification<'_>) -> Result<SupplierCallback> {
+        let signed = callback
+            .headers
+            .get(FAKE_SIGNATURE_HEADER)
+            .is_some_and(|value| value == "valid");
+        if !signed {
+            return Err(Error::InvalidSignature("fake supplier callback"));
+        }
+        #[derive(serde::Deserialize)]
+        struct Body {
+            request_id: String,
+            status: String,
+            supplier_ref: Option<String>,
+            reason: Option<String>,
+        }
+        let body: Body = serde_json::from_slice(callback.body).map_err(Error::invalid_json)?;
+        let outcome = match body.status.as_str() {
+            "success" => TopUpOutcome::Success {
+                supplier_ref: body.supplier_ref.unwrap_or_default(),
+            },
+            "pending" => TopUpOutcome::Pending {
+                supplier_ref: body.supplier_ref,
+            },
+            _ => TopUpOutcome::Failed {
+                reason: body.reason.unwrap_or_default(),
+            },
+        };
+        Ok(SupplierCallback {
+            request_id: body.request_id,
+            outcome,
         })
     }
 }
@@ -78,18 +115,15 @@ impl Supplier for FakeSupplier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::money::Money;
     use crate::error::Error;
 
     fn top_up(request_id: &str) -> TopUpRequest {
         TopUpRequest {
             request_id: request_id.into(),
             product: "mobile-50".into(),
-            account: "+8613800000000".into(),
-            face_value: Money {
-                amount: 5000,
-                currency: "CNY".into(),
-            },
+            account: "13800000000".into(),
+            quantity: 1,
+            callback_url: "http://127.0.0.1/webhooks/suppliers/fake".into(),
         }
     }
 
@@ -106,7 +140,7 @@ mod tests {
             Err(Error::Upstream { .. })
         ));
         // A failed call never reached the supplier: safe to submit again.
-        assert_eq!(supplier.query("r2").await.unwrap(), TopUpOutcome::Unknown);
+        assert_eq!(supplier.query("r2").await.unwrap(), TopUpOutcome::NotFound);
         supplier.answer_with(TopUpOutcome::Failed {
             reason: "account closed".into(),
         });
@@ -135,14 +169,17 @@ mod tests {
     #[tokio::test]
     async fn pending_until_settled_and_answering_twice() {
         let supplier = FakeSupplier::default();
-        supplier.answer_with(TopUpOutcome::Pending);
+        supplier.answer_with(TopUpOutcome::Pending { supplier_ref: None });
         supplier.then(Behaviour::AnswerTwice);
         assert_eq!(
             supplier.submit(&top_up("r1")).await.unwrap(),
-            TopUpOutcome::Pending
+            TopUpOutcome::Pending { supplier_ref: None }
         );
         assert_eq!(supplier.top_ups().len(), 2, "the supplier acted twice");
-        assert_eq!(supplier.query("r1").await.unwrap(), TopUpOutcome::Pending);
+        assert_eq!(
+            supplier.query("r1").await.unwrap(),
+            TopUpOutcome::Pending { supplier_ref: None }
+        );
         let done = TopUpOutcome::Success {
             supplier_ref: "s-1".into(),
         };

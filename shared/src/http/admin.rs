@@ -18,10 +18,12 @@ use crate::app::operator::{
     self, ConfirmPaidRequest, ConfirmedPayment, OperatorOrderView, Redelivery, UnmatchedPayments,
 };
 use crate::app::refunds::{self, RefundRequest, RefundStarted};
+use crate::app::suppliers::{self, SupplierList, SupplierView};
 use crate::domain::card_key::{ImportFormat, JsonImport};
 use crate::domain::channel::ChannelRequest;
 use crate::domain::crypto::secrets_equal;
 use crate::domain::product::NewProductRequest;
+use crate::domain::supplier::SupplierRequest;
 use crate::error::{Error, Result};
 use crate::request::MAX_IMPORT_BODY;
 
@@ -37,6 +39,8 @@ pub fn routes() -> ApiRouter {
         .routes(routes!(refund_order))
         .routes(routes!(put_payment_channel, get_payment_channel))
         .routes(routes!(list_payment_channels))
+        .routes(routes!(put_supplier, get_supplier))
+        .routes(routes!(list_suppliers))
         .routes(routes!(unmatched_payments))
 }
 
@@ -285,6 +289,78 @@ async fn get_payment_channel(
     Ok(Reply(
         StatusCode::OK,
         channels::get_channel(&ctx, &channel_id).await?,
+    ))
+}
+
+/// Creates or replaces a top-up supplier (201 created, 200 replaced). The secret is
+/// sealed under KMS and never shown; a replace without it keeps the stored one.
+#[utoipa::path(
+    put,
+    path = "/admin/suppliers/{supplier_id}",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(("supplier_id" = String, Path, description = "1 to 40 of a-z 0-9 _ -")),
+    request_body = SupplierRequest,
+    responses(
+        (status = 201, description = "Created", body = SupplierView),
+        (status = 200, description = "Replaced", body = SupplierView),
+        (status = 400, description = "`invalid_supplier_id`, `invalid_supplier_config` (with the field's path), `invalid_json`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = ErrorBody),
+    )
+)]
+async fn put_supplier(
+    State(ctx): State<AppState>,
+    PathParam(supplier_id): PathParam<String>,
+    JsonBody(request): JsonBody<SupplierRequest>,
+) -> ApiResult<SupplierView> {
+    let (created, view) = suppliers::put_supplier(&ctx, &supplier_id, request).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(Reply(status, view))
+}
+
+/// One supplier with its circuit breaker's state; the secret shown as `"<set>"`.
+#[utoipa::path(
+    get,
+    path = "/admin/suppliers/{supplier_id}",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(("supplier_id" = String, Path, description = "The supplier's id")),
+    responses(
+        (status = 200, description = "The supplier", body = SupplierView),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`supplier_not_found`", body = ErrorBody),
+    )
+)]
+async fn get_supplier(
+    State(ctx): State<AppState>,
+    PathParam(supplier_id): PathParam<String>,
+) -> ApiResult<SupplierView> {
+    Ok(Reply(
+        StatusCode::OK,
+        suppliers::get_supplier(&ctx, &supplier_id).await?,
+    ))
+}
+
+/// Every supplier, by id, with its circuit; secrets shown as `"<set>"`.
+#[utoipa::path(
+    get,
+    path = "/admin/suppliers",
+    tag = "admin",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The suppliers", body = SupplierList),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+    )
+)]
+async fn list_suppliers(State(ctx): State<AppState>) -> ApiResult<SupplierList> {
+    Ok(Reply(
+        StatusCode::OK,
+        suppliers::list_suppliers(&ctx).await?,
     ))
 }
 

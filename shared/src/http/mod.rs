@@ -61,6 +61,8 @@ fn status_and_code(err: &Error) -> (StatusCode, &'static str) {
         Error::NotFound("order") => (StatusCode::NOT_FOUND, "order_not_found"),
         Error::NotFound("channel") => (StatusCode::NOT_FOUND, "channel_not_found"),
         Error::NotFound("payment") => (StatusCode::NOT_FOUND, "payment_not_found"),
+        Error::NotFound("supplier") => (StatusCode::NOT_FOUND, "supplier_not_found"),
+        Error::NotFound("top-up request") => (StatusCode::NOT_FOUND, "topup_request_not_found"),
         Error::NotFound(_) | Error::RouteNotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
         Error::Conflict(ConflictKind::OutOfStock) => (StatusCode::CONFLICT, "out_of_stock"),
         Error::Conflict(ConflictKind::ProductExists) => (StatusCode::CONFLICT, "product_exists"),
@@ -76,6 +78,9 @@ fn status_and_code(err: &Error) -> (StatusCode, &'static str) {
         Error::Conflict(ConflictKind::RefundNotPossible) => {
             (StatusCode::CONFLICT, "refund_not_possible")
         }
+        Error::Conflict(ConflictKind::ProductUnavailable) => {
+            (StatusCode::CONFLICT, "product_unavailable")
+        }
         Error::PaymentProvidersUnavailable { .. } => {
             (StatusCode::BAD_GATEWAY, "payment_provider_unavailable")
         }
@@ -84,6 +89,7 @@ fn status_and_code(err: &Error) -> (StatusCode, &'static str) {
             (StatusCode::TOO_MANY_REQUESTS, "too_many_pending_orders")
         }
         Error::InvalidSignature(_) => (StatusCode::BAD_REQUEST, "invalid_signature"),
+        Error::UnverifiedCallback(_) => (StatusCode::UNAUTHORIZED, "invalid_signature"),
         Error::IllegalTransition { .. } => (StatusCode::CONFLICT, "illegal_transition"),
         Error::Contention(_) | Error::OutOfTime(_) => {
             (StatusCode::SERVICE_UNAVAILABLE, "busy_retry")

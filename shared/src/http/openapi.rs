@@ -69,6 +69,13 @@ pub fn spec() -> OpenApi {
             "The channel provider's own signature, verified with the channel's keys: Alipay's RSA2 `sign` in the form body, WeChat Pay's `Wechatpay-Signature` (with `-Timestamp`, `-Nonce`, `-Serial`), Stripe's `Stripe-Signature`",
         ))),
     );
+    components.add_security_scheme(
+        "supplier_signature",
+        SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+            "X-Kami-Signature",
+            "Hex HMAC-SHA256 under the supplier's secret of `{X-Kami-Timestamp}.{raw body}`; the timestamp within 300 s (docs/suppliers.md)",
+        ))),
+    );
     spec
 }
 
@@ -162,7 +169,7 @@ mod tests {
             }
         }
         assert_eq!(
-            operations, 18,
+            operations, 22,
             "one operation per route of the three functions"
         );
     }

@@ -10,6 +10,7 @@ use utoipa_axum::routes;
 use axum::response::{IntoResponse, Response};
 
 use super::{ApiResult, ApiRouter, AppState, ErrorBody, PathParam, RawBody, Reply};
+use crate::app::fulfil::direct_topup;
 use crate::app::payments;
 use crate::request::MAX_SMALL_BODY;
 
@@ -17,6 +18,41 @@ pub fn routes() -> ApiRouter {
     ApiRouter::new()
         .routes(routes!(stripe))
         .routes(routes!(channel))
+        .routes(routes!(supplier))
+}
+
+/// What a supplier gets once its callback is recorded.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CallbackAck {
+    pub ok: bool,
+}
+
+/// A supplier's callback (docs/suppliers.md, the `http_json` protocol): signed with
+/// `X-Kami-Timestamp` / `X-Kami-Signature` under the supplier's secret, and bound to a
+/// request Kami sent that supplier.
+#[utoipa::path(
+    post,
+    path = "/webhooks/suppliers/{supplier_id}",
+    tag = "webhooks",
+    security(("supplier_signature" = [])),
+    params(("supplier_id" = String, Path, description = "The supplier's id")),
+    request_body(content = Object, description = "`{\"request_id\", \"status\": \"success\" | \"pending\" | \"failed\", \"supplier_ref\", \"reason\"}`, raw and signed", content_type = "application/json"),
+    responses(
+        (status = 200, description = "Recorded (also a duplicate, or a callback on a settled request: recorded in the order's history, nothing changed)", body = CallbackAck),
+        (status = 400, description = "`invalid_json`, `invalid_callback`", body = ErrorBody),
+        (status = 401, description = "`invalid_signature`: a bad signature or a timestamp more than 300 s off", body = ErrorBody),
+        (status = 404, description = "`supplier_not_found`; `topup_request_not_found`: a request Kami did not send to this supplier (nothing changed)", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = ErrorBody),
+    )
+)]
+async fn supplier(
+    State(ctx): State<AppState>,
+    PathParam(supplier_id): PathParam<String>,
+    headers: HeaderMap,
+    RawBody(body): RawBody<MAX_SMALL_BODY>,
+) -> ApiResult<CallbackAck> {
+    direct_topup::supplier_callback(&ctx, &supplier_id, &headers, &body).await?;
+    Ok(Reply(StatusCode::OK, CallbackAck { ok: true }))
 }
 
 /// What a provider gets once the notification is durably recorded.

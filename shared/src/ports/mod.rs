@@ -7,7 +7,7 @@
 //! | [`Clock`] | `adapters::clock::{SystemClock, LocalClock}` | `FakeClock` |
 //! | [`KeyVault`] | `adapters::kms::KmsVault` | `FakeVault` |
 //! | [`PaymentProvider`] | `adapters::{alipay, wechatpay, stripe}` | `FakePaymentProvider` |
-//! | [`Supplier`] | none yet | `FakeSupplier` |
+//! | [`Supplier`] | `adapters::supplier_http::HttpJsonSupplier` | `FakeSupplier` |
 //! | [`Notifier`] | none yet | `FakeNotifier` |
 //!
 //! The `Context` holds ports as `Arc<dyn Port>`: one dispatch style everywhere. Async

@@ -33,6 +33,15 @@ impl EncryptionContext {
         ]))
     }
 
+    /// The data key sealing one supplier's signing secret, one per write (`seal_id`).
+    pub fn supplier(supplier_id: &str, seal_id: &str) -> Self {
+        EncryptionContext(BTreeMap::from([
+            ("kami:purpose".to_owned(), "supplier".to_owned()),
+            ("kami:supplier".to_owned(), supplier_id.to_owned()),
+            ("kami:seal".to_owned(), seal_id.to_owned()),
+        ]))
+    }
+
     /// The (name, value) pairs, sorted by name.
     pub fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
         self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))

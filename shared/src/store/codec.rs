@@ -91,6 +91,26 @@ pub(crate) mod keys {
             format!("CHANNEL#{channel_id}"),
         )
     }
+    /// Every supplier, in one partition (a handful per deployment).
+    pub const SUPPLIERS_PARTITION: &str = "SUPPLIER#ALL";
+    pub fn supplier(supplier_id: &str) -> (String, String) {
+        (
+            SUPPLIERS_PARTITION.to_owned(),
+            format!("SUPPLIER#{supplier_id}"),
+        )
+    }
+    /// A supplier's circuit breaker, an item of its own (written on failures).
+    pub fn circuit(supplier_id: &str) -> (String, String) {
+        (format!("SUPPLIER#{supplier_id}"), "CIRCUIT".into())
+    }
+    /// A line of an order's supplier history lives in its order's partition.
+    pub const SUPPLIER_LOG_PREFIX: &str = "SUPPLIERLOG#";
+    pub fn supplier_log(order_id: &str, entry_id: &str) -> (String, String) {
+        (
+            order_partition(order_id),
+            format!("{SUPPLIER_LOG_PREFIX}{entry_id}"),
+        )
+    }
     /// A payment attempt lives in its order's partition.
     pub const ATTEMPT_PREFIX: &str = "ATTEMPT#";
     pub fn attempt(order_id: &str, payment_id: &str) -> (String, String) {
@@ -155,6 +175,25 @@ pub(crate) fn item<const N: usize>(
             .map(|(name, value)| (name.to_owned(), value)),
     );
     item
+}
+
+/// A value stored as its JSON text (a small nested setting, read whole).
+pub(crate) fn json(value: &impl serde::Serialize) -> Result<AttributeValue> {
+    serde_json::to_string(value)
+        .map(s)
+        .map_err(|_| Error::Corrupt("a stored setting does not serialise".into()))
+}
+
+pub(crate) fn get_opt_json<T: serde::de::DeserializeOwned>(
+    item: &Item,
+    name: &str,
+) -> Result<Option<T>> {
+    get_opt_s(item, name)
+        .map(|text| {
+            serde_json::from_str(&text)
+                .map_err(|_| Error::Corrupt(format!("{name} is not the JSON it should be")))
+        })
+        .transpose()
 }
 
 pub(crate) fn get_s(item: &Item, name: &str) -> Result<String> {

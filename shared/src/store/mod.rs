@@ -16,6 +16,9 @@
 //! - `payments`: payment records and webhook dedupe / unmatched records
 //! - `holds`: units each client holds in unpaid orders of a product (the hoarding cap)
 //! - `idempotency`: `POST /orders` idempotency records
+//! - `suppliers`: top-up suppliers and their circuit breakers
+//! - `topups`: an order's top-up requests (its direct-top-up delivery records) and
+//!   supplier history
 
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder;
@@ -34,7 +37,9 @@ mod orders;
 mod payments;
 mod products;
 mod refunds;
+mod suppliers;
 mod sweep_lease;
+mod topups;
 mod tx;
 
 pub use attempts::{AttemptRecord, AttemptStatus, RECONCILE_AFTER_SECONDS};
@@ -49,7 +54,12 @@ pub use orders::{
 };
 pub use payments::{PaymentApplied, PaymentChange, PaymentRecord, Unmatched, UnmatchedPayment};
 pub use refunds::{RefundRecord, RefundReserved, RefundSettlement, RefundStatus};
+pub use suppliers::SupplierRecord;
 pub use sweep_lease::SweepLease;
+pub use topups::{
+    OpenAttempt, SupplierLogEntry, TopUpAttempt, TopUpChange, TopUpStatus, parse_topup_request_id,
+    topup_request_id,
+};
 
 use codec::{FromItem, key_item};
 
@@ -68,6 +78,9 @@ pub const COUNTER_SHARDS: u32 = 8;
 pub const INDEX_SHARDS: u32 = 8;
 /// A paid order not delivered this long after payment is re-queued by the sweep.
 pub const STUCK_AFTER_SECONDS: i64 = 120;
+/// A `delivering` order (a supplier working on it) is re-queued this often, to ask the
+/// supplier about requests pending or unknown (the every-minute sweep runs it).
+pub const POLL_SUPPLIER_AFTER_SECONDS: i64 = 60;
 /// A `delivery_failed` order is re-queued by the sweep this often until it is delivered.
 pub const FAILED_RETRY_AFTER_SECONDS: i64 = 900;
 /// The longest a sweep run holds its lease: Lambda's longest timeout (15 minutes) and a

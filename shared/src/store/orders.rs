@@ -8,21 +8,22 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use super::attempts::{AttemptRecord, is_attempt};
 use super::card_keys::CardKeySlot;
 use super::codec::{
-    FromItem, Item, get_delivery_type, get_money, get_n, get_opt_s, get_s, get_u32, item, key_item,
-    keys, n, s,
+    FromItem, Item, get_delivery_type, get_money, get_n, get_opt_json, get_opt_s, get_s, get_u32,
+    item, json, key_item, keys, n, s,
 };
 use super::holds::HoldClaim;
 use super::idempotency::idempotency_item;
 use super::payments::PaymentRecord;
 use super::products::StockMove;
 use super::refunds::{RefundRecord, is_refund};
+use super::topups::{SupplierLogEntry, TopUpAttempt, is_supplier_log};
 use super::tx::{ItemName, Tx, TxOutcome};
 use super::{
-    FAILED_RETRY_AFTER_SECONDS, INDEX_SHARDS, ORDER_INDEX, STUCK_AFTER_SECONDS, Store,
-    condition_failed, shard_of,
+    FAILED_RETRY_AFTER_SECONDS, INDEX_SHARDS, ORDER_INDEX, POLL_SUPPLIER_AFTER_SECONDS,
+    STUCK_AFTER_SECONDS, Store, condition_failed, shard_of,
 };
 use crate::domain::money::Money;
-use crate::domain::order::{Cause, OrderStatus};
+use crate::domain::order::{Cause, OrderStatus, TopUpOrder};
 use crate::domain::product::DeliveryType;
 use crate::domain::time::{Timestamp, new_id};
 use crate::error::{ConflictKind, Error, Result};
@@ -52,6 +53,8 @@ pub struct OrderRecord {
     /// holders as stored, so a release finds the same items whatever the secrets are by
     /// then. Empty for orders made before holds.
     pub holds: Vec<String>,
+    /// For a direct top-up: the account and suppliers it was made for.
+    pub top_up: Option<TopUpOrder>,
 }
 
 /// Units of an order reserved on one stock counter shard.
@@ -86,8 +89,11 @@ pub(crate) fn stock_attributes(shares: &[StockShare]) -> (AttributeValue, Attrib
 }
 
 /// Reads `stock_split`; an order stored before splits has only `stock_shard`, which
-/// then holds its whole quantity.
+/// then holds its whole quantity. Empty for an order of a type without stock (a top-up).
 fn get_stock_shares(item: &Item, quantity: u32) -> Result<Vec<StockShare>> {
+    if matches!(item.get("stock_split"), Some(AttributeValue::L(list)) if list.is_empty()) {
+        return Ok(Vec::new());
+    }
     let shares = match item.get("stock_split") {
         None => StockShare::whole(get_u32(item, "stock_shard")?, quantity),
         Some(AttributeValue::L(list)) => list
@@ -124,6 +130,8 @@ pub struct OrderEvent {
 #[derive(Debug, Clone)]
 pub enum DeliveryRecord {
     CardKey(CardKeySlot),
+    /// A request sent to a supplier (one per attempt, not per unit).
+    TopUp(TopUpAttempt),
 }
 
 impl DeliveryRecord {
@@ -131,6 +139,15 @@ impl DeliveryRecord {
     pub fn card_key(&self) -> Option<&CardKeySlot> {
         match self {
             DeliveryRecord::CardKey(slot) => Some(slot),
+            DeliveryRecord::TopUp(_) => None,
+        }
+    }
+
+    /// The top-up request this record is, if it is one.
+    pub fn top_up(&self) -> Option<&TopUpAttempt> {
+        match self {
+            DeliveryRecord::TopUp(attempt) => Some(attempt),
+            DeliveryRecord::CardKey(_) => None,
         }
     }
 }
@@ -144,6 +161,8 @@ pub struct OrderView {
     pub payments: Vec<PaymentRecord>,
     pub attempts: Vec<AttemptRecord>,
     pub refunds: Vec<RefundRecord>,
+    /// Every call to a supplier and what came of it, oldest first.
+    pub supplier_log: Vec<SupplierLogEntry>,
 }
 
 /// The two queues of work the sweep reads from the sparse index.
@@ -176,9 +195,9 @@ pub enum CreateOrderOutcome {
     },
 }
 
-fn order_item(order: &OrderRecord) -> Item {
+fn order_item(order: &OrderRecord) -> Result<Item> {
     let (stock_shard, stock_split) = stock_attributes(&order.stock_shards);
-    item(
+    let mut stored = item(
         keys::order(&order.order_id),
         "order",
         [
@@ -201,18 +220,22 @@ fn order_item(order: &OrderRecord) -> Item {
                 AttributeValue::L(order.holds.iter().map(s).collect()),
             ),
         ],
-    )
+    );
+    if let Some(top_up) = &order.top_up {
+        stored.insert("top_up".to_owned(), json(top_up)?);
+    }
+    Ok(stored)
 }
 
 /// A new order as stored, in the sweep's pending queue until its `expires_at`.
-fn pending_order_item(order: &OrderRecord) -> Item {
-    let mut stored = order_item(order);
+fn pending_order_item(order: &OrderRecord) -> Result<Item> {
+    let mut stored = order_item(order)?;
     stored.insert(
         "gsi1pk".to_owned(),
         s(keys::pending_index(shard_of(&order.order_id, INDEX_SHARDS))),
     );
     stored.insert("gsi1sk".to_owned(), n(order.expires_at.unix_seconds()));
-    stored
+    Ok(stored)
 }
 
 impl FromItem for OrderRecord {
@@ -244,6 +267,7 @@ impl FromItem for OrderRecord {
                     .collect::<Result<_>>()?,
                 Some(_) => return Err(Error::Corrupt("holds is not a list".into())),
             },
+            top_up: get_opt_json(item, "top_up")?,
         })
     }
 }
@@ -287,6 +311,7 @@ impl FromItem for DeliveryRecord {
     fn from_item(item: &Item) -> Result<DeliveryRecord> {
         Ok(match get_delivery_type(item, "type")? {
             DeliveryType::CardKey => DeliveryRecord::CardKey(CardKeySlot::from_item(item)?),
+            DeliveryType::DirectTopup => DeliveryRecord::TopUp(TopUpAttempt::from_item(item)?),
         })
     }
 }
@@ -370,7 +395,7 @@ impl Store {
         tx.claim_holds(&order.sku, holds, order.quantity, order.expires_at)?;
         tx.put(
             ItemName::Order,
-            pending_order_item(order),
+            pending_order_item(order)?,
             Some("attribute_not_exists(pk)"),
         )?;
         tx.put(
@@ -420,6 +445,7 @@ impl Store {
         let mut payments = Vec::new();
         let mut attempts = Vec::new();
         let mut refunds = Vec::new();
+        let mut supplier_log = Vec::new();
         for item in &items {
             let sk = get_s(item, "sk")?;
             if sk == keys::ORDER_SK {
@@ -434,6 +460,8 @@ impl Store {
                 attempts.push(AttemptRecord::from_item(item)?);
             } else if is_refund(&sk) {
                 refunds.push(RefundRecord::from_item(item)?);
+            } else if is_supplier_log(&sk) {
+                supplier_log.push(SupplierLogEntry::from_item(item)?);
             }
         }
         Ok(order.map(|order| OrderView {
@@ -443,6 +471,7 @@ impl Store {
             payments,
             attempts,
             refunds,
+            supplier_log,
         }))
     }
 
@@ -515,6 +544,31 @@ impl Store {
         Ok(self.transact(tx).await?.committed())
     }
 
+    /// Access pattern: a supplier is about to work on the order (`paid |
+    /// delivery_failed → delivering`), which the sweep then sends round every
+    /// `POLL_SUPPLIER_AFTER_SECONDS` to ask about its requests. Returns false if it was
+    /// no longer in the status it was read in.
+    pub async fn start_delivering(&self, order: &OrderRecord, now: Timestamp) -> Result<bool> {
+        let to = order.status.next(Cause::AwaitSupplier)?;
+        let mut tx = self.tx();
+        tx.move_order(
+            order,
+            (order.status, to, Cause::AwaitSupplier),
+            &now.to_rfc3339(),
+            ", gsi1pk = :queue, gsi1sk = :due",
+            None,
+            &[],
+            vec![
+                (
+                    ":queue",
+                    s(keys::paid_index(shard_of(&order.order_id, INDEX_SHARDS))),
+                ),
+                (":due", n(now.unix_seconds() + POLL_SUPPLIER_AFTER_SECONDS)),
+            ],
+        )?;
+        Ok(self.transact(tx).await?.committed())
+    }
+
     // ---------- the sweep's index ----------
 
     /// Access pattern: one page (at most `limit` ids) of the orders due by `due_by` in
@@ -582,10 +636,10 @@ impl Store {
         status: OrderStatus,
         now: Timestamp,
     ) -> Result<()> {
-        let wait = if status == OrderStatus::DeliveryFailed {
-            FAILED_RETRY_AFTER_SECONDS
-        } else {
-            STUCK_AFTER_SECONDS
+        let wait = match status {
+            OrderStatus::DeliveryFailed => FAILED_RETRY_AFTER_SECONDS,
+            OrderStatus::Delivering => POLL_SUPPLIER_AFTER_SECONDS,
+            _ => STUCK_AFTER_SECONDS,
         };
         let result = self
             .client
@@ -626,7 +680,7 @@ impl Store {
                     .iter()
                     .map(|order| {
                         let put = PutRequest::builder()
-                            .set_item(Some(pending_order_item(order)))
+                            .set_item(Some(pending_order_item(order)?))
                             .build();
                         super::built(put)
                             .map(|put| WriteRequest::builder().put_request(put).build())
@@ -677,6 +731,7 @@ mod tests {
             stock_shards: shares.to_vec(),
             ..crate::fakes::order_fixture("sku", quantity, now)
         })
+        .unwrap()
     }
 
     #[test]

@@ -4,8 +4,8 @@
 use aws_sdk_dynamodb::types::AttributeValue;
 
 use super::codec::{
-    FromItem, Item, get_delivery_type, get_money, get_n, get_opt_u32, get_s, get_u32, item,
-    key_item, keys, n, s,
+    FromItem, Item, get_delivery_type, get_money, get_n, get_opt_json, get_opt_u32, get_s, get_u32,
+    item, json, key_item, keys, n, s,
 };
 use super::orders::StockShare;
 use super::tx::{ItemName, Tx, TxOutcome};
@@ -39,6 +39,7 @@ impl FromItem for Product {
                 per_email: get_opt_u32(item, "pending_per_email")?.unwrap_or(defaults.per_email),
             },
             reservation_seconds: get_opt_u32(item, "reservation_seconds")?,
+            top_up: get_opt_json(item, "top_up")?,
             created_at: get_s(item, "created_at")?,
         })
     }
@@ -160,6 +161,9 @@ impl Store {
         );
         if let Some(seconds) = product.reservation_seconds {
             stored.insert("reservation_seconds".to_owned(), n(seconds));
+        }
+        if let Some(top_up) = &product.top_up {
+            stored.insert("top_up".to_owned(), json(top_up)?);
         }
         let mut tx = self.tx();
         tx.put(ItemName::Product, stored, Some("attribute_not_exists(pk)"))?;

@@ -43,6 +43,8 @@ pub(crate) enum ItemName {
     /// The payment attempt a payment pays (or a refund gives money back from).
     Attempt,
     Refund,
+    /// The line a top-up change appends to its order's supplier history.
+    SupplierLog,
 }
 
 /// A `TransactWriteItems` being built: its items, each under its own name.

@@ -140,7 +140,9 @@ async fn reveal(ctx: &Context, done: &[DeliveryRecord]) -> Result<Vec<Delivered>
         )?;
         codes.push(Delivered {
             kind: DeliveryType::CardKey,
-            code: code.expose().to_owned(),
+            code: Some(code.expose().to_owned()),
+            account: None,
+            supplier_ref: None,
         });
     }
     Ok(codes)

@@ -16,6 +16,7 @@ use crate::error::Result;
 use crate::store::{DeliveryRecord, OrderRecord};
 
 pub mod card_key;
+pub mod direct_topup;
 
 /// What a fulfiller's attempt came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +78,9 @@ impl Fulfiller for ByType {
     ) -> Result<Fulfilment> {
         let work: BoxFuture<'_, _> = match order.delivery_type {
             DeliveryType::CardKey => Box::pin(card_key::CardKeys.fulfil(ctx, order, done, budget)),
+            DeliveryType::DirectTopup => {
+                Box::pin(direct_topup::DirectTopUps.fulfil(ctx, order, done, budget))
+            }
         };
         work.await
     }
@@ -89,6 +93,9 @@ impl Fulfiller for ByType {
     ) -> Result<Vec<Delivered>> {
         let view: BoxFuture<'_, _> = match order.delivery_type {
             DeliveryType::CardKey => Box::pin(card_key::CardKeys.show(ctx, order, done)),
+            DeliveryType::DirectTopup => {
+                Box::pin(direct_topup::DirectTopUps.show(ctx, order, done))
+            }
         };
         view.await
     }
