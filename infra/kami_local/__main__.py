@@ -154,7 +154,9 @@ def cmd_up(args) -> int:
         else:
             moto, endpoint = start_moto(args.moto_port, log_dir)
         template = tpl.load(args.template or tpl.default_template())
-        provisioned, stack = prov.provision_stack(endpoint, args.template, prov._pairs(args.parameter))
+        # The local simulators are on loopback: suppliers may point there (never in AWS).
+        parameters = {"SupplierAllowPrivateUrls": "true", **prov._pairs(args.parameter)}
+        provisioned, stack = prov.provision_stack(endpoint, args.template, parameters)
         if args.no_build:
             bootstraps = {lid: builder.bootstrap_path(b, args.release) for lid, b in builder.binaries(template).items()}
         else:

@@ -226,6 +226,25 @@ pub async fn context_on_with(clock: Arc<dyn Clock>, overrides: &[(&str, &str)]) 
         .build()
 }
 
+/// As `context_on`, with these adapters for these suppliers (fakes; the suppliers'
+/// records still come from the table) and a public URL for their callbacks.
+pub async fn context_with_suppliers(
+    clock: Arc<dyn Clock>,
+    suppliers: &[(&str, Arc<dyn kami_shared::ports::Supplier>)],
+) -> Arc<Context> {
+    let mut env = stack().env.clone();
+    env.insert("DELIVERY_QUEUE_URL".to_owned(), test_queue().await);
+    env.insert(
+        "PUBLIC_API_URL".to_owned(),
+        "https://kami.example".to_owned(),
+    );
+    let mut builder = builder_from(&env, sdk_config().await, None, Some(clock)).await;
+    for (supplier_id, supplier) in suppliers {
+        builder = builder.with_supplier(supplier_id, supplier.clone());
+    }
+    builder.build()
+}
+
 /// A delivery queue of a test's own.
 async fn test_queue() -> String {
     let sqs = aws_sdk_sqs::Client::new(&sdk_config().await);

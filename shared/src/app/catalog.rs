@@ -7,7 +7,8 @@ use crate::config::Context;
 use crate::domain::card_key::CardKeyRules;
 use crate::domain::money::Money;
 use crate::domain::product::{
-    DeliveryType, NewProductRequest, PendingLimits, Product, Stock, validate_sku,
+    AccountField, DeliveryType, NewProductRequest, PendingLimits, Product, Stock, TopUpSpec,
+    validate_sku,
 };
 use crate::error::{Error, Result};
 
@@ -44,12 +45,17 @@ pub async fn admin_product(ctx: &Context, sku: &str) -> Result<AdminProductView>
 pub struct DeliveryView {
     #[serde(rename = "type")]
     pub kind: DeliveryType,
+    /// `direct_topup`: the account an order must name (`recipient.account`), its label
+    /// and the pattern it must match whole.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account: Option<AccountField>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct PublicStock {
-    /// Units a buyer can order now.
-    pub available: i64,
+    /// Units a buyer can order now; `null` when the product's stock is not counted (a
+    /// direct top-up: its suppliers have it).
+    pub available: Option<i64>,
 }
 
 /// A product as buyers see it.
@@ -71,10 +77,14 @@ impl ProductView {
             price: product.price.clone(),
             delivery: DeliveryView {
                 kind: product.delivery,
+                account: product.top_up.as_ref().map(|spec| spec.account.clone()),
             },
             max_per_order: product.max_per_order,
             stock: PublicStock {
-                available: stock.available.max(0),
+                available: product
+                    .delivery
+                    .counts_stock()
+                    .then(|| stock.available.max(0)),
             },
         }
     }
@@ -96,6 +106,9 @@ pub struct AdminProductView {
     /// default).
     pub reservation_seconds: i64,
     pub stock: Stock,
+    /// `direct_topup`: the supplier product and the suppliers, first choice first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_up: Option<TopUpSpec>,
     pub created_at: String,
 }
 
@@ -112,6 +125,7 @@ impl AdminProductView {
             pending_limits: product.pending_limits,
             reservation_seconds: product.reservation_seconds(ctx.config.order_ttl_seconds),
             stock: stock.clone(),
+            top_up: product.top_up.clone(),
             created_at: product.created_at.clone(),
         }
     }

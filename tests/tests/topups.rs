@@ -1,0 +1,707 @@
+//! Direct top-ups against moto, with fake suppliers (the `Supplier` port's fake: it can
+//! succeed, fail, time out after acting, or answer pending): nobody is topped up twice,
+//! nobody is left waiting, and a callback only moves the request it answers.
+
+use std::sync::Arc;
+
+use kami_shared::Context;
+use kami_shared::app::delivery::{self, DeliveryOutcome};
+use kami_shared::domain::time::Timestamp;
+use kami_shared::fakes::{Behaviour, FakeClock, FakeSupplier};
+use kami_shared::ports::supplier::TopUpOutcome;
+use kami_tests::*;
+use serde_json::{Value, json};
+
+const ACCOUNT: &str = "13800138000";
+
+/// A world of its own: suppliers with unique ids, their fakes, a top-up product sold
+/// through them in that order, and a clock that stands still until moved (at the real
+/// time, so a Stripe signature made now verifies).
+struct World {
+    ctx: Arc<Context>,
+    clock: Arc<FakeClock>,
+    sku: String,
+    suppliers: Vec<(String, Arc<FakeSupplier>)>,
+}
+
+fn real_now() -> Timestamp {
+    Timestamp::from_unix_seconds(now_seconds())
+}
+
+fn supplier_config(overrides: Value) -> Value {
+    let mut body = json!({
+        "kind": "http_json", "base_url": "https://supplier.example/api",
+        "secret": "supplier-secret-0123456789", "timeout_ms": 3000, "enabled": true,
+        "circuit": {"failures": 5, "window_s": 60, "cooldown_s": 30},
+        "unknown_outcome_deadline_s": 600
+    });
+    for (k, v) in overrides.as_object().expect("object") {
+        body[k] = v.clone();
+    }
+    body
+}
+
+async fn put_supplier(ctx: &Arc<Context>, supplier_id: &str, body: Value) -> (u16, Value) {
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    admin(
+        ctx,
+        request(
+            "PUT",
+            &format!("/admin/suppliers/{supplier_id}"),
+            &[("authorization", &auth)],
+            body.to_string(),
+        ),
+    )
+    .await
+}
+
+async fn admin_get(ctx: &Arc<Context>, path: &str) -> (u16, Value) {
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    admin(ctx, request("GET", path, &[("authorization", &auth)], "")).await
+}
+
+/// `names` suppliers (each with `config` overrides), a product through them.
+async fn world(names: &[(&str, Value)]) -> World {
+    let clock = Arc::new(FakeClock::at(real_now()));
+    let tag = unique_sku("s").replace('.', "-");
+    let suppliers: Vec<(String, Arc<FakeSupplier>)> = names
+        .iter()
+        .map(|(name, _)| (format!("{name}-{tag}"), Arc::new(FakeSupplier::default())))
+        .collect();
+    let ports: Vec<(&str, Arc<dyn kami_shared::ports::Supplier>)> = suppliers
+        .iter()
+        .map(|(id, fake)| {
+            (
+                id.as_str(),
+                fake.clone() as Arc<dyn kami_shared::ports::Supplier>,
+            )
+        })
+        .collect();
+    let ctx = context_with_suppliers(clock.clone(), &ports).await;
+    for ((id, _), (_, config)) in suppliers.iter().zip(names) {
+        let (status, body) = put_supplier(&ctx, id, supplier_config(config.clone())).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let sku = unique_sku("topup");
+    create_product(
+        &ctx,
+        json!({"sku": sku, "title": "Mobile 50", "price": {"amount": 5000, "currency": "CNY"},
+               "delivery": {"type": "direct_topup", "supplier_product": "cmcc-50",
+                            "suppliers": suppliers.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>(),
+                            "account": {"label": "Phone number", "pattern": "^1[3-9][0-9]{9}$"}}}),
+    )
+    .await;
+    World {
+        ctx,
+        clock,
+        sku,
+        suppliers,
+    }
+}
+
+impl World {
+    fn fake(&self, i: usize) -> &FakeSupplier {
+        &self.suppliers[i].1
+    }
+
+    fn id(&self, i: usize) -> &str {
+        &self.suppliers[i].0
+    }
+
+    /// A paid top-up order for `ACCOUNT`: (order id, access token).
+    async fn paid_order(&self) -> (String, String) {
+        let key = unique_sku("topup-order-key");
+        let body = json!({"sku": self.sku, "quantity": 1, "buyer": {"email": buyer_for(&key)},
+                          "recipient": {"account": ACCOUNT}});
+        let (status, created) = checkout(
+            &self.ctx,
+            request(
+                "POST",
+                "/orders",
+                &[("idempotency-key", &key)],
+                body.to_string(),
+            ),
+        )
+        .await;
+        assert_eq!(status, 201, "{created}");
+        let order_id = created["order_id"].as_str().expect("id").to_owned();
+        let (status, paid) = pay(
+            &self.ctx,
+            &format!("evt_{order_id}"),
+            &order_id,
+            5000,
+            "CNY",
+        )
+        .await;
+        assert_eq!(status, 200, "{paid}");
+        (
+            order_id,
+            created["access_token"].as_str().expect("token").to_owned(),
+        )
+    }
+
+    async fn deliver(&self, order_id: &str) -> DeliveryOutcome {
+        delivery::deliver(&self.ctx, order_id)
+            .await
+            .expect("deliver")
+    }
+
+    async fn operator_view(&self, order_id: &str) -> Value {
+        let (status, view) = admin_get(&self.ctx, &format!("/admin/orders/{order_id}")).await;
+        assert_eq!(status, 200, "{view}");
+        view
+    }
+
+    async fn status(&self, order_id: &str) -> String {
+        self.operator_view(order_id).await["status"]
+            .as_str()
+            .expect("status")
+            .to_owned()
+    }
+
+    /// A callback as supplier `i` would send it (the fake verifies the header).
+    async fn callback(&self, i: usize, body: Value, signed: bool) -> (u16, Value) {
+        let headers: &[(&str, &str)] = if signed {
+            &[("x-fake-signature", "valid")]
+        } else {
+            &[("x-fake-signature", "forged")]
+        };
+        webhook(
+            &self.ctx,
+            request(
+                "POST",
+                &format!("/webhooks/suppliers/{}", self.id(i)),
+                headers,
+                body.to_string(),
+            ),
+        )
+        .await
+    }
+
+    fn request_ids(&self, i: usize) -> Vec<String> {
+        self.fake(i)
+            .top_ups()
+            .into_iter()
+            .map(|t| t.request_id)
+            .collect()
+    }
+}
+
+fn history(view: &Value) -> Vec<(String, String)> {
+    view["supplier_history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .map(|line| {
+            (
+                line["action"].as_str().expect("action").to_owned(),
+                line["status"].as_str().expect("status").to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_top_up_that_succeeds_is_delivered_and_shown() {
+    let w = world(&[("a", json!({}))]).await;
+    let (order_id, token) = w.paid_order().await;
+    assert_eq!(w.deliver(&order_id).await, DeliveryOutcome::Delivered);
+    let top_ups = w.fake(0).top_ups();
+    assert_eq!(top_ups.len(), 1);
+    assert_eq!(top_ups[0].account, ACCOUNT);
+    assert_eq!(top_ups[0].product, "cmcc-50");
+    assert_eq!(
+        top_ups[0].callback_url,
+        format!("https://kami.example/webhooks/suppliers/{}", w.id(0))
+    );
+    let (status, view) = view_order(&w.ctx, &order_id, &token).await;
+    assert_eq!(status, 200);
+    assert_eq!(view["status"], "delivered");
+    assert_eq!(
+        view["deliveries"],
+        json!([{"type": "direct_topup", "account": ACCOUNT,
+                "supplier_ref": format!("fake_topup_{}", top_ups[0].request_id)}])
+    );
+    let operator = w.operator_view(&order_id).await;
+    assert_eq!(
+        history(&operator),
+        [
+            ("send".into(), "sent".into()),
+            ("answer".into(), "success".into())
+        ]
+    );
+    assert_eq!(operator["top_up"]["requests"][0]["status"], "success");
+    // Delivered is final: another message changes nothing and sends nothing.
+    assert_eq!(
+        w.deliver(&order_id).await,
+        DeliveryOutcome::AlreadyDelivered
+    );
+    assert_eq!(w.fake(0).top_ups().len(), 1);
+}
+
+#[tokio::test]
+async fn pending_then_a_callback_delivers_once_and_duplicates_change_nothing() {
+    let w = world(&[("a", json!({}))]).await;
+    w.fake(0)
+        .answer_with(TopUpOutcome::Pending { supplier_ref: None });
+    let (order_id, _) = w.paid_order().await;
+    assert_eq!(w.deliver(&order_id).await, DeliveryOutcome::Pending);
+    assert_eq!(w.status(&order_id).await, "delivering");
+    // The payment's own message: the worker asks, still pending.
+    assert_eq!(drain_delivery_queue(&w.ctx).await, 1);
+    let request_id = w.request_ids(0)[0].clone();
+    let success = json!({"request_id": request_id, "status": "success", "supplier_ref": "SUP-1", "reason": null});
+    // A forged callback is refused and changes nothing.
+    assert_eq!(w.callback(0, success.clone(), false).await.0, 401);
+    assert_eq!(w.status(&order_id).await, "delivering");
+    let (status, body) = w.callback(0, success.clone(), true).await;
+    assert_eq!((status, body), (200, json!({"ok": true})));
+    // The callback queued the order: the worker delivers it without sending again.
+    assert_eq!(drain_delivery_queue(&w.ctx).await, 1);
+    assert_eq!(w.status(&order_id).await, "delivered");
+    assert_eq!(w.fake(0).top_ups().len(), 1);
+    // The same callback again, and a contradicting one: recorded, nothing changes.
+    assert_eq!(w.callback(0, success, true).await.0, 200);
+    let failed = json!({"request_id": request_id, "status": "failed", "reason": "late"});
+    assert_eq!(w.callback(0, failed, true).await.0, 200);
+    let view = w.operator_view(&order_id).await;
+    assert_eq!(view["status"], "delivered");
+    assert_eq!(view["top_up"]["requests"][0]["supplier_ref"], "SUP-1");
+    let lines = history(&view);
+    assert!(
+        lines.contains(&("callback".into(), "success".into())),
+        "{lines:?}"
+    );
+    assert!(
+        lines.contains(&("callback".into(), "duplicate_success".into())),
+        "{lines:?}"
+    );
+    assert!(
+        lines.contains(&("callback".into(), "ignored_contradiction_failed".into())),
+        "{lines:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_callback_is_bound_to_its_supplier_and_request() {
+    let w = world(&[("a", json!({})), ("b", json!({}))]).await;
+    w.fake(0)
+        .answer_with(TopUpOutcome::Pending { supplier_ref: None });
+    let (order_id, _) = w.paid_order().await;
+    assert_eq!(w.deliver(&order_id).await, DeliveryOutcome::Pending);
+    assert_eq!(drain_delivery_queue(&w.ctx).await, 1, "the payment's message");
+    let request_id = w.request_ids(0)[0].clone();
+    // Supplier b answering a's request, and a request Kami never sent: 404, unchanged.
+    let (status, body) = w
+        .callback(
+            1,
+            json!({"request_id": request_id, "status": "success"}),
+            true,
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("topup_request_not_found"))
+    );
+    let (status, _) = w
+        .callback(
+            0,
+            json!({"request_id": format!("{order_id}-07"), "status": "success"}),
+            true,
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (status, _) = w
+        .callback(
+            0,
+            json!({"request_id": "01JUNK", "status": "success"}),
+            true,
+        )
+        .await;
+    assert_eq!(status, 404);
+    let view = w.operator_view(&order_id).await;
+    assert_eq!(view["status"], "delivering");
+    assert_eq!(view["top_up"]["requests"][0]["status"], "pending");
+    assert_eq!(drain_delivery_queue(&w.ctx).await, 0, "nothing was queued");
+}
+
+#[tokio::test]
+async fn pending_then_a_poll_delivers() {
+    let w = world(&[("a", json!({}))]).await;
+    w.fake(0)
+        .answer_with(TopUpOutcome::Pending { supplier_ref: None });
+    let (order_id, _) = w.paid_order().await;
+    assert_eq!(w.deliver(&order_id).await, DeliveryOutcome::Pending);
+    // Still pending when asked: nothing new is sent.
+    assert_eq!(w.deliver(&order_id).await, DeliveryOutcome::Pending);
+    let request_id = w.request_ids(0)[0].clone();
+    w.fake(0).settle(
+        &request_id,
+        TopUpOutcome::Success {
+            supplier_ref: "SUP-9".into(),
+        },
+    );
+    assert_eq!(w.deliver(&order_id).await, DeliveryOutcome::Delivered);
+    assert_eq!(w.fake(0).top_ups().len(), 1);
+    let lines = history(&w.operator_view(&order_id).await);
+    assert_eq!(
+        lines,
+        [
+            ("send".into(), "sent".into()),
+            ("answer".into(), "pending".into()),
+            ("poll".into(), "pending".into()),
+            ("poll".into(), "success".into())
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_definite_failure_fails_over_to_the_next_supplier() {
+    let w = world(&[("a", json!({})), ("b", json!({}))]).await;
+    w.fake(0).answer_with(TopUpOutcome::Failed {
+        reason: "account frozen".into(),
+    });
+    let (order_id, _) = w.paid_order().await;
+    assert_eq!(w.deliver(&order_id).await, DeliveryOutcome::Delivered);
+    let (a, b) = (w.request_ids(0), w.request_ids(1));
+    assert_eq!((a.len(), b.len()), (1, 1));
+    assert_ne!(a[0], b[0], "one request id per (order, attempt, supplier)");
+    let view = w.operator_view(&order_id).await;
+    let requests = view["top_up"]["requests"].as_array().expect("requests");
+    assert_eq!(requests[0]["status"], "failed");
+    assert_eq!(requests[0]["reason"], "account frozen");
+    assert_eq!(requests[1]["status"], "success");
+}
+
+#[tokio::test]
+async fn every_supplier_failing_is_delivery_failed_no_supplier_succeeded() {
+    let w = world(&[("a", json!({})), ("b", json!({}))]).await;
+    for i in 0..2 {
+        w.fake(i).answer_with(TopUpOutcome::Failed {
+            reason: "no".into(),
+        });
+    }
+    let (order_id, token) = w.paid_order().await;
+    assert_eq!(
+        w.deliver(&order_id).await,
+        DeliveryOutcome::Failed("no_supplier_succeeded")
+    );
+    let (_, view) = view_order(&w.ctx, &order_id, &token).await;
+    assert_eq!(view["status"], "delivery_failed");
+    assert_eq!(view["exception"], "no_supplier_succeeded");
+    // An operator's redelivery starts a new round: new request ids, a now-working
+    // supplier delivers.
+    w.fake(0).answer_with(TopUpOutcome::Success {
+        supplier_ref: "R2".into(),
+    });
+    assert_eq!(w.deliver(&order_id).await, DeliveryOutcome::Delivered);
+    let a = w.request_ids(0);
+    assert_eq!(a.len(), 2);
+    assert_ne!(a[0], a[1]);
+    let view = w.operator_view(&order_id).await;
+    assert_eq!(view["exception"], Value::Null);
+}
+
+#[tokio::test]
+async fn a_timeout_where_the_supplier_did_top_up_is_asked_about_not_sent_again() {
+    let w = world(&[("a", json!({})), ("b", json!({}))]).await;
+    w.fake(0).then(Behaviour::TimeOut);
+    let (order_id, _) = w.paid_order().await;
+    assert_eq!(w.deliver(&order_id).await, DeliveryOutcome::Pending);
+    assert_eq!(w.status(&order_id).await, "delivering");
+    let view = w.operator_view(&order_id).await;
+    assert_eq!(view["top_up"]["requests"][0]["status"], "unknown");
+    // The next round asks first: it happened, so the order is delivered, sent once.
+    assert_eq!(w.deliver(&order_id).await, DeliveryOutcome::Delivered);
+    assert_eq!(w.fake(0).top_ups().len(), 1);
+    assert!(
+        w.fake(1).top_ups().is_empty(),
+        "never moved on while unknown"
+    );
+}
+
+#[tokio::test]
+async fn a_timeout_where_the_supplier_never_got_it_is_sent_again_with_the_same_id() {
+    let w = world(&[("a", json!({})), ("b", json!({}))]).await;
+    // The request never reaches the supplier (a connection error).
+    w.fake(0).then(Behaviour::Fail);
+    let (order_id, _) = w.paid_order().await;
+    assert_eq!(w.deliver(&order_id).await, DeliveryOutcome::Pending);
+    assert!(w.fake(0).top_ups().is_empty());
+    assert_eq!(w.deliver(&order_id).await, DeliveryOutcome::Delivered);
+    let top_ups = w.fake(0).top_ups();
+    assert_eq!(top_ups.len(), 1);
+    assert_eq!(top_ups[0].request_id, format!("{order_id}-00"));
+    assert!(w.fake(1).top_ups().is_empty());
+    let lines = history(&w.operator_view(&order_id).await);
+    assert_eq!(
+        lines,
+        [
+            ("send".into(), "sent".into()),
+            ("answer".into(), "no_answer".into()),
+            ("poll".into(), "not_found".into()),
+            ("resend".into(), "success".into())
+        ]
+    );
+}
+
+#[tokio::test]
+async fn an_outcome_unknown_past_the_deadline_goes_to_an_operator_and_a_late_success_still_delivers()
+ {
+    let w = world(&[
+        ("a", json!({"unknown_outcome_deadline_s": 60})),
+        ("b", json!({})),
+    ])
+    .await;
+    w.fake(0)
+        .answer_with(TopUpOutcome::Pending { supplier_ref: None });
+    let (order_id, _) = w.paid_order().await;
+    assert_eq!(w.deliver(&order_id).await, DeliveryOutcome::Pending);
+    w.clock.advance_seconds(59);
+    assert_eq!(w.deliver(&order_id).await, DeliveryOutcome::Pending);
+    w.clock.advance_seconds(1);
+    assert_eq!(
+        w.deliver(&order_id).await,
+        DeliveryOutcome::Failed("supplier_outcome_unknown")
+    );
+    let view = w.operator_view(&order_id).await;
+    assert_eq!(
+        (view["status"].as_str(), view["exception"].as_str()),
+        (Some("delivery_failed"), Some("supplier_outcome_unknown"))
+    );
+    assert!(
+        w.fake(1).top_ups().is_empty(),
+        "never moved to another supplier"
+    );
+    // The supplier did it after all: its callback delivers the order and clears the cause.
+    let request_id = w.request_ids(0)[0].clone();
+    let (status, _) = w
+        .callback(
+            0,
+            json!({"request_id": request_id, "status": "success", "supplier_ref": "LATE"}),
+            true,
+        )
+        .await;
+    assert_eq!(status, 200);
+    drain_delivery_queue(&w.ctx).await;
+    let view = w.operator_view(&order_id).await;
+    assert_eq!(view["status"], "delivered");
+    assert_eq!(view["exception"], Value::Null);
+    assert_eq!(w.fake(0).top_ups().len(), 1);
+    assert!(w.fake(1).top_ups().is_empty());
+}
+
+#[tokio::test]
+async fn the_circuit_opens_after_failures_skips_the_supplier_and_a_trial_closes_it() {
+    let w = world(&[
+        (
+            "a",
+            json!({"circuit": {"failures": 2, "window_s": 60, "cooldown_s": 30}}),
+        ),
+        ("b", json!({})),
+    ])
+    .await;
+    // Two orders whose requests to a get no answer (and never arrive).
+    w.fake(0).then(Behaviour::Fail);
+    w.fake(0).then(Behaviour::Fail);
+    let (first, _) = w.paid_order().await;
+    let (second, _) = w.paid_order().await;
+    assert_eq!(w.deliver(&first).await, DeliveryOutcome::Pending);
+    assert_eq!(w.deliver(&second).await, DeliveryOutcome::Pending);
+    let (_, supplier) = admin_get(&w.ctx, &format!("/admin/suppliers/{}", w.id(0))).await;
+    assert_eq!(supplier["circuit"]["state"], "open", "{supplier}");
+    assert_eq!(supplier["circuit"]["failures"], 2);
+    assert_eq!(supplier["secret"], "<set>");
+    // A new order skips a while its circuit is open: b takes it.
+    let (third, _) = w.paid_order().await;
+    assert_eq!(w.deliver(&third).await, DeliveryOutcome::Delivered);
+    assert!(w.request_ids(0).is_empty());
+    assert_eq!(w.request_ids(1).len(), 1);
+    // Unknown outcomes are still asked about, open circuit or not; not sent again yet.
+    assert_eq!(w.deliver(&first).await, DeliveryOutcome::Pending);
+    assert!(w.request_ids(0).is_empty());
+    // After the cooldown one trial goes (the first order's request, again with its id)
+    // and its answer closes the circuit.
+    w.clock.advance_seconds(31);
+    let (_, supplier) = admin_get(&w.ctx, &format!("/admin/suppliers/{}", w.id(0))).await;
+    assert_eq!(supplier["circuit"]["state"], "half_open");
+    assert_eq!(w.deliver(&first).await, DeliveryOutcome::Delivered);
+    let (_, supplier) = admin_get(&w.ctx, &format!("/admin/suppliers/{}", w.id(0))).await;
+    assert_eq!(supplier["circuit"]["state"], "closed");
+    assert_eq!(w.deliver(&second).await, DeliveryOutcome::Delivered);
+    assert_eq!(
+        w.request_ids(0),
+        [format!("{first}-00"), format!("{second}-00")]
+    );
+}
+
+#[tokio::test]
+async fn parallel_workers_on_one_order_send_one_request() {
+    let w = world(&[("a", json!({}))]).await;
+    let (order_id, _) = w.paid_order().await;
+    let mut workers = Vec::new();
+    for _ in 0..10 {
+        let (ctx, order_id) = (w.ctx.clone(), order_id.clone());
+        workers.push(tokio::spawn(async move {
+            delivery::deliver(&ctx, &order_id).await
+        }));
+    }
+    let mut outcomes = Vec::new();
+    for worker in workers {
+        outcomes.push(worker.await.expect("join"));
+    }
+    let delivered = outcomes
+        .iter()
+        .filter(|o| matches!(o, Ok(DeliveryOutcome::Delivered)))
+        .count();
+    assert_eq!(delivered, 1, "{outcomes:?}");
+    assert_eq!(w.fake(0).top_ups().len(), 1);
+    assert_eq!(w.status(&order_id).await, "delivered");
+}
+
+#[tokio::test]
+async fn orders_name_a_valid_recipient_and_need_an_enabled_supplier() {
+    let w = world(&[("a", json!({}))]).await;
+    let attempt = |body: Value| {
+        let ctx = w.ctx.clone();
+        async move {
+            let key = unique_sku("recipient-check-key");
+            checkout(
+                &ctx,
+                request(
+                    "POST",
+                    "/orders",
+                    &[("idempotency-key", &key)],
+                    body.to_string(),
+                ),
+            )
+            .await
+        }
+    };
+    let base = json!({"sku": w.sku, "quantity": 1, "buyer": {"email": "r@example.com"}});
+    for (recipient, path) in [
+        (None, "recipient.account"),
+        (Some(json!({})), "recipient.account"),
+        (
+            Some(json!({"account": " 13800138000"})),
+            "recipient.account",
+        ),
+        (Some(json!({"account": "1380013800"})), "recipient.account"),
+        (
+            Some(json!({"account": 13800138000_i64})),
+            "recipient.account",
+        ),
+    ] {
+        let mut body = base.clone();
+        if let Some(recipient) = recipient {
+            body["recipient"] = recipient;
+        }
+        let (status, answer) = attempt(body.clone()).await;
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert_eq!(answer["error"]["code"], "invalid_recipient", "{answer}");
+        assert_eq!(answer["error"]["path"], path, "{answer}");
+    }
+    // A card-key product takes no recipient.
+    let keys = make_keys("recipient-ck", 1);
+    let card_sku = product_with_keys(&w.ctx, "recipient-ck", 100, 1, &keys).await;
+    let (status, answer) = attempt(json!({"sku": card_sku, "quantity": 1,
+        "buyer": {"email": "r@example.com"}, "recipient": {"account": ACCOUNT}}))
+    .await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (400, Some("invalid_recipient"))
+    );
+    // Stock is not counted for a top-up: the product shows none, and orders need no keys.
+    let (_, product) = checkout(
+        &w.ctx,
+        request("GET", &format!("/products/{}", w.sku), &[], ""),
+    )
+    .await;
+    assert_eq!(product["stock"]["available"], Value::Null);
+    assert_eq!(product["delivery"]["account"]["label"], "Phone number");
+    // With its only supplier disabled, nobody pays for what cannot be delivered.
+    let (status, _) =
+        put_supplier(&w.ctx, w.id(0), supplier_config(json!({"enabled": false}))).await;
+    assert_eq!(status, 200);
+    let fresh = context_with_suppliers(w.clock.clone(), &[]).await;
+    let key = unique_sku("recipient-disabled-key");
+    let mut body = base.clone();
+    body["recipient"] = json!({"account": ACCOUNT});
+    let (status, answer) = checkout(
+        &fresh,
+        request(
+            "POST",
+            "/orders",
+            &[("idempotency-key", &key)],
+            body.to_string(),
+        ),
+    )
+    .await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (409, Some("product_unavailable")),
+        "{answer}"
+    );
+}
+
+#[tokio::test]
+async fn suppliers_are_configured_with_a_sealed_secret_and_checked_fields() {
+    let ctx = context_with_suppliers(Arc::new(FakeClock::at(real_now())), &[]).await;
+    let id = unique_sku("cfg").replace('.', "-");
+    let (status, created) = put_supplier(&ctx, &id, supplier_config(json!({}))).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["secret"], "<set>");
+    assert!(!created.to_string().contains("supplier-secret-0123456789"));
+    // A replace without the secret keeps it.
+    let mut without = supplier_config(json!({"timeout_ms": 5000}));
+    without.as_object_mut().expect("object").remove("secret");
+    let (status, replaced) = put_supplier(&ctx, &id, without.clone()).await;
+    assert_eq!(status, 200, "{replaced}");
+    assert_eq!(replaced["timeout_ms"], 5000);
+    let (status, listed) = admin_get(&ctx, "/admin/suppliers").await;
+    assert_eq!(status, 200);
+    assert!(
+        listed["suppliers"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .any(|s| s["supplier_id"] == id.as_str())
+    );
+    assert!(!listed.to_string().contains("supplier-secret-0123456789"));
+    let stored = ctx
+        .store
+        .get_supplier(&id)
+        .await
+        .expect("read")
+        .expect("stored");
+    assert!(
+        !String::from_utf8_lossy(&stored.secret.sealed).contains("supplier-secret"),
+        "sealed, not stored in the clear"
+    );
+    // Creating without a secret, and bad fields: 400 with the field's path.
+    let other = unique_sku("cfg2").replace('.', "-");
+    let (status, answer) = put_supplier(&ctx, &other, without).await;
+    assert_eq!(
+        (status, answer["error"]["path"].as_str()),
+        (400, Some("secret"))
+    );
+    for (patch, path) in [
+        (json!({"kind": "soap"}), "kind"),
+        (json!({"base_url": "ftp://x"}), "base_url"),
+        (json!({"timeout_ms": 50}), "timeout_ms"),
+        (
+            json!({"circuit": {"failures": 0, "window_s": 1, "cooldown_s": 1}}),
+            "circuit.failures",
+        ),
+    ] {
+        let (status, answer) = put_supplier(&ctx, &other, supplier_config(patch)).await;
+        assert_eq!(status, 400, "{answer}");
+        assert_eq!(answer["error"]["code"], "invalid_supplier_config");
+        assert_eq!(answer["error"]["path"], path);
+    }
+    let (status, answer) = admin_get(&ctx, &format!("/admin/suppliers/{other}")).await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (404, Some("supplier_not_found"))
+    );
+}
