@@ -41,6 +41,7 @@ async fn stocked_product(store: &Store, units: usize, shard: u32) -> (String, Ve
             card_keys: Default::default(),
             pending_limits: PendingLimits::defaults(10),
             reservation_seconds: None,
+            top_up: None,
             created_at: Timestamp::now().to_rfc3339(),
         })
         .await

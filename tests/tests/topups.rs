@@ -289,7 +289,11 @@ async fn a_callback_is_bound_to_its_supplier_and_request() {
         .answer_with(TopUpOutcome::Pending { supplier_ref: None });
     let (order_id, _) = w.paid_order().await;
     assert_eq!(w.deliver(&order_id).await, DeliveryOutcome::Pending);
-    assert_eq!(drain_delivery_queue(&w.ctx).await, 1, "the payment's message");
+    assert_eq!(
+        drain_delivery_queue(&w.ctx).await,
+        1,
+        "the payment's message"
+    );
     let request_id = w.request_ids(0)[0].clone();
     // Supplier b answering a's request, and a request Kami never sent: 404, unchanged.
     let (status, body) = w
