@@ -41,8 +41,10 @@ def wait_for(what: str, check: Callable[[], object], timeout: float, interval: f
 
 
 class Platform:
-    def __init__(self, api: str, endpoint: str, resources: dict, log_dir: Path, sandbox: str = "") -> None:
+    def __init__(self, api: str, endpoint: str, resources: dict, log_dir: Path, sandbox: str = "",
+                 supplier_sim: str = "") -> None:
         self.sandbox = sandbox
+        self.supplier_sim = supplier_sim  # the supplier simulator's URL (docs/suppliers.md)
         self.api = api
         self.endpoint = endpoint
         self.resources = resources
@@ -136,7 +138,8 @@ def start_platform(work: Path, parameters: dict[str, str] | None = None):
         if proc.poll() is not None:
             pytest.fail(f"platform exited with {proc.returncode}:\n{(work / 'platform.out').read_text()[-4000:]}")
         info = json.loads(ready.read_text())
-        yield Platform(info["api_url"], info["endpoint"], info["resources"], log_dir, info.get("sandbox_url", ""))
+        yield Platform(info["api_url"], info["endpoint"], info["resources"], log_dir, info.get("sandbox_url", ""),
+                       info.get("supplier_sim_url", ""))
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGTERM)

@@ -5,7 +5,9 @@
 //!
 //! How an answer is read: 200 with a valid body → what `status` says; a 4xx → a definite
 //! failure; a timeout, a connection error or a 5xx → `Err` (unknown outcome, counted by
-//! the circuit); a 200 that does not parse → `Unreadable` (unknown outcome).
+//! the circuit); a 200 that does not parse, or any answer whose signature does not
+//! verify → `Unreadable` (unknown outcome: a forged "success" never delivers, a forged
+//! refusal never moves an order to another supplier).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -92,6 +94,13 @@ impl Answer {
     }
 }
 
+/// An answer whose signature does not verify: whatever it says, the outcome is unknown.
+fn unverified(status: u16) -> TopUpOutcome {
+    TopUpOutcome::Unreadable {
+        detail: format!("an answer (HTTP {status}) whose signature does not verify"),
+    }
+}
+
 fn clip(text: String) -> String {
     text.chars()
         .filter(|c| !c.is_control())
@@ -116,7 +125,14 @@ impl HttpJsonSupplier {
         }
     }
 
-    async fn call(&self, method: Method, path: &str, body: Vec<u8>) -> Result<(u16, Vec<u8>)> {
+    /// Sends a signed request; the answer's status and body, `None` for a body whose
+    /// signature does not verify. A 5xx is an error (no answer).
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<(u16, Option<Vec<u8>>)> {
         let timestamp = self.clock.now().unix_seconds();
         let signed = signature(&self.secret, timestamp, &body)?;
         let timestamp = timestamp.to_string();
@@ -145,7 +161,36 @@ impl HttpJsonSupplier {
                 message: format!("answered HTTP {}", response.status),
             });
         }
-        Ok((response.status, response.body))
+        let verified = self
+            .check_signed(&response.headers, &response.body, self.clock.now())
+            .is_ok();
+        Ok((response.status, verified.then_some(response.body)))
+    }
+
+    /// A message's signature and freshness, over the raw bytes.
+    fn check_signed(
+        &self,
+        headers: &lambda_http::http::HeaderMap,
+        body: &[u8],
+        now: crate::domain::time::Timestamp,
+    ) -> Result<()> {
+        let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
+        let timestamp: i64 = header(TIMESTAMP_HEADER)
+            .and_then(|value| value.parse().ok())
+            .ok_or(Error::InvalidSignature("no X-Kami-Timestamp"))?;
+        if (now.unix_seconds() - timestamp).abs() > MAX_SKEW_SECONDS {
+            return Err(Error::InvalidSignature(
+                "X-Kami-Timestamp is more than 300 s off",
+            ));
+        }
+        let presented =
+            header(SIGNATURE_HEADER).ok_or(Error::InvalidSignature("no X-Kami-Signature"))?;
+        let expected = signature(&self.secret, timestamp, body)?;
+        if secrets_equal(presented.as_bytes(), expected.as_bytes()) {
+            Ok(())
+        } else {
+            Err(Error::InvalidSignature("X-Kami-Signature does not match"))
+        }
     }
 
     /// A 200's body read as an outcome; anything else 2xx/3xx is unreadable too.
@@ -173,6 +218,9 @@ impl HttpJsonSupplier {
         })
         .map_err(|_| Error::Corrupt("a top-up request does not serialise".into()))?;
         let (status, body) = self.call(Method::POST, "/topups", body).await?;
+        let Some(body) = body else {
+            return Ok(unverified(status));
+        };
         Ok(match status {
             400..=499 => TopUpOutcome::Failed {
                 reason: format!("refused with HTTP {status}"),
@@ -185,6 +233,9 @@ impl HttpJsonSupplier {
         // Request ids are Kami's own (order id and a number): nothing to escape.
         let path = format!("/topups/{request_id}");
         let (status, body) = self.call(Method::GET, &path, Vec::new()).await?;
+        let Some(body) = body else {
+            return Ok(unverified(status));
+        };
         Ok(match status {
             404 => TopUpOutcome::NotFound,
             400..=499 => TopUpOutcome::Unreadable {
@@ -195,26 +246,7 @@ impl HttpJsonSupplier {
     }
 
     fn verify(&self, callback: &Notification<'_>) -> Result<SupplierCallback> {
-        let header = |name: &str| {
-            callback
-                .headers
-                .get(name)
-                .and_then(|value| value.to_str().ok())
-        };
-        let timestamp: i64 = header(TIMESTAMP_HEADER)
-            .and_then(|value| value.parse().ok())
-            .ok_or(Error::InvalidSignature("no X-Kami-Timestamp"))?;
-        if (callback.received_at.unix_seconds() - timestamp).abs() > MAX_SKEW_SECONDS {
-            return Err(Error::InvalidSignature(
-                "X-Kami-Timestamp is more than 300 s off",
-            ));
-        }
-        let presented =
-            header(SIGNATURE_HEADER).ok_or(Error::InvalidSignature("no X-Kami-Signature"))?;
-        let expected = signature(&self.secret, timestamp, callback.body)?;
-        if !secrets_equal(presented.as_bytes(), expected.as_bytes()) {
-            return Err(Error::InvalidSignature("X-Kami-Signature does not match"));
-        }
+        self.check_signed(callback.headers, callback.body, callback.received_at)?;
         let answer: Answer = serde_json::from_slice(callback.body).map_err(Error::invalid_json)?;
         let request_id = answer
             .request_id
@@ -280,6 +312,8 @@ mod tests {
         answer: Mutex<Option<(u16, String)>>,
         /// Never answer (the client's timeout decides).
         hang: Mutex<bool>,
+        /// Sign answers with another secret (a forged answer).
+        forge: Mutex<bool>,
         seen: Mutex<Vec<(String, String)>>,
     }
 
@@ -288,7 +322,7 @@ mod tests {
         path: String,
         headers: HeaderMap,
         body: Bytes,
-    ) -> (StatusCode, String) {
+    ) -> (StatusCode, HeaderMap, String) {
         let timestamp: i64 = headers[TIMESTAMP_HEADER].to_str().unwrap().parse().unwrap();
         let expected = signature(SECRET, timestamp, &body).unwrap();
         assert_eq!(
@@ -305,7 +339,18 @@ mod tests {
             std::future::pending::<()>().await;
         }
         let (status, body) = server.answer.lock().unwrap().clone().unwrap();
-        (StatusCode::from_u16(status).unwrap(), body)
+        let mut headers = HeaderMap::new();
+        let secret = if *server.forge.lock().unwrap() {
+            b"not-the-secret".as_slice()
+        } else {
+            SECRET
+        };
+        headers.insert(TIMESTAMP_HEADER, HeaderValue::from(timestamp));
+        headers.insert(
+            SIGNATURE_HEADER,
+            HeaderValue::from_str(&signature(secret, timestamp, body.as_bytes()).unwrap()).unwrap(),
+        );
+        (StatusCode::from_u16(status).unwrap(), headers, body)
     }
 
     async fn serve() -> (Arc<Server>, String) {
@@ -412,6 +457,29 @@ mod tests {
                 "account": "13800000000", "quantity": 2,
                 "callback_url": "http://127.0.0.1/webhooks/suppliers/a"})
         );
+    }
+
+    #[tokio::test]
+    async fn an_answer_that_does_not_verify_is_an_unknown_outcome() {
+        let (server, url) = serve().await;
+        let supplier = supplier(&url, Arc::new(FakeClock::default()));
+        *server.forge.lock().unwrap() = true;
+        for (status, body) in [
+            (200, r#"{"status":"success","supplier_ref":"S-1"}"#),
+            (422, r#"{"error":"bad account"}"#),
+            (404, ""),
+        ] {
+            *server.answer.lock().unwrap() = Some((status, body.into()));
+            for outcome in [
+                supplier.submit(&request()).await.unwrap(),
+                supplier.query("01ORDER-00").await.unwrap(),
+            ] {
+                assert!(
+                    matches!(outcome, TopUpOutcome::Unreadable { .. }),
+                    "{status}: {outcome:?}"
+                );
+            }
+        }
     }
 
     #[tokio::test]
