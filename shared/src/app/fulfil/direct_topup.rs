@@ -86,14 +86,13 @@ impl Fulfiller for DirectTopUps {
                 }
             }
         }
-        if open {
-            return Ok(if overdue {
-                Fulfilment::Failed {
-                    reason: SUPPLIER_OUTCOME_UNKNOWN,
-                }
-            } else {
-                Fulfilment::Pending
+        if overdue {
+            return Ok(Fulfilment::Failed {
+                reason: SUPPLIER_OUTCOME_UNKNOWN,
             });
+        }
+        if open {
+            return waiting(ctx, order).await;
         }
         // Every request so far failed for certain: the next supplier.
         send_to_next(ctx, order, spec, &attempts, budget).await
@@ -360,6 +359,17 @@ pub async fn supplier_callback(
     Ok(())
 }
 
+/// The order waits on a supplier: it shows `delivering`, and the sweep sends it round
+/// every `POLL_SUPPLIER_AFTER_SECONDS` to ask.
+async fn waiting(ctx: &Context, order: &OrderRecord) -> Result<Fulfilment> {
+    if order.status != OrderStatus::Delivering
+        && !ctx.store.start_delivering(order, ctx.clock.now()).await?
+    {
+        return Ok(Fulfilment::NotPayable);
+    }
+    Ok(Fulfilment::Pending)
+}
+
 /// Sends the order to the next supplier that may take it: in the product's order,
 /// skipping those tried in this round, disabled, or whose circuit is open.
 async fn send_to_next(
@@ -371,7 +381,8 @@ async fn send_to_next(
 ) -> Result<Fulfilment> {
     let mut order = order.clone();
     // A failed order sent round again (the sweep, an operator) starts a new round over
-    // every supplier; the move to `delivering` marks that the round has begun.
+    // every supplier; its move to `delivering` (before the round's first request) marks
+    // that the round has begun, so a crash mid-round does not start yet another.
     let round = match attempts.iter().map(|a| a.round).max() {
         None => 0,
         Some(last) if order.status == OrderStatus::DeliveryFailed => last + 1,
@@ -402,7 +413,7 @@ async fn send_to_next(
             held_back = true;
             continue;
         }
-        if order.status != OrderStatus::Delivering {
+        if order.status == OrderStatus::DeliveryFailed {
             if !ctx.store.start_delivering(&order, ctx.clock.now()).await? {
                 return Ok(Fulfilment::NotPayable);
             }
@@ -438,18 +449,13 @@ async fn send_to_next(
         tracing::info!(order_id = %order.order_id, request_id = %attempt.request_id, supplier_id, answer = ?result.as_ref().map(TopUpOutcome::status), "top-up sent");
         match apply_submit(ctx, &mut attempt, &supplier, result, "answer").await? {
             Standing::Success => return Ok(Fulfilment::Done),
-            Standing::Open => return Ok(Fulfilment::Pending),
+            Standing::Open => return waiting(ctx, &order).await,
             Standing::Failed => tried.push(supplier_id.as_str()),
         }
     }
     if held_back {
         // A supplier is resting (its circuit is open): the sweep asks again in a minute.
-        if order.status != OrderStatus::Delivering
-            && !ctx.store.start_delivering(&order, ctx.clock.now()).await?
-        {
-            return Ok(Fulfilment::NotPayable);
-        }
-        return Ok(Fulfilment::Pending);
+        return waiting(ctx, &order).await;
     }
     Ok(Fulfilment::Failed {
         reason: NO_SUPPLIER_SUCCEEDED,
