@@ -8,6 +8,7 @@ use kami_shared::Context;
 use kami_shared::app::delivery::{self, DeliveryOutcome};
 use kami_shared::domain::time::Timestamp;
 use kami_shared::fakes::{Behaviour, FakeClock, FakeSupplier};
+use kami_shared::ports::Clock;
 use kami_shared::ports::supplier::TopUpOutcome;
 use kami_tests::*;
 use serde_json::{Value, json};
@@ -707,5 +708,54 @@ async fn suppliers_are_configured_with_a_sealed_secret_and_checked_fields() {
     assert_eq!(
         (status, answer["error"]["code"].as_str()),
         (404, Some("supplier_not_found"))
+    );
+}
+
+#[tokio::test]
+async fn a_worker_that_died_after_recording_a_request_is_followed_by_a_query_not_a_blind_send() {
+    use kami_shared::store::{SupplierLogEntry, TopUpAttempt, TopUpStatus, topup_request_id};
+    let w = world(&[("a", json!({})), ("b", json!({}))]).await;
+    let (order_id, _) = w.paid_order().await;
+    // What a worker leaves when it dies between recording the request and sending it.
+    let now = w.clock.now();
+    let attempt = TopUpAttempt {
+        order_id: order_id.clone(),
+        seq: 0,
+        request_id: topup_request_id(&order_id, 0),
+        supplier_id: w.id(0).to_owned(),
+        round: 0,
+        status: TopUpStatus::Sending,
+        supplier_ref: None,
+        reason: None,
+        account: ACCOUNT.into(),
+        sent_at: now,
+        updated_at: now.to_rfc3339(),
+    };
+    let line = SupplierLogEntry {
+        at: now.to_rfc3339(),
+        request_id: attempt.request_id.clone(),
+        supplier_id: attempt.supplier_id.clone(),
+        action: "send".into(),
+        status: "sent".into(),
+        supplier_ref: None,
+        reason: None,
+    };
+    w.ctx
+        .store
+        .open_topup_attempt(&attempt, &line)
+        .await
+        .expect("record");
+    // The next worker asks first; the supplier never saw it, so it is sent with its id.
+    assert_eq!(w.deliver(&order_id).await, DeliveryOutcome::Delivered);
+    assert_eq!(w.request_ids(0), [attempt.request_id.clone()]);
+    assert!(w.request_ids(1).is_empty());
+    let lines = history(&w.operator_view(&order_id).await);
+    assert_eq!(
+        lines,
+        [
+            ("send".into(), "sent".into()),
+            ("poll".into(), "not_found".into()),
+            ("resend".into(), "success".into())
+        ]
     );
 }

@@ -305,13 +305,18 @@ async fn top_up_order(
             ),
         ));
     }
-    let suppliers = super::suppliers::known_suppliers(ctx).await?;
-    let deliverable = spec.suppliers.iter().any(|id| {
-        suppliers
-            .iter()
-            .any(|s| &s.supplier_id == id && s.settings.enabled)
-    });
-    if !deliverable {
+    let deliverable = |suppliers: &[crate::store::SupplierRecord]| {
+        spec.suppliers.iter().any(|id| {
+            suppliers
+                .iter()
+                .any(|s| &s.supplier_id == id && s.settings.enabled)
+        })
+    };
+    // This instance's copy of the list first; before refusing, the table (a supplier
+    // enabled since the copy was read sells at once).
+    if !deliverable(&super::suppliers::known_suppliers(ctx, false).await?)
+        && !deliverable(&super::suppliers::known_suppliers(ctx, true).await?)
+    {
         return Err(Error::Conflict(ConflictKind::ProductUnavailable));
     }
     Ok(Some(TopUpOrder {

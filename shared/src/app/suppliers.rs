@@ -171,10 +171,10 @@ pub async fn list_suppliers(ctx: &Context) -> Result<SupplierList> {
 }
 
 /// Every supplier, from this instance's copy (read again every
-/// `SUPPLIER_LIST_TTL_SECONDS`).
-pub async fn known_suppliers(ctx: &Context) -> Result<Arc<Vec<SupplierRecord>>> {
+/// `SUPPLIER_LIST_TTL_SECONDS`, or now with `reread`).
+pub async fn known_suppliers(ctx: &Context, reread: bool) -> Result<Arc<Vec<SupplierRecord>>> {
     let now = ctx.clock.now();
-    if let Some(list) = ctx.suppliers.fresh_list(now) {
+    if !reread && let Some(list) = ctx.suppliers.fresh_list(now) {
         return Ok(list);
     }
     let list = Arc::new(ctx.store.list_suppliers().await?);
@@ -182,13 +182,17 @@ pub async fn known_suppliers(ctx: &Context) -> Result<Arc<Vec<SupplierRecord>>> 
     Ok(list)
 }
 
-/// The supplier `supplier_id`, from this instance's copy of the list.
+/// The supplier `supplier_id`, from this instance's copy of the list; one this copy
+/// does not have yet (created since) is read from the table.
 pub async fn known_supplier(ctx: &Context, supplier_id: &str) -> Result<Option<SupplierRecord>> {
-    Ok(known_suppliers(ctx)
+    if let Some(found) = known_suppliers(ctx, false)
         .await?
         .iter()
         .find(|s| s.supplier_id == supplier_id)
-        .cloned())
+    {
+        return Ok(Some(found.clone()));
+    }
+    ctx.store.get_supplier(supplier_id).await
 }
 
 /// The supplier's adapter, its secret opened (once per version per instance).
