@@ -747,7 +747,7 @@ async fn a_worker_that_died_after_recording_a_request_is_followed_by_a_query_not
         .expect("record");
     // The next worker asks first; the supplier never saw it, so it is sent with its id.
     assert_eq!(w.deliver(&order_id).await, DeliveryOutcome::Delivered);
-    assert_eq!(w.request_ids(0), [attempt.request_id.clone()]);
+    assert_eq!(w.request_ids(0), std::slice::from_ref(&attempt.request_id));
     assert!(w.request_ids(1).is_empty());
     let lines = history(&w.operator_view(&order_id).await);
     assert_eq!(
