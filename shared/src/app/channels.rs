@@ -8,18 +8,18 @@ use std::time::Duration;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::sealed;
 use crate::adapters::payment_channels::{self, ProviderDeps};
 use crate::config::Context;
 use crate::domain::channel::{
     ChannelRequest, ChannelSettings, ProviderKind, secret_shape, shown_config, split_secrets,
     validate_channel_id,
 };
-use crate::domain::crypto::{open_bytes, seal_bytes};
 use crate::domain::money::Money;
 use crate::error::{Error, Result};
 use crate::ports::payment::PaymentProvider;
 use crate::ports::vault::EncryptionContext;
-use crate::store::{ChannelRecord, SealedSecrets};
+use crate::store::ChannelRecord;
 
 /// Binds a channel's sealed secrets to that channel: moved to another, they fail to open.
 fn secrets_aad(channel_id: &str) -> Vec<u8> {
@@ -62,15 +62,13 @@ async fn open_secrets(
     channel: &ChannelRecord,
 ) -> Result<serde_json::Map<String, serde_json::Value>> {
     let context = EncryptionContext::payment_channel(&channel.channel_id, &channel.secrets.seal_id);
-    let key = ctx
-        .vault()?
-        .unwrap_data_key(&context, &channel.secrets.wrapped_key)
-        .await?;
-    let plaintext = open_bytes(
-        &key,
+    let plaintext = sealed::open(
+        ctx,
+        &context,
         &secrets_aad(&channel.channel_id),
-        &channel.secrets.sealed,
-    )?;
+        &channel.secrets,
+    )
+    .await?;
     match serde_json::from_slice(&plaintext) {
         Ok(serde_json::Value::Object(secrets)) => Ok(secrets),
         _ => Err(Error::Corrupt(
@@ -101,14 +99,17 @@ pub async fn put_channel(
         fields.extend(secrets.clone());
     }
     payment_channels::check_config(kind, &whole)?;
-    let seal_id = crate::domain::time::new_id();
-    let context = EncryptionContext::payment_channel(channel_id, &seal_id);
-    let data_key = ctx.vault()?.new_data_key(&context).await?;
     let plaintext = zeroize::Zeroizing::new(
         serde_json::to_vec(&serde_json::Value::Object(secrets.clone()))
             .map_err(|_| Error::Corrupt("channel secrets do not serialise".into()))?,
     );
-    let sealed = seal_bytes(&data_key.plaintext, &secrets_aad(channel_id), &plaintext)?;
+    let sealed_secrets = sealed::seal(
+        ctx,
+        |seal_id| EncryptionContext::payment_channel(channel_id, seal_id),
+        &secrets_aad(channel_id),
+        &plaintext,
+    )
+    .await?;
     let now = ctx.clock.now().to_rfc3339();
     let record = ChannelRecord {
         channel_id: channel_id.to_owned(),
@@ -118,11 +119,7 @@ pub async fn put_channel(
             .iter()
             .map(|(field, value)| (field.clone(), secret_shape(value)))
             .collect(),
-        secrets: SealedSecrets {
-            seal_id,
-            wrapped_key: data_key.wrapped,
-            sealed,
-        },
+        secrets: sealed_secrets,
         created_at: existing
             .as_ref()
             .map_or_else(|| now.clone(), |old| old.created_at.clone()),

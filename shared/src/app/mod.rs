@@ -11,6 +11,7 @@ pub mod pay;
 pub mod payments;
 pub mod reconcile;
 pub mod refunds;
+pub mod sealed;
 mod stock;
 pub mod suppliers;
 pub mod sweep;

@@ -9,19 +9,19 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use zeroize::Zeroizing;
 
+use super::sealed;
 use crate::adapters::suppliers;
 use crate::config::Context;
 use crate::domain::channel::SECRET_SHOWN_AS;
-use crate::domain::crypto::{open_bytes, seal_bytes};
 use crate::domain::supplier::{
     Admission, Circuit, CircuitSettings, CircuitState, SupplierKind, SupplierRequest,
     validate_supplier_id,
 };
-use crate::domain::time::{Timestamp, new_id};
+use crate::domain::time::Timestamp;
 use crate::error::{Error, Result};
 use crate::ports::Supplier;
 use crate::ports::vault::EncryptionContext;
-use crate::store::{SealedSecrets, SupplierRecord};
+use crate::store::SupplierRecord;
 
 /// Circuit writes that lose to another instance's are read again this often.
 const CIRCUIT_RETRIES: u32 = 3;
@@ -94,15 +94,13 @@ async fn view(ctx: &Context, supplier: &SupplierRecord) -> Result<SupplierView> 
 
 async fn open_secret(ctx: &Context, supplier: &SupplierRecord) -> Result<Zeroizing<Vec<u8>>> {
     let context = EncryptionContext::supplier(&supplier.supplier_id, &supplier.secret.seal_id);
-    let key = ctx
-        .vault()?
-        .unwrap_data_key(&context, &supplier.secret.wrapped_key)
-        .await?;
-    open_bytes(
-        &key,
+    sealed::open(
+        ctx,
+        &context,
         &secret_aad(&supplier.supplier_id),
-        &supplier.secret.sealed,
+        &supplier.secret,
     )
+    .await
 }
 
 /// `PUT /admin/suppliers/{supplier_id}`: creates (true) or replaces the supplier. A
@@ -126,19 +124,18 @@ pub async fn put_supplier(
             ));
         }
     };
-    let seal_id = new_id();
-    let context = EncryptionContext::supplier(supplier_id, &seal_id);
-    let data_key = ctx.vault()?.new_data_key(&context).await?;
-    let sealed = seal_bytes(&data_key.plaintext, &secret_aad(supplier_id), &secret)?;
+    let sealed_secret = sealed::seal(
+        ctx,
+        |seal_id| EncryptionContext::supplier(supplier_id, seal_id),
+        &secret_aad(supplier_id),
+        &secret,
+    )
+    .await?;
     let now = ctx.clock.now().to_rfc3339();
     let record = SupplierRecord {
         supplier_id: supplier_id.to_owned(),
         settings,
-        secret: SealedSecrets {
-            seal_id,
-            wrapped_key: data_key.wrapped,
-            sealed,
-        },
+        secret: sealed_secret,
         created_at: existing
             .as_ref()
             .map_or_else(|| now.clone(), |old| old.created_at.clone()),

@@ -20,12 +20,7 @@ pub const SECRET_SHOWN_AS: &str = "<set>";
 
 /// Channel ids appear in webhook URLs and keys: a small alphabet.
 pub fn validate_channel_id(channel_id: &str) -> Result<()> {
-    let ok = !channel_id.is_empty()
-        && channel_id.len() <= MAX_CHANNEL_ID_LEN
-        && channel_id
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
-    if ok {
+    if crate::domain::is_slug(channel_id, MAX_CHANNEL_ID_LEN) {
         Ok(())
     } else {
         Err(Error::invalid(

@@ -20,12 +20,7 @@ const MIN_SECRET_LEN: usize = 16;
 
 /// Supplier ids appear in callback URLs and keys: a small alphabet.
 pub fn validate_supplier_id(supplier_id: &str) -> Result<()> {
-    let ok = !supplier_id.is_empty()
-        && supplier_id.len() <= MAX_SUPPLIER_ID_LEN
-        && supplier_id
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
-    if ok {
+    if crate::domain::is_slug(supplier_id, MAX_SUPPLIER_ID_LEN) {
         Ok(())
     } else {
         Err(Error::invalid(

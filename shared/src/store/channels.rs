@@ -3,7 +3,7 @@
 //! its secret fields, which are sealed together under a data key of the channel's own
 //! (encryption context `payment-channel` + the channel id).
 
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
+use aws_sdk_dynamodb::types::AttributeValue;
 
 use super::Store;
 use super::codec::{FromItem, Item, get_b, get_n, get_opt_u32, get_s, item, keys, n, s};
@@ -136,19 +136,9 @@ fn channel_item(channel: &ChannelRecord) -> Item {
 }
 
 impl Store {
-    /// Access pattern: create or replace a channel. Returns true when it was created
-    /// (the old item, if any, comes back from the same PutItem).
+    /// Access pattern: create or replace a channel. Returns true when it was created.
     pub async fn put_channel(&self, channel: &ChannelRecord) -> Result<bool> {
-        let output = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(channel_item(channel)))
-            .return_values(ReturnValue::AllOld)
-            .send()
-            .await
-            .map_err(|e| Error::aws("dynamodb", e))?;
-        Ok(output.attributes.is_none_or(|old| old.is_empty()))
+        self.put_reporting_created(channel_item(channel)).await
     }
 
     /// Access pattern: one channel by id.
@@ -158,14 +148,6 @@ impl Store {
 
     /// Access pattern: every channel (one Query on the `CHANNELS` partition).
     pub async fn list_channels(&self) -> Result<Vec<ChannelRecord>> {
-        let query = self
-            .query()
-            .key_condition_expression("pk = :pk")
-            .expression_attribute_values(":pk", s(keys::CHANNELS_PARTITION));
-        self.query_all(query)
-            .await?
-            .iter()
-            .map(ChannelRecord::from_item)
-            .collect()
+        self.partition_as(keys::CHANNELS_PARTITION).await
     }
 }

@@ -123,12 +123,29 @@ impl Store {
 
     /// Writes a new item; false if an item with its key already exists.
     async fn put_if_absent(&self, item: Item) -> Result<bool> {
+        self.put_if(item, "attribute_not_exists(pk)", Vec::new())
+            .await
+    }
+
+    /// Writes `item` if `condition` holds (with `values`); false if it does not.
+    async fn put_if(
+        &self,
+        item: Item,
+        condition: &str,
+        values: Vec<(&str, aws_sdk_dynamodb::types::AttributeValue)>,
+    ) -> Result<bool> {
         let result = self
             .client
             .put_item()
             .table_name(&self.table)
             .set_item(Some(item))
-            .condition_expression("attribute_not_exists(pk)")
+            .condition_expression(condition)
+            .set_expression_attribute_values((!values.is_empty()).then(|| {
+                values
+                    .into_iter()
+                    .map(|(name, value)| (name.to_owned(), value))
+                    .collect()
+            }))
             .send()
             .await;
         match result {
@@ -136,6 +153,34 @@ impl Store {
             Err(err) if condition_failed(&err) => Ok(false),
             Err(err) => Err(Error::aws("dynamodb", err)),
         }
+    }
+
+    /// Creates or replaces `item` (last write wins); true when it was created (the old
+    /// item, if any, comes back from the same PutItem).
+    async fn put_reporting_created(&self, item: Item) -> Result<bool> {
+        let output = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
+            .send()
+            .await
+            .map_err(|e| Error::aws("dynamodb", e))?;
+        Ok(output.attributes.is_none_or(|old| old.is_empty()))
+    }
+
+    /// Every item of the partition `pk` (every page), read as `T`.
+    async fn partition_as<T: FromItem>(&self, pk: &str) -> Result<Vec<T>> {
+        let query = self
+            .query()
+            .key_condition_expression("pk = :pk")
+            .expression_attribute_values(":pk", codec::s(pk));
+        self.query_all(query)
+            .await?
+            .iter()
+            .map(T::from_item)
+            .collect()
     }
 
     /// The items at `keys` (at most 100), every one DynamoDB leaves unprocessed asked

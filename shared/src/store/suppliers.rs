@@ -4,10 +4,10 @@
 //! seal id); and each supplier's circuit breaker, one item of its own
 //! (`SUPPLIER#{id}` / `CIRCUIT`) shared by every function instance.
 
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
+use aws_sdk_dynamodb::types::AttributeValue;
 
+use super::Store;
 use super::codec::{FromItem, Item, b, get_b, get_n, get_s, get_u32, item, keys, n, s};
-use super::{Store, condition_failed};
 use crate::domain::supplier::{Circuit, CircuitSettings, SupplierKind, SupplierSettings};
 use crate::domain::time::Timestamp;
 use crate::error::{Error, Result};
@@ -108,16 +108,7 @@ impl FromItem for Circuit {
 impl Store {
     /// Access pattern: create or replace a supplier. Returns true when it was created.
     pub async fn put_supplier(&self, supplier: &SupplierRecord) -> Result<bool> {
-        let output = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(supplier_item(supplier)))
-            .return_values(ReturnValue::AllOld)
-            .send()
-            .await
-            .map_err(|e| Error::aws("dynamodb", e))?;
-        Ok(output.attributes.is_none_or(|old| old.is_empty()))
+        self.put_reporting_created(supplier_item(supplier)).await
     }
 
     /// Access pattern: one supplier by id.
@@ -127,15 +118,7 @@ impl Store {
 
     /// Access pattern: every supplier (one Query on the `SUPPLIER#ALL` partition).
     pub async fn list_suppliers(&self) -> Result<Vec<SupplierRecord>> {
-        let query = self
-            .query()
-            .key_condition_expression("pk = :pk")
-            .expression_attribute_values(":pk", s(keys::SUPPLIERS_PARTITION));
-        self.query_all(query)
-            .await?
-            .iter()
-            .map(SupplierRecord::from_item)
-            .collect()
+        self.partition_as(keys::SUPPLIERS_PARTITION).await
     }
 
     /// Access pattern: a supplier's circuit (strongly consistent); a supplier that never
@@ -175,19 +158,7 @@ impl Store {
         } else {
             ("version = :read", n(read_version))
         };
-        let result = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(stored))
-            .condition_expression(condition)
-            .expression_attribute_values(":read", values)
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(err) if condition_failed(&err) => Ok(false),
-            Err(err) => Err(Error::aws("dynamodb", err)),
-        }
+        self.put_if(stored, condition, vec![(":read", values)])
+            .await
     }
 }
