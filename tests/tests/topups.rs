@@ -394,17 +394,37 @@ async fn every_supplier_failing_is_delivery_failed_no_supplier_succeeded() {
     let (_, view) = view_order(&w.ctx, &order_id, &token).await;
     assert_eq!(view["status"], "delivery_failed");
     assert_eq!(view["exception"], "no_supplier_succeeded");
-    // An operator's redelivery starts a new round: new request ids, a now-working
-    // supplier delivers.
+    // A stray message (a duplicate, a late one) sends nothing: failed stays failed.
     w.fake(0).answer_with(TopUpOutcome::Success {
         supplier_ref: "R2".into(),
     });
-    assert_eq!(w.deliver(&order_id).await, DeliveryOutcome::Delivered);
+    assert_eq!(w.deliver(&order_id).await, DeliveryOutcome::Pending);
+    assert_eq!(w.request_ids(0).len(), 1);
+    assert_eq!(w.status(&order_id).await, "delivery_failed");
+    // An operator's redelivery starts a new round: new request ids, a now-working
+    // supplier delivers.
+    drain_delivery_queue(&w.ctx).await;
+    w.clock.advance_seconds(1);
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let (status, _) = admin(
+        &w.ctx,
+        request(
+            "POST",
+            &format!("/admin/orders/{order_id}/redeliver"),
+            &[("authorization", &auth)],
+            "",
+        ),
+    )
+    .await;
+    assert_eq!(status, 202);
+    assert_eq!(drain_delivery_queue(&w.ctx).await, 1);
     let a = w.request_ids(0);
     assert_eq!(a.len(), 2);
     assert_ne!(a[0], a[1]);
     let view = w.operator_view(&order_id).await;
+    assert_eq!(view["status"], "delivered");
     assert_eq!(view["exception"], Value::Null);
+    assert_eq!(view["top_up"]["requests"][2]["round"], 1);
 }
 
 #[tokio::test]

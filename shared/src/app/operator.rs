@@ -278,6 +278,11 @@ pub async fn redeliver(ctx: &Context, order_id: &str) -> Result<Redelivery> {
             cause: "redeliver",
         });
     }
+    // Recorded first: a failed top-up starts a new round over its suppliers only when
+    // asked (a stray message does not).
+    ctx.store
+        .request_redelivery(&order.order_id, order.status, ctx.clock.now())
+        .await?;
     ctx.queue()?.enqueue_delivery(&order.order_id).await?;
     tracing::info!(order_id, status = %order.status, "delivery re-queued by an operator");
     Ok(Redelivery {

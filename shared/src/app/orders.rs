@@ -201,6 +201,7 @@ pub async fn create_order(
         exception: None,
         holds: Vec::new(),
         top_up,
+        redelivery_requested_at: None,
     };
     let holds = hold_claims(ctx, &product, &order.buyer_email, source_ip)?;
     if let Some((holder, claim)) = holds.iter().find(|(_, claim)| claim.limit < quantity) {

@@ -34,5 +34,6 @@ pub fn order_fixture(sku: &str, quantity: u32, now: Timestamp) -> OrderRecord {
         exception: None,
         holds: Vec::new(),
         top_up: None,
+        redelivery_requested_at: None,
     }
 }

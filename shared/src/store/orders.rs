@@ -55,6 +55,9 @@ pub struct OrderRecord {
     pub holds: Vec<String>,
     /// For a direct top-up: the account and suppliers it was made for.
     pub top_up: Option<TopUpOrder>,
+    /// When an operator last asked for it to be delivered again (a top-up whose every
+    /// supplier failed starts a new round only then).
+    pub redelivery_requested_at: Option<Timestamp>,
 }
 
 /// Units of an order reserved on one stock counter shard.
@@ -268,6 +271,10 @@ impl FromItem for OrderRecord {
                 Some(_) => return Err(Error::Corrupt("holds is not a list".into())),
             },
             top_up: get_opt_json(item, "top_up")?,
+            redelivery_requested_at: item
+                .contains_key("redelivery_requested_at")
+                .then(|| get_n(item, "redelivery_requested_at").map(Timestamp))
+                .transpose()?,
         })
     }
 }
@@ -542,6 +549,33 @@ impl Store {
             vec![(":reason", s(reason))],
         )?;
         Ok(self.transact(tx).await?.committed())
+    }
+
+    /// Access pattern: an operator asks for the order to be delivered again, at `now`,
+    /// if it is still in `status`. False if it moved meanwhile.
+    pub async fn request_redelivery(
+        &self,
+        order_id: &str,
+        status: OrderStatus,
+        now: Timestamp,
+    ) -> Result<bool> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key_item(keys::order(order_id))))
+            .update_expression("SET redelivery_requested_at = :now")
+            .condition_expression("#status = :status")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":now", n(now.0))
+            .expression_attribute_values(":status", s(status.as_str()))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(err) if condition_failed(&err) => Ok(false),
+            Err(err) => Err(Error::aws("dynamodb", err)),
+        }
     }
 
     /// Access pattern: a supplier is about to work on the order (`paid |

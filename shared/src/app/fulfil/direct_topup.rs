@@ -380,19 +380,36 @@ async fn send_to_next(
     budget: &Budget,
 ) -> Result<Fulfilment> {
     let mut order = order.clone();
-    // A failed order sent round again (the sweep, an operator) starts a new round over
-    // every supplier; its move to `delivering` (before the round's first request) marks
-    // that the round has begun, so a crash mid-round does not start yet another.
-    let round = match attempts.iter().map(|a| a.round).max() {
-        None => 0,
-        Some(last) if order.status == OrderStatus::DeliveryFailed => last + 1,
-        Some(last) => last,
+    // A round gives every supplier of the product one request. Once every supplier had
+    // its request and all failed, only an operator's redelivery asked for since the
+    // last request starts another round (new request ids): a stray or duplicate message
+    // for a failed order sends nothing.
+    let last_sent = attempts.iter().map(|a| a.sent_at).max();
+    let mut round = attempts.iter().map(|a| a.round).max().unwrap_or(0);
+    let tried_in = |round: u32| -> Vec<&str> {
+        attempts
+            .iter()
+            .filter(|a| a.round == round)
+            .map(|a| a.supplier_id.as_str())
+            .collect()
     };
-    let mut tried: Vec<&str> = attempts
-        .iter()
-        .filter(|a| a.round == round)
-        .map(|a| a.supplier_id.as_str())
-        .collect();
+    let mut tried = tried_in(round);
+    if spec.suppliers.iter().all(|s| tried.contains(&s.as_str())) {
+        let asked_again = order
+            .redelivery_requested_at
+            .is_some_and(|at| last_sent.is_none_or(|sent| at > sent));
+        if asked_again {
+            round += 1;
+            tried = Vec::new();
+        } else if order.status == OrderStatus::DeliveryFailed {
+            // Failed for good already: it stays as it is.
+            return Ok(Fulfilment::Pending);
+        } else {
+            return Ok(Fulfilment::Failed {
+                reason: NO_SUPPLIER_SUCCEEDED,
+            });
+        }
+    }
     let mut next_seq = attempts.iter().map(|a| a.seq + 1).max().unwrap_or(0);
     let mut held_back = false;
     for supplier_id in &spec.suppliers {
