@@ -13,6 +13,7 @@ import uuid
 from conftest import ADMIN, start_platform, stripe_webhook
 from kami_local import provision
 from kami_local.sandbox import cli as sandbox
+from kami_local.supplier_sim import SupplierSim
 
 
 def _channel_secrets(sandbox_url: str) -> list[str]:
@@ -62,14 +63,28 @@ def test_function_logs_of_a_full_run_at_trace_hold_no_key_token_or_secret(trace_
                            headers={**ADMIN, "Idempotency-Key": str(uuid.uuid4())})
     assert refund.status_code == 201, refund.text
 
-    # The functions' and the platform's logs; the sandbox's own state (the provider's
-    # side, holding the keys it plays with) is not Kami's.
+    # A top-up through the seeded supplier: its secret signs requests and verifies answers.
+    sim = SupplierSim(platform.supplier_sim)
+    supplier_secrets = [s["secret"] for s in sim.suppliers()]
+    assert supplier_secrets, "the simulator has a supplier with a secret"
+    top_up = requests.post(f"{platform.api}/orders", timeout=30,
+                           headers={"Idempotency-Key": str(uuid.uuid4())},
+                           json={"sku": "mobile-credit-50", "quantity": 1, "buyer": {"email": "leaks@example.com"},
+                                 "recipient": {"account": "13900139000"}})
+    assert top_up.status_code == 201, top_up.text
+    paid = stripe_webhook.send(platform.api, platform.paid_event(top_up.json()["order_id"]))
+    assert paid.status_code == 200, paid.text
+    topped_up = platform.wait_delivered(top_up.json(), timeout=30)
+    assert topped_up["deliveries"][0]["type"] == "direct_topup", topped_up
+
+    # The functions' and the platform's logs; the sandbox's and the simulator's own state
+    # (the outside side, holding the keys it plays with) is not Kami's.
     logs = {path.name: path.read_text(errors="replace") for path in platform.log_dir.rglob("*")
-            if path.is_file() and "sandbox" not in path.parts}
+            if path.is_file() and "sandbox" not in path.parts and "supplier_sim" not in path.parts}
     assert any("REPORT" in text for text in logs.values()), f"no invocation logs captured in {platform.log_dir}"
     assert any("TRACE" in text for text in logs.values()), "the functions did not log at TRACE"
     forbidden = [*codes, order["access_token"], channel_order["access_token"], *provision.local_secrets().values(),
-                 *_channel_secrets(platform.sandbox)]
+                 *_channel_secrets(platform.sandbox), *supplier_secrets]
     for name, text in logs.items():
         for secret in forbidden:
             assert secret not in text, f"{name} holds a card key, token or secret"
