@@ -64,7 +64,57 @@ class SandboxServer(ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
 
-class Sandbox:
+class LoopbackService:
+    """An HTTP server on loopback served from a thread of its own, which says where it
+    is in `<state_dir>/<run_file>` while it runs (the sandbox, the supplier simulator).
+    A subclass sets `server`, `url`, `state_dir` and `_thread = None`, and `run_file`."""
+
+    run_file = RUN_FILE
+    server: ThreadingHTTPServer
+    url: str
+    state_dir: Path | None
+    _thread: threading.Thread | None
+
+    def _serve(self, name: str, run_info: dict, poll_interval: float = 0.5) -> None:
+        self._thread = threading.Thread(target=self.server.serve_forever, args=(poll_interval,), name=name,
+                                        daemon=True)
+        self._thread.start()
+        if self.state_dir:
+            self._write(self.state_dir / self.run_file, json.dumps({"url": self.url, "pid": os.getpid(),
+                                                                   **run_info}) + "\n")
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        if self._thread:
+            self._thread.join(5)
+        if self.state_dir:
+            run = self.state_dir / self.run_file
+            try:
+                if json.loads(run.read_text()).get("url") == self.url:
+                    run.unlink()
+            except (OSError, ValueError):
+                pass
+
+    def start(self):
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self.start() if self._thread is None else self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @staticmethod
+    def _write(path: Path, text: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+
+
+class Sandbox(LoopbackService):
     """The sandbox: its keys, its state, its providers and its HTTP server."""
 
     def __init__(self, state_dir: Path | str | None = None, kami_api: str | None = None, host: str = "127.0.0.1",
@@ -89,33 +139,10 @@ class Sandbox:
     # --- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> "Sandbox":
-        self._thread = threading.Thread(target=self.server.serve_forever, name="payment-sandbox", daemon=True)
-        self._thread.start()
-        if self.state_dir:
-            self._write(self.state_dir / RUN_FILE, json.dumps({"url": self.url, "pid": os.getpid(),
-                                                              "kami_api": self.kami_api}) + "\n")
+        self._serve("payment-sandbox", {"kami_api": self.kami_api})
         self.log(f"listening on {self.url} (Alipay {self.url}/alipay/gateway.do, WeChat Pay {self.url}/wechatpay, "
                  f"Stripe {self.url}/stripe; Kami API {self.kami_api or 'not set'})")
         return self
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        if self._thread:
-            self._thread.join(5)
-        if self.state_dir:
-            run = self.state_dir / RUN_FILE
-            try:
-                if json.loads(run.read_text()).get("url") == self.url:
-                    run.unlink()
-            except (OSError, ValueError):
-                pass
-
-    def __enter__(self) -> "Sandbox":
-        return self.start() if self._thread is None else self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
     # --- shared services ------------------------------------------------------------------
 
@@ -136,14 +163,6 @@ class Sandbox:
         if self.state_dir and (self.state_dir / STATE_FILE).exists():
             return json.loads((self.state_dir / STATE_FILE).read_text())
         return {}
-
-    @staticmethod
-    def _write(path: Path, text: str) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
 
     def save(self) -> None:
         """Writes the state (call under the lock)."""

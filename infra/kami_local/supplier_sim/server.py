@@ -37,7 +37,7 @@ from urllib.parse import unquote
 import requests
 
 from ..sandbox.common import Request, Response, SandboxError, json_response
-from ..sandbox.server import Sandbox, SandboxServer, _fields, local_time
+from ..sandbox.server import LoopbackService, SandboxServer, _fields, local_time
 from . import protocol
 
 STATE_FILE = "state.json"
@@ -71,7 +71,7 @@ class Answer:
     then: Callable[[], None] | None = None
 
 
-class Simulator:
+class Simulator(LoopbackService):
     """The suppliers, their scripts, the requests they got, the ledger, and the HTTP server."""
 
     def __init__(self, state_dir: Path | str | None = None, host: str = "127.0.0.1", port: int = 0,
@@ -95,35 +95,17 @@ class Simulator:
 
     def start(self) -> "Simulator":
         # A short poll: stop() waits for it, and tests start and stop a simulator per test.
-        self._thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), name="supplier-sim",
-                                        daemon=True)
-        self._thread.start()
-        if self.state_dir:
-            Sandbox._write(self.state_dir / RUN_FILE, json.dumps({"url": self.url, "pid": os.getpid()}) + "\n")
+        self._serve("supplier-sim", {}, poll_interval=0.05)
         self.log(f"listening on {self.url} (supplier X at {self.url}/s/X; suppliers: "
                  f"{', '.join(self.state['suppliers']) or 'none yet'})")
         return self
 
+    run_file = RUN_FILE
+
     def stop(self) -> None:
         self.stopping.set()
         self._cancel_timers()
-        self.server.shutdown()
-        self.server.server_close()
-        if self._thread:
-            self._thread.join(5)
-        if self.state_dir:
-            run = self.state_dir / RUN_FILE
-            try:
-                if json.loads(run.read_text()).get("url") == self.url:
-                    run.unlink()
-            except (OSError, ValueError):
-                pass
-
-    def __enter__(self) -> "Simulator":
-        return self.start() if self._thread is None else self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+        super().stop()
 
     def client(self):
         from .client import SupplierSim
@@ -151,7 +133,7 @@ class Simulator:
     def save(self) -> None:
         """Writes the state (call under the lock)."""
         if self.state_dir:
-            Sandbox._write(self.state_dir / STATE_FILE, json.dumps(self.state, ensure_ascii=False))
+            self._write(self.state_dir / STATE_FILE, json.dumps(self.state, ensure_ascii=False))
 
     def _supplier(self, supplier_id: str) -> dict:
         supplier = self.state["suppliers"].get(supplier_id)
