@@ -779,3 +779,122 @@ async fn a_worker_that_died_after_recording_a_request_is_followed_by_a_query_not
         ]
     );
 }
+
+/// The exception queue's entries for these orders (the table is shared with other tests).
+async fn queue_entries(w: &World, query: &str, ours: &[&str]) -> (u16, Vec<Value>, Value) {
+    let (status, page) = admin_get(&w.ctx, &format!("/admin/exceptions{query}")).await;
+    let entries = page["exceptions"]
+        .as_array()
+        .map(|all| {
+            all.iter()
+                .filter(|e| ours.contains(&e["order_id"].as_str().unwrap_or_default()))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    (status, entries, page)
+}
+
+#[tokio::test]
+async fn orders_that_need_a_person_are_in_the_exception_queue_until_they_do_not() {
+    let w = world(&[("a", json!({}))]).await;
+    w.fake(0).answer_with(TopUpOutcome::Failed {
+        reason: "no".into(),
+    });
+    let (failed, _) = w.paid_order().await;
+    assert_eq!(
+        w.deliver(&failed).await,
+        DeliveryOutcome::Failed("no_supplier_succeeded")
+    );
+    // Money that is not the order's amount: a payment exception.
+    let key = unique_sku("exception-order-key");
+    let body = json!({"sku": w.sku, "quantity": 1, "buyer": {"email": buyer_for(&key)},
+                      "recipient": {"account": ACCOUNT}});
+    let (_, created) = checkout(
+        &w.ctx,
+        request("POST", "/orders", &[("idempotency-key", &key)], body.to_string()),
+    )
+    .await;
+    let mismatched = created["order_id"].as_str().expect("id").to_owned();
+    let (status, _) = pay(&w.ctx, &format!("evt_{mismatched}"), &mismatched, 4999, "CNY").await;
+    assert_eq!(status, 200);
+    let ours = [failed.as_str(), mismatched.as_str()];
+
+    let (status, entries, _) = queue_entries(&w, "?limit=100", &ours).await;
+    assert_eq!(status, 200);
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    let failed_entry = entries.iter().find(|e| e["order_id"] == failed.as_str()).expect("failed");
+    assert_eq!(failed_entry["cause"], "delivery_failed");
+    assert_eq!(failed_entry["exception"], "no_supplier_succeeded");
+    assert_eq!(failed_entry["status"], "delivery_failed");
+    assert_eq!(failed_entry["age_seconds"], 0);
+    let (_, by_cause, _) = queue_entries(&w, "?cause=payment_exception&limit=100", &ours).await;
+    assert_eq!(by_cause.len(), 1);
+    assert_eq!(by_cause[0]["order_id"], mismatched.as_str());
+    let (_, by_detail, _) =
+        queue_entries(&w, "?cause=no_supplier_succeeded&limit=100", &ours).await;
+    assert_eq!(by_detail.len(), 1);
+    assert_eq!(by_detail[0]["order_id"], failed.as_str());
+    // Age: not yet a minute old; after the clock moves, it is.
+    let (_, young, _) = queue_entries(&w, "?older_than=60&limit=100", &ours).await;
+    assert!(young.is_empty(), "{young:?}");
+    w.clock.advance_seconds(61);
+    let (_, old, _) = queue_entries(&w, "?older_than=60&order=newest&limit=100", &ours).await;
+    assert_eq!(old.len(), 2);
+    assert!(old.iter().all(|e| e["age_seconds"].as_i64() >= Some(61)));
+    // Pages of one, followed by their cursors, reach both orders once.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..10_000 {
+        let query = match &cursor {
+            Some(c) => format!("?limit=1&cursor={c}"),
+            None => "?limit=1".to_owned(),
+        };
+        let (status, entries, page) = queue_entries(&w, &query, &ours).await;
+        assert_eq!(status, 200, "{page}");
+        seen.extend(entries.iter().map(|e| e["order_id"].as_str().expect("id").to_owned()));
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    seen.sort();
+    let mut expected: Vec<String> = ours.iter().map(|s| (*s).to_owned()).collect();
+    expected.sort();
+    assert_eq!(seen, expected);
+    // Bad queries name the parameter.
+    for (query, path) in [
+        ("?cause=bored", "cause"),
+        ("?limit=0", "limit"),
+        ("?older_than=-1", "older_than"),
+        ("?order=sideways", "order"),
+        ("?cursor=bm90LWEtY3Vyc29y", "cursor"),
+        ("?colour=red", "colour"),
+    ] {
+        let (status, _, page) = queue_entries(&w, query, &ours).await;
+        assert_eq!(status, 400, "{query}: {page}");
+        assert_eq!(page["error"]["code"], "invalid_query");
+        assert_eq!(page["error"]["path"], path);
+    }
+    // Delivered after all: out of the queue.
+    w.fake(0).answer_with(TopUpOutcome::Success {
+        supplier_ref: "OK".into(),
+    });
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let (status, _) = admin(
+        &w.ctx,
+        request(
+            "POST",
+            &format!("/admin/orders/{failed}/redeliver"),
+            &[("authorization", &auth)],
+            "",
+        ),
+    )
+    .await;
+    assert_eq!(status, 202);
+    drain_delivery_queue(&w.ctx).await;
+    assert_eq!(w.status(&failed).await, "delivered");
+    let (_, left, _) = queue_entries(&w, "?limit=100", &ours).await;
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0]["order_id"], mismatched.as_str());
+}

@@ -3,6 +3,7 @@
 pub mod catalog;
 pub mod channels;
 pub mod delivery;
+pub mod exceptions;
 pub mod fulfil;
 pub mod import;
 pub mod operator;

@@ -146,6 +146,17 @@ impl OrderStatus {
             })
     }
 
+    /// Waiting for a person: the order is in the exception queue
+    /// (`GET /admin/exceptions`) while it is in one of these.
+    pub fn needs_a_person(self) -> bool {
+        matches!(
+            self,
+            OrderStatus::DeliveryFailed
+                | OrderStatus::PaymentException
+                | OrderStatus::PaidAfterExpiry
+        )
+    }
+
     /// Paid and waiting for delivery: the delivery worker may act.
     pub fn awaits_delivery(self) -> bool {
         matches!(

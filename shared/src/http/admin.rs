@@ -13,6 +13,7 @@ use super::{
 };
 use crate::app::catalog::{self, AdminProductView};
 use crate::app::channels::{self, ChannelList, ChannelView};
+use crate::app::exceptions::{self, ExceptionPage, ExceptionsQuery};
 use crate::app::import::{self, ImportReport};
 use crate::app::operator::{
     self, ConfirmPaidRequest, ConfirmedPayment, OperatorOrderView, Redelivery, UnmatchedPayments,
@@ -42,6 +43,7 @@ pub fn routes() -> ApiRouter {
         .routes(routes!(put_supplier, get_supplier))
         .routes(routes!(list_suppliers))
         .routes(routes!(unmatched_payments))
+        .routes(routes!(list_exceptions))
 }
 
 /// The admin router, the token checked before any route (and before not-found).
@@ -215,6 +217,33 @@ async fn redeliver(
     Ok(Reply(
         StatusCode::ACCEPTED,
         operator::redeliver(&ctx, &order_id).await?,
+    ))
+}
+
+/// The exception queue: every order that needs a person (`delivery_failed`,
+/// `payment_exception`, `paid_after_expiry`), with its cause, detail and age, oldest first
+/// by default; one page per request (served by an index). Its history:
+/// `GET /admin/orders/{order_id}`.
+#[utoipa::path(
+    get,
+    path = "/admin/exceptions",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(ExceptionsQuery),
+    responses(
+        (status = 200, description = "One page of the queue", body = ExceptionPage),
+        (status = 400, description = "`invalid_query` (with the parameter's name as `path`)", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+    )
+)]
+async fn list_exceptions(
+    State(ctx): State<AppState>,
+    uri: axum::http::Uri,
+) -> ApiResult<ExceptionPage> {
+    let query = ExceptionsQuery::parse(uri.query())?;
+    Ok(Reply(
+        StatusCode::OK,
+        exceptions::list_exceptions(&ctx, query).await?,
     ))
 }
 

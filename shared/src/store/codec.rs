@@ -140,6 +140,9 @@ pub(crate) mod keys {
     pub fn sweep_lease() -> (String, String) {
         ("SWEEP#expiry".into(), "LEASE".into())
     }
+    /// Orders that need a person (the exception queue, `gsi2`): one partition, by the time
+    /// each began to need one.
+    pub const EXCEPTIONS_INDEX: &str = "EXCEPTIONS";
     /// Money that names no order Kami can apply it to: few, kept forever, one partition.
     pub const UNMATCHED_INDEX: &str = "UNMATCHED";
 }

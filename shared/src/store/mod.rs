@@ -16,6 +16,7 @@
 //! - `payments`: payment records and webhook dedupe / unmatched records
 //! - `holds`: units each client holds in unpaid orders of a product (the hoarding cap)
 //! - `idempotency`: `POST /orders` idempotency records
+//! - `exceptions`: the exception queue (orders that need a person)
 //! - `suppliers`: top-up suppliers and their circuit breakers
 //! - `topups`: an order's top-up requests (its direct-top-up delivery records) and
 //!   supplier history
@@ -31,6 +32,7 @@ mod backoff;
 mod card_keys;
 mod channels;
 mod codec;
+mod exceptions;
 mod holds;
 mod idempotency;
 mod orders;
@@ -46,6 +48,7 @@ pub use attempts::{AttemptRecord, AttemptStatus, RECONCILE_AFTER_SECONDS};
 pub use card_keys::{AllocateOutcome, BatchRecord, CardKeySlot, SealedKey, StockKey};
 pub use channels::{ChannelRecord, SealedSecrets};
 pub use codec::Item;
+pub use exceptions::{ExceptionEntry, ExceptionFilter, cursor_fields, cursor_key};
 pub use holds::{HoldClaim, HoldRecord};
 pub use idempotency::IdempotencyRecord;
 pub use orders::{
@@ -66,6 +69,9 @@ use codec::{FromItem, key_item};
 /// The sparse GSI (`gsi1pk` S, `gsi1sk` N, keys only) over due pending orders and
 /// paid-but-undelivered orders. The table's name is configuration (`KAMI_TABLE`).
 const ORDER_INDEX: &str = "gsi1";
+/// The sparse GSI of the exception queue (`gsi2pk` S, `gsi2sk` S: when the order began to
+/// need a person, RFC 3339 UTC ms; it projects what a listing shows).
+const EXCEPTION_INDEX: &str = "gsi2";
 
 /// Available card keys of a product are spread over this many partitions so that
 /// concurrent deliveries rarely pick the same key.

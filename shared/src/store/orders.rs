@@ -350,10 +350,26 @@ impl Tx {
             (":from", s(from.as_str())),
             (":at", s(at)),
         ]);
+        // The exception queue's index (`gsi2`): an order is in it from the transition
+        // that makes it need a person until the one that ends that, dated by the first.
+        let mut expression = "SET #status = :to, updated_at = :at".to_owned();
+        let mut more = more.to_owned();
+        match (from.needs_a_person(), to.needs_a_person()) {
+            (false, true) => {
+                expression.push_str(", gsi2pk = :exceptions, gsi2sk = :at, exception_cause = :to");
+                values.push((":exceptions", s(keys::EXCEPTIONS_INDEX)));
+            }
+            (true, false) if more.contains(" REMOVE ") => more.push_str(", gsi2pk, gsi2sk"),
+            (true, false) => more.push_str(" REMOVE gsi2pk, gsi2sk"),
+            // Failing again keeps the date it first needed a person, with its new cause.
+            (true, true) => expression.push_str(", exception_cause = :to"),
+            (false, false) => {}
+        }
+        expression.push_str(&more);
         self.update(
             ItemName::Order,
             key_item(keys::order(&order.order_id)),
-            &format!("SET #status = :to, updated_at = :at{more}"),
+            &expression,
             Some(&condition),
             &all_names,
             values,

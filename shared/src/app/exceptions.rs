@@ -1,0 +1,154 @@
+//! The exception queue: every order that needs a person, with its cause, age and
+//! history (`GET /admin/exceptions`), served by the index `gsi2`, never a scan.
+//! docs/operations.md, "The exception queue".
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::Serialize;
+use utoipa::{IntoParams, ToSchema};
+
+use crate::config::Context;
+use crate::error::{Error, Result};
+use crate::store::{ExceptionEntry, ExceptionFilter, cursor_fields, cursor_key};
+
+const DEFAULT_LIMIT: i32 = 50;
+const MAX_LIMIT: i32 = 100;
+/// What `cause` may be: a status that needs a person, or a detail of one.
+pub const CAUSES: [&str; 7] = [
+    "delivery_failed",
+    "payment_exception",
+    "paid_after_expiry",
+    "supplier_outcome_unknown",
+    "no_supplier_succeeded",
+    "amount_mismatch",
+    "currency_mismatch",
+];
+
+/// The query of `GET /admin/exceptions`.
+#[derive(Debug, Default, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ExceptionsQuery {
+    /// Only this cause: `delivery_failed`, `payment_exception`, `paid_after_expiry`, or a
+    /// detail (`supplier_outcome_unknown`, `no_supplier_succeeded`, `amount_mismatch`,
+    /// `currency_mismatch`).
+    pub cause: Option<String>,
+    /// Only orders that have needed a person for at least this many seconds.
+    #[param(minimum = 0)]
+    pub older_than: Option<i64>,
+    /// `oldest` (default) or `newest` first.
+    pub order: Option<String>,
+    /// Orders per page, 1 to 100 (default 50).
+    #[param(minimum = 1, maximum = 100)]
+    pub limit: Option<i32>,
+    /// The previous page's `next_cursor`.
+    pub cursor: Option<String>,
+}
+
+/// One page of the exception queue.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ExceptionPage {
+    pub exceptions: Vec<ExceptionView>,
+    /// Where the next page starts (pass it as `cursor`); absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// An order that needs a person. Its whole history (events, payments, deliveries,
+/// supplier calls) is `GET /admin/orders/{order_id}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ExceptionView {
+    #[serde(flatten)]
+    pub entry: ExceptionEntry,
+    /// Seconds since it began to need a person.
+    pub age_seconds: i64,
+}
+
+fn invalid(field: &str, message: &str) -> Error {
+    Error::invalid_field("invalid_query", field, message.to_owned())
+}
+
+impl ExceptionsQuery {
+    /// Reads a raw query string; unknown parameters are refused by name.
+    pub fn parse(query: Option<&str>) -> Result<Self> {
+        let mut parsed = ExceptionsQuery::default();
+        for (name, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+            let value = value.into_owned();
+            match name.as_ref() {
+                "cause" => parsed.cause = Some(value),
+                "older_than" => {
+                    parsed.older_than = Some(value.parse().ok().filter(|s: &i64| *s >= 0).ok_or_else(
+                        || invalid("older_than", "older_than must be a number of seconds, 0 or more"),
+                    )?)
+                }
+                "order" => parsed.order = Some(value),
+                "limit" => {
+                    parsed.limit = Some(
+                        value
+                            .parse()
+                            .ok()
+                            .filter(|l| (1..=MAX_LIMIT).contains(l))
+                            .ok_or_else(|| invalid("limit", "limit must be 1 to 100"))?,
+                    )
+                }
+                "cursor" => parsed.cursor = Some(value),
+                other => return Err(invalid(other, "unknown query parameter")),
+            }
+        }
+        Ok(parsed)
+    }
+}
+
+fn encode_cursor(key: &crate::store::Item) -> Result<String> {
+    let fields = cursor_fields(key)?;
+    let json = serde_json::to_vec(&fields)
+        .map_err(|_| Error::Corrupt("a cursor does not serialise".into()))?;
+    Ok(URL_SAFE_NO_PAD.encode(json))
+}
+
+fn decode_cursor(cursor: &str) -> Result<crate::store::Item> {
+    URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()
+        .and_then(|json| serde_json::from_slice::<Vec<(String, String)>>(&json).ok())
+        .and_then(|fields| cursor_key(&fields))
+        .ok_or_else(|| invalid("cursor", "cursor is not one this listing gave"))
+}
+
+/// `GET /admin/exceptions`: one page, oldest first unless asked otherwise.
+pub async fn list_exceptions(ctx: &Context, query: ExceptionsQuery) -> Result<ExceptionPage> {
+    if let Some(cause) = &query.cause
+        && !CAUSES.contains(&cause.as_str())
+    {
+        return Err(invalid("cause", "cause is not one the exception queue knows"));
+    }
+    let newest_first = match query.order.as_deref() {
+        None | Some("oldest") => false,
+        Some("newest") => true,
+        Some(_) => return Err(invalid("order", "order must be oldest or newest")),
+    };
+    let now = ctx.clock.now();
+    let filter = ExceptionFilter {
+        cause: query.cause,
+        since_at_most: query
+            .older_than
+            .map(|seconds| now.plus_seconds(-seconds).to_rfc3339()),
+        newest_first,
+        limit: query.limit.unwrap_or(DEFAULT_LIMIT),
+    };
+    let start = query.cursor.as_deref().map(decode_cursor).transpose()?;
+    let (entries, next) = ctx.store.exceptions(&filter, start).await?;
+    let exceptions = entries
+        .into_iter()
+        .map(|entry| {
+            let since = crate::domain::time::Timestamp::parse_rfc3339(&entry.since);
+            ExceptionView {
+                age_seconds: since.map_or(0, |at| (now.0 - at.0).max(0) / 1000),
+                entry,
+            }
+        })
+        .collect();
+    Ok(ExceptionPage {
+        exceptions,
+        next_cursor: next.as_ref().map(encode_cursor).transpose()?,
+    })
+}
