@@ -812,18 +812,33 @@ async fn orders_that_need_a_person_are_in_the_exception_queue_until_they_do_not(
                       "recipient": {"account": ACCOUNT}});
     let (_, created) = checkout(
         &w.ctx,
-        request("POST", "/orders", &[("idempotency-key", &key)], body.to_string()),
+        request(
+            "POST",
+            "/orders",
+            &[("idempotency-key", &key)],
+            body.to_string(),
+        ),
     )
     .await;
     let mismatched = created["order_id"].as_str().expect("id").to_owned();
-    let (status, _) = pay(&w.ctx, &format!("evt_{mismatched}"), &mismatched, 4999, "CNY").await;
+    let (status, _) = pay(
+        &w.ctx,
+        &format!("evt_{mismatched}"),
+        &mismatched,
+        4999,
+        "CNY",
+    )
+    .await;
     assert_eq!(status, 200);
     let ours = [failed.as_str(), mismatched.as_str()];
 
     let (status, entries, _) = queue_entries(&w, "?limit=100", &ours).await;
     assert_eq!(status, 200);
     assert_eq!(entries.len(), 2, "{entries:?}");
-    let failed_entry = entries.iter().find(|e| e["order_id"] == failed.as_str()).expect("failed");
+    let failed_entry = entries
+        .iter()
+        .find(|e| e["order_id"] == failed.as_str())
+        .expect("failed");
     assert_eq!(failed_entry["cause"], "delivery_failed");
     assert_eq!(failed_entry["exception"], "no_supplier_succeeded");
     assert_eq!(failed_entry["status"], "delivery_failed");
@@ -852,7 +867,11 @@ async fn orders_that_need_a_person_are_in_the_exception_queue_until_they_do_not(
         };
         let (status, entries, page) = queue_entries(&w, &query, &ours).await;
         assert_eq!(status, 200, "{page}");
-        seen.extend(entries.iter().map(|e| e["order_id"].as_str().expect("id").to_owned()));
+        seen.extend(
+            entries
+                .iter()
+                .map(|e| e["order_id"].as_str().expect("id").to_owned()),
+        );
         match page["next_cursor"].as_str() {
             Some(next) => cursor = Some(next.to_owned()),
             None => break,

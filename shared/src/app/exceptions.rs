@@ -76,9 +76,18 @@ impl ExceptionsQuery {
             match name.as_ref() {
                 "cause" => parsed.cause = Some(value),
                 "older_than" => {
-                    parsed.older_than = Some(value.parse().ok().filter(|s: &i64| *s >= 0).ok_or_else(
-                        || invalid("older_than", "older_than must be a number of seconds, 0 or more"),
-                    )?)
+                    parsed.older_than = Some(
+                        value
+                            .parse()
+                            .ok()
+                            .filter(|s: &i64| *s >= 0)
+                            .ok_or_else(|| {
+                                invalid(
+                                    "older_than",
+                                    "older_than must be a number of seconds, 0 or more",
+                                )
+                            })?,
+                    )
                 }
                 "order" => parsed.order = Some(value),
                 "limit" => {
@@ -119,7 +128,10 @@ pub async fn list_exceptions(ctx: &Context, query: ExceptionsQuery) -> Result<Ex
     if let Some(cause) = &query.cause
         && !CAUSES.contains(&cause.as_str())
     {
-        return Err(invalid("cause", "cause is not one the exception queue knows"));
+        return Err(invalid(
+            "cause",
+            "cause is not one the exception queue knows",
+        ));
     }
     let newest_first = match query.order.as_deref() {
         None | Some("oldest") => false,

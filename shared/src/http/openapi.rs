@@ -169,7 +169,7 @@ mod tests {
             }
         }
         assert_eq!(
-            operations, 22,
+            operations, 23,
             "one operation per route of the three functions"
         );
     }

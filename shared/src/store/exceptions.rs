@@ -80,10 +80,7 @@ impl Store {
                 .expression_attribute_names("#exception", "exception")
                 .expression_attribute_values(":cause", s(cause));
         }
-        let output = query
-            .send()
-            .await
-            .map_err(|e| Error::aws("dynamodb", e))?;
+        let output = query.send().await.map_err(|e| Error::aws("dynamodb", e))?;
         let entries = output
             .items()
             .iter()
