@@ -9,7 +9,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::config::Context;
 use crate::error::{Error, Result};
-use crate::store::{ExceptionEntry, ExceptionFilter, cursor_fields, cursor_key};
+use crate::store::{ExceptionEntry, ExceptionFilter, cursor_key, cursor_text};
 
 const DEFAULT_LIMIT: i32 = 50;
 const MAX_LIMIT: i32 = 100;
@@ -47,20 +47,10 @@ pub struct ExceptionsQuery {
 /// One page of the exception queue.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ExceptionPage {
-    pub exceptions: Vec<ExceptionView>,
+    pub exceptions: Vec<ExceptionEntry>,
     /// Where the next page starts (pass it as `cursor`); absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_cursor: Option<String>,
-}
-
-/// An order that needs a person. Its whole history (events, payments, deliveries,
-/// supplier calls) is `GET /admin/orders/{order_id}`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ExceptionView {
-    #[serde(flatten)]
-    pub entry: ExceptionEntry,
-    /// Seconds since it began to need a person.
-    pub age_seconds: i64,
 }
 
 fn invalid(field: &str, message: &str) -> Error {
@@ -108,18 +98,15 @@ impl ExceptionsQuery {
 }
 
 fn encode_cursor(key: &crate::store::Item) -> Result<String> {
-    let fields = cursor_fields(key)?;
-    let json = serde_json::to_vec(&fields)
-        .map_err(|_| Error::Corrupt("a cursor does not serialise".into()))?;
-    Ok(URL_SAFE_NO_PAD.encode(json))
+    Ok(URL_SAFE_NO_PAD.encode(cursor_text(key)?))
 }
 
 fn decode_cursor(cursor: &str) -> Result<crate::store::Item> {
     URL_SAFE_NO_PAD
         .decode(cursor)
         .ok()
-        .and_then(|json| serde_json::from_slice::<Vec<(String, String)>>(&json).ok())
-        .and_then(|fields| cursor_key(&fields))
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .and_then(|text| cursor_key(&text))
         .ok_or_else(|| invalid("cursor", "cursor is not one this listing gave"))
 }
 
@@ -141,24 +128,12 @@ pub async fn list_exceptions(ctx: &Context, query: ExceptionsQuery) -> Result<Ex
     let now = ctx.clock.now();
     let filter = ExceptionFilter {
         cause: query.cause,
-        since_at_most: query
-            .older_than
-            .map(|seconds| now.plus_seconds(-seconds).to_rfc3339()),
+        since_at_most: query.older_than.map(|seconds| now.plus_seconds(-seconds)),
         newest_first,
         limit: query.limit.unwrap_or(DEFAULT_LIMIT),
     };
     let start = query.cursor.as_deref().map(decode_cursor).transpose()?;
-    let (entries, next) = ctx.store.exceptions(&filter, start).await?;
-    let exceptions = entries
-        .into_iter()
-        .map(|entry| {
-            let since = crate::domain::time::Timestamp::parse_rfc3339(&entry.since);
-            ExceptionView {
-                age_seconds: since.map_or(0, |at| (now.0 - at.0).max(0) / 1000),
-                entry,
-            }
-        })
-        .collect();
+    let (exceptions, next) = ctx.store.exceptions(&filter, start, now).await?;
     Ok(ExceptionPage {
         exceptions,
         next_cursor: next.as_ref().map(encode_cursor).transpose()?,

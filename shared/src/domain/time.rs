@@ -27,13 +27,6 @@ impl Timestamp {
         Timestamp(self.0.saturating_add(seconds.saturating_mul(1000)))
     }
 
-    /// Reads a time written by `to_rfc3339`.
-    pub fn parse_rfc3339(text: &str) -> Option<Self> {
-        time::PrimitiveDateTime::parse(text, UTC_MILLIS)
-            .ok()
-            .map(|t| Timestamp((t.assume_utc().unix_timestamp_nanos() / 1_000_000) as i64))
-    }
-
     pub fn to_rfc3339(self) -> String {
         OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.0) * 1_000_000)
             .ok()

@@ -4,11 +4,10 @@
 //! by when they began to need one. The index carries what a listing shows, so a page is
 //! one Query.
 
-use aws_sdk_dynamodb::types::AttributeValue;
-
-use super::codec::{FromItem, Item, get_opt_s, get_s, keys, s};
+use super::codec::{Item, get_n, get_opt_s, get_s, keys, n, s};
 use super::{EXCEPTION_INDEX, Store};
 use crate::domain::order::OrderStatus;
+use crate::domain::time::Timestamp;
 use crate::error::{Error, Result};
 
 /// One order in the exception queue.
@@ -25,18 +24,22 @@ pub struct ExceptionEntry {
     pub sku: String,
     /// When it began to need a person.
     pub since: String,
+    /// Seconds since then (at the listing).
+    pub age_seconds: i64,
     pub updated_at: String,
 }
 
-impl FromItem for ExceptionEntry {
-    fn from_item(item: &Item) -> Result<Self> {
+impl ExceptionEntry {
+    fn read(item: &Item, now: Timestamp) -> Result<Self> {
+        let since = Timestamp(get_n(item, "gsi2sk")?);
         Ok(ExceptionEntry {
             order_id: get_s(item, "order_id")?,
             cause: get_s(item, "exception_cause")?,
             exception: get_opt_s(item, "exception"),
             status: OrderStatus::parse(&get_s(item, "status")?)?,
             sku: get_s(item, "sku")?,
-            since: get_s(item, "gsi2sk")?,
+            since: since.to_rfc3339(),
+            age_seconds: (now.0 - since.0).max(0) / 1000,
             updated_at: get_s(item, "updated_at")?,
         })
     }
@@ -47,8 +50,8 @@ impl FromItem for ExceptionEntry {
 pub struct ExceptionFilter {
     /// A cause or an exception detail (`supplier_outcome_unknown`).
     pub cause: Option<String>,
-    /// Only orders that began to need a person at or before this (RFC 3339, UTC ms).
-    pub since_at_most: Option<String>,
+    /// Only orders that began to need a person at or before this.
+    pub since_at_most: Option<Timestamp>,
     pub newest_first: bool,
     pub limit: i32,
 }
@@ -60,6 +63,7 @@ impl Store {
         &self,
         filter: &ExceptionFilter,
         start: Option<Item>,
+        now: Timestamp,
     ) -> Result<(Vec<ExceptionEntry>, Option<Item>)> {
         let mut query = self
             .query()
@@ -71,7 +75,7 @@ impl Store {
         query = match &filter.since_at_most {
             Some(at_most) => query
                 .key_condition_expression("gsi2pk = :pk AND gsi2sk <= :at_most")
-                .expression_attribute_values(":at_most", s(at_most)),
+                .expression_attribute_values(":at_most", n(at_most.0)),
             None => query.key_condition_expression("gsi2pk = :pk"),
         };
         if let Some(cause) = &filter.cause {
@@ -84,33 +88,32 @@ impl Store {
         let entries = output
             .items()
             .iter()
-            .map(ExceptionEntry::from_item)
+            .map(|item| ExceptionEntry::read(item, now))
             .collect::<Result<Vec<_>>>()?;
         Ok((entries, output.last_evaluated_key().cloned()))
     }
 }
 
-/// The names of the attributes a page's `LastEvaluatedKey` has (the table's key and the
-/// index's), all strings.
-pub const CURSOR_KEYS: [&str; 4] = ["pk", "sk", "gsi2pk", "gsi2sk"];
-
-/// A `LastEvaluatedKey` as plain strings (for an opaque cursor), and back.
-pub fn cursor_fields(key: &Item) -> Result<Vec<(String, String)>> {
-    CURSOR_KEYS
-        .iter()
-        .map(|name| Ok(((*name).to_owned(), get_s(key, name)?)))
-        .collect()
+/// A page's `LastEvaluatedKey` as one string (for an opaque cursor): the order's
+/// partition key and the index's sort key (the rest are constants), `|` between.
+pub fn cursor_text(key: &Item) -> Result<String> {
+    Ok(format!("{}|{}", get_s(key, "pk")?, get_n(key, "gsi2sk")?))
 }
 
-/// The key a cursor's fields name; `None` if they are not one of this queue's keys.
-pub fn cursor_key(fields: &[(String, String)]) -> Option<Item> {
-    let key: Item = fields
-        .iter()
-        .filter(|(name, _)| CURSOR_KEYS.contains(&name.as_str()))
-        .map(|(name, value)| (name.clone(), AttributeValue::S(value.clone())))
-        .collect();
-    let valid = key.len() == CURSOR_KEYS.len()
-        && get_s(&key, "gsi2pk").is_ok_and(|pk| pk == keys::EXCEPTIONS_INDEX)
-        && get_s(&key, "pk").is_ok_and(|pk| keys::order_id_of(&pk).is_some());
-    valid.then_some(key)
+/// The key a cursor's text names; `None` if it is not one of this queue's keys.
+pub fn cursor_key(text: &str) -> Option<Item> {
+    let (pk, since) = text.split_once('|')?;
+    keys::order_id_of(pk)?;
+    let since: i64 = since.parse().ok()?;
+    Some(
+        [
+            ("pk", s(pk)),
+            ("sk", s(keys::ORDER_SK)),
+            ("gsi2pk", s(keys::EXCEPTIONS_INDEX)),
+            ("gsi2sk", n(since)),
+        ]
+        .into_iter()
+        .map(|(name, value)| (name.to_owned(), value))
+        .collect(),
+    )
 }

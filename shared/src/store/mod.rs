@@ -48,7 +48,7 @@ pub use attempts::{AttemptRecord, AttemptStatus, RECONCILE_AFTER_SECONDS};
 pub use card_keys::{AllocateOutcome, BatchRecord, CardKeySlot, SealedKey, StockKey};
 pub use channels::{ChannelRecord, SealedSecrets};
 pub use codec::Item;
-pub use exceptions::{ExceptionEntry, ExceptionFilter, cursor_fields, cursor_key};
+pub use exceptions::{ExceptionEntry, ExceptionFilter, cursor_key, cursor_text};
 pub use holds::{HoldClaim, HoldRecord};
 pub use idempotency::IdempotencyRecord;
 pub use orders::{
@@ -69,8 +69,8 @@ use codec::{FromItem, key_item};
 /// The sparse GSI (`gsi1pk` S, `gsi1sk` N, keys only) over due pending orders and
 /// paid-but-undelivered orders. The table's name is configuration (`KAMI_TABLE`).
 const ORDER_INDEX: &str = "gsi1";
-/// The sparse GSI of the exception queue (`gsi2pk` S, `gsi2sk` S: when the order began to
-/// need a person, RFC 3339 UTC ms; it projects what a listing shows).
+/// The sparse GSI of the exception queue (`gsi2pk` S, `gsi2sk` N: when the order began
+/// to need a person, Unix ms; it projects what a listing shows).
 const EXCEPTION_INDEX: &str = "gsi2";
 
 /// Available card keys of a product are spread over this many partitions so that

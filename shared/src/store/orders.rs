@@ -333,7 +333,7 @@ impl Tx {
         &mut self,
         order: &OrderRecord,
         (from, to, cause): (OrderStatus, OrderStatus, Cause),
-        at: &str,
+        now: Timestamp,
         more: &str,
         condition: Option<&str>,
         names: &[&str],
@@ -343,12 +343,13 @@ impl Tx {
             || "#status = :from".to_owned(),
             |extra| format!("#status = :from AND {extra}"),
         );
+        let at = now.to_rfc3339();
         let mut all_names = vec!["status"];
         all_names.extend_from_slice(names);
         values.extend([
             (":to", s(to.as_str())),
             (":from", s(from.as_str())),
-            (":at", s(at)),
+            (":at", s(&at)),
         ]);
         // The exception queue's index (`gsi2`): an order is in it from the transition
         // that makes it need a person until the one that ends that, dated by the first.
@@ -356,8 +357,10 @@ impl Tx {
         let mut more = more.to_owned();
         match (from.needs_a_person(), to.needs_a_person()) {
             (false, true) => {
-                expression.push_str(", gsi2pk = :exceptions, gsi2sk = :at, exception_cause = :to");
+                expression
+                    .push_str(", gsi2pk = :exceptions, gsi2sk = :since, exception_cause = :to");
                 values.push((":exceptions", s(keys::EXCEPTIONS_INDEX)));
+                values.push((":since", n(now.0)));
             }
             (true, false) if more.contains(" REMOVE ") => more.push_str(", gsi2pk, gsi2sk"),
             (true, false) => more.push_str(" REMOVE gsi2pk, gsi2sk"),
@@ -381,7 +384,7 @@ impl Tx {
         }
         self.put(
             ItemName::Event,
-            event_item(&order.order_id, Some(from), to, cause, at),
+            event_item(&order.order_id, Some(from), to, cause, &at),
             None,
         )
     }
@@ -509,12 +512,11 @@ impl Store {
         now: Timestamp,
     ) -> Result<bool> {
         let to = from.next(Cause::Deliver)?;
-        let at = now.to_rfc3339();
         let mut tx = self.tx();
         tx.move_order(
             order,
             (from, to, Cause::Deliver),
-            &at,
+            now,
             " REMOVE gsi1pk, gsi1sk, #exception",
             None,
             &["exception"],
@@ -534,7 +536,7 @@ impl Store {
         tx.move_order(
             order,
             (order.status, to, Cause::DeliveryGaveUp),
-            &now.to_rfc3339(),
+            now,
             ", gsi1sk = :retry",
             None,
             &[],
@@ -558,7 +560,7 @@ impl Store {
         tx.move_order(
             order,
             (order.status, to, Cause::FulfilmentFailed),
-            &now.to_rfc3339(),
+            now,
             ", #exception = :reason REMOVE gsi1pk, gsi1sk",
             None,
             &["exception"],
@@ -604,7 +606,7 @@ impl Store {
         tx.move_order(
             order,
             (order.status, to, Cause::AwaitSupplier),
-            &now.to_rfc3339(),
+            now,
             ", gsi1pk = :queue, gsi1sk = :due",
             None,
             &[],
@@ -668,7 +670,7 @@ impl Store {
         tx.move_order(
             order,
             (order.status, to, Cause::Expire),
-            &now.to_rfc3339(),
+            now,
             " REMOVE gsi1pk, gsi1sk",
             Some("expires_at <= :now"),
             &[],

@@ -144,13 +144,13 @@ impl Store {
                     more.push_str(", stock_shard = :shard, stock_split = :split");
                     values.extend([(":shard", first), (":split", split)]);
                 }
-                tx.move_order(order, transition, &at, &more, None, &[], values)?;
+                tx.move_order(order, transition, now, &more, None, &[], values)?;
             }
             Some(transition) => {
                 tx.move_order(
                     order,
                     transition,
-                    &at,
+                    now,
                     ", payment_ref = :ref, #exception = :exception REMOVE gsi1pk, gsi1sk",
                     None,
                     &["exception"],

@@ -202,7 +202,7 @@ impl Store {
             )?;
         }
         if let Some(transition) = settlement.transition {
-            tx.move_order(order, transition, &at, "", None, &[], Vec::new())?;
+            tx.move_order(order, transition, now, "", None, &[], Vec::new())?;
         }
         Ok(self.transact(tx).await?.committed())
     }
