@@ -917,3 +917,82 @@ async fn orders_that_need_a_person_are_in_the_exception_queue_until_they_do_not(
     assert_eq!(left.len(), 1);
     assert_eq!(left[0]["order_id"], mismatched.as_str());
 }
+
+#[tokio::test]
+async fn a_budget_counts_a_top_up_product_like_stock() {
+    let w = world(&[("a", json!({}))]).await;
+    let sku = unique_sku("budget");
+    create_product(
+        &w.ctx,
+        json!({"sku": sku, "title": "Mobile 50, 2 left", "price": {"amount": 5000, "currency": "CNY"},
+               "delivery": {"type": "direct_topup", "supplier_product": "cmcc-50",
+                            "suppliers": [w.id(0)], "stock_budget": 2,
+                            "account": {"label": "Phone number", "pattern": "^1[3-9][0-9]{9}$"}}}),
+    )
+    .await;
+    let (_, product) = checkout(&w.ctx, request("GET", &format!("/products/{sku}"), &[], "")).await;
+    assert_eq!(product["stock"]["available"], 2);
+    let order = |n: u32| {
+        let (ctx, sku) = (w.ctx.clone(), sku.clone());
+        async move {
+            let key = unique_sku(&format!("budget-order-{n}"));
+            let body = json!({"sku": sku, "quantity": 1, "buyer": {"email": buyer_for(&key)},
+                              "recipient": {"account": ACCOUNT}});
+            checkout(
+                &ctx,
+                request(
+                    "POST",
+                    "/orders",
+                    &[("idempotency-key", &key)],
+                    body.to_string(),
+                ),
+            )
+            .await
+        }
+    };
+    let (first_status, first) = order(1).await;
+    let (second_status, _) = order(2).await;
+    let (third_status, third) = order(3).await;
+    assert_eq!((first_status, second_status), (201, 201));
+    assert_eq!(
+        (third_status, third["error"]["code"].as_str()),
+        (409, Some("out_of_stock"))
+    );
+    let order_id = first["order_id"].as_str().expect("id").to_owned();
+    let (status, _) = pay(&w.ctx, &format!("evt_{order_id}"), &order_id, 5000, "CNY").await;
+    assert_eq!(status, 200);
+    assert_eq!(w.deliver(&order_id).await, DeliveryOutcome::Delivered);
+    let (_, admin_view) = admin_product(&w.ctx, &sku).await;
+    assert_eq!(
+        (
+            &admin_view["stock"]["available"],
+            &admin_view["stock"]["reserved"],
+            &admin_view["stock"]["sold"]
+        ),
+        (&json!(0), &json!(1), &json!(1))
+    );
+    assert_eq!(admin_view["top_up"]["stock_budget"], 2);
+    // A budget is a top-up's alone, and within its range.
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    for delivery in [
+        json!({"type": "card_key", "stock_budget": 5}),
+        json!({"type": "direct_topup", "supplier_product": "x", "suppliers": [w.id(0)], "stock_budget": 0,
+               "account": {"label": "Phone", "pattern": "1"}}),
+    ] {
+        let body = json!({"sku": unique_sku("bad-budget"), "title": "t",
+                          "price": {"amount": 1, "currency": "CNY"}, "delivery": delivery});
+        let (status, answer) = admin(
+            &w.ctx,
+            request(
+                "POST",
+                "/admin/products",
+                &[("authorization", &auth)],
+                body.to_string(),
+            ),
+        )
+        .await;
+        assert_eq!(status, 400, "{answer}");
+        assert_eq!(answer["error"]["code"], "invalid_delivery");
+        assert_eq!(answer["error"]["path"], "delivery.stock_budget");
+    }
+}

@@ -81,10 +81,7 @@ impl ProductView {
             },
             max_per_order: product.max_per_order,
             stock: PublicStock {
-                available: product
-                    .delivery
-                    .counts_stock()
-                    .then(|| stock.available.max(0)),
+                available: product.counts_stock().then(|| stock.available.max(0)),
             },
         }
     }

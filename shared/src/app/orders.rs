@@ -216,7 +216,7 @@ pub async fn create_order(
     let payment_channels = offers(ctx, &order.amount).await?;
     // Start on a random counter shard; if it has too little, read all of them (at
     // most `STOCK_READS` times) and try where the order fits, as `stock` chooses.
-    let mut plans = if product.delivery.counts_stock() {
+    let mut plans = if product.counts_stock() {
         vec![StockShare::whole(
             rand::random::<u32>() % COUNTER_SHARDS,
             quantity,

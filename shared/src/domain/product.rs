@@ -49,19 +49,11 @@ impl DeliveryType {
             )),
         }
     }
-
-    /// Whether orders reserve units on the product's stock counters (card keys do; a
-    /// top-up has no stock of its own).
-    pub fn counts_stock(self) -> bool {
-        match self {
-            DeliveryType::CardKey => true,
-            DeliveryType::DirectTopup => false,
-        }
-    }
 }
 
 pub const MAX_ACCOUNT_PATTERN_LEN: usize = 200;
 pub const MAX_SUPPLIERS_PER_PRODUCT: usize = 10;
+pub const MAX_STOCK_BUDGET: u32 = 100_000_000;
 const MAX_SUPPLIER_PRODUCT_LEN: usize = 100;
 const MAX_ACCOUNT_LEN: usize = 200;
 
@@ -74,6 +66,10 @@ pub struct TopUpSpec {
     /// Supplier ids, first choice first.
     pub suppliers: Vec<String>,
     pub account: AccountField,
+    /// Units the product may sell in all, counted on its stock counters like card keys
+    /// (reserved by an order, released on expiry, sold on delivery); `None`: not counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stock_budget: Option<u32>,
 }
 
 /// The account a buyer names on the order (`recipient.account`).
@@ -129,6 +125,26 @@ pub struct Product {
 }
 
 impl Product {
+    /// Whether its orders reserve units on its stock counters: card keys always, a
+    /// top-up when it has a budget (its suppliers have the stock otherwise).
+    pub fn counts_stock(&self) -> bool {
+        match self.delivery {
+            DeliveryType::CardKey => true,
+            DeliveryType::DirectTopup => self
+                .top_up
+                .as_ref()
+                .is_some_and(|spec| spec.stock_budget.is_some()),
+        }
+    }
+
+    /// The units its counters start with: a top-up's budget; card keys come by import.
+    pub fn initial_stock(&self) -> u32 {
+        self.top_up
+            .as_ref()
+            .and_then(|spec| spec.stock_budget)
+            .unwrap_or(0)
+    }
+
     /// How long an unpaid order of this product holds its units, in seconds.
     pub fn reservation_seconds(&self, deployment_default: i64) -> i64 {
         self.reservation_seconds
@@ -228,6 +244,10 @@ pub struct DeliveryRequest {
     pub suppliers: Option<Vec<String>>,
     /// `direct_topup`: the buyer account the order must name.
     pub account: Option<AccountField>,
+    /// `direct_topup`: units it may sell in all (1 to 100000000), counted like stock;
+    /// absent: not counted.
+    #[schema(minimum = 1, maximum = 100000000, example = 1000)]
+    pub stock_budget: Option<u32>,
 }
 
 impl DeliveryRequest {
@@ -242,6 +262,7 @@ impl DeliveryRequest {
                 ("supplier_product", self.supplier_product.is_some()),
                 ("suppliers", self.suppliers.is_some()),
                 ("account", self.account.is_some()),
+                ("stock_budget", self.stock_budget.is_some()),
             ] {
                 if present {
                     return Err(bad(
@@ -302,12 +323,22 @@ impl DeliveryRequest {
                 ),
             ));
         }
+        if self
+            .stock_budget
+            .is_some_and(|budget| !(1..=MAX_STOCK_BUDGET).contains(&budget))
+        {
+            return Err(bad(
+                "stock_budget",
+                format!("stock_budget must be between 1 and {MAX_STOCK_BUDGET}"),
+            ));
+        }
         Ok((
             kind,
             Some(TopUpSpec {
                 supplier_product,
                 suppliers,
                 account,
+                stock_budget: self.stock_budget,
             }),
         ))
     }

@@ -167,7 +167,10 @@ impl Store {
         }
         let mut tx = self.tx();
         tx.put(ItemName::Product, stored, Some("attribute_not_exists(pk)"))?;
+        // A top-up's budget is spread over the counters (the first get the remainder).
+        let initial = product.initial_stock();
         for shard in 0..COUNTER_SHARDS {
+            let share = initial / COUNTER_SHARDS + u32::from(shard < initial % COUNTER_SHARDS);
             tx.put(
                 ItemName::Counter(shard),
                 item(
@@ -175,7 +178,7 @@ impl Store {
                     "stock_counter",
                     [
                         ("shard", n(shard)),
-                        ("available", n(0)),
+                        ("available", n(share)),
                         ("reserved", n(0)),
                         ("sold", n(0)),
                     ],
