@@ -61,6 +61,43 @@ async fn admin_get(ctx: &Arc<Context>, path: &str) -> (u16, Value) {
     admin(ctx, request("GET", path, &[("authorization", &auth)], "")).await
 }
 
+/// `POST /orders` with `body`, under an idempotency key of its own.
+async fn place(ctx: &Arc<Context>, body: &Value) -> (u16, Value) {
+    let key = unique_sku("topup-order-key");
+    checkout(
+        ctx,
+        request(
+            "POST",
+            "/orders",
+            &[("idempotency-key", &key)],
+            body.to_string(),
+        ),
+    )
+    .await
+}
+
+/// An order of one unit of `sku` for `ACCOUNT`, by a buyer of its own.
+fn top_up_body(sku: &str) -> Value {
+    let buyer = buyer_for(&unique_sku("topup-buyer"));
+    json!({"sku": sku, "quantity": 1, "buyer": {"email": buyer}, "recipient": {"account": ACCOUNT}})
+}
+
+/// An operator's redelivery (`202`, or the test fails).
+async fn redeliver(ctx: &Arc<Context>, order_id: &str) {
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let (status, body) = admin(
+        ctx,
+        request(
+            "POST",
+            &format!("/admin/orders/{order_id}/redeliver"),
+            &[("authorization", &auth)],
+            "",
+        ),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+}
+
 /// `names` suppliers (each with `config` overrides), a product through them.
 async fn world(names: &[(&str, Value)]) -> World {
     let clock = Arc::new(FakeClock::at(real_now()));
@@ -111,19 +148,7 @@ impl World {
 
     /// A paid top-up order for `ACCOUNT`: (order id, access token).
     async fn paid_order(&self) -> (String, String) {
-        let key = unique_sku("topup-order-key");
-        let body = json!({"sku": self.sku, "quantity": 1, "buyer": {"email": buyer_for(&key)},
-                          "recipient": {"account": ACCOUNT}});
-        let (status, created) = checkout(
-            &self.ctx,
-            request(
-                "POST",
-                "/orders",
-                &[("idempotency-key", &key)],
-                body.to_string(),
-            ),
-        )
-        .await;
+        let (status, created) = place(&self.ctx, &top_up_body(&self.sku)).await;
         assert_eq!(status, 201, "{created}");
         let order_id = created["order_id"].as_str().expect("id").to_owned();
         let (status, paid) = pay(
@@ -405,18 +430,7 @@ async fn every_supplier_failing_is_delivery_failed_no_supplier_succeeded() {
     // supplier delivers.
     drain_delivery_queue(&w.ctx).await;
     w.clock.advance_seconds(1);
-    let auth = format!("Bearer {ADMIN_TOKEN}");
-    let (status, _) = admin(
-        &w.ctx,
-        request(
-            "POST",
-            &format!("/admin/orders/{order_id}/redeliver"),
-            &[("authorization", &auth)],
-            "",
-        ),
-    )
-    .await;
-    assert_eq!(status, 202);
+    redeliver(&w.ctx, &order_id).await;
     assert_eq!(drain_delivery_queue(&w.ctx).await, 1);
     let a = w.request_ids(0);
     assert_eq!(a.len(), 2);
@@ -589,19 +603,7 @@ async fn orders_name_a_valid_recipient_and_need_an_enabled_supplier() {
     let w = world(&[("a", json!({}))]).await;
     let attempt = |body: Value| {
         let ctx = w.ctx.clone();
-        async move {
-            let key = unique_sku("recipient-check-key");
-            checkout(
-                &ctx,
-                request(
-                    "POST",
-                    "/orders",
-                    &[("idempotency-key", &key)],
-                    body.to_string(),
-                ),
-            )
-            .await
-        }
+        async move { place(&ctx, &body).await }
     };
     let base = json!({"sku": w.sku, "quantity": 1, "buyer": {"email": "r@example.com"}});
     for (recipient, path) in [
@@ -649,19 +651,7 @@ async fn orders_name_a_valid_recipient_and_need_an_enabled_supplier() {
         put_supplier(&w.ctx, w.id(0), supplier_config(json!({"enabled": false}))).await;
     assert_eq!(status, 200);
     let fresh = context_with_suppliers(w.clock.clone(), &[]).await;
-    let key = unique_sku("recipient-disabled-key");
-    let mut body = base.clone();
-    body["recipient"] = json!({"account": ACCOUNT});
-    let (status, answer) = checkout(
-        &fresh,
-        request(
-            "POST",
-            "/orders",
-            &[("idempotency-key", &key)],
-            body.to_string(),
-        ),
-    )
-    .await;
+    let (status, answer) = place(&fresh, &top_up_body(&w.sku)).await;
     assert_eq!(
         (status, answer["error"]["code"].as_str()),
         (409, Some("product_unavailable")),
@@ -807,19 +797,7 @@ async fn orders_that_need_a_person_are_in_the_exception_queue_until_they_do_not(
         DeliveryOutcome::Failed("no_supplier_succeeded")
     );
     // Money that is not the order's amount: a payment exception.
-    let key = unique_sku("exception-order-key");
-    let body = json!({"sku": w.sku, "quantity": 1, "buyer": {"email": buyer_for(&key)},
-                      "recipient": {"account": ACCOUNT}});
-    let (_, created) = checkout(
-        &w.ctx,
-        request(
-            "POST",
-            "/orders",
-            &[("idempotency-key", &key)],
-            body.to_string(),
-        ),
-    )
-    .await;
+    let (_, created) = place(&w.ctx, &top_up_body(&w.sku)).await;
     let mismatched = created["order_id"].as_str().expect("id").to_owned();
     let (status, _) = pay(
         &w.ctx,
@@ -899,18 +877,7 @@ async fn orders_that_need_a_person_are_in_the_exception_queue_until_they_do_not(
     w.fake(0).answer_with(TopUpOutcome::Success {
         supplier_ref: "OK".into(),
     });
-    let auth = format!("Bearer {ADMIN_TOKEN}");
-    let (status, _) = admin(
-        &w.ctx,
-        request(
-            "POST",
-            &format!("/admin/orders/{failed}/redeliver"),
-            &[("authorization", &auth)],
-            "",
-        ),
-    )
-    .await;
-    assert_eq!(status, 202);
+    redeliver(&w.ctx, &failed).await;
     drain_delivery_queue(&w.ctx).await;
     assert_eq!(w.status(&failed).await, "delivered");
     let (_, left, _) = queue_entries(&w, "?limit=100", &ours).await;
@@ -932,27 +899,9 @@ async fn a_budget_counts_a_top_up_product_like_stock() {
     .await;
     let (_, product) = checkout(&w.ctx, request("GET", &format!("/products/{sku}"), &[], "")).await;
     assert_eq!(product["stock"]["available"], 2);
-    let order = |n: u32| {
-        let (ctx, sku) = (w.ctx.clone(), sku.clone());
-        async move {
-            let key = unique_sku(&format!("budget-order-{n}"));
-            let body = json!({"sku": sku, "quantity": 1, "buyer": {"email": buyer_for(&key)},
-                              "recipient": {"account": ACCOUNT}});
-            checkout(
-                &ctx,
-                request(
-                    "POST",
-                    "/orders",
-                    &[("idempotency-key", &key)],
-                    body.to_string(),
-                ),
-            )
-            .await
-        }
-    };
-    let (first_status, first) = order(1).await;
-    let (second_status, _) = order(2).await;
-    let (third_status, third) = order(3).await;
+    let (first_status, first) = place(&w.ctx, &top_up_body(&sku)).await;
+    let (second_status, _) = place(&w.ctx, &top_up_body(&sku)).await;
+    let (third_status, third) = place(&w.ctx, &top_up_body(&sku)).await;
     assert_eq!((first_status, second_status), (201, 201));
     assert_eq!(
         (third_status, third["error"]["code"].as_str()),
