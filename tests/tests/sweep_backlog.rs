@@ -11,8 +11,8 @@ use kami_shared::app::sweep::{PAGE_RESERVE_MS, SweepReport, sweep, sweep_within}
 use kami_shared::domain::time::{Timestamp, new_id};
 use kami_shared::fakes::{FakeClock, TickingClock, order_fixture};
 use kami_shared::store::{
-    COUNTER_SHARDS, DueQueue, INDEX_SHARDS, OrderRecord, STUCK_AFTER_SECONDS, StockShare,
-    SweepLease,
+    COUNTER_SHARDS, DueQueue, INDEX_SHARDS, OrderRecord, STUCK_AFTER_SECONDS, SWEEP_LEASE_MAX_MS,
+    StockShare, SweepLease,
 };
 use kami_tests::*;
 use serde_json::json;
@@ -329,4 +329,26 @@ async fn the_sweep_lease_is_held_until_released_or_lapsed() {
         SweepLease::Taken
     );
     assert!(store.release_sweep_lease(&b).await.expect("release"));
+
+    // A run holding it for the longest time, seen by a run whose clock read a few
+    // milliseconds earlier: held, not "dated by a clock moved back".
+    let longest = now.plus_seconds(SWEEP_LEASE_MAX_MS / 1000);
+    assert_eq!(
+        store
+            .take_sweep_lease(&a, now, longest)
+            .await
+            .expect("take"),
+        SweepLease::Taken
+    );
+    assert_eq!(
+        store
+            .take_sweep_lease(&b, Timestamp(now.0 - 5), until)
+            .await
+            .expect("take"),
+        SweepLease::Held {
+            holder: a.clone(),
+            until: longest
+        }
+    );
+    assert!(store.release_sweep_lease(&a).await.expect("release"));
 }

@@ -92,6 +92,10 @@ pub const FAILED_RETRY_AFTER_SECONDS: i64 = 900;
 /// The longest a sweep run holds its lease: Lambda's longest timeout (15 minutes) and a
 /// minute. A lease ending further ahead than this was taken on a clock since moved back.
 pub const SWEEP_LEASE_MAX_MS: i64 = 960_000;
+/// How far apart two runs' clocks may be: a lease is judged dated by a clock moved back
+/// only beyond `SWEEP_LEASE_MAX_MS` and this. Without it, a run whose clock read a few
+/// milliseconds earlier took the lease of a run holding it for the longest time.
+pub const LEASE_CLOCK_SKEW_MS: i64 = 60_000;
 
 pub struct Store {
     client: aws_sdk_dynamodb::Client,

@@ -8,7 +8,7 @@ use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure;
 
 use super::codec::{Item, get_n, get_s, item, key_item, keys, n, s};
-use super::{SWEEP_LEASE_MAX_MS, Store, condition_failed};
+use super::{LEASE_CLOCK_SKEW_MS, SWEEP_LEASE_MAX_MS, Store, condition_failed};
 use crate::domain::time::Timestamp;
 use crate::error::{Error, Result};
 
@@ -33,7 +33,7 @@ fn holder_of(old: Option<&Item>) -> SweepLease {
 impl Store {
     /// Access pattern: take the sweep's lease for the run `holder` until `until`, if
     /// no other run holds it: there is none, it was released, it lapsed before `now`, or
-    /// it ends further than `SWEEP_LEASE_MAX_MS` after `now`, longer than any run takes
+    /// it ends further than `SWEEP_LEASE_MAX_MS` (and `LEASE_CLOCK_SKEW_MS`) after `now`, longer than any run takes
     /// it (taken on a clock since moved back, as the local platform's can be).
     pub async fn take_sweep_lease(
         &self,
@@ -59,7 +59,12 @@ impl Store {
                 "attribute_not_exists(lease_until) OR lease_until < :now OR lease_until > :latest",
             )
             .expression_attribute_values(":now", n(now.0))
-            .expression_attribute_values(":latest", n(now.0.saturating_add(SWEEP_LEASE_MAX_MS)))
+            .expression_attribute_values(
+                ":latest",
+                n(now
+                    .0
+                    .saturating_add(SWEEP_LEASE_MAX_MS + LEASE_CLOCK_SKEW_MS)),
+            )
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
