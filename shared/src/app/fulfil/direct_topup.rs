@@ -77,12 +77,13 @@ impl Fulfiller for DirectTopUps {
         let mut open = false;
         let mut overdue = false;
         for attempt in attempts.iter_mut().filter(|a| a.status.is_open()) {
-            match settle_open(ctx, order, spec, attempt, budget).await? {
+            let supplier = known_supplier(ctx, &attempt.supplier_id).await?;
+            match settle_open(ctx, order, spec, supplier.as_ref(), attempt, budget).await? {
                 Standing::Success => return Ok(Fulfilment::Done),
                 Standing::Failed => {}
                 Standing::Open => {
                     open = true;
-                    overdue |= past_deadline(ctx, attempt).await?;
+                    overdue |= past_deadline(ctx, supplier.as_ref(), attempt);
                 }
             }
         }
@@ -137,13 +138,11 @@ fn log(attempt: &TopUpAttempt, ctx: &Context, action: &str, status: &str) -> Sup
 }
 
 /// Whether an open request has been open longer than its supplier allows.
-async fn past_deadline(ctx: &Context, attempt: &TopUpAttempt) -> Result<bool> {
-    let deadline_s = known_supplier(ctx, &attempt.supplier_id)
-        .await?
-        .map_or(DEFAULT_UNKNOWN_OUTCOME_DEADLINE_S, |s| {
-            s.settings.unknown_outcome_deadline_s
-        });
-    Ok(attempt.sent_at.plus_seconds(i64::from(deadline_s)) <= ctx.clock.now())
+fn past_deadline(ctx: &Context, supplier: Option<&SupplierRecord>, attempt: &TopUpAttempt) -> bool {
+    let deadline_s = supplier.map_or(DEFAULT_UNKNOWN_OUTCOME_DEADLINE_S, |s| {
+        s.settings.unknown_outcome_deadline_s
+    });
+    attempt.sent_at.plus_seconds(i64::from(deadline_s)) <= ctx.clock.now()
 }
 
 /// Asks the supplier about an open request (whatever its circuit says) and records what
@@ -152,10 +151,11 @@ async fn settle_open(
     ctx: &Context,
     order: &OrderRecord,
     spec: &TopUpOrder,
+    supplier: Option<&SupplierRecord>,
     attempt: &mut TopUpAttempt,
     budget: &Budget,
 ) -> Result<Standing> {
-    let Some(supplier) = known_supplier(ctx, &attempt.supplier_id).await? else {
+    let Some(supplier) = supplier else {
         tracing::error!(supplier_id = %attempt.supplier_id, request_id = %attempt.request_id, "an open top-up request's supplier is gone");
         return Ok(Standing::Open);
     };
@@ -163,7 +163,7 @@ async fn settle_open(
         i64::from(supplier.settings.timeout_ms) + CALL_RESERVE_MS,
         "a supplier query",
     )?;
-    let adapter = adapter_for(ctx, &supplier).await?;
+    let adapter = adapter_for(ctx, supplier).await?;
     let answer = adapter.query(&attempt.request_id).await;
     tracing::info!(request_id = %attempt.request_id, supplier_id = %attempt.supplier_id, answer = ?answer.as_ref().map(TopUpOutcome::status), "supplier asked about a top-up");
     match answer {
@@ -171,12 +171,12 @@ async fn settle_open(
             ctx.store
                 .log_topup(&attempt.order_id, &log(attempt, ctx, "poll", "not_found"))
                 .await?;
-            if !admit(ctx, &supplier).await? {
+            if !admit(ctx, supplier).await? {
                 return Ok(Standing::Open);
             }
             let request = top_up_request(ctx, order, spec, attempt)?;
             let result = adapter.submit(&request).await;
-            apply_submit(ctx, attempt, &supplier, result, "resend").await
+            apply_submit(ctx, attempt, supplier, result, "resend").await
         }
         Ok(outcome) => apply(ctx, attempt, &outcome, "poll").await,
         Err(err) => {
