@@ -36,8 +36,11 @@ SOURCES = ROOT / "shared" / "src"
 TABLE = "KamiTable"
 INDEX = "KamiTable/index/gsi1"
 # The exception queue's index: it projects an order's id, sku, status, exception, cause
-# and updated_at (no email, token or key), read by admin alone.
+# and updated_at (no email, token or key), read by operations alone.
 EXCEPTION_INDEX = "KamiTable/index/gsi2"
+# The audit trail by actor: it projects whole audit entries (never a key or a secret),
+# read by operations alone.
+AUDIT_INDEX = "KamiTable/index/gsi3"
 # What a function may do to the table's items; anything else (Scan, PartiQL, `*`) has no
 # leading key and would read or write past every LeadingKeys condition.
 ITEM_ACTIONS = {"GetItem", "BatchGetItem", "Query", "PutItem", "UpdateItem", "DeleteItem",
@@ -334,10 +337,10 @@ def test_table_statements_are_limited_by_leading_keys(functions):
             if row.service != "dynamodb":
                 continue
             assert row.actions <= ITEM_ACTIONS, f"{name}: {sorted(row.actions - ITEM_ACTIONS)} in {row}"
-            assert row.resources in ({TABLE}, {INDEX}, {EXCEPTION_INDEX}), (
+            assert row.resources in ({TABLE}, {INDEX}, {EXCEPTION_INDEX}, {AUDIT_INDEX}), (
                 f"{name}: DynamoDB on {sorted(row.resources)}")
-            if row.resources == {EXCEPTION_INDEX}:
-                assert name == "admin" and row.actions == {"Query"}, f"{name}: {row}"
+            if row.resources in ({EXCEPTION_INDEX}, {AUDIT_INDEX}):
+                assert name == "operations" and row.actions == {"Query"}, f"{name}: {row}"
                 continue
             if row.resources == {INDEX}:
                 # The index is keyed by gsi1pk and projects keys only (docs/security.md).
@@ -350,6 +353,23 @@ def test_table_statements_are_limited_by_leading_keys(functions):
             for prefix in prefixes:
                 assert re.fullmatch(r"[A-Z][A-Z0-9_]*#\*", prefix), (
                     f"{name}: LeadingKeys {prefix!r} is not one item kind's prefix (`KIND#*`)")
+
+
+def test_the_audit_trail_is_append_only(functions):
+    """No role may change or delete an audit entry: `AUDIT#` is only ever put (and the
+    code puts it only where none exists)."""
+    writers = set()
+    for name, fn in functions.items():
+        for row in fn.rows():
+            leading = row.leading_keys()
+            if row.service != "dynamodb" or not leading or "AUDIT#*" not in leading[1]:
+                continue
+            assert row.actions <= {"PutItem", "GetItem", "BatchGetItem", "Query"}, f"{name}: {row}"
+            if "PutItem" in row.actions:
+                assert leading[1] == {"AUDIT#*"}, (
+                    f"{name}: audit puts share a statement with other keys: {row}")
+                writers.add(name)
+    assert writers == {"admin", "operations"}
 
 
 def test_every_leading_key_prefix_is_a_key_the_store_writes(functions):

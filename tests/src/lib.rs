@@ -325,6 +325,12 @@ pub async fn admin(ctx: &Arc<Context>, request: Request) -> (u16, Value) {
     answer(http::admin::router(ctx.clone()), request).await
 }
 
+/// The operations function (orders, refunds, the exception queue), as API Gateway routes
+/// those `/admin/...` paths to it.
+pub async fn operations(ctx: &Arc<Context>, request: Request) -> (u16, Value) {
+    answer(http::operations::router(ctx.clone()), request).await
+}
+
 pub async fn webhook(ctx: &Arc<Context>, request: Request) -> (u16, Value) {
     answer(http::finish(http::webhook::routes(), ctx.clone()), request).await
 }

@@ -376,25 +376,25 @@ async fn a_notification_pays_only_an_attempt_its_channel_issued() {
         )
     };
     let key = format!("refund-key-{run}");
-    let (status, first) = admin(&ctx, refund(&key, 990)).await;
+    let (status, first) = operations(&ctx, refund(&key, 990)).await;
     assert_eq!(
         (status, &first["status"]),
         (201, &json!("requested")),
         "{first}"
     );
-    let (status, again) = admin(&ctx, refund(&key, 990)).await;
+    let (status, again) = operations(&ctx, refund(&key, 990)).await;
     assert_eq!(
         (status, &again["refund_id"]),
         (201, &first["refund_id"]),
         "{again}"
     );
     assert_eq!(again["status"], "requested");
-    let (status, other) = admin(&ctx, refund(&format!("refund-other-{run}"), 1)).await;
+    let (status, other) = operations(&ctx, refund(&format!("refund-other-{run}"), 1)).await;
     assert_eq!(
         (status, &other["error"]["code"]),
         (409, &json!("refund_exceeds_payment"))
     );
-    let (status, reused) = admin(&ctx, refund(&key, 5)).await;
+    let (status, reused) = operations(&ctx, refund(&key, 5)).await;
     assert_eq!(
         (status, &reused["error"]["code"]),
         (422, &json!("idempotency_key_reused"))

@@ -238,7 +238,7 @@ async fn an_operator_sees_a_failed_delivery_and_sends_it_again() {
     let admin_post = |path: String| request("POST", &path, &[("authorization", auth.as_str())], "");
 
     // Paid and queued: redelivering is allowed (and harmless).
-    let (status, queued) = admin(
+    let (status, queued) = operations(
         &paid.ctx,
         admin_post(format!("/admin/orders/{}/redeliver", paid.order_id)),
     )
@@ -250,7 +250,7 @@ async fn an_operator_sees_a_failed_delivery_and_sends_it_again() {
     );
     drain_delivery_queue(&paid.ctx).await;
 
-    let (status, view) = admin(
+    let (status, view) = operations(
         &paid.ctx,
         admin_get(format!("/admin/orders/{}", paid.order_id)),
     )
@@ -267,7 +267,7 @@ async fn an_operator_sees_a_failed_delivery_and_sends_it_again() {
     assert_eq!(codes.len(), 1, "delivered once although queued twice");
 
     // Delivered orders cannot be sent again; unknown ones are 404; the token is required.
-    let (status, body) = admin(
+    let (status, body) = operations(
         &paid.ctx,
         admin_post(format!("/admin/orders/{}/redeliver", paid.order_id)),
     )
@@ -276,13 +276,13 @@ async fn an_operator_sees_a_failed_delivery_and_sends_it_again() {
         (status, body["error"]["code"].as_str()),
         (409, Some("illegal_transition"))
     );
-    let (status, _) = admin(
+    let (status, _) = operations(
         &paid.ctx,
         admin_get("/admin/orders/01JNOSUCHORDER000000000000".into()),
     )
     .await;
     assert_eq!(status, 404);
-    let (status, _) = admin(
+    let (status, _) = operations(
         &paid.ctx,
         request("GET", &format!("/admin/orders/{}", paid.order_id), &[], ""),
     )
@@ -310,7 +310,7 @@ async fn a_failed_delivery_is_delivered_after_the_operator_restocks_and_redelive
     .await;
     assert_eq!(status, 201);
     let auth = format!("Bearer {ADMIN_TOKEN}");
-    let (status, _) = admin(
+    let (status, _) = operations(
         &paid.ctx,
         request(
             "POST",

@@ -26,7 +26,7 @@ async fn put_secret(id_variable: &str, value: &str) {
 
 async fn admin_status(ctx: &Arc<Context>, token: &str) -> u16 {
     let auth = format!("Bearer {token}");
-    admin(
+    operations(
         ctx,
         request(
             "GET",

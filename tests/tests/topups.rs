@@ -61,6 +61,11 @@ async fn admin_get(ctx: &Arc<Context>, path: &str) -> (u16, Value) {
     admin(ctx, request("GET", path, &[("authorization", &auth)], "")).await
 }
 
+async fn operations_get(ctx: &Arc<Context>, path: &str) -> (u16, Value) {
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    operations(ctx, request("GET", path, &[("authorization", &auth)], "")).await
+}
+
 /// `POST /orders` with `body`, under an idempotency key of its own.
 async fn place(ctx: &Arc<Context>, body: &Value) -> (u16, Value) {
     let key = unique_sku("topup-order-key");
@@ -85,7 +90,7 @@ fn top_up_body(sku: &str) -> Value {
 /// An operator's redelivery (`202`, or the test fails).
 async fn redeliver(ctx: &Arc<Context>, order_id: &str) {
     let auth = format!("Bearer {ADMIN_TOKEN}");
-    let (status, body) = admin(
+    let (status, body) = operations(
         ctx,
         request(
             "POST",
@@ -173,7 +178,7 @@ impl World {
     }
 
     async fn operator_view(&self, order_id: &str) -> Value {
-        let (status, view) = admin_get(&self.ctx, &format!("/admin/orders/{order_id}")).await;
+        let (status, view) = operations_get(&self.ctx, &format!("/admin/orders/{order_id}")).await;
         assert_eq!(status, 200, "{view}");
         view
     }
@@ -772,7 +777,7 @@ async fn a_worker_that_died_after_recording_a_request_is_followed_by_a_query_not
 
 /// The exception queue's entries for these orders (the table is shared with other tests).
 async fn queue_entries(w: &World, query: &str, ours: &[&str]) -> (u16, Vec<Value>, Value) {
-    let (status, page) = admin_get(&w.ctx, &format!("/admin/exceptions{query}")).await;
+    let (status, page) = operations_get(&w.ctx, &format!("/admin/exceptions{query}")).await;
     let entries = page["exceptions"]
         .as_array()
         .map(|all| {
@@ -944,4 +949,153 @@ async fn a_budget_counts_a_top_up_product_like_stock() {
         assert_eq!(answer["error"]["code"], "invalid_delivery");
         assert_eq!(answer["error"]["path"], "delivery.stock_budget");
     }
+}
+
+/// `POST /admin/orders/{id}/resolve` as the admin.
+async fn resolve(ctx: &Arc<Context>, order_id: &str, reason: &str) -> (u16, Value) {
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    operations(
+        ctx,
+        request(
+            "POST",
+            &format!("/admin/orders/{order_id}/resolve"),
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/json"),
+            ],
+            json!({ "reason": reason }).to_string(),
+        ),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn resolving_an_exception_releases_its_stock_once_under_ten_concurrent_resolves() {
+    let w = world(&[("a", json!({}))]).await;
+    w.fake(0).answer_with(TopUpOutcome::Failed {
+        reason: "no".into(),
+    });
+    let sku = unique_sku("resolve");
+    create_product(
+        &w.ctx,
+        json!({"sku": sku, "title": "Mobile 50, 3 left", "price": {"amount": 5000, "currency": "CNY"},
+               "delivery": {"type": "direct_topup", "supplier_product": "cmcc-50",
+                            "suppliers": [w.id(0)], "stock_budget": 3,
+                            "account": {"label": "Phone number", "pattern": "^1[3-9][0-9]{9}$"}}}),
+    )
+    .await;
+    // One order whose delivery failed, one whose money was short: each holds a unit.
+    let (_, failed) = place(&w.ctx, &top_up_body(&sku)).await;
+    let failed = failed["order_id"].as_str().expect("id").to_owned();
+    let (status, _) = pay(&w.ctx, &format!("evt_{failed}"), &failed, 5000, "CNY").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        w.deliver(&failed).await,
+        DeliveryOutcome::Failed("no_supplier_succeeded")
+    );
+    let (_, short) = place(&w.ctx, &top_up_body(&sku)).await;
+    let short = short["order_id"].as_str().expect("id").to_owned();
+    let (status, _) = pay(&w.ctx, &format!("evt_{short}"), &short, 4999, "CNY").await;
+    assert_eq!(status, 200);
+    assert_eq!(w.status(&short).await, "payment_exception");
+    let stock = |view: &Value| {
+        (
+            view["stock"]["available"].as_i64(),
+            view["stock"]["reserved"].as_i64(),
+            view["stock"]["sold"].as_i64(),
+        )
+    };
+    let (_, before) = admin_product(&w.ctx, &sku).await;
+    assert_eq!(stock(&before), (Some(1), Some(2), Some(0)));
+
+    // Bad requests change nothing.
+    let (status, body) = resolve(&w.ctx, &failed, " ").await;
+    assert_eq!(
+        (status, body["error"]["path"].as_str()),
+        (400, Some("reason"))
+    );
+    assert_eq!(body["error"]["code"], "invalid_resolution");
+
+    // Ten identical resolves at once, for each order: one transition each.
+    for order_id in [&failed, &short] {
+        let resolves: Vec<_> = (0..10)
+            .map(|_| {
+                let (ctx, order_id) = (w.ctx.clone(), order_id.clone());
+                tokio::spawn(async move {
+                    resolve(&ctx, &order_id, "refunded by bank transfer, ticket 4411").await
+                })
+            })
+            .collect();
+        for task in resolves {
+            let (status, body) = task.await.expect("task");
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(body["status"], "resolved");
+        }
+        let view = w.operator_view(order_id).await;
+        let resolves: Vec<&Value> = view["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .filter(|e| e["cause"] == "resolve")
+            .collect();
+        assert_eq!(resolves.len(), 1, "{view}");
+        assert_eq!(resolves[0]["by"], "admin");
+        assert_eq!(
+            resolves[0]["reason"],
+            "refunded by bank transfer, ticket 4411"
+        );
+        assert_eq!(view["status"], "resolved");
+    }
+    let (_, after) = admin_product(&w.ctx, &sku).await;
+    assert_eq!(stock(&after), (Some(3), Some(0), Some(0)));
+    let ours = [failed.as_str(), short.as_str()];
+    let (_, entries, _) = queue_entries(&w, "?limit=100", &ours).await;
+    assert!(entries.is_empty(), "{entries:?}");
+
+    // Resolved is final: another resolve answers the same; a delivered order has
+    // nothing to resolve.
+    let (status, _) = resolve(&w.ctx, &failed, "again").await;
+    assert_eq!(status, 200);
+    w.fake(0).answer_with(TopUpOutcome::Success {
+        supplier_ref: "ok".into(),
+    });
+    let (delivered, _) = w.paid_order().await;
+    assert_eq!(w.deliver(&delivered).await, DeliveryOutcome::Delivered);
+    let (status, body) = resolve(&w.ctx, &delivered, "nothing to do").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("illegal_transition"))
+    );
+
+    // The audit trail: one record per order, by subject and by actor, newest first.
+    let (status, trail) = operations_get(&w.ctx, &format!("/admin/audit?order={failed}")).await;
+    assert_eq!(status, 200, "{trail}");
+    let entries = trail["entries"].as_array().expect("entries");
+    assert_eq!(entries.len(), 1, "{trail}");
+    assert_eq!(entries[0]["action"], "order.resolve");
+    assert_eq!(entries[0]["actor"], "admin");
+    assert_eq!(entries[0]["before"], r#"{"status":"delivery_failed"}"#);
+    assert_eq!(entries[0]["after"], r#"{"status":"resolved"}"#);
+    let (status, by_actor) = operations_get(&w.ctx, "/admin/audit?actor=admin&limit=1").await;
+    assert_eq!(status, 200, "{by_actor}");
+    assert_eq!(by_actor["entries"].as_array().map(Vec::len), Some(1));
+    let cursor = by_actor["next_cursor"]
+        .as_str()
+        .expect("more than one entry");
+    let (status, next) = operations_get(
+        &w.ctx,
+        &format!("/admin/audit?actor=admin&limit=1&cursor={cursor}"),
+    )
+    .await;
+    assert_eq!(status, 200, "{next}");
+    assert!(next["entries"][0]["audit_id"].as_str() < by_actor["entries"][0]["audit_id"].as_str());
+    let (status, product_trail) =
+        operations_get(&w.ctx, &format!("/admin/audit?product={sku}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(product_trail["entries"][0]["action"], "product.create");
+    let (status, bad) = operations_get(&w.ctx, "/admin/audit?order=a&actor=b").await;
+    assert_eq!(
+        (status, bad["error"]["path"].as_str()),
+        (400, Some("actor"))
+    );
 }

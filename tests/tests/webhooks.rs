@@ -253,7 +253,7 @@ async fn unmatched_payments_never_expire_and_are_listed_for_operators() {
     }
 
     let auth = format!("Bearer {ADMIN_TOKEN}");
-    let (status, listed) = admin(
+    let (status, listed) = operations(
         &ctx,
         request(
             "GET",
@@ -282,6 +282,6 @@ async fn unmatched_payments_never_expire_and_are_listed_for_operators() {
     assert_eq!(second["claimed_order_id"], Value::Null);
     // An unbound event is kept by its id and type; its amount is read at the provider.
     assert_eq!(second["kind"], "checkout.session.completed");
-    let (status, _) = admin(&ctx, request("GET", "/admin/payments/unmatched", &[], "")).await;
+    let (status, _) = operations(&ctx, request("GET", "/admin/payments/unmatched", &[], "")).await;
     assert_eq!(status, 401);
 }

@@ -5,11 +5,10 @@ use kami_shared::http::{self, serve};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_http::Error> {
-    // Imports encrypt under KMS; redelivery enqueues; the bearer token is a secret.
+    // Imports, channels and suppliers seal under KMS; the bearer token is a secret.
     let ctx = Context::from_env()
         .await?
         .with_vault()
-        .with_queue()
         .with_secrets()
         .await?
         .build();

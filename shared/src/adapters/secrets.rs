@@ -43,8 +43,14 @@ impl SecretValues {
     /// Refuses a configured admin token or signing secret shorter than
     /// `MIN_SECRET_CHARS`. The error names the secret, never its value.
     pub fn check_strength(&self) -> Result<()> {
+        let admin_tokens = match &self.admin_token {
+            Some(value) => named_admin_tokens(value)?,
+            None => Vec::new(),
+        };
+        let admin = admin_tokens
+            .iter()
+            .map(|(_, token)| ("admin token (AdminTokenSecret)", Some(token)));
         let named = [
-            ("admin token (AdminTokenSecret)", self.admin_token.as_ref()),
             (
                 "fingerprint key (FingerprintKeySecret)",
                 self.fingerprint_key.as_ref(),
@@ -58,7 +64,7 @@ impl SecretValues {
             .stripe_webhook_secrets
             .iter()
             .map(|secret| ("Stripe webhook secret (StripeWebhookSecret)", Some(secret)));
-        for (what, value) in named.into_iter().chain(stripe) {
+        for (what, value) in named.into_iter().chain(stripe).chain(admin) {
             if let Some(value) = value
                 && value.chars().count() < MIN_SECRET_CHARS
             {
@@ -69,6 +75,42 @@ impl SecretValues {
         }
         Ok(())
     }
+}
+
+/// The operator named when the admin token secret is one bare token.
+pub const DEFAULT_ADMIN: &str = "admin";
+
+/// The admin tokens an admin token secret holds, by operator name: either one bare token
+/// (named `admin`) or a JSON object `{"<name>": "<token>", ...}`, one token per operator,
+/// so the audit trail can say who acted and one operator is revoked alone
+/// (docs/operations.md). A name is 1 to 64 of `a-z 0-9 . _ @ -`.
+pub fn named_admin_tokens(value: &str) -> Result<Vec<(String, Zeroizing<String>)>> {
+    if !value.trim_start().starts_with('{') {
+        return Ok(vec![(
+            DEFAULT_ADMIN.to_owned(),
+            Zeroizing::new(value.to_owned()),
+        )]);
+    }
+    let unreadable = || {
+        Error::Config(
+            "admin token (AdminTokenSecret) is not a JSON object of names to tokens".to_owned(),
+        )
+    };
+    let tokens: std::collections::BTreeMap<String, String> =
+        serde_json::from_str(value).map_err(|_| unreadable())?;
+    let good_name = |name: &str| {
+        (1..=64).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b".@_-".contains(&b))
+    };
+    if tokens.is_empty() || !tokens.keys().all(|name| good_name(name)) {
+        return Err(unreadable());
+    }
+    Ok(tokens
+        .into_iter()
+        .map(|(name, token)| (name, Zeroizing::new(token)))
+        .collect())
 }
 
 /// The secrets that revoke access when rotated, as last read.
@@ -186,9 +228,21 @@ impl Secrets {
         }
     }
 
-    /// The admin token as last read.
+    /// The admin token secret as last read (one token, or named tokens).
     pub fn admin_token(&self) -> Result<Zeroizing<String>> {
         required(self.revocable.current().admin_token.as_ref(), "admin token").cloned()
+    }
+
+    /// The operator whose admin token `presented` is, if any. Every token is compared
+    /// (in constant time), so the time taken does not tell which one came close.
+    pub fn admin_actor(&self, presented: &str) -> Result<Option<String>> {
+        let mut actor = None;
+        for (name, token) in named_admin_tokens(&self.admin_token()?)? {
+            if crate::domain::crypto::secrets_equal(presented.as_bytes(), token.as_bytes()) {
+                actor = Some(name);
+            }
+        }
+        Ok(actor)
     }
     pub fn fingerprint_key(&self) -> Result<&[u8]> {
         required(self.fingerprint_key.as_ref(), "fingerprint key").map(|key| key.as_bytes())
@@ -331,6 +385,57 @@ mod tests {
             let message = secrets.check_strength().unwrap_err().to_string();
             assert!(message.contains(name), "{message}");
             assert!(!message.contains(short), "{message}");
+        }
+    }
+
+    #[test]
+    fn named_admin_tokens_say_which_operator_presented_one() {
+        let alice = "a".repeat(MIN_SECRET_CHARS);
+        let bob = "b".repeat(MIN_SECRET_CHARS + 8);
+        let named = format!(r#"{{"alice": "{alice}", "bob@shop.example": "{bob}"}}"#);
+        let secrets = Secrets::fixed(SecretValues {
+            admin_token: Some(Zeroizing::new(named)),
+            ..SecretValues::default()
+        });
+        assert_eq!(
+            secrets.admin_actor(&alice).unwrap().as_deref(),
+            Some("alice")
+        );
+        assert_eq!(
+            secrets.admin_actor(&bob).unwrap().as_deref(),
+            Some("bob@shop.example")
+        );
+        assert_eq!(secrets.admin_actor(&alice[1..]).unwrap(), None);
+        // One bare token is the operator `admin`.
+        let single = Secrets::fixed(SecretValues {
+            admin_token: Some(Zeroizing::new(alice.clone())),
+            ..SecretValues::default()
+        });
+        assert_eq!(
+            single.admin_actor(&alice).unwrap().as_deref(),
+            Some(DEFAULT_ADMIN)
+        );
+    }
+
+    #[test]
+    fn named_admin_tokens_are_checked_like_one() {
+        let strong_token = "a".repeat(MIN_SECRET_CHARS);
+        for (value, refused) in [
+            (format!(r#"{{"alice": "{strong_token}"}}"#), false),
+            (r#"{"alice": "short"}"#.to_owned(), true),
+            (format!(r#"{{"Alice Smith": "{strong_token}"}}"#), true),
+            ("{}".to_owned(), true),
+            (format!(r#"{{"alice": "{strong_token}""#), true),
+        ] {
+            let values = SecretValues {
+                admin_token: Some(Zeroizing::new(value.clone())),
+                ..SecretValues::default()
+            };
+            let result = values.check_strength();
+            assert_eq!(result.is_err(), refused, "{value}");
+            if let Err(err) = result {
+                assert!(!err.to_string().contains(&strong_token), "{err}");
+            }
         }
     }
 }

@@ -3,6 +3,7 @@
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::audit::{Actor, snapshot};
 use crate::config::Context;
 use crate::domain::card_key::CardKeyRules;
 use crate::domain::money::Money;
@@ -11,12 +12,27 @@ use crate::domain::product::{
     validate_sku,
 };
 use crate::error::{Error, Result};
+use crate::store::AuditSubject;
 
-pub async fn create_product(ctx: &Context, request: NewProductRequest) -> Result<AdminProductView> {
+pub async fn create_product(
+    ctx: &Context,
+    actor: &Actor,
+    request: NewProductRequest,
+) -> Result<AdminProductView> {
     let product = request.into_product(ctx.clock.now().to_rfc3339())?;
     ctx.store.create_product(&product).await?;
     tracing::info!(sku = %product.sku, "product created");
-    Ok(AdminProductView::of(ctx, &product, &Stock::default()))
+    let view = AdminProductView::of(ctx, &product, &Stock::default());
+    let entry = actor.entry(
+        ctx,
+        "product.create",
+        (AuditSubject::Product, &product.sku),
+        None,
+        None,
+        snapshot(&view),
+    );
+    actor.record(ctx, entry).await;
+    Ok(view)
 }
 
 pub async fn find_product(ctx: &Context, sku: &str, consistent: bool) -> Result<Product> {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::audit::{Actor, snapshot};
 use super::sealed;
 use crate::adapters::payment_channels::{self, ProviderDeps};
 use crate::config::Context;
@@ -19,6 +20,7 @@ use crate::domain::money::Money;
 use crate::error::{Error, Result};
 use crate::ports::payment::PaymentProvider;
 use crate::ports::vault::EncryptionContext;
+use crate::store::AuditSubject;
 use crate::store::ChannelRecord;
 
 /// Binds a channel's sealed secrets to that channel: moved to another, they fail to open.
@@ -81,6 +83,7 @@ async fn open_secrets(
 /// replace that omits a secret field keeps the stored one (same provider only).
 pub async fn put_channel(
     ctx: &Context,
+    actor: &Actor,
     channel_id: &str,
     request: ChannelRequest,
 ) -> Result<(bool, ChannelView)> {
@@ -132,7 +135,19 @@ pub async fn put_channel(
         created,
         "payment channel saved"
     );
-    Ok((created, ChannelView::of(&record)))
+    let view = ChannelView::of(&record);
+    let entry = actor.entry(
+        ctx,
+        "channel.put",
+        (AuditSubject::Channel, channel_id),
+        None,
+        existing
+            .as_ref()
+            .and_then(|old| snapshot(&ChannelView::of(old))),
+        snapshot(&view),
+    );
+    actor.record(ctx, entry).await;
+    Ok((created, view))
 }
 
 pub async fn get_channel(ctx: &Context, channel_id: &str) -> Result<ChannelView> {

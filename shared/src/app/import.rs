@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use futures_util::{StreamExt, stream};
 use serde::Serialize;
 
+use super::audit::{Actor, snapshot};
 use crate::config::Context;
 use crate::domain::card_key::{ImportFormat, InvalidKey, parse_import};
 use crate::domain::crypto::{card_key_aad, fingerprint, seal};
@@ -16,6 +17,7 @@ use crate::domain::product::DeliveryType;
 use crate::domain::time::new_id;
 use crate::error::{Error, Result};
 use crate::ports::vault::{EncryptionContext, NewDataKey};
+use crate::store::AuditSubject;
 use crate::store::{BatchRecord, SealedKey};
 
 /// 49 keys × 2 items + 1 counter update = 99 of the 100 items a transaction may hold.
@@ -37,6 +39,34 @@ pub struct ImportReport {
 }
 
 pub async fn import_card_keys(
+    ctx: &Context,
+    actor: &Actor,
+    sku: &str,
+    format: ImportFormat,
+    body: &[u8],
+) -> Result<ImportReport> {
+    let report = import_unrecorded(ctx, sku, format, body).await?;
+    // Counts only: the report's positions are long for a big import, its keys never
+    // there.
+    let summary = serde_json::json!({
+        "batch_id": report.batch_id,
+        "accepted": report.accepted,
+        "duplicates": report.duplicates.len(),
+        "invalid": report.invalid.len(),
+    });
+    let entry = actor.entry(
+        ctx,
+        "product.import_card_keys",
+        (AuditSubject::Product, sku),
+        None,
+        None,
+        snapshot(&summary),
+    );
+    actor.record(ctx, entry).await;
+    Ok(report)
+}
+
+async fn import_unrecorded(
     ctx: &Context,
     sku: &str,
     format: ImportFormat,

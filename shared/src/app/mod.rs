@@ -1,5 +1,6 @@
 //! Use cases: one module each, plain async functions over the `Context`.
 
+pub mod audit;
 pub mod catalog;
 pub mod channels;
 pub mod delivery;

@@ -4,14 +4,15 @@
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::audit::Actor;
 use super::orders::OrderEventView;
 use crate::config::Context;
 use crate::domain::money::Money;
-use crate::domain::order::OrderStatus;
+use crate::domain::order::{Cause, OrderStatus};
 use crate::domain::time::is_id;
 use crate::error::{Error, Result};
 use crate::store::UnmatchedPayment;
-use crate::store::{DeliveryRecord, SupplierLogEntry, TopUpStatus};
+use crate::store::{AuditSubject, DeliveryRecord, OperatorNote, SupplierLogEntry, TopUpStatus};
 
 /// The buyer as the operator sees them.
 #[derive(Debug, Serialize, ToSchema)]
@@ -77,6 +78,19 @@ pub struct RefundView {
     pub updated_at: String,
 }
 
+/// One step of an order's history as an operator sees it: with who took it by hand,
+/// and why.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OperatorEventView {
+    #[serde(flatten)]
+    pub event: OrderEventView,
+    /// The operator, for a step taken by hand (`resolve`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
 /// The `GET /admin/orders/{order_id}` answer.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct OperatorOrderView {
@@ -91,7 +105,7 @@ pub struct OperatorOrderView {
     pub expires_at: String,
     pub updated_at: String,
     pub payment_ref: Option<String>,
-    pub events: Vec<OrderEventView>,
+    pub events: Vec<OperatorEventView>,
     pub payments: Vec<PaymentView>,
     /// Every payment attempt (channel, provider, status, amounts, failures).
     pub attempts: Vec<AttemptView>,
@@ -153,7 +167,15 @@ pub async fn order_for_operator(ctx: &Context, order_id: &str) -> Result<Operato
         created_at: order.created_at,
         updated_at: order.updated_at,
         payment_ref: order.payment_ref,
-        events: OrderEventView::of(&view.events),
+        events: OrderEventView::of(&view.events)
+            .into_iter()
+            .zip(&view.events)
+            .map(|(event, stored)| OperatorEventView {
+                event,
+                by: stored.by.clone(),
+                reason: stored.reason.clone(),
+            })
+            .collect(),
         payments: view
             .payments
             .into_iter()
@@ -270,7 +292,7 @@ async fn find_order(ctx: &Context, order_id: &str) -> Result<crate::store::Order
 /// `POST /admin/orders/{id}/redeliver`: queues delivery again for a paid order that is
 /// waiting (`paid`) or gave up (`delivery_failed`). Safe to repeat: the worker delivers
 /// each order once.
-pub async fn redeliver(ctx: &Context, order_id: &str) -> Result<Redelivery> {
+pub async fn redeliver(ctx: &Context, actor: &Actor, order_id: &str) -> Result<Redelivery> {
     let order = find_order(ctx, order_id).await?;
     if !order.status.awaits_delivery() {
         return Err(Error::IllegalTransition {
@@ -284,7 +306,17 @@ pub async fn redeliver(ctx: &Context, order_id: &str) -> Result<Redelivery> {
         .request_redelivery(&order.order_id, order.status, ctx.clock.now())
         .await?;
     ctx.queue()?.enqueue_delivery(&order.order_id).await?;
-    tracing::info!(order_id, status = %order.status, "delivery re-queued by an operator");
+    tracing::info!(order_id, status = %order.status, actor = actor.name, "delivery re-queued by an operator");
+    let status = Some(status_snapshot(order.status));
+    let entry = actor.entry(
+        ctx,
+        "order.redeliver",
+        (AuditSubject::Order, &order.order_id),
+        None,
+        status.clone(),
+        status,
+    );
+    actor.record(ctx, entry).await;
     Ok(Redelivery {
         order_id: order.order_id,
         status: order.status,
@@ -319,12 +351,12 @@ pub struct ConfirmedPayment {
     pub status: OrderStatus,
 }
 
-fn checked_note(text: &str, field: &str) -> Result<String> {
+fn checked_note(text: &str, code: &'static str, field: &str) -> Result<String> {
     let text = text.trim();
     if text.is_empty() || text.chars().count() > MAX_NOTE_LEN || text.chars().any(char::is_control)
     {
         return Err(Error::invalid_field(
-            "invalid_confirmation",
+            code,
             field,
             format!("{field} must be 1 to {MAX_NOTE_LEN} printable characters"),
         ));
@@ -339,11 +371,12 @@ fn checked_note(text: &str, field: &str) -> Result<String> {
 /// there. An order already paid is refused (`illegal_transition`): nothing to confirm.
 pub async fn confirm_paid(
     ctx: &Context,
+    actor: &Actor,
     order_id: &str,
     request: ConfirmPaidRequest,
 ) -> Result<ConfirmedPayment> {
-    let reason = checked_note(&request.reason, "reason")?;
-    let reference = checked_note(&request.reference, "reference")?;
+    let reason = checked_note(&request.reason, "invalid_confirmation", "reason")?;
+    let reference = checked_note(&request.reference, "invalid_confirmation", "reference")?;
     let order = find_order(ctx, order_id).await?;
     let event_id = format!("manual:{order_id}");
     let confirmed_before = order.payment_ref.as_deref() == Some(reference.as_str());
@@ -367,15 +400,128 @@ pub async fn confirm_paid(
         provider_ref: reference,
     };
     super::payments::record_payment(ctx, &notice, None).await?;
-    tracing::warn!(order_id, reason, "payment confirmed by an operator");
+    tracing::warn!(
+        order_id,
+        reason,
+        actor = actor.name,
+        "payment confirmed by an operator"
+    );
     let status = ctx
         .store
         .get_order(order_id)
         .await?
         .map_or(order.status, |o| o.status);
+    let entry = actor.entry(
+        ctx,
+        "order.confirm_paid",
+        (AuditSubject::Order, &order.order_id),
+        Some(&reason),
+        Some(status_snapshot(order.status)),
+        Some(status_snapshot(status)),
+    );
+    actor.record(ctx, entry).await;
     Ok(ConfirmedPayment {
         order_id: order.order_id,
         status,
+    })
+}
+
+/// What the audit trail keeps of an order: its status (its money and keys are in its
+/// own history).
+fn status_snapshot(status: OrderStatus) -> String {
+    format!("{{\"status\":\"{}\"}}", status.as_str())
+}
+
+/// The body of `POST /admin/orders/{order_id}/resolve`.
+#[derive(Debug, serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResolveRequest {
+    /// Why the order needs nothing more (1 to 200 printable characters).
+    #[schema(example = "buyer refunded by bank transfer, ticket 4411")]
+    pub reason: String,
+}
+
+impl crate::request::RequestBody for ResolveRequest {
+    fn field_code(_path: &str) -> Option<&'static str> {
+        Some("invalid_resolution")
+    }
+}
+
+/// The answer: the order as the resolution left it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Resolution {
+    pub order_id: String,
+    /// `resolved`.
+    pub status: OrderStatus,
+}
+
+/// `POST /admin/orders/{order_id}/resolve`: an operator settles an order that needs a
+/// person (`delivery_failed`, `payment_exception`, `paid_after_expiry`) with a reason:
+/// it leaves the exception queue, gives back the stock it held (keys already handed out
+/// count as sold) and its history names who and why, in one transaction with the audit
+/// record. Idempotent: a resolved order answers the same, however many ask at once.
+pub async fn resolve(
+    ctx: &Context,
+    actor: &Actor,
+    order_id: &str,
+    request: ResolveRequest,
+) -> Result<Resolution> {
+    let reason = checked_note(&request.reason, "invalid_resolution", "reason")?;
+    if !is_id(order_id) {
+        return Err(Error::NotFound("order"));
+    }
+    let view = ctx
+        .store
+        .get_order_view(order_id)
+        .await?
+        .ok_or(Error::NotFound("order"))?;
+    let order = view.order;
+    if order.status != OrderStatus::Resolved {
+        order.status.next(Cause::Resolve)?;
+        let delivered = view
+            .deliveries
+            .iter()
+            .filter_map(DeliveryRecord::card_key)
+            .count();
+        let note = OperatorNote {
+            by: actor.name.clone(),
+            reason: reason.clone(),
+        };
+        let entry = actor.entry(
+            ctx,
+            "order.resolve",
+            (AuditSubject::Order, &order.order_id),
+            Some(&reason),
+            Some(status_snapshot(order.status)),
+            Some(status_snapshot(OrderStatus::Resolved)),
+        );
+        let delivered = u32::try_from(delivered).unwrap_or(u32::MAX);
+        if !ctx
+            .store
+            .resolve_order(&order, &note, delivered, &entry, ctx.clock.now())
+            .await?
+        {
+            // Another action moved it first: resolved by a twin request is the same
+            // answer; anything else (delivered meanwhile) is not this action's to undo.
+            let now = find_order(ctx, order_id).await?;
+            if now.status != OrderStatus::Resolved {
+                return Err(Error::IllegalTransition {
+                    from: now.status.as_str(),
+                    cause: Cause::Resolve.as_str(),
+                });
+            }
+        } else {
+            tracing::warn!(
+                order_id,
+                actor = actor.name,
+                reason,
+                "order resolved by an operator"
+            );
+        }
+    }
+    Ok(Resolution {
+        order_id: order.order_id,
+        status: OrderStatus::Resolved,
     })
 }
 

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;
 
+use super::audit::{Actor, snapshot};
 use super::channels::{find_channel, notify_url, provider_for};
 use crate::config::Context;
 use crate::domain::crypto::{hmac_sha256_hex, sha256_hex};
@@ -18,6 +19,7 @@ use crate::domain::time::is_id;
 use crate::error::{ConflictKind, Error, Result};
 use crate::ports::payment::{PaymentHandle, RefundOutcome, RefundRequest as ProviderRefund};
 use crate::request::RequestBody;
+use crate::store::AuditSubject;
 use crate::store::{
     OrderRecord, OrderView, PaymentRecord, RefundRecord, RefundReserved, RefundSettlement,
     RefundStatus,
@@ -104,6 +106,27 @@ fn transition(
 }
 
 pub async fn refund(
+    ctx: &Context,
+    actor: &Actor,
+    order_id: &str,
+    idempotency_key: &str,
+    request: RefundRequest,
+) -> Result<RefundStarted> {
+    let reason = request.reason.trim().to_owned();
+    let started = refund_once(ctx, order_id, idempotency_key, request).await?;
+    let entry = actor.entry(
+        ctx,
+        "order.refund",
+        (AuditSubject::Order, &started.order_id),
+        Some(&reason),
+        None,
+        snapshot(&started),
+    );
+    actor.record(ctx, entry).await;
+    Ok(started)
+}
+
+async fn refund_once(
     ctx: &Context,
     order_id: &str,
     idempotency_key: &str,

@@ -9,6 +9,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use zeroize::Zeroizing;
 
+use super::audit::{Actor, snapshot};
 use super::sealed;
 use crate::adapters::suppliers;
 use crate::config::Context;
@@ -21,6 +22,7 @@ use crate::domain::time::Timestamp;
 use crate::error::{Error, Result};
 use crate::ports::Supplier;
 use crate::ports::vault::EncryptionContext;
+use crate::store::AuditSubject;
 use crate::store::SupplierRecord;
 
 /// Circuit writes that lose to another instance's are read again this often.
@@ -107,6 +109,7 @@ async fn open_secret(ctx: &Context, supplier: &SupplierRecord) -> Result<Zeroizi
 /// replace without `secret` keeps the stored one.
 pub async fn put_supplier(
     ctx: &Context,
+    actor: &Actor,
     supplier_id: &str,
     request: SupplierRequest,
 ) -> Result<(bool, SupplierView)> {
@@ -141,9 +144,23 @@ pub async fn put_supplier(
             .map_or_else(|| now.clone(), |old| old.created_at.clone()),
         updated_at: now,
     };
+    let before = match &existing {
+        Some(old) => snapshot(&view(ctx, old).await?),
+        None => None,
+    };
     let created = ctx.store.put_supplier(&record).await?;
     tracing::info!(supplier_id, created, "supplier saved");
-    Ok((created, view(ctx, &record).await?))
+    let after = view(ctx, &record).await?;
+    let entry = actor.entry(
+        ctx,
+        "supplier.put",
+        (AuditSubject::Supplier, supplier_id),
+        None,
+        before,
+        snapshot(&after),
+    );
+    actor.record(ctx, entry).await;
+    Ok((created, after))
 }
 
 /// `GET /admin/suppliers/{supplier_id}`, with its circuit.

@@ -28,6 +28,9 @@ pub enum OrderStatus {
     PartiallyRefunded,
     /// All of the order's payment was given back.
     Refunded,
+    /// An operator settled an order that needed a person, with a reason (the order's
+    /// `resolution`): it holds no stock and nothing more happens to it.
+    Resolved,
 }
 
 /// What moves an order from one state to the next.
@@ -51,6 +54,8 @@ pub enum Cause {
     Refund,
     /// The fulfiller's work goes on at a supplier (a top-up pending or unknown).
     AwaitSupplier,
+    /// An operator settled an order that needed a person.
+    Resolve,
 }
 
 impl Cause {
@@ -68,6 +73,7 @@ impl Cause {
             Cause::PartialRefund => "partial_refund",
             Cause::Refund => "refund",
             Cause::AwaitSupplier => "await_supplier",
+            Cause::Resolve => "resolve",
         }
     }
 }
@@ -106,6 +112,12 @@ const TRANSITIONS: &[(OrderStatus, Cause, OrderStatus)] = {
         (PartiallyRefunded, Refund, Refunded),
         (PaymentException, Refund, Refunded),
         (PaidAfterExpiry, Refund, Refunded),
+        // An operator settles what needs a person (delivered by hand, refunded outside
+        // Kami, a test order...): the exits from the exception queue besides delivery
+        // and refunds.
+        (DeliveryFailed, Resolve, Resolved),
+        (PaymentException, Resolve, Resolved),
+        (PaidAfterExpiry, Resolve, Resolved),
     ]
 };
 
@@ -123,6 +135,7 @@ impl OrderStatus {
             OrderStatus::DeliveryFailed => "delivery_failed",
             OrderStatus::PartiallyRefunded => "partially_refunded",
             OrderStatus::Refunded => "refunded",
+            OrderStatus::Resolved => "resolved",
         }
     }
 
@@ -187,7 +200,7 @@ pub fn payment_overdue(status: OrderStatus, expires_at: Timestamp, now: Timestam
     status == OrderStatus::PendingPayment && expires_at <= now
 }
 
-pub const ALL_STATUSES: [OrderStatus; 11] = [
+pub const ALL_STATUSES: [OrderStatus; 12] = [
     OrderStatus::PendingPayment,
     OrderStatus::Paid,
     OrderStatus::Delivering,
@@ -199,6 +212,7 @@ pub const ALL_STATUSES: [OrderStatus; 11] = [
     OrderStatus::DeliveryFailed,
     OrderStatus::PartiallyRefunded,
     OrderStatus::Refunded,
+    OrderStatus::Resolved,
 ];
 
 impl std::fmt::Display for OrderStatus {

@@ -1,6 +1,8 @@
-//! `functions/admin`: merchant administration, every route behind the admin bearer token
+//! `functions/admin`: the merchant's catalogue, stock, payment channels and suppliers, every
+//! route behind the admin bearer token (orders and exceptions: `functions/operations`)
 //! (checked before routing: an unknown admin path without the token answers 401).
 
+use axum::Extension;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
@@ -8,21 +10,16 @@ use axum::response::Response;
 use utoipa_axum::routes;
 
 use super::{
-    ApiResult, ApiRouter, AppState, ErrorBody, IdempotencyKey, JsonBody, PathParam, RawBody, Reply,
-    bearer, header_str,
+    ApiResult, ApiRouter, AppState, ErrorBody, JsonBody, PathParam, RawBody, Reply, bearer,
+    header_str,
 };
+use crate::app::audit::Actor;
 use crate::app::catalog::{self, AdminProductView};
 use crate::app::channels::{self, ChannelList, ChannelView};
-use crate::app::exceptions::{self, ExceptionPage, ExceptionsQuery};
 use crate::app::import::{self, ImportReport};
-use crate::app::operator::{
-    self, ConfirmPaidRequest, ConfirmedPayment, OperatorOrderView, Redelivery, UnmatchedPayments,
-};
-use crate::app::refunds::{self, RefundRequest, RefundStarted};
 use crate::app::suppliers::{self, SupplierList, SupplierView};
 use crate::domain::card_key::{ImportFormat, JsonImport};
 use crate::domain::channel::ChannelRequest;
-use crate::domain::crypto::secrets_equal;
 use crate::domain::product::NewProductRequest;
 use crate::domain::supplier::SupplierRequest;
 use crate::error::{Error, Result};
@@ -34,16 +31,10 @@ pub fn routes() -> ApiRouter {
         .routes(routes!(create_product))
         .routes(routes!(get_product))
         .routes(routes!(import_card_keys))
-        .routes(routes!(get_order))
-        .routes(routes!(redeliver))
-        .routes(routes!(confirm_paid))
-        .routes(routes!(refund_order))
         .routes(routes!(put_payment_channel, get_payment_channel))
         .routes(routes!(list_payment_channels))
         .routes(routes!(put_supplier, get_supplier))
         .routes(routes!(list_suppliers))
-        .routes(routes!(unmatched_payments))
-        .routes(routes!(list_exceptions))
 }
 
 /// The admin router, the token checked before any route (and before not-found).
@@ -51,16 +42,27 @@ pub fn router(ctx: AppState) -> axum::Router {
     super::finish(routes(), ctx.clone()).layer(middleware::from_fn_with_state(ctx, authorize))
 }
 
-async fn authorize(State(ctx): State<AppState>, request: Request, next: Next) -> Result<Response> {
+pub(super) async fn authorize(
+    State(ctx): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Result<Response> {
     // This check runs before the router's own refresh (it guards unknown paths too).
     ctx.secrets.refresh_if_due(ctx.clock.now()).await;
-    let expected = ctx.secrets.admin_token()?;
-    match bearer(request.headers()) {
-        Some(token) if secrets_equal(token.as_bytes(), expected.as_bytes()) => {
-            Ok(next.run(request).await)
+    let name = match bearer(request.headers()) {
+        Some(token) => ctx.secrets.admin_actor(token)?,
+        None => None,
+    };
+    let name = name.ok_or(Error::Unauthorized)?;
+    // The address API Gateway saw (never a header a client could set).
+    let source_ip = match lambda_http::RequestExt::request_context_ref(&request) {
+        Some(lambda_http::request::RequestContext::ApiGatewayV2(context)) => {
+            context.http.source_ip.clone()
         }
-        _ => Err(Error::Unauthorized),
-    }
+        _ => None,
+    };
+    request.extensions_mut().insert(Actor { name, source_ip });
+    Ok(next.run(request).await)
 }
 
 /// Creates a product (stock arrives with a card-key import).
@@ -80,11 +82,12 @@ async fn authorize(State(ctx): State<AppState>, request: Request, next: Next) ->
 )]
 async fn create_product(
     State(ctx): State<AppState>,
+    Extension(actor): Extension<Actor>,
     JsonBody(request): JsonBody<NewProductRequest>,
 ) -> ApiResult<AdminProductView> {
     Ok(Reply(
         StatusCode::CREATED,
-        catalog::create_product(&ctx, request).await?,
+        catalog::create_product(&ctx, &actor, request).await?,
     ))
 }
 
@@ -156,115 +159,19 @@ fn import_format(headers: &HeaderMap) -> Result<ImportFormat> {
 )]
 async fn import_card_keys(
     State(ctx): State<AppState>,
+    Extension(actor): Extension<Actor>,
     PathParam(sku): PathParam<String>,
     headers: HeaderMap,
     RawBody(body): RawBody<MAX_IMPORT_BODY>,
 ) -> ApiResult<ImportReport> {
     let format = import_format(&headers)?;
-    let report = import::import_card_keys(&ctx, &sku, format, &body).await?;
+    let report = import::import_card_keys(&ctx, &actor, &sku, format, &body).await?;
     let status = if report.accepted > 0 {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
     Ok(Reply(status, report))
-}
-
-/// Everything about an order for an operator: status, exception, history, payments and
-/// which keys were allocated (ids only; codes are the buyer's alone).
-#[utoipa::path(
-    get,
-    path = "/admin/orders/{order_id}",
-    operation_id = "admin_get_order",
-    tag = "admin",
-    security(("admin_token" = [])),
-    params(("order_id" = String, Path, description = "The order's id (ULID)")),
-    responses(
-        (status = 200, description = "The order", body = OperatorOrderView),
-        (status = 401, description = "`unauthorized`", body = ErrorBody),
-        (status = 404, description = "`order_not_found`", body = ErrorBody),
-    )
-)]
-async fn get_order(
-    State(ctx): State<AppState>,
-    PathParam(order_id): PathParam<String>,
-) -> ApiResult<OperatorOrderView> {
-    Ok(Reply(
-        StatusCode::OK,
-        operator::order_for_operator(&ctx, &order_id).await?,
-    ))
-}
-
-/// Queues delivery again for a paid order that waits (`paid`) or gave up
-/// (`delivery_failed`). Safe to repeat: each order is delivered once.
-#[utoipa::path(
-    post,
-    path = "/admin/orders/{order_id}/redeliver",
-    tag = "admin",
-    security(("admin_token" = [])),
-    params(("order_id" = String, Path, description = "The order's id (ULID)")),
-    responses(
-        (status = 202, description = "Delivery queued", body = Redelivery),
-        (status = 401, description = "`unauthorized`", body = ErrorBody),
-        (status = 404, description = "`order_not_found`", body = ErrorBody),
-        (status = 409, description = "`illegal_transition`: the order does not await delivery", body = ErrorBody),
-    )
-)]
-async fn redeliver(
-    State(ctx): State<AppState>,
-    PathParam(order_id): PathParam<String>,
-) -> ApiResult<Redelivery> {
-    Ok(Reply(
-        StatusCode::ACCEPTED,
-        operator::redeliver(&ctx, &order_id).await?,
-    ))
-}
-
-/// The exception queue: every order that needs a person (`delivery_failed`,
-/// `payment_exception`, `paid_after_expiry`), with its cause, detail and age, oldest first
-/// by default; one page per request (served by an index). Its history:
-/// `GET /admin/orders/{order_id}`.
-#[utoipa::path(
-    get,
-    path = "/admin/exceptions",
-    tag = "admin",
-    security(("admin_token" = [])),
-    params(ExceptionsQuery),
-    responses(
-        (status = 200, description = "One page of the queue", body = ExceptionPage),
-        (status = 400, description = "`invalid_query` (with the parameter's name as `path`)", body = ErrorBody),
-        (status = 401, description = "`unauthorized`", body = ErrorBody),
-    )
-)]
-async fn list_exceptions(
-    State(ctx): State<AppState>,
-    uri: axum::http::Uri,
-) -> ApiResult<ExceptionPage> {
-    let query = ExceptionsQuery::parse(uri.query())?;
-    Ok(Reply(
-        StatusCode::OK,
-        exceptions::list_exceptions(&ctx, query).await?,
-    ))
-}
-
-/// Verified payments that name no order Kami can apply them to (`unknown_order`,
-/// `unbound_event`), newest first, at most 100: money an operator must settle by hand.
-/// Kept forever (no TTL).
-#[utoipa::path(
-    get,
-    path = "/admin/payments/unmatched",
-    tag = "admin",
-    security(("admin_token" = [])),
-    responses(
-        (status = 200, description = "The unmatched payments", body = UnmatchedPayments),
-        (status = 401, description = "`unauthorized`", body = ErrorBody),
-    )
-)]
-async fn unmatched_payments(State(ctx): State<AppState>) -> ApiResult<UnmatchedPayments> {
-    Ok(Reply(
-        StatusCode::OK,
-        operator::unmatched_payments(&ctx).await?,
-    ))
 }
 
 /// Creates or replaces a payment channel (201 created, 200 replaced). Secret config
@@ -286,10 +193,11 @@ async fn unmatched_payments(State(ctx): State<AppState>) -> ApiResult<UnmatchedP
 )]
 async fn put_payment_channel(
     State(ctx): State<AppState>,
+    Extension(actor): Extension<Actor>,
     PathParam(channel_id): PathParam<String>,
     JsonBody(request): JsonBody<ChannelRequest>,
 ) -> ApiResult<ChannelView> {
-    let (created, view) = channels::put_channel(&ctx, &channel_id, request).await?;
+    let (created, view) = channels::put_channel(&ctx, &actor, &channel_id, request).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -340,10 +248,11 @@ async fn get_payment_channel(
 )]
 async fn put_supplier(
     State(ctx): State<AppState>,
+    Extension(actor): Extension<Actor>,
     PathParam(supplier_id): PathParam<String>,
     JsonBody(request): JsonBody<SupplierRequest>,
 ) -> ApiResult<SupplierView> {
-    let (created, view) = suppliers::put_supplier(&ctx, &supplier_id, request).await?;
+    let (created, view) = suppliers::put_supplier(&ctx, &actor, &supplier_id, request).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -406,67 +315,4 @@ async fn list_suppliers(State(ctx): State<AppState>) -> ApiResult<SupplierList> 
 )]
 async fn list_payment_channels(State(ctx): State<AppState>) -> ApiResult<ChannelList> {
     Ok(Reply(StatusCode::OK, channels::list_channels(&ctx).await?))
-}
-
-/// An operator confirms that the order's money arrived (seen outside the providers'
-/// notifications): paid through the same idempotent path, delivered as any paid order.
-#[utoipa::path(
-    post,
-    path = "/admin/orders/{order_id}/confirm-paid",
-    tag = "admin",
-    security(("admin_token" = [])),
-    params(("order_id" = String, Path, description = "The order's id (ULID)")),
-    request_body = ConfirmPaidRequest,
-    responses(
-        (status = 200, description = "Confirmed (or confirmed before): the order's status now", body = ConfirmedPayment),
-        (status = 400, description = "`invalid_confirmation`, `invalid_json`", body = ErrorBody),
-        (status = 401, description = "`unauthorized`", body = ErrorBody),
-        (status = 404, description = "`order_not_found`", body = ErrorBody),
-        (status = 409, description = "`illegal_transition`: the order is already paid", body = ErrorBody),
-    )
-)]
-async fn confirm_paid(
-    State(ctx): State<AppState>,
-    PathParam(order_id): PathParam<String>,
-    JsonBody(request): JsonBody<ConfirmPaidRequest>,
-) -> ApiResult<ConfirmedPayment> {
-    Ok(Reply(
-        StatusCode::OK,
-        operator::confirm_paid(&ctx, &order_id, request).await?,
-    ))
-}
-
-/// Gives money back through the provider of the payment it came from (the one that paid
-/// the order, or the `payment_id` named). The refunds of a payment never add up to more
-/// than it took, also under concurrent requests. A retry with the same `Idempotency-Key`
-/// answers the same refund (asked of the provider again while its outcome is unknown).
-#[utoipa::path(
-    post,
-    path = "/admin/orders/{order_id}/refunds",
-    tag = "admin",
-    security(("admin_token" = [])),
-    params(
-        ("order_id" = String, Path, description = "The order's id (ULID)"),
-        ("Idempotency-Key" = String, Header, description = "16 to 128 visible ASCII characters, one per refund meant"),
-    ),
-    request_body = RefundRequest,
-    responses(
-        (status = 201, description = "Recorded and asked of the provider: `succeeded`, `pending` (settles later), `refused` (nothing given back) or `requested` (the provider's answer was lost: retry with the same key)", body = RefundStarted),
-        (status = 400, description = "`invalid_refund` (with the field's path), `invalid_json`, `missing_idempotency_key`, `invalid_idempotency_key`", body = ErrorBody),
-        (status = 401, description = "`unauthorized`", body = ErrorBody),
-        (status = 404, description = "`order_not_found`, `payment_not_found`", body = ErrorBody),
-        (status = 409, description = "`refund_exceeds_payment`, `refund_not_possible` (the money did not come through a channel)", body = ErrorBody),
-        (status = 422, description = "`idempotency_key_reused`", body = ErrorBody),
-    )
-)]
-async fn refund_order(
-    State(ctx): State<AppState>,
-    PathParam(order_id): PathParam<String>,
-    IdempotencyKey(key): IdempotencyKey,
-    JsonBody(request): JsonBody<RefundRequest>,
-) -> ApiResult<RefundStarted> {
-    Ok(Reply(
-        StatusCode::CREATED,
-        refunds::refund(&ctx, &order_id, &key, request).await?,
-    ))
 }

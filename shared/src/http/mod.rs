@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod checkout;
 pub mod openapi;
+pub mod operations;
 pub mod webhook;
 
 use std::sync::Arc;

@@ -1,4 +1,4 @@
-//! The OpenAPI 3.1 spec of the whole API, assembled from the three functions' routers
+//! The OpenAPI 3.1 spec of the whole API, assembled from the HTTP functions' routers
 //! (the same `#[utoipa::path]` declarations that route requests), with its security
 //! schemes. `docs/openapi.json` is that spec, checked by a unit test (it fails when the
 //! code moved without it); checkout serves the committed file, so its binary does not
@@ -12,7 +12,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::openapi::{InfoBuilder, OpenApi, Server};
 
 #[cfg(test)]
-use super::{admin, checkout, webhook};
+use super::{admin, checkout, operations, webhook};
 
 /// The committed spec (`docs/openapi.json`), which the unit test below holds equal to
 /// the one the routers generate.
@@ -23,6 +23,7 @@ const SPEC: &str = include_str!("../../../docs/openapi.json");
 pub fn spec() -> OpenApi {
     let mut spec = checkout::routes()
         .merge(admin::routes())
+        .merge(operations::routes())
         .merge(webhook::routes())
         .into_openapi();
     spec.info = InfoBuilder::new()
@@ -169,8 +170,8 @@ mod tests {
             }
         }
         assert_eq!(
-            operations, 23,
-            "one operation per route of the three functions"
+            operations, 25,
+            "one operation per route of the four HTTP functions"
         );
     }
 }

@@ -28,6 +28,7 @@ use aws_sdk_dynamodb::types::KeysAndAttributes;
 use crate::error::{Error, Result};
 
 mod attempts;
+mod audit;
 mod backoff;
 mod card_keys;
 mod channels;
@@ -45,6 +46,7 @@ mod topups;
 mod tx;
 
 pub use attempts::{AttemptRecord, AttemptStatus, RECONCILE_AFTER_SECONDS};
+pub use audit::{AuditCursor, AuditEntry, AuditOf, AuditSubject};
 pub use card_keys::{AllocateOutcome, BatchRecord, CardKeySlot, SealedKey, StockKey};
 pub use channels::{ChannelRecord, SealedSecrets};
 pub use codec::Item;
@@ -52,8 +54,8 @@ pub use exceptions::{ExceptionEntry, ExceptionFilter, cursor_key, cursor_text};
 pub use holds::{HoldClaim, HoldRecord};
 pub use idempotency::IdempotencyRecord;
 pub use orders::{
-    CreateOrderOutcome, DeliveryRecord, DueCursor, DuePage, DueQueue, OrderEvent, OrderRecord,
-    OrderView, StockShare,
+    CreateOrderOutcome, DeliveryRecord, DueCursor, DuePage, DueQueue, OperatorNote, OrderEvent,
+    OrderRecord, OrderView, StockShare,
 };
 pub use payments::{PaymentApplied, PaymentChange, PaymentRecord, Unmatched, UnmatchedPayment};
 pub use refunds::{RefundRecord, RefundReserved, RefundSettlement, RefundStatus};
@@ -72,6 +74,9 @@ const ORDER_INDEX: &str = "gsi1";
 /// The sparse GSI of the exception queue (`gsi2pk` S, `gsi2sk` N: when the order began
 /// to need a person, Unix ms; it projects what a listing shows).
 const EXCEPTION_INDEX: &str = "gsi2";
+/// The sparse GSI of the audit trail by actor (`gsi3pk` S = `AUDITBY#{actor}`, `gsi3sk`
+/// S = the entry's ULID; projects everything: an entry is small and never changes).
+const AUDIT_INDEX: &str = "gsi3";
 
 /// Available card keys of a product are spread over this many partitions so that
 /// concurrent deliveries rarely pick the same key.

@@ -6,6 +6,7 @@
 use aws_sdk_dynamodb::types::AttributeValue;
 
 use super::attempts::{AttemptRecord, is_attempt};
+use super::audit::AuditEntry;
 use super::card_keys::CardKeySlot;
 use super::codec::{
     FromItem, Item, get_delivery_type, get_money, get_n, get_opt_json, get_opt_s, get_s, get_u32,
@@ -125,6 +126,16 @@ pub struct OrderEvent {
     pub from: Option<OrderStatus>,
     pub to: OrderStatus,
     pub cause: String,
+    /// The operator whose action it was, and why (absent for Kami's own steps).
+    pub by: Option<String>,
+    pub reason: Option<String>,
+}
+
+/// Who moved an order by hand, and why: kept on the event (the order's history).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorNote {
+    pub by: String,
+    pub reason: String,
 }
 
 /// One delivered unit, as its delivery type records it (`DELIVERY#{slot}` items, told
@@ -285,6 +296,7 @@ fn event_item(
     to: OrderStatus,
     cause: Cause,
     at: &str,
+    note: Option<&OperatorNote>,
 ) -> Item {
     let mut event = item(
         keys::event(order_id, &new_id()),
@@ -298,6 +310,10 @@ fn event_item(
     if let Some(from) = from {
         event.insert("from".to_owned(), s(from.as_str()));
     }
+    if let Some(note) = note {
+        event.insert("by".to_owned(), s(&note.by));
+        event.insert("reason".to_owned(), s(&note.reason));
+    }
     event
 }
 
@@ -310,6 +326,8 @@ impl FromItem for OrderEvent {
                 .transpose()?,
             to: OrderStatus::parse(&get_s(item, "to")?)?,
             cause: get_s(item, "cause")?,
+            by: get_opt_s(item, "by"),
+            reason: get_opt_s(item, "reason"),
         })
     }
 }
@@ -332,12 +350,28 @@ impl Tx {
     pub(crate) fn move_order(
         &mut self,
         order: &OrderRecord,
+        transition: (OrderStatus, OrderStatus, Cause),
+        now: Timestamp,
+        more: &str,
+        condition: Option<&str>,
+        names: &[&str],
+        values: Vec<(&str, AttributeValue)>,
+    ) -> Result<&mut Self> {
+        self.move_order_noted(order, transition, now, more, condition, names, values, None)
+    }
+
+    /// `move_order`, by an operator's hand: the event names who and why.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn move_order_noted(
+        &mut self,
+        order: &OrderRecord,
         (from, to, cause): (OrderStatus, OrderStatus, Cause),
         now: Timestamp,
         more: &str,
         condition: Option<&str>,
         names: &[&str],
         mut values: Vec<(&str, AttributeValue)>,
+        note: Option<&OperatorNote>,
     ) -> Result<&mut Self> {
         let condition = condition.map_or_else(
             || "#status = :from".to_owned(),
@@ -384,7 +418,7 @@ impl Tx {
         }
         self.put(
             ItemName::Event,
-            event_item(&order.order_id, Some(from), to, cause, &at),
+            event_item(&order.order_id, Some(from), to, cause, &at, note),
             None,
         )
     }
@@ -432,6 +466,7 @@ impl Store {
                 order.status,
                 Cause::Created,
                 &order.created_at,
+                None,
             ),
             None,
         )?;
@@ -566,6 +601,39 @@ impl Store {
             &["exception"],
             vec![(":reason", s(reason))],
         )?;
+        Ok(self.transact(tx).await?.committed())
+    }
+
+    /// Access pattern: an operator settles an order that needs a person (`→ resolved`),
+    /// in one transaction with the action's audit record: the order leaves every index
+    /// and the stock it still held is given back (`delivered` units of it were handed
+    /// out and count as sold). Returns false if the order was no longer in the status it
+    /// was read in (another action won).
+    pub async fn resolve_order(
+        &self,
+        order: &OrderRecord,
+        note: &OperatorNote,
+        delivered: u32,
+        audit: &AuditEntry,
+        now: Timestamp,
+    ) -> Result<bool> {
+        let to = order.status.next(Cause::Resolve)?;
+        let mut tx = self.tx();
+        tx.move_order_noted(
+            order,
+            (order.status, to, Cause::Resolve),
+            now,
+            " REMOVE gsi1pk, gsi1sk",
+            None,
+            &[],
+            Vec::new(),
+            Some(note),
+        )?;
+        // A payment that came after expiry finds its stock already given back.
+        if order.status != OrderStatus::PaidAfterExpiry {
+            tx.settle_stock(&order.sku, &order.stock_shards, delivered)?;
+        }
+        tx.audit(audit)?;
         Ok(self.transact(tx).await?.committed())
     }
 

@@ -93,6 +93,35 @@ impl Tx {
         }
         Ok(self)
     }
+
+    /// Ends a reservation that was partly delivered: `delivered` of the order's units
+    /// (the first ones, share by share) are sold, the rest go back to available. One
+    /// update per counter, so a counter holding both kinds is written once.
+    pub(crate) fn settle_stock(
+        &mut self,
+        sku: &str,
+        shares: &[StockShare],
+        delivered: u32,
+    ) -> Result<&mut Self> {
+        let mut to_sell = delivered;
+        for share in shares {
+            let sold = to_sell.min(share.units);
+            to_sell -= sold;
+            self.update(
+                ItemName::Counter(share.shard),
+                key_item(keys::stock_counter(sku, share.shard)),
+                "SET #available = #available + :released, #reserved = #reserved - :q, #sold = #sold + :sold",
+                None,
+                &["available", "reserved", "sold"],
+                vec![
+                    (":q", n(share.units)),
+                    (":released", n(share.units - sold)),
+                    (":sold", n(sold)),
+                ],
+            )?;
+        }
+        Ok(self)
+    }
 }
 
 impl Store {

@@ -45,6 +45,8 @@ pub(crate) enum ItemName {
     Refund,
     /// The line a top-up change appends to its order's supplier history.
     SupplierLog,
+    /// The audit record of the operator's action the transaction carries out.
+    Audit,
 }
 
 /// A `TransactWriteItems` being built: its items, each under its own name.
