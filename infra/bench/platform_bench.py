@@ -66,6 +66,55 @@ def stock(api: str, sku: str) -> dict:
     return r.json()["stock"]
 
 
+def place_order(api: str, sku: str, i: int) -> tuple[int, float, dict]:
+    """`POST /orders` for one unit as buyer `i`: (HTTP status or 0, milliseconds, body)."""
+    start = time.monotonic()
+    try:
+        r = requests.post(f"{api}/orders", timeout=60, headers={"Idempotency-Key": f"bench-{i}-{uuid.uuid4()}"},
+                          json={"sku": sku, "quantity": 1, "buyer": {"email": f"buyer{i}@example.com"}})
+        status, body = r.status_code, (r.json() if r.headers.get("content-type", "").startswith("application/json") else {})
+    except requests.RequestException:
+        status, body = 0, {}
+    return status, (time.monotonic() - start) * 1000, body
+
+
+def pay(api: str, order: dict) -> requests.Response:
+    """The provider's notification that `order` (a `POST /orders` answer) is paid: a
+    Stripe-signed `checkout.session.completed` to the webhook function."""
+    event = stripe_webhook.checkout_completed(order["order_id"], order["amount"]["amount"],
+                                              order["amount"]["currency"])
+    return stripe_webhook.send(api, event, timeout=60)
+
+
+def look(api: str, order: dict) -> tuple[str, dict]:
+    """`GET /orders/{id}` as its buyer (the order's access token): (status, the answer)."""
+    r = requests.get(f"{api}/orders/{order['order_id']}", timeout=60,
+                     headers={"Authorization": f"Bearer {order['access_token']}"})
+    doc = r.json() if r.ok else {}
+    return doc.get("status", f"HTTP {r.status_code}"), doc
+
+
+def card_keys(doc: dict) -> list[str]:
+    """The card keys a `GET /orders/{id}` answer shows."""
+    return [d.get("code") for d in doc.get("deliveries") or [] if d.get("type") == "card_key"]
+
+
+def delivered_in_table(env: Env, order_ids: list[str]) -> set[str]:
+    """Which of the orders are `delivered`, read from their order items (BatchGetItem,
+    100 a call, strongly consistent): a light watch, unlike every order's GET /orders."""
+    ddb = provision.client("dynamodb", env.endpoint)
+    done = set()
+    for i in range(0, len(order_ids), 100):
+        got = ddb.batch_get_item(RequestItems={env.table: {
+            "Keys": [{"pk": {"S": f"ORDER#{o}"}, "sk": {"S": "ORDER"}} for o in order_ids[i:i + 100]],
+            "ConsistentRead": True, "ProjectionExpression": "pk, #s",
+            "ExpressionAttributeNames": {"#s": "status"}}})
+        for item in got["Responses"].get(env.table, []):
+            if item.get("status", {}).get("S") == "delivered":
+                done.add(item["pk"]["S"].split("#", 1)[1])
+    return done
+
+
 def flash_sale(env: Env, buyers: int, stock_n: int, concurrency: int, max_instances: int,
                deliver_timeout: float = 300) -> dict:
     plat = start_platform(env, max_instances)
@@ -88,16 +137,10 @@ def flash_sale(env: Env, buyers: int, stock_n: int, concurrency: int, max_instan
         results: list[tuple[int, float, dict]] = []
 
         def buy(i: int) -> tuple[int, float, dict]:
-            start = time.monotonic()
-            try:
-                r = requests.post(f"{api}/orders", timeout=60, headers={"Idempotency-Key": f"flash-{i}-{uuid.uuid4()}"},
-                                  json={"sku": sku, "quantity": 1, "buyer": {"email": f"buyer{i}@example.com"}})
-                status, body = r.status_code, (r.json() if r.headers.get("content-type", "").startswith("application/json") else {})
-            except requests.RequestException:
-                status, body = 0, {}
+            status, ms, body = place_order(api, sku, i)
             if status == 201:
                 sold_at.append(time.monotonic())
-            return status, (time.monotonic() - start) * 1000, body
+            return status, ms, body
 
         sold_at: list[float] = []
         t0 = time.monotonic()
@@ -115,17 +158,15 @@ def flash_sale(env: Env, buyers: int, stock_n: int, concurrency: int, max_instan
         say(f"flash sale: {len(winners)} orders in {elapsed:.1f} s; paying them")
         pay_lat: list[float] = []
 
-        def pay(order: dict) -> int:
-            event = stripe_webhook.checkout_completed(order["order_id"], order["amount"]["amount"],
-                                                      order["amount"]["currency"])
+        def pay_timed(order: dict) -> int:
             start = time.monotonic()
-            r = stripe_webhook.send(api, event, timeout=60)
+            r = pay(api, order)
             pay_lat.append((time.monotonic() - start) * 1000)
             return r.status_code
 
         t1 = time.monotonic()
         with ThreadPoolExecutor(min(concurrency, 16)) as pool:
-            pay_status = list(pool.map(pay, winners))
+            pay_status = list(pool.map(pay_timed, winners))
         pay_elapsed = time.monotonic() - t1
 
         # Wait (bounded) until every paid order shows its key.
@@ -134,39 +175,24 @@ def flash_sale(env: Env, buyers: int, stock_n: int, concurrency: int, max_instan
         states: dict[str, str] = {}
         deadline = time.monotonic() + deliver_timeout
 
-        def look(order: dict) -> tuple[str, str, list[str]]:
-            r = requests.get(f"{api}/orders/{order['order_id']}", timeout=60,
-                             headers={"Authorization": f"Bearer {order['access_token']}"})
-            doc = r.json() if r.ok else {}
-            keys = [d.get("code") for d in doc.get("deliveries") or [] if d.get("type") == "card_key"]
-            return order["order_id"], doc.get("status", f"HTTP {r.status_code}"), keys
-
-        # Watch the order items' status in the table (BatchGetItem, 100 a call, once a
-        # second): polling every order's GET /orders would load the platform more than the
-        # deliveries do. Then one read of every order over the buyer's API for the keys.
+        # Watch the order items' status in the table (once a second): polling every
+        # order's GET /orders would load the platform more than the deliveries do. Then one
+        # read of every order over the buyer's API for the keys.
         sold_qty = sum(int(o.get("quantity", 1)) for o in winners)
-        ddb = provision.client("dynamodb", env.endpoint)
         waiting = set(pending)
         while waiting and time.monotonic() < deadline:
-            ids = sorted(waiting)
-            for i in range(0, len(ids), 100):
-                got = ddb.batch_get_item(RequestItems={env.table: {
-                    "Keys": [{"pk": {"S": f"ORDER#{o}"}, "sk": {"S": "ORDER"}} for o in ids[i:i + 100]],
-                    "ConsistentRead": True, "ProjectionExpression": "pk, #s",
-                    "ExpressionAttributeNames": {"#s": "status"}}})
-                for item in got["Responses"].get(env.table, []):
-                    if item.get("status", {}).get("S") == "delivered":
-                        waiting.discard(item["pk"]["S"].split("#", 1)[1])
+            waiting -= delivered_in_table(env, sorted(waiting))
             if waiting:
                 time.sleep(1)
         deliver_elapsed = time.monotonic() - t1
         for _ in range(3):  # a last look, bounded, for stragglers
+            orders = list(pending.values())
             with ThreadPoolExecutor(4) as pool:
-                for order_id, status, keys in pool.map(look, list(pending.values())):
-                    states[order_id] = status
+                for order, (status, doc) in zip(orders, pool.map(lambda o: look(api, o), orders)):
+                    states[order["order_id"]] = status
                     if status == "delivered":
-                        delivered[order_id] = keys
-                        pending.pop(order_id)
+                        delivered[order["order_id"]] = card_keys(doc)
+                        pending.pop(order["order_id"])
             if not pending:
                 break
             time.sleep(2)

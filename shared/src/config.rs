@@ -3,6 +3,9 @@
 use std::str::FromStr;
 use std::sync::Arc;
 
+use std::time::Duration;
+
+use aws_config::retry::RetryConfig;
 use aws_config::{BehaviorVersion, ConfigLoader, SdkConfig};
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 use lambda_runtime::tracing::subscriber as tracing_subscriber;
@@ -191,13 +194,28 @@ macro_rules! client_with_counter {
     }};
 }
 
+/// The SDK's own retries of transient errors (throttling, 5xx, timeouts, dropped
+/// connections) for every AWS call: standard mode (a retry token bucket, so a failing
+/// service is not hammered), at most 3 attempts, exponential backoff with jitter from
+/// 50 ms, capped at 1 s so a retried call still fits a 10 s invocation. Every call
+/// retried is idempotent: conditional writes, and transactions with a client request
+/// token (docs/operations.md, "Retries").
+pub fn retry_config() -> RetryConfig {
+    RetryConfig::standard()
+        .with_max_attempts(3)
+        .with_initial_backoff(Duration::from_millis(50))
+        .with_max_backoff(Duration::from_secs(1))
+}
+
 /// The one way to load the shared `SdkConfig`: HTTPS through rustls on ring (see the
-/// workspace `Cargo.toml` for why not the SDK's default aws-lc client).
+/// workspace `Cargo.toml` for why not the SDK's default aws-lc client), `retry_config`.
 pub fn sdk_loader() -> ConfigLoader {
     let https = aws_smithy_http_client::Builder::new()
         .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
         .build_https();
-    aws_config::defaults(BehaviorVersion::latest()).http_client(https)
+    aws_config::defaults(BehaviorVersion::latest())
+        .http_client(https)
+        .retry_config(retry_config())
 }
 
 /// Everything a use case needs, built once per cold start and shared by invocations.
@@ -227,6 +245,7 @@ impl Context {
     /// (credentials resolved once).
     pub async fn from_env() -> Result<ContextBuilder> {
         init_logging();
+        crate::metrics::init();
         let config = Config::from_env()?;
         let sdk = sdk_loader().load().await;
         Ok(ContextBuilder::new(config, sdk, None).with_clock(clock_from_env()))
@@ -391,6 +410,51 @@ impl ContextBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A loopback server answering every request 503, counting them.
+    async fn unavailable_server() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let mut buffer = vec![0u8; 65536];
+                    // One request per read is enough for the SDK's small JSON calls.
+                    while let Ok(n) = socket.read(&mut buffer).await {
+                        if n == 0 {
+                            break;
+                        }
+                        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let answer = "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/x-amz-json-1.0\r\ncontent-length: 2\r\n\r\n{}";
+                        if socket.write_all(answer.as_bytes()).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        (url, seen)
+    }
+
+    #[tokio::test]
+    async fn a_transient_aws_error_is_retried_by_the_sdk_three_times_in_all() {
+        let (url, seen) = unavailable_server().await;
+        let sdk = sdk_loader()
+            .endpoint_url(url)
+            .region(aws_config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_dynamodb::config::Credentials::for_tests())
+            .load()
+            .await;
+        assert_eq!(sdk.retry_config(), Some(&retry_config()));
+        let client = aws_sdk_dynamodb::Client::new(&sdk);
+        let result = client.describe_limits().send().await;
+        assert!(result.is_err());
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
 
     #[derive(Clone, Default)]
     struct Capture(Arc<std::sync::Mutex<Vec<u8>>>);

@@ -17,6 +17,7 @@ pub mod error;
 #[cfg(any(test, feature = "fakes"))]
 pub mod fakes;
 pub mod http;
+pub mod metrics;
 pub mod ports;
 pub mod request;
 pub mod store;

@@ -19,9 +19,9 @@ async fn main() -> Result<(), Error> {
         let deadline = Timestamp(i64::try_from(event.context.deadline).unwrap_or(i64::MAX));
         let budget = delivery::Budget::until(deadline, Arc::new(SystemClock));
         async move {
-            Ok::<SqsBatchResponse, Error>(
-                delivery::handle_batch_within(&ctx, event.payload, budget).await,
-            )
+            let failures = delivery::handle_batch_within(&ctx, event.payload, budget).await;
+            kami_shared::metrics::flush();
+            Ok::<SqsBatchResponse, Error>(failures)
         }
     }))
     .await

@@ -20,9 +20,9 @@ async fn main() -> Result<(), Error> {
         let deadline = Timestamp(i64::try_from(event.context.deadline).unwrap_or(i64::MAX));
         let budget = Budget::until(deadline, Arc::new(SystemClock));
         async move {
-            reconcile::reconcile(&ctx, ctx.clock.now(), &budget)
-                .await
-                .map_err(Error::from) as Result<ReconcileReport, Error>
+            let report = reconcile::reconcile(&ctx, ctx.clock.now(), &budget).await;
+            kami_shared::metrics::flush();
+            report.map_err(Error::from) as Result<ReconcileReport, Error>
         }
     }))
     .await

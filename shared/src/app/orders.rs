@@ -202,6 +202,7 @@ pub async fn create_order(
         holds: Vec::new(),
         top_up,
         redelivery_requested_at: None,
+        paid_at: None,
     };
     let holds = hold_claims(ctx, &product, &order.buyer_email, source_ip)?;
     if let Some((holder, claim)) = holds.iter().find(|(_, claim)| claim.limit < quantity) {
@@ -242,6 +243,7 @@ pub async fn create_order(
                 .await
             {
                 Ok(CreateOrderOutcome::Created) => {
+                    crate::metrics::order_created();
                     tracing::info!(order_id = %order.order_id, sku = %order.sku, quantity, shards = ?order.stock_shards, "order created");
                     return Ok(created_body(&order, &token, payment_channels));
                 }

@@ -189,6 +189,7 @@ pub async fn start_payment(
                 | Error::NotAvailable { .. }),
             ) => {
                 failed += 1;
+                crate::metrics::provider_error(channel.settings.provider.as_str());
                 tracing::warn!(order_id, channel_id = %channel.channel_id, error = %err, "payment channel could not open the payment; trying the next");
             }
             // Kami's own failure (storage, a channel's secrets, configuration) is no

@@ -266,6 +266,7 @@ async fn ask(
         // Unknown whether it happened: stays `requested`; the same request (same key)
         // asks again with the same refund id.
         Err(err) => {
+            crate::metrics::provider_error(&payment.provider);
             tracing::warn!(order_id = %refund.order_id, refund_id = %refund.refund_id, error = %err, "refund outcome unknown; a retry asks again");
             return Ok(RefundStatus::Requested);
         }

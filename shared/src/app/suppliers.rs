@@ -254,6 +254,9 @@ pub async fn record_call<T>(
     result: &Result<T>,
 ) -> Result<()> {
     let failed = matches!(result, Err(Error::Timeout { .. } | Error::Upstream { .. }));
+    if result.is_err() {
+        crate::metrics::supplier_error(&supplier.supplier_id);
+    }
     let settings = &supplier.settings.circuit;
     for _ in 0..CIRCUIT_RETRIES {
         let now = ctx.clock.now();

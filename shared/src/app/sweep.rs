@@ -27,6 +27,7 @@ use crate::config::Context;
 use crate::domain::order::{OrderStatus, payment_overdue};
 use crate::domain::time::{Timestamp, new_id};
 use crate::error::Result;
+use crate::store::ExceptionFilter;
 use crate::store::{
     DueCursor, DuePage, DueQueue, INDEX_SHARDS, OrderRecord, SWEEP_LEASE_MAX_MS, SweepLease,
 };
@@ -67,7 +68,7 @@ pub async fn sweep_within(ctx: &Context, now: Timestamp, budget: &Budget) -> Res
     // Stock is released only a grace after `expires_at`: until then a late webhook for
     // a payment made in time finds the order still pending, a normal payment.
     let due_by = now.plus_seconds(-ctx.config.expiry_grace_seconds);
-    Run {
+    let report = Run {
         orders: &Live(ctx),
         now,
         due_by,
@@ -75,7 +76,27 @@ pub async fn sweep_within(ctx: &Context, now: Timestamp, budget: &Budget) -> Res
         page_size: PAGE_SIZE,
     }
     .sweep()
-    .await
+    .await;
+    report_oldest_exception(ctx, now).await;
+    report
+}
+
+/// The age of the exception queue's oldest order, once a run (one Query on its index):
+/// the alarm on it fires when an order waits for a person too long, and when the sweep
+/// stops reporting it.
+async fn report_oldest_exception(ctx: &Context, now: Timestamp) {
+    let oldest = ExceptionFilter {
+        limit: 1,
+        ..ExceptionFilter::default()
+    };
+    match ctx.store.exceptions(&oldest, None, now).await {
+        Ok((entries, _)) => {
+            crate::metrics::oldest_exception_age(entries.first().map_or(0, |e| e.age_seconds));
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "could not read the exception queue's oldest order")
+        }
+    }
 }
 
 /// Until when a run holds the lease: as long as its invocation can last (the budget's

@@ -276,11 +276,18 @@ pub fn finish(router: ApiRouter, ctx: AppState) -> axum::Router {
     router
         .fallback(no_route)
         .method_not_allowed_fallback(no_route)
+        // What the request counted is written before its answer leaves.
+        .layer(axum::middleware::map_response(flush_metrics))
         .layer(axum::middleware::from_fn_with_state(
             ctx.clone(),
             refresh_secrets,
         ))
         .with_state(ctx)
+}
+
+async fn flush_metrics(response: Response) -> Response {
+    crate::metrics::flush();
+    response
 }
 
 /// Before each request: re-read the revocable secrets (admin token, webhook secrets) if

@@ -18,7 +18,7 @@ use super::payments::PaymentRecord;
 use super::products::StockMove;
 use super::refunds::{RefundRecord, is_refund};
 use super::topups::{SupplierLogEntry, TopUpAttempt, is_supplier_log};
-use super::tx::{ItemName, Tx, TxOutcome};
+use super::tx::{CountedTransition, ItemName, Tx, TxOutcome};
 use super::{
     FAILED_RETRY_AFTER_SECONDS, INDEX_SHARDS, ORDER_INDEX, POLL_SUPPLIER_AFTER_SECONDS,
     STUCK_AFTER_SECONDS, Store, condition_failed, shard_of,
@@ -59,6 +59,9 @@ pub struct OrderRecord {
     /// When an operator last asked for it to be delivered again (a top-up whose every
     /// supplier failed starts a new round only then).
     pub redelivery_requested_at: Option<Timestamp>,
+    /// When it became `paid` (absent before it was, and on orders paid before this was
+    /// kept).
+    pub paid_at: Option<Timestamp>,
 }
 
 /// Units of an order reserved on one stock counter shard.
@@ -286,6 +289,10 @@ impl FromItem for OrderRecord {
                 .contains_key("redelivery_requested_at")
                 .then(|| get_n(item, "redelivery_requested_at").map(Timestamp))
                 .transpose()?,
+            paid_at: item
+                .contains_key("paid_at")
+                .then(|| get_n(item, "paid_at").map(Timestamp))
+                .transpose()?,
         })
     }
 }
@@ -388,6 +395,17 @@ impl Tx {
         // The exception queue's index (`gsi2`): an order is in it from the transition
         // that makes it need a person until the one that ends that, dated by the first.
         let mut expression = "SET #status = :to, updated_at = :at".to_owned();
+        // When it was paid: the delivery latency metric counts from it.
+        if to == OrderStatus::Paid {
+            expression.push_str(", paid_at = :paid_at");
+            values.push((":paid_at", n(now.0)));
+        }
+        self.transitions.push(CountedTransition {
+            from,
+            to,
+            at: now,
+            paid_at: order.paid_at,
+        });
         let mut more = more.to_owned();
         match (from.needs_a_person(), to.needs_a_person()) {
             (false, true) => {

@@ -4,6 +4,8 @@
 //! DynamoDB reports cancellation reasons by position; this file is the only place that
 //! turns positions into names.
 
+use crate::domain::order::OrderStatus;
+use crate::domain::time::Timestamp;
 use std::collections::HashMap;
 
 use aws_sdk_dynamodb::error::SdkError;
@@ -54,6 +56,16 @@ pub(crate) struct Tx {
     table: String,
     items: Vec<TransactWriteItem>,
     names: Vec<ItemName>,
+    /// The order transitions it carries, counted (`crate::metrics`) once it commits.
+    pub(crate) transitions: Vec<CountedTransition>,
+}
+
+/// An order's move as the metrics count it.
+pub(crate) struct CountedTransition {
+    pub from: OrderStatus,
+    pub to: OrderStatus,
+    pub at: Timestamp,
+    pub paid_at: Option<Timestamp>,
 }
 
 /// How a transaction ended.
@@ -135,6 +147,7 @@ impl Tx {
             table: table.to_owned(),
             items: Vec::new(),
             names: Vec::new(),
+            transitions: Vec::new(),
         }
     }
 
@@ -286,7 +299,12 @@ impl Store {
                 .send()
                 .await;
             let err = match result {
-                Ok(_) => return Ok(Some(TxOutcome::Committed)),
+                Ok(_) => {
+                    for t in &tx.transitions {
+                        crate::metrics::transition(t.from, t.to, t.at, t.paid_at);
+                    }
+                    return Ok(Some(TxOutcome::Committed));
+                }
                 Err(err) => err,
             };
             let (reasons, retry) = match &err {
