@@ -3,14 +3,17 @@
     python infra/bench/run.py [--tiny] [--only a,b] [--skip a,b] [--render-only]
 
 Sections: cold (cold start, size, RSS, warm latency), handler (callgrind instructions per
-invocation), flash (flash sale through the platform), bulk (100,000-key import), baseline
+invocation), latency (paid notification → delivered, paced and in a burst, through the
+platform), flash (flash sale through the platform), bulk (100,000-key import), baseline
 (Python runtime), awscalls (bench-aws-calls: AWS requests and cost per order), profiles
 (build-profile variants; full mode only), bulk1m (1,000,000-key import; only when named
 in --only: it takes long against moto).
 
 Each section's result is kept as JSON in .kami/bench/results/<mode>/; the report (full mode:
 docs/bench.md and docs/bench-*.png; --tiny: .kami/bench/tiny.md) is rendered from every
-result present, so sections can be re-run one at a time. Exits non-zero if a section fails.
+result present, so sections can be re-run one at a time; `--only latency` (a section that
+stands on its own) updates only its own parts of an existing docs/bench.md. Exits non-zero
+if a section fails.
 """
 
 from __future__ import annotations
@@ -31,14 +34,15 @@ from common import BENCH_DIR, FUNCTIONS, REPO, Env, machine, say  # noqa: E402
 SIZES = {
     "full": {"cold_runs": 20, "warm": 100, "cg_warm": 3, "cg_extra": 10, "flash": (2000, 500, 64, 4),
              "bulk": (100_000, 5_000), "bulk1m": (1_000_000, 5_000, 1080), "baseline": (20, 100),
-             "awscalls": (200, 1000), "profile_runs": 20},
+             "awscalls": (200, 1000), "profile_runs": 20, "latency": (300, 10.0, 100, 20)},
     "tiny": {"cold_runs": 2, "warm": 5, "cg_warm": 1, "cg_extra": 1, "flash": (20, 5, 8, 2),
              "bulk": (1000, 500), "bulk1m": (2000, 1000, 60), "baseline": (2, 3),
-             "awscalls": (5, 20), "profile_runs": 2},
+             "awscalls": (5, 20), "profile_runs": 2, "latency": (5, 10.0, 5, 20)},
 }
 # profiles before flash and bulk: run after them (moto then holding 100,000s of items),
-# its delivery-worker workload once hit the function timeout.
-DEFAULT_SECTIONS = ["cold", "handler", "profiles", "flash", "bulk", "baseline", "awscalls"]
+# its delivery-worker workload once hit the function timeout. latency before them too: on
+# moto the worker's GSI queries scan the whole table, so its time grows with the table.
+DEFAULT_SECTIONS = ["cold", "handler", "profiles", "latency", "flash", "bulk", "baseline", "awscalls"]
 
 
 def section_cold(env, s):
@@ -56,6 +60,12 @@ def section_flash(env, s):
     import platform_bench
     buyers, stock, conc, inst = s["flash"]
     return platform_bench.flash_sale(env, buyers, stock, conc, inst)
+
+
+def section_latency(env, s):
+    import latency
+    paced, rate, burst, poll_ms = s["latency"]
+    return latency.run(env, paced, rate, burst, poll_ms)
 
 
 def section_bulk(env, s):
@@ -128,7 +138,7 @@ def main() -> int:
         finally:
             env.stop()
     import report
-    out = report.render(results_dir, mode)
+    out = report.render(results_dir, mode, only=[x for x in args.only.split(",") if x])
     say(f"report written to {out.relative_to(REPO)}")
     for f in failed:
         print(f"bench: FAILED {f}", file=sys.stderr)
