@@ -26,6 +26,8 @@ pub const OLDEST_EXCEPTION_AGE: &str = "OldestExceptionAge";
 pub const SUPPLIER_ERRORS: &str = "SupplierErrors";
 /// Calls to a payment provider that failed, per `Provider`.
 pub const PROVIDER_ERRORS: &str = "ProviderErrors";
+/// Products whose stock counters disagree with their keys, once per stock audit run.
+pub const STOCK_MISMATCHES: &str = "StockMismatches";
 
 static COLLECTOR: OnceLock<&'static Collector> = OnceLock::new();
 
@@ -88,6 +90,11 @@ pub fn transition(from: OrderStatus, to: OrderStatus, at: Timestamp, paid_at: Op
 pub fn oldest_exception_age(seconds: i64) {
     #[allow(clippy::cast_precision_loss)]
     gauge!(OLDEST_EXCEPTION_AGE).set(seconds.max(0) as f64);
+}
+
+pub fn stock_mismatches(count: usize) {
+    #[allow(clippy::cast_precision_loss)]
+    gauge!(STOCK_MISMATCHES).set(count as f64);
 }
 
 pub fn supplier_error(supplier_id: &str) {

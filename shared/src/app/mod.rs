@@ -15,5 +15,6 @@ pub mod reconcile;
 pub mod refunds;
 pub mod sealed;
 mod stock;
+pub mod stock_audit;
 pub mod suppliers;
 pub mod sweep;

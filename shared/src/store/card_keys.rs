@@ -197,6 +197,33 @@ impl Store {
             .collect()
     }
 
+    /// Access pattern: how many keys a product has in stock (a `Select COUNT` Query per
+    /// stock shard, every page).
+    pub async fn count_stock_keys(&self, sku: &str) -> Result<u64> {
+        let mut total = 0u64;
+        for shard in 0..STOCK_SHARDS {
+            let partition = keys::stock_partition(sku, shard);
+            let mut start = None;
+            loop {
+                let output = self
+                    .query()
+                    .key_condition_expression("pk = :pk")
+                    .expression_attribute_values(":pk", s(&partition))
+                    .select(aws_sdk_dynamodb::types::Select::Count)
+                    .set_exclusive_start_key(start)
+                    .send()
+                    .await
+                    .map_err(|e| Error::aws("dynamodb", e))?;
+                total += u64::try_from(output.count()).unwrap_or_default();
+                start = output.last_evaluated_key().cloned();
+                if start.is_none() {
+                    break;
+                }
+            }
+        }
+        Ok(total)
+    }
+
     /// The stock shard where an order starts looking for keys.
     pub fn home_shard(order_id: &str) -> u32 {
         shard_of(order_id, STOCK_SHARDS)

@@ -143,6 +143,8 @@ pub(crate) mod keys {
     /// Orders that need a person (the exception queue, `gsi2`): one partition, by the time
     /// each began to need one.
     pub const EXCEPTIONS_INDEX: &str = "EXCEPTIONS";
+    /// Every product, in `gsi1` (the stock audit's list).
+    pub const PRODUCTS_INDEX: &str = "PRODUCTS";
     /// Money that names no order Kami can apply it to: few, kept forever, one partition.
     pub const UNMATCHED_INDEX: &str = "UNMATCHED";
 }

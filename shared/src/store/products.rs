@@ -166,6 +166,47 @@ impl Store {
         ))
     }
 
+    /// Access pattern: one page of every product's sku (gsi1 `PRODUCTS`, keys only), from
+    /// after `after`; the last sku when there may be more.
+    pub async fn product_skus(
+        &self,
+        after: Option<&str>,
+        limit: i32,
+    ) -> Result<(Vec<String>, Option<String>)> {
+        let start = after.map(|sku| {
+            let (pk, sk) = keys::product(sku);
+            [
+                ("pk", s(pk)),
+                ("sk", s(sk)),
+                ("gsi1pk", s(keys::PRODUCTS_INDEX)),
+                ("gsi1sk", n(0)),
+            ]
+            .into_iter()
+            .map(|(name, value)| (name.to_owned(), value))
+            .collect()
+        });
+        let output = self
+            .query()
+            .index_name(super::ORDER_INDEX)
+            .key_condition_expression("gsi1pk = :pk")
+            .expression_attribute_values(":pk", s(keys::PRODUCTS_INDEX))
+            .limit(limit)
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(|e| Error::aws("dynamodb", e))?;
+        let skus = output
+            .items()
+            .iter()
+            .filter_map(|item| get_s(item, "pk").ok())
+            .filter_map(|pk| pk.strip_prefix("PRODUCT#").map(str::to_owned))
+            .collect::<Vec<_>>();
+        let next = output
+            .last_evaluated_key()
+            .and_then(|_| skus.last().cloned());
+        Ok((skus, next))
+    }
+
     /// Access pattern: create a product and its zeroed stock counters in one
     /// transaction; an existing sku is a conflict.
     pub async fn create_product(&self, product: &Product) -> Result<()> {
@@ -191,6 +232,10 @@ impl Store {
         if let Some(seconds) = product.reservation_seconds {
             stored.insert("reservation_seconds".to_owned(), n(seconds));
         }
+        // Every product in one partition of `gsi1` (keys only): the stock audit lists
+        // them without a scan.
+        stored.insert("gsi1pk".to_owned(), s(keys::PRODUCTS_INDEX));
+        stored.insert("gsi1sk".to_owned(), n(0));
         if let Some(top_up) = &product.top_up {
             stored.insert("top_up".to_owned(), json(top_up)?);
         }
