@@ -26,6 +26,7 @@ import boto3
 from botocore.config import Config
 
 from . import template as tpl
+from .restore import apply_table_settings
 
 DEFAULTS_FILE = Path(__file__).resolve().parents[1] / "local-defaults.json"
 
@@ -128,14 +129,7 @@ class Stack:
                 for gsi in args.get("GlobalSecondaryIndexes", []):
                     gsi.pop("ProvisionedThroughput", None)
             table = ddb.create_table(**args)["TableDescription"]
-        ttl = p.get("TimeToLiveSpecification")
-        if ttl and ttl.get("Enabled"):
-            current = ddb.describe_time_to_live(TableName=name)["TimeToLiveDescription"]
-            if current.get("TimeToLiveStatus") not in ("ENABLED", "ENABLING"):
-                ddb.update_time_to_live(TableName=name, TimeToLiveSpecification=ttl)
-        pitr = p.get("PointInTimeRecoverySpecification")
-        if pitr:
-            ddb.update_continuous_backups(TableName=name, PointInTimeRecoverySpecification=pitr)
+        apply_table_settings(ddb, name, p)
         return name, {"Arn": table["TableArn"], "StreamArn": table.get("LatestStreamArn", "")}
 
     def _queue(self, logical_id: str, p: dict) -> tuple[str, dict]:
