@@ -10,6 +10,7 @@
   clock advance 31d | reset | show   move every running function's clock (units s, m, h, d)
   build      cargo lambda build every function (x86_64; --release)
   provision  provision template.yaml on a moto server (see kami_local.provision)
+  restore    restore the table after data loss, against AWS (docs/operations.md, Restore; kami_local.restore)
   test-e2e   run the end-to-end tests (they start their own platform)
 """
 
@@ -31,6 +32,7 @@ import requests
 from . import build as builder
 from . import clock
 from . import provision as prov
+from . import restore
 from . import template as tpl
 from .platform import REPO, STATE_DIR, Platform
 from .processes import start_moto, stop_process
@@ -308,12 +310,15 @@ def main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("build")
     b.add_argument("--release", action="store_true")
     sub.add_parser("provision", add_help=False)
+    sub.add_parser("restore", add_help=False)
     sub.add_parser("test-e2e", add_help=False)
 
     args, rest = parser.parse_known_args(argv)
     if args.command == "provision":
         prov.main(rest)
         return 0
+    if args.command == "restore":
+        return restore.main(rest)
     if args.command == "test-e2e":
         return subprocess.call([sys.executable, "-m", "pytest", str(REPO / "tests" / "e2e"), *rest], cwd=REPO)
     if rest:

@@ -1,5 +1,9 @@
-"""Provisions template.yaml's tables, queues, KMS keys and secrets on a moto server,
-idempotently, and prints what the functions need to run.
+"""Provisions template.yaml's tables, queues, KMS keys, secrets and the alarm topic on a
+moto server, idempotently, and prints what the functions need to run.
+
+A resource whose `Condition` is false is not provisioned, as in CloudFormation. Alarms
+are not created: nothing emits metrics to moto or evaluates alarms there; the template's
+alarms are checked by infra/tests/test_alarms.py instead.
 
     python -m kami_local.provision --endpoint http://127.0.0.1:5000 --json
 
@@ -22,6 +26,7 @@ import boto3
 from botocore.config import Config
 
 from . import template as tpl
+from .restore import apply_table_settings
 
 DEFAULTS_FILE = Path(__file__).resolve().parents[1] / "local-defaults.json"
 
@@ -72,8 +77,14 @@ class Stack:
 
     def ref(self, logical_id: str) -> str:
         if logical_id not in self.physical:
+            if not self.wanted(logical_id):
+                raise KeyError(f"{logical_id} is not provisioned: its condition is false")
             self._provision(logical_id)
         return self.physical[logical_id]
+
+    def wanted(self, logical_id: str) -> bool:
+        condition = self.template["Resources"][logical_id].get("Condition")
+        return condition is None or self.resolver.condition(condition)
 
     def get_att(self, logical_id: str, attr: str) -> str:
         self.ref(logical_id)
@@ -84,7 +95,8 @@ class Stack:
 
     def provision_all(self) -> dict[str, str]:
         for logical_id in self.template.get("Resources", {}):
-            self.ref(logical_id)
+            if self.wanted(logical_id):
+                self.ref(logical_id)
         return dict(self.physical)
 
     def _provision(self, logical_id: str) -> None:
@@ -117,14 +129,7 @@ class Stack:
                 for gsi in args.get("GlobalSecondaryIndexes", []):
                     gsi.pop("ProvisionedThroughput", None)
             table = ddb.create_table(**args)["TableDescription"]
-        ttl = p.get("TimeToLiveSpecification")
-        if ttl and ttl.get("Enabled"):
-            current = ddb.describe_time_to_live(TableName=name)["TimeToLiveDescription"]
-            if current.get("TimeToLiveStatus") not in ("ENABLED", "ENABLING"):
-                ddb.update_time_to_live(TableName=name, TimeToLiveSpecification=ttl)
-        pitr = p.get("PointInTimeRecoverySpecification")
-        if pitr:
-            ddb.update_continuous_backups(TableName=name, PointInTimeRecoverySpecification=pitr)
+        apply_table_settings(ddb, name, p)
         return name, {"Arn": table["TableArn"], "StreamArn": table.get("LatestStreamArn", "")}
 
     def _queue(self, logical_id: str, p: dict) -> tuple[str, dict]:
@@ -187,6 +192,22 @@ class Stack:
             arn = sm.create_secret(Name=name, Description=p.get("Description", ""), SecretString=value)["ARN"]
         return arn, {"Id": arn}
 
+    def _topic(self, logical_id: str, p: dict) -> tuple[str, dict]:
+        sns = self._client("sns")
+        name = p.get("TopicName") or self._name(logical_id)
+        attributes = {k: str(p[k]) for k in ("DisplayName", "KmsMasterKeyId") if k in p}
+        # CreateTopic returns the existing topic's ARN when the name is taken.
+        arn = sns.create_topic(Name=name, Attributes=attributes)["TopicArn"]
+        return arn, {"TopicArn": arn, "TopicName": name}
+
+    def _subscription(self, logical_id: str, p: dict) -> tuple[str, dict]:
+        sns = self._client("sns")
+        existing = next((s["SubscriptionArn"] for s in sns.list_subscriptions_by_topic(TopicArn=p["TopicArn"])
+                         ["Subscriptions"] if (s["Protocol"], s["Endpoint"]) == (p["Protocol"], p["Endpoint"])), None)
+        arn = existing or sns.subscribe(TopicArn=p["TopicArn"], Protocol=p["Protocol"], Endpoint=p["Endpoint"],
+                                        ReturnSubscriptionArn=True)["SubscriptionArn"]
+        return arn, {"Arn": arn}
+
     def _function(self, logical_id: str, p: dict) -> tuple[str, dict]:
         name = p.get("FunctionName") or self._name(logical_id)
         return name, {"Arn": f"arn:aws:lambda:{tpl.REGION}:{tpl.ACCOUNT_ID}:function:{name}"}
@@ -208,6 +229,8 @@ _HANDLERS = {
     "AWS::KMS::Key": Stack._kms_key,
     "AWS::KMS::Alias": Stack._kms_alias,
     "AWS::SecretsManager::Secret": Stack._secret,
+    "AWS::SNS::Topic": Stack._topic,
+    "AWS::SNS::Subscription": Stack._subscription,
     "AWS::Serverless::Function": Stack._function,
     "AWS::IAM::Role": Stack._role,
 }

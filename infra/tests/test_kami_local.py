@@ -369,3 +369,26 @@ def test_a_method_no_route_takes_answers_404_not_501():
     finally:
         server.shutdown()
         server.server_close()
+
+
+# ---- provisioning on moto: the alarm topic, resources under a condition ----
+
+def test_the_alarm_topic_is_provisioned_and_the_email_subscription_only_with_an_address(moto_endpoint):
+    from kami_local import provision as prov
+
+    sns = prov.client("sns", moto_endpoint)
+    resources = prov.provision(moto_endpoint)["resources"]
+    topic = resources["AlarmTopic"]
+    assert sns.get_topic_attributes(TopicArn=topic)["Attributes"]["KmsMasterKeyId"] == resources["AlarmTopicKey"]
+    # AlarmEmail is empty by default: the subscription's condition is false.
+    assert "AlarmEmailSubscription" not in resources
+    assert sns.list_subscriptions_by_topic(TopicArn=topic)["Subscriptions"] == []
+    # Alarms are named only: nothing evaluates them locally.
+    assert prov.client("cloudwatch", moto_endpoint).describe_alarms()["MetricAlarms"] == []
+
+    for _ in range(2):  # provisioning again changes nothing
+        resources = prov.provision(moto_endpoint, parameters={"AlarmEmail": "ops@example.com"})["resources"]
+    subscriptions = sns.list_subscriptions_by_topic(TopicArn=topic)["Subscriptions"]
+    assert [(s["Protocol"], s["Endpoint"], s["SubscriptionArn"]) for s in subscriptions] == [
+        ("email", "ops@example.com", resources["AlarmEmailSubscription"])]
+    assert resources["AlarmTopic"] == topic
