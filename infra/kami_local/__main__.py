@@ -80,6 +80,7 @@ Admin:
   curl -s {api}/admin/payment-channels -H 'Authorization: Bearer {s['AdminTokenSecret']}'
   infra/kami fire EveryMinute          # run the expiry sweep now
   infra/kami fire PaymentReconcile     # ask the providers about open payments now
+  infra/kami fire StockAudit           # check every product's stock counters against its keys now
 """
 
 
