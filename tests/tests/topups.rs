@@ -143,6 +143,21 @@ async fn world(names: &[(&str, Value)]) -> World {
 }
 
 impl World {
+    /// A top-up product through the first supplier with `budget` units of stock.
+    async fn budget_product(&self, prefix: &str, budget: u32) -> String {
+        let sku = unique_sku(prefix);
+        create_product(
+            &self.ctx,
+            json!({"sku": sku, "title": format!("Mobile 50, {budget} left"),
+                   "price": {"amount": 5000, "currency": "CNY"},
+                   "delivery": {"type": "direct_topup", "supplier_product": "cmcc-50",
+                                "suppliers": [self.id(0)], "stock_budget": budget,
+                                "account": {"label": "Phone number", "pattern": "^1[3-9][0-9]{9}$"}}}),
+        )
+        .await;
+        sku
+    }
+
     fn fake(&self, i: usize) -> &FakeSupplier {
         &self.suppliers[i].1
     }
@@ -893,15 +908,7 @@ async fn orders_that_need_a_person_are_in_the_exception_queue_until_they_do_not(
 #[tokio::test]
 async fn a_budget_counts_a_top_up_product_like_stock() {
     let w = world(&[("a", json!({}))]).await;
-    let sku = unique_sku("budget");
-    create_product(
-        &w.ctx,
-        json!({"sku": sku, "title": "Mobile 50, 2 left", "price": {"amount": 5000, "currency": "CNY"},
-               "delivery": {"type": "direct_topup", "supplier_product": "cmcc-50",
-                            "suppliers": [w.id(0)], "stock_budget": 2,
-                            "account": {"label": "Phone number", "pattern": "^1[3-9][0-9]{9}$"}}}),
-    )
-    .await;
+    let sku = w.budget_product("budget", 2).await;
     let (_, product) = checkout(&w.ctx, request("GET", &format!("/products/{sku}"), &[], "")).await;
     assert_eq!(product["stock"]["available"], 2);
     let (first_status, first) = place(&w.ctx, &top_up_body(&sku)).await;
@@ -975,15 +982,7 @@ async fn resolving_an_exception_releases_its_stock_once_under_ten_concurrent_res
     w.fake(0).answer_with(TopUpOutcome::Failed {
         reason: "no".into(),
     });
-    let sku = unique_sku("resolve");
-    create_product(
-        &w.ctx,
-        json!({"sku": sku, "title": "Mobile 50, 3 left", "price": {"amount": 5000, "currency": "CNY"},
-               "delivery": {"type": "direct_topup", "supplier_product": "cmcc-50",
-                            "suppliers": [w.id(0)], "stock_budget": 3,
-                            "account": {"label": "Phone number", "pattern": "^1[3-9][0-9]{9}$"}}}),
-    )
-    .await;
+    let sku = w.budget_product("resolve", 3).await;
     // One order whose delivery failed, one whose money was short: each holds a unit.
     let (_, failed) = place(&w.ctx, &top_up_body(&sku)).await;
     let failed = failed["order_id"].as_str().expect("id").to_owned();

@@ -143,14 +143,7 @@ pub struct TopUpRequestView {
 /// `GET /admin/orders/{id}`: status, exception, events, payments and which keys were
 /// allocated (ids only: codes are shown to the buyer alone).
 pub async fn order_for_operator(ctx: &Context, order_id: &str) -> Result<OperatorOrderView> {
-    if !is_id(order_id) {
-        return Err(Error::NotFound("order"));
-    }
-    let view = ctx
-        .store
-        .get_order_view(order_id)
-        .await?
-        .ok_or(Error::NotFound("order"))?;
+    let view = find_order_view(ctx, order_id).await?;
     let order = view.order;
     let refunded = order.status == OrderStatus::Refunded;
     Ok(OperatorOrderView {
@@ -276,6 +269,21 @@ pub struct Redelivery {
     pub order_id: String,
     pub status: OrderStatus,
     pub queued: bool,
+}
+
+/// The order an operator names with everything in its partition; an id that cannot be
+/// one is not found.
+pub(crate) async fn find_order_view(
+    ctx: &Context,
+    order_id: &str,
+) -> Result<crate::store::OrderView> {
+    if !is_id(order_id) {
+        return Err(Error::NotFound("order"));
+    }
+    ctx.store
+        .get_order_view(order_id)
+        .await?
+        .ok_or(Error::NotFound("order"))
 }
 
 /// The order an operator names; an id that cannot be one is not found.
@@ -467,14 +475,7 @@ pub async fn resolve(
     request: ResolveRequest,
 ) -> Result<Resolution> {
     let reason = checked_note(&request.reason, "invalid_resolution", "reason")?;
-    if !is_id(order_id) {
-        return Err(Error::NotFound("order"));
-    }
-    let view = ctx
-        .store
-        .get_order_view(order_id)
-        .await?
-        .ok_or(Error::NotFound("order"))?;
+    let view = find_order_view(ctx, order_id).await?;
     let order = view.order;
     if order.status != OrderStatus::Resolved {
         order.status.next(Cause::Resolve)?;

@@ -150,11 +150,7 @@ async fn refund_once(
             "amount.amount must be a positive number of minor units",
         ));
     }
-    let view = match is_id(order_id) {
-        true => ctx.store.get_order_view(order_id).await?,
-        false => None,
-    }
-    .ok_or(Error::NotFound("order"))?;
+    let view = super::operator::find_order_view(ctx, order_id).await?;
     let key = hmac_sha256_hex(
         ctx.secrets.fingerprint_key()?,
         format!("idempotency:refunds:{order_id}:{idempotency_key}").as_bytes(),
