@@ -259,6 +259,9 @@ def provision_stack(endpoint: str, template_path: str | Path | None = None,
     for logical_id, fn in tpl.functions(template).items():
         variables = stack.resolver.resolve(fn["Properties"]["Environment"]["Variables"])
         env = {k: str(v) for k, v in variables.items()}
+        # What Lambda itself sets from the function's LoggingConfig.
+        if (fn["Properties"].get("LoggingConfig") or {}).get("LogFormat") == "JSON":
+            env["AWS_LAMBDA_LOG_FORMAT"] = "JSON"
         binary = (fn["Metadata"].get("BuildProperties") or {}).get("Binary") or logical_id
         functions[logical_id] = {"binary": binary, "env": env}
         union.update(env)

@@ -392,3 +392,12 @@ def test_the_alarm_topic_is_provisioned_and_the_email_subscription_only_with_an_
     assert [(s["Protocol"], s["Endpoint"], s["SubscriptionArn"]) for s in subscriptions] == [
         ("email", "ops@example.com", resources["AlarmEmailSubscription"])]
     assert resources["AlarmTopic"] == topic
+
+
+def test_functions_log_json_as_lambda_tells_them_to(moto_endpoint):
+    """The template's LoggingConfig (LogFormat: JSON) reaches every function as Lambda
+    passes it, AWS_LAMBDA_LOG_FORMAT, so local logs are the lines AWS would see."""
+    from kami_local import provision as prov
+
+    functions = prov.provision(moto_endpoint)["functions"]
+    assert functions and all(f["env"].get("AWS_LAMBDA_LOG_FORMAT") == "JSON" for f in functions.values())

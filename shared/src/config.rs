@@ -514,6 +514,31 @@ mod tests {
         }
     }
 
+    /// In JSON (the template's `LogFormat: JSON`), every line is one object carrying the
+    /// spans it is in: the runtime's (`requestId`) and Kami's (`order_id`).
+    #[test]
+    fn json_lines_carry_the_request_id_and_the_order_id() {
+        let capture = Capture::default();
+        let subscriber = log_subscriber(None, None, true, capture.clone());
+        tracing::subscriber::with_default(subscriber, || {
+            let invoke = tracing::info_span!("Lambda runtime invoke", requestId = "req-123");
+            let _invoke = invoke.enter();
+            let request = tracing::info_span!("request", order_id = tracing::field::Empty);
+            request.record("order_id", "01KB0000000000000000000000");
+            let _request = request.enter();
+            tracing::info!("something about the order");
+        });
+        let text = String::from_utf8_lossy(&capture.0.lock().unwrap()).into_owned();
+        let line: serde_json::Value = serde_json::from_str(text.trim()).expect("one JSON line");
+        let spans = line["spans"].as_array().expect("spans");
+        assert!(spans.iter().any(|s| s["requestId"] == "req-123"), "{line}");
+        assert_eq!(
+            line["span"]["order_id"], "01KB0000000000000000000000",
+            "{line}"
+        );
+        assert_eq!(line["fields"]["message"], "something about the order");
+    }
+
     #[test]
     fn the_lambda_log_level_wins_and_info_is_the_default() {
         let capture = Capture::default();

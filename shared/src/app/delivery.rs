@@ -306,6 +306,8 @@ impl<O: DeliveryOrders, F: Fulfiller + Sync> Worker<'_, O, F> {
     async fn handle_message(&self, message: &SqsMessage, budget: &Budget) -> Result<()> {
         let body = message.body.as_deref().unwrap_or_default();
         let parsed: DeliveryMessage = serde_json::from_str(body).map_err(Error::invalid_json)?;
+        // Every line about this message names its order (the span is the message's).
+        tracing::Span::current().record("order_id", parsed.order_id.as_str());
         let last_receive = receive_count(message) >= self.ctx.config.delivery_max_attempts;
         let result = match budget.check(MESSAGE_RESERVE_MS, "the delivery message") {
             Ok(()) => self.deliver(&parsed.order_id, budget).await,
@@ -331,7 +333,7 @@ impl<O: DeliveryOrders, F: Fulfiller + Sync> Worker<'_, O, F> {
         let mut response = SqsBatchResponse::default();
         for message in &event.records {
             let id = message.message_id.clone().unwrap_or_default();
-            let span = tracing::info_span!("delivery_message", message_id = %id);
+            let span = tracing::info_span!("delivery_message", message_id = %id, order_id = tracing::field::Empty);
             let _guard = span.enter();
             if let Err(err) = self.handle_message(message, &budget).await {
                 tracing::error!(error = %err, "delivery message failed");

@@ -278,11 +278,38 @@ pub fn finish(router: ApiRouter, ctx: AppState) -> axum::Router {
         .method_not_allowed_fallback(no_route)
         // What the request counted is written before its answer leaves.
         .layer(axum::middleware::map_response(flush_metrics))
+        .layer(axum::middleware::from_fn(order_span))
         .layer(axum::middleware::from_fn_with_state(
             ctx.clone(),
             refresh_secrets,
         ))
         .with_state(ctx)
+}
+
+/// Every log line of a request about one order names it (`order_id` on the request's
+/// span; the runtime's own span carries the request id).
+async fn order_span(request: Request, next: axum::middleware::Next) -> Response {
+    use tracing::Instrument;
+    let span = tracing::info_span!("request", order_id = tracing::field::Empty);
+    if let Some(order_id) = order_id_in_path(request.uri().path()) {
+        span.record("order_id", order_id);
+    }
+    next.run(request).instrument(span).await
+}
+
+/// The order a path names: `/orders/{id}...` or `/admin/orders/{id}...`.
+fn order_id_in_path(path: &str) -> Option<&str> {
+    let mut segments = path.trim_start_matches('/').split('/');
+    let first = segments.next()?;
+    let first = if first == "admin" {
+        segments.next()?
+    } else {
+        first
+    };
+    (first == "orders")
+        .then(|| segments.next())
+        .flatten()
+        .filter(|id| !id.is_empty())
 }
 
 async fn flush_metrics(response: Response) -> Response {
@@ -441,6 +468,18 @@ mod tests {
             (status, body["error"]["code"].as_str()),
             (503, Some("busy_retry"))
         );
+    }
+
+    #[test]
+    fn a_request_about_an_order_names_it() {
+        assert_eq!(
+            order_id_in_path("/orders/01KB0000000000000000000000"),
+            Some("01KB0000000000000000000000")
+        );
+        assert_eq!(order_id_in_path("/orders/01KB/pay"), Some("01KB"));
+        assert_eq!(order_id_in_path("/admin/orders/01KB/resolve"), Some("01KB"));
+        assert_eq!(order_id_in_path("/orders"), None);
+        assert_eq!(order_id_in_path("/admin/products/x"), None);
     }
 
     #[test]
