@@ -82,9 +82,14 @@ pub fn transition(from: OrderStatus, to: OrderStatus, at: Timestamp, paid_at: Op
         _ => {}
     }
     if to.needs_a_person() && !from.needs_a_person() {
-        counter!(EXCEPTIONS_FILED).increment(1);
-        counter!(EXCEPTIONS_FILED, "Cause" => to.as_str()).increment(1);
+        exception_filed(to.as_str());
     }
+}
+
+/// Something went into the exception queue: an order, or a payment record.
+pub fn exception_filed(cause: &str) {
+    counter!(EXCEPTIONS_FILED).increment(1);
+    counter!(EXCEPTIONS_FILED, "Cause" => cause.to_owned()).increment(1);
 }
 
 pub fn oldest_exception_age(seconds: i64) {

@@ -1,5 +1,8 @@
 //! Stripe webhooks: verified exactly, recorded once per event, bound to their order.
 
+use std::sync::Arc;
+
+use kami_shared::Context;
 use kami_tests::*;
 use serde_json::{Value, json};
 
@@ -284,4 +287,127 @@ async fn unmatched_payments_never_expire_and_are_listed_for_operators() {
     assert_eq!(second["kind"], "checkout.session.completed");
     let (status, _) = operations(&ctx, request("GET", "/admin/payments/unmatched", &[], "")).await;
     assert_eq!(status, 401);
+}
+
+/// `POST /admin/payments/{provider}/{event_id}/resolve` as the admin.
+async fn resolve_payment(ctx: &Arc<Context>, event_id: &str) -> (u16, Value) {
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    operations(
+        ctx,
+        request(
+            "POST",
+            &format!("/admin/payments/stripe/{event_id}/resolve"),
+            &[("authorization", &auth)],
+            json!({"reason": "refunded in the Stripe dashboard"}).to_string(),
+        ),
+    )
+    .await
+}
+
+/// Money to give back is in the exception queue with the orders: a second payment of a
+/// paid order, and payments for no order Kami knows. Each leaves it once an operator
+/// resolves it, once under ten identical concurrent resolves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn duplicate_and_unmatched_payments_are_in_the_exception_queue_until_resolved() {
+    let (ctx, order_id, _, _) = pending_order("payexc", 1).await;
+    let first = format!("evt_first_{order_id}");
+    let (status, _) = pay(&ctx, &first, &order_id, 990, "CNY").await;
+    assert_eq!(status, 200);
+    // A second payment: another payment intent for the same order.
+    let second = format!("evt_second_{order_id}");
+    let payload = checkout_completed(&second, &order_id, 990, "CNY")
+        .replace(&format!("pi_{order_id}"), &format!("pi_again_{order_id}"));
+    let signature = stripe_signature(STRIPE_SECRET, now_seconds(), &payload);
+    let (status, _) = send_webhook(&ctx, &signature, payload).await;
+    assert_eq!(status, 200);
+    let unknown = format!("evt_nobody_{}", kami_shared::domain::time::new_id());
+    let claimed = kami_shared::domain::time::new_id();
+    let (status, _) = pay(&ctx, &unknown, &claimed, 250, "CNY").await;
+    assert_eq!(status, 200);
+    let duplicate_kept = webhook_record("stripe", &second).await.expect("kept");
+    assert!(
+        !duplicate_kept.contains_key("ttl"),
+        "money to give back expires"
+    );
+
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let queue = |cause: &'static str| {
+        let ctx = ctx.clone();
+        let auth = auth.clone();
+        async move {
+            let (status, page) = operations(
+                &ctx,
+                request(
+                    "GET",
+                    &format!("/admin/exceptions?cause={cause}&order=newest&limit=100"),
+                    &[("authorization", &auth)],
+                    "",
+                ),
+            )
+            .await;
+            assert_eq!(status, 200, "{page}");
+            page["exceptions"].as_array().cloned().unwrap_or_default()
+        }
+    };
+    let duplicates = queue("duplicate_payment").await;
+    let ours = duplicates
+        .iter()
+        .find(|e| e["payment"]["event_id"] == second.as_str())
+        .unwrap_or_else(|| panic!("no duplicate entry: {duplicates:?}"));
+    assert_eq!(ours["order_id"], order_id.as_str());
+    assert_eq!(ours["cause"], "duplicate_payment");
+    assert_eq!(ours["payment"]["provider"], "stripe");
+    assert!(ours["sku"].is_string());
+    let unknowns = queue("unknown_order").await;
+    let theirs = unknowns
+        .iter()
+        .find(|e| e["payment"]["event_id"] == unknown.as_str())
+        .unwrap_or_else(|| panic!("no unknown-order entry: {unknowns:?}"));
+    assert_eq!(theirs["order_id"], claimed.as_str());
+    assert_eq!(theirs["status"], Value::Null);
+    // The first payment paid the order: nothing to resolve; an unknown event: not found.
+    assert_eq!(resolve_payment(&ctx, &first).await.0, 409);
+    assert_eq!(resolve_payment(&ctx, "evt_never_seen").await.0, 404);
+
+    for event in [&second, &unknown] {
+        let tasks: Vec<_> = (0..10)
+            .map(|_| {
+                let (ctx, event) = (ctx.clone(), event.clone());
+                tokio::spawn(async move { resolve_payment(&ctx, &event).await })
+            })
+            .collect();
+        for task in tasks {
+            let (status, body) = task.await.expect("task");
+            assert_eq!((status, &body["resolved"]), (200, &json!(true)), "{body}");
+        }
+        let (status, trail) = operations(
+            &ctx,
+            request(
+                "GET",
+                &format!("/admin/audit?payment=stripe:{event}"),
+                &[("authorization", &auth)],
+                "",
+            ),
+        )
+        .await;
+        assert_eq!(status, 200, "{trail}");
+        let entries = trail["entries"].as_array().expect("entries");
+        assert_eq!(entries.len(), 1, "one resolution recorded: {trail}");
+        assert_eq!(entries[0]["action"], "payment.resolve");
+        let record = webhook_record("stripe", event).await.expect("kept");
+        assert!(!record.contains_key("gsi2pk"), "{record:?}");
+        assert!(record.contains_key("resolved_by"));
+    }
+    assert!(
+        !queue("duplicate_payment")
+            .await
+            .iter()
+            .any(|e| e["payment"]["event_id"] == second.as_str())
+    );
+    assert!(
+        !queue("unknown_order")
+            .await
+            .iter()
+            .any(|e| e["payment"]["event_id"] == unknown.as_str())
+    );
 }

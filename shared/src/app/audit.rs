@@ -63,7 +63,7 @@ pub fn snapshot<T: Serialize>(view: &T) -> Option<String> {
 }
 
 /// The query of `GET /admin/audit`: exactly one of `order`, `product`, `channel`,
-/// `supplier`, `actor`.
+/// `supplier`, `payment`, `actor`.
 #[derive(Debug, Default, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct AuditQuery {
@@ -75,6 +75,8 @@ pub struct AuditQuery {
     pub channel: Option<String>,
     /// A supplier's id.
     pub supplier: Option<String>,
+    /// A payment event, `{provider}:{event_id}`.
+    pub payment: Option<String>,
     /// An operator's name (an admin token's name): everything they did.
     pub actor: Option<String>,
     /// Entries per page, 1 to 100 (default 50), newest first.
@@ -108,6 +110,7 @@ impl AuditQuery {
                 "product" => parsed.product = value,
                 "channel" => parsed.channel = value,
                 "supplier" => parsed.supplier = value,
+                "payment" => parsed.payment = value,
                 "actor" => parsed.actor = value,
                 "cursor" => parsed.cursor = value,
                 "limit" => {
@@ -146,6 +149,11 @@ impl AuditQuery {
                 self.supplier
                     .map(|id| AuditOf::Subject(AuditSubject::Supplier, id)),
             ),
+            (
+                "payment",
+                self.payment
+                    .map(|id| AuditOf::Subject(AuditSubject::Payment, id)),
+            ),
             ("actor", self.actor.map(AuditOf::Actor)),
         ];
         let mut given = named.into_iter().filter_map(|(name, of)| Some((name, of?)));
@@ -161,11 +169,11 @@ impl AuditQuery {
             }
             (None, _) => Err(invalid(
                 "order",
-                "name one of order, product, channel, supplier or actor",
+                "name one of order, product, channel, supplier, payment or actor",
             )),
             (Some(_), Some((second, _))) => Err(invalid(
                 second,
-                "name only one of order, product, channel, supplier or actor",
+                "name only one of order, product, channel, supplier, payment or actor",
             )),
         }
     }

@@ -14,10 +14,13 @@ use crate::store::{ExceptionEntry, ExceptionFilter, cursor_key, cursor_text};
 const DEFAULT_LIMIT: i32 = 50;
 const MAX_LIMIT: i32 = 100;
 /// What `cause` may be: a status that needs a person, or a detail of one.
-pub const CAUSES: [&str; 7] = [
+pub const CAUSES: [&str; 10] = [
     "delivery_failed",
     "payment_exception",
     "paid_after_expiry",
+    "duplicate_payment",
+    "unknown_order",
+    "unbound_event",
     "supplier_outcome_unknown",
     "no_supplier_succeeded",
     "amount_mismatch",

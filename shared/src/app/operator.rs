@@ -12,7 +12,10 @@ use crate::domain::order::{Cause, OrderStatus};
 use crate::domain::time::is_id;
 use crate::error::{Error, Result};
 use crate::store::UnmatchedPayment;
-use crate::store::{AuditSubject, DeliveryRecord, OperatorNote, SupplierLogEntry, TopUpStatus};
+use crate::store::{
+    AuditSubject, DeliveryRecord, OperatorNote, PaymentEvent, PaymentResolved, SupplierLogEntry,
+    TopUpStatus,
+};
 
 /// The buyer as the operator sees them.
 #[derive(Debug, Serialize, ToSchema)]
@@ -524,6 +527,57 @@ pub async fn resolve(
         order_id: order.order_id,
         status: OrderStatus::Resolved,
     })
+}
+
+/// The answer of `POST /admin/payments/{provider}/{event_id}/resolve`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PaymentResolution {
+    pub provider: String,
+    pub event_id: String,
+    pub resolved: bool,
+}
+
+/// `POST /admin/payments/{provider}/{event_id}/resolve`: an operator settled a payment
+/// record in the exception queue (a duplicate payment given back, a payment for no known
+/// order refunded or attached by hand): it leaves the queue, with who and why, in one
+/// transaction with the audit record. Idempotent: a resolved record answers the same.
+pub async fn resolve_payment(
+    ctx: &Context,
+    actor: &Actor,
+    (provider, event_id): (String, String),
+    request: ResolveRequest,
+) -> Result<PaymentResolution> {
+    let reason = checked_note(&request.reason, "invalid_resolution", "reason")?;
+    let event = PaymentEvent { provider, event_id };
+    let subject_id = format!("{}:{}", event.provider, event.event_id);
+    let entry = actor.entry(
+        ctx,
+        "payment.resolve",
+        (AuditSubject::Payment, &subject_id),
+        Some(&reason),
+        None,
+        None,
+    );
+    let note = OperatorNote {
+        by: actor.name.clone(),
+        reason,
+    };
+    match ctx
+        .store
+        .resolve_payment_exception(&event, &note, &entry, ctx.clock.now())
+        .await?
+    {
+        PaymentResolved::Resolved | PaymentResolved::AlreadyResolved => Ok(PaymentResolution {
+            provider: event.provider,
+            event_id: event.event_id,
+            resolved: true,
+        }),
+        PaymentResolved::NotFound => Err(Error::NotFound("payment")),
+        PaymentResolved::NotAnException => Err(Error::IllegalTransition {
+            from: "applied",
+            cause: "resolve",
+        }),
+    }
 }
 
 #[cfg(test)]

@@ -241,7 +241,7 @@ fn decide<'a>(
         _ if order.payment_ref.as_deref() == Some(notice.provider_ref.as_str()) => {
             ("repeat_notification", None)
         }
-        _ => ("duplicate_payment", None),
+        _ => (crate::store::DUPLICATE_PAYMENT, None),
     };
     PaymentChange {
         provider: notice.provider,

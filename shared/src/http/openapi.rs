@@ -170,7 +170,7 @@ mod tests {
             }
         }
         assert_eq!(
-            operations, 25,
+            operations, 26,
             "one operation per route of the four HTTP functions"
         );
     }

@@ -16,8 +16,8 @@ use super::{
 use crate::app::audit::{self, Actor, AuditPage, AuditQuery};
 use crate::app::exceptions::{self, ExceptionPage, ExceptionsQuery};
 use crate::app::operator::{
-    self, ConfirmPaidRequest, ConfirmedPayment, OperatorOrderView, Redelivery, Resolution,
-    ResolveRequest, UnmatchedPayments,
+    self, ConfirmPaidRequest, ConfirmedPayment, OperatorOrderView, PaymentResolution, Redelivery,
+    Resolution, ResolveRequest, UnmatchedPayments,
 };
 use crate::app::refunds::{self, RefundRequest, RefundStarted};
 
@@ -31,6 +31,7 @@ pub fn routes() -> ApiRouter {
         .routes(routes!(unmatched_payments))
         .routes(routes!(list_exceptions))
         .routes(routes!(resolve_order))
+        .routes(routes!(resolve_payment))
         .routes(routes!(list_audit))
 }
 
@@ -230,6 +231,40 @@ async fn resolve_order(
     Ok(Reply(
         StatusCode::OK,
         operator::resolve(&ctx, &actor, &order_id, request).await?,
+    ))
+}
+
+/// Settles a payment record in the exception queue (`duplicate_payment`,
+/// `unknown_order`, `unbound_event`) with a reason, after giving the money back or
+/// attaching it by hand: it leaves the queue, and the audit trail names who and why.
+/// Idempotent.
+#[utoipa::path(
+    post,
+    path = "/admin/payments/{provider}/{event_id}/resolve",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(
+        ("provider" = String, Path, description = "The provider, as in the exception queue's `payment`"),
+        ("event_id" = String, Path, description = "The provider's event id"),
+    ),
+    request_body = ResolveRequest,
+    responses(
+        (status = 200, description = "Resolved (by this request or an earlier one)", body = PaymentResolution),
+        (status = 400, description = "`invalid_resolution` (with the field's path), `invalid_json`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`payment_not_found`", body = ErrorBody),
+        (status = 409, description = "`illegal_transition`: the payment applied to its order", body = ErrorBody),
+    )
+)]
+async fn resolve_payment(
+    State(ctx): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    PathParam(event): PathParam<(String, String)>,
+    JsonBody(request): JsonBody<ResolveRequest>,
+) -> ApiResult<PaymentResolution> {
+    Ok(Reply(
+        StatusCode::OK,
+        operator::resolve_payment(&ctx, &actor, event, request).await?,
     ))
 }
 

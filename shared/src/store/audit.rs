@@ -21,6 +21,8 @@ pub enum AuditSubject {
     Product,
     Channel,
     Supplier,
+    /// A provider's payment event (`{provider}:{event_id}`).
+    Payment,
 }
 
 impl AuditSubject {
@@ -30,6 +32,7 @@ impl AuditSubject {
             AuditSubject::Product => "product",
             AuditSubject::Channel => "channel",
             AuditSubject::Supplier => "supplier",
+            AuditSubject::Payment => "payment",
         }
     }
 }

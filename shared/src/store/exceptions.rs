@@ -1,8 +1,9 @@
 //! The exception queue: orders that need a person (`delivery_failed`,
 //! `payment_exception`, `paid_after_expiry`), in the sparse index `gsi2` from the
-//! transition that puts them there until the one that ends it (`Tx::move_order`), keyed
-//! by when they began to need one. The index carries what a listing shows, so a page is
-//! one Query.
+//! transition that puts them there until the one that ends it (`Tx::move_order`), and
+//! payment records that do (a duplicate payment, a payment for no known order) from
+//! when they are recorded until an operator resolves them; keyed by when they began to
+//! need one. The index carries what a listing shows, so a page is one Query.
 
 use super::codec::{Item, get_n, get_opt_s, get_s, keys, n, s};
 use super::{EXCEPTION_INDEX, Store};
@@ -10,18 +11,27 @@ use crate::domain::order::OrderStatus;
 use crate::domain::time::Timestamp;
 use crate::error::{Error, Result};
 
-/// One order in the exception queue.
+/// One entry of the exception queue: an order that needs a person, or a payment record
+/// (a second payment of an order, a payment for no order Kami knows).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct ExceptionEntry {
-    pub order_id: String,
-    /// Why it needs a person: the status it is in (`delivery_failed`,
-    /// `payment_exception`, `paid_after_expiry`).
+    /// The order, for an order's entry, a duplicate payment's, or the order an unknown
+    /// payment named; absent for a payment that named none.
+    pub order_id: Option<String>,
+    /// Why it needs a person: an order's status (`delivery_failed`,
+    /// `payment_exception`, `paid_after_expiry`) or a payment's outcome
+    /// (`duplicate_payment`, `unknown_order`, `unbound_event`).
     pub cause: String,
     /// The detail: a delivery's failure code (`no_supplier_succeeded`,
     /// `supplier_outcome_unknown`, ...) or a payment's outcome (`amount_mismatch`, ...).
     pub exception: Option<String>,
-    pub status: OrderStatus,
-    pub sku: String,
+    /// The order's status (orders' entries only).
+    pub status: Option<OrderStatus>,
+    pub sku: Option<String>,
+    /// A payment's entry: the provider event it is (resolve it with
+    /// `POST /admin/payments/{provider}/{event_id}/resolve`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payment: Option<PaymentEvent>,
     /// When it began to need a person.
     pub since: String,
     /// Seconds since then (at the listing).
@@ -29,15 +39,36 @@ pub struct ExceptionEntry {
     pub updated_at: String,
 }
 
+/// A provider's payment event, as the exception queue names it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct PaymentEvent {
+    pub provider: String,
+    pub event_id: String,
+}
+
+impl PaymentEvent {
+    /// The event a payment record's key names (`WEBHOOK#{provider}#{event_id}`).
+    pub fn of_key(pk: &str) -> Option<Self> {
+        let (provider, event_id) = pk.strip_prefix("WEBHOOK#")?.split_once('#')?;
+        Some(PaymentEvent {
+            provider: provider.to_owned(),
+            event_id: event_id.to_owned(),
+        })
+    }
+}
+
 impl ExceptionEntry {
     fn read(item: &Item, now: Timestamp) -> Result<Self> {
         let since = Timestamp(get_n(item, "gsi2sk")?);
         Ok(ExceptionEntry {
-            order_id: get_s(item, "order_id")?,
+            order_id: get_opt_s(item, "order_id"),
             cause: get_s(item, "exception_cause")?,
             exception: get_opt_s(item, "exception"),
-            status: OrderStatus::parse(&get_s(item, "status")?)?,
-            sku: get_s(item, "sku")?,
+            status: get_opt_s(item, "status")
+                .map(|status| OrderStatus::parse(&status))
+                .transpose()?,
+            sku: get_opt_s(item, "sku"),
+            payment: PaymentEvent::of_key(&get_s(item, "pk")?),
             since: since.to_rfc3339(),
             age_seconds: (now.0 - since.0).max(0) / 1000,
             updated_at: get_s(item, "updated_at")?,
@@ -94,21 +125,33 @@ impl Store {
     }
 }
 
-/// A page's `LastEvaluatedKey` as one string (for an opaque cursor): the order's
-/// partition key and the index's sort key (the rest are constants), `|` between.
+/// A page's `LastEvaluatedKey` as one string (for an opaque cursor): the entry's key
+/// and the index's sort key (the partition is a constant), `|` between.
 pub fn cursor_text(key: &Item) -> Result<String> {
-    Ok(format!("{}|{}", get_s(key, "pk")?, get_n(key, "gsi2sk")?))
+    Ok(format!(
+        "{}|{}|{}",
+        get_n(key, "gsi2sk")?,
+        get_s(key, "sk")?,
+        get_s(key, "pk")?
+    ))
 }
 
-/// The key a cursor's text names; `None` if it is not one of this queue's keys.
+/// The key a cursor's text names; `None` if it is not one of this queue's keys (an
+/// order's, or a payment record's).
 pub fn cursor_key(text: &str) -> Option<Item> {
-    let (pk, since) = text.split_once('|')?;
-    keys::order_id_of(pk)?;
-    let since: i64 = since.parse().ok()?;
+    let mut parts = text.splitn(3, '|');
+    let since: i64 = parts.next()?.parse().ok()?;
+    let sk = parts.next()?;
+    let pk = parts.next()?;
+    let order = keys::order_id_of(pk).is_some() && sk == keys::ORDER_SK;
+    let payment = PaymentEvent::of_key(pk).is_some();
+    if !(order || payment) {
+        return None;
+    }
     Some(
         [
             ("pk", s(pk)),
-            ("sk", s(keys::ORDER_SK)),
+            ("sk", s(sk)),
             ("gsi2pk", s(keys::EXCEPTIONS_INDEX)),
             ("gsi2sk", n(since)),
         ]

@@ -50,14 +50,17 @@ pub use audit::{AuditCursor, AuditEntry, AuditOf, AuditSubject};
 pub use card_keys::{AllocateOutcome, BatchRecord, CardKeySlot, SealedKey, StockKey};
 pub use channels::{ChannelRecord, SealedSecrets};
 pub use codec::Item;
-pub use exceptions::{ExceptionEntry, ExceptionFilter, cursor_key, cursor_text};
+pub use exceptions::{ExceptionEntry, ExceptionFilter, PaymentEvent, cursor_key, cursor_text};
 pub use holds::{HoldClaim, HoldRecord};
 pub use idempotency::IdempotencyRecord;
 pub use orders::{
     CreateOrderOutcome, DeliveryRecord, DueCursor, DuePage, DueQueue, OperatorNote, OrderEvent,
     OrderRecord, OrderView, StockShare,
 };
-pub use payments::{PaymentApplied, PaymentChange, PaymentRecord, Unmatched, UnmatchedPayment};
+pub use payments::{
+    DUPLICATE_PAYMENT, PaymentApplied, PaymentChange, PaymentRecord, PaymentResolved, Unmatched,
+    UnmatchedPayment,
+};
 pub use refunds::{RefundRecord, RefundReserved, RefundSettlement, RefundStatus};
 pub use suppliers::SupplierRecord;
 pub use sweep_lease::SweepLease;

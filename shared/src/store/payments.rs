@@ -2,9 +2,12 @@
 //! webhook dedupe record of every provider event (also what keeps a verified event
 //! that matches no order for an operator).
 
+use super::audit::AuditEntry;
 use super::codec::{
     FromItem, Item, get_money, get_n, get_opt_s, get_s, item, key_item, keys, n, s,
 };
+use super::exceptions::PaymentEvent;
+use super::orders::OperatorNote;
 use super::orders::{OrderRecord, StockShare, stock_attributes};
 use super::products::StockMove;
 use super::tx::{ItemName, TxOutcome};
@@ -80,6 +83,27 @@ impl FromItem for PaymentRecord {
     }
 }
 
+/// What resolving a payment record found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PaymentResolved {
+    Resolved,
+    AlreadyResolved,
+    NotFound,
+    /// A payment that applied to its order: nothing to resolve.
+    NotAnException,
+}
+
+/// A second payment of an order already paid: money an operator gives back.
+pub const DUPLICATE_PAYMENT: &str = "duplicate_payment";
+
+/// Puts a payment record in the exception queue (`gsi2`) as of `now`, with its cause.
+fn file_exception(record: &mut Item, cause: &str, now: Timestamp) {
+    record.insert("gsi2pk".to_owned(), s(keys::EXCEPTIONS_INDEX));
+    record.insert("gsi2sk".to_owned(), n(now.0));
+    record.insert("exception_cause".to_owned(), s(cause));
+    record.insert("updated_at".to_owned(), s(now.to_rfc3339()));
+}
+
 /// The dedupe record of a provider event, kept for 30 days.
 fn webhook_item(provider: &str, event_id: &str, outcome: &str, now: Timestamp) -> Item {
     item(
@@ -108,6 +132,13 @@ impl Store {
         let mut tx = self.tx();
         let mut webhook = webhook_item(change.provider, change.event_id, change.outcome, now);
         webhook.insert("order_id".to_owned(), s(&order.order_id));
+        if change.outcome == DUPLICATE_PAYMENT {
+            // Money to give back: kept (no TTL) and in the exception queue until an
+            // operator resolves it.
+            webhook.remove("ttl");
+            file_exception(&mut webhook, DUPLICATE_PAYMENT, now);
+            webhook.insert("sku".to_owned(), s(&order.sku));
+        }
         tx.put(ItemName::Webhook, webhook, Some("attribute_not_exists(pk)"))?;
         let mut payment = item(
             keys::payment(&order.order_id, change.provider, change.event_id),
@@ -177,7 +208,12 @@ impl Store {
             tx.attempt_paid(&order.order_id, payment_id, &at)?;
         }
         Ok(match self.transact(tx).await? {
-            TxOutcome::Committed => PaymentApplied::Applied,
+            TxOutcome::Committed => {
+                if change.outcome == DUPLICATE_PAYMENT {
+                    crate::metrics::exception_filed(DUPLICATE_PAYMENT);
+                }
+                PaymentApplied::Applied
+            }
             TxOutcome::Cancelled(c) if c.failed(ItemName::Webhook) => PaymentApplied::Duplicate,
             TxOutcome::Cancelled(c)
                 if c.failed_items()
@@ -206,6 +242,7 @@ impl Store {
         webhook.insert("gsi1pk".to_owned(), s(keys::UNMATCHED_INDEX));
         webhook.insert("gsi1sk".to_owned(), n(now.unix_seconds()));
         webhook.insert("kind".to_owned(), s(unmatched.kind));
+        file_exception(&mut webhook, unmatched.outcome, now);
         if let Some(order_id) = unmatched.claimed_order_id {
             webhook.insert("order_id".to_owned(), s(order_id));
         }
@@ -213,7 +250,48 @@ impl Store {
             webhook.insert("amount".to_owned(), n(amount.amount));
             webhook.insert("currency".to_owned(), s(&amount.currency));
         }
-        self.put_if_absent(webhook).await
+        let filed = self.put_if_absent(webhook).await?;
+        if filed {
+            crate::metrics::exception_filed(unmatched.outcome);
+        }
+        Ok(filed)
+    }
+
+    /// Access pattern: an operator settles a payment record in the exception queue (a
+    /// duplicate or unmatched payment): it leaves the queue (REMOVE gsi2pk, gsi2sk), keeps
+    /// who and why (`resolved_by`, `resolution`, `resolved_at`), in one transaction with
+    /// the audit record. Only a record still in the queue moves.
+    pub async fn resolve_payment_exception(
+        &self,
+        event: &PaymentEvent,
+        note: &OperatorNote,
+        audit: &AuditEntry,
+        now: Timestamp,
+    ) -> Result<PaymentResolved> {
+        let key = keys::webhook(&event.provider, &event.event_id);
+        let mut tx = self.tx();
+        tx.update(
+            ItemName::Webhook,
+            key_item(key.clone()),
+            "SET resolved_by = :by, resolution = :reason, resolved_at = :at REMOVE gsi2pk, gsi2sk",
+            Some("attribute_exists(gsi2pk)"),
+            &[],
+            vec![
+                (":by", s(&note.by)),
+                (":reason", s(&note.reason)),
+                (":at", s(now.to_rfc3339())),
+            ],
+        )?;
+        tx.audit(audit)?;
+        if self.transact(tx).await?.committed() {
+            return Ok(PaymentResolved::Resolved);
+        }
+        let found = self.get(key, true).await?;
+        Ok(match found {
+            None => PaymentResolved::NotFound,
+            Some(record) if record.contains_key("resolved_by") => PaymentResolved::AlreadyResolved,
+            Some(_) => PaymentResolved::NotAnException,
+        })
     }
 
     /// Access pattern: the unmatched payments (`record_unmatched_payment`), newest first,
