@@ -80,6 +80,14 @@ class Env:
             raise SystemExit(f"bench: no build at {', '.join(missing)} (infra/kami build --release)")
         return cls(endpoint, template, stack, provisioned, moto, bootstraps)
 
+    def fresh(self) -> "Env":
+        """Another moto server with the stack provisioned anew (an empty table), the same
+        template and bootstraps. moto answers every Query by going through the whole
+        table, so on a fresh one a measurement does not depend on what ran before it."""
+        moto, endpoint = start_moto(0, LOG_DIR)
+        provisioned, stack = provision.provision_stack(endpoint)
+        return Env(endpoint, self.template, stack, provisioned, moto, dict(self.bootstraps))
+
     @property
     def table(self) -> str:
         return self.provisioned["resources"]["KamiTable"]

@@ -428,8 +428,10 @@ def _latency(r: dict) -> list[str]:
             "its figures are not measured here.", "",
             "**Included**: the local API's HTTP on loopback (a Python server standing in for API Gateway), the "
             "emulator's invoke per function, every DynamoDB, SQS and KMS request to moto (one Python process; "
-            "every DynamoDB request under one lock, and a GSI query answered by scanning the table: "
-            f"{res['table_items'][0]:,} items before this section, {res['table_items'][1]:,} after), the worker's "
+            "every DynamoDB request under one lock, and every Query answered by going through the whole table; "
+            "each run has a fresh moto, its table holding " + ", ".join(
+                f"{x['table_items'][0]:,} → {x['table_items'][1]:,} items ({x['name']})" for x in runs)
+            + " from the first notification to the last delivery, the orders placed before), the worker's "
             "batch handling, and, for the buyer's figure, the polling `GET /orders/{id}` themselves (checkout "
             "decrypts the key once delivered). All of it on the same 2 CPUs as the load generator. **Not "
             "included**: the provider's own delay before it notifies (Stripe, Alipay and WeChat Pay notify "

@@ -40,8 +40,7 @@ SIZES = {
              "awscalls": (5, 20), "profile_runs": 2, "latency": (5, 10.0, 5, 20)},
 }
 # profiles before flash and bulk: run after them (moto then holding 100,000s of items),
-# its delivery-worker workload once hit the function timeout. latency before them too: on
-# moto the worker's GSI queries scan the whole table, so its time grows with the table.
+# its delivery-worker workload once hit the function timeout.
 DEFAULT_SECTIONS = ["cold", "handler", "profiles", "latency", "flash", "bulk", "baseline", "awscalls"]
 
 

@@ -405,3 +405,125 @@ async fn a_payment_within_the_grace_after_expiry_is_a_normal_payment() {
         json!({"available": 1, "reserved": 0, "sold": 1})
     );
 }
+
+/// `POST /admin/orders/{id}/accept-payment` as the admin.
+async fn accept_payment(ctx: &Arc<Context>, order_id: &str) -> (u16, serde_json::Value) {
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    operations(
+        ctx,
+        request(
+            "POST",
+            &format!("/admin/orders/{order_id}/accept-payment"),
+            &[("authorization", &auth)],
+            json!({"reason": "the buyer's bank took a fee; we deliver"}).to_string(),
+        ),
+    )
+    .await
+}
+
+/// An operator takes late or short money as it came: the order is paid and delivered,
+/// once under ten identical concurrent requests; after expiry it takes its stock again,
+/// or is refused while there is none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_operator_accepts_late_or_short_money_and_the_order_is_delivered_once() {
+    let _turn = SWEEPS.lock().await;
+    let ctx = context().await;
+    let sku = product_with_keys(&ctx, "accept", 700, 5, &make_keys("ACC", 1)).await;
+    let (_, late) = order(&ctx, &sku, 1, &format!("accept-late-{sku}")).await;
+    let late_id = late["order_id"].as_str().expect("id").to_owned();
+    sweep(&ctx, after_expiry(&ctx)).await.expect("sweep");
+    // The key is taken by another order meanwhile; then the late money arrives.
+    let (status, other) = order(&ctx, &sku, 1, &format!("accept-other-{sku}")).await;
+    assert_eq!(status, 201);
+    let (status, _) = pay(&ctx, &format!("evt_late_{late_id}"), &late_id, 700, "CNY").await;
+    assert_eq!(status, 200);
+    let view = |id: String, token: String| {
+        let ctx = ctx.clone();
+        async move { view_order(&ctx, &id, &token).await.1 }
+    };
+    let late_token = late["access_token"].as_str().expect("token").to_owned();
+    assert_eq!(
+        view(late_id.clone(), late_token.clone()).await["status"],
+        "paid_after_expiry"
+    );
+    let (status, body) = accept_payment(&ctx, &late_id).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("out_of_stock"))
+    );
+
+    // With stock again, ten operators accept at once: one transition, one delivery.
+    let (status, _) = import_keys(
+        &ctx,
+        &sku,
+        "application/json",
+        json!({ "keys": make_keys("ACC2", 2) }).to_string(),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let (ctx, id) = (ctx.clone(), late_id.clone());
+            tokio::spawn(async move { accept_payment(&ctx, &id).await })
+        })
+        .collect();
+    let mut queued = 0;
+    for task in tasks {
+        let (status, body) = task.await.expect("task");
+        assert_eq!(status, 202, "{body}");
+        queued += usize::from(body["queued"] == true);
+    }
+    assert_eq!(queued, 1, "one request moved the order");
+    drain_delivery_queue(&ctx).await;
+    let delivered = view(late_id.clone(), late_token).await;
+    assert_eq!(delivered["status"], "delivered", "{delivered}");
+    let (_, operator) = operations(
+        &ctx,
+        request(
+            "GET",
+            &format!("/admin/orders/{late_id}"),
+            &[("authorization", &format!("Bearer {ADMIN_TOKEN}"))],
+            "",
+        ),
+    )
+    .await;
+    assert_eq!(
+        causes(&operator)
+            .iter()
+            .filter(|c| *c == "accept_payment")
+            .count(),
+        1
+    );
+
+    // Short money: its stock was never given back; accepted, it is delivered.
+    let (_, short) = order(&ctx, &sku, 1, &format!("accept-short-{sku}")).await;
+    let short_id = short["order_id"].as_str().expect("id").to_owned();
+    let (status, _) = pay(
+        &ctx,
+        &format!("evt_short_{short_id}"),
+        &short_id,
+        690,
+        "CNY",
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _) = accept_payment(&ctx, &short_id).await;
+    assert_eq!(status, 202);
+    drain_delivery_queue(&ctx).await;
+    let short_token = short["access_token"].as_str().expect("token").to_owned();
+    assert_eq!(view(short_id, short_token).await["status"], "delivered");
+    let (_, product) = admin_product(&ctx, &sku).await;
+    assert_eq!(
+        product["stock"],
+        json!({"available": 0, "reserved": 1, "sold": 2})
+    );
+    // Asked again later, the accepted order answers the same; an order that never
+    // needed it (pending) is refused.
+    let (status, body) = accept_payment(&ctx, &late_id).await;
+    assert_eq!((status, body["queued"].as_bool()), (202, Some(false)));
+    let (status, body) = accept_payment(&ctx, other["order_id"].as_str().expect("id")).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("illegal_transition"))
+    );
+}

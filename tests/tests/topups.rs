@@ -1013,7 +1013,7 @@ async fn resolving_an_exception_releases_its_stock_once_under_ten_concurrent_res
         (status, body["error"]["path"].as_str()),
         (400, Some("reason"))
     );
-    assert_eq!(body["error"]["code"], "invalid_resolution");
+    assert_eq!(body["error"]["code"], "invalid_reason");
 
     // Ten identical resolves at once, for each order: one transition each.
     for order_id in [&failed, &short] {

@@ -13,8 +13,8 @@ use crate::domain::time::is_id;
 use crate::error::{Error, Result};
 use crate::store::UnmatchedPayment;
 use crate::store::{
-    AuditSubject, DeliveryRecord, OperatorNote, PaymentEvent, PaymentResolved, SupplierLogEntry,
-    TopUpStatus,
+    Accepted, AuditSubject, DeliveryRecord, OperatorNote, PaymentEvent, PaymentResolved,
+    SupplierLogEntry, TopUpStatus,
 };
 
 /// The buyer as the operator sees them.
@@ -443,18 +443,18 @@ fn status_snapshot(status: OrderStatus) -> String {
     format!("{{\"status\":\"{}\"}}", status.as_str())
 }
 
-/// The body of `POST /admin/orders/{order_id}/resolve`.
+/// The body of an operator's action that takes a reason (resolve, accept-payment).
 #[derive(Debug, serde::Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct ResolveRequest {
-    /// Why the order needs nothing more (1 to 200 printable characters).
+pub struct ReasonRequest {
+    /// Why (1 to 200 printable characters).
     #[schema(example = "buyer refunded by bank transfer, ticket 4411")]
     pub reason: String,
 }
 
-impl crate::request::RequestBody for ResolveRequest {
+impl crate::request::RequestBody for ReasonRequest {
     fn field_code(_path: &str) -> Option<&'static str> {
-        Some("invalid_resolution")
+        Some("invalid_reason")
     }
 }
 
@@ -475,9 +475,9 @@ pub async fn resolve(
     ctx: &Context,
     actor: &Actor,
     order_id: &str,
-    request: ResolveRequest,
+    request: ReasonRequest,
 ) -> Result<Resolution> {
-    let reason = checked_note(&request.reason, "invalid_resolution", "reason")?;
+    let reason = checked_note(&request.reason, "invalid_reason", "reason")?;
     let view = find_order_view(ctx, order_id).await?;
     let order = view.order;
     if order.status != OrderStatus::Resolved {
@@ -529,6 +529,106 @@ pub async fn resolve(
     })
 }
 
+/// `POST /admin/orders/{order_id}/accept-payment`: an operator takes the money of a
+/// `payment_exception` (short, or another currency) or `paid_after_expiry` order as it
+/// came, and sends the order to delivery: it becomes `paid` (its history names who and
+/// why, with the audit record in the same transaction) and is queued. An order whose
+/// stock went back at expiry takes it again: first the counters it held, then any that
+/// hold its units (`409 out_of_stock` when none does: import keys, or resolve or refund
+/// it). Idempotent: an order the action already moved answers the same.
+pub async fn accept_payment(
+    ctx: &Context,
+    actor: &Actor,
+    order_id: &str,
+    request: ReasonRequest,
+) -> Result<Redelivery> {
+    let reason = checked_note(&request.reason, "invalid_reason", "reason")?;
+    let mut order = find_order(ctx, order_id).await?;
+    let mut plans: Option<Vec<Vec<crate::store::StockShare>>> = None;
+    for _ in 0..ACCEPT_ATTEMPTS {
+        if order.status.next(Cause::AcceptPayment).is_err() {
+            break;
+        }
+        // A payment exception's stock is still reserved; after expiry it went back.
+        let reserve = match (&plans, order.status) {
+            (_, OrderStatus::PaymentException) => None,
+            (None, _) => Some(order.stock_shards.clone()),
+            (Some(plans), _) => match plans.first() {
+                Some(plan) => Some(plan.clone()),
+                None => return Err(Error::Conflict(crate::error::ConflictKind::OutOfStock)),
+            },
+        };
+        let entry = actor.entry(
+            ctx,
+            "order.accept_payment",
+            (AuditSubject::Order, &order.order_id),
+            Some(&reason),
+            Some(status_snapshot(order.status)),
+            Some(status_snapshot(OrderStatus::Paid)),
+        );
+        let note = OperatorNote {
+            by: actor.name.clone(),
+            reason: reason.clone(),
+        };
+        match ctx
+            .store
+            .accept_payment(&order, &note, reserve.as_deref(), &entry, ctx.clock.now())
+            .await?
+        {
+            Accepted::Moved => {
+                tracing::warn!(
+                    order_id,
+                    actor = actor.name,
+                    reason,
+                    "payment accepted by an operator"
+                );
+                ctx.queue()?.enqueue_delivery(&order.order_id).await?;
+                return Ok(Redelivery {
+                    order_id: order.order_id,
+                    status: OrderStatus::Paid,
+                    queued: true,
+                });
+            }
+            Accepted::NoStock => match &mut plans {
+                None => {
+                    let shards = ctx.store.stock_shards(&order.sku, true).await?;
+                    plans = Some(super::stock::reservation_plans(&shards, order.quantity));
+                }
+                Some(plans) if !plans.is_empty() => {
+                    plans.remove(0);
+                }
+                Some(_) => {}
+            },
+            Accepted::Raced => order = find_order(ctx, order_id).await?,
+        }
+    }
+    // Moved by a twin request (or delivered since): the same answer; anything else was
+    // never this action's to take.
+    let accepted_before = ctx
+        .store
+        .get_order_view(order_id)
+        .await?
+        .is_some_and(|view| {
+            view.events
+                .iter()
+                .any(|e| e.cause == Cause::AcceptPayment.as_str())
+        });
+    if accepted_before {
+        return Ok(Redelivery {
+            order_id: order.order_id,
+            status: order.status,
+            queued: false,
+        });
+    }
+    Err(Error::IllegalTransition {
+        from: order.status.as_str(),
+        cause: Cause::AcceptPayment.as_str(),
+    })
+}
+
+/// Tries of `accept_payment`: the order moving meanwhile, or counters running short.
+const ACCEPT_ATTEMPTS: usize = 10;
+
 /// The answer of `POST /admin/payments/{provider}/{event_id}/resolve`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct PaymentResolution {
@@ -545,9 +645,9 @@ pub async fn resolve_payment(
     ctx: &Context,
     actor: &Actor,
     (provider, event_id): (String, String),
-    request: ResolveRequest,
+    request: ReasonRequest,
 ) -> Result<PaymentResolution> {
-    let reason = checked_note(&request.reason, "invalid_resolution", "reason")?;
+    let reason = checked_note(&request.reason, "invalid_reason", "reason")?;
     let event = PaymentEvent { provider, event_id };
     let subject_id = format!("{}:{}", event.provider, event.event_id);
     let entry = actor.entry(

@@ -56,6 +56,9 @@ pub enum Cause {
     AwaitSupplier,
     /// An operator settled an order that needed a person.
     Resolve,
+    /// An operator accepted the money as it came (short, or after the order expired)
+    /// and sent the order to delivery.
+    AcceptPayment,
 }
 
 impl Cause {
@@ -74,6 +77,7 @@ impl Cause {
             Cause::Refund => "refund",
             Cause::AwaitSupplier => "await_supplier",
             Cause::Resolve => "resolve",
+            Cause::AcceptPayment => "accept_payment",
         }
     }
 }
@@ -118,6 +122,9 @@ const TRANSITIONS: &[(OrderStatus, Cause, OrderStatus)] = {
         (DeliveryFailed, Resolve, Resolved),
         (PaymentException, Resolve, Resolved),
         (PaidAfterExpiry, Resolve, Resolved),
+        // Or takes the money as it came and delivers (stock taken again after expiry).
+        (PaymentException, AcceptPayment, Paid),
+        (PaidAfterExpiry, AcceptPayment, Paid),
     ]
 };
 

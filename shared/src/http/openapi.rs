@@ -170,7 +170,7 @@ mod tests {
             }
         }
         assert_eq!(
-            operations, 26,
+            operations, 27,
             "one operation per route of the four HTTP functions"
         );
     }

@@ -16,8 +16,8 @@ use super::{
 use crate::app::audit::{self, Actor, AuditPage, AuditQuery};
 use crate::app::exceptions::{self, ExceptionPage, ExceptionsQuery};
 use crate::app::operator::{
-    self, ConfirmPaidRequest, ConfirmedPayment, OperatorOrderView, PaymentResolution, Redelivery,
-    Resolution, ResolveRequest, UnmatchedPayments,
+    self, ConfirmPaidRequest, ConfirmedPayment, OperatorOrderView, PaymentResolution,
+    ReasonRequest, Redelivery, Resolution, UnmatchedPayments,
 };
 use crate::app::refunds::{self, RefundRequest, RefundStarted};
 
@@ -32,6 +32,7 @@ pub fn routes() -> ApiRouter {
         .routes(routes!(list_exceptions))
         .routes(routes!(resolve_order))
         .routes(routes!(resolve_payment))
+        .routes(routes!(accept_payment))
         .routes(routes!(list_audit))
 }
 
@@ -213,10 +214,10 @@ async fn refund_order(
     tag = "admin",
     security(("admin_token" = [])),
     params(("order_id" = String, Path, description = "The order's id (ULID)")),
-    request_body = ResolveRequest,
+    request_body = ReasonRequest,
     responses(
         (status = 200, description = "Resolved (by this request or an earlier one)", body = Resolution),
-        (status = 400, description = "`invalid_resolution` (with the field's path), `invalid_json`", body = ErrorBody),
+        (status = 400, description = "`invalid_reason` (with the field's path), `invalid_json`", body = ErrorBody),
         (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`order_not_found`", body = ErrorBody),
         (status = 409, description = "`illegal_transition`: the order does not need a person", body = ErrorBody),
@@ -226,11 +227,40 @@ async fn resolve_order(
     State(ctx): State<AppState>,
     Extension(actor): Extension<Actor>,
     PathParam(order_id): PathParam<String>,
-    JsonBody(request): JsonBody<ResolveRequest>,
+    JsonBody(request): JsonBody<ReasonRequest>,
 ) -> ApiResult<Resolution> {
     Ok(Reply(
         StatusCode::OK,
         operator::resolve(&ctx, &actor, &order_id, request).await?,
+    ))
+}
+
+/// Takes the money of a `payment_exception` or `paid_after_expiry` order as it came and
+/// sends the order to delivery (`paid`; stock taken again after expiry). Idempotent.
+#[utoipa::path(
+    post,
+    path = "/admin/orders/{order_id}/accept-payment",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(("order_id" = String, Path, description = "The order's id (ULID)")),
+    request_body = ReasonRequest,
+    responses(
+        (status = 202, description = "Paid and queued for delivery (or accepted before: `queued` false)", body = Redelivery),
+        (status = 400, description = "`invalid_reason` (with the field's path), `invalid_json`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`order_not_found`", body = ErrorBody),
+        (status = 409, description = "`illegal_transition` (not a payment exception or a payment after expiry), `out_of_stock` (its stock is gone)", body = ErrorBody),
+    )
+)]
+async fn accept_payment(
+    State(ctx): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    PathParam(order_id): PathParam<String>,
+    JsonBody(request): JsonBody<ReasonRequest>,
+) -> ApiResult<Redelivery> {
+    Ok(Reply(
+        StatusCode::ACCEPTED,
+        operator::accept_payment(&ctx, &actor, &order_id, request).await?,
     ))
 }
 
@@ -247,10 +277,10 @@ async fn resolve_order(
         ("provider" = String, Path, description = "The provider, as in the exception queue's `payment`"),
         ("event_id" = String, Path, description = "The provider's event id"),
     ),
-    request_body = ResolveRequest,
+    request_body = ReasonRequest,
     responses(
         (status = 200, description = "Resolved (by this request or an earlier one)", body = PaymentResolution),
-        (status = 400, description = "`invalid_resolution` (with the field's path), `invalid_json`", body = ErrorBody),
+        (status = 400, description = "`invalid_reason` (with the field's path), `invalid_json`", body = ErrorBody),
         (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`payment_not_found`", body = ErrorBody),
         (status = 409, description = "`illegal_transition`: the payment applied to its order", body = ErrorBody),
@@ -260,7 +290,7 @@ async fn resolve_payment(
     State(ctx): State<AppState>,
     Extension(actor): Extension<Actor>,
     PathParam(event): PathParam<(String, String)>,
-    JsonBody(request): JsonBody<ResolveRequest>,
+    JsonBody(request): JsonBody<ReasonRequest>,
 ) -> ApiResult<PaymentResolution> {
     Ok(Reply(
         StatusCode::OK,

@@ -54,8 +54,8 @@ pub use exceptions::{ExceptionEntry, ExceptionFilter, PaymentEvent, cursor_key, 
 pub use holds::{HoldClaim, HoldRecord};
 pub use idempotency::IdempotencyRecord;
 pub use orders::{
-    CreateOrderOutcome, DeliveryRecord, DueCursor, DuePage, DueQueue, OperatorNote, OrderEvent,
-    OrderRecord, OrderView, StockShare,
+    Accepted, CreateOrderOutcome, DeliveryRecord, DueCursor, DuePage, DueQueue, OperatorNote,
+    OrderEvent, OrderRecord, OrderView, StockShare,
 };
 pub use payments::{
     DUPLICATE_PAYMENT, PaymentApplied, PaymentChange, PaymentRecord, PaymentResolved, Unmatched,

@@ -134,6 +134,16 @@ pub struct OrderEvent {
     pub reason: Option<String>,
 }
 
+/// What accepting an exception's money came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepted {
+    Moved,
+    /// The counters tried no longer hold the units.
+    NoStock,
+    /// The order moved meanwhile.
+    Raced,
+}
+
 /// Who moved an order by hand, and why: kept on the event (the order's history).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OperatorNote {
@@ -653,6 +663,55 @@ impl Store {
         }
         tx.audit(audit)?;
         Ok(self.transact(tx).await?.committed())
+    }
+
+    /// Access pattern: an operator accepts an exception's money as it came
+    /// (`payment_exception | paid_after_expiry → paid`), in one transaction with the
+    /// audit record: the order joins the stuck-order index like any paid order, and an
+    /// order whose stock went back at expiry reserves `reserve` again (on those counters
+    /// only if they hold it).
+    pub async fn accept_payment(
+        &self,
+        order: &OrderRecord,
+        note: &OperatorNote,
+        reserve: Option<&[StockShare]>,
+        audit: &AuditEntry,
+        now: Timestamp,
+    ) -> Result<Accepted> {
+        let to = order.status.next(Cause::AcceptPayment)?;
+        let mut more = ", gsi1pk = :gpk, gsi1sk = :gsk".to_owned();
+        let mut values = vec![
+            (
+                ":gpk",
+                s(keys::paid_index(shard_of(&order.order_id, INDEX_SHARDS))),
+            ),
+            (":gsk", n(now.unix_seconds() + STUCK_AFTER_SECONDS)),
+        ];
+        if let Some(shares) = reserve {
+            let (first, split) = stock_attributes(shares);
+            more.push_str(", stock_shard = :shard, stock_split = :split");
+            values.extend([(":shard", first), (":split", split)]);
+        }
+        let mut tx = self.tx();
+        tx.move_order_noted(
+            order,
+            (order.status, to, Cause::AcceptPayment),
+            now,
+            &more,
+            None,
+            &[],
+            values,
+            Some(note),
+        )?;
+        if let Some(shares) = reserve {
+            tx.move_stock(&order.sku, shares, StockMove::Reserve)?;
+        }
+        tx.audit(audit)?;
+        Ok(match self.transact(tx).await? {
+            TxOutcome::Committed => Accepted::Moved,
+            TxOutcome::Cancelled(c) if c.failed(ItemName::Order) => Accepted::Raced,
+            TxOutcome::Cancelled(_) => Accepted::NoStock,
+        })
     }
 
     /// Access pattern: an operator asks for the order to be delivered again, at `now`,
