@@ -309,13 +309,13 @@ async fn resolve_payment(ctx: &Arc<Context>, event_id: &str) -> (u16, Value) {
 /// resolves it, once under ten identical concurrent resolves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn duplicate_and_unmatched_payments_are_in_the_exception_queue_until_resolved() {
-    let (ctx, order_id, _, _) = pending_order("payexc", 1).await;
+    let (ctx, order_id, _, amount) = pending_order("payexc", 1).await;
     let first = format!("evt_first_{order_id}");
-    let (status, _) = pay(&ctx, &first, &order_id, 990, "CNY").await;
+    let (status, _) = pay(&ctx, &first, &order_id, amount, "CNY").await;
     assert_eq!(status, 200);
     // A second payment: another payment intent for the same order.
     let second = format!("evt_second_{order_id}");
-    let payload = checkout_completed(&second, &order_id, 990, "CNY")
+    let payload = checkout_completed(&second, &order_id, amount, "CNY")
         .replace(&format!("pi_{order_id}"), &format!("pi_again_{order_id}"));
     let signature = stripe_signature(STRIPE_SECRET, now_seconds(), &payload);
     let (status, _) = send_webhook(&ctx, &signature, payload).await;
@@ -409,5 +409,129 @@ async fn duplicate_and_unmatched_payments_are_in_the_exception_queue_until_resol
             .await
             .iter()
             .any(|e| e["payment"]["event_id"] == unknown.as_str())
+    );
+}
+
+/// `POST /admin/orders/{id}/substitute` as the admin, with these keys.
+async fn substitute(ctx: &Arc<Context>, order_id: &str, keys: &[String]) -> (u16, Value) {
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    operations(
+        ctx,
+        request(
+            "POST",
+            &format!("/admin/orders/{order_id}/substitute"),
+            &[("authorization", &auth)],
+            json!({"reason": "keys bought from the publisher", "keys": keys}).to_string(),
+        ),
+    )
+    .await
+}
+
+/// An operator's own keys deliver an order that needs a person: checked like an import
+/// (a key already in the inventory refused), delivered once under ten identical
+/// concurrent requests, shown to the buyer, and the order's reserved stock goes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_operator_delivers_keys_of_their_own_once() {
+    let ctx = context().await;
+    let stocked = make_keys("SUBST", 3);
+    let sku = product_with_keys(&ctx, "subst", 1500, 5, &stocked).await;
+    let (status, created) = order(&ctx, &sku, 2, &format!("idem-{sku}-subst")).await;
+    assert_eq!(status, 201, "{created}");
+    let order_id = created["order_id"].as_str().expect("id").to_owned();
+    let token = created["access_token"].as_str().expect("token").to_owned();
+    // Short money: a payment exception holding 2 units.
+    let (status, _) = pay(
+        &ctx,
+        &format!("evt_short_{order_id}"),
+        &order_id,
+        2999,
+        "CNY",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        status_of(&ctx, &order_id, &token).await["status"],
+        "payment_exception"
+    );
+
+    let typed = make_keys("TYPED", 2);
+    for (keys, path) in [
+        (typed[..1].to_vec(), "keys"),
+        (vec![typed[0].clone(), typed[0].clone()], "keys[1]"),
+        (vec![typed[0].clone(), "\u{200b}".to_owned()], "keys[1]"),
+    ] {
+        let (status, body) = substitute(&ctx, &order_id, &keys).await;
+        assert_eq!(
+            (status, body["error"]["path"].as_str()),
+            (400, Some(path)),
+            "{body}"
+        );
+    }
+    // A key already in the inventory (one of the product's own).
+    let (status, body) = substitute(&ctx, &order_id, &[typed[0].clone(), stocked[0].clone()]).await;
+    assert_eq!(
+        (
+            status,
+            body["error"]["code"].as_str(),
+            body["error"]["path"].as_str()
+        ),
+        (400, Some("duplicate_key"), Some("keys[1]")),
+        "{body}"
+    );
+
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let (ctx, id, keys) = (ctx.clone(), order_id.clone(), typed.clone());
+            tokio::spawn(async move { substitute(&ctx, &id, &keys).await })
+        })
+        .collect();
+    for task in tasks {
+        let (status, body) = task.await.expect("task");
+        assert_eq!(
+            (status, &body["status"]),
+            (200, &json!("delivered")),
+            "{body}"
+        );
+    }
+    let view = status_of(&ctx, &order_id, &token).await;
+    assert_eq!(view["status"], "delivered");
+    let mut codes: Vec<String> = view["deliveries"]
+        .as_array()
+        .expect("deliveries")
+        .iter()
+        .map(|d| d["code"].as_str().expect("code").to_owned())
+        .collect();
+    codes.sort();
+    let mut expected = typed.clone();
+    expected.sort();
+    assert_eq!(codes, expected);
+    let (_, product) = admin_product(&ctx, &sku).await;
+    assert_eq!(
+        product["stock"],
+        json!({"available": 3, "reserved": 0, "sold": 0}),
+        "the order's reservation went back: its keys came from the operator"
+    );
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let (_, operator) = operations(
+        &ctx,
+        request(
+            "GET",
+            &format!("/admin/orders/{order_id}"),
+            &[("authorization", &auth)],
+            "",
+        ),
+    )
+    .await;
+    assert_eq!(
+        causes(&operator)
+            .iter()
+            .filter(|c| *c == "substitute")
+            .count(),
+        1
+    );
+    let text = operator.to_string();
+    assert!(
+        typed.iter().all(|key| !text.contains(key.as_str())),
+        "keys in the operator view"
     );
 }

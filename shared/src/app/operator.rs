@@ -9,7 +9,8 @@ use super::orders::OrderEventView;
 use crate::config::Context;
 use crate::domain::money::Money;
 use crate::domain::order::{Cause, OrderStatus};
-use crate::domain::time::is_id;
+use crate::domain::product::DeliveryType;
+use crate::domain::time::{is_id, new_id};
 use crate::error::{Error, Result};
 use crate::store::UnmatchedPayment;
 use crate::store::{
@@ -624,6 +625,185 @@ pub async fn accept_payment(
         from: order.status.as_str(),
         cause: Cause::AcceptPayment.as_str(),
     })
+}
+
+/// The body of `POST /admin/orders/{order_id}/substitute`.
+#[derive(Debug, serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubstituteRequest {
+    /// Why (1 to 200 printable characters).
+    #[schema(example = "stock ran out; keys bought from the publisher, ticket 4412")]
+    pub reason: String,
+    /// One card key per slot the order still lacks, checked like an import's keys; never
+    /// shown again but to the buyer.
+    pub keys: Vec<String>,
+}
+
+impl crate::request::RequestBody for SubstituteRequest {
+    fn field_code(_path: &str) -> Option<&'static str> {
+        Some("invalid_substitute")
+    }
+}
+
+/// `POST /admin/orders/{order_id}/substitute`: an operator delivers card keys of their
+/// own to a card-key order that needs a person (`delivery_failed`, `payment_exception`,
+/// `paid_after_expiry`), one per slot it still lacks. The keys are checked and
+/// fingerprinted like an import's (a key already anywhere in the inventory is refused,
+/// `400 duplicate_key` naming its index), sealed under a KMS data key of their own batch,
+/// and the order is delivered in one transaction with its history event and audit record;
+/// the stock the order held goes back. Idempotent: a twin request that delivered first
+/// answers the same.
+pub async fn substitute(
+    ctx: &Context,
+    actor: &Actor,
+    order_id: &str,
+    request: SubstituteRequest,
+) -> Result<Resolution> {
+    use crate::domain::card_key::{ImportFormat, parse_import};
+    use crate::domain::crypto::{card_key_aad, fingerprint, seal};
+    use crate::ports::vault::{EncryptionContext, NewDataKey};
+    use crate::store::{BatchRecord, SealedKey, Substituted};
+
+    let reason = checked_note(&request.reason, "invalid_substitute", "reason")?;
+    let view = find_order_view(ctx, order_id).await?;
+    let order = view.order;
+    if order.status == OrderStatus::Delivered && substituted_before(&view.events) {
+        return Ok(Resolution {
+            order_id: order.order_id,
+            status: order.status,
+        });
+    }
+    order.status.next(Cause::Substitute)?;
+    if order.delivery_type != DeliveryType::CardKey {
+        return Err(Error::invalid(
+            "unsupported_delivery_type",
+            "only a card-key order takes substitute keys",
+        ));
+    }
+    let filled: Vec<u32> = view
+        .deliveries
+        .iter()
+        .filter_map(DeliveryRecord::card_key)
+        .map(|slot| slot.slot)
+        .collect();
+    let empty: Vec<u32> = (0..order.quantity)
+        .filter(|s| !filled.contains(s))
+        .collect();
+    if request.keys.len() != empty.len() {
+        return Err(Error::invalid_field(
+            "invalid_substitute",
+            "keys",
+            format!(
+                "the order lacks {} key(s): give exactly that many",
+                empty.len()
+            ),
+        ));
+    }
+    let body = serde_json::json!({ "keys": request.keys }).to_string();
+    let candidates = parse_import(ImportFormat::Json, body.as_bytes())?;
+    if let Some(invalid) = candidates.invalid.first() {
+        return Err(Error::invalid_field(
+            "invalid_substitute",
+            &format!("keys[{}]", invalid.index),
+            "not a card key (empty, too long, or with characters a buyer cannot see)",
+        ));
+    }
+    let product = super::catalog::find_product(ctx, &order.sku, false).await?;
+    let fingerprint_key = ctx.secrets.fingerprint_key()?;
+    let batch_id = new_id();
+    let NewDataKey { plaintext, wrapped } = ctx
+        .vault()?
+        .new_data_key(&EncryptionContext::card_key_batch(&order.sku, &batch_id))
+        .await?;
+    let mut keys_by_slot = Vec::with_capacity(empty.len());
+    let mut seen = Vec::new();
+    for ((index, code), slot) in candidates.valid.iter().zip(&empty) {
+        let fp = fingerprint(fingerprint_key, code, product.card_keys)?;
+        if seen.contains(&fp) {
+            return Err(Error::invalid_field(
+                "invalid_substitute",
+                &format!("keys[{index}]"),
+                "the same key twice",
+            ));
+        }
+        seen.push(fp.clone());
+        let key_id = new_id();
+        let sealed = seal(&plaintext, &card_key_aad(&order.sku, &key_id), code)?;
+        keys_by_slot.push((
+            *slot,
+            SealedKey {
+                key_id,
+                fingerprint: fp,
+                sealed,
+            },
+        ));
+    }
+    drop(plaintext);
+    let batch = BatchRecord {
+        batch_id,
+        sku: order.sku.clone(),
+        wrapped_key: wrapped,
+    };
+    let entry = actor.entry(
+        ctx,
+        "order.substitute",
+        (AuditSubject::Order, &order.order_id),
+        Some(&reason),
+        Some(status_snapshot(order.status)),
+        Some(status_snapshot(OrderStatus::Delivered)),
+    );
+    let note = OperatorNote {
+        by: actor.name.clone(),
+        reason,
+    };
+    let from_stock = u32::try_from(filled.len()).unwrap_or(u32::MAX);
+    let outcome = ctx
+        .store
+        .deliver_substitute(
+            &order,
+            &batch,
+            &keys_by_slot,
+            from_stock,
+            &note,
+            &entry,
+            ctx.clock.now(),
+        )
+        .await?;
+    if outcome == Substituted::Delivered {
+        tracing::warn!(
+            order_id,
+            actor = actor.name,
+            keys = keys_by_slot.len(),
+            "order delivered with an operator's keys"
+        );
+        return Ok(Resolution {
+            order_id: order.order_id,
+            status: OrderStatus::Delivered,
+        });
+    }
+    // A twin request may have delivered these very keys first: the same answer.
+    let now = find_order_view(ctx, order_id).await?;
+    if now.order.status == OrderStatus::Delivered && substituted_before(&now.events) {
+        return Ok(Resolution {
+            order_id: now.order.order_id,
+            status: now.order.status,
+        });
+    }
+    match outcome {
+        Substituted::KeyInInventory(index) => Err(Error::invalid_field(
+            "duplicate_key",
+            &format!("keys[{index}]"),
+            "this key is already in the inventory",
+        )),
+        _ => Err(Error::IllegalTransition {
+            from: now.order.status.as_str(),
+            cause: Cause::Substitute.as_str(),
+        }),
+    }
+}
+
+fn substituted_before(events: &[crate::store::OrderEvent]) -> bool {
+    events.iter().any(|e| e.cause == Cause::Substitute.as_str())
 }
 
 /// Tries of `accept_payment`: the order moving meanwhile, or counters running short.

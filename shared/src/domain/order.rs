@@ -59,6 +59,8 @@ pub enum Cause {
     /// An operator accepted the money as it came (short, or after the order expired)
     /// and sent the order to delivery.
     AcceptPayment,
+    /// An operator delivered keys of their own in place of the order's stock.
+    Substitute,
 }
 
 impl Cause {
@@ -78,6 +80,7 @@ impl Cause {
             Cause::AwaitSupplier => "await_supplier",
             Cause::Resolve => "resolve",
             Cause::AcceptPayment => "accept_payment",
+            Cause::Substitute => "substitute",
         }
     }
 }
@@ -125,6 +128,10 @@ const TRANSITIONS: &[(OrderStatus, Cause, OrderStatus)] = {
         // Or takes the money as it came and delivers (stock taken again after expiry).
         (PaymentException, AcceptPayment, Paid),
         (PaidAfterExpiry, AcceptPayment, Paid),
+        // Or delivers keys typed by the operator in place of stock.
+        (DeliveryFailed, Substitute, Delivered),
+        (PaymentException, Substitute, Delivered),
+        (PaidAfterExpiry, Substitute, Delivered),
     ]
 };
 

@@ -170,7 +170,7 @@ mod tests {
             }
         }
         assert_eq!(
-            operations, 27,
+            operations, 28,
             "one operation per route of the four HTTP functions"
         );
     }

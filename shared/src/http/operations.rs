@@ -17,7 +17,7 @@ use crate::app::audit::{self, Actor, AuditPage, AuditQuery};
 use crate::app::exceptions::{self, ExceptionPage, ExceptionsQuery};
 use crate::app::operator::{
     self, ConfirmPaidRequest, ConfirmedPayment, OperatorOrderView, PaymentResolution,
-    ReasonRequest, Redelivery, Resolution, UnmatchedPayments,
+    ReasonRequest, Redelivery, Resolution, SubstituteRequest, UnmatchedPayments,
 };
 use crate::app::refunds::{self, RefundRequest, RefundStarted};
 
@@ -33,6 +33,7 @@ pub fn routes() -> ApiRouter {
         .routes(routes!(resolve_order))
         .routes(routes!(resolve_payment))
         .routes(routes!(accept_payment))
+        .routes(routes!(substitute))
         .routes(routes!(list_audit))
 }
 
@@ -261,6 +262,37 @@ async fn accept_payment(
     Ok(Reply(
         StatusCode::ACCEPTED,
         operator::accept_payment(&ctx, &actor, &order_id, request).await?,
+    ))
+}
+
+/// Delivers card keys typed by the operator to a card-key order that needs a person
+/// (`delivery_failed`, `payment_exception`, `paid_after_expiry`), one per slot it lacks:
+/// checked, fingerprinted and sealed like an import's, delivered in one transaction; the
+/// stock the order held goes back. Idempotent.
+#[utoipa::path(
+    post,
+    path = "/admin/orders/{order_id}/substitute",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(("order_id" = String, Path, description = "The order's id (ULID)")),
+    request_body = SubstituteRequest,
+    responses(
+        (status = 200, description = "Delivered (by this request or a twin)", body = Resolution),
+        (status = 400, description = "`invalid_substitute` (with the field's path: `reason`, `keys`, `keys[i]`), `duplicate_key` (`keys[i]` is already in the inventory), `unsupported_delivery_type`, `invalid_json`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`order_not_found`", body = ErrorBody),
+        (status = 409, description = "`illegal_transition`: the order does not need a person", body = ErrorBody),
+    )
+)]
+async fn substitute(
+    State(ctx): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    PathParam(order_id): PathParam<String>,
+    JsonBody(request): JsonBody<SubstituteRequest>,
+) -> ApiResult<Resolution> {
+    Ok(Reply(
+        StatusCode::OK,
+        operator::substitute(&ctx, &actor, &order_id, request).await?,
     ))
 }
 

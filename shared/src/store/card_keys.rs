@@ -3,11 +3,12 @@
 //! `STOCK_SHARDS` partitions), and the move of one key from stock into an order's
 //! delivery slot: the card-key type's delivery record (`CardKeySlot`).
 
+use super::audit::AuditEntry;
 use super::codec::{FromItem, Item, b, get_b, get_s, get_u32, item, key_item, keys, n, s};
-use super::orders::OrderRecord;
+use super::orders::{OperatorNote, OrderRecord};
 use super::tx::{ItemName, TxOutcome};
 use super::{COUNTER_SHARDS, STOCK_SHARDS, Store, shard_of};
-use crate::domain::order::OrderStatus;
+use crate::domain::order::{Cause, OrderStatus};
 use crate::domain::product::DeliveryType;
 use crate::domain::time::Timestamp;
 use crate::error::{Error, Result};
@@ -43,6 +44,16 @@ pub struct CardKeySlot {
     pub batch_id: String,
     pub sku: String,
     pub sealed: Vec<u8>,
+}
+
+/// What an operator's substitute came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Substituted {
+    Delivered,
+    /// The i-th key is already in the inventory (sold or in stock).
+    KeyInInventory(usize),
+    /// The order (or a slot) moved meanwhile.
+    Raced,
 }
 
 pub enum AllocateOutcome {
@@ -96,6 +107,97 @@ impl Store {
         } else {
             Err(Error::Corrupt("batch id already exists".into()))
         }
+    }
+
+    /// Access pattern: an operator delivers keys of their own to an order that needs a
+    /// person (`→ delivered`), in one transaction: their batch (its wrapped data key),
+    /// each key's fingerprint claimed (a key already anywhere in the inventory is
+    /// refused), each empty slot filled, the order moved with its event (`by`, `reason`),
+    /// the order's reservation ended (`from_stock` units it already had from stock sold,
+    /// the rest released; nothing for an order whose stock went back at expiry), and the
+    /// audit record.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn deliver_substitute(
+        &self,
+        order: &OrderRecord,
+        batch: &BatchRecord,
+        keys_by_slot: &[(u32, SealedKey)],
+        from_stock: u32,
+        note: &OperatorNote,
+        audit: &AuditEntry,
+        now: Timestamp,
+    ) -> Result<Substituted> {
+        let at = now.to_rfc3339();
+        let mut tx = self.tx();
+        tx.put(
+            ItemName::Batch,
+            item(
+                keys::batch(&batch.batch_id),
+                "batch",
+                [
+                    ("batch_id", s(&batch.batch_id)),
+                    ("sku", s(&batch.sku)),
+                    ("wrapped_key", b(batch.wrapped_key.clone())),
+                    ("created_at", s(&at)),
+                ],
+            ),
+            Some("attribute_not_exists(pk)"),
+        )?;
+        for (index, (slot, key)) in keys_by_slot.iter().enumerate() {
+            tx.put(
+                ItemName::Fingerprint(index),
+                item(
+                    keys::fingerprint(&key.fingerprint),
+                    "fingerprint",
+                    [("sku", s(&order.sku)), ("key_id", s(&key.key_id))],
+                ),
+                Some("attribute_not_exists(pk)"),
+            )?;
+            tx.put(
+                ItemName::SubstituteSlot(index),
+                item(
+                    keys::delivery(&order.order_id, *slot),
+                    "delivery",
+                    [
+                        ("type", s(DeliveryType::CardKey.as_str())),
+                        ("slot", n(*slot)),
+                        ("key_id", s(&key.key_id)),
+                        ("batch_id", s(&batch.batch_id)),
+                        ("sku", s(&order.sku)),
+                        ("sealed", b(key.sealed.clone())),
+                        ("allocated_at", s(&at)),
+                    ],
+                ),
+                Some("attribute_not_exists(pk)"),
+            )?;
+        }
+        let to = order.status.next(Cause::Substitute)?;
+        tx.move_order_noted(
+            order,
+            (order.status, to, Cause::Substitute),
+            now,
+            " REMOVE gsi1pk, gsi1sk, #exception",
+            None,
+            &["exception"],
+            Vec::new(),
+            Some(note),
+        )?;
+        if order.status != OrderStatus::PaidAfterExpiry {
+            tx.settle_stock(&order.sku, &order.stock_shards, from_stock)?;
+        }
+        tx.audit(audit)?;
+        Ok(match self.transact(tx).await? {
+            TxOutcome::Committed => Substituted::Delivered,
+            TxOutcome::Cancelled(c) if c.failed(ItemName::Order) => Substituted::Raced,
+            TxOutcome::Cancelled(c) => match c.failed_items().find_map(|name| match name {
+                ItemName::Fingerprint(index) => Some(index),
+                _ => None,
+            }) {
+                Some(index) => Substituted::KeyInInventory(index),
+                // A slot filled meanwhile (a worker) or an id collision: decide again.
+                None => Substituted::Raced,
+            },
+        })
     }
 
     /// Access pattern: get a batch (its wrapped data key).

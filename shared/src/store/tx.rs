@@ -49,6 +49,10 @@ pub(crate) enum ItemName {
     SupplierLog,
     /// The audit record of the operator's action the transaction carries out.
     Audit,
+    /// The batch record of keys an operator typed.
+    Batch,
+    /// The i-th delivery slot an operator's substitute fills.
+    SubstituteSlot(usize),
 }
 
 /// A `TransactWriteItems` being built: its items, each under its own name.
