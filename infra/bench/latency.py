@@ -73,21 +73,21 @@ class WorkerStamps:
     def __init__(self, fn) -> None:
         self.fn = fn
         self.orders: dict[str, dict] = {}
-        self.batches: list[int] = []
+        self.batches: list[tuple[float, float, int, int]] = []  # invoked, returned (ms), records, handed back
         self.cold_starts = 0
+        self.in_flight = 0
         self.lock = threading.Lock()
+        self.idle = threading.Condition(self.lock)
 
     def __getattr__(self, name: str):
         return getattr(self.fn, name)
 
     def invoke(self, event, **kw):
         start = time.time() * 1000
-        result = self.fn.invoke(event, **kw)
-        end = time.time() * 1000
+        records = event["Records"]
         with self.lock:
-            self.batches.append(len(event["Records"]))
-            self.cold_starts += result.init_ms is not None
-            for position, record in enumerate(event["Records"]):
+            self.in_flight += 1
+            for position, record in enumerate(records):
                 order_id = json.loads(record["body"]).get("order_id")
                 if order_id in self.orders:  # again: the first time is the one timed
                     self.orders[order_id]["receives"] += 1
@@ -96,9 +96,28 @@ class WorkerStamps:
                 self.orders[order_id] = {
                     "sent": float(attrs.get("SentTimestamp", "nan")),
                     "received": float(attrs.get("ApproximateFirstReceiveTimestamp", "nan")),
-                    "invoked": start, "returned": end, "batch": len(event["Records"]), "position": position,
-                    "receives": 1}
+                    "invoked": start, "batch": len(records), "position": position, "receives": 1}
+        try:
+            result = self.fn.invoke(event, **kw)
+        finally:
+            end = time.time() * 1000
+            with self.lock:
+                self.in_flight -= 1
+                self.idle.notify_all()
+        try:
+            back = len((json.loads(result.body) or {}).get("batchItemFailures") or []) if result.ok else -1
+        except (ValueError, AttributeError):
+            back = -1
+        with self.lock:
+            self.batches.append((start, end, len(records), back))
+            self.cold_starts += result.init_ms is not None
         return result
+
+    def settle(self, timeout: float) -> None:
+        """Waits (bounded) until no batch is running: an order shows `delivered` before the
+        worker's invocation returns."""
+        with self.lock:
+            self.idle.wait_for(lambda: self.in_flight == 0, timeout)
 
     @classmethod
     def install(cls, plat) -> "WorkerStamps":
@@ -256,6 +275,7 @@ def measure(env: Env, plat, stamps: WorkerStamps, orders: list[dict], rate: floa
                     if status == "delivered":
                         docs[o["order_id"]] = doc
         elapsed = time.monotonic() - t0
+        stamps.settle(30)
     finally:
         if polls:
             polls.close()
@@ -276,8 +296,10 @@ def measure(env: Env, plat, stamps: WorkerStamps, orders: list[dict], rate: floa
     if any(not card_keys(d) for d in docs.values()):
         raise RuntimeError("an order shows `delivered` without its card key")
 
-    recorded, visible, resolution, gaps = [], [], [], []
+    recorded, visible, resolution, gaps, rows = [], [], [], [], []
     stages: dict[str, list[float]] = {name: [] for name in STAGES}
+    first_sent = min(s.wall_ms for s in sent)
+    last_delivered = first_sent
     for s in sent:
         order_id = s.order["order_id"]
         doc = docs[order_id]
@@ -286,22 +308,29 @@ def measure(env: Env, plat, stamps: WorkerStamps, orders: list[dict], rate: floa
             raise RuntimeError(f"order history without paid/delivered steps: {[e.get('to') for e in doc.get('events', [])]}")
         paid, delivered = paid - offset_ms, delivered - offset_ms
         recorded.append(delivered - paid)
+        last_delivered = max(last_delivered, delivered)
         w = stamps.orders.get(order_id)
+        row = {"sent_s": round((s.wall_ms - first_sent) / 1000, 3), "recorded_ms": round(delivered - paid, 1)}
         stages["webhook → paid recorded"].append(paid - s.wall_ms)
         if w:
             stages["paid → message sent"].append(w["sent"] - paid)
             stages["waiting in the queue"].append(w["received"] - w["sent"])
             stages["received → worker invoked"].append(w["invoked"] - w["received"])
             stages["worker → delivered recorded"].append(delivered - w["invoked"])
+            row.update(queue_ms=round(w["received"] - w["sent"], 1), batch=w["batch"], position=w["position"],
+                       receives=w["receives"])
         if polls:
             wt = polls.watched[order_id]
             visible.append((seen[order_id] - s.at) * 1000)
             resolution.append((wt.seen - (wt.last_miss if wt.last_miss is not None else s.at)) * 1000)
             gaps += [(b - a) * 1000 for a, b in zip(wt.polls, wt.polls[1:])]
             stages["delivered → buyer sees it"].append(s.wall_ms + (seen[order_id] - s.at) * 1000 - delivered)
+            row["visible_ms"] = round(visible[-1], 1)
+        rows.append(row)
     ids = {o["order_id"] for o in orders}
     mine = [w for k, w in stamps.orders.items() if k in ids]
     batches = stamps.batches[batches_before:]
+    sizes = [b[2] for b in batches]
     return {
         "orders": len(orders), "rate_per_s": rate, "buyer_poll_ms": poll_s * 1000 if poll_s else None,
         "elapsed_s": elapsed, "send_span_s": max(s.at for s in sent) - min(s.at for s in sent),
@@ -312,8 +341,16 @@ def measure(env: Env, plat, stamps: WorkerStamps, orders: list[dict], rate: floa
         "poll_gap_ms": pct(gaps) if gaps else None,
         "polls": sum(len(w.polls) for w in polls.watched.values()) if polls else 0,
         "stages": {name: pct(v) for name, v in stages.items() if v},
-        "batches": {"count": len(batches), "mean": sum(batches) / len(batches) if batches else 0,
-                    "max": max(batches, default=0)},
+        "batches": {"count": len(batches), "mean": sum(sizes) / len(sizes) if sizes else 0,
+                    "max": max(sizes, default=0)},
+        # A batch's duration over its records: the worker's time per order, waiting on moto included.
+        "worker_ms_per_order": pct([(end - start) / n for start, end, n, _ in batches if n]),
+        # Records a batch reported failed or that came back with a failed invocation: the
+        # worker's time ran out (its 10 s timeout) before them; SQS shows them again only
+        # after the queue's visibility timeout.
+        "handed_back": sum(n if back < 0 else back for _, _, n, back in batches),
+        "delivered_per_s": len(orders) / max(1e-3, (last_delivered - first_sent) / 1000),
+        "detail": rows,
         "position_in_batch_max": max((w["position"] for w in mine), default=0),
         "received_more_than_once": sum(1 for w in mine if w["receives"] > 1),
         "worker_cold_starts": stamps.cold_starts - cold_before,
@@ -321,6 +358,17 @@ def measure(env: Env, plat, stamps: WorkerStamps, orders: list[dict], rate: floa
         "instances": {n: len(f.describe()["instances"]) for n, f in plat.functions.items()},
         "load_1min": load,
     }
+
+
+def query_ms(env: Env, times: int = 20) -> float:
+    """What one DynamoDB Query costs on this moto now (of a partition that is empty: moto
+    goes through the whole table for every Query, under moto_serve's one lock)."""
+    ddb = provision.client("dynamodb", env.endpoint)
+    start = time.perf_counter()
+    for _ in range(times):
+        ddb.query(TableName=env.table, KeyConditionExpression="pk = :pk",
+                  ExpressionAttributeValues={":pk": {"S": "BENCH#none"}})
+    return (time.perf_counter() - start) / times * 1000
 
 
 def table_items(env: Env) -> int:
@@ -334,13 +382,15 @@ def table_items(env: Env) -> int:
             return n
 
 
-def run(env: Env, paced: int, rate: float, burst: int, poll_ms: float, timeout: float = 300) -> dict:
-    """Three runs, each on a fresh moto (env.fresh()) and platform: `paced` orders at `rate`
-    a second with the buyer polling every `poll_ms`; the same without buyer polling (Kami's
-    record only, what the polling costs); `burst` orders at once, polled."""
+def run(env: Env, steady: int, steady_rate: float, paced: int, rate: float, burst: int, poll_ms: float,
+        timeout: float = 300) -> dict:
+    """Four runs, each on a fresh moto (env.fresh()) and platform: `steady` orders at
+    `steady_rate` a second (one order in flight at a time) and `paced` orders at `rate`, the
+    buyer polling every `poll_ms`; the paced run again without buyer polling (Kami's record
+    only: what the polling costs); `burst` orders at once, polled."""
     offset_ms = clock.offset() * 1000
-    runs = [("paced", paced, rate, poll_ms / 1000), ("paced, no buyer polling", paced, rate, None),
-            ("burst", burst, None, poll_ms / 1000)]
+    runs = [("steady", steady, steady_rate, poll_ms / 1000), ("paced", paced, rate, poll_ms / 1000),
+            ("paced, no buyer polling", paced, rate, None), ("burst", burst, None, poll_ms / 1000)]
     out = []
     for name, n, r, poll in runs:
         say(f"latency: {name}: {n} orders" + (f" at {r:g}/s" if r else " at once")
@@ -356,7 +406,10 @@ def run(env: Env, paced: int, rate: float, burst: int, poll_ms: float, timeout: 
         out.append({"name": name, **res})
     if clock.offset() * 1000 != offset_ms:
         raise RuntimeError("the local clock moved during the run (infra/kami clock); its stamps cannot be compared")
+    worker = env.template["Resources"]["DeliveryWorkerFunction"]["Properties"]
+    queue = env.template["Resources"]["DeliveryQueue"]["Properties"]
     return {"runs": out, "max_instances": MAX_INSTANCES, "worker_pollers": out[0]["worker_pollers"],
+            "worker_timeout_s": worker.get("Timeout"), "visibility_timeout_s": queue.get("VisibilityTimeout"),
             "buyer_pollers": BUYER_POLLERS, "timeout_s": timeout, "clock_offset_s": offset_ms / 1000}
 
 
@@ -380,9 +433,10 @@ def one_run(env: Env, n: int, rate: float | None, poll_s: float | None, timeout:
         # Warm: one order all the way, so each function has a warm instance (a paid order
         # arrives at a running shop; cold starts are measured in their own section).
         measure(env, plat, stamps, orders[:1], rate, poll_s or 0.05, timeout, offset_ms)
-        items = table_items(env)
+        items, query = table_items(env), query_ms(env)
         res = measure(env, plat, stamps, orders[1:], rate, poll_s, timeout, offset_ms)
-        return {**res, "table_items": [items, table_items(env)], "worker_pollers": next(
+        return {**res, "table_items": [items, table_items(env)], "moto_query_ms": [query, query_ms(env)],
+                "worker_pollers": next(
             m.pollers for m in plat.mappings if m.function.name == "DeliveryWorkerFunction")}
     finally:
         plat.stop()

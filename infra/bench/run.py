@@ -3,8 +3,8 @@
     python infra/bench/run.py [--tiny] [--only a,b] [--skip a,b] [--render-only]
 
 Sections: cold (cold start, size, RSS, warm latency), handler (callgrind instructions per
-invocation), latency (paid notification → delivered, paced and in a burst, through the
-platform), flash (flash sale through the platform), bulk (100,000-key import), baseline
+invocation), latency (paid notification → delivered through the platform: steady, paced,
+in a burst), flash (flash sale through the platform), bulk (100,000-key import), baseline
 (Python runtime), awscalls (bench-aws-calls: AWS requests and cost per order), profiles
 (build-profile variants; full mode only), bulk1m (1,000,000-key import; only when named
 in --only: it takes long against moto).
@@ -34,10 +34,10 @@ from common import BENCH_DIR, FUNCTIONS, REPO, Env, machine, say  # noqa: E402
 SIZES = {
     "full": {"cold_runs": 20, "warm": 100, "cg_warm": 3, "cg_extra": 10, "flash": (2000, 500, 64, 4),
              "bulk": (100_000, 5_000), "bulk1m": (1_000_000, 5_000, 1080), "baseline": (20, 100),
-             "awscalls": (200, 1000), "profile_runs": 20, "latency": (300, 10.0, 100, 20)},
+             "awscalls": (200, 1000), "profile_runs": 20, "latency": (60, 1.0, 300, 10.0, 100, 20)},
     "tiny": {"cold_runs": 2, "warm": 5, "cg_warm": 1, "cg_extra": 1, "flash": (20, 5, 8, 2),
              "bulk": (1000, 500), "bulk1m": (2000, 1000, 60), "baseline": (2, 3),
-             "awscalls": (5, 20), "profile_runs": 2, "latency": (5, 10.0, 5, 20)},
+             "awscalls": (5, 20), "profile_runs": 2, "latency": (3, 5.0, 5, 10.0, 5, 20)},
 }
 # profiles before flash and bulk: run after them (moto then holding 100,000s of items),
 # its delivery-worker workload once hit the function timeout.
@@ -63,8 +63,7 @@ def section_flash(env, s):
 
 def section_latency(env, s):
     import latency
-    paced, rate, burst, poll_ms = s["latency"]
-    return latency.run(env, paced, rate, burst, poll_ms)
+    return latency.run(env, *s["latency"])
 
 
 def section_bulk(env, s):
