@@ -446,6 +446,23 @@ async fn an_operator_accepts_late_or_short_money_and_the_order_is_delivered_once
         view(late_id.clone(), late_token.clone()).await["status"],
         "paid_after_expiry"
     );
+    let (status, queue) = operations(
+        &ctx,
+        request(
+            "GET",
+            "/admin/exceptions?cause=paid_after_expiry&order=newest&limit=100",
+            &[("authorization", &format!("Bearer {ADMIN_TOKEN}"))],
+            "",
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{queue}");
+    assert!(
+        queue["exceptions"]
+            .as_array()
+            .is_some_and(|all| all.iter().any(|e| e["order_id"] == late_id.as_str())),
+        "{queue}"
+    );
     let (status, body) = accept_payment(&ctx, &late_id).await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),

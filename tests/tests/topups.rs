@@ -1073,8 +1073,8 @@ async fn resolving_an_exception_releases_its_stock_once_under_ten_concurrent_res
     assert_eq!(entries.len(), 1, "{trail}");
     assert_eq!(entries[0]["action"], "order.resolve");
     assert_eq!(entries[0]["actor"], "admin");
-    assert_eq!(entries[0]["before"], r#"{"status":"delivery_failed"}"#);
-    assert_eq!(entries[0]["after"], r#"{"status":"resolved"}"#);
+    assert_eq!(entries[0]["before"], json!({"status": "delivery_failed"}));
+    assert_eq!(entries[0]["after"], json!({"status": "resolved"}));
     let (status, by_actor) = operations_get(&w.ctx, "/admin/audit?actor=admin&limit=1").await;
     assert_eq!(status, 200, "{by_actor}");
     assert_eq!(by_actor["entries"].as_array().map(Vec::len), Some(1));

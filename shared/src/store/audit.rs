@@ -53,10 +53,29 @@ pub struct AuditEntry {
     pub subject: String,
     pub subject_id: String,
     pub reason: Option<String>,
-    /// JSON text of the subject before the action (absent for a creation).
+    /// The subject before the action, as an operator sees it (absent for a creation).
+    #[serde(serialize_with = "as_json")]
+    #[schema(value_type = Option<Object>)]
     pub before: Option<String>,
-    /// JSON text of the subject after it.
+    /// The subject after it.
+    #[serde(serialize_with = "as_json")]
+    #[schema(value_type = Option<Object>)]
     pub after: Option<String>,
+}
+
+/// Stored as JSON text, shown as the JSON it is.
+fn as_json<S: serde::Serializer>(
+    text: &Option<String>,
+    serializer: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    use serde::Serialize;
+    match text
+        .as_deref()
+        .map(serde_json::from_str::<serde_json::Value>)
+    {
+        Some(Ok(value)) => value.serialize(serializer),
+        _ => text.serialize(serializer),
+    }
 }
 
 fn partition(subject: &str, subject_id: &str) -> String {
