@@ -547,3 +547,103 @@ async fn an_operator_delivers_keys_of_their_own_once() {
         );
     }
 }
+
+/// Another product's stock fills an order that needs a person: each slot once under ten
+/// concurrent requests, that product's units sold, the order's own reservation back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_operator_delivers_from_another_products_stock_once() {
+    let ctx = context().await;
+    let sku = product_with_keys(&ctx, "subst-own", 1500, 5, &make_keys("OWN", 2)).await;
+    let replacement_keys = make_keys("REPL", 3);
+    let other = product_with_keys(&ctx, "subst-other", 1800, 5, &replacement_keys).await;
+    let (status, created) = order(&ctx, &sku, 2, &format!("idem-{sku}-subst")).await;
+    assert_eq!(status, 201, "{created}");
+    let order_id = created["order_id"].as_str().expect("id").to_owned();
+    let token = created["access_token"].as_str().expect("token").to_owned();
+    let (status, _) = pay(
+        &ctx,
+        &format!("evt_short_{order_id}"),
+        &order_id,
+        2999,
+        "CNY",
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let send = |body: Value| {
+        let (ctx, id, auth) = (ctx.clone(), order_id.clone(), auth.clone());
+        async move {
+            operations(
+                &ctx,
+                request(
+                    "POST",
+                    &format!("/admin/orders/{id}/substitute"),
+                    &[("authorization", &auth)],
+                    body.to_string(),
+                ),
+            )
+            .await
+        }
+    };
+    for (body, path) in [
+        (json!({"reason": "r", "product": sku}), "product"),
+        (
+            json!({"reason": "r", "product": "no-such-product"}),
+            "product",
+        ),
+        (
+            json!({"reason": "r", "product": other, "keys": ["A", "B"]}),
+            "keys",
+        ),
+        (json!({"reason": "r"}), "keys"),
+    ] {
+        let (status, answer) = send(body).await;
+        assert_eq!(
+            (status, answer["error"]["path"].as_str()),
+            (400, Some(path)),
+            "{answer}"
+        );
+    }
+
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            tokio::spawn(send(
+                json!({"reason": "own stock ran out", "product": other}),
+            ))
+        })
+        .collect();
+    for task in tasks {
+        let (status, body) = task.await.expect("task");
+        assert_eq!(
+            (status, &body["status"]),
+            (200, &json!("delivered")),
+            "{body}"
+        );
+    }
+    let view = status_of(&ctx, &order_id, &token).await;
+    let codes: Vec<&str> = view["deliveries"]
+        .as_array()
+        .expect("deliveries")
+        .iter()
+        .map(|d| d["code"].as_str().expect("code"))
+        .collect();
+    assert_eq!(codes.len(), 2, "{view}");
+    assert!(
+        codes
+            .iter()
+            .all(|c| replacement_keys.iter().any(|k| k == c)),
+        "{codes:?}"
+    );
+    assert_ne!(codes[0], codes[1]);
+    let (_, own) = admin_product(&ctx, &sku).await;
+    assert_eq!(
+        own["stock"],
+        json!({"available": 2, "reserved": 0, "sold": 0})
+    );
+    let (_, replacement) = admin_product(&ctx, &other).await;
+    assert_eq!(
+        replacement["stock"],
+        json!({"available": 1, "reserved": 0, "sold": 2})
+    );
+}

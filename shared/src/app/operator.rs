@@ -483,10 +483,13 @@ pub async fn resolve(
     let order = view.order;
     if order.status != OrderStatus::Resolved {
         order.status.next(Cause::Resolve)?;
+        // Keys from its own product's stock count as sold from it (a substitute's from
+        // another product were sold there).
         let delivered = view
             .deliveries
             .iter()
             .filter_map(DeliveryRecord::card_key)
+            .filter(|slot| slot.sku == order.sku)
             .count();
         let note = OperatorNote {
             by: actor.name.clone(),
@@ -627,16 +630,20 @@ pub async fn accept_payment(
     })
 }
 
-/// The body of `POST /admin/orders/{order_id}/substitute`.
+/// The body of `POST /admin/orders/{order_id}/substitute`: `keys` or `product`.
 #[derive(Debug, serde::Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubstituteRequest {
     /// Why (1 to 200 printable characters).
     #[schema(example = "stock ran out; keys bought from the publisher, ticket 4412")]
     pub reason: String,
-    /// One card key per slot the order still lacks, checked like an import's keys; never
-    /// shown again but to the buyer.
-    pub keys: Vec<String>,
+    /// Card keys typed by the operator, one per slot the order still lacks, checked like
+    /// an import's; never shown again but to the buyer.
+    #[serde(default)]
+    pub keys: Option<Vec<String>>,
+    /// Or another card-key product whose stock fills the slots (its sku).
+    #[serde(default)]
+    pub product: Option<String>,
 }
 
 impl crate::request::RequestBody for SubstituteRequest {
@@ -645,24 +652,26 @@ impl crate::request::RequestBody for SubstituteRequest {
     }
 }
 
-/// `POST /admin/orders/{order_id}/substitute`: an operator delivers card keys of their
-/// own to a card-key order that needs a person (`delivery_failed`, `payment_exception`,
-/// `paid_after_expiry`), one per slot it still lacks. The keys are checked and
-/// fingerprinted like an import's (a key already anywhere in the inventory is refused,
-/// `400 duplicate_key` naming its index), sealed under a KMS data key of their own batch,
-/// and the order is delivered in one transaction with its history event and audit record;
-/// the stock the order held goes back. Idempotent: a twin request that delivered first
-/// answers the same.
+fn invalid_substitute(path: &str, message: impl Into<String>) -> Error {
+    Error::invalid_field("invalid_substitute", path, message)
+}
+
+/// `POST /admin/orders/{order_id}/substitute`: an operator delivers a card-key order that
+/// needs a person (`delivery_failed`, `payment_exception`, `paid_after_expiry`) with
+/// something else, one key per slot it still lacks: card keys they typed (checked and
+/// fingerprinted like an import's: a key already anywhere in the inventory is refused,
+/// `400 duplicate_key` naming its index; sealed under a KMS data key of their own batch),
+/// or keys of another card-key product's stock (each taken with one of that product's
+/// units sold, as a delivery would). The order is then delivered in one transaction with
+/// its history event and audit record, and the stock it held goes back. Idempotent: a
+/// twin request that delivered first answers the same.
 pub async fn substitute(
     ctx: &Context,
     actor: &Actor,
     order_id: &str,
     request: SubstituteRequest,
 ) -> Result<Resolution> {
-    use crate::domain::card_key::{ImportFormat, parse_import};
-    use crate::domain::crypto::{card_key_aad, fingerprint, seal};
-    use crate::ports::vault::{EncryptionContext, NewDataKey};
-    use crate::store::{BatchRecord, SealedKey, Substituted};
+    use crate::store::Substituted;
 
     let reason = checked_note(&request.reason, "invalid_substitute", "reason")?;
     let view = find_order_view(ctx, order_id).await?;
@@ -689,61 +698,26 @@ pub async fn substitute(
     let empty: Vec<u32> = (0..order.quantity)
         .filter(|s| !filled.contains(s))
         .collect();
-    if request.keys.len() != empty.len() {
-        return Err(Error::invalid_field(
-            "invalid_substitute",
-            "keys",
-            format!(
-                "the order lacks {} key(s): give exactly that many",
-                empty.len()
-            ),
-        ));
-    }
-    let body = serde_json::json!({ "keys": request.keys }).to_string();
-    let candidates = parse_import(ImportFormat::Json, body.as_bytes())?;
-    if let Some(invalid) = candidates.invalid.first() {
-        return Err(Error::invalid_field(
-            "invalid_substitute",
-            &format!("keys[{}]", invalid.index),
-            "not a card key (empty, too long, or with characters a buyer cannot see)",
-        ));
-    }
-    let product = super::catalog::find_product(ctx, &order.sku, false).await?;
-    let fingerprint_key = ctx.secrets.fingerprint_key()?;
-    let batch_id = new_id();
-    let NewDataKey { plaintext, wrapped } = ctx
-        .vault()?
-        .new_data_key(&EncryptionContext::card_key_batch(&order.sku, &batch_id))
-        .await?;
-    let mut keys_by_slot = Vec::with_capacity(empty.len());
-    let mut seen = Vec::new();
-    for ((index, code), slot) in candidates.valid.iter().zip(&empty) {
-        let fp = fingerprint(fingerprint_key, code, product.card_keys)?;
-        if seen.contains(&fp) {
-            return Err(Error::invalid_field(
-                "invalid_substitute",
-                &format!("keys[{index}]"),
-                "the same key twice",
-            ));
+    let typed = match (request.keys, request.product) {
+        (Some(keys), None) => Some(typed_keys(ctx, &order, &empty, keys).await?),
+        (None, Some(sku)) => {
+            fill_from_product(ctx, &order, &empty, &sku).await?;
+            None
         }
-        seen.push(fp.clone());
-        let key_id = new_id();
-        let sealed = seal(&plaintext, &card_key_aad(&order.sku, &key_id), code)?;
-        keys_by_slot.push((
-            *slot,
-            SealedKey {
-                key_id,
-                fingerprint: fp,
-                sealed,
-            },
-        ));
-    }
-    drop(plaintext);
-    let batch = BatchRecord {
-        batch_id,
-        sku: order.sku.clone(),
-        wrapped_key: wrapped,
+        _ => return Err(invalid_substitute("keys", "give either keys or product")),
     };
+    // Keys the order holds from its own product's stock count as sold from it.
+    let from_stock = match typed {
+        Some(_) => filled.len(),
+        None => find_order_view(ctx, order_id)
+            .await?
+            .deliveries
+            .iter()
+            .filter_map(DeliveryRecord::card_key)
+            .filter(|slot| slot.sku == order.sku)
+            .count(),
+    };
+    let (batch, keys_by_slot) = typed.unwrap_or_default();
     let entry = actor.entry(
         ctx,
         "order.substitute",
@@ -756,14 +730,13 @@ pub async fn substitute(
         by: actor.name.clone(),
         reason,
     };
-    let from_stock = u32::try_from(filled.len()).unwrap_or(u32::MAX);
     let outcome = ctx
         .store
         .deliver_substitute(
             &order,
-            &batch,
+            batch.as_ref(),
             &keys_by_slot,
-            from_stock,
+            u32::try_from(from_stock).unwrap_or(u32::MAX),
             &note,
             &entry,
             ctx.clock.now(),
@@ -773,15 +746,15 @@ pub async fn substitute(
         tracing::warn!(
             order_id,
             actor = actor.name,
-            keys = keys_by_slot.len(),
-            "order delivered with an operator's keys"
+            slots = empty.len(),
+            "order delivered with a substitute"
         );
         return Ok(Resolution {
             order_id: order.order_id,
             status: OrderStatus::Delivered,
         });
     }
-    // A twin request may have delivered these very keys first: the same answer.
+    // A twin request may have delivered first: the same answer.
     let now = find_order_view(ctx, order_id).await?;
     if now.order.status == OrderStatus::Delivered && substituted_before(&now.events) {
         return Ok(Resolution {
@@ -800,6 +773,131 @@ pub async fn substitute(
             cause: Cause::Substitute.as_str(),
         }),
     }
+}
+
+/// The operator's typed keys for the `empty` slots: checked, fingerprinted and sealed
+/// under a data key of a batch of their own.
+async fn typed_keys(
+    ctx: &Context,
+    order: &crate::store::OrderRecord,
+    empty: &[u32],
+    keys: Vec<String>,
+) -> Result<(
+    Option<crate::store::BatchRecord>,
+    Vec<(u32, crate::store::SealedKey)>,
+)> {
+    use crate::domain::card_key::{ImportFormat, parse_import};
+    use crate::domain::crypto::{card_key_aad, fingerprint, seal};
+    use crate::ports::vault::{EncryptionContext, NewDataKey};
+    use crate::store::{BatchRecord, SealedKey};
+
+    if keys.len() != empty.len() {
+        return Err(invalid_substitute(
+            "keys",
+            format!(
+                "the order lacks {} key(s): give exactly that many",
+                empty.len()
+            ),
+        ));
+    }
+    let body = serde_json::json!({ "keys": keys }).to_string();
+    let candidates = parse_import(ImportFormat::Json, body.as_bytes())?;
+    if let Some(invalid) = candidates.invalid.first() {
+        return Err(invalid_substitute(
+            &format!("keys[{}]", invalid.index),
+            "not a card key (empty, too long, or with characters a buyer cannot see)",
+        ));
+    }
+    let product = super::catalog::find_product(ctx, &order.sku, false).await?;
+    let fingerprint_key = ctx.secrets.fingerprint_key()?;
+    let batch_id = new_id();
+    let NewDataKey { plaintext, wrapped } = ctx
+        .vault()?
+        .new_data_key(&EncryptionContext::card_key_batch(&order.sku, &batch_id))
+        .await?;
+    let mut keys_by_slot = Vec::with_capacity(empty.len());
+    let mut seen = Vec::new();
+    for ((index, code), slot) in candidates.valid.iter().zip(empty) {
+        let fp = fingerprint(fingerprint_key, code, product.card_keys)?;
+        if seen.contains(&fp) {
+            return Err(invalid_substitute(
+                &format!("keys[{index}]"),
+                "the same key twice",
+            ));
+        }
+        seen.push(fp.clone());
+        let key_id = new_id();
+        let sealed = seal(&plaintext, &card_key_aad(&order.sku, &key_id), code)?;
+        keys_by_slot.push((
+            *slot,
+            SealedKey {
+                key_id,
+                fingerprint: fp,
+                sealed,
+            },
+        ));
+    }
+    let batch = BatchRecord {
+        batch_id,
+        sku: order.sku.clone(),
+        wrapped_key: wrapped,
+    };
+    Ok((Some(batch), keys_by_slot))
+}
+
+/// Fills the `empty` slots with keys of product `sku`, one transaction per key (a key
+/// out of its stock, a unit of it sold). A request cut short leaves the slots it filled;
+/// the next one fills the rest.
+async fn fill_from_product(
+    ctx: &Context,
+    order: &crate::store::OrderRecord,
+    empty: &[u32],
+    sku: &str,
+) -> Result<()> {
+    use crate::store::{STOCK_SHARDS, Store, SubstituteKey};
+
+    let other = super::catalog::find_product(ctx, sku, false)
+        .await
+        .ok()
+        .filter(|p| p.delivery == DeliveryType::CardKey && p.sku != order.sku)
+        .ok_or_else(|| invalid_substitute("product", "not another card-key product"))?;
+    let mut counters: Vec<(u32, i64)> = ctx
+        .store
+        .stock_shards(&other.sku, true)
+        .await?
+        .into_iter()
+        .map(|(shard, stock)| (shard, stock.available))
+        .filter(|(_, available)| *available > 0)
+        .collect();
+    counters.sort_by_key(|counter| std::cmp::Reverse(counter.1));
+    let home = Store::home_shard(&order.order_id);
+    'slots: for &slot in empty {
+        for step in 0..STOCK_SHARDS {
+            let keys = ctx
+                .store
+                .available_keys(&other.sku, (home + step) % STOCK_SHARDS, 10)
+                .await?;
+            for key in &keys {
+                while let Some(&(counter, _)) = counters.first() {
+                    match ctx
+                        .store
+                        .take_substitute_key(order, slot, &other.sku, key, counter, ctx.clock.now())
+                        .await?
+                    {
+                        SubstituteKey::Taken | SubstituteKey::SlotFilled => continue 'slots,
+                        // Settled by the order's own state below.
+                        SubstituteKey::OrderMoved => return Ok(()),
+                        SubstituteKey::CounterEmpty => {
+                            counters.remove(0);
+                        }
+                        SubstituteKey::KeyGone => break,
+                    }
+                }
+            }
+        }
+        return Err(Error::Conflict(crate::error::ConflictKind::OutOfStock));
+    }
+    Ok(())
 }
 
 fn substituted_before(events: &[crate::store::OrderEvent]) -> bool {

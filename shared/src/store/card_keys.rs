@@ -46,6 +46,20 @@ pub struct CardKeySlot {
     pub sealed: Vec<u8>,
 }
 
+/// What taking one key of another product into an order's slot came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubstituteKey {
+    Taken,
+    /// Another delivery took this key: try another.
+    KeyGone,
+    /// This counter has no unit available: try another counter.
+    CounterEmpty,
+    /// Filled meanwhile (a twin request).
+    SlotFilled,
+    /// The order moved meanwhile.
+    OrderMoved,
+}
+
 /// What an operator's substitute came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Substituted {
@@ -109,9 +123,9 @@ impl Store {
         }
     }
 
-    /// Access pattern: an operator delivers keys of their own to an order that needs a
-    /// person (`→ delivered`), in one transaction: their batch (its wrapped data key),
-    /// each key's fingerprint claimed (a key already anywhere in the inventory is
+    /// Access pattern: an operator delivers an order that needs a person with a substitute
+    /// (`→ delivered`), in one transaction: for typed keys, their batch (its wrapped data
+    /// key), each key's fingerprint claimed (a key already anywhere in the inventory is
     /// refused), each empty slot filled, the order moved with its event (`by`, `reason`),
     /// the order's reservation ended (`from_stock` units it already had from stock sold,
     /// the rest released; nothing for an order whose stock went back at expiry), and the
@@ -120,7 +134,7 @@ impl Store {
     pub async fn deliver_substitute(
         &self,
         order: &OrderRecord,
-        batch: &BatchRecord,
+        batch: Option<&BatchRecord>,
         keys_by_slot: &[(u32, SealedKey)],
         from_stock: u32,
         note: &OperatorNote,
@@ -129,20 +143,23 @@ impl Store {
     ) -> Result<Substituted> {
         let at = now.to_rfc3339();
         let mut tx = self.tx();
-        tx.put(
-            ItemName::Batch,
-            item(
-                keys::batch(&batch.batch_id),
-                "batch",
-                [
-                    ("batch_id", s(&batch.batch_id)),
-                    ("sku", s(&batch.sku)),
-                    ("wrapped_key", b(batch.wrapped_key.clone())),
-                    ("created_at", s(&at)),
-                ],
-            ),
-            Some("attribute_not_exists(pk)"),
-        )?;
+        if let Some(batch) = batch {
+            tx.put(
+                ItemName::Batch,
+                item(
+                    keys::batch(&batch.batch_id),
+                    "batch",
+                    [
+                        ("batch_id", s(&batch.batch_id)),
+                        ("sku", s(&batch.sku)),
+                        ("wrapped_key", b(batch.wrapped_key.clone())),
+                        ("created_at", s(&at)),
+                    ],
+                ),
+                Some("attribute_not_exists(pk)"),
+            )?;
+        }
+        let batch_id = batch.map_or("", |batch| batch.batch_id.as_str());
         for (index, (slot, key)) in keys_by_slot.iter().enumerate() {
             tx.put(
                 ItemName::Fingerprint(index),
@@ -162,7 +179,7 @@ impl Store {
                         ("type", s(DeliveryType::CardKey.as_str())),
                         ("slot", n(*slot)),
                         ("key_id", s(&key.key_id)),
-                        ("batch_id", s(&batch.batch_id)),
+                        ("batch_id", s(batch_id)),
                         ("sku", s(&order.sku)),
                         ("sealed", b(key.sealed.clone())),
                         ("allocated_at", s(&at)),
@@ -198,6 +215,79 @@ impl Store {
                 None => Substituted::Raced,
             },
         })
+    }
+
+    /// Access pattern: an operator's substitute from another product's stock: one key of
+    /// `key_sku` moves into one empty slot of an order that needs a person, in one
+    /// transaction: the key leaves that product's stock (only if still there), one of its
+    /// counters sells a unit (only if it has one available), the slot is filled (only if
+    /// empty, with the key's own sku, so the buyer's view opens it under its batch) and
+    /// the order must still be in `status`.
+    pub async fn take_substitute_key(
+        &self,
+        order: &OrderRecord,
+        slot: u32,
+        key_sku: &str,
+        key: &StockKey,
+        counter_shard: u32,
+        now: Timestamp,
+    ) -> Result<SubstituteKey> {
+        let mut tx = self.tx();
+        tx.delete(
+            ItemName::AllocatedKey,
+            key_item((key.partition.clone(), keys::stock_key(&key.key_id))),
+            "attribute_exists(pk)",
+        )?;
+        tx.update(
+            ItemName::Counter(counter_shard),
+            key_item(keys::stock_counter(key_sku, counter_shard)),
+            "SET #available = #available - :one, #sold = #sold + :one",
+            Some("#available >= :one"),
+            &["available", "sold"],
+            vec![(":one", n(1))],
+        )?;
+        tx.put(
+            ItemName::Slot,
+            item(
+                keys::delivery(&order.order_id, slot),
+                "delivery",
+                [
+                    ("type", s(DeliveryType::CardKey.as_str())),
+                    ("slot", n(slot)),
+                    ("key_id", s(&key.key_id)),
+                    ("batch_id", s(&key.batch_id)),
+                    ("sku", s(key_sku)),
+                    ("sealed", b(key.sealed.clone())),
+                    ("allocated_at", s(now.to_rfc3339())),
+                ],
+            ),
+            Some("attribute_not_exists(pk)"),
+        )?;
+        tx.check(
+            ItemName::Order,
+            key_item(keys::order(&order.order_id)),
+            "#status = :status",
+            &["status"],
+            vec![(":status", s(order.status.as_str()))],
+        )?;
+        Ok(
+            match self
+                .transact_yielding(tx, Some(ItemName::AllocatedKey))
+                .await?
+            {
+                Some(TxOutcome::Committed) => SubstituteKey::Taken,
+                Some(TxOutcome::Cancelled(c)) if c.failed(ItemName::Order) => {
+                    SubstituteKey::OrderMoved
+                }
+                Some(TxOutcome::Cancelled(c)) if c.failed(ItemName::Slot) => {
+                    SubstituteKey::SlotFilled
+                }
+                Some(TxOutcome::Cancelled(c)) if c.failed(ItemName::Counter(counter_shard)) => {
+                    SubstituteKey::CounterEmpty
+                }
+                None | Some(TxOutcome::Cancelled(_)) => SubstituteKey::KeyGone,
+            },
+        )
     }
 
     /// Access pattern: get a batch (its wrapped data key).

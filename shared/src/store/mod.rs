@@ -47,7 +47,9 @@ mod tx;
 
 pub use attempts::{AttemptRecord, AttemptStatus, RECONCILE_AFTER_SECONDS};
 pub use audit::{AuditCursor, AuditEntry, AuditOf, AuditSubject};
-pub use card_keys::{AllocateOutcome, BatchRecord, CardKeySlot, SealedKey, StockKey, Substituted};
+pub use card_keys::{
+    AllocateOutcome, BatchRecord, CardKeySlot, SealedKey, StockKey, SubstituteKey, Substituted,
+};
 pub use channels::{ChannelRecord, SealedSecrets};
 pub use codec::Item;
 pub use exceptions::{ExceptionEntry, ExceptionFilter, PaymentEvent, cursor_key, cursor_text};
