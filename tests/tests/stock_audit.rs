@@ -1,7 +1,8 @@
-//! The stock audit against moto: every card-key product's counters checked against the
-//! keys in stock; a product whose keys went missing behind Kami's back is reported, one
-//! whose keys and counters agree is not (docs/operations.md, "The stock audit").
+//! The stock audit against moto: every product's counters checked against the keys in
+//! stock and the orders that hold units; a product broken behind Kami's back is
+//! reported, one whose counters agree is not (docs/operations.md, "The stock audit").
 
+use aws_sdk_dynamodb::types::AttributeValue;
 use kami_shared::app::delivery::Budget;
 use kami_shared::app::stock_audit::{StockAuditReport, audit_stock};
 use kami_tests::*;
@@ -16,8 +17,22 @@ fn ours<'a>(report: &'a StockAuditReport, sku: &str) -> Vec<&'a str> {
         .collect()
 }
 
+/// One more unit counted `reserved` on a counter, behind Kami's back.
+async fn reserve_behind_the_back(sku: &str) {
+    aws_sdk_dynamodb::Client::new(&sdk_config().await)
+        .update_item()
+        .table_name(&stack().env["KAMI_TABLE"])
+        .key("pk", AttributeValue::S(format!("STOCKCOUNT#{sku}#0")))
+        .key("sk", AttributeValue::S("COUNTER".into()))
+        .update_expression("SET reserved = reserved + :one")
+        .expression_attribute_values(":one", AttributeValue::N("1".into()))
+        .send()
+        .await
+        .expect("update");
+}
+
 #[tokio::test]
-async fn counters_that_promise_keys_no_longer_in_stock_are_reported() {
+async fn counters_that_disagree_with_keys_or_orders_are_reported() {
     let ctx = context().await;
     let sku = unique_sku("audit");
     create_product(
@@ -35,6 +50,9 @@ async fn counters_that_promise_keys_no_longer_in_stock_are_reported() {
     )
     .await;
     assert_eq!(status, 201, "{body}");
+    // An unpaid order holds a unit: counted, not a mismatch.
+    let (status, _) = order(&ctx, &sku, 1, &format!("audit-{sku}")).await;
+    assert_eq!(status, 201);
 
     let report = audit_stock(&ctx, &Budget::unlimited())
         .await
@@ -42,7 +60,7 @@ async fn counters_that_promise_keys_no_longer_in_stock_are_reported() {
     assert!(report.checked >= 1 && !report.stopped_early, "{report:?}");
     assert!(ours(&report, &sku).is_empty(), "{report:?}");
 
-    steal_stock(&sku).await;
+    reserve_behind_the_back(&sku).await;
     let report = audit_stock(&ctx, &Budget::unlimited())
         .await
         .expect("audit");
@@ -51,10 +69,21 @@ async fn counters_that_promise_keys_no_longer_in_stock_are_reported() {
     assert_eq!(
         (
             found[0].kind,
-            found[0].keys_in_stock,
-            found[0].available,
-            found[0].reserved
+            found[0].reserved,
+            found[0].reserved_by_orders
         ),
-        ("fewer_keys_than_available", 0, 3, 0)
+        ("reserved_without_order", 2, Some(1))
+    );
+
+    steal_stock(&sku).await;
+    let report = audit_stock(&ctx, &Budget::unlimited())
+        .await
+        .expect("audit");
+    let mut kinds = ours(&report, &sku);
+    kinds.sort_unstable();
+    assert_eq!(
+        kinds,
+        ["fewer_keys_than_available", "reserved_without_order"],
+        "{report:?}"
     );
 }

@@ -184,6 +184,19 @@ impl OrderStatus {
         )
     }
 
+    /// Its units are reserved on its product's stock counters: from the order until it
+    /// is delivered, expired, cancelled, refunded or resolved.
+    pub fn holds_stock(self) -> bool {
+        matches!(
+            self,
+            OrderStatus::PendingPayment
+                | OrderStatus::Paid
+                | OrderStatus::Delivering
+                | OrderStatus::DeliveryFailed
+                | OrderStatus::PaymentException
+        )
+    }
+
     /// Paid and waiting for delivery: the delivery worker may act.
     pub fn awaits_delivery(self) -> bool {
         matches!(

@@ -5,8 +5,9 @@
 //! when they are recorded until an operator resolves them; keyed by when they began to
 //! need one. The index carries what a listing shows, so a page is one Query.
 
-use super::codec::{Item, get_n, get_opt_s, get_s, keys, n, s};
-use super::{EXCEPTION_INDEX, Store};
+use super::codec::{FromItem, Item, get_n, get_opt_s, get_s, key_item, keys, n, s};
+use super::orders::OrderRecord;
+use super::{EXCEPTION_INDEX, INDEX_SHARDS, ORDER_INDEX, Store};
 use crate::domain::order::OrderStatus;
 use crate::domain::time::Timestamp;
 use crate::error::{Error, Result};
@@ -122,6 +123,53 @@ impl Store {
             .map(|item| ExceptionEntry::read(item, now))
             .collect::<Result<Vec<_>>>()?;
         Ok((entries, output.last_evaluated_key().cloned()))
+    }
+}
+
+impl Store {
+    /// Access pattern: the ids of every order that may hold reserved stock, for the
+    /// stock audit: pending (`gsi1 PENDING#0-7`), then paid or delivering (`PAID#0-7`),
+    /// then in the exception queue (`gsi2`, orders only), every page, keys only. An order
+    /// moves through these in that order, the order they are read in, so one that moves
+    /// during the read is seen at least once (duplicates removed).
+    pub async fn open_order_ids(&self) -> Result<Vec<String>> {
+        let mut partitions: Vec<(&str, String, &str)> = Vec::new();
+        for shard in 0..INDEX_SHARDS {
+            partitions.push((ORDER_INDEX, keys::pending_index(shard), "gsi1pk"));
+        }
+        for shard in 0..INDEX_SHARDS {
+            partitions.push((ORDER_INDEX, keys::paid_index(shard), "gsi1pk"));
+        }
+        partitions.push((EXCEPTION_INDEX, keys::EXCEPTIONS_INDEX.to_owned(), "gsi2pk"));
+        let mut ids = Vec::new();
+        for (index, partition, attribute) in partitions {
+            let query = self
+                .query()
+                .index_name(index)
+                .key_condition_expression(format!("{attribute} = :pk"))
+                .expression_attribute_values(":pk", s(partition));
+            for item in self.query_all(query).await? {
+                if let Some(id) = keys::order_id_of(&get_s(&item, "pk")?)
+                    && get_s(&item, "sk")? == keys::ORDER_SK
+                    && !ids.iter().any(|known: &String| known == id)
+                {
+                    ids.push(id.to_owned());
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Access pattern: these orders as they are now (BatchGetItem, 100 at a time).
+    pub async fn get_orders(&self, order_ids: &[String]) -> Result<Vec<OrderRecord>> {
+        let mut orders = Vec::with_capacity(order_ids.len());
+        for chunk in order_ids.chunks(100) {
+            let keys = chunk.iter().map(|id| key_item(keys::order(id))).collect();
+            for item in self.batch_get(keys, true, "orders read").await? {
+                orders.push(OrderRecord::from_item(&item)?);
+            }
+        }
+        Ok(orders)
     }
 }
 
