@@ -157,7 +157,7 @@ impl Fault {
 
 /// The faults of a proxy, in the order they were injected: a call meets the first that
 /// matches it and has not fired its `times` yet.
-type Faults = Arc<Mutex<Vec<Arc<Fault>>>>;
+type Faults = Arc<Mutex<Vec<Fault>>>;
 
 /// A TCP proxy in front of moto that answers the calls its faults match as they say,
 /// and passes every other call and answer through unchanged.
@@ -174,7 +174,7 @@ impl FaultProxy {
             .to_owned();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let endpoint = format!("http://{}", listener.local_addr().expect("proxy address"));
-        let faults: Faults = Arc::new(Mutex::new(faults.into_iter().map(Arc::new).collect()));
+        let faults: Faults = Arc::new(Mutex::new(faults));
         let shared = faults.clone();
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
@@ -192,13 +192,10 @@ impl FaultProxy {
 
     /// Adds a fault from now on (one that names an item made after the proxy started).
     pub fn inject(&self, fault: Fault) {
-        self.faults
-            .lock()
-            .expect("the proxy's faults")
-            .push(Arc::new(fault));
+        self.faults.lock().expect("the proxy's faults").push(fault);
     }
 
-    /// How many times each fault fired, in the order they were given.
+    /// How many times each fault fired, in the order they were given or injected.
     pub fn fired(&self) -> Vec<usize> {
         self.faults
             .lock()
@@ -211,7 +208,7 @@ impl FaultProxy {
 
 /// The answer the first fault that matches `request` gives it, if any fires.
 fn fire(faults: &Faults, request: &Request) -> Option<Answer> {
-    let faults: Vec<Arc<Fault>> = faults.lock().ok()?.clone();
+    let faults = faults.lock().ok()?;
     faults.iter().find_map(|fault| fault.fire(request))
 }
 
