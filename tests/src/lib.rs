@@ -147,9 +147,12 @@ pub async fn context_with(overrides: &[(&str, &str)]) -> Arc<Context> {
     counted_context_with(overrides, None).await
 }
 
-/// A context whose AWS requests all go through `endpoint` (a proxy in front of moto).
+/// A context whose AWS requests all go through `endpoint` (a proxy in front of moto),
+/// with a delivery queue of its own (as `context`).
 pub async fn context_via(endpoint: &str) -> Arc<Context> {
-    context_from(&stack().env, sdk_config_via(endpoint).await, None).await
+    let mut env = stack().env.clone();
+    env.insert("DELIVERY_QUEUE_URL".to_owned(), test_queue().await);
+    context_from(&env, sdk_config_via(endpoint).await, None).await
 }
 
 /// Every client a function could have, as its cold start would build them.
@@ -504,64 +507,109 @@ pub async fn drain_delivery_queue(ctx: &Arc<Context>) -> usize {
 /// As `drain_delivery_queue`, also returning the time spent inside the worker's
 /// handler (what Lambda would bill), excluding the mapping's own SQS calls.
 pub async fn drain_delivery_queue_timed(ctx: &Arc<Context>) -> (usize, Duration) {
+    let mut handled = 0;
     let mut in_handler = Duration::ZERO;
+    loop {
+        let round = delivery_round(ctx).await;
+        assert!(
+            round.failed.is_empty(),
+            "delivery failures: {:?}",
+            round.failed
+        );
+        if round.received == 0 {
+            return (handled, in_handler);
+        }
+        handled += round.received;
+        in_handler += round.in_handler;
+    }
+}
+
+/// What one round of the delivery queue's event source mapping did.
+pub struct DeliveryRound {
+    pub received: usize,
+    /// The ids of the messages the worker reported failed.
+    pub failed: HashSet<String>,
+    /// Time spent inside the worker's handler.
+    pub in_handler: Duration,
+}
+
+/// One round of the SQS event source mapping for the delivery queue: receive a batch,
+/// invoke the worker's batch handler, delete the successes. A failed message is made
+/// visible again at once, as if its visibility timeout had passed (a test does not wait
+/// for it): the next round receives it again, one receive later.
+pub async fn delivery_round(ctx: &Arc<Context>) -> DeliveryRound {
     let sqs = aws_sdk_sqs::Client::new(&sdk_config().await);
     let url = ctx
         .config
         .delivery_queue_url
         .clone()
         .expect("a delivery queue");
-    let mut handled = 0;
-    loop {
-        let received = sqs
-            .receive_message()
-            .queue_url(&url)
-            .max_number_of_messages(10)
-            .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
-            .send()
-            .await
-            .expect("receive");
-        let messages = received.messages.unwrap_or_default();
-        if messages.is_empty() {
-            return (handled, in_handler);
-        }
-        let mut event = SqsEvent::default();
-        event.records = messages
-            .iter()
-            .map(|m| {
-                let mut record = SqsMessage::default();
-                record.message_id = m.message_id.clone();
-                record.receipt_handle = m.receipt_handle.clone();
-                record.body = m.body.clone();
-                record.attributes = m
-                    .attributes
-                    .clone()
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(k, v)| (k.as_str().to_owned(), v))
-                    .collect();
-                record
-            })
-            .collect();
-        let started = Instant::now();
-        let response = delivery::handle_batch(ctx, event).await;
-        in_handler += started.elapsed();
-        let failed: HashSet<String> = response
-            .batch_item_failures
-            .iter()
-            .map(|f| f.item_identifier.clone())
-            .collect();
-        assert!(failed.is_empty(), "delivery failures: {failed:?}");
-        for message in &messages {
-            handled += 1;
+    let received = sqs
+        .receive_message()
+        .queue_url(&url)
+        .max_number_of_messages(10)
+        .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
+        .send()
+        .await
+        .expect("receive");
+    let messages = received.messages.unwrap_or_default();
+    let mut round = DeliveryRound {
+        received: messages.len(),
+        failed: HashSet::new(),
+        in_handler: Duration::ZERO,
+    };
+    if messages.is_empty() {
+        return round;
+    }
+    let mut event = SqsEvent::default();
+    event.records = messages
+        .iter()
+        .map(|m| {
+            let mut record = SqsMessage::default();
+            record.message_id = m.message_id.clone();
+            record.receipt_handle = m.receipt_handle.clone();
+            record.body = m.body.clone();
+            record.attributes = m
+                .attributes
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k.as_str().to_owned(), v))
+                .collect();
+            record
+        })
+        .collect();
+    let started = Instant::now();
+    let response = delivery::handle_batch(ctx, event).await;
+    round.in_handler = started.elapsed();
+    round.failed = response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.clone())
+        .collect();
+    for message in &messages {
+        let receipt = message.receipt_handle.clone().unwrap_or_default();
+        if round
+            .failed
+            .contains(message.message_id.as_deref().unwrap_or_default())
+        {
+            sqs.change_message_visibility()
+                .queue_url(&url)
+                .receipt_handle(receipt)
+                .visibility_timeout(0)
+                .send()
+                .await
+                .expect("make visible again");
+        } else {
             sqs.delete_message()
                 .queue_url(&url)
-                .receipt_handle(message.receipt_handle.clone().unwrap_or_default())
+                .receipt_handle(receipt)
                 .send()
                 .await
                 .expect("delete");
         }
     }
+    round
 }
 
 /// Collects a test's log output so it can be searched for secrets.

@@ -1,5 +1,6 @@
 //! 100,000 card keys in one import request (one KMS data key, transactions of 49).
 
+use kami_tests::faults::{Answer, Fault, FaultProxy};
 use kami_tests::*;
 use serde_json::json;
 
@@ -46,7 +47,11 @@ async fn one_hundred_thousand_keys_in_one_import() {
 async fn an_import_whose_answer_is_lost_and_retried_reports_no_duplicates() {
     let ctx = context().await;
     let sku = product_with_keys(&ctx, "lost", 100, 10, &[]).await;
-    let proxy = kami_tests::faults::AnswerLosingProxy::start(&stack().endpoint).await;
+    let proxy = FaultProxy::start(
+        &stack().endpoint,
+        vec![Fault::dynamodb("TransactWriteItems", Answer::Lost)],
+    )
+    .await;
     imports_30_keys_once(&ctx, &sku, &proxy, "LOST", 1).await;
 }
 
@@ -60,8 +65,11 @@ async fn an_import_answered_in_progress_is_retried_as_the_same_call() {
     let sku = product_with_keys(&ctx, "inprogress", 100, 10, &[]).await;
     // The SDK's own 3 attempts (same token) are all answered in progress; Kami's
     // retry then decides which call comes next.
-    let proxy =
-        kami_tests::faults::AnswerLosingProxy::start_in_progress(&stack().endpoint, 3).await;
+    let proxy = FaultProxy::start(
+        &stack().endpoint,
+        vec![Fault::dynamodb("TransactWriteItems", Answer::InProgress).times(3)],
+    )
+    .await;
     imports_30_keys_once(&ctx, &sku, &proxy, "INPROGRESS", 3).await;
 }
 
@@ -71,7 +79,7 @@ async fn an_import_answered_in_progress_is_retried_as_the_same_call() {
 async fn imports_30_keys_once(
     ctx: &std::sync::Arc<kami_shared::Context>,
     sku: &str,
-    proxy: &kami_tests::faults::AnswerLosingProxy,
+    proxy: &FaultProxy,
     prefix: &str,
     spoiled: usize,
 ) {
@@ -85,8 +93,8 @@ async fn imports_30_keys_once(
     )
     .await;
     assert_eq!(
-        proxy.lost(),
-        spoiled,
+        proxy.fired(),
+        [spoiled],
         "the transaction's answers were spoiled"
     );
     assert_eq!(status, 201, "{report}");
