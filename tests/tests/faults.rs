@@ -364,7 +364,6 @@ async fn a_delivery_never_queued_is_found_by_the_sweep_and_delivered() {
 /// The SDK retries the put without a token; the retry meets the run's own lease, fails
 /// its condition, and the run reads its own lease as another run's.
 #[tokio::test]
-#[ignore = "bug: a lost answer to the sweep lease's PutItem makes the run skip as `lease_held` (it reads its own lease as another run's), and the lease it left blocks the next runs until it lapses"]
 async fn a_sweep_whose_lease_answer_is_lost_still_sweeps() {
     let _all = SWEEP.write().await;
     let shop = Shop::open("lostlease", 2).await;

@@ -70,10 +70,17 @@ impl Store {
             .await;
         match result {
             Ok(_) => Ok(SweepLease::Taken),
-            Err(err) if condition_failed(&err) => Ok(holder_of(match err.as_service_error() {
-                Some(PutItemError::ConditionalCheckFailedException(failed)) => failed.item(),
-                _ => None,
-            })),
+            Err(err) if condition_failed(&err) => Ok(
+                match holder_of(match err.as_service_error() {
+                    Some(PutItemError::ConditionalCheckFailedException(failed)) => failed.item(),
+                    _ => None,
+                }) {
+                    // Our own lease: the first put took effect and its answer was lost,
+                    // so the SDK's retry found it (run ids are unique ULIDs).
+                    SweepLease::Held { holder: found, .. } if found == holder => SweepLease::Taken,
+                    other => other,
+                },
+            ),
             Err(err) => Err(Error::aws("dynamodb", err)),
         }
     }
