@@ -334,6 +334,12 @@ pub async fn operations(ctx: &Arc<Context>, request: Request) -> (u16, Value) {
     answer(http::operations::router(ctx.clone()), request).await
 }
 
+/// `GET path` on the operations function as the admin.
+pub async fn operations_get(ctx: &Arc<Context>, path: &str) -> (u16, Value) {
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    operations(ctx, request("GET", path, &[("authorization", &auth)], "")).await
+}
+
 pub async fn webhook(ctx: &Arc<Context>, request: Request) -> (u16, Value) {
     answer(http::finish(http::webhook::routes(), ctx.clone()), request).await
 }

@@ -446,14 +446,9 @@ async fn an_operator_accepts_late_or_short_money_and_the_order_is_delivered_once
         view(late_id.clone(), late_token.clone()).await["status"],
         "paid_after_expiry"
     );
-    let (status, queue) = operations(
+    let (status, queue) = operations_get(
         &ctx,
-        request(
-            "GET",
-            "/admin/exceptions?cause=paid_after_expiry&order=newest&limit=100",
-            &[("authorization", &format!("Bearer {ADMIN_TOKEN}"))],
-            "",
-        ),
+        "/admin/exceptions?cause=paid_after_expiry&order=newest&limit=100",
     )
     .await;
     assert_eq!(status, 200, "{queue}");
@@ -494,16 +489,7 @@ async fn an_operator_accepts_late_or_short_money_and_the_order_is_delivered_once
     drain_delivery_queue(&ctx).await;
     let delivered = view(late_id.clone(), late_token).await;
     assert_eq!(delivered["status"], "delivered", "{delivered}");
-    let (_, operator) = operations(
-        &ctx,
-        request(
-            "GET",
-            &format!("/admin/orders/{late_id}"),
-            &[("authorization", &format!("Bearer {ADMIN_TOKEN}"))],
-            "",
-        ),
-    )
-    .await;
+    let (_, operator) = operations_get(&ctx, &format!("/admin/orders/{late_id}")).await;
     assert_eq!(
         causes(&operator)
             .iter()

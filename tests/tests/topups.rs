@@ -61,11 +61,6 @@ async fn admin_get(ctx: &Arc<Context>, path: &str) -> (u16, Value) {
     admin(ctx, request("GET", path, &[("authorization", &auth)], "")).await
 }
 
-async fn operations_get(ctx: &Arc<Context>, path: &str) -> (u16, Value) {
-    let auth = format!("Bearer {ADMIN_TOKEN}");
-    operations(ctx, request("GET", path, &[("authorization", &auth)], "")).await
-}
-
 /// `POST /orders` with `body`, under an idempotency key of its own.
 async fn place(ctx: &Arc<Context>, body: &Value) -> (u16, Value) {
     let key = unique_sku("topup-order-key");

@@ -255,17 +255,7 @@ async fn unmatched_payments_never_expire_and_are_listed_for_operators() {
         );
     }
 
-    let auth = format!("Bearer {ADMIN_TOKEN}");
-    let (status, listed) = operations(
-        &ctx,
-        request(
-            "GET",
-            "/admin/payments/unmatched",
-            &[("authorization", &auth)],
-            "",
-        ),
-    )
-    .await;
+    let (status, listed) = operations_get(&ctx, "/admin/payments/unmatched").await;
     assert_eq!(status, 200, "{listed}");
     let payments = listed["payments"].as_array().expect("payments");
     let find = |event: &str| {
@@ -330,19 +320,12 @@ async fn duplicate_and_unmatched_payments_are_in_the_exception_queue_until_resol
         "money to give back expires"
     );
 
-    let auth = format!("Bearer {ADMIN_TOKEN}");
     let queue = |cause: &'static str| {
         let ctx = ctx.clone();
-        let auth = auth.clone();
         async move {
-            let (status, page) = operations(
+            let (status, page) = operations_get(
                 &ctx,
-                request(
-                    "GET",
-                    &format!("/admin/exceptions?cause={cause}&order=newest&limit=100"),
-                    &[("authorization", &auth)],
-                    "",
-                ),
+                &format!("/admin/exceptions?cause={cause}&order=newest&limit=100"),
             )
             .await;
             assert_eq!(status, 200, "{page}");
@@ -380,16 +363,8 @@ async fn duplicate_and_unmatched_payments_are_in_the_exception_queue_until_resol
             let (status, body) = task.await.expect("task");
             assert_eq!((status, &body["resolved"]), (200, &json!(true)), "{body}");
         }
-        let (status, trail) = operations(
-            &ctx,
-            request(
-                "GET",
-                &format!("/admin/audit?payment=stripe:{event}"),
-                &[("authorization", &auth)],
-                "",
-            ),
-        )
-        .await;
+        let (status, trail) =
+            operations_get(&ctx, &format!("/admin/audit?payment=stripe:{event}")).await;
         assert_eq!(status, 200, "{trail}");
         let entries = trail["entries"].as_array().expect("entries");
         assert_eq!(entries.len(), 1, "one resolution recorded: {trail}");
@@ -427,6 +402,37 @@ async fn substitute(ctx: &Arc<Context>, order_id: &str, keys: &[String]) -> (u16
     .await
 }
 
+/// Every concurrent substitute answered 200 `delivered`.
+async fn all_delivered(tasks: Vec<tokio::task::JoinHandle<(u16, Value)>>) {
+    for task in tasks {
+        let (status, body) = task.await.expect("task");
+        assert_eq!(
+            (status, &body["status"]),
+            (200, &json!("delivered")),
+            "{body}"
+        );
+    }
+}
+
+/// An order of 2 units of `sku` (1500 each) paid short: a payment exception holding
+/// them. (order id, access token)
+async fn short_paid_order(ctx: &Arc<Context>, sku: &str) -> (String, String) {
+    let (status, created) = order(ctx, sku, 2, &format!("idem-{sku}-subst")).await;
+    assert_eq!(status, 201, "{created}");
+    let order_id = created["order_id"].as_str().expect("id").to_owned();
+    let (status, _) = pay(
+        ctx,
+        &format!("evt_short_{order_id}"),
+        &order_id,
+        2999,
+        "CNY",
+    )
+    .await;
+    assert_eq!(status, 200);
+    let token = created["access_token"].as_str().expect("token").to_owned();
+    (order_id, token)
+}
+
 /// An operator's own keys deliver an order that needs a person: checked like an import
 /// (a key already in the inventory refused), delivered once under ten identical
 /// concurrent requests, shown to the buyer, and the order's reserved stock goes back.
@@ -435,20 +441,7 @@ async fn an_operator_delivers_keys_of_their_own_once() {
     let ctx = context().await;
     let stocked = make_keys("SUBST", 3);
     let sku = product_with_keys(&ctx, "subst", 1500, 5, &stocked).await;
-    let (status, created) = order(&ctx, &sku, 2, &format!("idem-{sku}-subst")).await;
-    assert_eq!(status, 201, "{created}");
-    let order_id = created["order_id"].as_str().expect("id").to_owned();
-    let token = created["access_token"].as_str().expect("token").to_owned();
-    // Short money: a payment exception holding 2 units.
-    let (status, _) = pay(
-        &ctx,
-        &format!("evt_short_{order_id}"),
-        &order_id,
-        2999,
-        "CNY",
-    )
-    .await;
-    assert_eq!(status, 200);
+    let (order_id, token) = short_paid_order(&ctx, &sku).await;
     assert_eq!(
         status_of(&ctx, &order_id, &token).await["status"],
         "payment_exception"
@@ -485,14 +478,7 @@ async fn an_operator_delivers_keys_of_their_own_once() {
             tokio::spawn(async move { substitute(&ctx, &id, &keys).await })
         })
         .collect();
-    for task in tasks {
-        let (status, body) = task.await.expect("task");
-        assert_eq!(
-            (status, &body["status"]),
-            (200, &json!("delivered")),
-            "{body}"
-        );
-    }
+    all_delivered(tasks).await;
     let view = status_of(&ctx, &order_id, &token).await;
     assert_eq!(view["status"], "delivered");
     let mut codes: Vec<String> = view["deliveries"]
@@ -511,17 +497,7 @@ async fn an_operator_delivers_keys_of_their_own_once() {
         json!({"available": 3, "reserved": 0, "sold": 0}),
         "the order's reservation went back: its keys came from the operator"
     );
-    let auth = format!("Bearer {ADMIN_TOKEN}");
-    let (_, operator) = operations(
-        &ctx,
-        request(
-            "GET",
-            &format!("/admin/orders/{order_id}"),
-            &[("authorization", &auth)],
-            "",
-        ),
-    )
-    .await;
+    let (_, operator) = operations_get(&ctx, &format!("/admin/orders/{order_id}")).await;
     assert_eq!(
         causes(&operator)
             .iter()
@@ -529,16 +505,7 @@ async fn an_operator_delivers_keys_of_their_own_once() {
             .count(),
         1
     );
-    let (_, trail) = operations(
-        &ctx,
-        request(
-            "GET",
-            &format!("/admin/audit?order={order_id}"),
-            &[("authorization", &auth)],
-            "",
-        ),
-    )
-    .await;
+    let (_, trail) = operations_get(&ctx, &format!("/admin/audit?order={order_id}")).await;
     assert_eq!(trail["entries"][0]["action"], "order.substitute", "{trail}");
     for text in [operator.to_string(), trail.to_string()] {
         assert!(
@@ -556,19 +523,7 @@ async fn an_operator_delivers_from_another_products_stock_once() {
     let sku = product_with_keys(&ctx, "subst-own", 1500, 5, &make_keys("OWN", 2)).await;
     let replacement_keys = make_keys("REPL", 3);
     let other = product_with_keys(&ctx, "subst-other", 1800, 5, &replacement_keys).await;
-    let (status, created) = order(&ctx, &sku, 2, &format!("idem-{sku}-subst")).await;
-    assert_eq!(status, 201, "{created}");
-    let order_id = created["order_id"].as_str().expect("id").to_owned();
-    let token = created["access_token"].as_str().expect("token").to_owned();
-    let (status, _) = pay(
-        &ctx,
-        &format!("evt_short_{order_id}"),
-        &order_id,
-        2999,
-        "CNY",
-    )
-    .await;
-    assert_eq!(status, 200);
+    let (order_id, token) = short_paid_order(&ctx, &sku).await;
 
     let auth = format!("Bearer {ADMIN_TOKEN}");
     let send = |body: Value| {
@@ -613,14 +568,7 @@ async fn an_operator_delivers_from_another_products_stock_once() {
             ))
         })
         .collect();
-    for task in tasks {
-        let (status, body) = task.await.expect("task");
-        assert_eq!(
-            (status, &body["status"]),
-            (200, &json!("delivered")),
-            "{body}"
-        );
-    }
+    all_delivered(tasks).await;
     let view = status_of(&ctx, &order_id, &token).await;
     let codes: Vec<&str> = view["deliveries"]
         .as_array()

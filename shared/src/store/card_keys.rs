@@ -6,7 +6,7 @@
 use super::audit::AuditEntry;
 use super::codec::{FromItem, Item, b, get_b, get_s, get_u32, item, key_item, keys, n, s};
 use super::orders::{OperatorNote, OrderRecord};
-use super::tx::{ItemName, TxOutcome};
+use super::tx::{ItemName, Tx, TxOutcome};
 use super::{COUNTER_SHARDS, STOCK_SHARDS, Store, shard_of};
 use crate::domain::order::{Cause, OrderStatus};
 use crate::domain::product::DeliveryType;
@@ -44,6 +44,41 @@ pub struct CardKeySlot {
     pub batch_id: String,
     pub sku: String,
     pub sealed: Vec<u8>,
+}
+
+impl Tx {
+    /// The key leaves stock, only if it is still there (`ItemName::AllocatedKey`).
+    fn take_from_stock(&mut self, key: &StockKey) -> Result<&mut Self> {
+        self.delete(
+            ItemName::AllocatedKey,
+            key_item((key.partition.clone(), keys::stock_key(&key.key_id))),
+            "attribute_exists(pk)",
+        )
+    }
+}
+
+/// A card-key delivery record: the key (`key_id`, `batch_id`, its own `sku`) in one slot
+/// of an order, still sealed under its batch's data key.
+fn slot_item(
+    order_id: &str,
+    slot: u32,
+    (key_id, batch_id, sku): (&str, &str, &str),
+    sealed: &[u8],
+    at: &str,
+) -> Item {
+    item(
+        keys::delivery(order_id, slot),
+        "delivery",
+        [
+            ("type", s(DeliveryType::CardKey.as_str())),
+            ("slot", n(slot)),
+            ("key_id", s(key_id)),
+            ("batch_id", s(batch_id)),
+            ("sku", s(sku)),
+            ("sealed", b(sealed.to_vec())),
+            ("allocated_at", s(at)),
+        ],
+    )
 }
 
 /// What taking one key of another product into an order's slot came to.
@@ -172,18 +207,12 @@ impl Store {
             )?;
             tx.put(
                 ItemName::SubstituteSlot(index),
-                item(
-                    keys::delivery(&order.order_id, *slot),
-                    "delivery",
-                    [
-                        ("type", s(DeliveryType::CardKey.as_str())),
-                        ("slot", n(*slot)),
-                        ("key_id", s(&key.key_id)),
-                        ("batch_id", s(batch_id)),
-                        ("sku", s(&order.sku)),
-                        ("sealed", b(key.sealed.clone())),
-                        ("allocated_at", s(&at)),
-                    ],
+                slot_item(
+                    &order.order_id,
+                    *slot,
+                    (&key.key_id, batch_id, &order.sku),
+                    &key.sealed,
+                    &at,
                 ),
                 Some("attribute_not_exists(pk)"),
             )?;
@@ -233,11 +262,7 @@ impl Store {
         now: Timestamp,
     ) -> Result<SubstituteKey> {
         let mut tx = self.tx();
-        tx.delete(
-            ItemName::AllocatedKey,
-            key_item((key.partition.clone(), keys::stock_key(&key.key_id))),
-            "attribute_exists(pk)",
-        )?;
+        tx.take_from_stock(key)?;
         tx.update(
             ItemName::Counter(counter_shard),
             key_item(keys::stock_counter(key_sku, counter_shard)),
@@ -248,28 +273,16 @@ impl Store {
         )?;
         tx.put(
             ItemName::Slot,
-            item(
-                keys::delivery(&order.order_id, slot),
-                "delivery",
-                [
-                    ("type", s(DeliveryType::CardKey.as_str())),
-                    ("slot", n(slot)),
-                    ("key_id", s(&key.key_id)),
-                    ("batch_id", s(&key.batch_id)),
-                    ("sku", s(key_sku)),
-                    ("sealed", b(key.sealed.clone())),
-                    ("allocated_at", s(now.to_rfc3339())),
-                ],
+            slot_item(
+                &order.order_id,
+                slot,
+                (&key.key_id, &key.batch_id, key_sku),
+                &key.sealed,
+                &now.to_rfc3339(),
             ),
             Some("attribute_not_exists(pk)"),
         )?;
-        tx.check(
-            ItemName::Order,
-            key_item(keys::order(&order.order_id)),
-            "#status = :status",
-            &["status"],
-            vec![(":status", s(order.status.as_str()))],
-        )?;
+        tx.order_still(order)?;
         Ok(
             match self
                 .transact_yielding(tx, Some(ItemName::AllocatedKey))
@@ -433,25 +446,15 @@ impl Store {
         now: Timestamp,
     ) -> Result<AllocateOutcome> {
         let mut tx = self.tx();
-        tx.delete(
-            ItemName::AllocatedKey,
-            key_item((key.partition.clone(), keys::stock_key(&key.key_id))),
-            "attribute_exists(pk)",
-        )?;
+        tx.take_from_stock(key)?;
         tx.put(
             ItemName::Slot,
-            item(
-                keys::delivery(&order.order_id, slot),
-                "delivery",
-                [
-                    ("type", s(DeliveryType::CardKey.as_str())),
-                    ("slot", n(slot)),
-                    ("key_id", s(&key.key_id)),
-                    ("batch_id", s(&key.batch_id)),
-                    ("sku", s(&order.sku)),
-                    ("sealed", b(key.sealed.clone())),
-                    ("allocated_at", s(now.to_rfc3339())),
-                ],
+            slot_item(
+                &order.order_id,
+                slot,
+                (&key.key_id, &key.batch_id, &order.sku),
+                &key.sealed,
+                &now.to_rfc3339(),
             ),
             Some("attribute_not_exists(pk)"),
         )?;

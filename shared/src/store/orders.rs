@@ -377,6 +377,17 @@ impl Tx {
         self.move_order_noted(order, transition, now, more, condition, names, values, None)
     }
 
+    /// The order must still be in the status it was read in (`ItemName::Order`).
+    pub(crate) fn order_still(&mut self, order: &OrderRecord) -> Result<&mut Self> {
+        self.check(
+            ItemName::Order,
+            key_item(keys::order(&order.order_id)),
+            "#status = :status",
+            &["status"],
+            vec![(":status", s(order.status.as_str()))],
+        )
+    }
+
     /// `move_order`, by an operator's hand: the event names who and why.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn move_order_noted(

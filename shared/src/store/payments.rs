@@ -192,13 +192,7 @@ impl Store {
                 )?;
             }
             None => {
-                tx.check(
-                    ItemName::Order,
-                    key_item(keys::order(&order.order_id)),
-                    "#status = :status",
-                    &["status"],
-                    vec![(":status", s(order.status.as_str()))],
-                )?;
+                tx.order_still(order)?;
             }
         }
         if let Some(shares) = change.reserve_stock {
