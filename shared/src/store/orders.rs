@@ -79,7 +79,7 @@ impl StockShare {
 }
 
 /// The order's `stock_shard` and `stock_split` attributes.
-pub(crate) fn stock_attributes(shares: &[StockShare]) -> (AttributeValue, AttributeValue) {
+fn stock_attributes(shares: &[StockShare]) -> (AttributeValue, AttributeValue) {
     let first = shares.first().map_or(0, |share| share.shard);
     let split = shares
         .iter()
@@ -375,6 +375,39 @@ impl Tx {
         values: Vec<(&str, AttributeValue)>,
     ) -> Result<&mut Self> {
         self.move_order_noted(order, transition, now, more, condition, names, values, None)
+    }
+
+    /// A move to `paid`: the order joins the stuck-order index (due
+    /// `STUCK_AFTER_SECONDS` after `now`); an order whose stock went back takes it again
+    /// on the counters `reserve` names (recorded on the order, reserved in the same
+    /// transaction). `more` adds the caller's own attributes (`, a = :a`, values).
+    pub(crate) fn move_to_paid(
+        &mut self,
+        order: &OrderRecord,
+        transition: (OrderStatus, OrderStatus, Cause),
+        now: Timestamp,
+        reserve: Option<&[StockShare]>,
+        (more, mut values): (&str, Vec<(&str, AttributeValue)>),
+        note: Option<&OperatorNote>,
+    ) -> Result<&mut Self> {
+        let mut expression = format!("{more}, gsi1pk = :gpk, gsi1sk = :gsk");
+        values.extend([
+            (
+                ":gpk",
+                s(keys::paid_index(shard_of(&order.order_id, INDEX_SHARDS))),
+            ),
+            (":gsk", n(now.unix_seconds() + STUCK_AFTER_SECONDS)),
+        ]);
+        if let Some(shares) = reserve {
+            let (first, split) = stock_attributes(shares);
+            expression.push_str(", stock_shard = :shard, stock_split = :split");
+            values.extend([(":shard", first), (":split", split)]);
+        }
+        self.move_order_noted(order, transition, now, &expression, None, &[], values, note)?;
+        if let Some(shares) = reserve {
+            self.move_stock(&order.sku, shares, StockMove::Reserve)?;
+        }
+        Ok(self)
     }
 
     /// The order must still be in the status it was read in (`ItemName::Order`).
@@ -690,33 +723,15 @@ impl Store {
         now: Timestamp,
     ) -> Result<Accepted> {
         let to = order.status.next(Cause::AcceptPayment)?;
-        let mut more = ", gsi1pk = :gpk, gsi1sk = :gsk".to_owned();
-        let mut values = vec![
-            (
-                ":gpk",
-                s(keys::paid_index(shard_of(&order.order_id, INDEX_SHARDS))),
-            ),
-            (":gsk", n(now.unix_seconds() + STUCK_AFTER_SECONDS)),
-        ];
-        if let Some(shares) = reserve {
-            let (first, split) = stock_attributes(shares);
-            more.push_str(", stock_shard = :shard, stock_split = :split");
-            values.extend([(":shard", first), (":split", split)]);
-        }
         let mut tx = self.tx();
-        tx.move_order_noted(
+        tx.move_to_paid(
             order,
             (order.status, to, Cause::AcceptPayment),
             now,
-            &more,
-            None,
-            &[],
-            values,
+            reserve,
+            ("", Vec::new()),
             Some(note),
         )?;
-        if let Some(shares) = reserve {
-            tx.move_stock(&order.sku, shares, StockMove::Reserve)?;
-        }
         tx.audit(audit)?;
         Ok(match self.transact(tx).await? {
             TxOutcome::Committed => Accepted::Moved,

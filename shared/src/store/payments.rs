@@ -8,10 +8,9 @@ use super::codec::{
 };
 use super::exceptions::PaymentEvent;
 use super::orders::OperatorNote;
-use super::orders::{OrderRecord, StockShare, stock_attributes};
-use super::products::StockMove;
+use super::orders::{OrderRecord, StockShare};
 use super::tx::{ItemName, TxOutcome};
-use super::{INDEX_SHARDS, ORDER_INDEX, STUCK_AFTER_SECONDS, Store, shard_of};
+use super::{ORDER_INDEX, Store};
 use crate::domain::money::Money;
 use crate::domain::order::{Cause, OrderStatus};
 use crate::domain::time::Timestamp;
@@ -161,21 +160,17 @@ impl Store {
             // Paid orders join the "stuck if undelivered" index; any other outcome is
             // an exception for an operator and leaves every index.
             Some(transition @ (_, OrderStatus::Paid, _)) => {
-                let mut more = ", payment_ref = :ref, gsi1pk = :gpk, gsi1sk = :gsk".to_owned();
-                let mut values = vec![
-                    (":ref", s(change.provider_ref)),
+                tx.move_to_paid(
+                    order,
+                    transition,
+                    now,
+                    change.reserve_stock,
                     (
-                        ":gpk",
-                        s(keys::paid_index(shard_of(&order.order_id, INDEX_SHARDS))),
+                        ", payment_ref = :ref",
+                        vec![(":ref", s(change.provider_ref))],
                     ),
-                    (":gsk", n(now.unix_seconds() + STUCK_AFTER_SECONDS)),
-                ];
-                if let Some(shares) = change.reserve_stock {
-                    let (first, split) = stock_attributes(shares);
-                    more.push_str(", stock_shard = :shard, stock_split = :split");
-                    values.extend([(":shard", first), (":split", split)]);
-                }
-                tx.move_order(order, transition, now, &more, None, &[], values)?;
+                    None,
+                )?;
             }
             Some(transition) => {
                 tx.move_order(
@@ -194,9 +189,6 @@ impl Store {
             None => {
                 tx.order_still(order)?;
             }
-        }
-        if let Some(shares) = change.reserve_stock {
-            tx.move_stock(&order.sku, shares, StockMove::Reserve)?;
         }
         if let Some(payment_id) = change.attempt {
             tx.attempt_paid(&order.order_id, payment_id, &at)?;
