@@ -548,19 +548,19 @@ pub async fn accept_payment(
 ) -> Result<Redelivery> {
     let reason = checked_note(&request.reason, "invalid_reason", "reason")?;
     let mut order = find_order(ctx, order_id).await?;
-    let mut plans: Option<Vec<Vec<crate::store::StockShare>>> = None;
+    let mut retake = super::stock::Retake::default();
     for _ in 0..ACCEPT_ATTEMPTS {
         if order.status.next(Cause::AcceptPayment).is_err() {
             break;
         }
         // A payment exception's stock is still reserved; after expiry it went back.
-        let reserve = match (&plans, order.status) {
-            (_, OrderStatus::PaymentException) => None,
-            (None, _) => Some(order.stock_shards.clone()),
-            (Some(plans), _) => match plans.first() {
-                Some(plan) => Some(plan.clone()),
-                None => return Err(Error::Conflict(crate::error::ConflictKind::OutOfStock)),
-            },
+        let reserve = match order.status {
+            OrderStatus::PaymentException => None,
+            _ => Some(
+                retake
+                    .next(&order)
+                    .ok_or(Error::Conflict(crate::error::ConflictKind::OutOfStock))?,
+            ),
         };
         let entry = actor.entry(
             ctx,
@@ -576,7 +576,7 @@ pub async fn accept_payment(
         };
         match ctx
             .store
-            .accept_payment(&order, &note, reserve.as_deref(), &entry, ctx.clock.now())
+            .accept_payment(&order, &note, reserve, &entry, ctx.clock.now())
             .await?
         {
             Accepted::Moved => {
@@ -593,16 +593,7 @@ pub async fn accept_payment(
                     queued: true,
                 });
             }
-            Accepted::NoStock => match &mut plans {
-                None => {
-                    let shards = ctx.store.stock_shards(&order.sku, true).await?;
-                    plans = Some(super::stock::reservation_plans(&shards, order.quantity));
-                }
-                Some(plans) if !plans.is_empty() => {
-                    plans.remove(0);
-                }
-                Some(_) => {}
-            },
+            Accepted::NoStock => retake.short(ctx, &order).await?,
             Accepted::Raced => order = find_order(ctx, order_id).await?,
         }
     }

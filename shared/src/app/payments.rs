@@ -5,7 +5,7 @@
 use lambda_http::http::HeaderMap;
 use serde_json::{Value, json};
 
-use super::stock::reservation_plans;
+use super::stock::Retake;
 use crate::config::Context;
 use crate::domain::order::{Cause, OrderStatus};
 use crate::domain::time::is_id;
@@ -263,10 +263,8 @@ pub async fn record_payment(
     notice: &PaymentNotice,
     attempt: Option<&str>,
 ) -> Result<()> {
-    // Where a late payment takes its stock again: first the counters the order held;
-    // once they are short, each counter that holds the order, fullest first, as
-    // checkout chooses (read once); when none does, the stock is gone.
-    let mut other_counters: Option<Vec<Vec<StockShare>>> = None;
+    // Where a late payment takes its stock again.
+    let mut retake = Retake::default();
     let mut races = 0;
     loop {
         // One reading per attempt: whatever this attempt writes is stamped alike.
@@ -289,11 +287,7 @@ pub async fn record_payment(
             tracing::warn!(event_id = %notice.event_id, first, "payment for an unknown order kept for an operator");
             return Ok(());
         };
-        let stock = match &other_counters {
-            None => Some(order.stock_shards.as_slice()),
-            Some(plans) => plans.first().map(Vec::as_slice),
-        };
-        let change = decide(&order, notice, stock, attempt);
+        let change = decide(&order, notice, retake.next(&order), attempt);
         match ctx.store.apply_payment(&order, &change, now).await? {
             PaymentApplied::Applied => {
                 tracing::info!(order_id = %order.order_id, event_id = %notice.event_id, outcome = change.outcome, "payment recorded");
@@ -313,16 +307,7 @@ pub async fn record_payment(
                 tracing::info!(order_id = %order.order_id, event_id = %notice.event_id, "duplicate notification acknowledged");
                 return Ok(());
             }
-            PaymentApplied::NoStock => match &mut other_counters {
-                None => {
-                    let shards = ctx.store.stock_shards(&order.sku, true).await?;
-                    other_counters = Some(reservation_plans(&shards, order.quantity));
-                }
-                Some(plans) if !plans.is_empty() => {
-                    plans.remove(0);
-                }
-                Some(_) => {}
-            },
+            PaymentApplied::NoStock => retake.short(ctx, &order).await?,
             PaymentApplied::Raced => {
                 races += 1;
                 if races >= DECISION_ATTEMPTS {

@@ -2,8 +2,43 @@
 //! on each. Checkout and a late payment choose alike, from one consistent read of the
 //! product's counters.
 
+use crate::config::Context;
 use crate::domain::product::Stock;
-use crate::store::StockShare;
+use crate::error::Result;
+use crate::store::{OrderRecord, StockShare};
+
+/// Where an order whose stock went back (it expired) takes it again: first the counters
+/// it held; once they are short, each counter that holds the order, fullest first, as
+/// checkout chooses (read once, when they first are); none when the stock is gone.
+#[derive(Default)]
+pub(crate) struct Retake {
+    plans: Option<Vec<Vec<StockShare>>>,
+}
+
+impl Retake {
+    /// The counters to try now; `None` when no counter holds the order's units.
+    pub(crate) fn next<'a>(&'a self, order: &'a OrderRecord) -> Option<&'a [StockShare]> {
+        match &self.plans {
+            None => Some(order.stock_shards.as_slice()),
+            Some(plans) => plans.first().map(Vec::as_slice),
+        }
+    }
+
+    /// The counters tried were short: the next ones.
+    pub(crate) async fn short(&mut self, ctx: &Context, order: &OrderRecord) -> Result<()> {
+        match &mut self.plans {
+            None => {
+                let shards = ctx.store.stock_shards(&order.sku, true).await?;
+                self.plans = Some(reservation_plans(&shards, order.quantity));
+            }
+            Some(plans) if !plans.is_empty() => {
+                plans.remove(0);
+            }
+            Some(_) => {}
+        }
+        Ok(())
+    }
+}
 
 /// The ways to reserve `units` given the counters' available counts, in the order to
 /// try them: every counter that holds them all, fullest first; when none does but the
