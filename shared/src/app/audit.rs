@@ -10,7 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::config::Context;
 use crate::domain::time::new_id;
 use crate::error::{Error, Result};
-use crate::store::{AuditCursor, AuditEntry, AuditOf, AuditSubject};
+use crate::store::{AuditCursor, AuditEntry, AuditOf, AuditSubject, OperatorNote};
 
 const DEFAULT_LIMIT: i32 = 50;
 const MAX_LIMIT: i32 = 100;
@@ -45,6 +45,14 @@ impl Actor {
             reason: reason.map(str::to_owned),
             before,
             after,
+        }
+    }
+
+    /// What an order's history keeps of this actor's step: who, and why.
+    pub fn note(&self, reason: &str) -> OperatorNote {
+        OperatorNote {
+            by: self.name.clone(),
+            reason: reason.to_owned(),
         }
     }
 

@@ -14,8 +14,8 @@ use crate::domain::time::{is_id, new_id};
 use crate::error::{Error, Result};
 use crate::store::UnmatchedPayment;
 use crate::store::{
-    Accepted, AuditSubject, DeliveryRecord, OperatorNote, PaymentEvent, PaymentResolved,
-    SupplierLogEntry, TopUpStatus,
+    Accepted, AuditSubject, DeliveryRecord, PaymentEvent, PaymentResolved, SupplierLogEntry,
+    TopUpStatus,
 };
 
 /// The buyer as the operator sees them.
@@ -480,21 +480,11 @@ pub async fn resolve(
 ) -> Result<Resolution> {
     let reason = checked_note(&request.reason, "invalid_reason", "reason")?;
     let view = find_order_view(ctx, order_id).await?;
+    let delivered = own_stock_keys(&view);
     let order = view.order;
     if order.status != OrderStatus::Resolved {
         order.status.next(Cause::Resolve)?;
-        // Keys from its own product's stock count as sold from it (a substitute's from
-        // another product were sold there).
-        let delivered = view
-            .deliveries
-            .iter()
-            .filter_map(DeliveryRecord::card_key)
-            .filter(|slot| slot.sku == order.sku)
-            .count();
-        let note = OperatorNote {
-            by: actor.name.clone(),
-            reason: reason.clone(),
-        };
+        let note = actor.note(&reason);
         let entry = actor.entry(
             ctx,
             "order.resolve",
@@ -503,7 +493,6 @@ pub async fn resolve(
             Some(status_snapshot(order.status)),
             Some(status_snapshot(OrderStatus::Resolved)),
         );
-        let delivered = u32::try_from(delivered).unwrap_or(u32::MAX);
         if !ctx
             .store
             .resolve_order(&order, &note, delivered, &entry, ctx.clock.now())
@@ -570,10 +559,7 @@ pub async fn accept_payment(
             Some(status_snapshot(order.status)),
             Some(status_snapshot(OrderStatus::Paid)),
         );
-        let note = OperatorNote {
-            by: actor.name.clone(),
-            reason: reason.clone(),
-        };
+        let note = actor.note(&reason);
         match ctx
             .store
             .accept_payment(&order, &note, reserve, &entry, ctx.clock.now())
@@ -599,15 +585,10 @@ pub async fn accept_payment(
     }
     // Moved by a twin request (or delivered since): the same answer; anything else was
     // never this action's to take.
-    let accepted_before = ctx
-        .store
-        .get_order_view(order_id)
-        .await?
-        .is_some_and(|view| {
-            view.events
-                .iter()
-                .any(|e| e.cause == Cause::AcceptPayment.as_str())
-        });
+    let accepted_before = took(
+        &find_order_view(ctx, order_id).await?.events,
+        Cause::AcceptPayment,
+    );
     if accepted_before {
         return Ok(Redelivery {
             order_id: order.order_id,
@@ -666,8 +647,9 @@ pub async fn substitute(
 
     let reason = checked_note(&request.reason, "invalid_substitute", "reason")?;
     let view = find_order_view(ctx, order_id).await?;
+    let own_before = own_stock_keys(&view);
     let order = view.order;
-    if order.status == OrderStatus::Delivered && substituted_before(&view.events) {
+    if order.status == OrderStatus::Delivered && took(&view.events, Cause::Substitute) {
         return Ok(Resolution {
             order_id: order.order_id,
             status: order.status,
@@ -697,16 +679,11 @@ pub async fn substitute(
         }
         _ => return Err(invalid_substitute("keys", "give either keys or product")),
     };
-    // Keys the order holds from its own product's stock count as sold from it.
+    // Keys the order holds from its own product's stock count as sold from it (read
+    // again after another product's keys filled slots: those were sold there).
     let from_stock = match typed {
-        Some(_) => filled.len(),
-        None => find_order_view(ctx, order_id)
-            .await?
-            .deliveries
-            .iter()
-            .filter_map(DeliveryRecord::card_key)
-            .filter(|slot| slot.sku == order.sku)
-            .count(),
+        Some(_) => own_before,
+        None => own_stock_keys(&find_order_view(ctx, order_id).await?),
     };
     let (batch, keys_by_slot) = typed.unwrap_or_default();
     let entry = actor.entry(
@@ -717,17 +694,14 @@ pub async fn substitute(
         Some(status_snapshot(order.status)),
         Some(status_snapshot(OrderStatus::Delivered)),
     );
-    let note = OperatorNote {
-        by: actor.name.clone(),
-        reason,
-    };
+    let note = actor.note(&reason);
     let outcome = ctx
         .store
         .deliver_substitute(
             &order,
             batch.as_ref(),
             &keys_by_slot,
-            u32::try_from(from_stock).unwrap_or(u32::MAX),
+            from_stock,
             &note,
             &entry,
             ctx.clock.now(),
@@ -747,7 +721,7 @@ pub async fn substitute(
     }
     // A twin request may have delivered first: the same answer.
     let now = find_order_view(ctx, order_id).await?;
-    if now.order.status == OrderStatus::Delivered && substituted_before(&now.events) {
+    if now.order.status == OrderStatus::Delivered && took(&now.events, Cause::Substitute) {
         return Ok(Resolution {
             order_id: now.order.order_id,
             status: now.order.status,
@@ -891,8 +865,21 @@ async fn fill_from_product(
     Ok(())
 }
 
-fn substituted_before(events: &[crate::store::OrderEvent]) -> bool {
-    events.iter().any(|e| e.cause == Cause::Substitute.as_str())
+/// Whether the order's history has a step taken for `cause`.
+fn took(events: &[crate::store::OrderEvent], cause: Cause) -> bool {
+    events.iter().any(|e| e.cause == cause.as_str())
+}
+
+/// How many of the order's delivered keys came from its own product's stock (a
+/// substitute's from another product were sold there).
+fn own_stock_keys(view: &crate::store::OrderView) -> u32 {
+    let own = view
+        .deliveries
+        .iter()
+        .filter_map(DeliveryRecord::card_key)
+        .filter(|slot| slot.sku == view.order.sku)
+        .count();
+    u32::try_from(own).unwrap_or(u32::MAX)
 }
 
 /// Tries of `accept_payment`: the order moving meanwhile, or counters running short.
@@ -927,10 +914,7 @@ pub async fn resolve_payment(
         None,
         None,
     );
-    let note = OperatorNote {
-        by: actor.name.clone(),
-        reason,
-    };
+    let note = actor.note(&reason);
     match ctx
         .store
         .resolve_payment_exception(&event, &note, &entry, ctx.clock.now())
