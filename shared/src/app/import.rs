@@ -11,8 +11,8 @@ use serde::Serialize;
 
 use super::audit::{Actor, snapshot};
 use crate::config::Context;
-use crate::domain::card_key::{ImportFormat, InvalidKey, parse_import};
-use crate::domain::crypto::{card_key_aad, fingerprint, seal};
+use crate::domain::card_key::{CardKeyCode, ImportFormat, InvalidKey, parse_import};
+use crate::domain::crypto::{DataKey, card_key_aad, fingerprint, seal};
 use crate::domain::product::DeliveryType;
 use crate::domain::time::new_id;
 use crate::error::{Error, Result};
@@ -36,6 +36,23 @@ pub struct ImportReport {
     pub accepted: usize,
     pub duplicates: Vec<DuplicateKey>,
     pub invalid: Vec<InvalidKey>,
+}
+
+/// One card key of product `sku` ready to store: a new key id, sealed under its batch's
+/// data key with its AAD, with its fingerprint.
+pub(crate) fn seal_key(
+    data_key: &DataKey,
+    sku: &str,
+    fingerprint: String,
+    code: &CardKeyCode,
+) -> Result<SealedKey> {
+    let key_id = new_id();
+    let sealed = seal(data_key, &card_key_aad(sku, &key_id), code)?;
+    Ok(SealedKey {
+        key_id,
+        fingerprint,
+        sealed,
+    })
 }
 
 pub async fn import_card_keys(
@@ -122,16 +139,7 @@ async fn import_unrecorded(
         .await?;
     let mut sealed = Vec::with_capacity(fresh.len());
     for (index, fp, code) in fresh {
-        let key_id = new_id();
-        let ciphertext = seal(&data_key, &card_key_aad(sku, &key_id), &code)?;
-        sealed.push((
-            index,
-            SealedKey {
-                key_id,
-                fingerprint: fp,
-                sealed: ciphertext,
-            },
-        ));
+        sealed.push((index, seal_key(&data_key, sku, fp, &code)?));
     }
     drop(data_key);
 

@@ -751,10 +751,11 @@ async fn typed_keys(
     Option<crate::store::BatchRecord>,
     Vec<(u32, crate::store::SealedKey)>,
 )> {
+    use super::import::seal_key;
     use crate::domain::card_key::{ImportFormat, parse_import};
-    use crate::domain::crypto::{card_key_aad, fingerprint, seal};
+    use crate::domain::crypto::fingerprint;
     use crate::ports::vault::{EncryptionContext, NewDataKey};
-    use crate::store::{BatchRecord, SealedKey};
+    use crate::store::BatchRecord;
 
     if keys.len() != empty.len() {
         return Err(invalid_substitute(
@@ -791,16 +792,7 @@ async fn typed_keys(
             ));
         }
         seen.push(fp.clone());
-        let key_id = new_id();
-        let sealed = seal(&plaintext, &card_key_aad(&order.sku, &key_id), code)?;
-        keys_by_slot.push((
-            *slot,
-            SealedKey {
-                key_id,
-                fingerprint: fp,
-                sealed,
-            },
-        ));
+        keys_by_slot.push((*slot, seal_key(&plaintext, &order.sku, fp, code)?));
     }
     let batch = BatchRecord {
         batch_id,
