@@ -2,18 +2,14 @@
 //! or supplier, when, from where, and the subject before and after, as an operator sees
 //! it (secrets as `"<set>"`, card keys never). docs/operations.md, "Audit trail".
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Serialize;
 use utoipa::{IntoParams, ToSchema};
 
+use super::page;
 use crate::config::Context;
 use crate::domain::time::new_id;
 use crate::error::{Error, Result};
 use crate::store::{AuditCursor, AuditEntry, AuditOf, AuditSubject, OperatorNote};
-
-const DEFAULT_LIMIT: i32 = 50;
-const MAX_LIMIT: i32 = 100;
 
 /// The operator behind a request: the name of the admin token it carried, and the
 /// client address API Gateway saw.
@@ -121,14 +117,7 @@ impl AuditQuery {
                 "payment" => parsed.payment = value,
                 "actor" => parsed.actor = value,
                 "cursor" => parsed.cursor = value,
-                "limit" => {
-                    parsed.limit = Some(
-                        value
-                            .and_then(|v| v.parse().ok())
-                            .filter(|l| (1..=MAX_LIMIT).contains(l))
-                            .ok_or_else(|| invalid("limit", "limit must be 1 to 100"))?,
-                    )
-                }
+                "limit" => parsed.limit = Some(page::limit(value.as_deref().unwrap_or_default())?),
                 other => return Err(invalid(other, "unknown query parameter")),
             }
         }
@@ -189,24 +178,17 @@ impl AuditQuery {
 
 /// `GET /admin/audit`: one page of one subject's or one actor's actions.
 pub async fn list_audit(ctx: &Context, query: AuditQuery) -> Result<AuditPage> {
-    let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
+    let limit = query.limit.unwrap_or(page::DEFAULT_LIMIT);
     let cursor = query
         .cursor
         .as_deref()
-        .map(|text| {
-            URL_SAFE_NO_PAD
-                .decode(text)
-                .ok()
-                .and_then(|bytes| String::from_utf8(bytes).ok())
-                .and_then(|text| AuditCursor::parse(&text))
-                .ok_or_else(|| invalid("cursor", "cursor is not one this listing gave"))
-        })
+        .map(|text| page::decode_cursor(text, AuditCursor::parse))
         .transpose()?;
     let of = query.of()?;
     let (entries, next) = ctx.store.audit_page(&of, cursor.as_ref(), limit).await?;
     Ok(AuditPage {
         entries,
-        next_cursor: next.map(|c| URL_SAFE_NO_PAD.encode(c.text())),
+        next_cursor: next.map(|c| page::encode_cursor(&c.text())),
     })
 }
 

@@ -2,17 +2,14 @@
 //! history (`GET /admin/exceptions`), served by the index `gsi2`, never a scan.
 //! docs/operations.md, "The exception queue".
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Serialize;
 use utoipa::{IntoParams, ToSchema};
 
+use super::page;
 use crate::config::Context;
 use crate::error::{Error, Result};
 use crate::store::{ExceptionEntry, ExceptionFilter, cursor_key, cursor_text};
 
-const DEFAULT_LIMIT: i32 = 50;
-const MAX_LIMIT: i32 = 100;
 /// What `cause` may be: a status that needs a person, or a detail of one.
 pub const CAUSES: [&str; 10] = [
     "delivery_failed",
@@ -83,15 +80,7 @@ impl ExceptionsQuery {
                     )
                 }
                 "order" => parsed.order = Some(value),
-                "limit" => {
-                    parsed.limit = Some(
-                        value
-                            .parse()
-                            .ok()
-                            .filter(|l| (1..=MAX_LIMIT).contains(l))
-                            .ok_or_else(|| invalid("limit", "limit must be 1 to 100"))?,
-                    )
-                }
+                "limit" => parsed.limit = Some(page::limit(&value)?),
                 "cursor" => parsed.cursor = Some(value),
                 other => return Err(invalid(other, "unknown query parameter")),
             }
@@ -101,16 +90,11 @@ impl ExceptionsQuery {
 }
 
 fn encode_cursor(key: &crate::store::Item) -> Result<String> {
-    Ok(URL_SAFE_NO_PAD.encode(cursor_text(key)?))
+    Ok(page::encode_cursor(&cursor_text(key)?))
 }
 
 fn decode_cursor(cursor: &str) -> Result<crate::store::Item> {
-    URL_SAFE_NO_PAD
-        .decode(cursor)
-        .ok()
-        .and_then(|bytes| String::from_utf8(bytes).ok())
-        .and_then(|text| cursor_key(&text))
-        .ok_or_else(|| invalid("cursor", "cursor is not one this listing gave"))
+    page::decode_cursor(cursor, cursor_key)
 }
 
 /// `GET /admin/exceptions`: one page, oldest first unless asked otherwise.
@@ -133,7 +117,7 @@ pub async fn list_exceptions(ctx: &Context, query: ExceptionsQuery) -> Result<Ex
         cause: query.cause,
         since_at_most: query.older_than.map(|seconds| now.plus_seconds(-seconds)),
         newest_first,
-        limit: query.limit.unwrap_or(DEFAULT_LIMIT),
+        limit: query.limit.unwrap_or(page::DEFAULT_LIMIT),
     };
     let start = query.cursor.as_deref().map(decode_cursor).transpose()?;
     let (exceptions, next) = ctx.store.exceptions(&filter, start, now).await?;

@@ -9,6 +9,7 @@ pub mod fulfil;
 pub mod import;
 pub mod operator;
 pub mod orders;
+mod page;
 pub mod pay;
 pub mod payments;
 pub mod reconcile;
