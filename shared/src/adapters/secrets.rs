@@ -116,8 +116,25 @@ pub fn named_admin_tokens(value: &str) -> Result<Vec<(String, Zeroizing<String>)
 /// The secrets that revoke access when rotated, as last read.
 #[derive(Default)]
 pub struct Revocable {
-    pub admin_token: Option<Zeroizing<String>>,
+    /// The admin tokens by operator name, read from the secret once per read of it.
+    pub admin_tokens: Vec<(String, Zeroizing<String>)>,
     pub stripe_webhook_secrets: Vec<Zeroizing<String>>,
+}
+
+impl Revocable {
+    /// The revocable part of `values`. An admin token secret that does not read as
+    /// tokens (refused by `check_strength` before it gets here) gives none: closed.
+    fn of(values: &mut SecretValues) -> Self {
+        Revocable {
+            admin_tokens: values
+                .admin_token
+                .take()
+                .filter(|value| !value.is_empty())
+                .and_then(|value| named_admin_tokens(&value).ok())
+                .unwrap_or_default(),
+            stripe_webhook_secrets: std::mem::take(&mut values.stripe_webhook_secrets),
+        }
+    }
 }
 
 /// Where and how often the revocable secrets are read again.
@@ -182,16 +199,13 @@ impl RevocableSecrets {
                 return;
             }
         };
-        let values = SecretValues {
+        let mut values = SecretValues {
             admin_token,
             stripe_webhook_secrets: split_list(stripe),
             ..SecretValues::default()
         };
         let fresh = match values.check_strength() {
-            Ok(()) => Revocable {
-                admin_token: values.admin_token,
-                stripe_webhook_secrets: values.stripe_webhook_secrets,
-            },
+            Ok(()) => Revocable::of(&mut values),
             Err(err) => {
                 tracing::error!(error = %err, "a rotated secret is too weak; refusing it (and the one it replaced)");
                 Revocable::default()
@@ -217,29 +231,25 @@ impl std::fmt::Debug for Secrets {
 
 impl Secrets {
     /// Values that never change (tests, fakes).
-    pub fn fixed(values: SecretValues) -> Self {
+    pub fn fixed(mut values: SecretValues) -> Self {
         Secrets {
-            revocable: RevocableSecrets::fixed(Revocable {
-                admin_token: values.admin_token,
-                stripe_webhook_secrets: values.stripe_webhook_secrets,
-            }),
+            revocable: RevocableSecrets::fixed(Revocable::of(&mut values)),
             fingerprint_key: values.fingerprint_key,
             order_token_key: values.order_token_key,
         }
     }
 
-    /// The admin token secret as last read (one token, or named tokens).
-    pub fn admin_token(&self) -> Result<Zeroizing<String>> {
-        required(self.revocable.current().admin_token.as_ref(), "admin token").cloned()
-    }
-
     /// The operator whose admin token `presented` is, if any. Every token is compared
     /// (in constant time), so the time taken does not tell which one came close.
     pub fn admin_actor(&self, presented: &str) -> Result<Option<String>> {
+        let current = self.revocable.current();
+        if current.admin_tokens.is_empty() {
+            return Err(Error::Config("admin token is not configured".into()));
+        }
         let mut actor = None;
-        for (name, token) in named_admin_tokens(&self.admin_token()?)? {
+        for (name, token) in &current.admin_tokens {
             if crate::domain::crypto::secrets_equal(presented.as_bytes(), token.as_bytes()) {
-                actor = Some(name);
+                actor = Some(name.clone());
             }
         }
         Ok(actor)
@@ -311,7 +321,7 @@ pub async fn load(
         fetch(&client, ids.fingerprint_key),
         fetch(&client, ids.order_token_key),
     )?;
-    let values = SecretValues {
+    let mut values = SecretValues {
         admin_token,
         stripe_webhook_secrets: split_list(stripe),
         fingerprint_key,
@@ -327,10 +337,7 @@ pub async fn load(
     });
     Ok(Secrets {
         revocable: Arc::new(RevocableSecrets {
-            current: RwLock::new(Arc::new(Revocable {
-                admin_token: values.admin_token,
-                stripe_webhook_secrets: values.stripe_webhook_secrets,
-            })),
+            current: RwLock::new(Arc::new(Revocable::of(&mut values))),
             refresh,
         }),
         fingerprint_key: values.fingerprint_key,
