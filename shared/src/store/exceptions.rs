@@ -142,6 +142,7 @@ impl Store {
         }
         partitions.push((EXCEPTION_INDEX, keys::EXCEPTIONS_INDEX.to_owned(), "gsi2pk"));
         let mut ids = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for (index, partition, attribute) in partitions {
             let query = self
                 .query()
@@ -151,7 +152,7 @@ impl Store {
             for item in self.query_all(query).await? {
                 if let Some(id) = keys::order_id_of(&get_s(&item, "pk")?)
                     && get_s(&item, "sk")? == keys::ORDER_SK
-                    && !ids.iter().any(|known: &String| known == id)
+                    && seen.insert(id.to_owned())
                 {
                     ids.push(id.to_owned());
                 }
