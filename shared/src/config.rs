@@ -57,6 +57,15 @@ pub struct Config {
     /// (`SUPPLIER_ALLOW_PRIVATE_URLS`, default false; true on the local platform, whose
     /// simulator is on loopback).
     pub supplier_allow_private_urls: bool,
+    /// How deep the distributor tree may be (`DISTRIBUTOR_MAX_DEPTH`, default 3, at most
+    /// 10): the levels of an order's chain that earn commission.
+    pub distributor_max_depth: u32,
+    /// How long a commission stays `pending` after delivery, the refund window
+    /// (`COMMISSION_REFUND_WINDOW_SECONDS`, default 7 days).
+    pub commission_refund_window_seconds: i64,
+    /// The zone settlement periods are days of (`SETTLEMENT_TIME_ZONE`, default
+    /// `Asia/Shanghai`).
+    pub settlement_time_zone: String,
 }
 
 impl Config {
@@ -103,6 +112,23 @@ impl Config {
                     ));
                 }
             },
+            distributor_max_depth: u32::try_from(number(
+                "DISTRIBUTOR_MAX_DEPTH",
+                i64::from(crate::domain::distributor::DEFAULT_MAX_DEPTH),
+            )?)
+            .ok()
+            .filter(|depth| (1..=crate::domain::distributor::MAX_DEPTH_LIMIT).contains(depth))
+            .ok_or_else(|| Error::Config("DISTRIBUTOR_MAX_DEPTH must be 1 to 10".into()))?,
+            commission_refund_window_seconds: Some(number(
+                "COMMISSION_REFUND_WINDOW_SECONDS",
+                7 * 86_400,
+            )?)
+            .filter(|seconds| *seconds >= 0)
+            .ok_or_else(|| {
+                Error::Config("COMMISSION_REFUND_WINDOW_SECONDS must not be negative".into())
+            })?,
+            settlement_time_zone: optional("SETTLEMENT_TIME_ZONE")
+                .unwrap_or_else(|| "Asia/Shanghai".to_owned()),
             stripe_livemode: match optional("STRIPE_LIVEMODE").as_deref() {
                 None | Some("false") => false,
                 Some("true") => true,

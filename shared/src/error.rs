@@ -109,6 +109,12 @@ pub enum ConflictKind {
     /// None of the product's suppliers is enabled: nobody pays for what cannot be
     /// delivered.
     ProductUnavailable,
+    /// Another distributor has this referral code.
+    ReferralCodeTaken,
+    /// The statement's payout was recorded with another reference.
+    StatementAlreadyPaid,
+    /// The statement is still open: nothing is paid before its totals are final.
+    StatementOpen,
 }
 
 impl std::fmt::Display for ConflictKind {
@@ -129,6 +135,11 @@ impl std::fmt::Display for ConflictKind {
             ConflictKind::ProductUnavailable => {
                 "this product cannot be delivered right now: none of its suppliers is enabled"
             }
+            ConflictKind::ReferralCodeTaken => "another distributor has this referral code",
+            ConflictKind::StatementAlreadyPaid => {
+                "this statement's payout was already recorded with another reference"
+            }
+            ConflictKind::StatementOpen => "this statement is not closed yet",
         })
     }
 }

@@ -28,6 +28,8 @@ pub const SUPPLIER_ERRORS: &str = "SupplierErrors";
 pub const PROVIDER_ERRORS: &str = "ProviderErrors";
 /// Products whose stock counters disagree with their keys, once per stock audit run.
 pub const STOCK_MISMATCHES: &str = "StockMismatches";
+/// Statements a settlement run left open because their totals did not reconcile.
+pub const SETTLEMENT_MISMATCHES: &str = "SettlementMismatches";
 
 static COLLECTOR: OnceLock<&'static Collector> = OnceLock::new();
 
@@ -100,6 +102,10 @@ pub fn oldest_exception_age(seconds: i64) {
 pub fn stock_mismatches(count: usize) {
     #[allow(clippy::cast_precision_loss)]
     gauge!(STOCK_MISMATCHES).set(count as f64);
+}
+
+pub fn settlement_mismatches(count: u32) {
+    gauge!(SETTLEMENT_MISMATCHES).set(f64::from(count));
 }
 
 pub fn supplier_error(supplier_id: &str) {

@@ -77,6 +77,10 @@ pub struct AuditQuery {
     pub product: Option<String>,
     /// A payment channel's id.
     pub channel: Option<String>,
+    /// A distributor's id.
+    pub distributor: Option<String>,
+    /// A statement's id.
+    pub statement: Option<String>,
     /// A supplier's id.
     pub supplier: Option<String>,
     /// A payment event, `{provider}:{event_id}`.
@@ -115,6 +119,8 @@ impl AuditQuery {
                 "channel" => parsed.channel = value,
                 "supplier" => parsed.supplier = value,
                 "payment" => parsed.payment = value,
+                "distributor" => parsed.distributor = value,
+                "statement" => parsed.statement = value,
                 "actor" => parsed.actor = value,
                 "cursor" => parsed.cursor = value,
                 "limit" => parsed.limit = Some(page::limit(value.as_deref().unwrap_or_default())?),
@@ -151,6 +157,16 @@ impl AuditQuery {
                 self.payment
                     .map(|id| AuditOf::Subject(AuditSubject::Payment, id)),
             ),
+            (
+                "distributor",
+                self.distributor
+                    .map(|id| AuditOf::Subject(AuditSubject::Distributor, id)),
+            ),
+            (
+                "statement",
+                self.statement
+                    .map(|id| AuditOf::Subject(AuditSubject::Statement, id)),
+            ),
             ("actor", self.actor.map(AuditOf::Actor)),
         ];
         let mut given = named.into_iter().filter_map(|(name, of)| Some((name, of?)));
@@ -166,7 +182,7 @@ impl AuditQuery {
             }
             (None, _) => Err(invalid(
                 "order",
-                "name one of order, product, channel, supplier, payment or actor",
+                "name one of order, product, channel, supplier, payment, distributor, statement or actor",
             )),
             (Some(_), Some((second, _))) => Err(invalid(
                 second,

@@ -475,6 +475,7 @@ mod tests {
                 deliveries: done.clone(),
                 payments: Vec::new(),
                 supplier_log: Vec::new(),
+                commissions: Vec::new(),
             };
             if let Some(to) = self.moved_after_read.lock().unwrap().remove(order_id) {
                 order.status = to;

@@ -51,6 +51,10 @@ pub struct OrderRequest {
     /// Who receives a direct top-up (required for `direct_topup` products, refused for
     /// any other).
     pub recipient: Option<Recipient>,
+    /// A distributor's referral code (matched without regard to case): the order is
+    /// attributed to that distributor and the chain above it, as it is now.
+    #[schema(example = "SHA2026")]
+    pub referral_code: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -74,6 +78,7 @@ impl RequestBody for OrderRequest {
             "quantity" => Some("invalid_quantity"),
             "buyer" | "buyer.email" => Some("invalid_email"),
             "recipient" | "recipient.account" => Some("invalid_recipient"),
+            "referral_code" => Some("invalid_referral_code"),
             _ => None,
         }
     }
@@ -86,6 +91,7 @@ struct ValidOrderRequest {
     email: String,
     /// `recipient`, if given: `Some(None)` when it names no account.
     recipient: Option<Option<String>>,
+    referral_code: Option<String>,
 }
 
 impl ValidOrderRequest {
@@ -117,15 +123,26 @@ impl ValidOrderRequest {
             quantity,
             email,
             recipient: request.recipient.map(|recipient| recipient.account),
+            referral_code: request.referral_code,
         })
     }
 
     /// Hash of what the request means, so a retry with re-ordered JSON still matches.
     fn fingerprint(&self) -> String {
         sha256_hex(
-            json!([self.sku, self.quantity, self.email, self.recipient])
-                .to_string()
-                .as_bytes(),
+            // A request without a referral hashes as it did before referrals existed.
+            match &self.referral_code {
+                None => json!([self.sku, self.quantity, self.email, self.recipient]),
+                Some(code) => json!([
+                    self.sku,
+                    self.quantity,
+                    self.email,
+                    self.recipient,
+                    code.to_ascii_uppercase()
+                ]),
+            }
+            .to_string()
+            .as_bytes(),
         )
     }
 }
@@ -178,6 +195,10 @@ pub async fn create_order(
     let quantity =
         validate_quantity(request.quantity, &product).map_err(|err| err.at("quantity"))?;
     let top_up = top_up_order(ctx, &product, request.recipient.clone()).await?;
+    let referral = match &request.referral_code {
+        Some(code) => Some(super::distributors::referral_for(ctx, code, &product.sku).await?),
+        None => None,
+    };
     let now = ctx.clock.now();
     let order_id = new_id();
     let token = order_access_token(ctx.secrets.order_token_key()?, &order_id)?;
@@ -202,6 +223,8 @@ pub async fn create_order(
         holds: Vec::new(),
         top_up,
         redelivery_requested_at: None,
+        paid_amount: None,
+        referral,
         paid_at: None,
     };
     let holds = hold_claims(ctx, &product, &order.buyer_email, source_ip)?;

@@ -270,15 +270,7 @@ async fn ask(
     let order_move = (status == RefundStatus::Succeeded)
         .then(|| transition(&view.order, payment, refunded_before, refund.amount.amount))
         .flatten();
-    settle(
-        ctx,
-        &view.order,
-        refund,
-        status,
-        failure.as_deref(),
-        order_move,
-    )
-    .await?;
+    settle(ctx, view, refund, status, failure.as_deref(), order_move).await?;
     tracing::info!(order_id = %refund.order_id, refund_id = %refund.refund_id, status = status.as_str(), "refund asked of the provider");
     Ok(status)
 }
@@ -362,27 +354,38 @@ pub async fn refund_settled(ctx: &Context, refund_id: &str, succeeded: bool) -> 
         _ => None,
     };
     let failure = (!succeeded).then_some("the provider reported the refund failed");
-    settle(ctx, &view.order, &refund, status, failure, order_move).await?;
+    settle(ctx, &view, &refund, status, failure, order_move).await?;
     Ok(())
 }
 
 /// Records where a refund ended, and the order's move it makes, at the clock's now.
+/// A refund that moves a referred order also reduces its commissions, by what its
+/// refunds that succeeded give back in all.
 async fn settle(
     ctx: &Context,
-    order: &OrderRecord,
+    view: &OrderView,
     refund: &RefundRecord,
     status: RefundStatus,
     failure: Option<&str>,
     transition: Option<(OrderStatus, OrderStatus, Cause)>,
 ) -> Result<bool> {
+    let refunded = (transition.is_some() && view.order.referral.is_some()).then(|| {
+        view.refunds
+            .iter()
+            .filter(|r| r.status == RefundStatus::Succeeded && r.refund_id != refund.refund_id)
+            .map(|r| r.amount.amount)
+            .sum::<i64>()
+            + refund.amount.amount
+    });
     ctx.store
         .settle_refund(
-            order,
+            &view.order,
             refund,
             &RefundSettlement {
                 status,
                 failure,
                 transition,
+                refunded,
             },
             ctx.clock.now(),
         )

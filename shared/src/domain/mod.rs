@@ -3,6 +3,7 @@
 pub mod card_key;
 pub mod channel;
 pub mod crypto;
+pub mod distributor;
 pub mod hold;
 pub mod money;
 pub mod order;

@@ -11,19 +11,25 @@ use utoipa_axum::routes;
 
 use super::{
     ApiResult, ApiRouter, AppState, ErrorBody, JsonBody, PathParam, RawBody, Reply, bearer,
-    header_str,
+    csv_response, header_str, json_response, wants_csv,
 };
 use crate::app::audit::Actor;
 use crate::app::catalog::{self, AdminProductView};
 use crate::app::channels::{self, ChannelList, ChannelView};
+use crate::app::distributors::{
+    self, DistributorKeyIssued, DistributorList, DistributorView, StatementView,
+};
 use crate::app::import::{self, ImportReport};
+use crate::app::settlement::{self, PayoutRequest, Settlement};
 use crate::app::suppliers::{self, SupplierList, SupplierView};
 use crate::domain::card_key::{ImportFormat, JsonImport};
 use crate::domain::channel::ChannelRequest;
+use crate::domain::distributor::DistributorRequest;
 use crate::domain::product::NewProductRequest;
 use crate::domain::supplier::SupplierRequest;
 use crate::error::{Error, Result};
 use crate::request::MAX_IMPORT_BODY;
+use crate::store::StatementRecord;
 
 /// The admin function's routes; `finish` adds the token check around all of them.
 pub fn routes() -> ApiRouter {
@@ -35,6 +41,12 @@ pub fn routes() -> ApiRouter {
         .routes(routes!(list_payment_channels))
         .routes(routes!(put_supplier, get_supplier))
         .routes(routes!(list_suppliers))
+        .routes(routes!(put_distributor, get_distributor))
+        .routes(routes!(list_distributors))
+        .routes(routes!(issue_distributor_key))
+        .routes(routes!(get_statement))
+        .routes(routes!(mark_statement_paid))
+        .routes(routes!(get_settlement))
 }
 
 /// The admin router, the token checked before any route (and before not-found).
@@ -315,4 +327,192 @@ async fn list_suppliers(State(ctx): State<AppState>) -> ApiResult<SupplierList> 
 )]
 async fn list_payment_channels(State(ctx): State<AppState>) -> ApiResult<ChannelList> {
     Ok(Reply(StatusCode::OK, channels::list_channels(&ctx).await?))
+}
+
+/// Creates or replaces a distributor (201 created, 200 replaced or unchanged). Its place
+/// in the tree is checked against the tree as it is (no cycle, no deeper than
+/// `DISTRIBUTOR_MAX_DEPTH`); orders already made keep the chain they were made through.
+#[utoipa::path(
+    put,
+    path = "/admin/distributors/{distributor_id}",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(("distributor_id" = String, Path, description = "1 to 64 of A-Z a-z 0-9 _ -")),
+    request_body = DistributorRequest,
+    responses(
+        (status = 201, description = "Created", body = DistributorView),
+        (status = 200, description = "Replaced", body = DistributorView),
+        (status = 400, description = "`invalid_distributor_id`, `invalid_distributor`, `invalid_distributor_parent`, `invalid_referral_code`, `invalid_commission` (with the field's path), `invalid_json`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 409, description = "`referral_code_taken`", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = ErrorBody),
+    )
+)]
+async fn put_distributor(
+    State(ctx): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    PathParam(distributor_id): PathParam<String>,
+    JsonBody(request): JsonBody<DistributorRequest>,
+) -> ApiResult<DistributorView> {
+    let (created, view) =
+        distributors::put_distributor(&ctx, &actor, &distributor_id, request).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(Reply(status, view))
+}
+
+/// One distributor (never its API key).
+#[utoipa::path(
+    get,
+    path = "/admin/distributors/{distributor_id}",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(("distributor_id" = String, Path, description = "The distributor's id")),
+    responses(
+        (status = 200, description = "The distributor", body = DistributorView),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`distributor_not_found`", body = ErrorBody),
+    )
+)]
+async fn get_distributor(
+    State(ctx): State<AppState>,
+    PathParam(distributor_id): PathParam<String>,
+) -> ApiResult<DistributorView> {
+    Ok(Reply(
+        StatusCode::OK,
+        distributors::get_distributor(&ctx, &distributor_id).await?,
+    ))
+}
+
+/// Every distributor, oldest first, a page at a time (`limit` 1 to 100, default 50;
+/// `cursor` from the previous page).
+#[utoipa::path(
+    get,
+    path = "/admin/distributors",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(
+        ("limit" = Option<i32>, Query, description = "1 to 100, default 50"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "One page", body = DistributorList),
+        (status = 400, description = "`invalid_query`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+    )
+)]
+async fn list_distributors(
+    State(ctx): State<AppState>,
+    uri: axum::http::Uri,
+) -> ApiResult<DistributorList> {
+    Ok(Reply(
+        StatusCode::OK,
+        distributors::list_distributors(&ctx, uri.query()).await?,
+    ))
+}
+
+/// Issues the distributor a new API key for `/distributor/*`, shown this once (only
+/// its hash is kept); the previous key stops working.
+#[utoipa::path(
+    post,
+    path = "/admin/distributors/{distributor_id}/api-key",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(("distributor_id" = String, Path, description = "The distributor's id")),
+    responses(
+        (status = 201, description = "The new key", body = DistributorKeyIssued),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`distributor_not_found`", body = ErrorBody),
+    )
+)]
+async fn issue_distributor_key(
+    State(ctx): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    PathParam(distributor_id): PathParam<String>,
+) -> ApiResult<DistributorKeyIssued> {
+    Ok(Reply(
+        StatusCode::CREATED,
+        distributors::issue_api_key(&ctx, &actor, &distributor_id).await?,
+    ))
+}
+
+/// One statement with its lines; CSV with `Accept: text/csv`.
+#[utoipa::path(
+    get,
+    path = "/admin/statements/{statement_id}",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(("statement_id" = String, Path, description = "`{period}_{currency}_{distributor_id}`")),
+    responses(
+        (status = 200, description = "The statement", content((StatementView = "application/json"), (String = "text/csv"))),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`statement_not_found`", body = ErrorBody),
+    )
+)]
+async fn get_statement(
+    State(ctx): State<AppState>,
+    PathParam(statement_id): PathParam<String>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let view = settlement::admin_statement(&ctx, &statement_id).await?;
+    super::statement_response(&view, &headers)
+}
+
+/// Records a closed statement's payout, once: the same reference again answers the
+/// same; the action is in the audit trail (`statement`).
+#[utoipa::path(
+    post,
+    path = "/admin/statements/{statement_id}/paid",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(("statement_id" = String, Path, description = "The statement's id")),
+    request_body = PayoutRequest,
+    responses(
+        (status = 200, description = "The statement, paid", body = StatementRecord),
+        (status = 400, description = "`invalid_reference`, `invalid_json`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`statement_not_found`", body = ErrorBody),
+        (status = 409, description = "`statement_already_paid` (another reference), `statement_open`", body = ErrorBody),
+    )
+)]
+async fn mark_statement_paid(
+    State(ctx): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    PathParam(statement_id): PathParam<String>,
+    JsonBody(request): JsonBody<PayoutRequest>,
+) -> ApiResult<StatementRecord> {
+    Ok(Reply(
+        StatusCode::OK,
+        settlement::mark_paid(&ctx, &actor, &statement_id, request).await?,
+    ))
+}
+
+/// A period's statements and its last settlement run (what matured, what closed, what
+/// did not reconcile); CSV of the statements with `Accept: text/csv`.
+#[utoipa::path(
+    get,
+    path = "/admin/settlements",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(("period" = String, Query, description = "The day, `YYYY-MM-DD`, in the settlement's zone")),
+    responses(
+        (status = 200, description = "The period", content((Settlement = "application/json"), (String = "text/csv"))),
+        (status = 400, description = "`invalid_period`, `invalid_query`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+    )
+)]
+async fn get_settlement(
+    State(ctx): State<AppState>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let found = settlement::settlement(&ctx, uri.query()).await?;
+    Ok(if wants_csv(&headers) {
+        csv_response(found.to_csv()?)
+    } else {
+        json_response(StatusCode::OK, &found)
+    })
 }

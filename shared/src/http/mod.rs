@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod checkout;
+pub mod distributor;
 pub mod openapi;
 pub mod operations;
 pub mod webhook;
@@ -64,6 +65,8 @@ fn status_and_code(err: &Error) -> (StatusCode, &'static str) {
         Error::NotFound("payment") => (StatusCode::NOT_FOUND, "payment_not_found"),
         Error::NotFound("supplier") => (StatusCode::NOT_FOUND, "supplier_not_found"),
         Error::NotFound("top-up request") => (StatusCode::NOT_FOUND, "topup_request_not_found"),
+        Error::NotFound("distributor") => (StatusCode::NOT_FOUND, "distributor_not_found"),
+        Error::NotFound("statement") => (StatusCode::NOT_FOUND, "statement_not_found"),
         Error::NotFound(_) | Error::RouteNotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
         Error::Conflict(ConflictKind::OutOfStock) => (StatusCode::CONFLICT, "out_of_stock"),
         Error::Conflict(ConflictKind::ProductExists) => (StatusCode::CONFLICT, "product_exists"),
@@ -82,6 +85,13 @@ fn status_and_code(err: &Error) -> (StatusCode, &'static str) {
         Error::Conflict(ConflictKind::ProductUnavailable) => {
             (StatusCode::CONFLICT, "product_unavailable")
         }
+        Error::Conflict(ConflictKind::ReferralCodeTaken) => {
+            (StatusCode::CONFLICT, "referral_code_taken")
+        }
+        Error::Conflict(ConflictKind::StatementAlreadyPaid) => {
+            (StatusCode::CONFLICT, "statement_already_paid")
+        }
+        Error::Conflict(ConflictKind::StatementOpen) => (StatusCode::CONFLICT, "statement_open"),
         Error::PaymentProvidersUnavailable { .. } => {
             (StatusCode::BAD_GATEWAY, "payment_provider_unavailable")
         }
@@ -170,6 +180,39 @@ pub fn json_response(status: StatusCode, body: &impl Serialize) -> Response {
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
+}
+
+/// Whether the client asked for CSV (`Accept: text/csv`) rather than JSON.
+pub fn wants_csv(headers: &HeaderMap) -> bool {
+    header_str(headers, "accept").is_some_and(|accept| {
+        accept
+            .split(',')
+            .any(|media| media.split(';').next().unwrap_or_default().trim() == "text/csv")
+    })
+}
+
+/// A CSV answer (200), never cached.
+pub fn csv_response(text: String) -> Response {
+    let mut response = Response::new(Body::from(text));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/csv; charset=utf-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// A statement as JSON, or CSV if asked for.
+pub fn statement_response(
+    view: &crate::app::distributors::StatementView,
+    headers: &HeaderMap,
+) -> Result<Response> {
+    Ok(if wants_csv(headers) {
+        csv_response(view.to_csv()?)
+    } else {
+        json_response(StatusCode::OK, view)
+    })
 }
 
 /// A handler's successful answer: a status and a JSON body.

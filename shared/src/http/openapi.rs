@@ -12,7 +12,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::openapi::{InfoBuilder, OpenApi, Server};
 
 #[cfg(test)]
-use super::{admin, checkout, operations, webhook};
+use super::{admin, checkout, distributor, operations, webhook};
 
 /// The committed spec (`docs/openapi.json`), which the unit test below holds equal to
 /// the one the routers generate.
@@ -25,6 +25,7 @@ pub fn spec() -> OpenApi {
         .merge(admin::routes())
         .merge(operations::routes())
         .merge(webhook::routes())
+        .merge(distributor::routes())
         .into_openapi();
     spec.info = InfoBuilder::new()
         .title("Kami")
@@ -48,6 +49,12 @@ pub fn spec() -> OpenApi {
         "admin_token",
         bearer(
             "The deployment's admin token (Secrets Manager), as `Authorization: Bearer <token>`",
+        ),
+    );
+    components.add_security_scheme(
+        "distributor_key",
+        bearer(
+            "A distributor's API key (`POST /admin/distributors/{id}/api-key`), as `Authorization: Bearer <key>`",
         ),
     );
     components.add_security_scheme(
@@ -170,8 +177,8 @@ mod tests {
             }
         }
         assert_eq!(
-            operations, 28,
-            "one operation per route of the four HTTP functions"
+            operations, 39,
+            "one operation per route of the five HTTP functions"
         );
     }
 }

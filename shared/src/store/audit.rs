@@ -23,6 +23,8 @@ pub enum AuditSubject {
     Supplier,
     /// A provider's payment event (`{provider}:{event_id}`).
     Payment,
+    Distributor,
+    Statement,
 }
 
 impl AuditSubject {
@@ -33,6 +35,8 @@ impl AuditSubject {
             AuditSubject::Channel => "channel",
             AuditSubject::Supplier => "supplier",
             AuditSubject::Payment => "payment",
+            AuditSubject::Distributor => "distributor",
+            AuditSubject::Statement => "statement",
         }
     }
 }

@@ -18,6 +18,9 @@
 //! - `idempotency`: `POST /orders` idempotency records
 //! - `exceptions`: the exception queue (orders that need a person)
 //! - `suppliers`: top-up suppliers and their circuit breakers
+//! - `distributors`: distributors, their tree, referral codes, API keys and attributed
+//!   orders
+//! - `commissions`: the commission ledger, statements and balances
 //! - `topups`: an order's top-up requests (its direct-top-up delivery records) and
 //!   supplier history
 
@@ -33,6 +36,8 @@ mod backoff;
 mod card_keys;
 mod channels;
 mod codec;
+mod commissions;
+mod distributors;
 mod exceptions;
 mod holds;
 mod idempotency;
@@ -52,6 +57,10 @@ pub use card_keys::{
 };
 pub use channels::{ChannelRecord, SealedSecrets};
 pub use codec::Item;
+pub use commissions::{
+    Balance, CommissionEntry, EntryKind, EntryStatus, SettlementRun, StatementLine, StatementRecord,
+};
+pub use distributors::{AttributedOrder, DistributorRecord, DistributorSaved};
 pub use exceptions::{ExceptionEntry, ExceptionFilter, PaymentEvent, cursor_key, cursor_text};
 pub use holds::{HoldClaim, HoldRecord};
 pub use idempotency::IdempotencyRecord;
@@ -264,6 +273,86 @@ impl Store {
                 None => return Ok(items),
             }
         }
+    }
+}
+
+/// One page of a listing: its items, and the text of the key the next page starts
+/// after (`None` at the end). The text is what `app::page` turns into a client's cursor.
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next: Option<String>,
+}
+
+/// A `LastEvaluatedKey` as text (its string and number attributes, as JSON).
+fn key_text(key: &Item) -> String {
+    let map: serde_json::Map<String, serde_json::Value> = key
+        .iter()
+        .filter_map(|(name, value)| match value {
+            aws_sdk_dynamodb::types::AttributeValue::S(text) => {
+                Some((name.clone(), serde_json::json!({ "S": text })))
+            }
+            aws_sdk_dynamodb::types::AttributeValue::N(number) => {
+                Some((name.clone(), serde_json::json!({ "N": number })))
+            }
+            _ => None,
+        })
+        .collect();
+    serde_json::Value::Object(map).to_string()
+}
+
+/// The key `key_text` wrote, if it is one in the partition `partition` (attribute,
+/// value): a cursor can never move a listing into another partition.
+fn text_key(text: &str, (attribute, value): (&str, &str)) -> Option<Item> {
+    let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(text).ok()?;
+    let mut key = Item::new();
+    for (name, typed) in map {
+        let attribute_value = match (typed.get("S"), typed.get("N")) {
+            (Some(serde_json::Value::String(text)), None) => {
+                aws_sdk_dynamodb::types::AttributeValue::S(text.clone())
+            }
+            (None, Some(serde_json::Value::String(number))) if number.parse::<i64>().is_ok() => {
+                aws_sdk_dynamodb::types::AttributeValue::N(number.clone())
+            }
+            _ => return None,
+        };
+        key.insert(name, attribute_value);
+    }
+    let in_partition = matches!(key.get(attribute),
+        Some(aws_sdk_dynamodb::types::AttributeValue::S(v)) if v == value);
+    (in_partition && key.len() <= 4).then_some(key)
+}
+
+impl Store {
+    /// One page of `query` (its key condition on `partition`), from after `after` (a
+    /// `Page::next` text; `Error::InvalidRequest` with `invalid_query` for anything else).
+    async fn page(
+        &self,
+        query: QueryFluentBuilder,
+        partition: (&str, &str),
+        after: Option<&str>,
+        limit: i32,
+    ) -> Result<Page<Item>> {
+        let start = after
+            .map(|text| {
+                text_key(text, partition).ok_or_else(|| {
+                    Error::invalid_field(
+                        "invalid_query",
+                        "cursor",
+                        "cursor is not one this listing gave",
+                    )
+                })
+            })
+            .transpose()?;
+        let output = query
+            .limit(limit)
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(|e| Error::aws("dynamodb", e))?;
+        Ok(Page {
+            items: output.items().to_vec(),
+            next: output.last_evaluated_key().map(key_text),
+        })
     }
 }
 

@@ -12,6 +12,7 @@ use super::codec::{
     FromItem, Item, get_delivery_type, get_money, get_n, get_opt_json, get_opt_s, get_s, get_u32,
     item, json, key_item, keys, n, s,
 };
+use super::commissions::{CommissionEntry, is_commission};
 use super::holds::HoldClaim;
 use super::idempotency::idempotency_item;
 use super::payments::PaymentRecord;
@@ -23,6 +24,7 @@ use super::{
     FAILED_RETRY_AFTER_SECONDS, INDEX_SHARDS, ORDER_INDEX, POLL_SUPPLIER_AFTER_SECONDS,
     STUCK_AFTER_SECONDS, Store, condition_failed, shard_of,
 };
+use crate::domain::distributor::Referral;
 use crate::domain::money::Money;
 use crate::domain::order::{Cause, OrderStatus, TopUpOrder};
 use crate::domain::product::DeliveryType;
@@ -62,6 +64,11 @@ pub struct OrderRecord {
     /// When it became `paid` (absent before it was, and on orders paid before this was
     /// kept).
     pub paid_at: Option<Timestamp>,
+    /// What the money that paid it came to (absent before it was paid; an order paid
+    /// before this was kept paid its `amount`): commissions are a share of it.
+    pub paid_amount: Option<Money>,
+    /// The distributor chain it was referred through, as it was when it was made.
+    pub referral: Option<Referral>,
 }
 
 /// Units of an order reserved on one stock counter shard.
@@ -190,6 +197,8 @@ pub struct OrderView {
     pub refunds: Vec<RefundRecord>,
     /// Every call to a supplier and what came of it, oldest first.
     pub supplier_log: Vec<SupplierLogEntry>,
+    /// Its distributors' commission entries (a referred, delivered order).
+    pub commissions: Vec<CommissionEntry>,
 }
 
 /// The two queues of work the sweep reads from the sparse index.
@@ -251,6 +260,9 @@ fn order_item(order: &OrderRecord) -> Result<Item> {
     if let Some(top_up) = &order.top_up {
         stored.insert("top_up".to_owned(), json(top_up)?);
     }
+    if let Some(referral) = &order.referral {
+        stored.insert("referral".to_owned(), json(referral)?);
+    }
     Ok(stored)
 }
 
@@ -303,6 +315,16 @@ impl FromItem for OrderRecord {
                 .contains_key("paid_at")
                 .then(|| get_n(item, "paid_at").map(Timestamp))
                 .transpose()?,
+            paid_amount: item
+                .contains_key("paid_amount")
+                .then(|| {
+                    get_n(item, "paid_amount").map(|amount| Money {
+                        amount,
+                        currency: get_s(item, "currency").unwrap_or_default(),
+                    })
+                })
+                .transpose()?,
+            referral: get_opt_json(item, "referral")?,
         })
     }
 }
@@ -454,6 +476,10 @@ impl Tx {
             expression.push_str(", paid_at = :paid_at");
             values.push((":paid_at", n(now.0)));
         }
+        // Delivered: its distributors' commissions are earned, with the move.
+        if to == OrderStatus::Delivered && from != OrderStatus::Delivered {
+            self.earn_commissions(order, now)?;
+        }
         self.transitions.push(CountedTransition {
             from,
             to,
@@ -542,6 +568,9 @@ impl Store {
             ),
             None,
         )?;
+        if let Some(referral) = &order.referral {
+            tx.attribute_order(order, referral)?;
+        }
         match self.transact(tx).await? {
             TxOutcome::Committed => Ok(CreateOrderOutcome::Created),
             TxOutcome::Cancelled(c) if c.failed(ItemName::Idempotency) => {
@@ -579,6 +608,7 @@ impl Store {
         let mut attempts = Vec::new();
         let mut refunds = Vec::new();
         let mut supplier_log = Vec::new();
+        let mut commissions = Vec::new();
         for item in &items {
             let sk = get_s(item, "sk")?;
             if sk == keys::ORDER_SK {
@@ -595,6 +625,8 @@ impl Store {
                 refunds.push(RefundRecord::from_item(item)?);
             } else if is_supplier_log(&sk) {
                 supplier_log.push(SupplierLogEntry::from_item(item)?);
+            } else if is_commission(&sk) {
+                commissions.push(CommissionEntry::from_item(item)?);
             }
         }
         Ok(order.map(|order| OrderView {
@@ -605,6 +637,7 @@ impl Store {
             attempts,
             refunds,
             supplier_log,
+            commissions,
         }))
     }
 

@@ -49,6 +49,17 @@ pub struct PaymentChange<'a> {
     pub attempt: Option<&'a str>,
 }
 
+/// What the money that pays `order` is worth in the order's currency: the payment's
+/// amount, or the order's own when the money came in another currency (an operator
+/// accepts it as the order's price).
+fn paid_amount(order: &OrderRecord, change: &PaymentChange<'_>) -> i64 {
+    if change.amount.currency == order.amount.currency {
+        change.amount.amount
+    } else {
+        order.amount.amount
+    }
+}
+
 /// A verified notification that matches no order.
 pub struct Unmatched<'a> {
     /// `unknown_order` or `unbound_event`.
@@ -166,8 +177,11 @@ impl Store {
                     now,
                     change.reserve_stock,
                     (
-                        ", payment_ref = :ref",
-                        vec![(":ref", s(change.provider_ref))],
+                        ", payment_ref = :ref, paid_amount = :paid",
+                        vec![
+                            (":ref", s(change.provider_ref)),
+                            (":paid", n(paid_amount(order, change))),
+                        ],
                     ),
                     None,
                 )?;
@@ -177,11 +191,12 @@ impl Store {
                     order,
                     transition,
                     now,
-                    ", payment_ref = :ref, #exception = :exception REMOVE gsi1pk, gsi1sk",
+                    ", payment_ref = :ref, paid_amount = :paid, #exception = :exception REMOVE gsi1pk, gsi1sk",
                     None,
                     &["exception"],
                     vec![
                         (":ref", s(change.provider_ref)),
+                        (":paid", n(paid_amount(order, change))),
                         (":exception", s(change.outcome)),
                     ],
                 )?;

@@ -7,6 +7,7 @@
 
 use super::Store;
 use super::codec::{FromItem, Item, get_money, get_opt_s, get_s, item, key_item, keys, n, s};
+use super::commissions::CommissionEntry;
 use super::idempotency::idempotency_item;
 use super::orders::OrderRecord;
 use super::tx::{ItemName, TxOutcome};
@@ -93,7 +94,13 @@ pub struct RefundSettlement<'a> {
     pub status: RefundStatus,
     pub failure: Option<&'a str>,
     pub transition: Option<(OrderStatus, OrderStatus, Cause)>,
+    /// With a transition of a referred order: what its refunds give back in all, this one
+    /// included (its commissions are reduced to match, in the same transaction).
+    pub refunded: Option<i64>,
 }
+
+/// Times a refund is settled again when a commission of its order changed meanwhile.
+const COMMISSION_RACES: u32 = 3;
 
 impl Store {
     /// Access pattern: record a refund (`requested`) of `refund.amount` from the attempt
@@ -168,6 +175,34 @@ impl Store {
         settlement: &RefundSettlement<'_>,
         now: Timestamp,
     ) -> Result<bool> {
+        // A commission maturing meanwhile cancels the transaction: read them again.
+        for _ in 0..COMMISSION_RACES {
+            let commissions = match settlement.refunded {
+                Some(_) => self.order_commissions(&order.order_id).await?,
+                None => Vec::new(),
+            };
+            match self
+                .settle_refund_once(order, refund, settlement, &commissions, now)
+                .await?
+            {
+                TxOutcome::Committed => return Ok(true),
+                TxOutcome::Cancelled(c)
+                    if c.failed_items()
+                        .any(|name| matches!(name, ItemName::Commission(_))) => {}
+                TxOutcome::Cancelled(_) => return Ok(false),
+            }
+        }
+        Err(Error::Contention("order commissions"))
+    }
+
+    async fn settle_refund_once(
+        &self,
+        order: &OrderRecord,
+        refund: &RefundRecord,
+        settlement: &RefundSettlement<'_>,
+        commissions: &[CommissionEntry],
+        now: Timestamp,
+    ) -> Result<TxOutcome> {
         let at = now.to_rfc3339();
         let mut tx = self.tx();
         let mut values = vec![
@@ -203,8 +238,11 @@ impl Store {
         }
         if let Some(transition) = settlement.transition {
             tx.move_order(order, transition, now, "", None, &[], Vec::new())?;
+            if let Some(refunded) = settlement.refunded {
+                tx.refund_commissions(commissions, refunded, &refund.refund_id, now)?;
+            }
         }
-        Ok(self.transact(tx).await?.committed())
+        self.transact(tx).await
     }
 
     /// Access pattern: one refund (strongly consistent).

@@ -53,6 +53,28 @@ pub(crate) enum ItemName {
     Batch,
     /// The i-th delivery slot an operator's substitute fills.
     SubstituteSlot(usize),
+    /// The order's attribution to the i-th distributor of its chain.
+    Attribution(usize),
+    Distributor,
+    /// The referral code a distributor takes, and the one it gives up.
+    ReferralCode,
+    OldReferralCode,
+    /// A distributor's link under its parent, and the one under its old parent.
+    ChildLink,
+    OldChildLink,
+    /// The i-th distributor of a chain checked unchanged.
+    Ancestor(usize),
+    /// A distributor's API key, and the one it replaces.
+    ApiKey,
+    OldApiKey,
+    /// The ledger entry of this level of an order's chain (or its clawback).
+    Commission(u32),
+    /// The i-th entry a statement settles, and its line.
+    SettledEntry(usize),
+    StatementLine(usize),
+    Statement,
+    /// A distributor's running balance in a currency.
+    Balance,
 }
 
 /// A `TransactWriteItems` being built: its items, each under its own name.

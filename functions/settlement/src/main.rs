@@ -1,0 +1,30 @@
+//! Thin entrypoint: every day (the `Settlement` schedule), mature commissions past the
+//! refund window and close each distributor's statements of the day before; an event
+//! with `{"period": "YYYY-MM-DD"}` closes that day instead.
+
+use kami_shared::Context;
+use kami_shared::app::settlement::{self, RunReport, RunRequest};
+use lambda_runtime::{Error, LambdaEvent, run, service_fn};
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Error> {
+    // DynamoDB only: it reads and writes the ledger, nothing is decrypted.
+    let ctx = Context::from_env().await?.build();
+    run(service_fn(|event: LambdaEvent<serde_json::Value>| {
+        let ctx = ctx.clone();
+        async move {
+            // A scheduled event (EventBridge's own fields) names no period: yesterday.
+            let request = RunRequest {
+                period: event
+                    .payload
+                    .get("period")
+                    .and_then(|period| period.as_str())
+                    .map(str::to_owned),
+            };
+            let report = settlement::run(&ctx, &request).await;
+            kami_shared::metrics::flush();
+            report.map_err(Error::from) as Result<RunReport, Error>
+        }
+    }))
+    .await
+}

@@ -1,0 +1,464 @@
+//! The settlement function (docs/distributors.md, "Settlement"): once a day it matures
+//! commissions past the refund window and closes, for each distributor and currency,
+//! the statement of the day before (a day in the settlement's time zone). Safe to run
+//! again, concurrently, or after a run cut short: a statement's id is its period,
+//! currency and distributor; each entry is settled onto it once, with its line, in one
+//! transaction; its totals are summed from its lines, checked against the entries they
+//! name, and only then written, with the distributor's balance, in one transaction.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::audit::Actor;
+use super::distributors::StatementView;
+use crate::config::Context;
+use crate::domain::time::Timestamp;
+use crate::error::{ConflictKind, Error, Result};
+use crate::request::RequestBody;
+use crate::store::{
+    AuditSubject, Balance, CommissionEntry, EntryKind, SettlementRun, StatementRecord,
+};
+
+/// Entries settled per transaction: each is two items (the entry and its line), and a
+/// transaction holds at most 100.
+const ENTRIES_PER_TRANSACTION: usize = 49;
+const MAX_REFERENCE_LEN: usize = 200;
+
+/// A settlement period: one day in the settlement's zone, as UTC instants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Period {
+    /// `YYYY-MM-DD`.
+    pub label: String,
+    pub start: Timestamp,
+    pub end: Timestamp,
+}
+
+fn zone(name: &str) -> Result<jiff::tz::TimeZone> {
+    jiff::tz::TimeZone::get(name)
+        .map_err(|_| Error::Config(format!("SETTLEMENT_TIME_ZONE {name} is not a known zone")))
+}
+
+/// The period of the day `date` in `zone_name`.
+pub fn period_of(date: jiff::civil::Date, zone_name: &str) -> Result<Period> {
+    let tz = zone(zone_name)?;
+    let instant = |day: jiff::civil::Date| -> Result<Timestamp> {
+        day.to_zoned_datetime(tz.clone())
+            .map(|zoned| Timestamp(zoned.timestamp().as_millisecond()))
+            .map_err(|_| Error::Config("settlement period out of range".into()))
+    };
+    let next = date
+        .tomorrow()
+        .map_err(|_| Error::Config("settlement period out of range".into()))?;
+    Ok(Period {
+        label: date.to_string(),
+        start: instant(date)?,
+        end: instant(next)?,
+    })
+}
+
+/// The period `label` names (`YYYY-MM-DD`), or the day before `now`'s day in the zone.
+pub fn period_for(label: Option<&str>, now: Timestamp, zone_name: &str) -> Result<Period> {
+    let date = match label {
+        Some(label) => label.parse::<jiff::civil::Date>().map_err(|_| {
+            Error::invalid_field(
+                "invalid_period",
+                "period",
+                "period must be a date, YYYY-MM-DD",
+            )
+        })?,
+        None => {
+            let today = jiff::Timestamp::from_millisecond(now.0)
+                .map_err(|_| Error::Config("clock out of range".into()))?
+                .to_zoned_datetime(zone(zone_name)?)
+                .date();
+            today
+                .yesterday()
+                .map_err(|_| Error::Config("settlement period out of range".into()))?
+        }
+    };
+    period_of(date, zone_name)
+}
+
+/// What one run did, also its answer (and kept per period for `GET /admin/settlements`).
+pub type RunReport = SettlementRun;
+
+/// What a run closes: `period`, or yesterday's (a scheduled run names none).
+#[derive(Debug, Default)]
+pub struct RunRequest {
+    pub period: Option<String>,
+}
+
+/// One run: mature what is due, then close each distributor's statements of `period`.
+pub async fn run(ctx: &Context, request: &RunRequest) -> Result<RunReport> {
+    let now = ctx.clock.now();
+    let period = period_for(
+        request.period.as_deref(),
+        now,
+        &ctx.config.settlement_time_zone,
+    )?;
+    if period.end > now {
+        return Err(Error::invalid_field(
+            "period_not_over",
+            "period",
+            format!("period {} has not ended yet", period.label),
+        ));
+    }
+    let mut matured = 0;
+    for entry in ctx.store.maturing_entries(now).await? {
+        if ctx.store.mature_entry(&entry).await? {
+            matured += 1;
+        }
+    }
+    let mut report = RunReport {
+        period: period.label.clone(),
+        finished_at: String::new(),
+        matured,
+        statements_closed: 0,
+        statements_open: 0,
+        mismatches: Vec::new(),
+    };
+    let mut cursor = None;
+    loop {
+        let page = ctx
+            .store
+            .distributors_page(cursor.as_deref(), super::page::MAX_LIMIT)
+            .await?;
+        for distributor in &page.items {
+            settle_distributor(ctx, &distributor.distributor_id, &period, &mut report).await?;
+        }
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    report.finished_at = ctx.clock.now().to_rfc3339();
+    if report.statements_open > 0 {
+        crate::metrics::settlement_mismatches(report.statements_open);
+        tracing::error!(period = %report.period, open = report.statements_open, mismatches = ?report.mismatches, "settlement totals did not reconcile: statements left open");
+    }
+    ctx.store.put_settlement_run(&report).await?;
+    tracing::info!(period = %report.period, matured, closed = report.statements_closed, "settlement run finished");
+    Ok(report)
+}
+
+fn statement_id(period: &str, currency: &str, distributor_id: &str) -> String {
+    format!("{period}_{currency}_{distributor_id}")
+}
+
+/// Settles one distributor's entries available before the period's end onto its
+/// statements of the period (one per currency), and closes each.
+async fn settle_distributor(
+    ctx: &Context,
+    distributor_id: &str,
+    period: &Period,
+    report: &mut RunReport,
+) -> Result<()> {
+    let entries = ctx
+        .store
+        .unsettled_entries(distributor_id, period.end)
+        .await?;
+    let mut statements = ctx
+        .store
+        .open_statements(distributor_id, &period.label)
+        .await?;
+    let mut currencies: Vec<&str> = entries.iter().map(|e| e.amount.currency.as_str()).collect();
+    currencies.sort_unstable();
+    currencies.dedup();
+    for currency in currencies {
+        let id = statement_id(&period.label, currency, distributor_id);
+        ctx.store
+            .open_statement(
+                &id,
+                distributor_id,
+                &period.label,
+                currency,
+                ctx.clock.now(),
+            )
+            .await?;
+        let statement = ctx
+            .store
+            .get_statement(&id)
+            .await?
+            .ok_or_else(|| Error::Corrupt(format!("statement {id} vanished")))?;
+        // Closed already: what is left waits for the next period's statement.
+        if statement.is_closed() {
+            continue;
+        }
+        let mine: Vec<CommissionEntry> = entries
+            .iter()
+            .filter(|e| e.amount.currency == currency)
+            .cloned()
+            .collect();
+        for chunk in mine.chunks(ENTRIES_PER_TRANSACTION) {
+            settle_chunk(ctx, &id, chunk).await?;
+        }
+        if !statements.contains(&id) {
+            statements.push(id);
+        }
+    }
+    for id in statements {
+        if close(ctx, &id, report).await? {
+            report.statements_closed += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Settles `chunk` onto the statement; an entry another transaction changed meanwhile
+/// (a refund's clawback, another run's statement) is settled alone or left for later.
+async fn settle_chunk(ctx: &Context, statement_id: &str, chunk: &[CommissionEntry]) -> Result<()> {
+    if ctx.store.settle_entries(statement_id, chunk).await? {
+        return Ok(());
+    }
+    for entry in chunk {
+        if !ctx
+            .store
+            .settle_entries(statement_id, std::slice::from_ref(entry))
+            .await?
+        {
+            tracing::warn!(statement_id, entry_id = %entry.entry_id, "entry changed while being settled; left for the next run");
+        }
+    }
+    Ok(())
+}
+
+/// Sums an open statement's lines, checks them against the entries they name, and
+/// closes it with its totals and the distributor's balance. True if this call closed
+/// it; a statement whose lines do not reconcile stays open (reported).
+async fn close(ctx: &Context, statement_id: &str, report: &mut RunReport) -> Result<bool> {
+    let Some(statement) = ctx.store.get_statement(statement_id).await? else {
+        return Ok(false);
+    };
+    if statement.is_closed() {
+        return Ok(false);
+    }
+    let lines = ctx.store.statement_lines(statement_id).await?;
+    let ids: Vec<String> = lines.iter().map(|l| l.entry_id.clone()).collect();
+    let entries = ctx.store.entries_by_id(&ids).await?;
+    let from_lines: i64 = lines.iter().map(|l| l.amount).sum();
+    let from_entries: i64 = entries
+        .iter()
+        .filter(|e| e.statement_id.as_deref() == Some(statement_id))
+        .map(|e| e.amount.amount)
+        .sum();
+    let all_settled_here = entries.len() == lines.len()
+        && entries
+            .iter()
+            .all(|e| e.statement_id.as_deref() == Some(statement_id));
+    if from_lines != from_entries || !all_settled_here {
+        report.statements_open += 1;
+        report.mismatches.push(format!(
+            "{statement_id}: lines sum to {from_lines}, their entries to {from_entries} ({} lines, {} entries settled here)",
+            lines.len(),
+            entries
+                .iter()
+                .filter(|e| e.statement_id.as_deref() == Some(statement_id))
+                .count()
+        ));
+        return Ok(false);
+    }
+    let balance: Balance = ctx
+        .store
+        .get_balance(&statement.distributor_id, &statement.currency)
+        .await?;
+    let commissions: i64 = lines
+        .iter()
+        .filter(|l| l.kind == EntryKind::Commission)
+        .map(|l| l.amount)
+        .sum();
+    let clawbacks: i64 = lines
+        .iter()
+        .filter(|l| l.kind == EntryKind::Clawback)
+        .map(|l| l.amount)
+        .sum();
+    let closing = balance.carry + commissions + clawbacks;
+    let closed = StatementRecord {
+        status: "closed".into(),
+        opening_balance: balance.carry,
+        commissions,
+        clawbacks,
+        closing_balance: closing,
+        payable: closing.max(0),
+        lines: u32::try_from(lines.len()).unwrap_or(u32::MAX),
+        closed_at: Some(ctx.clock.now().to_rfc3339()),
+        ..statement
+    };
+    ctx.store.close_statement(&closed, &balance).await
+}
+
+/// The body of `POST /admin/statements/{statement_id}/paid`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PayoutRequest {
+    /// The payout's reference at the bank or payment service.
+    #[schema(required = true, example = "BANK-2026-12-01-0042")]
+    pub reference: Option<String>,
+}
+
+impl RequestBody for PayoutRequest {
+    fn field_code(_path: &str) -> Option<&'static str> {
+        Some("invalid_reference")
+    }
+}
+
+/// `POST /admin/statements/{statement_id}/paid`: records the payout once (with its
+/// audit record); the same reference again answers the same; another reference is
+/// `409 statement_already_paid`; an open statement `409 statement_open`.
+pub async fn mark_paid(
+    ctx: &Context,
+    actor: &Actor,
+    statement_id: &str,
+    request: PayoutRequest,
+) -> Result<StatementRecord> {
+    let reference = request
+        .reference
+        .map(|r| r.trim().to_owned())
+        .filter(|r| {
+            !r.is_empty() && r.len() <= MAX_REFERENCE_LEN && !r.chars().any(char::is_control)
+        })
+        .ok_or_else(|| {
+            Error::invalid_field(
+                "invalid_reference",
+                "reference",
+                format!("reference is required: 1 to {MAX_REFERENCE_LEN} printable characters"),
+            )
+        })?;
+    let statement = super::distributors::statement(ctx, statement_id, None)
+        .await?
+        .statement;
+    let entry = actor.entry(
+        ctx,
+        "statement.paid",
+        (AuditSubject::Statement, statement_id),
+        Some(&reference),
+        super::audit::snapshot(&statement),
+        None,
+    );
+    let now = ctx.clock.now().to_rfc3339();
+    ctx.store
+        .mark_statement_paid(statement_id, &reference, &entry, &now)
+        .await?;
+    let after = ctx
+        .store
+        .get_statement(statement_id)
+        .await?
+        .ok_or(Error::NotFound("statement"))?;
+    match after.payout_reference.as_deref() {
+        Some(recorded) if recorded == reference => Ok(after),
+        Some(_) => Err(Error::Conflict(ConflictKind::StatementAlreadyPaid)),
+        None if !after.is_closed() => Err(Error::Conflict(ConflictKind::StatementOpen)),
+        None => Err(Error::Contention("statement")),
+    }
+}
+
+/// `GET /admin/settlements?period=`: the period's statements and its last run.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Settlement {
+    pub period: String,
+    /// The period's last run (absent before one ran).
+    pub run: Option<SettlementRun>,
+    pub statements: Vec<StatementRecord>,
+}
+
+pub async fn settlement(ctx: &Context, query: Option<&str>) -> Result<Settlement> {
+    let (_, _, values) = super::distributors::list_query(query, &["period"])?;
+    let label = values.into_iter().next().flatten().ok_or_else(|| {
+        Error::invalid_field(
+            "invalid_period",
+            "period",
+            "period is required (YYYY-MM-DD)",
+        )
+    })?;
+    let period = period_for(
+        Some(&label),
+        ctx.clock.now(),
+        &ctx.config.settlement_time_zone,
+    )?;
+    Ok(Settlement {
+        run: ctx.store.get_settlement_run(&period.label).await?,
+        statements: ctx.store.statements_in_period(&period.label).await?,
+        period: period.label,
+    })
+}
+
+impl Settlement {
+    /// The period's statements as CSV, one row each.
+    pub fn to_csv(&self) -> Result<String> {
+        let mut writer = csv::Writer::from_writer(Vec::new());
+        let csv_error = |_| Error::Corrupt("settlement CSV".into());
+        writer
+            .write_record([
+                "statement_id",
+                "distributor_id",
+                "period",
+                "currency",
+                "status",
+                "opening_balance",
+                "commissions",
+                "clawbacks",
+                "closing_balance",
+                "payable",
+                "lines",
+                "paid_at",
+                "payout_reference",
+            ])
+            .map_err(csv_error)?;
+        for s in &self.statements {
+            writer
+                .write_record([
+                    s.statement_id.as_str(),
+                    s.distributor_id.as_str(),
+                    s.period.as_str(),
+                    s.currency.as_str(),
+                    s.status.as_str(),
+                    &s.opening_balance.to_string(),
+                    &s.commissions.to_string(),
+                    &s.clawbacks.to_string(),
+                    &s.closing_balance.to_string(),
+                    &s.payable.to_string(),
+                    &s.lines.to_string(),
+                    s.paid_at.as_deref().unwrap_or_default(),
+                    s.payout_reference.as_deref().unwrap_or_default(),
+                ])
+                .map_err(csv_error)?;
+        }
+        let bytes = writer
+            .into_inner()
+            .map_err(|_| Error::Corrupt("settlement CSV".into()))?;
+        String::from_utf8(bytes).map_err(|_| Error::Corrupt("settlement CSV".into()))
+    }
+}
+
+/// A statement for the admin (any distributor's).
+pub async fn admin_statement(ctx: &Context, statement_id: &str) -> Result<StatementView> {
+    super::distributors::statement(ctx, statement_id, None).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn periods_are_days_in_the_zone() {
+        let period = period_of(jiff::civil::date(2026, 11, 30), "Asia/Shanghai").unwrap();
+        assert_eq!(period.label, "2026-11-30");
+        // Midnight in Shanghai is 16:00 UTC the day before.
+        assert_eq!(period.start.to_rfc3339(), "2026-11-29T16:00:00.000Z");
+        assert_eq!(period.end.to_rfc3339(), "2026-11-30T16:00:00.000Z");
+        let utc = period_of(jiff::civil::date(2026, 11, 30), "UTC").unwrap();
+        assert_eq!(utc.start.to_rfc3339(), "2026-11-30T00:00:00.000Z");
+    }
+
+    #[test]
+    fn without_a_period_a_run_closes_yesterday_in_the_zone() {
+        // 2026-12-01T17:00Z is already 2026-12-02 01:00 in Shanghai.
+        let now = Timestamp(1_796_144_400_000);
+        assert_eq!(now.to_rfc3339(), "2026-12-01T17:00:00.000Z");
+        let period = period_for(None, now, "Asia/Shanghai").unwrap();
+        assert_eq!(period.label, "2026-12-01");
+        let period = period_for(None, now, "UTC").unwrap();
+        assert_eq!(period.label, "2026-11-30");
+        assert!(period_for(Some("2026-13-01"), now, "UTC").is_err());
+        assert!(zone("Mars/Olympus").is_err());
+    }
+}
