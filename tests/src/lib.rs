@@ -340,6 +340,25 @@ pub async fn operations_get(ctx: &Arc<Context>, path: &str) -> (u16, Value) {
     operations(ctx, request("GET", path, &[("authorization", &auth)], "")).await
 }
 
+/// The distributor API (`/distributor/...`), the key checked as its function does.
+pub async fn distributor_api(ctx: &Arc<Context>, request: Request) -> (u16, Value) {
+    answer(http::distributor::router(ctx.clone()), request).await
+}
+
+/// As `distributor_api`, with the answer's headers and raw body (CSV answers).
+pub async fn distributor_api_raw(
+    ctx: &Arc<Context>,
+    request: Request,
+) -> (u16, lambda_http::http::HeaderMap, Vec<u8>) {
+    let response = http::call(http::distributor::router(ctx.clone()), request).await;
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .expect("response body");
+    (status, headers, body.to_vec())
+}
+
 pub async fn webhook(ctx: &Arc<Context>, request: Request) -> (u16, Value) {
     answer(http::finish(http::webhook::routes(), ctx.clone()), request).await
 }

@@ -1,6 +1,7 @@
 //! Thin entrypoint: every day (the `Settlement` schedule), mature commissions past the
 //! refund window and close each distributor's statements of the day before; an event
-//! with `{"period": "YYYY-MM-DD"}` closes that day instead.
+//! with `{"period": "YYYY-MM-DD"}` closes that day instead, and `"distributors": [...]`
+//! only theirs.
 
 use kami_shared::Context;
 use kami_shared::app::settlement::{self, RunReport, RunRequest};
@@ -20,6 +21,15 @@ async fn main() -> Result<(), Error> {
                     .get("period")
                     .and_then(|period| period.as_str())
                     .map(str::to_owned),
+                distributors: event
+                    .payload
+                    .get("distributors")
+                    .and_then(|list| list.as_array())
+                    .map(|list| {
+                        list.iter()
+                            .filter_map(|id| id.as_str().map(str::to_owned))
+                            .collect()
+                    }),
             };
             let report = settlement::run(&ctx, &request).await;
             kami_shared::metrics::flush();

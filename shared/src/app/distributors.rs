@@ -50,7 +50,7 @@ impl DistributorView {
             enabled: settings.enabled,
             commission: settings.commission.clone(),
             has_api_key: record.api_key_hash.is_some(),
-            created_at: record.created_at.clone(),
+            created_at: record.created.to_rfc3339(),
             updated_at: record.updated_at.clone(),
         }
     }
@@ -149,9 +149,7 @@ pub async fn put_distributor(
             settings: settings.clone(),
             version: existing.as_ref().map_or(1, |old| old.version + 1),
             api_key_hash: existing.as_ref().and_then(|old| old.api_key_hash.clone()),
-            created_at: existing
-                .as_ref()
-                .map_or_else(|| now.to_rfc3339(), |old| old.created_at.clone()),
+            created: existing.as_ref().map_or(now, |old| old.created),
             updated_at: now.to_rfc3339(),
         };
         if existing
@@ -165,7 +163,7 @@ pub async fn put_distributor(
         }
         match ctx
             .store
-            .save_distributor(&record, existing.as_ref(), &ancestors, now.0)
+            .save_distributor(&record, existing.as_ref(), &ancestors)
             .await?
         {
             DistributorSaved::Saved => {

@@ -82,10 +82,12 @@ pub fn period_for(label: Option<&str>, now: Timestamp, zone_name: &str) -> Resul
 /// What one run did, also its answer (and kept per period for `GET /admin/settlements`).
 pub type RunReport = SettlementRun;
 
-/// What a run closes: `period`, or yesterday's (a scheduled run names none).
+/// What a run closes: `period`, or yesterday's (a scheduled run names none); for
+/// every distributor, or only `distributors` (an operator settling some again by hand).
 #[derive(Debug, Default)]
 pub struct RunRequest {
     pub period: Option<String>,
+    pub distributors: Option<Vec<String>>,
 }
 
 /// One run: mature what is due, then close each distributor's statements of `period`.
@@ -117,18 +119,24 @@ pub async fn run(ctx: &Context, request: &RunRequest) -> Result<RunReport> {
         statements_open: 0,
         mismatches: Vec::new(),
     };
-    let mut cursor = None;
-    loop {
-        let page = ctx
-            .store
-            .distributors_page(cursor.as_deref(), super::page::MAX_LIMIT)
-            .await?;
-        for distributor in &page.items {
-            settle_distributor(ctx, &distributor.distributor_id, &period, &mut report).await?;
+    if let Some(named) = &request.distributors {
+        for distributor_id in named {
+            settle_distributor(ctx, distributor_id, &period, &mut report).await?;
         }
-        match page.next {
-            Some(next) => cursor = Some(next),
-            None => break,
+    } else {
+        let mut cursor = None;
+        loop {
+            let page = ctx
+                .store
+                .distributors_page(cursor.as_deref(), super::page::MAX_LIMIT)
+                .await?;
+            for distributor in &page.items {
+                settle_distributor(ctx, &distributor.distributor_id, &period, &mut report).await?;
+            }
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
         }
     }
     report.finished_at = ctx.clock.now().to_rfc3339();

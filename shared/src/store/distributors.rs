@@ -13,6 +13,7 @@ use super::tx::{ItemName, Tx, TxOutcome};
 use super::{ORDER_INDEX, Page, Store};
 use crate::domain::distributor::{CommissionPlan, DistributorSettings, Referral, mask_email};
 use crate::domain::money::Money;
+use crate::domain::time::Timestamp;
 use crate::error::{Error, Result};
 use crate::store::OrderRecord;
 
@@ -52,7 +53,7 @@ pub struct DistributorRecord {
     pub version: i64,
     /// SHA-256 of its current API key, if one was issued.
     pub api_key_hash: Option<String>,
-    pub created_at: String,
+    pub created: Timestamp,
     pub updated_at: String,
 }
 
@@ -78,13 +79,13 @@ impl FromItem for DistributorRecord {
             },
             version: get_n(item, "version")?,
             api_key_hash: get_opt_s(item, "api_key_hash"),
-            created_at: get_s(item, "created_at")?,
+            created: Timestamp(get_n(item, "gsi1sk")?),
             updated_at: get_s(item, "updated_at")?,
         })
     }
 }
 
-fn distributor_item(record: &DistributorRecord, created_ms: i64) -> Result<Item> {
+fn distributor_item(record: &DistributorRecord) -> Result<Item> {
     let settings = &record.settings;
     let mut stored = item(
         distributor_key(&record.distributor_id),
@@ -96,10 +97,10 @@ fn distributor_item(record: &DistributorRecord, created_ms: i64) -> Result<Item>
             ("enabled", AttributeValue::Bool(settings.enabled)),
             ("commission", json(&settings.commission)?),
             ("version", n(record.version)),
-            ("created_at", s(&record.created_at)),
+            ("created_at", s(&record.created.to_rfc3339())),
             ("updated_at", s(&record.updated_at)),
             ("gsi1pk", s(DISTRIBUTORS_INDEX)),
-            ("gsi1sk", n(created_ms)),
+            ("gsi1sk", n(record.created.0)),
         ],
     );
     if let Some(parent) = &settings.parent_id {
@@ -241,17 +242,18 @@ impl Store {
         record: &DistributorRecord,
         previous: Option<&DistributorRecord>,
         checked: &[DistributorRecord],
-        created_ms: i64,
     ) -> Result<DistributorSaved> {
         let mut tx = self.tx();
-        let condition = match previous {
-            None => "attribute_not_exists(pk)".to_owned(),
-            Some(old) => format!("version = {}", old.version),
+        // DynamoDB expressions take no literals: the version read is a value.
+        let (condition, values) = match previous {
+            None => ("attribute_not_exists(pk)", Vec::new()),
+            Some(old) => ("version = :read", vec![(":read", n(old.version))]),
         };
-        tx.put(
+        tx.put_if(
             ItemName::Distributor,
-            distributor_item(record, created_ms)?,
-            Some(&condition),
+            distributor_item(record)?,
+            Some(condition),
+            values,
         )?;
         let id = &record.distributor_id;
         let code = &record.settings.referral_code;
@@ -310,7 +312,11 @@ impl Store {
             TxOutcome::Cancelled(c) if c.failed(ItemName::ReferralCode) => {
                 DistributorSaved::CodeTaken
             }
-            TxOutcome::Cancelled(_) => DistributorSaved::Raced,
+            TxOutcome::Cancelled(c) => {
+                let failed: Vec<ItemName> = c.failed_items().collect();
+                tracing::debug!(?failed, "distributor save raced");
+                DistributorSaved::Raced
+            }
         })
     }
 
@@ -395,8 +401,7 @@ impl Store {
                 .collect::<Result<Vec<_>>>()?
         };
         records.sort_by(|a, b| {
-            (a.created_at.as_str(), a.distributor_id.as_str())
-                .cmp(&(b.created_at.as_str(), b.distributor_id.as_str()))
+            (a.created, a.distributor_id.as_str()).cmp(&(b.created, b.distributor_id.as_str()))
         });
         Ok(Page {
             items: records,

@@ -195,11 +195,23 @@ impl Tx {
         item: Item,
         condition: Option<&str>,
     ) -> Result<&mut Self> {
+        self.put_if(name, item, condition, Vec::new())
+    }
+
+    /// A put whose condition compares with values (`version = :read`).
+    pub(crate) fn put_if(
+        &mut self,
+        name: ItemName,
+        item: Item,
+        condition: Option<&str>,
+        attribute_values: Vec<(&str, AttributeValue)>,
+    ) -> Result<&mut Self> {
         let put = built(
             Put::builder()
                 .table_name(&self.table)
                 .set_item(Some(item))
                 .set_condition_expression(condition.map(str::to_owned))
+                .set_expression_attribute_values(values(attribute_values))
                 .build(),
         )?;
         self.push(name, TransactWriteItem::builder().put(put).build())
