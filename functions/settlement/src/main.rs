@@ -15,22 +15,7 @@ async fn main() -> Result<(), Error> {
         let ctx = ctx.clone();
         async move {
             // A scheduled event (EventBridge's own fields) names no period: yesterday.
-            let request = RunRequest {
-                period: event
-                    .payload
-                    .get("period")
-                    .and_then(|period| period.as_str())
-                    .map(str::to_owned),
-                distributors: event
-                    .payload
-                    .get("distributors")
-                    .and_then(|list| list.as_array())
-                    .map(|list| {
-                        list.iter()
-                            .filter_map(|id| id.as_str().map(str::to_owned))
-                            .collect()
-                    }),
-            };
+            let request: RunRequest = serde_json::from_value(event.payload)?;
             let report = settlement::run(&ctx, &request).await;
             kami_shared::metrics::flush();
             report.map_err(Error::from) as Result<RunReport, Error>

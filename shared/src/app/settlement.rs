@@ -84,9 +84,12 @@ pub type RunReport = SettlementRun;
 
 /// What a run closes: `period`, or yesterday's (a scheduled run names none); for
 /// every distributor, or only `distributors` (an operator settling some again by hand).
-#[derive(Debug, Default)]
+/// Read from the invocation's event, whose other fields (EventBridge's) are ignored.
+#[derive(Debug, Default, serde::Deserialize)]
 pub struct RunRequest {
+    #[serde(default)]
     pub period: Option<String>,
+    #[serde(default)]
     pub distributors: Option<Vec<String>>,
 }
 
@@ -140,8 +143,9 @@ pub async fn run(ctx: &Context, request: &RunRequest) -> Result<RunReport> {
         }
     }
     report.finished_at = ctx.clock.now().to_rfc3339();
+    // Counted on every run, 0 included: the alarm sees that runs happen.
+    crate::metrics::settlement_mismatches(report.statements_open);
     if report.statements_open > 0 {
-        crate::metrics::settlement_mismatches(report.statements_open);
         tracing::error!(period = %report.period, open = report.statements_open, mismatches = ?report.mismatches, "settlement totals did not reconcile: statements left open");
     }
     ctx.store.put_settlement_run(&report).await?;
