@@ -288,17 +288,26 @@ pub fn from_address(mut request: Request, source_ip: &str) -> Request {
 }
 
 /// One request through a function's router, as Lambda would run it: status, headers,
-/// body.
-async fn answer_with_headers(
+/// raw body.
+async fn answer_raw(
     router: axum::Router,
     request: Request,
-) -> (u16, lambda_http::http::HeaderMap, Value) {
+) -> (u16, lambda_http::http::HeaderMap, Vec<u8>) {
     let response = http::call(router, request).await;
     let status = response.status().as_u16();
     let headers = response.headers().clone();
     let body = axum::body::to_bytes(response.into_body(), usize::MAX)
         .await
         .expect("response body");
+    (status, headers, body.to_vec())
+}
+
+/// As `answer_raw`, the body read as JSON.
+async fn answer_with_headers(
+    router: axum::Router,
+    request: Request,
+) -> (u16, lambda_http::http::HeaderMap, Value) {
+    let (status, headers, body) = answer_raw(router, request).await;
     let value = if body.is_empty() {
         Value::Null
     } else {
@@ -350,13 +359,20 @@ pub async fn distributor_api_raw(
     ctx: &Arc<Context>,
     request: Request,
 ) -> (u16, lambda_http::http::HeaderMap, Vec<u8>) {
-    let response = http::call(http::distributor::router(ctx.clone()), request).await;
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let body = axum::body::to_bytes(response.into_body(), usize::MAX)
-        .await
-        .expect("response body");
-    (status, headers, body.to_vec())
+    answer_raw(http::distributor::router(ctx.clone()), request).await
+}
+
+/// As `admin`, with the answer's headers and its body as text (CSV answers).
+pub async fn admin_raw(
+    ctx: &Arc<Context>,
+    request: Request,
+) -> (u16, lambda_http::http::HeaderMap, String) {
+    let (status, headers, body) = answer_raw(http::admin::router(ctx.clone()), request).await;
+    (
+        status,
+        headers,
+        String::from_utf8(body).expect("UTF-8 body"),
+    )
 }
 
 pub async fn webhook(ctx: &Arc<Context>, request: Request) -> (u16, Value) {

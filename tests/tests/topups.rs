@@ -755,6 +755,7 @@ async fn a_worker_that_died_after_recording_a_request_is_followed_by_a_query_not
         account: ACCOUNT.into(),
         sent_at: now,
         updated_at: now.to_rfc3339(),
+        cost: None,
     };
     let line = SupplierLogEntry {
         at: now.to_rfc3339(),
@@ -1091,5 +1092,148 @@ async fn resolving_an_exception_releases_its_stock_once_under_ten_concurrent_res
     assert_eq!(
         (status, bad["error"]["path"].as_str()),
         (400, Some("actor"))
+    );
+}
+
+/// GIVEN a top-up product with a supplier cost, sold through a supplier that fails and
+/// one that succeeds (once at once, once after a pending answer, its success called
+/// back twice) WHEN the period is settled, twice THEN the succeeding supplier's statement
+/// owes exactly its two top-ups at cost, the failing one is owed nothing, and the
+/// payables list and CSV show each top-up once.
+#[tokio::test]
+async fn suppliers_are_owed_their_successful_top_ups_at_cost_once() {
+    use kami_shared::app::settlement::{self, RunRequest, period_for};
+    let w = world(&[("fails", json!({})), ("tops", json!({}))]).await;
+    let sku = unique_sku("costed");
+    create_product(
+        &w.ctx,
+        json!({"sku": sku, "title": "Mobile 50 (costed)", "price": {"amount": 5000, "currency": "CNY"},
+               "delivery": {"type": "direct_topup", "supplier_product": "cmcc-50",
+                            "suppliers": [w.id(0), w.id(1)],
+                            "supplier_cost": {"amount": 4875, "currency": "CNY"},
+                            "account": {"label": "Phone number", "pattern": "^1[3-9][0-9]{9}$"}}}),
+    )
+    .await;
+    w.fake(0).answer_with(TopUpOutcome::Failed {
+        reason: "no stock upstream".into(),
+    });
+    let mut orders = Vec::new();
+    for _ in 0..2 {
+        let (status, created) = place(&w.ctx, &top_up_body(&sku)).await;
+        assert_eq!(status, 201, "{created}");
+        let order_id = created["order_id"].as_str().expect("id").to_owned();
+        let (status, paid) = pay(&w.ctx, &format!("evt_{order_id}"), &order_id, 5000, "CNY").await;
+        assert_eq!(status, 200, "{paid}");
+        orders.push(order_id);
+    }
+    assert_eq!(w.deliver(&orders[0]).await, DeliveryOutcome::Delivered);
+    w.fake(1)
+        .answer_with(TopUpOutcome::Pending { supplier_ref: None });
+    assert_eq!(w.deliver(&orders[1]).await, DeliveryOutcome::Pending);
+    let pending = w.request_ids(1)[1].clone();
+    let success = json!({"request_id": pending, "status": "success", "supplier_ref": "SUP-2", "reason": null});
+    for _ in 0..2 {
+        assert_eq!(w.callback(1, success.clone(), true).await.0, 200);
+    }
+    drain_delivery_queue(&w.ctx).await;
+    assert_eq!(w.status(&orders[1]).await, "delivered");
+
+    // The day after the top-ups: their period is over.
+    let delivered_at = w.clock.now();
+    w.clock.advance_seconds(86_400);
+    let period = period_for(None, w.clock.now(), "Asia/Shanghai").expect("period");
+    assert!(period.start <= delivered_at && delivered_at < period.end);
+    let run_request = RunRequest {
+        period: Some(period.label.clone()),
+        distributors: Some(Vec::new()),
+    };
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let report = settlement::run(&w.ctx, &run_request).await.expect("run");
+        assert!(
+            report.mismatches.iter().all(|m| !m.contains(w.id(1))),
+            "{report:?}"
+        );
+        let (status, found) = admin_get(
+            &w.ctx,
+            &format!("/admin/settlements/{}/suppliers/{}", period.label, w.id(1)),
+        )
+        .await;
+        assert_eq!(status, 200, "{found}");
+        runs.push(found);
+    }
+    assert_eq!(
+        runs[0]["statements"], runs[1]["statements"],
+        "a second run changes nothing"
+    );
+    let owed = &runs[0];
+    assert_eq!(
+        owed["statements"]
+            .as_array()
+            .expect("statements")
+            .iter()
+            .map(|s| (
+                s["currency"].clone(),
+                s["lines"].clone(),
+                s["payable"].clone()
+            ))
+            .collect::<Vec<_>>(),
+        vec![(json!("CNY"), json!(2), json!(9750))]
+    );
+    let mut paid_for: Vec<&str> = owed["payables"]
+        .as_array()
+        .expect("payables")
+        .iter()
+        .map(|p| p["order_id"].as_str().expect("order"))
+        .collect();
+    paid_for.sort_unstable();
+    let mut expected: Vec<&str> = orders.iter().map(String::as_str).collect();
+    expected.sort_unstable();
+    assert_eq!(
+        paid_for, expected,
+        "each top-up once, the doubled callback too"
+    );
+    let (status, failing) = admin_get(
+        &w.ctx,
+        &format!("/admin/settlements/{}/suppliers/{}", period.label, w.id(0)),
+    )
+    .await;
+    assert_eq!(status, 200, "{failing}");
+    assert_eq!(
+        (&failing["statements"], &failing["payables"]),
+        (&json!([]), &json!([])),
+        "a supplier that failed is owed nothing"
+    );
+
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let (status, _, csv) = admin_raw(
+        &w.ctx,
+        request(
+            "GET",
+            &format!("/admin/settlements/{}/suppliers/{}", period.label, w.id(1)),
+            &[("authorization", auth.as_str()), ("accept", "text/csv")],
+            "",
+        ),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let rows: Vec<&str> = csv.lines().collect();
+    assert_eq!(rows.len(), 3, "{csv}");
+    assert!(rows[0].starts_with("supplier_id,period,order_id"));
+    assert!(
+        rows[1..].iter().all(|row| row.contains(",4875,CNY,")),
+        "{csv}"
+    );
+    let (status, missing) = admin_get(
+        &w.ctx,
+        &format!(
+            "/admin/settlements/{}/suppliers/no-such-supplier",
+            period.label
+        ),
+    )
+    .await;
+    assert_eq!(
+        (status, &missing["error"]["code"]),
+        (404, &json!("supplier_not_found"))
     );
 }

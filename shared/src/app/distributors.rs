@@ -455,68 +455,61 @@ pub struct StatementView {
     pub entries: Vec<StatementLine>,
 }
 
-impl StatementView {
-    /// The statement as CSV: a header row, one row per line, then the totals.
-    pub fn to_csv(&self) -> Result<String> {
-        let mut writer = csv::Writer::from_writer(Vec::new());
+/// The statement as CSV: one row per line, then the totals.
+impl super::CsvView for StatementView {
+    const COLUMNS: &'static [&'static str] = &[
+        "statement_id",
+        "entry_id",
+        "kind",
+        "order_id",
+        "level",
+        "sku",
+        "amount",
+        "currency",
+        "earned_at",
+    ];
+
+    fn rows(&self) -> Vec<Vec<String>> {
         let statement = &self.statement;
-        let csv_error = |_| Error::Corrupt("statement CSV".into());
-        writer
-            .write_record([
-                "statement_id",
-                "entry_id",
-                "kind",
-                "order_id",
-                "level",
-                "sku",
-                "amount",
-                "currency",
-                "earned_at",
-            ])
-            .map_err(csv_error)?;
-        for line in &self.entries {
-            writer
-                .write_record([
-                    statement.statement_id.as_str(),
-                    line.entry_id.as_str(),
-                    match line.kind {
-                        crate::store::EntryKind::Commission => "commission",
-                        crate::store::EntryKind::Clawback => "clawback",
-                    },
-                    line.order_id.as_str(),
-                    &line.level.to_string(),
-                    line.sku.as_str(),
-                    &line.amount.to_string(),
-                    statement.currency.as_str(),
-                    line.earned_at.as_str(),
-                ])
-                .map_err(csv_error)?;
-        }
-        for (name, amount) in [
+        let lines = self.entries.iter().map(|line| {
+            vec![
+                statement.statement_id.clone(),
+                line.entry_id.clone(),
+                match line.kind {
+                    crate::store::EntryKind::Commission => "commission",
+                    crate::store::EntryKind::Clawback => "clawback",
+                }
+                .to_owned(),
+                line.order_id.clone(),
+                line.level.to_string(),
+                line.sku.clone(),
+                line.amount.to_string(),
+                statement.currency.clone(),
+                line.earned_at.clone(),
+            ]
+        });
+        let totals = [
             ("opening_balance", statement.opening_balance),
             ("commissions", statement.commissions),
             ("clawbacks", statement.clawbacks),
             ("closing_balance", statement.closing_balance),
             ("payable", statement.payable),
-        ] {
-            writer
-                .write_record([
-                    statement.statement_id.as_str(),
-                    name,
-                    "total",
-                    "",
-                    "",
-                    "",
-                    &amount.to_string(),
-                    statement.currency.as_str(),
-                    "",
-                ])
-                .map_err(csv_error)?;
-        }
-        let bytes = writer
-            .into_inner()
-            .map_err(|_| Error::Corrupt("statement CSV".into()))?;
-        String::from_utf8(bytes).map_err(|_| Error::Corrupt("statement CSV".into()))
+        ]
+        .into_iter()
+        .map(|(name, amount)| {
+            vec![
+                statement.statement_id.clone(),
+                name.to_owned(),
+                "total".to_owned(),
+                String::new(),
+                String::new(),
+                String::new(),
+                amount.to_string(),
+                statement.currency.clone(),
+                String::new(),
+            ]
+        });
+        lines.chain(totals).collect()
     }
 }
 

@@ -21,3 +21,23 @@ mod stock;
 pub mod stock_audit;
 pub mod suppliers;
 pub mod sweep;
+
+/// A view with a CSV form (`Accept: text/csv`): its columns and one row per record.
+pub trait CsvView {
+    const COLUMNS: &'static [&'static str];
+
+    fn rows(&self) -> Vec<Vec<String>>;
+
+    fn to_csv(&self) -> crate::error::Result<String> {
+        let csv_error = |_| crate::error::Error::Corrupt("CSV export".into());
+        let mut writer = csv::Writer::from_writer(Vec::new());
+        writer.write_record(Self::COLUMNS).map_err(csv_error)?;
+        for row in self.rows() {
+            writer.write_record(&row).map_err(csv_error)?;
+        }
+        let bytes = writer
+            .into_inner()
+            .map_err(|_| crate::error::Error::Corrupt("CSV export".into()))?;
+        String::from_utf8(bytes).map_err(|_| crate::error::Error::Corrupt("CSV export".into()))
+    }
+}

@@ -194,7 +194,7 @@ pub async fn create_order(
     let product = super::catalog::find_product(ctx, &request.sku, false).await?;
     let quantity =
         validate_quantity(request.quantity, &product).map_err(|err| err.at("quantity"))?;
-    let top_up = top_up_order(ctx, &product, request.recipient.clone()).await?;
+    let top_up = top_up_order(ctx, &product, quantity, request.recipient.clone()).await?;
     let referral = match &request.referral_code {
         Some(code) => Some(super::distributors::referral_for(ctx, code, &product.sku).await?),
         None => None,
@@ -302,6 +302,7 @@ pub async fn create_order(
 async fn top_up_order(
     ctx: &Context,
     product: &Product,
+    quantity: u32,
     recipient: Option<Option<String>>,
 ) -> Result<Option<TopUpOrder>> {
     let Some(spec) = &product.top_up else {
@@ -349,6 +350,11 @@ async fn top_up_order(
         account,
         supplier_product: spec.supplier_product.clone(),
         suppliers: spec.suppliers.clone(),
+        supplier_cost: spec
+            .supplier_cost
+            .as_ref()
+            .map(|unit| unit.times(quantity))
+            .transpose()?,
     }))
 }
 

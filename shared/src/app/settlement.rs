@@ -6,6 +6,8 @@
 //! transaction; its totals are summed from its lines, checked against the entries they
 //! name, and only then written, with the distributor's balance, in one transaction.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -16,7 +18,8 @@ use crate::domain::time::Timestamp;
 use crate::error::{ConflictKind, Error, Result};
 use crate::request::RequestBody;
 use crate::store::{
-    AuditSubject, Balance, CommissionEntry, EntryKind, SettlementRun, StatementRecord,
+    AuditSubject, Balance, CommissionEntry, EntryKind, Payable, SettlementRun, StatementRecord,
+    SupplierStatement, SupplierStatementClosed,
 };
 
 /// Entries settled per transaction: each is two items (the entry and its line), and a
@@ -121,6 +124,7 @@ pub async fn run(ctx: &Context, request: &RunRequest) -> Result<RunReport> {
         statements_closed: 0,
         statements_open: 0,
         mismatches: Vec::new(),
+        supplier_statements: 0,
     };
     if let Some(named) = &request.distributors {
         for distributor_id in named {
@@ -142,6 +146,7 @@ pub async fn run(ctx: &Context, request: &RunRequest) -> Result<RunReport> {
             }
         }
     }
+    settle_suppliers(ctx, &period, &mut report).await?;
     report.finished_at = ctx.clock.now().to_rfc3339();
     // Counted on every run, 0 included: the alarm sees that runs happen.
     crate::metrics::settlement_mismatches(report.statements_open);
@@ -151,6 +156,46 @@ pub async fn run(ctx: &Context, request: &RunRequest) -> Result<RunReport> {
     ctx.store.put_settlement_run(&report).await?;
     tracing::info!(period = %report.period, matured, closed = report.statements_closed, "settlement run finished");
     Ok(report)
+}
+
+/// Closes each supplier's statement of the period, per currency: the payables its
+/// top-ups of the period left, at the cost their orders froze. Read through the
+/// payables' index (the period's range), never the orders.
+async fn settle_suppliers(ctx: &Context, period: &Period, report: &mut RunReport) -> Result<()> {
+    let closed_at = ctx.clock.now().to_rfc3339();
+    for supplier in ctx.store.list_suppliers().await? {
+        let payables = ctx
+            .store
+            .supplier_payables(&supplier.supplier_id, period.start, period.end)
+            .await?;
+        let mut by_currency: BTreeMap<&str, (u32, i64)> = BTreeMap::new();
+        for payable in &payables {
+            let sums = by_currency.entry(&payable.cost.currency).or_default();
+            sums.0 += 1;
+            sums.1 += payable.cost.amount;
+        }
+        for (currency, (lines, payable)) in by_currency {
+            let statement = SupplierStatement {
+                supplier_id: supplier.supplier_id.clone(),
+                period: period.label.clone(),
+                currency: currency.to_owned(),
+                lines,
+                payable,
+                closed_at: closed_at.clone(),
+            };
+            match ctx.store.close_supplier_statement(&statement).await? {
+                SupplierStatementClosed::Closed => report.supplier_statements += 1,
+                SupplierStatementClosed::Differs(earlier) => {
+                    report.statements_open += 1;
+                    report.mismatches.push(format!(
+                        "supplier {} {currency}: closed with {} lines, {} owed; now {lines} lines, {payable} owed",
+                        supplier.supplier_id, earlier.lines, earlier.payable
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn statement_id(period: &str, currency: &str, distributor_id: &str) -> String {
@@ -370,6 +415,8 @@ pub struct Settlement {
     /// The period's last run (absent before one ran).
     pub run: Option<SettlementRun>,
     pub statements: Vec<StatementRecord>,
+    /// What Kami owes each supplier for the period's top-ups, per currency.
+    pub supplier_statements: Vec<SupplierStatement>,
 }
 
 pub async fn settlement(ctx: &Context, query: Option<&str>) -> Result<Settlement> {
@@ -389,55 +436,126 @@ pub async fn settlement(ctx: &Context, query: Option<&str>) -> Result<Settlement
     Ok(Settlement {
         run: ctx.store.get_settlement_run(&period.label).await?,
         statements: ctx.store.statements_in_period(&period.label).await?,
+        supplier_statements: ctx.store.supplier_statements(&period.label).await?,
         period: period.label,
     })
 }
 
-impl Settlement {
-    /// The period's statements as CSV, one row each.
-    pub fn to_csv(&self) -> Result<String> {
-        let mut writer = csv::Writer::from_writer(Vec::new());
-        let csv_error = |_| Error::Corrupt("settlement CSV".into());
-        writer
-            .write_record([
-                "statement_id",
-                "distributor_id",
-                "period",
-                "currency",
-                "status",
-                "opening_balance",
-                "commissions",
-                "clawbacks",
-                "closing_balance",
-                "payable",
-                "lines",
-                "paid_at",
-                "payout_reference",
-            ])
-            .map_err(csv_error)?;
-        for s in &self.statements {
-            writer
-                .write_record([
-                    s.statement_id.as_str(),
-                    s.distributor_id.as_str(),
-                    s.period.as_str(),
-                    s.currency.as_str(),
-                    s.status.as_str(),
-                    &s.opening_balance.to_string(),
-                    &s.commissions.to_string(),
-                    &s.clawbacks.to_string(),
-                    &s.closing_balance.to_string(),
-                    &s.payable.to_string(),
-                    &s.lines.to_string(),
-                    s.paid_at.as_deref().unwrap_or_default(),
-                    s.payout_reference.as_deref().unwrap_or_default(),
-                ])
-                .map_err(csv_error)?;
-        }
-        let bytes = writer
-            .into_inner()
-            .map_err(|_| Error::Corrupt("settlement CSV".into()))?;
-        String::from_utf8(bytes).map_err(|_| Error::Corrupt("settlement CSV".into()))
+/// The period's distributor statements as CSV, one row each (the suppliers' have their
+/// own export).
+impl super::CsvView for Settlement {
+    const COLUMNS: &'static [&'static str] = &[
+        "statement_id",
+        "distributor_id",
+        "period",
+        "currency",
+        "status",
+        "opening_balance",
+        "commissions",
+        "clawbacks",
+        "closing_balance",
+        "payable",
+        "lines",
+        "paid_at",
+        "payout_reference",
+    ];
+
+    fn rows(&self) -> Vec<Vec<String>> {
+        self.statements
+            .iter()
+            .map(|s| {
+                vec![
+                    s.statement_id.clone(),
+                    s.distributor_id.clone(),
+                    s.period.clone(),
+                    s.currency.clone(),
+                    s.status.as_str().to_owned(),
+                    s.opening_balance.to_string(),
+                    s.commissions.to_string(),
+                    s.clawbacks.to_string(),
+                    s.closing_balance.to_string(),
+                    s.payable.to_string(),
+                    s.lines.to_string(),
+                    s.paid_at.clone().unwrap_or_default(),
+                    s.payout_reference.clone().unwrap_or_default(),
+                ]
+            })
+            .collect()
+    }
+}
+
+/// `GET /admin/settlements/{period}/suppliers/{supplier_id}`: what Kami owes a supplier
+/// for the period's top-ups.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SupplierPayables {
+    pub supplier_id: String,
+    pub period: String,
+    /// The closed statements, one per currency (none before a run closed the period).
+    pub statements: Vec<SupplierStatement>,
+    /// Each top-up the supplier made in the period, at its cost, oldest first.
+    pub payables: Vec<Payable>,
+}
+
+pub async fn supplier_payables(
+    ctx: &Context,
+    label: &str,
+    supplier_id: &str,
+) -> Result<SupplierPayables> {
+    let period = period_for(
+        Some(label),
+        ctx.clock.now(),
+        &ctx.config.settlement_time_zone,
+    )?;
+    if ctx.store.get_supplier(supplier_id).await?.is_none() {
+        return Err(Error::NotFound("supplier"));
+    }
+    let statements = ctx
+        .store
+        .supplier_statements(&period.label)
+        .await?
+        .into_iter()
+        .filter(|statement| statement.supplier_id == supplier_id)
+        .collect();
+    Ok(SupplierPayables {
+        payables: ctx
+            .store
+            .supplier_payables(supplier_id, period.start, period.end)
+            .await?,
+        supplier_id: supplier_id.to_owned(),
+        period: period.label,
+        statements,
+    })
+}
+
+/// The supplier's top-ups of the period as CSV, one row each.
+impl super::CsvView for SupplierPayables {
+    const COLUMNS: &'static [&'static str] = &[
+        "supplier_id",
+        "period",
+        "order_id",
+        "request_id",
+        "supplier_ref",
+        "cost",
+        "currency",
+        "at",
+    ];
+
+    fn rows(&self) -> Vec<Vec<String>> {
+        self.payables
+            .iter()
+            .map(|p| {
+                vec![
+                    self.supplier_id.clone(),
+                    self.period.clone(),
+                    p.order_id.clone(),
+                    p.request_id.clone(),
+                    p.supplier_ref.clone().unwrap_or_default(),
+                    p.cost.amount.to_string(),
+                    p.cost.currency.clone(),
+                    p.at.clone(),
+                ]
+            })
+            .collect()
     }
 }
 

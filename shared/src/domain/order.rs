@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::domain::money::Money;
 use crate::domain::time::Timestamp;
 use crate::error::{Error, Result};
 
@@ -215,6 +216,10 @@ pub struct TopUpOrder {
     pub supplier_product: String,
     /// Supplier ids, first choice first.
     pub suppliers: Vec<String>,
+    /// What the order's units cost at a supplier, as the product said when it was
+    /// ordered (owed to whichever supplier tops it up); `None`: not tracked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supplier_cost: Option<Money>,
 }
 
 /// When an order created at `created` stops waiting for payment.

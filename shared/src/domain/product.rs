@@ -70,6 +70,10 @@ pub struct TopUpSpec {
     /// (reserved by an order, released on expiry, sold on delivery); `None`: not counted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stock_budget: Option<u32>,
+    /// What Kami owes its supplier for one unit topped up (the supplier payables);
+    /// `None`: not tracked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supplier_cost: Option<Money>,
 }
 
 /// The account a buyer names on the order (`recipient.account`).
@@ -248,6 +252,9 @@ pub struct DeliveryRequest {
     /// absent: not counted.
     #[schema(minimum = 1, maximum = 100000000, example = 1000)]
     pub stock_budget: Option<u32>,
+    /// `direct_topup`: what one unit costs Kami at its suppliers (positive minor units),
+    /// owed to the supplier that tops it up: the settlement's supplier statements.
+    pub supplier_cost: Option<PriceRequest>,
 }
 
 impl DeliveryRequest {
@@ -263,6 +270,7 @@ impl DeliveryRequest {
                 ("suppliers", self.suppliers.is_some()),
                 ("account", self.account.is_some()),
                 ("stock_budget", self.stock_budget.is_some()),
+                ("supplier_cost", self.supplier_cost.is_some()),
             ] {
                 if present {
                     return Err(bad(
@@ -332,6 +340,18 @@ impl DeliveryRequest {
                 format!("stock_budget must be between 1 and {MAX_STOCK_BUDGET}"),
             ));
         }
+        let supplier_cost = self
+            .supplier_cost
+            .map(|cost| {
+                Money::price(cost.amount, &cost.currency).map_err(|_| {
+                    bad(
+                        "supplier_cost",
+                        "supplier_cost must be a positive amount in minor units with a currency"
+                            .into(),
+                    )
+                })
+            })
+            .transpose()?;
         Ok((
             kind,
             Some(TopUpSpec {
@@ -339,6 +359,7 @@ impl DeliveryRequest {
                 suppliers,
                 account,
                 stock_budget: self.stock_budget,
+                supplier_cost,
             }),
         ))
     }

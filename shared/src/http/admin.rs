@@ -11,7 +11,7 @@ use utoipa_axum::routes;
 
 use super::{
     ApiResult, ApiRouter, AppState, ErrorBody, JsonBody, PathParam, RawBody, Reply, bearer,
-    csv_response, header_str, json_response, wants_csv,
+    header_str,
 };
 use crate::app::audit::Actor;
 use crate::app::catalog::{self, AdminProductView};
@@ -20,7 +20,7 @@ use crate::app::distributors::{
     self, DistributorKeyIssued, DistributorList, DistributorView, StatementView,
 };
 use crate::app::import::{self, ImportReport};
-use crate::app::settlement::{self, PayoutRequest, Settlement};
+use crate::app::settlement::{self, PayoutRequest, Settlement, SupplierPayables};
 use crate::app::suppliers::{self, SupplierList, SupplierView};
 use crate::domain::card_key::{ImportFormat, JsonImport};
 use crate::domain::channel::ChannelRequest;
@@ -47,6 +47,7 @@ pub fn routes() -> ApiRouter {
         .routes(routes!(get_statement))
         .routes(routes!(mark_statement_paid))
         .routes(routes!(get_settlement))
+        .routes(routes!(get_supplier_payables))
 }
 
 /// The admin router, the token checked before any route (and before not-found).
@@ -458,7 +459,7 @@ async fn get_statement(
     headers: HeaderMap,
 ) -> Result<Response> {
     let view = settlement::admin_statement(&ctx, &statement_id).await?;
-    super::statement_response(&view, &headers)
+    super::json_or_csv(&view, &headers)
 }
 
 /// Records a closed statement's payout, once: the same reference again answers the
@@ -509,10 +510,33 @@ async fn get_settlement(
     uri: axum::http::Uri,
     headers: HeaderMap,
 ) -> Result<Response> {
-    let found = settlement::settlement(&ctx, uri.query()).await?;
-    Ok(if wants_csv(&headers) {
-        csv_response(found.to_csv()?)
-    } else {
-        json_response(StatusCode::OK, &found)
-    })
+    super::json_or_csv(&settlement::settlement(&ctx, uri.query()).await?, &headers)
+}
+
+/// What Kami owes a supplier for its top-ups of a period: the period's statements (one
+/// per currency, once a run closed them) and each top-up at its cost; CSV of the top-ups
+/// with `Accept: text/csv`.
+#[utoipa::path(
+    get,
+    path = "/admin/settlements/{period}/suppliers/{supplier_id}",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(
+        ("period" = String, Path, description = "The day, `YYYY-MM-DD`, in the settlement's zone"),
+        ("supplier_id" = String, Path, description = "The supplier"),
+    ),
+    responses(
+        (status = 200, description = "The supplier's payables", content((SupplierPayables = "application/json"), (String = "text/csv"))),
+        (status = 400, description = "`invalid_period`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`supplier_not_found`", body = ErrorBody),
+    )
+)]
+async fn get_supplier_payables(
+    State(ctx): State<AppState>,
+    PathParam((period, supplier_id)): PathParam<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let found = settlement::supplier_payables(&ctx, &period, &supplier_id).await?;
+    super::json_or_csv(&found, &headers)
 }

@@ -9,9 +9,7 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use utoipa_axum::routes;
 
-use super::{
-    ApiResult, ApiRouter, AppState, ErrorBody, PathParam, Reply, bearer, statement_response,
-};
+use super::{ApiResult, ApiRouter, AppState, ErrorBody, PathParam, Reply, bearer, json_or_csv};
 use crate::app::distributors::{
     self, DistributorCommissions, DistributorOrders, StatementList, StatementView,
 };
@@ -151,5 +149,5 @@ async fn statement(
     headers: HeaderMap,
 ) -> Result<Response> {
     let view = distributors::statement(&ctx, &statement_id, Some(&me)).await?;
-    statement_response(&view, &headers)
+    json_or_csv(&view, &headers)
 }

@@ -203,9 +203,9 @@ pub fn csv_response(text: String) -> Response {
     response
 }
 
-/// A statement as JSON, or CSV if asked for.
-pub fn statement_response(
-    view: &crate::app::distributors::StatementView,
+/// A view as JSON, or CSV if asked for.
+pub fn json_or_csv<T: serde::Serialize + crate::app::CsvView>(
+    view: &T,
     headers: &HeaderMap,
 ) -> Result<Response> {
     Ok(if wants_csv(headers) {

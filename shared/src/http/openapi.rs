@@ -177,7 +177,7 @@ mod tests {
             }
         }
         assert_eq!(
-            operations, 39,
+            operations, 40,
             "one operation per route of the five HTTP functions"
         );
     }

@@ -415,6 +415,8 @@ pub struct SettlementRun {
     pub statements_open: u32,
     /// What did not reconcile, one line each (statement id and the two sums).
     pub mismatches: Vec<String>,
+    /// Supplier statements closed (or found closed with the same sums).
+    pub supplier_statements: u32,
 }
 
 /// One line of a statement: the entry it settled, as it was.
@@ -486,23 +488,7 @@ impl Store {
             .key_condition_expression("gsi1pk = :pk AND gsi1sk <= :until")
             .expression_attribute_values(":pk", s(gsi1pk))
             .expression_attribute_values(":until", n(until));
-        let keys: Vec<Item> = self
-            .query_all(query)
-            .await?
-            .into_iter()
-            .filter_map(|found| {
-                Some(Item::from([
-                    ("pk".to_owned(), found.get("pk")?.clone()),
-                    ("sk".to_owned(), found.get("sk")?.clone()),
-                ]))
-            })
-            .collect();
-        let mut entries = Vec::with_capacity(keys.len());
-        for chunk in keys.chunks(100) {
-            for found in self.batch_get(chunk.to_vec(), true, "commissions").await? {
-                entries.push(CommissionEntry::from_item(&found)?);
-            }
-        }
+        let mut entries: Vec<CommissionEntry> = self.indexed_as(query, "commissions").await?;
         entries.sort_by(|a, b| a.entry_id.cmp(&b.entry_id));
         Ok(entries)
     }
@@ -640,13 +626,7 @@ impl Store {
                 )))
             })
             .collect();
-        let mut entries = Vec::with_capacity(keys.len());
-        for chunk in keys.chunks(100) {
-            for found in self.batch_get(chunk.to_vec(), true, "commissions").await? {
-                entries.push(CommissionEntry::from_item(&found)?);
-            }
-        }
-        Ok(entries)
+        self.records_at(keys, "commissions").await
     }
 
     /// Access pattern: a statement's header (strongly consistent).
@@ -805,6 +785,7 @@ impl Store {
                 ("matured", n(run.matured)),
                 ("statements_closed", n(run.statements_closed)),
                 ("statements_open", n(run.statements_open)),
+                ("supplier_statements", n(run.supplier_statements)),
                 (
                     "mismatches",
                     AttributeValue::L(run.mismatches.iter().map(s).collect()),
@@ -835,6 +816,7 @@ impl Store {
             matured: get_u32(&found, "matured")?,
             statements_closed: get_u32(&found, "statements_closed")?,
             statements_open: get_u32(&found, "statements_open")?,
+            supplier_statements: get_u32(&found, "supplier_statements").unwrap_or(0),
             mismatches: match found.get("mismatches") {
                 Some(AttributeValue::L(list)) => {
                     list.iter().filter_map(|v| v.as_s().ok().cloned()).collect()
@@ -852,23 +834,7 @@ impl Store {
             .index_name(ORDER_INDEX)
             .key_condition_expression("gsi1pk = :pk")
             .expression_attribute_values(":pk", s(statements_in(period)));
-        let keys: Vec<Item> = self
-            .query_all(query)
-            .await?
-            .into_iter()
-            .filter_map(|found| {
-                Some(Item::from([
-                    ("pk".to_owned(), found.get("pk")?.clone()),
-                    ("sk".to_owned(), found.get("sk")?.clone()),
-                ]))
-            })
-            .collect();
-        let mut statements = Vec::new();
-        for chunk in keys.chunks(100) {
-            for found in self.batch_get(chunk.to_vec(), true, "statements").await? {
-                statements.push(StatementRecord::from_item(&found)?);
-            }
-        }
+        let mut statements: Vec<StatementRecord> = self.indexed_as(query, "statements").await?;
         statements.sort_by(|a, b| a.statement_id.cmp(&b.statement_id));
         Ok(statements)
     }

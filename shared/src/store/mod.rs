@@ -42,6 +42,7 @@ mod exceptions;
 mod holds;
 mod idempotency;
 mod orders;
+mod payables;
 mod payments;
 mod products;
 mod refunds;
@@ -68,6 +69,7 @@ pub use orders::{
     Accepted, CreateOrderOutcome, DeliveryRecord, DueCursor, DuePage, DueQueue, OperatorNote,
     OrderEvent, OrderRecord, OrderView, StockShare,
 };
+pub use payables::{Payable, SupplierStatement, SupplierStatementClosed};
 pub use payments::{
     DUPLICATE_PAYMENT, PaymentApplied, PaymentChange, PaymentRecord, PaymentResolved, Unmatched,
     UnmatchedPayment,
@@ -249,6 +251,38 @@ impl Store {
                 .cloned();
         }
         Ok(items)
+    }
+
+    /// The records at `keys`, any number, read in BatchGetItem chunks of 100 (strongly
+    /// consistent); missing ones are left out.
+    async fn records_at<T: FromItem>(&self, keys: Vec<Item>, what: &'static str) -> Result<Vec<T>> {
+        let mut records = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(100) {
+            for found in self.batch_get(chunk.to_vec(), true, what).await? {
+                records.push(T::from_item(&found)?);
+            }
+        }
+        Ok(records)
+    }
+
+    /// Every record `query` finds on a keys-only index, read from the table.
+    async fn indexed_as<T: FromItem>(
+        &self,
+        query: QueryFluentBuilder,
+        what: &'static str,
+    ) -> Result<Vec<T>> {
+        let keys: Vec<Item> = self
+            .query_all(query)
+            .await?
+            .into_iter()
+            .filter_map(|found| {
+                Some(Item::from([
+                    ("pk".to_owned(), found.get("pk")?.clone()),
+                    ("sk".to_owned(), found.get("sk")?.clone()),
+                ]))
+            })
+            .collect();
+        self.records_at(keys, what).await
     }
 
     /// A query on the table.

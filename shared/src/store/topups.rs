@@ -7,6 +7,7 @@
 use super::Store;
 use super::codec::{FromItem, Item, get_n, get_opt_s, get_s, get_u32, item, key_item, keys, n, s};
 use super::tx::{ItemName, TxOutcome};
+use crate::domain::money::Money;
 use crate::domain::order::OrderStatus;
 use crate::domain::product::DeliveryType;
 use crate::domain::time::{Timestamp, new_id};
@@ -82,6 +83,8 @@ pub struct TopUpAttempt {
     pub account: String,
     pub sent_at: Timestamp,
     pub updated_at: String,
+    /// What Kami owes the supplier if it succeeds (the order's supplier cost).
+    pub cost: Option<Money>,
 }
 
 /// The request id of an order's `seq`-th top-up request.
@@ -112,6 +115,13 @@ impl FromItem for TopUpAttempt {
             account: get_s(item, "account")?,
             sent_at: Timestamp(get_n(item, "sent_at")?),
             updated_at: get_s(item, "updated_at")?,
+            cost: match item.get("cost_amount") {
+                Some(_) => Some(Money {
+                    amount: get_n(item, "cost_amount")?,
+                    currency: get_s(item, "cost_currency")?,
+                }),
+                None => None,
+            },
         })
     }
 }
@@ -178,6 +188,8 @@ fn log_item(order_id: &str, entry: &SupplierLogEntry) -> Item {
 #[derive(Debug, Clone)]
 pub struct TopUpChange<'a> {
     pub to: TopUpStatus,
+    /// When it changed: a success's payable is owed from then.
+    pub at: Timestamp,
     pub supplier_ref: Option<&'a str>,
     pub reason: Option<&'a str>,
 }
@@ -200,7 +212,7 @@ impl Store {
         attempt: &TopUpAttempt,
         log: &SupplierLogEntry,
     ) -> Result<OpenAttempt> {
-        let stored = item(
+        let mut stored = item(
             keys::delivery(&attempt.order_id, attempt.seq),
             "delivery",
             [
@@ -216,6 +228,10 @@ impl Store {
                 ("updated_at", s(&attempt.updated_at)),
             ],
         );
+        if let Some(cost) = &attempt.cost {
+            stored.insert("cost_amount".to_owned(), n(cost.amount));
+            stored.insert("cost_currency".to_owned(), s(&cost.currency));
+        }
         let mut tx = self.tx();
         tx.put(ItemName::Slot, stored, Some("attribute_not_exists(pk)"))?;
         tx.check(
@@ -283,6 +299,9 @@ impl Store {
             log_item(&attempt.order_id, log),
             None,
         )?;
+        if change.to == TopUpStatus::Success {
+            tx.owe_supplier(attempt, change.supplier_ref, change.at)?;
+        }
         Ok(self.transact(tx).await?.committed())
     }
 

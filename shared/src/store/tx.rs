@@ -75,6 +75,8 @@ pub(crate) enum ItemName {
     Statement,
     /// A distributor's running balance in a currency.
     Balance,
+    /// What Kami owes a supplier for a top-up it made.
+    Payable,
 }
 
 /// A `TransactWriteItems` being built: its items, each under its own name.

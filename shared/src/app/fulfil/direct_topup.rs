@@ -276,6 +276,7 @@ pub(crate) async fn apply(
     }
     let change = TopUpChange {
         to,
+        at: ctx.clock.now(),
         supplier_ref,
         reason,
     };
@@ -448,6 +449,7 @@ async fn send_to_next(
             account: spec.account.clone(),
             sent_at: ctx.clock.now(),
             updated_at: ctx.clock.now().to_rfc3339(),
+            cost: spec.supplier_cost.clone(),
         };
         next_seq += 1;
         match ctx
