@@ -22,8 +22,8 @@ use crate::store::{
     SupplierStatement, SupplierStatementClosed,
 };
 
-/// Entries settled per transaction: each is two items (the entry and its line), and a
-/// transaction holds at most 100.
+/// Entries settled per transaction: each is two items (the entry and its line), one
+/// more checks the statement is open, and a transaction holds at most 100.
 const ENTRIES_PER_TRANSACTION: usize = 49;
 const MAX_REFERENCE_LEN: usize = 200;
 

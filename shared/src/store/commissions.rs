@@ -596,6 +596,15 @@ impl Store {
                 None,
             )?;
         }
+        // Only onto an open statement: a run that closed it meanwhile summed its lines
+        // already, and a line added after would be in no total.
+        tx.check(
+            ItemName::Statement,
+            key_item((statement_pk(statement_id), STATEMENT_SK.into())),
+            "#status = :open",
+            &["status"],
+            vec![(":open", s(STATEMENT_OPEN))],
+        )?;
         Ok(self.transact(tx).await?.committed())
     }
 
