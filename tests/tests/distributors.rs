@@ -407,6 +407,46 @@ async fn distributors_form_a_tree_without_cycles_or_excess_depth() {
     )
     .await;
     assert_eq!(status, 400, "a cursor this listing never gave");
+
+    // An order made with a code, retried after its distributor was disabled: the same
+    // order; a new order with that code is refused.
+    let sku = product_with_keys(&ctx, "retry", 1_000, 5, &make_keys("RETRY", 1)).await;
+    let body = json!({"sku": sku, "quantity": 1, "buyer": {"email": "r@example.com"},
+                      "referral_code": format!("L{run}")})
+    .to_string();
+    let place = |key: String| {
+        let body = body.clone();
+        let ctx = ctx.clone();
+        async move {
+            checkout(
+                &ctx,
+                request("POST", "/orders", &[("idempotency-key", &key)], body),
+            )
+            .await
+        }
+    };
+    let key = format!("dist-retry-{run}-0001");
+    let (status, first) = place(key.clone()).await;
+    assert_eq!(status, 201, "{first}");
+    let (status, _) = put_distributor(
+        &ctx,
+        &format!("copycat-{run}"),
+        json!({"name": "Copycat", "referral_code": format!("L{run}"), "enabled": false}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, again) = place(key).await;
+    assert_eq!(
+        (status, &again["order_id"]),
+        (201, &first["order_id"]),
+        "{again}"
+    );
+    let (status, refused) = place(format!("dist-retry-{run}-0002")).await;
+    assert_eq!(
+        (status, &refused["error"]["code"]),
+        (400, &json!("invalid_referral_code")),
+        "{refused}"
+    );
 }
 
 /// GIVEN a three-level chain WHEN an order made with the leaf's code is paid, delivered
@@ -634,6 +674,44 @@ async fn a_chain_earns_matures_settles_and_claws_back_to_the_minor_unit() {
         (404, &json!("statement_not_found")),
         "a parent's statement is not the leaf's"
     );
+    let (status, one) =
+        as_distributor(&ctx, &leaf_key, &format!("/distributor/orders/{order_id}")).await;
+    assert_eq!((status, &one["order_id"]), (200, &json!(order_id)), "{one}");
+    // A sibling under the same parent reads neither the leaf's order nor its statement.
+    let sibling = format!("sib-{run}");
+    let (status, created) = put_distributor(
+        &ctx,
+        &sibling,
+        json!({"name": "Sibling", "referral_code": format!("S{run}"), "parent_id": mid,
+               "commission": {"levels": [rate(1000)]}}),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let sibling_key = api_key(&ctx, &sibling).await;
+    let (status, theirs) = as_distributor(
+        &ctx,
+        &sibling_key,
+        &format!("/distributor/orders/{order_id}"),
+    )
+    .await;
+    assert_eq!(
+        (status, &theirs["error"]["code"]),
+        (404, &json!("order_not_found")),
+        "a sibling's order: {theirs}"
+    );
+    let (status, theirs) = as_distributor(
+        &ctx,
+        &sibling_key,
+        &format!("/distributor/statements/{leaf_statement}"),
+    )
+    .await;
+    assert_eq!(
+        (status, &theirs["error"]["code"]),
+        (404, &json!("statement_not_found")),
+        "a sibling's statement: {theirs}"
+    );
+    let (status, listed) = as_distributor(&ctx, &sibling_key, "/distributor/orders").await;
+    assert_eq!((status, &listed["orders"]), (200, &json!([])), "{listed}");
     let (status, settled) =
         as_distributor(&ctx, &root_key, "/distributor/commissions?status=settled").await;
     assert_eq!(status, 200);

@@ -385,6 +385,19 @@ pub async fn distributor_orders(
     })
 }
 
+/// `GET /distributor/orders/{order_id}`: one order made through the distributor or its
+/// subtree; any other is `404 order_not_found`, as a missing one is.
+pub async fn distributor_order(
+    ctx: &Context,
+    distributor_id: &str,
+    order_id: &str,
+) -> Result<AttributedOrder> {
+    ctx.store
+        .attributed_order(distributor_id, order_id)
+        .await?
+        .ok_or(Error::NotFound("order"))
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct DistributorCommissions {
     pub commissions: Vec<CommissionEntry>,

@@ -196,7 +196,18 @@ pub async fn create_order(
         validate_quantity(request.quantity, &product).map_err(|err| err.at("quantity"))?;
     let top_up = top_up_order(ctx, &product, quantity, request.recipient.clone()).await?;
     let referral = match &request.referral_code {
-        Some(code) => Some(super::distributors::referral_for(ctx, code, &product.sku).await?),
+        Some(code) => match super::distributors::referral_for(ctx, code, &product.sku).await {
+            Ok(referral) => Some(referral),
+            // A retry of an order made before its code was changed or disabled answers
+            // that order, not the code's refusal.
+            Err(refused @ Error::InvalidRequest { .. }) => {
+                return match replay(ctx, &claim, &request_hash).await? {
+                    Some(made) => Ok(made),
+                    None => Err(refused),
+                };
+            }
+            Err(err) => return Err(err),
+        },
         None => None,
     };
     let now = ctx.clock.now();

@@ -359,8 +359,9 @@ pub async fn refund_settled(ctx: &Context, refund_id: &str, succeeded: bool) -> 
 }
 
 /// Records where a refund ended, and the order's move it makes, at the clock's now.
-/// A refund that moves a referred order also reduces its commissions, by what its
-/// refunds that succeeded give back in all.
+/// A refund that moves a referred order also reduces its commissions, by what the
+/// paying payment's refunds that succeeded give back in all (a duplicate payment's
+/// refunds give back money that earned nothing).
 async fn settle(
     ctx: &Context,
     view: &OrderView,
@@ -372,7 +373,11 @@ async fn settle(
     let refunded = (transition.is_some() && view.order.referral.is_some()).then(|| {
         view.refunds
             .iter()
-            .filter(|r| r.status == RefundStatus::Succeeded && r.refund_id != refund.refund_id)
+            .filter(|r| {
+                r.status == RefundStatus::Succeeded
+                    && r.refund_id != refund.refund_id
+                    && r.payment_id == refund.payment_id
+            })
             .map(|r| r.amount.amount)
             .sum::<i64>()
             + refund.amount.amount

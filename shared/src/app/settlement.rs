@@ -25,6 +25,8 @@ use crate::store::{
 /// Entries settled per transaction: each is two items (the entry and its line), one
 /// more checks the statement is open, and a transaction holds at most 100.
 const ENTRIES_PER_TRANSACTION: usize = 49;
+/// Closes of one statement tried before it is left open (its balance raced).
+const CLOSE_ATTEMPTS: usize = 3;
 const MAX_REFERENCE_LEN: usize = 200;
 
 /// A settlement period: one day in the settlement's zone, as UTC instants.
@@ -314,10 +316,6 @@ async fn close(ctx: &Context, statement_id: &str, report: &mut RunReport) -> Res
         ));
         return Ok(false);
     }
-    let balance: Balance = ctx
-        .store
-        .get_balance(&statement.distributor_id, &statement.currency)
-        .await?;
     let commissions: i64 = lines
         .iter()
         .filter(|l| l.kind == EntryKind::Commission)
@@ -328,19 +326,43 @@ async fn close(ctx: &Context, statement_id: &str, report: &mut RunReport) -> Res
         .filter(|l| l.kind == EntryKind::Clawback)
         .map(|l| l.amount)
         .sum();
-    let closing = balance.carry + commissions + clawbacks;
-    let closed = StatementRecord {
-        status: "closed".into(),
-        opening_balance: balance.carry,
-        commissions,
-        clawbacks,
-        closing_balance: closing,
-        payable: closing.max(0),
-        lines: u32::try_from(lines.len()).unwrap_or(u32::MAX),
-        closed_at: Some(ctx.clock.now().to_rfc3339()),
-        ..statement
-    };
-    ctx.store.close_statement(&closed, &balance).await
+    // The balance is carried from the distributor's last closed statement: another
+    // period's run closing one meanwhile refuses this close; read it again and retry.
+    for _ in 0..CLOSE_ATTEMPTS {
+        let balance: Balance = ctx
+            .store
+            .get_balance(&statement.distributor_id, &statement.currency)
+            .await?;
+        let closing = balance.carry + commissions + clawbacks;
+        let closed = StatementRecord {
+            status: "closed".into(),
+            opening_balance: balance.carry,
+            commissions,
+            clawbacks,
+            closing_balance: closing,
+            payable: closing.max(0),
+            lines: u32::try_from(lines.len()).unwrap_or(u32::MAX),
+            closed_at: Some(ctx.clock.now().to_rfc3339()),
+            ..statement.clone()
+        };
+        if ctx.store.close_statement(&closed, &balance).await? {
+            return Ok(true);
+        }
+        let now_closed = ctx
+            .store
+            .get_statement(statement_id)
+            .await?
+            .is_none_or(|found| found.is_closed());
+        if now_closed {
+            // Another run closed it, from the same lines.
+            return Ok(false);
+        }
+    }
+    report.statements_open += 1;
+    report.mismatches.push(format!(
+        "{statement_id}: the distributor's balance kept changing while it closed"
+    ));
+    Ok(false)
 }
 
 /// The body of `POST /admin/statements/{statement_id}/paid`.
@@ -412,7 +434,7 @@ pub async fn mark_paid(
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Settlement {
     pub period: String,
-    /// The period's last run (absent before one ran).
+    /// The period's last run (null before one ran).
     pub run: Option<SettlementRun>,
     pub statements: Vec<StatementRecord>,
     /// What Kami owes each supplier for the period's top-ups, per currency.

@@ -57,9 +57,9 @@ async fn get_product(
     request_body = OrderRequest,
     responses(
         (status = 201, description = "Order created (or the same order, on a retry)", body = OrderCreated),
-        (status = 400, description = "`invalid_json`, `invalid_sku`, `invalid_quantity`, `quantity_over_limit`, `invalid_email`, `missing_idempotency_key`, `invalid_idempotency_key`", body = ErrorBody),
+        (status = 400, description = "`invalid_json`, `invalid_sku`, `invalid_quantity`, `quantity_over_limit`, `invalid_email`, `invalid_recipient`, `invalid_referral_code`, `missing_idempotency_key`, `invalid_idempotency_key`", body = ErrorBody),
         (status = 404, description = "`product_not_found`", body = ErrorBody),
-        (status = 409, description = "`out_of_stock`", body = ErrorBody),
+        (status = 409, description = "`out_of_stock`, `product_unavailable`", body = ErrorBody),
         (status = 413, description = "`payload_too_large`", body = ErrorBody),
         (status = 422, description = "`idempotency_key_reused`: the key was used with another body", body = ErrorBody),
         (status = 429, description = "`too_many_pending_orders`: the client (its address, or the buyer email) already holds the product's cap of unpaid units", body = ErrorBody,

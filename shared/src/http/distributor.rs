@@ -14,6 +14,7 @@ use crate::app::distributors::{
     self, DistributorCommissions, DistributorOrders, StatementList, StatementView,
 };
 use crate::error::{Error, Result};
+use crate::store::AttributedOrder;
 
 /// The distributor the request's API key belongs to.
 #[derive(Debug, Clone)]
@@ -22,6 +23,7 @@ pub struct DistributorId(pub String);
 pub fn routes() -> ApiRouter {
     ApiRouter::new()
         .routes(routes!(orders))
+        .routes(routes!(order))
         .routes(routes!(commissions))
         .routes(routes!(statements))
         .routes(routes!(statement))
@@ -71,6 +73,31 @@ async fn orders(
     Ok(Reply(
         StatusCode::OK,
         distributors::distributor_orders(&ctx, &me, uri.query()).await?,
+    ))
+}
+
+/// One order made through this distributor or any below it (buyer's email masked);
+/// another distributor's order answers 404, as a missing one does.
+#[utoipa::path(
+    get,
+    path = "/distributor/orders/{order_id}",
+    tag = "distributor",
+    security(("distributor_key" = [])),
+    params(("order_id" = String, Path, description = "The order's id")),
+    responses(
+        (status = 200, description = "The order", body = AttributedOrder),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`order_not_found`", body = ErrorBody),
+    )
+)]
+async fn order(
+    State(ctx): State<AppState>,
+    Extension(DistributorId(me)): Extension<DistributorId>,
+    PathParam(order_id): PathParam<String>,
+) -> ApiResult<AttributedOrder> {
+    Ok(Reply(
+        StatusCode::OK,
+        distributors::distributor_order(&ctx, &me, &order_id).await?,
     ))
 }
 

@@ -177,7 +177,7 @@ mod tests {
             }
         }
         assert_eq!(
-            operations, 40,
+            operations, 41,
             "one operation per route of the five HTTP functions"
         );
     }

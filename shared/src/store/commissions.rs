@@ -835,7 +835,7 @@ impl Store {
         }))
     }
 
-    /// Access pattern: the statements closed for a period (`gsi1` `STATEMENTS#{period}`,
+    /// Access pattern: the statements opened for a period (open or closed) (`gsi1` `STATEMENTS#{period}`,
     /// keys only, then BatchGetItem).
     pub async fn statements_in_period(&self, period: &str) -> Result<Vec<StatementRecord>> {
         let query = self

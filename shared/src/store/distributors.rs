@@ -434,17 +434,20 @@ impl Store {
         })
     }
 
-    /// Access pattern: whether an order is attributed to a distributor (one GetItem).
-    pub async fn is_attributed(&self, distributor_id: &str, order_id: &str) -> Result<bool> {
-        Ok(self
-            .get(
-                (
-                    attributed_pk(distributor_id),
-                    format!("{ATTRIBUTED_ORDER_PREFIX}{order_id}"),
-                ),
-                false,
-            )
-            .await?
-            .is_some())
+    /// Access pattern: one order attributed to a distributor (one GetItem); `None` for an
+    /// order outside its subtree, as for a missing one.
+    pub async fn attributed_order(
+        &self,
+        distributor_id: &str,
+        order_id: &str,
+    ) -> Result<Option<AttributedOrder>> {
+        self.get_as(
+            (
+                attributed_pk(distributor_id),
+                format!("{ATTRIBUTED_ORDER_PREFIX}{order_id}"),
+            ),
+            false,
+        )
+        .await
     }
 }
