@@ -333,6 +333,30 @@ pub async fn checkout_with_headers(
     answer_with_headers(http::finish(http::checkout::routes(), ctx.clone()), request).await
 }
 
+/// `POST /orders/{order_id}/payments` through `channel`, as the buyer holding `token`.
+pub async fn open_payment(
+    ctx: &Arc<Context>,
+    order_id: &str,
+    token: &str,
+    idempotency_key: &str,
+    channel: &str,
+) -> (u16, Value) {
+    let auth = format!("Bearer {token}");
+    checkout(
+        ctx,
+        request(
+            "POST",
+            &format!("/orders/{order_id}/payments"),
+            &[
+                ("authorization", &auth),
+                ("idempotency-key", idempotency_key),
+            ],
+            serde_json::json!({"channel": channel}).to_string(),
+        ),
+    )
+    .await
+}
+
 pub async fn admin(ctx: &Arc<Context>, request: Request) -> (u16, Value) {
     answer(http::admin::router(ctx.clone()), request).await
 }

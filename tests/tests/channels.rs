@@ -308,18 +308,8 @@ async fn a_notification_pays_only_an_attempt_its_channel_issued() {
     let (_, order) = order(&ctx, &sku, 1, &format!("bind-order-{run}")).await;
     let order_id = order["order_id"].as_str().expect("id").to_owned();
     let token = order["access_token"].as_str().expect("token").to_owned();
-    let auth = format!("Bearer {token}");
     let key = format!("bind-key-{run}");
-    let (status, _) = checkout(
-        &ctx,
-        request(
-            "POST",
-            &format!("/orders/{order_id}/payments"),
-            &[("authorization", &auth), ("idempotency-key", &key)],
-            json!({"channel": a}).to_string(),
-        ),
-    )
-    .await;
+    let (status, _) = open_payment(&ctx, &order_id, &token, &key, &a).await;
     assert_eq!(
         status, 502,
         "A's provider is unreachable, but the attempt is recorded"

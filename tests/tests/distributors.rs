@@ -147,17 +147,8 @@ async fn referred_paid_order(
     .await;
     assert_eq!(status, 201, "{order}");
     let order_id = order["order_id"].as_str().expect("id").to_owned();
-    let auth = format!("Bearer {}", order["access_token"].as_str().expect("token"));
-    let (status, answer) = checkout(
-        ctx,
-        request(
-            "POST",
-            &format!("/orders/{order_id}/payments"),
-            &[("authorization", &auth), ("idempotency-key", &key)],
-            json!({"channel": channel_id}).to_string(),
-        ),
-    )
-    .await;
+    let token = order["access_token"].as_str().expect("token");
+    let (status, answer) = open_payment(ctx, &order_id, token, &key, channel_id).await;
     assert_eq!(
         status, 502,
         "the provider is nowhere; the attempt is recorded: {answer}"

@@ -641,10 +641,7 @@ fn parse_event(params: &BTreeMap<String, String>) -> Result<PaymentEvent> {
 }
 
 fn cny(amount: i64) -> Money {
-    Money {
-        amount,
-        currency: CURRENCY.to_owned(),
-    }
+    Money::cny(amount)
 }
 
 /// Fen as Alipay's yuan with two decimals ("12.34"), CNY only, exact.

@@ -338,10 +338,7 @@ mod tests {
     use super::*;
 
     fn cny(amount: i64) -> Money {
-        Money {
-            amount,
-            currency: "CNY".into(),
-        }
+        Money::cny(amount)
     }
 
     fn link(id: &str, level: u32, rule: Option<CommissionRule>) -> ChainLink {

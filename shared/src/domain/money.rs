@@ -14,6 +14,14 @@ pub struct Money {
 }
 
 impl Money {
+    /// An amount in fen (Alipay's and WeChat Pay's only currency).
+    pub fn cny(amount: i64) -> Self {
+        Money {
+            amount,
+            currency: "CNY".to_owned(),
+        }
+    }
+
     /// A price: strictly positive (zero-price purchases are a known abuse), currency
     /// three upper-case ASCII letters.
     pub fn price(amount: i64, currency: &str) -> Result<Self> {

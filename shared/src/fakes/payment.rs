@@ -215,10 +215,7 @@ mod tests {
     use crate::ports::payment::PaymentMethod;
 
     fn cny(amount: i64) -> Money {
-        Money {
-            amount,
-            currency: "CNY".into(),
-        }
+        Money::cny(amount)
     }
 
     #[tokio::test]

@@ -171,13 +171,15 @@ pub fn json_response(status: StatusCode, body: &impl Serialize) -> Response {
             (StatusCode::INTERNAL_SERVER_ERROR, fallback.to_vec())
         }
     };
-    let mut response = Response::new(Body::from(text));
+    uncached(status, "application/json", Body::from(text))
+}
+
+/// An answer of `content_type` that no cache keeps (every answer here is someone's).
+fn uncached(status: StatusCode, content_type: &'static str, body: Body) -> Response {
+    let mut response = Response::new(body);
     *response.status_mut() = status;
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
@@ -193,14 +195,7 @@ pub fn wants_csv(headers: &HeaderMap) -> bool {
 
 /// A CSV answer (200), never cached.
 pub fn csv_response(text: String) -> Response {
-    let mut response = Response::new(Body::from(text));
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/csv; charset=utf-8"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
+    uncached(StatusCode::OK, "text/csv; charset=utf-8", Body::from(text))
 }
 
 /// A view as JSON, or CSV if asked for.
