@@ -63,7 +63,7 @@ if it is missing, builds the release bootstraps (`infra/kami build --release`) a
 against a moto server it starts. Benchmarks are not tests: nothing here asserts a time;
 a run fails only when a measurement cannot be made (or an invariant of the flash sale
 is broken, or a paid order is not delivered within the latency section's timeout: a lost
-order). Sections: `cold`, `handler`, `latency`, `flash`, `bulk`, `baseline`, `awscalls`,
+order). Sections: `cold`, `handler`, `latency`, `flash`, `bulk`, `baseline`, `awscalls`, `settlement`,
 `profiles` (full mode only), `bulk1m` (only when named). `--only latency` (also with
 `--render-only`) rewrites only the latency section, its rows in "Targets at a glance", the
 Machine line of dates and loads and this text; any other run renders the whole file from
@@ -103,6 +103,7 @@ def render(results_dir: Path, mode: str, only: list[str] | tuple = ()) -> Path:
     lines += _profiles(r)
     lines += _handler(r)
     lines += _awscalls(r)
+    lines += _settlement(r)
     lines += _latency(r)
     lines += _flash(r)
     lines += _bulk(r)
@@ -320,6 +321,20 @@ def _awscalls(r: dict) -> list[str]:
     return ["## AWS requests and cost per order (bench-aws-calls)", "",
             f"Output of `{doc['result']['command']}` as printed, run from {src} (an SDK interceptor "
             "counts every request against moto; the cost model is the tool's):", "", md, ""]
+
+
+def _settlement(r: dict) -> list[str]:
+    doc = r.get("settlement")
+    if not doc:
+        return []
+    res = doc["result"]
+    return ["## Settlement at scale", "",
+            f"`{res['command']}` with `KAMI_SETTLEMENT_ORDERS={res['orders']}` and "
+            f"`KAMI_SETTLEMENT_DISTRIBUTORS={res['distributors']}`: {res['orders']:,} referred orders across "
+            f"{res['distributors']} distributors in chains of up to 3, paid, delivered under duplicated "
+            "messages, a fifth refunded in full and a fifth in part, matured and settled; every statement and "
+            "the period's totals reconciled to the minor unit (the test asserts it). Wall time including "
+            f"the test binary's build check and moto: {res['seconds']} s.", ""]
 
 
 STAGE_NOTES = {

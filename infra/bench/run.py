@@ -5,7 +5,8 @@
 Sections: cold (cold start, size, RSS, warm latency), handler (callgrind instructions per
 invocation), latency (paid notification → delivered through the platform: steady, paced,
 in a burst), flash (flash sale through the platform), bulk (100,000-key import), baseline
-(Python runtime), awscalls (bench-aws-calls: AWS requests and cost per order), profiles
+(Python runtime), awscalls (bench-aws-calls: AWS requests and cost per order), settlement
+(the settlement suite's many-orders test at 1,000 orders / 50 distributors, timed), profiles
 (build-profile variants; full mode only), bulk1m (1,000,000-key import; only when named
 in --only: it takes long against moto).
 
@@ -34,14 +35,15 @@ from common import BENCH_DIR, FUNCTIONS, REPO, Env, machine, say  # noqa: E402
 SIZES = {
     "full": {"cold_runs": 20, "warm": 100, "cg_warm": 3, "cg_extra": 10, "flash": (2000, 500, 64, 4),
              "bulk": (100_000, 5_000), "bulk1m": (1_000_000, 5_000, 1080), "baseline": (20, 100),
-             "awscalls": (200, 1000), "profile_runs": 20, "latency": (60, 1.0, 300, 10.0, 100, 20)},
+             "awscalls": (200, 1000), "settlement": (1000, 50), "profile_runs": 20, "latency": (60, 1.0, 300, 10.0, 100, 20)},
     "tiny": {"cold_runs": 2, "warm": 5, "cg_warm": 1, "cg_extra": 1, "flash": (20, 5, 8, 2),
              "bulk": (1000, 500), "bulk1m": (2000, 1000, 60), "baseline": (2, 3),
-             "awscalls": (5, 20), "profile_runs": 2, "latency": (3, 5.0, 5, 10.0, 5, 20)},
+             "awscalls": (5, 20), "settlement": (20, 3), "profile_runs": 2, "latency": (3, 5.0, 5, 10.0, 5, 20)},
 }
 # profiles before flash and bulk: run after them (moto then holding 100,000s of items),
 # its delivery-worker workload once hit the function timeout.
-DEFAULT_SECTIONS = ["cold", "handler", "profiles", "latency", "flash", "bulk", "baseline", "awscalls"]
+DEFAULT_SECTIONS = ["cold", "handler", "profiles", "latency", "flash", "bulk", "baseline", "awscalls",
+                    "settlement"]
 
 
 def section_cold(env, s):
@@ -92,6 +94,25 @@ def section_awscalls(env, s):
     if r.returncode != 0:
         raise RuntimeError(f"bench-aws-calls failed ({r.returncode}): {r.stderr[-2000:]}")
     return {"command": " ".join(cmd[:2] + cmd[3:]), "markdown": r.stdout.strip()}
+
+
+def section_settlement(env, s):
+    """The settlement suite's many-orders test at this size (it asserts that every statement
+    and the totals reconcile to the minor unit), timed."""
+    orders, distributors = s["settlement"]
+    test = "many_orders_across_many_distributors_reconcile_to_the_minor_unit"
+    cmd = ["cargo", "test", "--quiet", "-p", "kami-tests", "--test", "distributors", "--", "--exact", test]
+    say(f"settlement: {orders} orders across {distributors} distributors: {' '.join(cmd)}")
+    cwd = os.environ.get("KAMI_BENCH_CARGO_DIR") or REPO
+    started = time.monotonic()
+    r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=3600,
+                       env={**os.environ, "KAMI_SETTLEMENT_ORDERS": str(orders),
+                            "KAMI_SETTLEMENT_DISTRIBUTORS": str(distributors)})
+    seconds = time.monotonic() - started
+    if r.returncode != 0 or "1 passed" not in r.stdout:
+        raise RuntimeError(f"settlement test failed ({r.returncode}): {(r.stdout + r.stderr)[-2000:]}")
+    return {"orders": orders, "distributors": distributors, "seconds": round(seconds, 1),
+            "command": " ".join(cmd)}
 
 
 def section_profiles(env, s):
