@@ -327,6 +327,62 @@ async fn a_failed_delivery_is_delivered_after_the_operator_restocks_and_redelive
     assert_eq!(codes, replacement);
 }
 
+/// GIVEN a failed delivery and three replacement keys WHEN ten operators redeliver at
+/// once and the queue is drained THEN every request is accepted, the order is delivered
+/// once with one key, and the other two keys are still in stock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ten_concurrent_redeliveries_deliver_once() {
+    let paid = paid_order("redeliver10", 1, 1).await;
+    steal_stock(&paid.sku).await;
+    let last = paid.ctx.config.delivery_max_attempts;
+    let response = delivery::handle_batch(&paid.ctx, message(&paid.order_id, last)).await;
+    assert_eq!(response.batch_item_failures.len(), 1);
+    assert_eq!(codes(&paid).await.0["status"], "delivery_failed");
+    let replacements = make_keys("REDELIVER10", 3);
+    let (status, _) = import_keys(
+        &paid.ctx,
+        &paid.sku,
+        "application/json",
+        serde_json::json!({"keys": replacements}).to_string(),
+    )
+    .await;
+    assert_eq!(status, 201);
+
+    let mut operators = Vec::new();
+    for _ in 0..10 {
+        let ctx = paid.ctx.clone();
+        let path = format!("/admin/orders/{}/redeliver", paid.order_id);
+        operators.push(tokio::spawn(async move {
+            let auth = format!("Bearer {ADMIN_TOKEN}");
+            operations(
+                &ctx,
+                request("POST", &path, &[("authorization", auth.as_str())], ""),
+            )
+            .await
+        }));
+    }
+    for operator in operators {
+        let (status, body) = operator.await.expect("operator");
+        assert_eq!(status, 202, "{body}");
+    }
+    drain_delivery_queue(&paid.ctx).await;
+    let (view, codes) = codes(&paid).await;
+    assert_eq!(view["status"], "delivered");
+    assert_eq!(codes.len(), 1, "{codes:?}");
+    assert!(replacements.contains(&codes[0]));
+    // One key left stock; the sold counter moved once (the stolen key's unit was the
+    // order's reservation, so the counters still count three available).
+    let in_stock = paid
+        .ctx
+        .store
+        .count_stock_keys(&paid.sku)
+        .await
+        .expect("count");
+    assert_eq!(in_stock, 2);
+    let (_, product) = admin_product(&paid.ctx, &paid.sku).await;
+    assert_eq!(product["stock"]["sold"], 1, "{product}");
+}
+
 #[tokio::test]
 async fn no_card_key_is_taken_once_the_invocation_is_out_of_time() {
     let paid = paid_order("budget", 2, 2).await;
