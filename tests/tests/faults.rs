@@ -435,3 +435,75 @@ async fn throttled_order_reads_are_retried_and_never_deliver_twice() {
     }
     shop.assert_invariants(&[&absorbed, &retried]).await;
 }
+
+/// GIVEN checkout's order transaction throttled twice (the SDK's retries absorb it), then
+/// a second order's throttled on every attempt WHEN the buyer retries that one with the
+/// same Idempotency-Key THEN the first is made once, the second answers a server error
+/// and then is made once: two orders, two reservations, both delivered.
+#[tokio::test]
+async fn throttled_order_transactions_make_each_order_once() {
+    let _others = SWEEP.read().await;
+    let shop = Shop::open("throttledorder", 3).await;
+    let counters = format!("STOCKCOUNT#{}", shop.sku);
+    shop.proxy.inject(
+        Fault::dynamodb("TransactWriteItems", Answer::THROTTLED)
+            .when(naming(counters.clone()))
+            .times(2),
+    );
+    let absorbed = shop.order(1, "faults-throttled-order-1").await;
+    assert_eq!(shop.proxy.fired(), [2]);
+
+    shop.proxy.inject(
+        Fault::dynamodb("TransactWriteItems", Answer::THROUGHPUT_EXCEEDED)
+            .when(naming(counters))
+            .times(3),
+    );
+    let key = "faults-throttled-order-2";
+    let (status, refused) = order(&shop.via, &shop.sku, 1, key).await;
+    assert!(status >= 500, "{status} {refused}");
+    assert_eq!(shop.proxy.fired(), [2, 3], "every attempt throttled");
+    let retried = shop.order(1, key).await;
+    let (status, again) = order(&shop.via, &shop.sku, 1, key).await;
+    assert_eq!((status, &again["order_id"]), (201, &serde_json::json!(retried)));
+
+    for order_id in [&absorbed, &retried] {
+        assert_eq!(shop.pay(&format!("evt_{}", new_id()), order_id).await, 200);
+    }
+    assert_eq!(shop.deliver().await, [0]);
+    assert_eq!(shop.stock().await.sold, 2);
+    shop.assert_invariants(&[&absorbed, &retried]).await;
+}
+
+/// GIVEN a paid order WHEN its key's allocation is throttled (the SDK's attempts, then a
+/// transaction cancelled for throttling) and so is the move to `delivered` THEN the
+/// worker's retries deliver it in the same message: one key, marked delivered once.
+#[tokio::test]
+async fn throttled_allocation_and_mark_delivered_are_retried_and_deliver_once() {
+    let _others = SWEEP.read().await;
+    let shop = Shop::open("throttleddeliver", 2).await;
+    let order_id = shop.paid_order(1).await;
+    let keys = format!("STOCK#{}#", shop.sku);
+    shop.proxy.inject(
+        Fault::dynamodb("TransactWriteItems", Answer::THROTTLED)
+            .when(naming(keys.clone()))
+            .times(2),
+    );
+    shop.proxy.inject(
+        Fault::dynamodb(
+            "TransactWriteItems",
+            Answer::CancelledFor("ThrottlingError"),
+        )
+        .when(naming(keys)),
+    );
+    let order_key = format!("ORDER#{order_id}");
+    shop.proxy.inject(
+        Fault::dynamodb("TransactWriteItems", Answer::THROTTLED)
+            .when(move |body| body.contains(&order_key) && body.contains("\"delivered\""))
+            .times(2),
+    );
+
+    assert_eq!(shop.deliver().await, [0]);
+    assert_eq!(shop.proxy.fired(), [2, 1, 2]);
+    shop.assert_paid_once_and_delivered(&order_id).await;
+    shop.assert_invariants(&[&order_id]).await;
+}
