@@ -9,8 +9,9 @@ use crate::domain::money::Money;
 use crate::error::{Error, Result};
 use crate::ports::PortFuture;
 use crate::ports::payment::{
-    Notification, NotificationAnswer, PaymentAction, PaymentEvent, PaymentHandle, PaymentNotice,
-    PaymentProvider, PaymentRequest, PaymentSession, PaymentState, RefundOutcome, RefundRequest,
+    BillLine, BillLineKind, BillLineStatus, BillPeriod, Notification, NotificationAnswer,
+    PaymentAction, PaymentEvent, PaymentHandle, PaymentNotice, PaymentProvider, PaymentRequest,
+    PaymentSession, PaymentState, RefundOutcome, RefundRequest,
 };
 
 const NAME: &str = "fake-pay";
@@ -23,6 +24,9 @@ pub struct FakePaymentProvider {
     script: Script,
     payments: Mutex<HashMap<String, PaymentState>>,
     refunds: Mutex<Vec<RefundRequest>>,
+    /// The bill: a line per payment and refund made, as a provider's bill has them,
+    /// edited by `add_bill_line` / `drop_bill_line` to make mismatches.
+    bill: Mutex<Vec<BillLine>>,
 }
 
 /// The body of a fake notification.
@@ -42,6 +46,7 @@ impl Default for FakePaymentProvider {
             script: Script::default(),
             payments: Mutex::default(),
             refunds: Mutex::default(),
+            bill: Mutex::default(),
         }
     }
 }
@@ -69,6 +74,14 @@ impl FakePaymentProvider {
                 provider_ref: provider_ref.clone(),
             },
         );
+        lock(&self.bill).push(BillLine {
+            kind: BillLineKind::Payment,
+            provider_ref: provider_ref.clone(),
+            payment_id: Some(payment_id.clone()),
+            refund_id: None,
+            amount: amount.clone(),
+            status: BillLineStatus::Succeeded,
+        });
         let body = Body {
             event_id: event_id.to_owned(),
             payment_id: Some(payment_id),
@@ -81,6 +94,26 @@ impl FakePaymentProvider {
             headers.insert(SIGNATURE_HEADER, value);
         }
         (headers, serde_json::to_vec(&body).unwrap_or_default())
+    }
+
+    /// A line in the bill Kami never heard of (or an edited copy of a real one).
+    pub fn add_bill_line(&self, line: BillLine) {
+        lock(&self.bill).push(line);
+    }
+
+    /// Takes the lines of a payment or refund (by `payment_id` / `refund_id`) out of the
+    /// bill, returning them.
+    pub fn drop_bill_line(&self, id: &str) -> Vec<BillLine> {
+        let mut bill = lock(&self.bill);
+        let (dropped, kept) = bill.drain(..).partition(|line: &BillLine| {
+            let named = match line.kind {
+                BillLineKind::Payment => line.payment_id.as_deref(),
+                BillLineKind::Refund => line.refund_id.as_deref(),
+            };
+            named == Some(id)
+        });
+        *bill = kept;
+        dropped
     }
 
     /// Every refund the provider made.
@@ -158,6 +191,14 @@ impl FakePaymentProvider {
             let mut refunds = lock(&self.refunds);
             if refunds.iter().all(|r| r.refund_id != request.refund_id) {
                 refunds.push(request.clone());
+                lock(&self.bill).push(BillLine {
+                    kind: BillLineKind::Refund,
+                    provider_ref: request.payment.provider_ref.clone().unwrap_or_default(),
+                    payment_id: Some(request.payment.payment_id.clone()),
+                    refund_id: Some(request.refund_id.clone()),
+                    amount: request.amount.clone(),
+                    status: BillLineStatus::Succeeded,
+                });
             }
             lock(&self.payments).insert(
                 request.payment.payment_id.clone(),
@@ -205,6 +246,14 @@ impl PaymentProvider for FakePaymentProvider {
 
     fn refund<'a>(&'a self, request: &'a RefundRequest) -> PortFuture<'a, RefundOutcome> {
         Box::pin(async move { self.refund_now(request) })
+    }
+
+    /// The whole bill, whatever the period: a fake has no clock of its own.
+    fn fetch_bill<'a>(&'a self, _period: &'a BillPeriod) -> PortFuture<'a, Vec<BillLine>> {
+        Box::pin(async move {
+            self.script.perform(NAME, || {})?;
+            Ok(lock(&self.bill).clone())
+        })
     }
 }
 
