@@ -97,7 +97,7 @@ fn distributor_item(record: &DistributorRecord) -> Result<Item> {
             ("enabled", AttributeValue::Bool(settings.enabled)),
             ("commission", json(&settings.commission)?),
             ("version", n(record.version)),
-            ("created_at", s(&record.created.to_rfc3339())),
+            ("created_at", s(record.created.to_rfc3339())),
             ("updated_at", s(&record.updated_at)),
             ("gsi1pk", s(DISTRIBUTORS_INDEX)),
             ("gsi1sk", n(record.created.0)),
