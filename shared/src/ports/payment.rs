@@ -189,7 +189,7 @@ pub struct BillPeriod {
 }
 
 /// Money going in (a payment) or back out (a refund).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BillLineKind {
     Payment,
