@@ -477,6 +477,40 @@ def test_stripe_lose_then_resend_and_twice(sandbox, receiver):
     assert len(receiver.requests) == 2 and ids == {twice[0]["event_id"]}
 
 
+def test_stripe_bill_lists_payments_and_refunds_and_takes_edits(sandbox, clock):
+    client = stripe_merchant(sandbox)
+    client.v1.checkout.sessions.create(session_params(metadata={"payment_id": "PAY-B1"},
+                                                      payment_intent_data={"metadata": {"payment_id": "PAY-B1"}}))
+    pi = sandbox_pay(sandbox, provider="stripe", payment_id="PAY-B1", lose=True).json()["trade"]["payment_intent"]
+    clock.offset += 5
+    client.v1.refunds.create({"payment_intent": pi, "amount": 300, "metadata": {"refund_id": "REF-B1"}})
+    now = int(clock())
+
+    def bill(**params) -> list:
+        listed = client.v1.balance_transactions.list({"created": {"gte": now - 60, "lt": now + 60},
+                                                      "expand": ["data.source"], **params})
+        return [(t.type, t.amount, t.source.payment_intent, t.source.metadata.to_dict()) for t in listed.data]
+
+    assert bill() == [("refund", -300, pi, {"refund_id": "REF-B1"}), ("charge", 990, pi, {"payment_id": "PAY-B1"})]
+    first = client.v1.balance_transactions.list({"limit": 1, "created": {"gte": now - 60}})
+    assert first.has_more and isinstance(first.data[0].source, str)
+    rest = client.v1.balance_transactions.list({"limit": 1, "starting_after": first.data[0].id})
+    assert not rest.has_more and rest.data[0].type == "charge"
+    assert client.v1.balance_transactions.list({"created": {"gte": now + 60}}).data == []
+
+    control = lambda **body: requests.post(f"{sandbox.url}/_sandbox/bill", json={"provider": "stripe", **body},
+                                           timeout=30)
+    assert control(action="amend", id="PAY-B1", amount=980).status_code == 200
+    assert control(action="drop", id="REF-B1").status_code == 200
+    added = control(action="add", kind="payment", amount=50, payment_id="PAY-X").json()
+    assert [(kind, amount) for kind, amount, _, _ in bill()] == [("charge", 50), ("charge", 980)]
+    assert bill()[0][2] == added["payment_intent"]
+    assert control(action="shred", id="x").status_code == 400
+    assert control(action="add", kind="payment", amount=-1).status_code == 400
+    assert cli.main(["--sandbox", sandbox.url, "bill", "stripe", "drop", "--id", "PAY-X"]) == 0
+    assert [kind for kind, _, _, _ in bill()] == ["charge"]
+
+
 # --- the sandbox itself ---------------------------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ WeChat Pay v3 and Stripe by path prefix, plus the control routes that play the b
   /_sandbox/refund-notify     WeChat Pay reports a refund it held in PROCESSING
   /_sandbox/resend            the provider delivers a trade's last notification again (a retry)
   /_sandbox/settings          how refunds settle (wechatpay_refund_status, stripe_refund_status)
+  /_sandbox/bill              edit a provider's bill: add a line, drop one, amend one (Stripe)
   /_sandbox/state, /_sandbox/channels, /_sandbox/notifications, /_sandbox/health
   /                           a page listing the trades, with pay buttons
 
@@ -211,6 +212,8 @@ class Sandbox(LoopbackService):
                 return json_response(200, self.resend(**data))
             if name == "settings":
                 return json_response(200, self.update_settings(data))
+            if name == "bill":
+                return json_response(200, self.bill(**data))
             raise SandboxError(404, f"no such control route POST {req.path}")
         except TypeError as e:  # an unknown or missing field
             return _refusal(as_html, 400, str(e))
@@ -279,6 +282,17 @@ class Sandbox(LoopbackService):
                 self.settings[key] = value
             self.save()
             return dict(self.settings)
+
+    def bill(self, provider: str, action: str, **data) -> dict:
+        """Edits `provider`'s bill (so a reconciliation meets each kind of difference)."""
+        impl = self._provider(provider)
+        if not hasattr(impl, "bill_control"):
+            raise SandboxError(400, f"the sandbox does not serve {provider}'s bill yet")
+        with self.lock:
+            result = impl.bill_control(action, data)
+            self.save()
+        self.log(f"{provider} bill: {action} {data}")
+        return result
 
     def _provider(self, provider: str):
         if provider not in self.providers:
