@@ -462,6 +462,7 @@ pub fn bill_page(answer: &serde_json::Value) -> Result<BillPage> {
             .or(source_id)
             .ok_or_else(|| bill_failure("without a source"))?
             .to_owned();
+        let provider_ref = Some(provider_ref);
         let status = match (kind, text("/type"), text("/source/status")) {
             (_, Some("refund_failure" | "payment_failure_refund"), _) => BillLineStatus::Failed,
             (BillLineKind::Refund, _, Some("pending" | "requires_action")) => {
@@ -1086,7 +1087,7 @@ mod tests {
             vec![
                 BillLine {
                     kind: BillLineKind::Payment,
-                    provider_ref: "pi_1".into(),
+                    provider_ref: Some("pi_1".into()),
                     payment_id: Some("01ORDERABCD".into()),
                     refund_id: None,
                     amount: Money {
@@ -1097,7 +1098,7 @@ mod tests {
                 },
                 BillLine {
                     kind: BillLineKind::Refund,
-                    provider_ref: "pi_1".into(),
+                    provider_ref: Some("pi_1".into()),
                     payment_id: None,
                     refund_id: Some("01ORDERRWXYZ".into()),
                     amount: Money {
@@ -1108,7 +1109,7 @@ mod tests {
                 },
                 BillLine {
                     kind: BillLineKind::Refund,
-                    provider_ref: "pi_2".into(),
+                    provider_ref: Some("pi_2".into()),
                     payment_id: None,
                     refund_id: None,
                     amount: Money {

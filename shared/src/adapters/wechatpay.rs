@@ -1075,18 +1075,6 @@ impl PaymentProvider for WechatPayProvider {
     fn refund<'a>(&'a self, request: &'a RefundRequest) -> PortFuture<'a, RefundOutcome> {
         Box::pin(self.refund_payment(request))
     }
-
-    fn fetch_bill<'a>(
-        &'a self,
-        _period: &'a crate::ports::payment::BillPeriod,
-    ) -> PortFuture<'a, Vec<crate::ports::payment::BillLine>> {
-        Box::pin(async move {
-            Err(Error::NotAvailable {
-                system: PROVIDER,
-                operation: "fetch_bill",
-            })
-        })
-    }
 }
 
 #[cfg(test)]

@@ -20,20 +20,22 @@ pub struct Comparison {
     pub mismatches: Vec<Mismatch>,
 }
 
-/// What a bill line is known by: a payment's provider reference, a refund's id (its
-/// payment's reference when the bill does not carry Kami's refund id).
-fn bill_key(line: &BillLine) -> String {
-    match (line.kind, &line.refund_id) {
-        (BillLineKind::Refund, Some(refund_id)) => refund_id.clone(),
-        _ => line.provider_ref.clone(),
-    }
-}
-
-fn kami_key(line: &KamiLine) -> Option<&str> {
+/// What a line is matched by: a payment's provider reference, a refund's id.
+fn match_key(line: &BillLine) -> Option<&str> {
     match line.kind {
         BillLineKind::Payment => line.provider_ref.as_deref(),
         BillLineKind::Refund => line.refund_id.as_deref(),
     }
+}
+
+/// What a difference is filed under: the matching key, else any id the line has.
+fn filing_key<'a>(line: &'a BillLine, order_id: Option<&'a str>) -> String {
+    match_key(line)
+        .or(line.provider_ref.as_deref())
+        .or(line.payment_id.as_deref())
+        .or(order_id)
+        .unwrap_or("unnamed")
+        .to_owned()
 }
 
 /// Compares `bill` with `book` line by line. A payment is matched by the provider's
@@ -45,8 +47,9 @@ pub fn compare(bill: &[BillLine], book: &[KamiLine]) -> Comparison {
     let mut unmatched: Vec<Option<&KamiLine>> = book.iter().map(Some).collect();
     let mut by_key: HashMap<(BillLineKind, &str), Vec<usize>> = HashMap::new();
     let mut by_payment_id: HashMap<&str, Vec<usize>> = HashMap::new();
-    for (i, line) in book.iter().enumerate() {
-        if let Some(key) = kami_key(line) {
+    for (i, kami) in book.iter().enumerate() {
+        let line = &kami.line;
+        if let Some(key) = match_key(line) {
             by_key.entry((line.kind, key)).or_default().push(i);
         }
         if let (BillLineKind::Payment, Some(payment_id)) = (line.kind, &line.payment_id) {
@@ -60,19 +63,21 @@ pub fn compare(bill: &[BillLine], book: &[KamiLine]) -> Comparison {
     };
     let mut comparison = Comparison::default();
     for line in bill {
-        let key = bill_key(line);
-        let found = take(by_key.get(&(line.kind, key.as_str()))).or_else(|| match line.kind {
-            BillLineKind::Payment => take(
-                line.payment_id
-                    .as_deref()
-                    .and_then(|id| by_payment_id.get(id)),
-            ),
-            BillLineKind::Refund => None,
-        });
+        let found =
+            take(match_key(line).and_then(|key| by_key.get(&(line.kind, key)))).or_else(|| {
+                match line.kind {
+                    BillLineKind::Payment => take(
+                        line.payment_id
+                            .as_deref()
+                            .and_then(|id| by_payment_id.get(id)),
+                    ),
+                    BillLineKind::Refund => None,
+                }
+            });
         let kind = match found {
             None => Some(MismatchKind::MissingInKami),
-            Some(kami) if kami.amount != line.amount => Some(MismatchKind::AmountDiffers),
-            Some(kami) if kami.status != line.status => Some(MismatchKind::StatusDiffers),
+            Some(kami) if kami.line.amount != line.amount => Some(MismatchKind::AmountDiffers),
+            Some(kami) if kami.line.status != line.status => Some(MismatchKind::StatusDiffers),
             Some(_) => None,
         };
         match kind {
@@ -80,23 +85,20 @@ pub fn compare(bill: &[BillLine], book: &[KamiLine]) -> Comparison {
             Some(kind) => comparison.mismatches.push(Mismatch {
                 kind,
                 line_kind: line.kind,
-                key,
+                key: filing_key(line, None),
                 bill: Some(line.clone()),
                 kami: found.cloned(),
             }),
         }
     }
     for kami in unmatched.into_iter().flatten() {
-        match kami.status {
+        match kami.line.status {
             BillLineStatus::Pending => comparison.in_flight += 1,
             BillLineStatus::Failed => {}
             BillLineStatus::Succeeded => comparison.mismatches.push(Mismatch {
                 kind: MismatchKind::MissingInBill,
-                line_kind: kami.kind,
-                key: kami_key(kami)
-                    .or(kami.payment_id.as_deref())
-                    .unwrap_or(&kami.order_id)
-                    .to_owned(),
+                line_kind: kami.line.kind,
+                key: filing_key(&kami.line, Some(&kami.order_id)),
                 bill: None,
                 kami: Some(kami.clone()),
             }),
@@ -173,34 +175,28 @@ mod tests {
     use super::*;
     use crate::domain::money::Money;
 
-    fn cny(amount: i64) -> Money {
-        Money {
-            amount,
-            currency: "CNY".into(),
-        }
-    }
-
     fn billed(kind: BillLineKind, reference: &str, id: &str, amount: i64) -> BillLine {
         BillLine {
             kind,
-            provider_ref: reference.into(),
+            provider_ref: Some(reference.into()),
             payment_id: (kind == BillLineKind::Payment).then(|| id.to_owned()),
             refund_id: (kind == BillLineKind::Refund).then(|| id.to_owned()),
-            amount: cny(amount),
+            amount: Money::price(amount, "CNY").unwrap(),
             status: BillLineStatus::Succeeded,
         }
     }
 
+    /// As Kami records it: a refund record knows its refund id, not the provider's
+    /// reference.
     fn recorded(kind: BillLineKind, reference: &str, id: &str, amount: i64) -> KamiLine {
+        let mut line = billed(kind, reference, id, amount);
+        if kind == BillLineKind::Refund {
+            line.provider_ref = None;
+        }
         KamiLine {
-            kind,
             order_id: "01ORDER".into(),
-            provider_ref: (kind == BillLineKind::Payment).then(|| reference.to_owned()),
-            payment_id: Some(id.into()),
-            refund_id: (kind == BillLineKind::Refund).then(|| id.to_owned()),
-            amount: cny(amount),
-            status: BillLineStatus::Succeeded,
             at: "2026-12-01T00:00:00Z".into(),
+            line,
         }
     }
 
@@ -234,9 +230,9 @@ mod tests {
     fn each_kind_of_difference_is_found() {
         use BillLineKind::{Payment, Refund};
         let mut pending = recorded(Refund, "T3", "R3", 50);
-        pending.status = BillLineStatus::Pending;
+        pending.line.status = BillLineStatus::Pending;
         let mut refused = recorded(Refund, "T3", "R4", 60);
-        refused.status = BillLineStatus::Failed;
+        refused.line.status = BillLineStatus::Failed;
         let bill = [
             billed(Payment, "T1", "P1", 990),
             billed(Payment, "T1", "P1", 990),
@@ -265,7 +261,10 @@ mod tests {
         assert_eq!(comparison.matched, 1);
         let amount = &comparison.mismatches[1];
         assert_eq!(amount.bill.as_ref().map(|b| b.amount.amount), Some(980));
-        assert_eq!(amount.kami.as_ref().map(|k| k.amount.amount), Some(990));
+        assert_eq!(
+            amount.kami.as_ref().map(|k| k.line.amount.amount),
+            Some(990)
+        );
     }
 
     /// GIVEN a bill line without the provider reference Kami holds but with Kami's
@@ -275,7 +274,7 @@ mod tests {
     fn falls_back_to_the_payment_id_and_counts_refunds_in_flight() {
         use BillLineKind::{Payment, Refund};
         let mut pending = recorded(Refund, "T1", "R1", 10);
-        pending.status = BillLineStatus::Pending;
+        pending.line.status = BillLineStatus::Pending;
         let comparison = compare(
             &[billed(Payment, "ch_other", "P1", 990)],
             &[recorded(Payment, "pi_1", "P1", 990), pending],

@@ -76,7 +76,7 @@ impl FakePaymentProvider {
         );
         lock(&self.bill).push(BillLine {
             kind: BillLineKind::Payment,
-            provider_ref: provider_ref.clone(),
+            provider_ref: Some(provider_ref.clone()),
             payment_id: Some(payment_id.clone()),
             refund_id: None,
             amount: amount.clone(),
@@ -193,7 +193,7 @@ impl FakePaymentProvider {
                 refunds.push(request.clone());
                 lock(&self.bill).push(BillLine {
                     kind: BillLineKind::Refund,
-                    provider_ref: request.payment.provider_ref.clone().unwrap_or_default(),
+                    provider_ref: request.payment.provider_ref.clone(),
                     payment_id: Some(request.payment.payment_id.clone()),
                     refund_id: Some(request.refund_id.clone()),
                     amount: request.amount.clone(),

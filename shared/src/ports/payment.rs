@@ -213,8 +213,10 @@ pub enum BillLineStatus {
 pub struct BillLine {
     pub kind: BillLineKind,
     /// The provider's reference of the payment (Alipay's `trade_no`, WeChat Pay's
-    /// `transaction_id`, Stripe's payment intent): a refund's line names its payment's.
-    pub provider_ref: String,
+    /// `transaction_id`, Stripe's payment intent), when known: a refund's line names its
+    /// payment's (Kami's refund records do not carry it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider_ref: Option<String>,
     /// Kami's attempt (`out_trade_no`; Stripe's `metadata.payment_id`), when the bill
     /// carries it.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -268,6 +270,15 @@ pub trait PaymentProvider: Send + Sync {
 
     /// The provider's bill of the channel's account for `period`: every payment and
     /// refund it records there. A provider that cannot be reached or whose bill cannot
-    /// be read is `Error::Upstream` / `Error::Timeout`.
-    fn fetch_bill<'a>(&'a self, period: &'a BillPeriod) -> PortFuture<'a, Vec<BillLine>>;
+    /// be read is `Error::Upstream` / `Error::Timeout`; an adapter that cannot read its
+    /// provider's bill yet (Alipay, WeChat Pay) keeps this default, `Error::NotAvailable`.
+    fn fetch_bill<'a>(&'a self, _period: &'a BillPeriod) -> PortFuture<'a, Vec<BillLine>> {
+        let system = self.name();
+        Box::pin(async move {
+            Err(Error::NotAvailable {
+                system,
+                operation: "fetch_bill",
+            })
+        })
+    }
 }

@@ -15,7 +15,6 @@ use super::codec::{FromItem, Item, get_s, item, keys, n, s};
 use super::payments::PaymentRecord;
 use super::refunds::{RefundRecord, is_refund};
 use super::{AUDIT_INDEX, Store};
-use crate::domain::money::Money;
 use crate::domain::time::Timestamp;
 use crate::error::{Error, Result};
 use crate::ports::payment::{BillLine, BillLineKind, BillLineStatus};
@@ -69,20 +68,12 @@ pub(crate) fn is_mismatch_key(pk: &str, sk: &str) -> bool {
 /// Money a channel took or gave back as Kami recorded it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct KamiLine {
-    pub kind: BillLineKind,
     pub order_id: String,
-    /// The provider's reference of the payment (payments only: a refund record does not
-    /// carry it).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub provider_ref: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub payment_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub refund_id: Option<String>,
-    pub amount: Money,
-    pub status: BillLineStatus,
     /// When Kami recorded it (RFC 3339).
     pub at: String,
+    /// What it is, as a bill would have it.
+    #[serde(flatten)]
+    pub line: BillLine,
 }
 
 /// Every payment and refund of a channel Kami recorded in a period.
@@ -201,32 +192,36 @@ impl Store {
             if is_refund(&get_s(&item, "sk")?) {
                 let refund = RefundRecord::from_item(&item)?;
                 book.lines.push(KamiLine {
-                    kind: BillLineKind::Refund,
                     order_id,
-                    provider_ref: None,
-                    payment_id: Some(refund.payment_id),
-                    refund_id: Some(refund.refund_id),
-                    amount: refund.amount,
-                    status: match refund.status {
-                        super::RefundStatus::Succeeded => BillLineStatus::Succeeded,
-                        super::RefundStatus::Requested | super::RefundStatus::Pending => {
-                            BillLineStatus::Pending
-                        }
-                        super::RefundStatus::Refused => BillLineStatus::Failed,
-                    },
                     at: refund.created_at,
+                    line: BillLine {
+                        kind: BillLineKind::Refund,
+                        provider_ref: None,
+                        payment_id: Some(refund.payment_id),
+                        refund_id: Some(refund.refund_id),
+                        amount: refund.amount,
+                        status: match refund.status {
+                            super::RefundStatus::Succeeded => BillLineStatus::Succeeded,
+                            super::RefundStatus::Requested | super::RefundStatus::Pending => {
+                                BillLineStatus::Pending
+                            }
+                            super::RefundStatus::Refused => BillLineStatus::Failed,
+                        },
+                    },
                 });
             } else {
                 let payment = PaymentRecord::from_item(&item)?;
                 book.lines.push(KamiLine {
-                    kind: BillLineKind::Payment,
                     order_id,
-                    provider_ref: Some(payment.provider_ref),
-                    payment_id: payment.payment_id,
-                    refund_id: None,
-                    amount: payment.amount,
-                    status: BillLineStatus::Succeeded,
                     at: payment.received_at,
+                    line: BillLine {
+                        kind: BillLineKind::Payment,
+                        provider_ref: Some(payment.provider_ref),
+                        payment_id: payment.payment_id,
+                        refund_id: None,
+                        amount: payment.amount,
+                        status: BillLineStatus::Succeeded,
+                    },
                 });
             }
         }
