@@ -189,41 +189,38 @@ impl Store {
             let order_id = keys::order_id_of(&pk)
                 .ok_or_else(|| Error::Corrupt(format!("book entry outside an order: {pk}")))?
                 .to_owned();
-            if is_refund(&get_s(&item, "sk")?) {
+            let (at, line) = if is_refund(&get_s(&item, "sk")?) {
                 let refund = RefundRecord::from_item(&item)?;
-                book.lines.push(KamiLine {
-                    order_id,
-                    at: refund.created_at,
-                    line: BillLine {
-                        kind: BillLineKind::Refund,
-                        provider_ref: None,
-                        payment_id: Some(refund.payment_id),
-                        refund_id: Some(refund.refund_id),
-                        amount: refund.amount,
-                        status: match refund.status {
-                            super::RefundStatus::Succeeded => BillLineStatus::Succeeded,
-                            super::RefundStatus::Requested | super::RefundStatus::Pending => {
-                                BillLineStatus::Pending
-                            }
-                            super::RefundStatus::Refused => BillLineStatus::Failed,
-                        },
-                    },
-                });
+                let status = match refund.status {
+                    super::RefundStatus::Succeeded => BillLineStatus::Succeeded,
+                    super::RefundStatus::Requested | super::RefundStatus::Pending => {
+                        BillLineStatus::Pending
+                    }
+                    super::RefundStatus::Refused => BillLineStatus::Failed,
+                };
+                let line = BillLine {
+                    kind: BillLineKind::Refund,
+                    provider_ref: None,
+                    payment_id: Some(refund.payment_id),
+                    refund_id: Some(refund.refund_id),
+                    amount: refund.amount,
+                    status,
+                };
+                (refund.created_at, line)
             } else {
                 let payment = PaymentRecord::from_item(&item)?;
-                book.lines.push(KamiLine {
-                    order_id,
-                    at: payment.received_at,
-                    line: BillLine {
-                        kind: BillLineKind::Payment,
-                        provider_ref: Some(payment.provider_ref),
-                        payment_id: payment.payment_id,
-                        refund_id: None,
-                        amount: payment.amount,
-                        status: BillLineStatus::Succeeded,
-                    },
-                });
-            }
+                let line = BillLine {
+                    kind: BillLineKind::Payment,
+                    provider_ref: Some(payment.provider_ref),
+                    payment_id: payment.payment_id,
+                    refund_id: None,
+                    amount: payment.amount,
+                    // A payment record is money that arrived.
+                    status: BillLineStatus::Succeeded,
+                };
+                (payment.received_at, line)
+            };
+            book.lines.push(KamiLine { order_id, at, line });
         }
         Ok(book)
     }
