@@ -271,7 +271,7 @@ pub trait PaymentProvider: Send + Sync {
     /// The provider's bill of the channel's account for `period`: every payment and
     /// refund it records there. A provider that cannot be reached or whose bill cannot
     /// be read is `Error::Upstream` / `Error::Timeout`; an adapter that cannot read its
-    /// provider's bill yet (Alipay, WeChat Pay) keeps this default, `Error::NotAvailable`.
+    /// provider's bill yet (Alipay) keeps this default, `Error::NotAvailable`.
     fn fetch_bill<'a>(&'a self, _period: &'a BillPeriod) -> PortFuture<'a, Vec<BillLine>> {
         let system = self.name();
         Box::pin(async move {
