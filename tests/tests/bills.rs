@@ -15,7 +15,7 @@ use kami_shared::adapters::http_client::HttpClient;
 use kami_shared::app::bills::reconcile_channel;
 use kami_shared::app::delivery::Budget;
 use kami_shared::app::reconcile::reconcile;
-use kami_shared::app::settlement::Period;
+use kami_shared::app::settlement::{Period, period_for};
 use kami_shared::domain::time::{Timestamp, new_id};
 use kami_shared::store::{AttemptStatus, ExceptionFilter, MismatchKind, RECONCILIATION_MISMATCH};
 use kami_tests::*;
@@ -99,19 +99,25 @@ impl Sandbox {
         self.control(route, Some(body)).await
     }
 
-    async fn stripe_channel(&self) -> Value {
-        self.control("channels", None).await["stripe-sandbox"].clone()
+    /// The sandbox's channel of `provider` (a `PUT /admin/payment-channels` body).
+    async fn channel(&self, provider: &str) -> Value {
+        let name = match provider {
+            "wechatpay" => "wechat-sandbox",
+            _ => "stripe-sandbox",
+        };
+        self.control("channels", None).await[name].clone()
     }
 }
 
 struct Shop {
     ctx: Arc<Context>,
+    provider: &'static str,
     channel: String,
     sku: String,
     run: String,
 }
 
-async fn shop(sandbox: &Sandbox) -> Shop {
+async fn shop(sandbox: &Sandbox, provider: &'static str) -> Shop {
     let ctx = context_on_with(
         Arc::new(SystemClock),
         &[("PUBLIC_API_URL", "https://kami.example.test")],
@@ -126,7 +132,7 @@ async fn shop(sandbox: &Sandbox) -> Shop {
             "PUT",
             &format!("/admin/payment-channels/{channel}"),
             &[("authorization", &auth)],
-            sandbox.stripe_channel().await.to_string(),
+            sandbox.channel(provider).await.to_string(),
         ),
     )
     .await;
@@ -134,6 +140,7 @@ async fn shop(sandbox: &Sandbox) -> Shop {
     let sku = product_with_keys(&ctx, "bills", 990, 5, &make_keys("BILL", 10)).await;
     Shop {
         ctx,
+        provider,
         channel,
         sku,
         run,
@@ -165,7 +172,7 @@ async fn paid_order(shop: &Shop, sandbox: &Sandbox, n: usize) -> (String, String
         .post(
             "pay",
             // Lost: the URL is only where it would have gone.
-            json!({"provider": "stripe", "payment_id": payment_id, "lose": true,
+            json!({"provider": shop.provider, "payment_id": payment_id, "lose": true,
                 "notify_url": "http://127.0.0.1:9/lost"}),
         )
         .await;
@@ -211,13 +218,20 @@ async fn refund(shop: &Shop, order_id: &str, amount: i64) -> String {
     answer["refund_id"].as_str().expect("refund id").to_owned()
 }
 
-/// Ten minutes either side of now, named for this test alone.
+/// Stripe's bill is listed by time: ten minutes either side of now, named for this test
+/// alone. WeChat Pay bills by day: today in China.
 fn period(shop: &Shop) -> Period {
     let now = Timestamp::now();
-    Period {
-        label: format!("test-{}", shop.run),
-        start: now.plus_seconds(-600),
-        end: now.plus_seconds(600),
+    match shop.provider {
+        // The day before tomorrow's.
+        "wechatpay" => {
+            period_for(None, now.plus_seconds(24 * 3600), "Asia/Shanghai").expect("period")
+        }
+        _ => Period {
+            label: format!("test-{}", shop.run),
+            start: now.plus_seconds(-600),
+            end: now.plus_seconds(600),
+        },
     }
 }
 
@@ -227,7 +241,7 @@ fn period(shop: &Shop) -> Period {
 #[tokio::test]
 async fn a_clean_bill_yields_no_mismatch() {
     let sandbox = start_sandbox();
-    let shop = shop(&sandbox).await;
+    let shop = shop(&sandbox, "stripe").await;
     let (first, _) = paid_order(&shop, &sandbox, 1).await;
     paid_order(&shop, &sandbox, 2).await;
     refund(&shop, &first, 300).await;
@@ -261,21 +275,35 @@ async fn a_clean_bill_yields_no_mismatch() {
     );
 }
 
-/// GIVEN a bill the sandbox was told to change (one payment's amount amended, one
-/// payment dropped, a payment Kami never saw added, a refund shown pending that Kami has
-/// as succeeded) WHEN reconciled THEN each difference is found with both sides and filed
-/// once in the exception queue; a second run files nothing new.
+/// GIVEN a Stripe bill the sandbox was told to change (one payment's amount amended,
+/// one payment dropped, a payment Kami never saw added, a refund shown pending that Kami
+/// has as succeeded) WHEN reconciled THEN each difference is found with both sides and
+/// filed once in the exception queue; a second run files nothing new.
 #[tokio::test]
 async fn each_mismatch_the_sandbox_makes_is_found_and_filed_once() {
+    each_mismatch_is_found_and_filed_once("stripe", "pending").await;
+}
+
+/// As above, with WeChat Pay's trade bill file (a day in China time).
+#[tokio::test]
+async fn each_mismatch_in_a_wechat_pay_bill_is_found_and_filed_once() {
+    each_mismatch_is_found_and_filed_once("wechatpay", "PROCESSING").await;
+}
+
+async fn each_mismatch_is_found_and_filed_once(provider: &'static str, pending: &str) {
     let sandbox = start_sandbox();
-    let shop = shop(&sandbox).await;
+    // Refunds settle at once (WeChat Pay's default is to hold them PROCESSING).
+    sandbox
+        .post("settings", json!({"wechatpay_refund_status": "SUCCESS"}))
+        .await;
+    let shop = shop(&sandbox, provider).await;
     let (amended, amended_payment) = paid_order(&shop, &sandbox, 1).await;
     let (dropped, dropped_payment) = paid_order(&shop, &sandbox, 2).await;
     let (refunded, _) = paid_order(&shop, &sandbox, 3).await;
     let refund_id = refund(&shop, &refunded, 400).await;
     let edit = |body: Value| {
         let mut body = body;
-        body["provider"] = json!("stripe");
+        body["provider"] = json!(provider);
         body
     };
     sandbox
@@ -299,7 +327,7 @@ async fn each_mismatch_the_sandbox_makes_is_found_and_filed_once() {
     sandbox
         .post(
             "bill",
-            edit(json!({"action": "amend", "id": refund_id, "status": "pending"})),
+            edit(json!({"action": "amend", "id": refund_id, "status": pending})),
         )
         .await;
     let period = period(&shop);
@@ -340,7 +368,7 @@ async fn each_mismatch_the_sandbox_makes_is_found_and_filed_once() {
         .expect("extra line");
     assert_eq!(
         extra.bill.as_ref().and_then(|b| b.provider_ref.as_deref()),
-        added["payment_intent"].as_str()
+        added["provider_ref"].as_str()
     );
 
     let again = reconcile_channel(&shop.ctx, &shop.channel, &period)

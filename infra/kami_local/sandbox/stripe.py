@@ -504,7 +504,7 @@ class Stripe:
                "type": "charge" if kind == "payment" else "refund", "status": "available", "source": source,
                "_account": account["id"]}
         bill["extra"].append(txn)
-        return {"added": txn["id"], "source": source["id"], "payment_intent": pi_id}
+        return {"added": txn["id"], "source": source["id"], "payment_intent": pi_id, "provider_ref": pi_id}
 
     # --- paying and notifying (the control routes, under the lock) ----------------------------
 

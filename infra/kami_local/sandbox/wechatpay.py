@@ -462,7 +462,7 @@ class WechatPay:
                "out_refund_no": data.get("refund_id", "") if refund else "", "refund": amount if refund else 0,
                "refund_status": data.get("status", "SUCCESS") if refund else ""}
         bill["extra"].append(row)
-        return {"added": row["transaction_id"]}
+        return {"added": row["transaction_id"], "provider_ref": row["transaction_id"]}
 
     def pay(self, payment_id: str, amount: int | None, options: dict) -> tuple[dict, dict | None]:
         trade = self.find(payment_id)
