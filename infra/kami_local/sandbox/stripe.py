@@ -17,8 +17,8 @@ replays the first answer (`Idempotent-Replayed: true`), with others is 400
 - `GET /v1/payment_intents/{id}`
 - `GET /v1/balance_transactions` (`created[gte]`, `created[lt]`, `limit`, `starting_after`,
   `expand[]=data.source`): the account's bill, one `charge` per payment and one `refund`
-  per refund the sandbox made (newest first, as Stripe lists), edited by `bill_control`
-  (`/_sandbox/bill`: add a line, drop one, or change one's amount or status).
+  per refund the sandbox made (newest first, as Stripe lists), edited through
+  `/_sandbox/bill` (add a line, drop one, or change one's amount or status).
 
 Paying sends `checkout.session.completed` to the configured webhook URL, signed with the
 endpoint's secret by the `stripe` package's own `WebhookSignature` (`Stripe-Signature:
@@ -33,7 +33,7 @@ import re
 
 import stripe
 
-from .common import Request, Response, SandboxError, json_response, token
+from .common import Request, Response, SandboxError, bill_state, json_response, token
 
 SESSION_PARAMS = {
     "mode", "line_items", "client_reference_id", "metadata", "success_url", "cancel_url", "expires_at",
@@ -395,9 +395,6 @@ class Stripe:
 
     # --- the bill (under the lock) ---------------------------------------------------------
 
-    def _bill_state(self) -> dict:
-        return self.state.setdefault("bill", {"extra": [], "dropped": [], "amended": {}})
-
     def _transactions(self, account_id: str) -> list[dict]:
         """Every balance transaction of the account, sources expanded, edits applied."""
         txns = []
@@ -420,7 +417,7 @@ class Stripe:
                          "currency": obj["currency"], "created": obj["created"], "type": "refund",
                          "status": "available", "source": dict(obj),
                          "_ids": {obj["id"], obj["metadata"].get("refund_id")}})
-        bill = self._bill_state()
+        bill = bill_state(self.state)
         txns += [dict(t, _ids={t["source"]["id"], t["source"]["metadata"].get("payment_id"),
                                t["source"]["metadata"].get("refund_id")})
                  for t in bill["extra"] if t["_account"] == account_id]
@@ -467,27 +464,10 @@ class Stripe:
             page = [dict(t, source=t["source"]["id"]) for t in page]
         return {"object": "list", "data": page, "has_more": len(txns) > limit, "url": "/v1/balance_transactions"}
 
-    def bill_control(self, action: str, data: dict) -> dict:
-        """Edits the bill: `add` a line (`kind` payment|refund, `amount`, `currency`,
-        `payment_id` / `refund_id`, `payment_intent`), `drop` every line naming `id` (a
-        payment id, refund id, payment intent, charge or refund), `amend` the lines
-        naming `id` (`amount`, `status`)."""
-        bill = self._bill_state()
-        if action == "drop":
-            bill["dropped"].append(str(data["id"]))
-            return {"dropped": str(data["id"])}
-        if action == "amend":
-            change = {k: data[k] for k in ("amount", "status") if k in data}
-            if not change:
-                raise SandboxError(400, "amend takes amount or status")
-            bill["amended"].setdefault(str(data["id"]), {}).update(change)
-            return {"amended": str(data["id"]), **change}
-        if action != "add":
-            raise SandboxError(400, "action must be add, drop or amend")
-        kind = data.get("kind", "payment")
-        amount = data.get("amount")
-        if kind not in ("payment", "refund") or not isinstance(amount, int) or amount <= 0:
-            raise SandboxError(400, "add takes kind payment|refund and a positive amount in minor units")
+    def add_bill_line(self, kind: str, amount: int, data: dict) -> dict:
+        """A line Kami never saw: `currency`, `payment_id` / `refund_id`, `payment_intent`,
+        a refund's `status`."""
+        bill = bill_state(self.state)
         account = next(iter(self.accounts.values()))
         now = int(self.sb.now())
         pi_id = data.get("payment_intent") or "pi_" + token(24)

@@ -43,7 +43,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.x509 import load_pem_x509_certificate
 from wechatpayv3.utils import load_private_key, load_public_key, rsa_sign, rsa_verify
 
-from .common import CHINA, Request, Response, SandboxError, digits, rfc3339_china, parse_rfc3339, token
+from .common import (CHINA, Request, Response, SandboxError, bill_state, digits, parse_rfc3339, rfc3339_china,
+                     token)
 
 SCHEMA = "WECHATPAY2-SHA256-RSA2048"
 TOLERANCE = 300  # seconds; requests signed further off than this are refused
@@ -372,9 +373,6 @@ class WechatPay:
                    "付款银行,货币种类,应结订单金额,代金券金额,微信退款单号,商户退款单号,退款金额,充值券退款金额,"
                    "退款类型,退款状态,商品名称,商户数据包,手续费,费率,订单金额,申请退款金额,费率备注")
 
-    def _bill_state(self) -> dict:
-        return self.state.setdefault("bill", {"extra": [], "dropped": [], "amended": {}})
-
     def _bill_rows(self, merchant: dict, day: str) -> list[dict]:
         """The day's rows as dicts: a trade paid, a refund asked; then the edits."""
         on_day = lambda ts: datetime.datetime.fromtimestamp(int(ts), CHINA).date().isoformat() == day  # noqa: E731
@@ -390,7 +388,7 @@ class WechatPay:
                              "state": "REFUND", "amount": 0, "refund_id": r["refund_id"],
                              "out_refund_no": r["out_refund_no"], "refund": r["refund"], "refund_status": r["status"],
                              "ids": {r["refund_id"], r["out_refund_no"]}})
-        bill = self._bill_state()
+        bill = bill_state(self.state)
         rows += [dict(row, ids={row["transaction_id"], row["out_trade_no"], row["out_refund_no"]} - {""})
                  for row in bill["extra"] if row["mchid"] == merchant["mchid"] and on_day(row["at"])]
         kept = []
@@ -435,26 +433,9 @@ class WechatPay:
         return {"hash_type": "SHA1", "hash_value": hashlib.sha1(file.encode()).hexdigest(),
                 "download_url": f"{self.sb.url}/wechatpay/v3/billdownload/file?token={bill_token}"}
 
-    def bill_control(self, action: str, data: dict) -> dict:
-        """As Stripe's: `add` a row (`kind` payment|refund, `amount` in fen, `payment_id`
-        / `refund_id`, `status`), `drop` the rows naming `id` (out_trade_no, out_refund_no,
-        transaction_id, refund_id), `amend` them (`amount`, `status`: SUCCESS, PROCESSING,
-        ABNORMAL)."""
-        bill = self._bill_state()
-        if action == "drop":
-            bill["dropped"].append(str(data["id"]))
-            return {"dropped": str(data["id"])}
-        if action == "amend":
-            change = {k: data[k] for k in ("amount", "status") if k in data}
-            if not change:
-                raise SandboxError(400, "amend takes amount or status")
-            bill["amended"].setdefault(str(data["id"]), {}).update(change)
-            return {"amended": str(data["id"]), **change}
-        if action != "add":
-            raise SandboxError(400, "action must be add, drop or amend")
-        kind, amount = data.get("kind", "payment"), data.get("amount")
-        if kind not in ("payment", "refund") or not isinstance(amount, int) or amount <= 0:
-            raise SandboxError(400, "add takes kind payment|refund and a positive amount in minor units")
+    def add_bill_line(self, kind: str, amount: int, data: dict) -> dict:
+        """A row Kami never saw: `payment_id` / `refund_id`, a refund's `status`."""
+        bill = bill_state(self.state)
         refund = kind == "refund"
         row = {"mchid": next(iter(self.merchants)), "at": self.sb.now(), "transaction_id": "4200" + digits(24),
                "out_trade_no": data.get("payment_id", ""), "state": "REFUND" if refund else "SUCCESS",
