@@ -270,6 +270,51 @@ mod tests {
         }
     }
 
+    /// GIVEN payments and a refund made WHEN the bill is fetched THEN a line each; lines
+    /// can be dropped and added (to make mismatches), and a scripted failure fails.
+    #[tokio::test]
+    async fn the_bill_has_what_the_fake_did_and_takes_edits() {
+        let provider = FakePaymentProvider::default();
+        provider.pay("evt_1", Some("01A"), cny(990));
+        provider.pay("evt_2", Some("01B"), cny(500));
+        let handle = PaymentHandle {
+            payment_id: "01A".into(),
+            provider_ref: Some("fake_pay_01A".into()),
+        };
+        provider
+            .refund(&RefundRequest {
+                refund_id: "01AR0001".into(),
+                payment: handle,
+                amount: cny(100),
+                paid: cny(990),
+                reason: "test".into(),
+                notify_url: String::new(),
+            })
+            .await
+            .unwrap();
+        let period = BillPeriod {
+            date: "2027-01-15".into(),
+            start: Timestamp(0),
+            end: Timestamp(1),
+        };
+        let bill = provider.fetch_bill(&period).await.unwrap();
+        let kinds: Vec<_> = bill.iter().map(|l| (l.kind, l.amount.amount)).collect();
+        assert_eq!(
+            kinds,
+            [
+                (BillLineKind::Payment, 990),
+                (BillLineKind::Payment, 500),
+                (BillLineKind::Refund, 100)
+            ]
+        );
+        assert_eq!(provider.drop_bill_line("01B").len(), 1);
+        provider.add_bill_line(bill[1].clone());
+        provider.add_bill_line(bill[1].clone());
+        assert_eq!(provider.fetch_bill(&period).await.unwrap().len(), 4);
+        provider.then(Behaviour::Fail);
+        assert!(provider.fetch_bill(&period).await.is_err());
+    }
+
     #[tokio::test]
     async fn notifications_are_verified_into_events() {
         let provider = FakePaymentProvider::default();
