@@ -377,6 +377,39 @@ def test_wechat_refunds_can_settle_at_once(sandbox):
     assert refund["status"] == "SUCCESS" and refund["success_time"]
 
 
+def test_wechat_trade_bill_through_the_sdk_with_its_hash_and_edits(sandbox):
+    import datetime
+    import hashlib
+
+    pay = wechat_merchant(sandbox)
+    pay.pay(description="x", out_trade_no="PAY-WB1", amount={"total": 990})
+    sandbox_pay(sandbox, provider="wechatpay", payment_id="PAY-WB1", lose=True)
+    pay.refund(out_refund_no="RF-WB1", amount={"refund": 300, "total": 990, "currency": "CNY"}, out_trade_no="PAY-WB1")
+    day = datetime.datetime.now(datetime.timezone(datetime.timedelta(hours=8))).date().isoformat()
+
+    def bill() -> list[list[str]]:
+        code, text = pay._core.request(f"/v3/bill/tradebill?bill_date={day}&bill_type=ALL")  # verified by the SDK
+        assert code == 200, text
+        named = json.loads(text)
+        code, file = pay.download_bill(named["download_url"])
+        assert code == 200 and hashlib.sha1(file).hexdigest() == named["hash_value"]
+        lines = file.decode().strip().split("\r\n")
+        assert lines[0].startswith("交易时间,") and lines[-2].startswith("总交易单数,")
+        return [[field.removeprefix("`") for field in line.split(",")] for line in lines[1:-2]]
+
+    rows = bill()
+    assert [(r[6], r[9], r[15], r[19], r[24], r[25]) for r in rows] == [
+        ("PAY-WB1", "SUCCESS", "0", "", "9.90", "0.00"), ("PAY-WB1", "REFUND", "RF-WB1", "PROCESSING", "0.00", "3.00")]
+    control = lambda **body: requests.post(f"{sandbox.url}/_sandbox/bill", json={"provider": "wechatpay", **body},
+                                           timeout=30)
+    assert control(action="amend", id="PAY-WB1", amount=980).status_code == 200
+    assert control(action="drop", id="RF-WB1").status_code == 200
+    assert control(action="add", kind="payment", amount=50, payment_id="PAY-X").status_code == 200
+    assert [(r[6], r[24]) for r in bill()] == [("PAY-WB1", "9.80"), ("PAY-X", "0.50")]
+    code, text = pay._core.request("/v3/bill/tradebill?bill_date=2001-01-01&bill_type=ALL")
+    assert code == 400 and json.loads(text)["code"] == "NO_STATEMENT_EXIST"
+
+
 # --- Stripe -------------------------------------------------------------------------------------
 
 
@@ -475,6 +508,40 @@ def test_stripe_lose_then_resend_and_twice(sandbox, receiver):
     assert len(twice) == 2 and twice[0]["event_id"] == twice[1]["event_id"]
     ids = {json.loads(r["body"])["id"] for r in receiver.requests}
     assert len(receiver.requests) == 2 and ids == {twice[0]["event_id"]}
+
+
+def test_stripe_bill_lists_payments_and_refunds_and_takes_edits(sandbox, clock):
+    client = stripe_merchant(sandbox)
+    client.v1.checkout.sessions.create(session_params(metadata={"payment_id": "PAY-B1"},
+                                                      payment_intent_data={"metadata": {"payment_id": "PAY-B1"}}))
+    pi = sandbox_pay(sandbox, provider="stripe", payment_id="PAY-B1", lose=True).json()["trade"]["payment_intent"]
+    clock.offset += 5
+    client.v1.refunds.create({"payment_intent": pi, "amount": 300, "metadata": {"refund_id": "REF-B1"}})
+    now = int(clock())
+
+    def bill(**params) -> list:
+        listed = client.v1.balance_transactions.list({"created": {"gte": now - 60, "lt": now + 60},
+                                                      "expand": ["data.source"], **params})
+        return [(t.type, t.amount, t.source.payment_intent, t.source.metadata.to_dict()) for t in listed.data]
+
+    assert bill() == [("refund", -300, pi, {"refund_id": "REF-B1"}), ("charge", 990, pi, {"payment_id": "PAY-B1"})]
+    first = client.v1.balance_transactions.list({"limit": 1, "created": {"gte": now - 60}})
+    assert first.has_more and isinstance(first.data[0].source, str)
+    rest = client.v1.balance_transactions.list({"limit": 1, "starting_after": first.data[0].id})
+    assert not rest.has_more and rest.data[0].type == "charge"
+    assert client.v1.balance_transactions.list({"created": {"gte": now + 60}}).data == []
+
+    control = lambda **body: requests.post(f"{sandbox.url}/_sandbox/bill", json={"provider": "stripe", **body},
+                                           timeout=30)
+    assert control(action="amend", id="PAY-B1", amount=980).status_code == 200
+    assert control(action="drop", id="REF-B1").status_code == 200
+    added = control(action="add", kind="payment", amount=50, payment_id="PAY-X").json()
+    assert [(kind, amount) for kind, amount, _, _ in bill()] == [("charge", 50), ("charge", 980)]
+    assert bill()[0][2] == added["payment_intent"]
+    assert control(action="shred", id="x").status_code == 400
+    assert control(action="add", kind="payment", amount=-1).status_code == 400
+    assert cli.main(["--sandbox", sandbox.url, "bill", "stripe", "drop", "--id", "PAY-X"]) == 0
+    assert [kind for kind, _, _, _ in bill()] == ["charge"]
 
 
 # --- the sandbox itself ---------------------------------------------------------------------------

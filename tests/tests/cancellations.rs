@@ -145,6 +145,7 @@ fn payment<'a>(
         transition: Some(transition),
         reserve_stock,
         attempt: None,
+        channel: None,
     }
 }
 

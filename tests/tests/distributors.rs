@@ -223,7 +223,14 @@ async fn refunded(ctx: &Arc<Context>, clock: &FakeClock, order_id: &str, amount:
     };
     let reserved = ctx
         .store
-        .reserve_refund(&refund, &attempt.amount, &new_id(), "hash", now)
+        .reserve_refund(
+            &refund,
+            &attempt.amount,
+            &attempt.channel_id,
+            &new_id(),
+            "hash",
+            now,
+        )
         .await
         .expect("reserve");
     assert!(

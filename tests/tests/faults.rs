@@ -464,7 +464,10 @@ async fn throttled_order_transactions_make_each_order_once() {
     assert_eq!(shop.proxy.fired(), [2, 3], "every attempt throttled");
     let retried = shop.order(1, key).await;
     let (status, again) = order(&shop.via, &shop.sku, 1, key).await;
-    assert_eq!((status, &again["order_id"]), (201, &serde_json::json!(retried)));
+    assert_eq!(
+        (status, &again["order_id"]),
+        (201, &serde_json::json!(retried))
+    );
 
     for order_id in [&absorbed, &retried] {
         assert_eq!(shop.pay(&format!("evt_{}", new_id()), order_id).await, 200);

@@ -9,8 +9,8 @@ use lambda_runtime::{Error, LambdaEvent, run, service_fn};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
-    // DynamoDB only: it reads and writes the ledger, nothing is decrypted.
-    let ctx = Context::from_env().await?.build();
+    // The ledger in DynamoDB; the channels' secrets opened by the vault to fetch bills.
+    let ctx = Context::from_env().await?.with_vault().build();
     run(service_fn(|event: LambdaEvent<serde_json::Value>| {
         let ctx = ctx.clone();
         async move {

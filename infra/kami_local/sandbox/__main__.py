@@ -1,7 +1,7 @@
 """Runs the payment sandbox until Ctrl-C, or plays the buyer (see cli.py):
 
   python -m kami_local.sandbox [--port 4010] [--state .kami/sandbox] [--kami-api http://127.0.0.1:3000]
-  python -m kami_local.sandbox pay|refund-notify|resend|channels ...
+  python -m kami_local.sandbox pay|refund-notify|resend|channels|bill ...
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from .server import start_sandbox
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and (argv[0] in ("pay", "refund-notify", "resend", "channels") or argv[0] == "--sandbox"):
+    if argv and (argv[0] in ("pay", "refund-notify", "resend", "channels", "bill") or argv[0] == "--sandbox"):
         return cli.main(argv)
     parser = argparse.ArgumentParser(prog="python -m kami_local.sandbox", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -73,6 +73,11 @@ def resend(sandbox_url: str | None, provider: str, payment_id: str, timeout: flo
     return _post(sandbox_url, "resend", {"provider": provider, "payment_id": payment_id}, timeout)
 
 
+def bill(sandbox_url: str | None, provider: str, action: str, fields: dict, timeout: float = 30) -> dict:
+    """Edits `provider`'s bill: `add` a line, `drop` the lines naming an id, `amend` one."""
+    return _post(sandbox_url, "bill", {"provider": provider, "action": action, **fields}, timeout)
+
+
 def channels(sandbox_url: str | None = None) -> dict:
     """The running sandbox's channels (`PUT /admin/payment-channels/{id}` bodies)."""
     r = requests.get(f"{_base(sandbox_url)}/_sandbox/channels", timeout=30)
@@ -119,6 +124,16 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("provider", choices=["alipay", "wechatpay", "stripe"])
     s.add_argument("payment_id")
     sub.add_parser("channels", help="print the three channels' PUT /admin/payment-channels bodies")
+    b = sub.add_parser("bill", help="edit a provider's bill: add a line, drop one, amend one (Stripe)")
+    b.add_argument("provider", choices=["stripe", "wechatpay"])
+    b.add_argument("action", choices=["add", "drop", "amend"])
+    b.add_argument("--id", help="drop/amend: a payment id, refund id, payment intent, charge or refund")
+    b.add_argument("--kind", choices=["payment", "refund"], help="add: payment (default) or refund")
+    b.add_argument("--amount", type=int, help="add/amend: minor units")
+    b.add_argument("--status", help="amend/add a refund: succeeded, pending, failed")
+    b.add_argument("--payment-id", help="add: Kami's payment id in the line's metadata")
+    b.add_argument("--refund-id", help="add: Kami's refund id in the line's metadata")
+    b.add_argument("--payment-intent", help="add: the payment intent the line names")
     args = parser.parse_args(argv)
     try:
         if args.command == "pay":
@@ -128,6 +143,12 @@ def main(argv: list[str] | None = None) -> int:
             return _summary(refund_notify(args.sandbox, args.out_refund_no, args.status, args.lose, args.twice))
         if args.command == "resend":
             return _summary(resend(args.sandbox, args.provider, args.payment_id))
+        if args.command == "bill":
+            fields = {name: getattr(args, name) for name in ("id", "kind", "amount", "status", "payment_id",
+                                                               "refund_id", "payment_intent")
+                      if getattr(args, name) is not None}
+            print(json.dumps(bill(args.sandbox, args.provider, args.action, fields), indent=2))
+            return 0
         print(json.dumps(channels(args.sandbox), indent=2))
         return 0
     except RuntimeError as e:

@@ -107,6 +107,11 @@ def parse_rfc3339(text: str) -> float:
     return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
+def bill_state(state: dict) -> dict:
+    """A provider's bill edits (`/_sandbox/bill`): lines added, ids dropped, amendments by id."""
+    return state.setdefault("bill", {"extra": [], "dropped": [], "amended": {}})
+
+
 def digits(n: int, first: str = "") -> str:
     return first + "".join(secrets.choice(string.digits) for _ in range(n - len(first)))
 

@@ -8,6 +8,7 @@ WeChat Pay v3 and Stripe by path prefix, plus the control routes that play the b
   /_sandbox/refund-notify     WeChat Pay reports a refund it held in PROCESSING
   /_sandbox/resend            the provider delivers a trade's last notification again (a retry)
   /_sandbox/settings          how refunds settle (wechatpay_refund_status, stripe_refund_status)
+  /_sandbox/bill              edit a provider's bill: add a line, drop one, amend one (Stripe)
   /_sandbox/state, /_sandbox/channels, /_sandbox/notifications, /_sandbox/health
   /                           a page listing the trades, with pay buttons
 
@@ -37,7 +38,7 @@ import requests
 from .. import clock as local_clock
 from . import keys as sandbox_keys
 from .alipay import Alipay
-from .common import Request, Response, SandboxError, html_response, json_response, pay_form, rows
+from .common import Request, Response, SandboxError, bill_state, html_response, json_response, pay_form, rows
 from .stripe import Stripe
 from .wechatpay import WechatPay
 
@@ -211,6 +212,8 @@ class Sandbox(LoopbackService):
                 return json_response(200, self.resend(**data))
             if name == "settings":
                 return json_response(200, self.update_settings(data))
+            if name == "bill":
+                return json_response(200, self.bill(**data))
             raise SandboxError(404, f"no such control route POST {req.path}")
         except TypeError as e:  # an unknown or missing field
             return _refusal(as_html, 400, str(e))
@@ -279,6 +282,36 @@ class Sandbox(LoopbackService):
                 self.settings[key] = value
             self.save()
             return dict(self.settings)
+
+    def bill(self, provider: str, action: str, **data) -> dict:
+        """Edits `provider`'s bill (so a reconciliation meets each kind of difference):
+        `add` a line (`kind` payment|refund, a positive `amount` in minor units, and what
+        the provider's `add_bill_line` takes), `drop` every line naming `id`, `amend` the
+        lines naming `id` (`amount`, `status`)."""
+        impl = self._provider(provider)
+        if not hasattr(impl, "add_bill_line"):
+            raise SandboxError(400, f"the sandbox does not serve {provider}'s bill yet")
+        with self.lock:
+            bill = bill_state(impl.state)
+            if action == "drop":
+                bill["dropped"].append(str(data["id"]))
+                result = {"dropped": str(data["id"])}
+            elif action == "amend":
+                change = {k: data[k] for k in ("amount", "status") if k in data}
+                if not change:
+                    raise SandboxError(400, "amend takes amount or status")
+                bill["amended"].setdefault(str(data["id"]), {}).update(change)
+                result = {"amended": str(data["id"]), **change}
+            elif action == "add":
+                kind, amount = data.pop("kind", "payment"), data.pop("amount", None)
+                if kind not in ("payment", "refund") or not isinstance(amount, int) or amount <= 0:
+                    raise SandboxError(400, "add takes kind payment|refund and a positive amount in minor units")
+                result = impl.add_bill_line(kind, amount, data)
+            else:
+                raise SandboxError(400, "action must be add, drop or amend")
+            self.save()
+        self.log(f"{provider} bill: {action} {data}")
+        return result
 
     def _provider(self, provider: str):
         if provider not in self.providers:

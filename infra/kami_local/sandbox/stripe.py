@@ -15,6 +15,10 @@ replays the first answer (`Idempotent-Replayed: true`), with others is 400
 - `POST /v1/checkout/sessions/{id}/expire` (open sessions only)
 - `POST /v1/refunds` (payment_intent or charge, amount, reason, metadata), `GET /v1/refunds/{id}`
 - `GET /v1/payment_intents/{id}`
+- `GET /v1/balance_transactions` (`created[gte]`, `created[lt]`, `limit`, `starting_after`,
+  `expand[]=data.source`): the account's bill, one `charge` per payment and one `refund`
+  per refund the sandbox made (newest first, as Stripe lists), edited through
+  `/_sandbox/bill` (add a line, drop one, or change one's amount or status).
 
 Paying sends `checkout.session.completed` to the configured webhook URL, signed with the
 endpoint's secret by the `stripe` package's own `WebhookSignature` (`Stripe-Signature:
@@ -29,7 +33,7 @@ import re
 
 import stripe
 
-from .common import Request, Response, SandboxError, json_response, token
+from .common import Request, Response, SandboxError, bill_state, json_response, token
 
 SESSION_PARAMS = {
     "mode", "line_items", "client_reference_id", "metadata", "success_url", "cancel_url", "expires_at",
@@ -209,6 +213,8 @@ class Stripe:
             return 200, refund["object"]
         if parts[:2] == ["v1", "payment_intents"] and len(parts) == 3 and method == "GET":
             return 200, self._payment_intent(account, parts[2], "id")["object"]
+        if method == "GET" and path == "/v1/balance_transactions":
+            return 200, self._balance_transactions(account, params)
         raise StripeError(404, f"Unrecognized request URL ({method}: {path}). Please see https://stripe.com/docs "
                                "or we can help at https://support.stripe.com/.")
 
@@ -386,6 +392,99 @@ class Stripe:
         self.state["refunds"][refund_id] = {"account": account["id"], "object": refund}
         self.sb.log(f"stripe refund {refund_id} of {amount} on {obj['id']}: {refund['status']}")
         return refund
+
+    # --- the bill (under the lock) ---------------------------------------------------------
+
+    def _transactions(self, account_id: str) -> list[dict]:
+        """Every balance transaction of the account, sources expanded, edits applied."""
+        txns = []
+        for pi in self.state["payment_intents"].values():
+            if pi["account"] != account_id:
+                continue
+            obj = pi["object"]
+            charge = {"id": obj["latest_charge"], "object": "charge", "amount": obj["amount_received"],
+                      "currency": obj["currency"], "payment_intent": obj["id"], "metadata": dict(obj["metadata"]),
+                      "status": "succeeded", "created": obj["created"]}
+            txns.append({"id": "txn_" + obj["latest_charge"][3:], "object": "balance_transaction",
+                         "amount": obj["amount_received"], "currency": obj["currency"], "created": obj["created"],
+                         "type": "charge", "status": "available", "source": charge,
+                         "_ids": {obj["id"], obj["latest_charge"], obj["metadata"].get("payment_id")}})
+        for refund in self.state["refunds"].values():
+            if refund["account"] != account_id:
+                continue
+            obj = refund["object"]
+            txns.append({"id": obj["balance_transaction"], "object": "balance_transaction", "amount": -obj["amount"],
+                         "currency": obj["currency"], "created": obj["created"], "type": "refund",
+                         "status": "available", "source": dict(obj),
+                         "_ids": {obj["id"], obj["metadata"].get("refund_id")}})
+        bill = bill_state(self.state)
+        txns += [dict(t, _ids={t["source"]["id"], t["source"]["metadata"].get("payment_id"),
+                               t["source"]["metadata"].get("refund_id")})
+                 for t in bill["extra"] if t["_account"] == account_id]
+        kept = []
+        for txn in txns:
+            ids = txn.pop("_ids") - {None}
+            if ids & set(bill["dropped"]):
+                continue
+            txn.pop("_account", None)
+            for key in sorted(ids):
+                amended = bill["amended"].get(key)
+                if amended:
+                    txn = json.loads(json.dumps(txn))
+                    if "amount" in amended:
+                        txn["amount"] = amended["amount"] if txn["type"] == "charge" else -amended["amount"]
+                        txn["source"]["amount"] = amended["amount"]
+                    if "status" in amended:
+                        txn["source"]["status"] = amended["status"]
+            kept.append(txn)
+        return sorted(kept, key=lambda t: (t["created"], t["id"]), reverse=True)
+
+    def _balance_transactions(self, account: dict, params: dict) -> dict:
+        created = params.get("created") or {}
+        if not isinstance(created, dict):
+            created = {"gte": created, "lte": created}
+        bounds = {op: integer(created[op], f"created[{op}]") for op in ("gt", "gte", "lt", "lte") if op in created}
+        limit = integer(params.get("limit") or 10, "limit", 1)
+        if limit > 100:
+            raise StripeError(400, "This value must be less than or equal to 100.", param="limit")
+        expand = params.get("expand") or []
+        expand = expand if isinstance(expand, list) else [expand]
+        checks = {"gt": lambda c, b: c > b, "gte": lambda c, b: c >= b, "lt": lambda c, b: c < b,
+                  "lte": lambda c, b: c <= b}
+        txns = [t for t in self._transactions(account["id"])
+                if all(checks[op](t["created"], b) for op, b in bounds.items())]
+        after = params.get("starting_after")
+        if after:
+            at = next((i for i, t in enumerate(txns) if t["id"] == after), None)
+            if at is None:
+                raise StripeError(400, f"No such balance_transaction: '{after}'", param="starting_after")
+            txns = txns[at + 1:]
+        page = txns[:limit]
+        if "data.source" not in expand:
+            page = [dict(t, source=t["source"]["id"]) for t in page]
+        return {"object": "list", "data": page, "has_more": len(txns) > limit, "url": "/v1/balance_transactions"}
+
+    def add_bill_line(self, kind: str, amount: int, data: dict) -> dict:
+        """A line Kami never saw: `currency`, `payment_id` / `refund_id`, `payment_intent`,
+        a refund's `status`."""
+        bill = bill_state(self.state)
+        account = next(iter(self.accounts.values()))
+        now = int(self.sb.now())
+        pi_id = data.get("payment_intent") or "pi_" + token(24)
+        if kind == "payment":
+            source = {"id": "ch_" + token(24), "object": "charge", "amount": amount, "payment_intent": pi_id,
+                      "currency": data.get("currency", "cny"), "status": "succeeded", "created": now,
+                      "metadata": {k: data[k] for k in ("payment_id",) if k in data}}
+        else:
+            source = {"id": "re_" + token(24), "object": "refund", "amount": amount, "payment_intent": pi_id,
+                      "currency": data.get("currency", "cny"), "status": data.get("status", "succeeded"),
+                      "created": now, "metadata": {k: data[k] for k in ("refund_id",) if k in data}}
+        txn = {"id": "txn_" + token(24), "object": "balance_transaction",
+               "amount": amount if kind == "payment" else -amount, "currency": source["currency"], "created": now,
+               "type": "charge" if kind == "payment" else "refund", "status": "available", "source": source,
+               "_account": account["id"]}
+        bill["extra"].append(txn)
+        return {"added": txn["id"], "source": source["id"], "payment_intent": pi_id, "provider_ref": pi_id}
 
     # --- paying and notifying (the control routes, under the lock) ----------------------------
 

@@ -19,6 +19,11 @@ Every answer, errors and 204s included, is signed with the platform key:
 - `POST /v3/refund/domestic/refunds`, `GET /v3/refund/domestic/refunds/{out_refund_no}`
 - `GET /v3/certificates` → the platform certificate, encrypted under the APIv3 key (for
   SDKs that use platform certificates rather than the platform public key)
+- `GET /v3/bill/tradebill?bill_date=&bill_type=ALL` → `{"hash_type": "SHA1", "hash_value",
+  "download_url"}` (400 `NO_STATEMENT_EXIST` for a day without trades), and `GET
+  /v3/billdownload/file?token=` → the trade bill file (CSV, backtick-prefixed fields, the
+  summary last; not signed, as WeChat Pay's is not): a row per trade paid and per refund
+  asked on that day (China time), edited by `/_sandbox/bill` like Stripe's
 
 Notifications (`TRANSACTION.SUCCESS`, `REFUND.SUCCESS`/`.ABNORMAL`/`.CLOSED`): JSON with
 `resource` encrypted AEAD_AES_256_GCM under the APIv3 key (wechatpayv3 only decrypts, so
@@ -28,6 +33,8 @@ encryption is `cryptography`'s AESGCM with the same parameters), signed like ans
 from __future__ import annotations
 
 import base64
+import datetime
+import hashlib
 import json
 import re
 import uuid
@@ -36,7 +43,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.x509 import load_pem_x509_certificate
 from wechatpayv3.utils import load_private_key, load_public_key, rsa_sign, rsa_verify
 
-from .common import Request, Response, SandboxError, digits, rfc3339_china, parse_rfc3339, token
+from .common import (CHINA, Request, Response, SandboxError, bill_state, digits, parse_rfc3339, rfc3339_china,
+                     token)
 
 SCHEMA = "WECHATPAY2-SHA256-RSA2048"
 TOLERANCE = 300  # seconds; requests signed further off than this are refused
@@ -128,6 +136,12 @@ class WechatPay:
     def handle(self, req: Request) -> Response:
         try:
             merchant = self._authenticate(req)
+            if req.method == "GET" and req.path == "/v3/billdownload/file":
+                with self.sb.lock:
+                    bill = self.state.setdefault("bills", {}).get(dict(req.query_pairs()).get("token", ""))
+                if bill is None or bill["mchid"] != merchant["mchid"]:
+                    raise ApiError(404, "RESOURCE_NOT_EXISTS", "账单文件不存在")
+                return Response(200, bill["file"].encode(), [("Content-Type", "text/plain; charset=utf-8")])
             with self.sb.lock:
                 status, data = self._route(req, merchant)
                 self.sb.save()
@@ -165,6 +179,8 @@ class WechatPay:
             return 200, self._refund_view(refund)
         if method == "GET" and path == "/v3/certificates":
             return 200, self._certificates(merchant)
+        if method == "GET" and path == "/v3/bill/tradebill":
+            return 200, self._trade_bill(merchant, query.get("bill_date", ""))
         raise ApiError(404, "NOT_FOUND", f"无此接口 {method} {path}")
 
     @staticmethod
@@ -350,6 +366,84 @@ class WechatPay:
                     "resource": {"original_type": original_type, **resource}}
         return {"url": url, "event_id": envelope["id"], "kind": event_type,
                 "body": json.dumps(envelope, ensure_ascii=False, separators=(",", ":"))}
+
+    # --- the bill (under the lock) -----------------------------------------------------------
+
+    BILL_HEADER = ("交易时间,公众账号ID,商户号,特约商户号,设备号,微信订单号,商户订单号,用户标识,交易类型,交易状态,"
+                   "付款银行,货币种类,应结订单金额,代金券金额,微信退款单号,商户退款单号,退款金额,充值券退款金额,"
+                   "退款类型,退款状态,商品名称,商户数据包,手续费,费率,订单金额,申请退款金额,费率备注")
+
+    def _bill_rows(self, merchant: dict, day: str) -> list[dict]:
+        """The day's rows as dicts: a trade paid, a refund asked; then the edits."""
+        on_day = lambda ts: datetime.datetime.fromtimestamp(int(ts), CHINA).date().isoformat() == day  # noqa: E731
+        rows = []
+        for t in self._trades(merchant).values():
+            if t.get("transaction_id") and on_day(t["paid_at"]):
+                rows.append({"at": t["paid_at"], "transaction_id": t["transaction_id"], "out_trade_no": t["out_trade_no"],
+                             "state": "SUCCESS", "amount": t["paid_total"], "refund_id": "", "out_refund_no": "",
+                             "refund": 0, "refund_status": "", "ids": {t["transaction_id"], t["out_trade_no"]}})
+        for r in self._refunds(merchant).values():
+            if on_day(r["created"]):
+                rows.append({"at": r["created"], "transaction_id": r["transaction_id"], "out_trade_no": r["out_trade_no"],
+                             "state": "REFUND", "amount": 0, "refund_id": r["refund_id"],
+                             "out_refund_no": r["out_refund_no"], "refund": r["refund"], "refund_status": r["status"],
+                             "ids": {r["refund_id"], r["out_refund_no"]}})
+        bill = bill_state(self.state)
+        rows += [dict(row, ids={row["transaction_id"], row["out_trade_no"], row["out_refund_no"]} - {""})
+                 for row in bill["extra"] if row["mchid"] == merchant["mchid"] and on_day(row["at"])]
+        kept = []
+        for row in rows:
+            if row["ids"] & set(bill["dropped"]):
+                continue
+            for key in sorted(row["ids"]):
+                for name, value in bill["amended"].get(key, {}).items():
+                    if name == "amount":
+                        row["amount" if row["state"] == "SUCCESS" else "refund"] = value
+                    elif name == "status":
+                        row["refund_status"] = value
+            kept.append(row)
+        return sorted(kept, key=lambda row: row["at"])
+
+    def _trade_bill(self, merchant: dict, day: str) -> dict:
+        try:
+            datetime.date.fromisoformat(day)
+        except ValueError:
+            raise ApiError(400, "PARAM_ERROR", "bill_date 应为 YYYY-MM-DD") from None
+        rows = self._bill_rows(merchant, day)
+        if not rows:
+            raise ApiError(400, "NO_STATEMENT_EXIST", "账单文件不存在")
+        yuan = lambda fen: f"{fen // 100}.{fen % 100:02d}"  # noqa: E731
+        lines = [self.BILL_HEADER]
+        for row in rows:
+            at = datetime.datetime.fromtimestamp(int(row["at"]), CHINA).strftime("%Y-%m-%d %H:%M:%S")
+            fields = [at, next(iter(merchant["appids"])), merchant["mchid"], "0", "", row["transaction_id"],
+                      row["out_trade_no"], "o" + token(27), "NATIVE", row["state"], "OTHERS", "CNY",
+                      yuan(row["amount"]), "0.00", row["refund_id"] or "0", row["out_refund_no"] or "0",
+                      yuan(row["refund"]), "0.00", "ORIGINAL" if row["refund_id"] else "", row["refund_status"],
+                      "Kami", "", "0.00000", "0.60%", yuan(row["amount"]), yuan(row["refund"]), ""]
+            lines.append(",".join("`" + field for field in fields))
+        total = sum(row["amount"] for row in rows)
+        refunded = sum(row["refund"] for row in rows)
+        lines.append("总交易单数,应结订单总金额,退款总金额,充值券退款总金额,手续费总金额,订单总金额,申请退款总金额")
+        lines.append(",".join("`" + f for f in (str(len(rows)), yuan(total), yuan(refunded), "0.00", "0.00000",
+                                                   yuan(total), yuan(refunded))))
+        file = "\r\n".join(lines) + "\r\n"
+        bill_token = token(32)
+        self.state.setdefault("bills", {})[bill_token] = {"mchid": merchant["mchid"], "file": file}
+        return {"hash_type": "SHA1", "hash_value": hashlib.sha1(file.encode()).hexdigest(),
+                "download_url": f"{self.sb.url}/wechatpay/v3/billdownload/file?token={bill_token}"}
+
+    def add_bill_line(self, kind: str, amount: int, data: dict) -> dict:
+        """A row Kami never saw: `payment_id` / `refund_id`, a refund's `status`."""
+        bill = bill_state(self.state)
+        refund = kind == "refund"
+        row = {"mchid": next(iter(self.merchants)), "at": self.sb.now(), "transaction_id": "4200" + digits(24),
+               "out_trade_no": data.get("payment_id", ""), "state": "REFUND" if refund else "SUCCESS",
+               "amount": 0 if refund else amount, "refund_id": "50" + digits(30) if refund else "",
+               "out_refund_no": data.get("refund_id", "") if refund else "", "refund": amount if refund else 0,
+               "refund_status": data.get("status", "SUCCESS") if refund else ""}
+        bill["extra"].append(row)
+        return {"added": row["transaction_id"], "provider_ref": row["transaction_id"]}
 
     def pay(self, payment_id: str, amount: int | None, options: dict) -> tuple[dict, dict | None]:
         trade = self.find(payment_id)

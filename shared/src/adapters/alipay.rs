@@ -663,7 +663,7 @@ fn yuan(money: &Money) -> Result<String> {
 
 /// Alipay's yuan ("12.34", "12.3", "12") as fen, exactly: no sign, exponent, spaces or
 /// third decimal.
-fn parse_yuan(text: &str) -> Option<i64> {
+pub(crate) fn parse_yuan(text: &str) -> Option<i64> {
     let (whole, fraction) = match text.split_once('.') {
         Some((whole, fraction)) if !fraction.is_empty() && fraction.len() <= 2 => (whole, fraction),
         Some(_) => return None,

@@ -14,3 +14,4 @@ pub mod stripe;
 pub mod supplier_http;
 pub mod suppliers;
 pub mod wechatpay;
+pub mod wechatpay_bill;

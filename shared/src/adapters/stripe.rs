@@ -13,6 +13,10 @@
 //! Checkout Sessions (create, retrieve, expire) and refunds, each with an
 //! `Idempotency-Key`. The deployment's default endpoint (`/webhooks/stripe`, secrets from
 //! Secrets Manager) only verifies: its API calls answer `Error::NotAvailable`.
+//!
+//! A channel's bill is its balance transactions created in the period (`GET
+//! /v1/balance_transactions`, sources expanded to read the payment intent and Kami's
+//! metadata), a page of 100 at a time.
 
 use hmac::{Hmac, KeyInit, Mac};
 use serde::Deserialize;
@@ -29,9 +33,9 @@ use crate::error::{Error, Result};
 use crate::ports::Clock;
 use crate::ports::PortFuture;
 use crate::ports::payment::{
-    Notification, NotificationAnswer, PaymentAction, PaymentEvent, PaymentHandle, PaymentMethod,
-    PaymentNotice, PaymentProvider, PaymentRequest, PaymentSession, PaymentState, RefundOutcome,
-    RefundRequest,
+    BillLine, BillLineKind, BillLineStatus, BillPeriod, Notification, NotificationAnswer,
+    PaymentAction, PaymentEvent, PaymentHandle, PaymentMethod, PaymentNotice, PaymentProvider,
+    PaymentRequest, PaymentSession, PaymentState, RefundOutcome, RefundRequest,
 };
 
 pub const PROVIDER: &str = "stripe";
@@ -369,6 +373,135 @@ impl StripeApi {
     }
 }
 
+/// Balance transactions asked per page (Stripe's largest).
+const BILL_PAGE: &str = "100";
+/// Pages read at most for one bill: 100,000 transactions a day per channel.
+const BILL_PAGES: usize = 1000;
+
+impl StripeApi {
+    /// Every balance transaction created in `period` that is a payment or a refund.
+    async fn bill(&self, period: &BillPeriod) -> Result<Vec<BillLine>> {
+        let mut lines = Vec::new();
+        let mut after: Option<String> = None;
+        for _ in 0..BILL_PAGES {
+            // Built apart: the serializer is not `Send`, and must not live across an await.
+            let path = {
+                let mut query = form_urlencoded::Serializer::new(String::new());
+                query
+                    .append_pair("created[gte]", &period.start.unix_seconds().to_string())
+                    .append_pair("created[lt]", &period.end.unix_seconds().to_string())
+                    .append_pair("limit", BILL_PAGE)
+                    .append_pair("expand[]", "data.source");
+                if let Some(last) = &after {
+                    query.append_pair("starting_after", last);
+                }
+                format!("/v1/balance_transactions?{}", query.finish())
+            };
+            let (status, answer) = self
+                .call(lambda_http::http::Method::GET, &path, &[], None)
+                .await?;
+            if !(200..300).contains(&status) {
+                return Err(Self::failure(status, &answer));
+            }
+            let page = bill_page(&answer)?;
+            lines.extend(page.lines);
+            match (page.has_more, page.last_id) {
+                (true, Some(last)) => after = Some(last),
+                _ => return Ok(lines),
+            }
+        }
+        Err(Error::Upstream {
+            system: PROVIDER,
+            message: "the bill has more pages than Kami reads".into(),
+        })
+    }
+}
+
+/// One page of `GET /v1/balance_transactions`, read.
+#[derive(Debug)]
+pub struct BillPage {
+    pub lines: Vec<BillLine>,
+    pub has_more: bool,
+    /// The page's last transaction: where the next page starts (`starting_after`).
+    pub last_id: Option<String>,
+}
+
+fn bill_failure(message: &str) -> Error {
+    Error::Upstream {
+        system: PROVIDER,
+        message: format!("balance transaction {message}"),
+    }
+}
+
+/// Reads a page of balance transactions (sources expanded). Fees, payouts and the like
+/// are not payments or refunds and are left out.
+pub fn bill_page(answer: &serde_json::Value) -> Result<BillPage> {
+    let data = answer
+        .get("data")
+        .and_then(|d| d.as_array())
+        .ok_or_else(|| bill_failure("list without data"))?;
+    let mut lines = Vec::new();
+    for txn in data {
+        let text = |pointer: &str| txn.pointer(pointer).and_then(|v| v.as_str());
+        let kind = match text("/type") {
+            Some("charge" | "payment") => BillLineKind::Payment,
+            Some("refund" | "payment_refund" | "refund_failure" | "payment_failure_refund") => {
+                BillLineKind::Refund
+            }
+            _ => continue,
+        };
+        let amount = txn
+            .get("amount")
+            .and_then(|a| a.as_i64())
+            .ok_or_else(|| bill_failure("without amount"))?;
+        let currency = parse_currency(text("/currency").unwrap_or_default())
+            .map_err(|_| bill_failure("without a currency"))?;
+        // An unexpanded source is only its id; an expanded one names the intent.
+        let source_id = text("/source").or_else(|| text("/source/id"));
+        let provider_ref = text("/source/payment_intent")
+            .or(source_id)
+            .ok_or_else(|| bill_failure("without a source"))?
+            .to_owned();
+        let provider_ref = Some(provider_ref);
+        let status = match (kind, text("/type"), text("/source/status")) {
+            (_, Some("refund_failure" | "payment_failure_refund"), _) => BillLineStatus::Failed,
+            (BillLineKind::Refund, _, Some("pending" | "requires_action")) => {
+                BillLineStatus::Pending
+            }
+            (BillLineKind::Refund, _, Some("failed" | "canceled")) => BillLineStatus::Failed,
+            // A balance transaction is money that moved (pending only means not yet
+            // available for payout).
+            _ => BillLineStatus::Succeeded,
+        };
+        lines.push(BillLine {
+            kind,
+            provider_ref,
+            payment_id: text("/source/metadata/payment_id").map(str::to_owned),
+            refund_id: match kind {
+                BillLineKind::Refund => text("/source/metadata/refund_id").map(str::to_owned),
+                BillLineKind::Payment => None,
+            },
+            amount: Money {
+                amount: amount.abs(),
+                currency,
+            },
+            status,
+        });
+    }
+    Ok(BillPage {
+        lines,
+        has_more: answer
+            .get("has_more")
+            .and_then(|m| m.as_bool())
+            .unwrap_or(false),
+        last_id: data
+            .last()
+            .and_then(|txn| txn.get("id"))
+            .and_then(|id| id.as_str())
+            .map(str::to_owned),
+    })
+}
+
 impl StripeProvider {
     /// A test-mode provider (`with_livemode(true)` for live events).
     pub fn new(webhook_secrets: Arc<RevocableSecrets>) -> Self {
@@ -483,6 +616,10 @@ impl PaymentProvider for StripeProvider {
 
     fn refund<'a>(&'a self, request: &'a RefundRequest) -> PortFuture<'a, RefundOutcome> {
         Box::pin(async move { self.api("refund")?.refund(request).await })
+    }
+
+    fn fetch_bill<'a>(&'a self, period: &'a BillPeriod) -> PortFuture<'a, Vec<BillLine>> {
+        Box::pin(async move { self.api("fetch_bill")?.bill(period).await })
     }
 }
 
@@ -923,5 +1060,67 @@ mod tests {
                 PaymentEvent::Ignored { .. }
             ));
         }
+    }
+
+    /// GIVEN a page of balance transactions as Stripe lists them (sources expanded)
+    /// WHEN read THEN charges and refunds become bill lines naming the payment intent
+    /// and Kami's ids, amounts positive in minor units; fees and payouts are left out.
+    #[test]
+    fn reads_a_page_of_balance_transactions() {
+        let answer = serde_json::json!({"object": "list", "has_more": true, "data": [
+            {"id": "txn_1", "type": "charge", "amount": 990, "currency": "cny", "status": "available",
+             "source": {"id": "ch_1", "object": "charge", "payment_intent": "pi_1",
+                        "metadata": {"order_id": "01ORDER", "payment_id": "01ORDERABCD"}}},
+            {"id": "txn_2", "type": "refund", "amount": -500, "currency": "cny", "status": "pending",
+             "source": {"id": "re_1", "object": "refund", "payment_intent": "pi_1", "status": "succeeded",
+                        "metadata": {"refund_id": "01ORDERRWXYZ"}}},
+            {"id": "txn_3", "type": "stripe_fee", "amount": -30, "currency": "cny", "source": null},
+            {"id": "txn_4", "type": "refund", "amount": -100, "currency": "usd",
+             "source": {"id": "re_2", "object": "refund", "payment_intent": "pi_2", "status": "pending",
+                        "metadata": {}}},
+            {"id": "txn_5", "type": "payout", "amount": -1000, "currency": "cny", "source": "po_1"}]});
+        let page = bill_page(&answer).unwrap();
+        assert!(page.has_more);
+        assert_eq!(page.last_id.as_deref(), Some("txn_5"));
+        assert_eq!(
+            page.lines,
+            vec![
+                BillLine {
+                    kind: BillLineKind::Payment,
+                    provider_ref: Some("pi_1".into()),
+                    payment_id: Some("01ORDERABCD".into()),
+                    refund_id: None,
+                    amount: Money {
+                        amount: 990,
+                        currency: "CNY".into()
+                    },
+                    status: BillLineStatus::Succeeded,
+                },
+                BillLine {
+                    kind: BillLineKind::Refund,
+                    provider_ref: Some("pi_1".into()),
+                    payment_id: None,
+                    refund_id: Some("01ORDERRWXYZ".into()),
+                    amount: Money {
+                        amount: 500,
+                        currency: "CNY".into()
+                    },
+                    status: BillLineStatus::Succeeded,
+                },
+                BillLine {
+                    kind: BillLineKind::Refund,
+                    provider_ref: Some("pi_2".into()),
+                    payment_id: None,
+                    refund_id: None,
+                    amount: Money {
+                        amount: 100,
+                        currency: "USD".into()
+                    },
+                    status: BillLineStatus::Pending,
+                },
+            ]
+        );
+        let broken = serde_json::json!({"data": [{"id": "txn_9", "type": "charge", "currency": "cny", "source": "ch_9"}]});
+        assert!(matches!(bill_page(&broken), Err(Error::Upstream { .. })));
     }
 }

@@ -43,9 +43,9 @@ use crate::error::{Error, Result};
 use crate::ports::Clock;
 use crate::ports::PortFuture;
 use crate::ports::payment::{
-    Notification, NotificationAnswer, PaymentAction, PaymentEvent, PaymentHandle, PaymentMethod,
-    PaymentNotice, PaymentProvider, PaymentRequest, PaymentSession, PaymentState, RefundOutcome,
-    RefundRequest,
+    BillLine, BillPeriod, Notification, NotificationAnswer, PaymentAction, PaymentEvent,
+    PaymentHandle, PaymentMethod, PaymentNotice, PaymentProvider, PaymentRequest, PaymentSession,
+    PaymentState, RefundOutcome, RefundRequest,
 };
 
 pub const PROVIDER: &str = "wechatpay";
@@ -616,6 +616,14 @@ struct RawError {
     message: String,
 }
 
+/// Where a bill is (`GET /v3/bill/tradebill`).
+#[derive(Deserialize)]
+struct RawBill {
+    download_url: String,
+    hash_type: String,
+    hash_value: String,
+}
+
 /// An answer whose signature, if it carries one, verified.
 struct Answer {
     status: u16,
@@ -843,38 +851,12 @@ impl WechatPayProvider {
         path_and_query: &str,
         body: Option<String>,
     ) -> Result<Answer> {
-        let timestamp = self.clock.now().unix_seconds();
-        // 32 characters, as the SDKs' nonces; unique per request.
-        let nonce = format!("{:032X}", rand::random::<u128>());
-        let authorization = self.config.authorization(
-            method.as_str(),
-            path_and_query,
-            body.as_deref().unwrap_or(""),
-            timestamp,
-            &nonce,
-        )?;
         let url = format!("{}{path_and_query}", self.config.api_base_url);
-        let headers = [
-            ("Authorization", authorization.as_str()),
-            ("Accept", "application/json"),
-            ("Content-Type", "application/json"),
-            ("User-Agent", USER_AGENT),
-        ];
         let HttpResponse {
             status,
             headers,
             body,
-        } = self
-            .http
-            .send(
-                PROVIDER,
-                method,
-                &url,
-                &headers,
-                body.map(String::into_bytes),
-                self.timeout,
-            )
-            .await?;
+        } = self.send_signed(method, &url, path_and_query, body).await?;
         let answer = Answer { status, body };
         let signed = headers.contains_key(SIGNATURE_HEADER);
         if answer.ok() || signed {
@@ -892,6 +874,77 @@ impl WechatPayProvider {
             }
         }
         Ok(answer)
+    }
+
+    /// One request to `url`, signed over `path_and_query` as WeChat Pay specifies.
+    async fn send_signed(
+        &self,
+        method: Method,
+        url: &str,
+        path_and_query: &str,
+        body: Option<String>,
+    ) -> Result<HttpResponse> {
+        let timestamp = self.clock.now().unix_seconds();
+        // 32 characters, as the SDKs' nonces; unique per request.
+        let nonce = format!("{:032X}", rand::random::<u128>());
+        let authorization = self.config.authorization(
+            method.as_str(),
+            path_and_query,
+            body.as_deref().unwrap_or(""),
+            timestamp,
+            &nonce,
+        )?;
+        let headers = [
+            ("Authorization", authorization.as_str()),
+            ("Accept", "application/json"),
+            ("Content-Type", "application/json"),
+            ("User-Agent", USER_AGENT),
+        ];
+        self.http
+            .send(
+                PROVIDER,
+                method,
+                url,
+                &headers,
+                body.map(String::into_bytes),
+                self.timeout,
+            )
+            .await
+    }
+
+    /// The trade bill of `period`'s day (`bill_type=ALL`): the answer names the file and
+    /// its hash; the file itself is not signed (its hash, from the verified answer, is
+    /// checked instead). A day without trades is `NO_STATEMENT_EXIST`: an empty bill.
+    async fn bill(&self, period: &BillPeriod) -> Result<Vec<BillLine>> {
+        let date = jiff::civil::Date::strptime("%Y-%m-%d", &period.date)
+            .map_err(|_| Error::Config(format!("bill date {} is not a date", period.date)))?;
+        let path = format!("/v3/bill/tradebill?bill_date={date}&bill_type=ALL");
+        let answer = self.call(Method::GET, &path, None).await?;
+        if !answer.ok() {
+            if answer.error().code == "NO_STATEMENT_EXIST" {
+                return Ok(Vec::new());
+            }
+            return Err(answer.upstream());
+        }
+        let named: RawBill = answer.json()?;
+        // The file is fetched only from WeChat Pay's own API (the channel's base URL):
+        // a signed request never goes elsewhere.
+        let path = named
+            .download_url
+            .strip_prefix(self.config.api_base_url.as_str())
+            .filter(|path| path.starts_with('/'))
+            .ok_or_else(|| upstream("WeChat Pay's bill is somewhere else than its API"))?;
+        let file = self
+            .send_signed(Method::GET, &named.download_url, path, None)
+            .await?;
+        if !(200..300).contains(&file.status) {
+            return Err(upstream(&format!(
+                "WeChat Pay's bill file answered HTTP {}",
+                file.status
+            )));
+        }
+        super::wechatpay_bill::check_hash(&file.body, &named.hash_type, &named.hash_value)?;
+        super::wechatpay_bill::parse_trade_bill(&file.body)
     }
 
     async fn create(&self, request: &PaymentRequest) -> Result<PaymentSession> {
@@ -1074,6 +1127,10 @@ impl PaymentProvider for WechatPayProvider {
 
     fn refund<'a>(&'a self, request: &'a RefundRequest) -> PortFuture<'a, RefundOutcome> {
         Box::pin(self.refund_payment(request))
+    }
+
+    fn fetch_bill<'a>(&'a self, period: &'a BillPeriod) -> PortFuture<'a, Vec<BillLine>> {
+        Box::pin(self.bill(period))
     }
 }
 
@@ -1997,8 +2054,11 @@ mod tests {
         let base = format!("http://{}", listener.local_addr().unwrap());
         let seen = Arc::new(Mutex::new(Vec::new()));
         let record = seen.clone();
+        let at = base.clone();
         tokio::spawn(async move {
             for answer in answers {
+                // An answer may name this server (a bill's download URL).
+                let answer_body = answer.body.replace("{base}", &at);
                 let Ok((mut stream, _)) = listener.accept().await else {
                     return;
                 };
@@ -2047,7 +2107,7 @@ mod tests {
                 let mut signature_headers = String::new();
                 if answer.signing != Signing::Unsigned {
                     let nonce = golden::RESPONSE_NONCE;
-                    let signature = sign(&key, timestamp, nonce, answer.body.as_bytes());
+                    let signature = sign(&key, timestamp, nonce, answer_body.as_bytes());
                     signature_headers = format!(
                         "Wechatpay-Timestamp: {timestamp}\r\nWechatpay-Nonce: {nonce}\r\nWechatpay-Signature: {signature}\r\nWechatpay-Serial: {serial}\r\nWechatpay-Signature-Type: {SCHEME}\r\n"
                     );
@@ -2055,8 +2115,8 @@ mod tests {
                 let response = format!(
                     "HTTP/1.1 {} Answer\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: {}\r\nRequest-ID: 08F0A1B2C3\r\n{signature_headers}Connection: close\r\n\r\n{}",
                     answer.status,
-                    answer.body.len(),
-                    answer.body
+                    answer_body.len(),
+                    answer_body
                 );
                 stream.write_all(response.as_bytes()).await.unwrap();
                 stream.shutdown().await.unwrap();
@@ -2282,6 +2342,80 @@ mod tests {
         assert_eq!(seen[0].target, golden::QUERY_PATH);
         assert_eq!(seen[0].body, "");
         check_signed_request(&seen[0]);
+    }
+
+    /// GIVEN WeChat Pay's signed answer naming the bill file and its SHA1, then the file
+    /// WHEN the bill is fetched THEN both requests are signed and the file's trades come
+    /// back; a file that does not match its hash, or one somewhere else than the API, is
+    /// refused; a day without trades is an empty bill.
+    #[tokio::test]
+    async fn the_trade_bill_is_fetched_checked_and_read_over_http() {
+        let file = "交易时间,微信订单号,商户订单号,交易状态,货币种类,订单金额,商户退款单号,申请退款金额,退款状态\r\n`2027-01-15 10:00:00,`4200000000202701150000000001,`P01ORDER,`SUCCESS,`CNY,`9.90,`0,`0.00,`\r\n总交易单数,订单总金额\r\n`1,`9.90\r\n";
+        let sha1 = hex::encode(ring::digest::digest(
+            &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
+            file.as_bytes(),
+        ));
+        let named = |hash: &str, at: &str| {
+            canned(
+                200,
+                &serde_json::json!({"hash_type": "SHA1", "hash_value": hash,
+                    "download_url": format!("{at}/v3/billdownload/file?token=T1")})
+                .to_string(),
+            )
+        };
+        let unsigned_file = || Canned {
+            status: 200,
+            body: file.to_owned(),
+            signing: Signing::Unsigned,
+        };
+        let answers = vec![
+            named(&sha1, "{base}"),
+            unsigned_file(),
+            named(&"0".repeat(40), "{base}"),
+            unsigned_file(),
+            canned(
+                400,
+                r#"{"code":"NO_STATEMENT_EXIST","message":"账单不存在"}"#,
+            ),
+            named(&sha1, "https://elsewhere.example"),
+        ];
+        let (base, seen) = fake_wechat(answers).await;
+        let (provider, _) = provider_at(&base);
+        let period = BillPeriod {
+            date: "2027-01-15".into(),
+            start: Timestamp(0),
+            end: Timestamp(0),
+        };
+        let lines = provider.fetch_bill(&period).await.unwrap();
+        assert_eq!(lines.len(), 1);
+        assert_eq!(
+            (
+                lines[0].provider_ref.as_deref(),
+                lines[0].payment_id.as_deref(),
+                lines[0].amount.amount
+            ),
+            (Some("4200000000202701150000000001"), Some("P01ORDER"), 990)
+        );
+        let tampered = provider.fetch_bill(&period).await;
+        assert!(
+            matches!(tampered, Err(Error::Upstream { .. })),
+            "{tampered:?}"
+        );
+        assert!(provider.fetch_bill(&period).await.unwrap().is_empty());
+        let elsewhere = provider.fetch_bill(&period).await;
+        assert!(
+            matches!(elsewhere, Err(Error::Upstream { .. })),
+            "{elsewhere:?}"
+        );
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 6, "nothing is fetched from elsewhere");
+        assert_eq!(
+            seen[0].target,
+            "/v3/bill/tradebill?bill_date=2027-01-15&bill_type=ALL"
+        );
+        assert_eq!(seen[1].target, "/v3/billdownload/file?token=T1");
+        check_signed_request(&seen[0]);
+        check_signed_request(&seen[1]);
     }
 
     #[tokio::test]

@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::store::{ExceptionEntry, ExceptionFilter, cursor_key, cursor_text};
 
 /// What `cause` may be: a status that needs a person, or a detail of one.
-pub const CAUSES: [&str; 10] = [
+pub const CAUSES: [&str; 15] = [
     "delivery_failed",
     "payment_exception",
     "paid_after_expiry",
@@ -22,6 +22,11 @@ pub const CAUSES: [&str; 10] = [
     "no_supplier_succeeded",
     "amount_mismatch",
     "currency_mismatch",
+    crate::store::RECONCILIATION_MISMATCH,
+    "missing_in_kami",
+    "missing_in_bill",
+    "amount_differs",
+    "status_differs",
 ];
 
 /// The query of `GET /admin/exceptions`.

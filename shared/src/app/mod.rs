@@ -1,6 +1,7 @@
 //! Use cases: one module each, plain async functions over the `Context`.
 
 pub mod audit;
+pub mod bills;
 pub mod catalog;
 pub mod channels;
 pub mod delivery;

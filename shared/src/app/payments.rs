@@ -14,7 +14,7 @@ use crate::ports::payment::{
     Notification, NotificationAnswer, PaymentEvent, PaymentNotice, PaymentProvider,
 };
 use crate::store::{
-    AttemptStatus, OrderRecord, PaymentApplied, PaymentChange, StockShare, Unmatched,
+    AttemptRecord, AttemptStatus, OrderRecord, PaymentApplied, PaymentChange, StockShare, Unmatched,
 };
 
 const DECISION_ATTEMPTS: u32 = 4;
@@ -111,7 +111,7 @@ async fn apply_channel_notification(
                 ));
             }
             notice.order_id = Some(attempt.order_id.clone());
-            record_payment(ctx, &notice, Some(&attempt.payment_id)).await
+            record_payment(ctx, &notice, Some(&attempt)).await
         }
         PaymentEvent::Closed {
             event_id,
@@ -199,7 +199,7 @@ fn decide<'a>(
     order: &OrderRecord,
     notice: &'a PaymentNotice,
     stock: Option<&'a [StockShare]>,
-    attempt: Option<&'a str>,
+    attempt: Option<&'a AttemptRecord>,
 ) -> PaymentChange<'a> {
     let amount = &notice.amount;
     let exact = *amount == order.amount;
@@ -239,7 +239,7 @@ fn decide<'a>(
         }
         // Already settled: another event about the same payment, or a second payment.
         _ if order.payment_ref.as_deref() == Some(notice.provider_ref.as_str()) => {
-            ("repeat_notification", None)
+            (crate::store::REPEAT_NOTIFICATION, None)
         }
         _ => (crate::store::DUPLICATE_PAYMENT, None),
     };
@@ -251,17 +251,19 @@ fn decide<'a>(
         outcome,
         transition,
         reserve_stock,
-        attempt,
+        attempt: attempt.map(|a| a.payment_id.as_str()),
+        channel: attempt.map(|a| a.channel_id.as_str()),
     }
 }
 
 /// Applies a verified payment to the order it names (`notice.order_id`). `attempt` is the
 /// payment attempt of that order it was bound to (a channel's notification, checked by
-/// the caller), marked paid in the same transaction.
+/// the caller), marked paid in the same transaction, the payment entered in its
+/// channel's book.
 pub async fn record_payment(
     ctx: &Context,
     notice: &PaymentNotice,
-    attempt: Option<&str>,
+    attempt: Option<&AttemptRecord>,
 ) -> Result<()> {
     // Where a late payment takes its stock again.
     let mut retake = Retake::default();

@@ -201,7 +201,14 @@ async fn refund_once(
     };
     match ctx
         .store
-        .reserve_refund(&refund, &payment.amount, &key, &request_hash, now)
+        .reserve_refund(
+            &refund,
+            &payment.amount,
+            &attempt.channel_id,
+            &key,
+            &request_hash,
+            now,
+        )
         .await?
     {
         RefundReserved::Reserved => {}

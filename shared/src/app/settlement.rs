@@ -18,8 +18,8 @@ use crate::domain::time::Timestamp;
 use crate::error::{ConflictKind, Error, Result};
 use crate::request::RequestBody;
 use crate::store::{
-    AuditSubject, Balance, CommissionEntry, EntryKind, Payable, SettlementRun, StatementRecord,
-    SupplierStatement, SupplierStatementClosed,
+    AuditSubject, Balance, CommissionEntry, EntryKind, Payable, ReconciliationReport,
+    SettlementRun, StatementRecord, SupplierStatement, SupplierStatementClosed,
 };
 
 /// Entries settled per transaction: each is two items (the entry and its line), one
@@ -127,6 +127,9 @@ pub async fn run(ctx: &Context, request: &RunRequest) -> Result<RunReport> {
         statements_open: 0,
         mismatches: Vec::new(),
         supplier_statements: 0,
+        bills_reconciled: 0,
+        bill_mismatches: 0,
+        bills_not_reconciled: Vec::new(),
     };
     if let Some(named) = &request.distributors {
         for distributor_id in named {
@@ -149,6 +152,9 @@ pub async fn run(ctx: &Context, request: &RunRequest) -> Result<RunReport> {
         }
     }
     settle_suppliers(ctx, &period, &mut report).await?;
+    if request.distributors.is_none() {
+        reconcile_bills(ctx, &period, &mut report).await?;
+    }
     report.finished_at = ctx.clock.now().to_rfc3339();
     // Counted on every run, 0 included: the alarm sees that runs happen.
     crate::metrics::settlement_mismatches(report.statements_open);
@@ -195,6 +201,30 @@ async fn settle_suppliers(ctx: &Context, period: &Period, report: &mut RunReport
                     ));
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+/// Compares each payment channel's bill for the period with Kami's book of it
+/// (docs/reconciliation.md); a bill that cannot be had is reported, and the run goes on.
+async fn reconcile_bills(ctx: &Context, period: &Period, report: &mut RunReport) -> Result<()> {
+    for channel in ctx.store.list_channels().await? {
+        match super::bills::reconcile_channel(ctx, &channel.channel_id, period).await {
+            Ok(reconciled) => {
+                report.bills_reconciled += 1;
+                report.bill_mismatches +=
+                    u32::try_from(reconciled.mismatches_total).unwrap_or(u32::MAX);
+            }
+            Err(
+                err @ (Error::NotAvailable { .. } | Error::Upstream { .. } | Error::Timeout { .. }),
+            ) => {
+                tracing::warn!(channel_id = %channel.channel_id, period = %period.label, error = %err, "bill not reconciled");
+                report
+                    .bills_not_reconciled
+                    .push(format!("{}: {err}", channel.channel_id));
+            }
+            Err(err) => return Err(err),
         }
     }
     Ok(())
@@ -439,6 +469,8 @@ pub struct Settlement {
     pub statements: Vec<StatementRecord>,
     /// What Kami owes each supplier for the period's top-ups, per currency.
     pub supplier_statements: Vec<SupplierStatement>,
+    /// Each payment channel's bill compared with Kami's records (the latest run's).
+    pub reconciliation: Vec<ReconciliationReport>,
 }
 
 pub async fn settlement(ctx: &Context, query: Option<&str>) -> Result<Settlement> {
@@ -459,6 +491,7 @@ pub async fn settlement(ctx: &Context, query: Option<&str>) -> Result<Settlement
         run: ctx.store.get_settlement_run(&period.label).await?,
         statements: ctx.store.statements_in_period(&period.label).await?,
         supplier_statements: ctx.store.supplier_statements(&period.label).await?,
+        reconciliation: ctx.store.reconciliation_reports(&period.label).await?,
         period: period.label,
     })
 }

@@ -9,8 +9,9 @@ use crate::domain::money::Money;
 use crate::error::{Error, Result};
 use crate::ports::PortFuture;
 use crate::ports::payment::{
-    Notification, NotificationAnswer, PaymentAction, PaymentEvent, PaymentHandle, PaymentNotice,
-    PaymentProvider, PaymentRequest, PaymentSession, PaymentState, RefundOutcome, RefundRequest,
+    BillLine, BillLineKind, BillLineStatus, BillPeriod, Notification, NotificationAnswer,
+    PaymentAction, PaymentEvent, PaymentHandle, PaymentNotice, PaymentProvider, PaymentRequest,
+    PaymentSession, PaymentState, RefundOutcome, RefundRequest,
 };
 
 const NAME: &str = "fake-pay";
@@ -23,6 +24,9 @@ pub struct FakePaymentProvider {
     script: Script,
     payments: Mutex<HashMap<String, PaymentState>>,
     refunds: Mutex<Vec<RefundRequest>>,
+    /// The bill: a line per payment and refund made, as a provider's bill has them,
+    /// edited by `add_bill_line` / `drop_bill_line` to make mismatches.
+    bill: Mutex<Vec<BillLine>>,
 }
 
 /// The body of a fake notification.
@@ -42,6 +46,7 @@ impl Default for FakePaymentProvider {
             script: Script::default(),
             payments: Mutex::default(),
             refunds: Mutex::default(),
+            bill: Mutex::default(),
         }
     }
 }
@@ -69,6 +74,14 @@ impl FakePaymentProvider {
                 provider_ref: provider_ref.clone(),
             },
         );
+        lock(&self.bill).push(BillLine {
+            kind: BillLineKind::Payment,
+            provider_ref: Some(provider_ref.clone()),
+            payment_id: Some(payment_id.clone()),
+            refund_id: None,
+            amount: amount.clone(),
+            status: BillLineStatus::Succeeded,
+        });
         let body = Body {
             event_id: event_id.to_owned(),
             payment_id: Some(payment_id),
@@ -81,6 +94,26 @@ impl FakePaymentProvider {
             headers.insert(SIGNATURE_HEADER, value);
         }
         (headers, serde_json::to_vec(&body).unwrap_or_default())
+    }
+
+    /// A line in the bill Kami never heard of (or an edited copy of a real one).
+    pub fn add_bill_line(&self, line: BillLine) {
+        lock(&self.bill).push(line);
+    }
+
+    /// Takes the lines of a payment or refund (by `payment_id` / `refund_id`) out of the
+    /// bill, returning them.
+    pub fn drop_bill_line(&self, id: &str) -> Vec<BillLine> {
+        let mut bill = lock(&self.bill);
+        let (dropped, kept) = bill.drain(..).partition(|line: &BillLine| {
+            let named = match line.kind {
+                BillLineKind::Payment => line.payment_id.as_deref(),
+                BillLineKind::Refund => line.refund_id.as_deref(),
+            };
+            named == Some(id)
+        });
+        *bill = kept;
+        dropped
     }
 
     /// Every refund the provider made.
@@ -158,6 +191,14 @@ impl FakePaymentProvider {
             let mut refunds = lock(&self.refunds);
             if refunds.iter().all(|r| r.refund_id != request.refund_id) {
                 refunds.push(request.clone());
+                lock(&self.bill).push(BillLine {
+                    kind: BillLineKind::Refund,
+                    provider_ref: request.payment.provider_ref.clone(),
+                    payment_id: Some(request.payment.payment_id.clone()),
+                    refund_id: Some(request.refund_id.clone()),
+                    amount: request.amount.clone(),
+                    status: BillLineStatus::Succeeded,
+                });
             }
             lock(&self.payments).insert(
                 request.payment.payment_id.clone(),
@@ -206,6 +247,14 @@ impl PaymentProvider for FakePaymentProvider {
     fn refund<'a>(&'a self, request: &'a RefundRequest) -> PortFuture<'a, RefundOutcome> {
         Box::pin(async move { self.refund_now(request) })
     }
+
+    /// The whole bill, whatever the period: a fake has no clock of its own.
+    fn fetch_bill<'a>(&'a self, _period: &'a BillPeriod) -> PortFuture<'a, Vec<BillLine>> {
+        Box::pin(async move {
+            self.script.perform(NAME, || {})?;
+            Ok(lock(&self.bill).clone())
+        })
+    }
 }
 
 #[cfg(test)]
@@ -216,6 +265,51 @@ mod tests {
 
     fn cny(amount: i64) -> Money {
         Money::cny(amount)
+    }
+
+    /// GIVEN payments and a refund made WHEN the bill is fetched THEN a line each; lines
+    /// can be dropped and added (to make mismatches), and a scripted failure fails.
+    #[tokio::test]
+    async fn the_bill_has_what_the_fake_did_and_takes_edits() {
+        let provider = FakePaymentProvider::default();
+        provider.pay("evt_1", Some("01A"), cny(990));
+        provider.pay("evt_2", Some("01B"), cny(500));
+        let handle = PaymentHandle {
+            payment_id: "01A".into(),
+            provider_ref: Some("fake_pay_01A".into()),
+        };
+        provider
+            .refund(&RefundRequest {
+                refund_id: "01AR0001".into(),
+                payment: handle,
+                amount: cny(100),
+                paid: cny(990),
+                reason: "test".into(),
+                notify_url: String::new(),
+            })
+            .await
+            .unwrap();
+        let period = BillPeriod {
+            date: "2027-01-15".into(),
+            start: Timestamp(0),
+            end: Timestamp(1),
+        };
+        let bill = provider.fetch_bill(&period).await.unwrap();
+        let kinds: Vec<_> = bill.iter().map(|l| (l.kind, l.amount.amount)).collect();
+        assert_eq!(
+            kinds,
+            [
+                (BillLineKind::Payment, 990),
+                (BillLineKind::Payment, 500),
+                (BillLineKind::Refund, 100)
+            ]
+        );
+        assert_eq!(provider.drop_bill_line("01B").len(), 1);
+        provider.add_bill_line(bill[1].clone());
+        provider.add_bill_line(bill[1].clone());
+        assert_eq!(provider.fetch_bill(&period).await.unwrap().len(), 4);
+        provider.then(Behaviour::Fail);
+        assert!(provider.fetch_bill(&period).await.is_err());
     }
 
     #[tokio::test]

@@ -177,6 +177,59 @@ pub enum RefundOutcome {
     Refused { reason: String },
 }
 
+/// Which bill to fetch: the settlement period as UTC instants (Stripe lists by
+/// `created`) and as the day it is in the settlement's zone (Alipay and WeChat Pay
+/// bill by day, `bill_date`, in China time).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BillPeriod {
+    /// `YYYY-MM-DD`.
+    pub date: String,
+    pub start: Timestamp,
+    pub end: Timestamp,
+}
+
+/// Money going in (a payment) or back out (a refund).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BillLineKind {
+    Payment,
+    Refund,
+}
+
+/// Where a bill line's money stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BillLineStatus {
+    /// The money moved.
+    Succeeded,
+    /// Accepted, not settled yet (a refund in flight).
+    Pending,
+    /// It did not move (a refund that failed).
+    Failed,
+}
+
+/// One line of a provider's bill, in the domain's words.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct BillLine {
+    pub kind: BillLineKind,
+    /// The provider's reference of the payment (Alipay's `trade_no`, WeChat Pay's
+    /// `transaction_id`, Stripe's payment intent), when known: a refund's line names its
+    /// payment's (Kami's refund records do not carry it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider_ref: Option<String>,
+    /// Kami's attempt (`out_trade_no`; Stripe's `metadata.payment_id`), when the bill
+    /// carries it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payment_id: Option<String>,
+    /// Kami's refund id (`out_request_no`, `out_refund_no`, Stripe's
+    /// `metadata.refund_id`), refunds only, when the bill carries it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refund_id: Option<String>,
+    /// Always positive: `kind` says which way it went.
+    pub amount: Money,
+    pub status: BillLineStatus,
+}
+
 /// The HTTP answer a provider expects to a notification.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NotificationAnswer {
@@ -214,4 +267,18 @@ pub trait PaymentProvider: Send + Sync {
     fn close_payment<'a>(&'a self, payment: &'a PaymentHandle) -> PortFuture<'a, ()>;
 
     fn refund<'a>(&'a self, request: &'a RefundRequest) -> PortFuture<'a, RefundOutcome>;
+
+    /// The provider's bill of the channel's account for `period`: every payment and
+    /// refund it records there. A provider that cannot be reached or whose bill cannot
+    /// be read is `Error::Upstream` / `Error::Timeout`; an adapter that cannot read its
+    /// provider's bill yet (Alipay) keeps this default, `Error::NotAvailable`.
+    fn fetch_bill<'a>(&'a self, _period: &'a BillPeriod) -> PortFuture<'a, Vec<BillLine>> {
+        let system = self.name();
+        Box::pin(async move {
+            Err(Error::NotAvailable {
+                system,
+                operation: "fetch_bill",
+            })
+        })
+    }
 }

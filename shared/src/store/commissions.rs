@@ -417,6 +417,13 @@ pub struct SettlementRun {
     pub mismatches: Vec<String>,
     /// Supplier statements closed (or found closed with the same sums).
     pub supplier_statements: u32,
+    /// Channels whose bill was compared with Kami's book this run.
+    pub bills_reconciled: u32,
+    /// Differences those bills showed (each filed once as `reconciliation_mismatch`).
+    pub bill_mismatches: u32,
+    /// Channels whose bill could not be had, and why (a provider down, or one whose bill
+    /// Kami cannot read yet: Alipay).
+    pub bills_not_reconciled: Vec<String>,
 }
 
 /// One line of a statement: the entry it settled, as it was.
@@ -795,6 +802,12 @@ impl Store {
                 ("statements_closed", n(run.statements_closed)),
                 ("statements_open", n(run.statements_open)),
                 ("supplier_statements", n(run.supplier_statements)),
+                ("bills_reconciled", n(run.bills_reconciled)),
+                ("bill_mismatches", n(run.bill_mismatches)),
+                (
+                    "bills_not_reconciled",
+                    AttributeValue::L(run.bills_not_reconciled.iter().map(s).collect()),
+                ),
                 (
                     "mismatches",
                     AttributeValue::L(run.mismatches.iter().map(s).collect()),
@@ -826,6 +839,14 @@ impl Store {
             statements_closed: get_u32(&found, "statements_closed")?,
             statements_open: get_u32(&found, "statements_open")?,
             supplier_statements: get_u32(&found, "supplier_statements").unwrap_or(0),
+            bills_reconciled: get_u32(&found, "bills_reconciled").unwrap_or(0),
+            bill_mismatches: get_u32(&found, "bill_mismatches").unwrap_or(0),
+            bills_not_reconciled: match found.get("bills_not_reconciled") {
+                Some(AttributeValue::L(list)) => {
+                    list.iter().filter_map(|v| v.as_s().ok().cloned()).collect()
+                }
+                _ => Vec::new(),
+            },
             mismatches: match found.get("mismatches") {
                 Some(AttributeValue::L(list)) => {
                     list.iter().filter_map(|v| v.as_s().ok().cloned()).collect()

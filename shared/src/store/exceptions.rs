@@ -186,7 +186,7 @@ pub fn cursor_text(key: &Item) -> Result<String> {
 }
 
 /// The key a cursor's text names; `None` if it is not one of this queue's keys (an
-/// order's, or a payment record's).
+/// order's, a payment record's, or a reconciliation mismatch's).
 pub fn cursor_key(text: &str) -> Option<Item> {
     let mut parts = text.splitn(3, '|');
     let since: i64 = parts.next()?.parse().ok()?;
@@ -194,7 +194,8 @@ pub fn cursor_key(text: &str) -> Option<Item> {
     let pk = parts.next()?;
     let order = keys::order_id_of(pk).is_some() && sk == keys::ORDER_SK;
     let payment = PaymentEvent::of_key(pk).is_some();
-    if !(order || payment) {
+    let mismatch = super::bills::is_mismatch_key(pk, sk);
+    if !(order || payment || mismatch) {
         return None;
     }
     Some(

@@ -33,6 +33,7 @@ use crate::error::{Error, Result};
 mod attempts;
 mod audit;
 mod backoff;
+mod bills;
 mod card_keys;
 mod channels;
 mod codec;
@@ -53,6 +54,10 @@ mod tx;
 
 pub use attempts::{AttemptRecord, AttemptStatus, RECONCILE_AFTER_SECONDS};
 pub use audit::{AuditCursor, AuditEntry, AuditOf, AuditSubject};
+pub use bills::{
+    ChannelBook, KamiLine, Mismatch, MismatchKind, RECONCILIATION_MISMATCH, REPORT_MISMATCHES,
+    ReconciliationReport,
+};
 pub use card_keys::{
     AllocateOutcome, BatchRecord, CardKeySlot, SealedKey, StockKey, SubstituteKey, Substituted,
 };
@@ -71,8 +76,8 @@ pub use orders::{
 };
 pub use payables::{Payable, SupplierStatement, SupplierStatementClosed};
 pub use payments::{
-    DUPLICATE_PAYMENT, PaymentApplied, PaymentChange, PaymentRecord, PaymentResolved, Unmatched,
-    UnmatchedPayment,
+    DUPLICATE_PAYMENT, PaymentApplied, PaymentChange, PaymentRecord, PaymentResolved,
+    REPEAT_NOTIFICATION, Unmatched, UnmatchedPayment,
 };
 pub use refunds::{RefundRecord, RefundReserved, RefundSettlement, RefundStatus};
 pub use suppliers::SupplierRecord;
@@ -91,7 +96,9 @@ const ORDER_INDEX: &str = "gsi1";
 /// to need a person, Unix ms; it projects what a listing shows).
 const EXCEPTION_INDEX: &str = "gsi2";
 /// The sparse GSI of the audit trail by actor (`gsi3pk` S = `AUDITBY#{actor}`, `gsi3sk`
-/// S = the entry's ULID; projects everything: an entry is small and never changes).
+/// S = the entry's ULID; projects everything: an entry is small and never changes). Other
+/// sparse listings share it under their own `gsi3pk` prefixes (commissions, statements,
+/// a channel's book of payments and refunds: `store/bills.rs`).
 const AUDIT_INDEX: &str = "gsi3";
 
 /// Available card keys of a product are spread over this many partitions so that

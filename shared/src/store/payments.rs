@@ -47,7 +47,13 @@ pub struct PaymentChange<'a> {
     /// The payment attempt of the order the money was for, marked paid in the same
     /// transaction (a channel's notification names one).
     pub attempt: Option<&'a str>,
+    /// The channel the money came through: the payment is entered in its book (what
+    /// its provider's bill is reconciled against), unless it repeats one recorded.
+    pub channel: Option<&'a str>,
 }
+
+/// Another event about a payment already recorded: no new money.
+pub const REPEAT_NOTIFICATION: &str = "repeat_notification";
 
 /// What the money that pays `order` is worth in the order's currency: the payment's
 /// amount, or the order's own when the money came in another currency (an operator
@@ -165,6 +171,11 @@ impl Store {
         );
         if let Some(payment_id) = change.attempt {
             payment.insert("payment_id".to_owned(), s(payment_id));
+        }
+        if let Some(channel) = change.channel
+            && change.outcome != REPEAT_NOTIFICATION
+        {
+            super::bills::enter_in_book(&mut payment, channel, now)?;
         }
         tx.put(ItemName::Payment, payment, None)?;
         match change.transition {

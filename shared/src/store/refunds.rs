@@ -105,11 +105,13 @@ const COMMISSION_RACES: u32 = 3;
 impl Store {
     /// Access pattern: record a refund (`requested`) of `refund.amount` from the attempt
     /// that took `paid`, raising its total refunded only while it stays within `paid`,
-    /// and claim the idempotency key (`IDEMPOTENCY#refunds#h`), in one transaction.
+    /// and claim the idempotency key (`IDEMPOTENCY#refunds#h`), in one transaction. The
+    /// refund is entered in the book of `channel_id` (the attempt's) as of `now`.
     pub async fn reserve_refund(
         &self,
         refund: &RefundRecord,
         paid: &Money,
+        channel_id: &str,
         key: &str,
         request_hash: &str,
         now: Timestamp,
@@ -122,25 +124,23 @@ impl Store {
             claim,
             Some("attribute_not_exists(pk)"),
         )?;
-        tx.put(
-            ItemName::Refund,
-            item(
-                keys::refund(&refund.order_id, &refund.refund_id),
-                "refund",
-                [
-                    ("refund_id", s(&refund.refund_id)),
-                    ("order_id", s(&refund.order_id)),
-                    ("payment_id", s(&refund.payment_id)),
-                    ("amount", n(refund.amount.amount)),
-                    ("currency", s(&refund.amount.currency)),
-                    ("status", s(refund.status.as_str())),
-                    ("reason", s(&refund.reason)),
-                    ("created_at", s(&refund.created_at)),
-                    ("updated_at", s(&refund.updated_at)),
-                ],
-            ),
-            Some("attribute_not_exists(pk)"),
-        )?;
+        let mut record = item(
+            keys::refund(&refund.order_id, &refund.refund_id),
+            "refund",
+            [
+                ("refund_id", s(&refund.refund_id)),
+                ("order_id", s(&refund.order_id)),
+                ("payment_id", s(&refund.payment_id)),
+                ("amount", n(refund.amount.amount)),
+                ("currency", s(&refund.amount.currency)),
+                ("status", s(refund.status.as_str())),
+                ("reason", s(&refund.reason)),
+                ("created_at", s(&refund.created_at)),
+                ("updated_at", s(&refund.updated_at)),
+            ],
+        );
+        super::bills::enter_in_book(&mut record, channel_id, now)?;
+        tx.put(ItemName::Refund, record, Some("attribute_not_exists(pk)"))?;
         tx.update(
             ItemName::Attempt,
             key_item(keys::attempt(&refund.order_id, &refund.payment_id)),
