@@ -851,7 +851,6 @@ async fn a_run_cut_short_and_two_runs_at_once_yield_the_same_statements() {
             ),
         ]
         .into_iter()
-        .map(|(id, sum, lines, status)| (id, sum, lines, status))
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect::<Vec<_>>()
