@@ -154,20 +154,9 @@ async fn shop(sandbox: &Sandbox, provider: &'static str) -> Shop {
 async fn paid_order(shop: &Shop, sandbox: &Sandbox, n: usize) -> (String, String) {
     let (_, order) = order(&shop.ctx, &shop.sku, 1, &format!("bills-{}-{n}", shop.run)).await;
     let order_id = order["order_id"].as_str().expect("order id").to_owned();
-    let auth = format!("Bearer {}", order["access_token"].as_str().expect("token"));
-    let (status, payment) = checkout(
-        &shop.ctx,
-        request(
-            "POST",
-            &format!("/orders/{order_id}/payments"),
-            &[
-                ("authorization", &auth),
-                ("idempotency-key", &format!("bills-pay-{}-{n}", shop.run)),
-            ],
-            json!({"channel": shop.channel}).to_string(),
-        ),
-    )
-    .await;
+    let token = order["access_token"].as_str().expect("token");
+    let key = format!("bills-pay-{}-{n}", shop.run);
+    let (status, payment) = open_payment(&shop.ctx, &order_id, token, &key, &shop.channel).await;
     assert_eq!(status, 201, "{payment}");
     let payment_id = payment["payment_id"].as_str().expect("id").to_owned();
     sandbox
