@@ -13,6 +13,8 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 only="${2:-}"
 [[ "${1:-}" == "--only" ]] || only=""
+# One-shot builds: incremental caches would only take disk (CI machines may have little).
+export CARGO_INCREMENTAL=0
 export SAM_CLI_TELEMETRY=0 PYTHONPATH="$repo/infra${PYTHONPATH:+:$PYTHONPATH}"
 py="$repo/.kami/venv/bin/python"
 results=()
