@@ -4,12 +4,15 @@ notifies, and the sandbox must accept what they sign and refuse what is tampered
 
 from __future__ import annotations
 
+import datetime
+import io
 import json
 import os
 import subprocess
 import sys
 import threading
 import time
+import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
@@ -24,6 +27,7 @@ from wechatpayv3 import WeChatPay, WeChatPayType
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kami_local.sandbox import Sandbox, channel_configs, cli, keys as sandbox_keys  # noqa: E402
+from kami_local.sandbox.common import CHINA  # noqa: E402
 from kami_local.sandbox.stripe import parse_form  # noqa: E402
 
 KEYS = sandbox_keys.generate()  # once for the module: RSA key generation is the slow part
@@ -211,6 +215,40 @@ def test_alipay_query_close_refund_answers_verify_with_the_sdk(sandbox, receiver
     assert sandbox_pay(sandbox, provider="alipay", payment_id="PAY-B2").status_code == 409
 
 
+def test_alipay_trade_bill_through_the_sdk_is_a_zip_of_gbk_csv_and_takes_edits(sandbox, receiver):
+    merchant = alipay_merchant(sandbox)
+    requests.get(alipay_page_url(sandbox, receiver, "PAY-AB1"), timeout=10)
+    assert sandbox_pay(sandbox, provider="alipay", payment_id="PAY-AB1", lose=True).ok
+    assert merchant.api_alipay_trade_refund(refund_amount="3.00", out_trade_no="PAY-AB1",
+                                            out_request_no="RF-AB1")["fund_change"] == "Y"
+    day = datetime.datetime.fromtimestamp(sandbox.now(), CHINA).date().isoformat()
+
+    def bill(date: str = day) -> list[list[str]]:
+        named = merchant.server_api("alipay.data.dataservice.bill.downloadurl.query",
+                                    {"bill_type": "trade", "bill_date": date})  # verified by the SDK
+        assert named["code"] == "10000", named
+        packed = zipfile.ZipFile(io.BytesIO(requests.get(named["bill_download_url"], timeout=10).content))
+        texts = [packed.read(name).decode("gbk") for name in packed.namelist()]
+        assert sorted(t.splitlines()[0] for t in texts) == ["#支付宝业务明细查询", "#支付宝业务汇总查询"]
+        detail = next(t for t in texts if t.startswith("#支付宝业务明细查询")).splitlines()
+        assert detail[4].startswith("支付宝交易号,商户订单号,业务类型,")
+        lines = [line for line in detail[5:] if not line.startswith("#")]
+        assert all(field.endswith("\t") for line in lines for field in line.split(","))  # Alipay pads each field
+        return [[field.strip() for field in line.split(",")] for line in lines]
+
+    rows = bill()
+    assert [(r[1], r[2], r[11], r[21]) for r in rows] == [("PAY-AB1", "交易", "9.90", ""),
+                                                           ("PAY-AB1", "退款", "-3.00", "RF-AB1")]
+    control = lambda **body: requests.post(f"{sandbox.url}/_sandbox/bill", json={"provider": "alipay", **body},
+                                           timeout=10).json()
+    control(action="amend", id="PAY-AB1", amount=980)
+    control(action="drop", id="RF-AB1")
+    added = control(action="add", kind="payment", amount=50, payment_id="PAY-X")
+    rows = bill()
+    assert [(r[0], r[1], r[11]) for r in rows] == [(rows[0][0], "PAY-AB1", "9.80"), (added["provider_ref"], "PAY-X", "0.50")]
+    assert bill("2001-01-01") == []
+
+
 def test_alipay_server_calls_by_form_post_and_bad_signatures(sandbox, receiver):
     requests.get(alipay_page_url(sandbox, receiver, "PAY-C1"), timeout=10)
     merchant = alipay_merchant(sandbox)
@@ -378,14 +416,13 @@ def test_wechat_refunds_can_settle_at_once(sandbox):
 
 
 def test_wechat_trade_bill_through_the_sdk_with_its_hash_and_edits(sandbox):
-    import datetime
     import hashlib
 
     pay = wechat_merchant(sandbox)
     pay.pay(description="x", out_trade_no="PAY-WB1", amount={"total": 990})
     sandbox_pay(sandbox, provider="wechatpay", payment_id="PAY-WB1", lose=True)
     pay.refund(out_refund_no="RF-WB1", amount={"refund": 300, "total": 990, "currency": "CNY"}, out_trade_no="PAY-WB1")
-    day = datetime.datetime.now(datetime.timezone(datetime.timedelta(hours=8))).date().isoformat()
+    day = datetime.datetime.now(CHINA).date().isoformat()
 
     def bill() -> list[list[str]]:
         code, text = pay._core.request(f"/v3/bill/tradebill?bill_date={day}&bill_type=ALL")  # verified by the SDK

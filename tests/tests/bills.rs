@@ -1,5 +1,5 @@
-//! Provider bill reconciliation against moto and the payment sandbox (its Stripe): buyers
-//! pay through a Stripe channel, Kami records the payments and refunds in the channel's
+//! Provider bill reconciliation against moto and the payment sandbox (its Stripe, WeChat
+//! Pay and Alipay): buyers pay through a channel, Kami records the payments and refunds in the channel's
 //! book, and the sandbox's bill is compared with it. A clean bill yields nothing; each
 //! difference the sandbox can make is found and filed once; running again files nothing.
 
@@ -105,6 +105,7 @@ impl Sandbox {
     async fn channel(&self, provider: &str) -> Value {
         let name = match provider {
             "wechatpay" => "wechat-sandbox",
+            "alipay" => "alipay-sandbox",
             _ => "stripe-sandbox",
         };
         self.control("channels", None).await[name].clone()
@@ -159,14 +160,14 @@ async fn paid_order(shop: &Shop, sandbox: &Sandbox, n: usize) -> (String, String
     let (status, payment) = open_payment(&shop.ctx, &order_id, token, &key, &shop.channel).await;
     assert_eq!(status, 201, "{payment}");
     let payment_id = payment["payment_id"].as_str().expect("id").to_owned();
-    sandbox
-        .post(
-            "pay",
-            // Lost: the URL is only where it would have gone.
-            json!({"provider": shop.provider, "payment_id": payment_id, "lose": true,
-                "notify_url": "http://127.0.0.1:9/lost"}),
-        )
-        .await;
+    // Lost: the URL is only where it would have gone. Alipay's trade exists once the
+    // buyer opens the pay page: the sandbox opens it first.
+    let mut pay = json!({"provider": shop.provider, "payment_id": payment_id, "lose": true,
+        "notify_url": "http://127.0.0.1:9/lost"});
+    if shop.provider == "alipay" {
+        pay["pay_url"] = payment["action"]["url"].clone();
+    }
+    sandbox.post("pay", pay).await;
     // Another test's run may recover it first, or ask before the sandbox took the money
     // and put it off (until its own `now` + the reconciler's delay): each next run looks
     // past that horizon. Either way it is paid once this returns.
@@ -217,12 +218,12 @@ async fn refund(shop: &Shop, order_id: &str, amount: i64) -> String {
 }
 
 /// Stripe's bill is listed by time: ten minutes either side of now, named for this test
-/// alone. WeChat Pay bills by day: today in China.
+/// alone. WeChat Pay and Alipay bill by day: today in China.
 fn period(shop: &Shop) -> Period {
     let now = Timestamp::now();
     match shop.provider {
         // The day before tomorrow's.
-        "wechatpay" => {
+        "wechatpay" | "alipay" => {
             period_for(None, now.plus_seconds(24 * 3600), "Asia/Shanghai").expect("period")
         }
         _ => Period {
@@ -279,16 +280,24 @@ async fn a_clean_bill_yields_no_mismatch() {
 /// filed once in the exception queue; a second run files nothing new.
 #[tokio::test]
 async fn each_mismatch_the_sandbox_makes_is_found_and_filed_once() {
-    each_mismatch_is_found_and_filed_once("stripe", "pending").await;
+    each_mismatch_is_found_and_filed_once("stripe", Some("pending")).await;
 }
 
 /// As above, with WeChat Pay's trade bill file (a day in China time).
 #[tokio::test]
 async fn each_mismatch_in_a_wechat_pay_bill_is_found_and_filed_once() {
-    each_mismatch_is_found_and_filed_once("wechatpay", "PROCESSING").await;
+    each_mismatch_is_found_and_filed_once("wechatpay", Some("PROCESSING")).await;
 }
 
-async fn each_mismatch_is_found_and_filed_once(provider: &'static str, pending: &str) {
+/// As above, with Alipay's bill (a zip of GBK CSV files, a day in China time). Its bill
+/// lists only money that moved, so a refund never shows another status there.
+#[tokio::test]
+async fn each_mismatch_in_an_alipay_bill_is_found_and_filed_once() {
+    each_mismatch_is_found_and_filed_once("alipay", None).await;
+}
+
+/// `pending`: how the provider's bill shows a refund in flight, if it shows one at all.
+async fn each_mismatch_is_found_and_filed_once(provider: &'static str, pending: Option<&str>) {
     let sandbox = start_sandbox();
     // Refunds settle at once (WeChat Pay's default is to hold them PROCESSING).
     sandbox
@@ -322,12 +331,14 @@ async fn each_mismatch_is_found_and_filed_once(provider: &'static str, pending: 
             edit(json!({"action": "add", "kind": "payment", "amount": 1234})),
         )
         .await;
-    sandbox
-        .post(
-            "bill",
-            edit(json!({"action": "amend", "id": refund_id, "status": pending})),
-        )
-        .await;
+    if let Some(pending) = pending {
+        sandbox
+            .post(
+                "bill",
+                edit(json!({"action": "amend", "id": refund_id, "status": pending})),
+            )
+            .await;
+    }
     let period = period(&shop);
 
     let report = reconcile_channel(&shop.ctx, &shop.channel, &period)
@@ -338,17 +349,22 @@ async fn each_mismatch_is_found_and_filed_once(provider: &'static str, pending: 
         .iter()
         .map(|m| (m.kind.as_str(), m.kami.as_ref().map(|k| k.order_id.clone())))
         .collect();
+    let mut expected = BTreeSet::from([
+        ("amount_differs", Some(amended.clone())),
+        ("missing_in_bill", Some(dropped.clone())),
+        ("missing_in_kami", None),
+    ]);
+    if pending.is_some() {
+        expected.insert(("status_differs", Some(refunded.clone())));
+    }
+    assert_eq!(found, expected, "{report:?}");
+    // The refunded order's payment matches, and its refund too where it was left alone.
+    let kinds = expected.len();
     assert_eq!(
-        found,
-        BTreeSet::from([
-            ("amount_differs", Some(amended.clone())),
-            ("missing_in_bill", Some(dropped.clone())),
-            ("missing_in_kami", None),
-            ("status_differs", Some(refunded.clone())),
-        ]),
+        (report.filed, report.matched),
+        (kinds, 5 - kinds),
         "{report:?}"
     );
-    assert_eq!((report.filed, report.matched), (4, 1), "{report:?}");
     let amount = report
         .mismatches
         .iter()
@@ -372,14 +388,24 @@ async fn each_mismatch_is_found_and_filed_once(provider: &'static str, pending: 
     let again = reconcile_channel(&shop.ctx, &shop.channel, &period)
         .await
         .expect("reconcile again");
-    assert_eq!((again.mismatches_total, again.filed), (4, 0), "{again:?}");
+    assert_eq!(
+        (again.mismatches_total, again.filed),
+        (kinds, 0),
+        "{again:?}"
+    );
+    // The period is a day every test of that day shares: this channel's are those of its
+    // report.
     let filed = shop
         .ctx
         .store
         .reconciliation_mismatches(&period.label)
         .await
         .expect("mismatches");
-    assert_eq!(filed.len(), 4);
+    let ours = filed
+        .iter()
+        .filter(|m| report.mismatches.iter().any(|r| r.key == m.key))
+        .count();
+    assert_eq!(ours, kinds);
 
     // In the exception queue, once each, under their cause and kind.
     let filter = ExceptionFilter {
@@ -402,14 +428,14 @@ async fn each_mismatch_is_found_and_filed_once(provider: &'static str, pending: 
                 .any(|id| e.order_id.as_deref() == Some(id.as_str()))
         })
         .collect();
-    assert_eq!(ours.len(), 3, "{entries:?}");
+    assert_eq!(ours.len(), kinds - 1, "{entries:?}");
     assert!(
         ours.iter()
             .all(|e| e.cause == RECONCILIATION_MISMATCH && e.exception.is_some())
     );
 }
 
-/// GIVEN a Stripe and a WeChat Pay channel of the sandbox WHEN the settlement function
+/// GIVEN a Stripe, a WeChat Pay and an Alipay channel of the sandbox WHEN the settlement function
 /// runs for yesterday (in the settlement's zone) THEN it reconciles each channel's bill
 /// for that day (none of this run's payments were then: clean, nothing filed), keeps
 /// their reports for `GET /admin/settlements`, and reports the channels whose bill it
@@ -420,6 +446,7 @@ async fn the_settlement_run_reconciles_every_channel_of_its_period() {
     let sandbox = start_sandbox();
     let stripe = shop(&sandbox, "stripe").await;
     let wechat = shop(&sandbox, "wechatpay").await;
+    let alipay = shop(&sandbox, "alipay").await;
     let yesterday = period_for(None, Timestamp::now(), "Asia/Shanghai").expect("period");
     let report = settlement::run(
         &stripe.ctx,
@@ -430,7 +457,7 @@ async fn the_settlement_run_reconciles_every_channel_of_its_period() {
     )
     .await
     .expect("run");
-    assert!(report.bills_reconciled >= 2, "{report:?}");
+    assert!(report.bills_reconciled >= 3, "{report:?}");
     let (status, listed) = admin(
         &stripe.ctx,
         request(
@@ -442,7 +469,7 @@ async fn the_settlement_run_reconciles_every_channel_of_its_period() {
     )
     .await;
     assert_eq!(status, 200, "{listed}");
-    for shop in [&stripe, &wechat] {
+    for shop in [&stripe, &wechat, &alipay] {
         let ours: Vec<&Value> = listed["reconciliation"]
             .as_array()
             .expect("reports")
@@ -460,7 +487,9 @@ async fn the_settlement_run_reconciles_every_channel_of_its_period() {
         !report
             .bills_not_reconciled
             .iter()
-            .any(|line| line.starts_with(&stripe.channel) || line.starts_with(&wechat.channel)),
+            .any(|line| [&stripe, &wechat, &alipay]
+                .iter()
+                .any(|shop| line.starts_with(&shop.channel))),
         "{report:?}"
     );
 }

@@ -16,6 +16,12 @@ with python-alipay-sdk's own `_verify` against the app's public key.
   the sign being RSA2 with the sandbox's Alipay key over the exact text of the
   `..._response` value (slashes written `\\/`, as Alipay's serializer does). Gateway
   errors (40001 missing argument, 40002 invalid app id or signature) come unsigned.
+- `alipay.data.dataservice.bill.downloadurl.query` (`bill_type=trade`, `bill_date`
+  YYYY-MM-DD): `bill_download_url`, where `GET /alipay/downloadBillFile.resource?...&token=`
+  serves the day's bill as Alipay does: a zip of two GBK CSV files, the detail
+  (`#支付宝业务明细查询`, a row per trade paid and per refund made that day, China time,
+  fields padded with a tab, refunds negative) and the summary (`#支付宝业务汇总查询`);
+  edited by `/_sandbox/bill` like the other providers' bills (add, drop, amend an amount).
 
 Notifications: a form POST to the trade's `notify_url` (`notify_type=trade_status_sync`),
 signed RSA2 with the sandbox's Alipay key over every parameter but `sign` and
@@ -25,18 +31,22 @@ do); Kami must answer the exact body `success`.
 
 from __future__ import annotations
 
+import datetime
 import html
+import io
 import json
+import zipfile
 from decimal import Decimal, InvalidOperation
 from urllib.parse import quote_plus, urlencode
 
 from alipay import AliPay
 
-from .common import (Request, Response, SandboxError, china_time, digits, html_response, json_response,
-                     parse_china_time, pay_form, rows, token)
+from .common import (CHINA, Request, Response, SandboxError, bill_state, china_time, digits, html_response,
+                     json_response, parse_china_time, pay_form, rows, token)
 
 PAGE_METHODS = {"alipay.trade.page.pay": "page", "alipay.trade.wap.pay": "wap"}
-API_METHODS = ("alipay.trade.query", "alipay.trade.close", "alipay.trade.refund", "alipay.trade.fastpay.refund.query")
+API_METHODS = ("alipay.trade.query", "alipay.trade.close", "alipay.trade.refund", "alipay.trade.fastpay.refund.query",
+               "alipay.data.dataservice.bill.downloadurl.query")
 REQUIRED = ("app_id", "method", "charset", "sign_type", "sign", "timestamp", "version")
 DEFAULT_TIMEOUT = 15 * 86400  # an unpaid trade closes after 15 days unless timeout_express/time_expire says less
 PAID = ("TRADE_SUCCESS", "TRADE_FINISHED")
@@ -83,6 +93,11 @@ def sign_content(params: dict, exclude: tuple[str, ...]) -> str:
     return "&".join(f"{k}={v}" for k, v in sorted(params.items()) if k not in exclude and v not in ("", None))
 
 
+def new_trade_no(now: float) -> str:
+    """Alipay's trade number: the day, then digits."""
+    return china_time(now, "%Y%m%d") + "22001" + digits(15)
+
+
 def parse_timeout(text: str) -> int:
     """`timeout_express`: 90m, 2h, 3d, or 1c (until midnight, taken as a day)."""
     units = {"m": 60, "h": 3600, "d": 86400, "c": 86400}
@@ -114,6 +129,12 @@ class Alipay:
         path = req.path
         if path.startswith("/cashier/"):
             return self._cashier(path.removeprefix("/cashier/"))
+        if path == "/downloadBillFile.resource" and req.method == "GET":
+            with self.sb.lock:
+                bill = self.state.setdefault("bills", {}).get(dict(req.query_pairs()).get("token", ""))
+            if bill is None:
+                return Response(404, b"Not Found", [("Content-Type", "text/plain")])
+            return Response(200, bytes.fromhex(bill["zip"]), [("Content-Type", "application/octet-stream")])
         if path != "/gateway.do":
             return Response(404, b"Not Found", [("Content-Type", "text/plain")])
         params: dict[str, str] = {}
@@ -253,7 +274,7 @@ class Alipay:
                     raise business("ACQ.TRADE_HAS_CLOSE", "交易已经关闭 (time_expire is past)")
                 trade = trades[out_trade_no] = {
                     "app_id": app["app_id"], "out_trade_no": out_trade_no,
-                    "trade_no": china_time(now, "%Y%m%d") + "22001" + digits(15),
+                    "trade_no": new_trade_no(now),
                     "method": PAGE_METHODS[params["method"]], "subject": str(biz["subject"]),
                     "total_amount": fmt(amount), "notify_url": params.get("notify_url", ""),
                     "return_url": params.get("return_url", ""),
@@ -352,6 +373,94 @@ class Alipay:
                 "out_request_no": request_no, "total_amount": trade["paid_amount"],
                 "refund_amount": done["refund_amount"], "refund_status": "REFUND_SUCCESS",
                 "gmt_refund_pay": china_time(done["at"])}
+
+    # --- the bill (under the lock) -----------------------------------------------------------
+
+    BILL_HEADER = ("支付宝交易号,商户订单号,业务类型,商品名称,创建时间,完成时间,门店编号,门店名称,操作员,终端号,对方账户,"
+                   "订单金额（元）,商家实收（元）,支付宝红包（元）,集分宝（元）,支付宝优惠（元）,商家优惠（元）,券核销金额（元）,"
+                   "券名称,商家红包消费金额（元）,卡消费金额（元）,退款批次号/请求号,服务费（元）,分润（元）,备注")
+    RULE = "#-----------------------------------------"
+
+    def _bill_rows(self, app_id: str, day: str) -> list[dict]:
+        """The day's rows: a trade paid, a refund made (amounts in fen); then the edits."""
+        on_day = lambda ts: datetime.datetime.fromtimestamp(int(ts), CHINA).date().isoformat() == day  # noqa: E731
+        fen = lambda text: int(Decimal(text) * 100)  # noqa: E731
+        rows = []
+        for t in self._trades(app_id).values():
+            if t.get("paid_at") and on_day(t["paid_at"]):
+                rows.append({"at": t["paid_at"], "trade_no": t["trade_no"], "out_trade_no": t["out_trade_no"],
+                             "kind": "交易", "amount": fen(t["paid_amount"]), "request_no": "",
+                             "ids": {t["trade_no"], t["out_trade_no"]}})
+            for request_no, refund in t.get("refunds", {}).items():
+                if on_day(refund["at"]):
+                    rows.append({"at": refund["at"], "trade_no": t["trade_no"], "out_trade_no": t["out_trade_no"],
+                                 "kind": "退款", "amount": fen(refund["refund_amount"]), "request_no": request_no,
+                                 "ids": {request_no}})
+        bill = bill_state(self.state)
+        rows += [dict(row, ids={row["trade_no"], row["out_trade_no"], row["request_no"]} - {""})
+                 for row in bill["extra"] if row["app_id"] == app_id and on_day(row["at"])]
+        kept = []
+        for row in rows:
+            if row["ids"] & set(bill["dropped"]):
+                continue
+            for key in sorted(row["ids"]):
+                if "amount" in bill["amended"].get(key, {}):
+                    row["amount"] = int(bill["amended"][key]["amount"])
+            kept.append(row)
+        return sorted(kept, key=lambda row: row["at"])
+
+    def _alipay_data_dataservice_bill_downloadurl_query(self, app: dict, biz: dict) -> dict:
+        if biz.get("bill_type") != "trade":
+            raise invalid("parameter", "bill_type 只支持 trade (the sandbox serves the trade bill)")
+        try:
+            day = datetime.date.fromisoformat(str(biz.get("bill_date", "")))
+        except ValueError:
+            raise invalid("parameter", "bill_date 格式错误 (yyyy-MM-dd)") from None
+        rows = self._bill_rows(app["app_id"], day.isoformat())
+        yuan = lambda fen: f"{'-' if fen < 0 else ''}{abs(fen) // 100}.{abs(fen) % 100:02d}"  # noqa: E731
+        pid, ymd = app["seller_id"], day.strftime("%Y%m%d")
+        span = (f"#起始日期：[{day:%Y年%m月%d日} 00:00:00]   "
+                f"终止日期：[{day + datetime.timedelta(days=1):%Y年%m月%d日} 00:00:00]")
+        exported = f"#导出时间：[{datetime.datetime.fromtimestamp(self.sb.now(), CHINA):%Y年%m月%d日 %H:%M:%S}]"
+        detail = ["#支付宝业务明细查询", f"#账号：[{pid}0156]", span, self.RULE + "业务明细列表" + "-" * 40,
+                  self.BILL_HEADER]
+        for row in rows:
+            signed = -row["amount"] if row["kind"] == "退款" else row["amount"]
+            at = china_time(row["at"])
+            fields = [row["trade_no"], row["out_trade_no"], row["kind"], "Kami", at, at, "", "", "", "",
+                      "sandbox-buyer***@example.com", yuan(signed), yuan(signed), "0.00", "0.00", "0.00", "0.00",
+                      "0.00", "", "0.00", "0.00", row["request_no"], "0.00", "0.00", ""]
+            detail.append(",".join(field + "\t" for field in fields))
+        trades = [row["amount"] for row in rows if row["kind"] == "交易"]
+        refunds = [row["amount"] for row in rows if row["kind"] == "退款"]
+        detail += [self.RULE + "业务明细列表结束" + "-" * 36,
+                   f"#交易合计：{len(trades)}笔，商家实收共{yuan(sum(trades))}元，商家优惠共0.00元",
+                   f"#退款合计：{len(refunds)}笔，商家实收退款共{yuan(-sum(refunds))}元，商家优惠退款共0.00元", exported]
+        summary = ["#支付宝业务汇总查询", f"#账号：[{pid}0156]", span, self.RULE + "业务汇总列表" + "-" * 40,
+                   "门店编号,门店名称,交易订单总笔数,退款订单总笔数,订单金额（元）,商家实收（元）,支付宝优惠（元）,商家优惠（元）,"
+                   "卡消费金额（元）,服务费（元）,分润（元）,实收净额（元）",
+                   f"合计,,{len(trades)},{len(refunds)},{yuan(sum(trades) - sum(refunds))},"
+                   f"{yuan(sum(trades) - sum(refunds))},0.00,0.00,0.00,0.00,0.00,{yuan(sum(trades) - sum(refunds))}",
+                   self.RULE + "业务汇总列表结束" + "-" * 36, exported]
+        packed = io.BytesIO()
+        with zipfile.ZipFile(packed, "w", zipfile.ZIP_DEFLATED) as z:
+            z.writestr(f"{pid}_{ymd}_业务明细.csv", ("\r\n".join(detail) + "\r\n").encode("gbk"))
+            z.writestr(f"{pid}_{ymd}_业务明细(汇总).csv", ("\r\n".join(summary) + "\r\n").encode("gbk"))
+        bill_token = token(32)
+        self.state.setdefault("bills", {})[bill_token] = {"zip": packed.getvalue().hex()}
+        return {"bill_download_url": f"{self.sb.url}/alipay/downloadBillFile.resource?bizType=trade&userId={pid}"
+                                     f"&fileType=csv.zip&bizDates={ymd}&downloadFileName={pid}_{ymd}.csv.zip"
+                                     f"&token={bill_token}"}
+
+    def add_bill_line(self, kind: str, amount: int, data: dict) -> dict:
+        """A row Kami never saw: `payment_id` / `refund_id`."""
+        refund = kind == "refund"
+        now = self.sb.now()
+        row = {"app_id": next(iter(self.apps)), "at": now, "trade_no": new_trade_no(now),
+               "out_trade_no": data.get("payment_id", ""), "kind": "退款" if refund else "交易", "amount": amount,
+               "request_no": data.get("refund_id", "") if refund else ""}
+        bill_state(self.state)["extra"].append(row)
+        return {"added": row["trade_no"], "provider_ref": row["trade_no"]}
 
     # --- paying and notifying (the control routes) ----------------------------------------
 

@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("payment_id")
     sub.add_parser("channels", help="print the three channels' PUT /admin/payment-channels bodies")
     b = sub.add_parser("bill", help="edit a provider's bill: add a line, drop one, amend one (Stripe)")
-    b.add_argument("provider", choices=["stripe", "wechatpay"])
+    b.add_argument("provider", choices=["stripe", "wechatpay", "alipay"])
     b.add_argument("action", choices=["add", "drop", "amend"])
     b.add_argument("--id", help="drop/amend: a payment id, refund id, payment intent, charge or refund")
     b.add_argument("--kind", choices=["payment", "refund"], help="add: payment (default) or refund")

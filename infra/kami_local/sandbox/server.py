@@ -1,14 +1,14 @@
 """The payment sandbox's HTTP server: one ThreadingHTTPServer on loopback that plays Alipay,
 WeChat Pay v3 and Stripe by path prefix, plus the control routes that play the buyer.
 
-  /alipay/gateway.do          Alipay's gateway (alipay.py)
+  /alipay/gateway.do          Alipay's gateway (alipay.py); /alipay/downloadBillFile.resource its bill file
   /wechatpay/v3/...           WeChat Pay API v3 (wechatpay.py)
   /stripe/v1/...              Stripe's API (stripe.py); /stripe/checkout/pay/{id} the hosted page
   /_sandbox/pay               the buyer pays; the provider notifies Kami
   /_sandbox/refund-notify     WeChat Pay reports a refund it held in PROCESSING
   /_sandbox/resend            the provider delivers a trade's last notification again (a retry)
   /_sandbox/settings          how refunds settle (wechatpay_refund_status, stripe_refund_status)
-  /_sandbox/bill              edit a provider's bill: add a line, drop one, amend one (Stripe)
+  /_sandbox/bill              edit a provider's bill: add a line, drop one, amend one (Stripe, WeChat Pay, Alipay)
   /_sandbox/state, /_sandbox/channels, /_sandbox/notifications, /_sandbox/health
   /                           a page listing the trades, with pay buttons
 

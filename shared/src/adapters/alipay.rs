@@ -38,9 +38,9 @@ use crate::domain::money::Money;
 use crate::domain::time::Timestamp;
 use crate::error::{Error, Result};
 use crate::ports::payment::{
-    Notification, NotificationAnswer, PaymentAction, PaymentEvent, PaymentHandle, PaymentMethod,
-    PaymentNotice, PaymentProvider, PaymentRequest, PaymentSession, PaymentState, RefundOutcome,
-    RefundRequest,
+    BillLine, BillPeriod, BillSource, Notification, NotificationAnswer, PaymentAction,
+    PaymentEvent, PaymentHandle, PaymentMethod, PaymentNotice, PaymentProvider, PaymentRequest,
+    PaymentSession, PaymentState, RefundOutcome, RefundRequest,
 };
 use crate::ports::{Clock, PortFuture};
 
@@ -496,6 +496,42 @@ impl AlipayProvider {
             .unwrap_or("refused")
             .to_owned();
         Ok(RefundOutcome::Refused { reason })
+    }
+}
+
+impl AlipayProvider {
+    /// The trade bill of `period`'s day: the verified answer names the file (a zip,
+    /// fetched as it is named: the answer's signature vouches for it). A day Alipay has
+    /// no bill for (`isp.bill_not_exist`) is an empty bill.
+    async fn bill(&self, period: &BillPeriod) -> Result<Vec<BillLine>> {
+        let method = "alipay.data.dataservice.bill.downloadurl.query";
+        let biz_content = json_object(&[("bill_type", "trade"), ("bill_date", &period.date)]);
+        let answer = self.call(method, biz_content).await?;
+        if answer.text("sub_code") == Some("isp.bill_not_exist") {
+            return Ok(Vec::new());
+        }
+        answer.succeeded(method)?;
+        let url = answer
+            .text("bill_download_url")
+            .filter(|url| url.starts_with("https://") || url.starts_with("http://"))
+            .ok_or_else(|| upstream(format!("{method}: no bill_download_url")))?;
+        let file = self
+            .http
+            .send(PROVIDER, Method::GET, url, &[], None, self.timeout)
+            .await?;
+        if !(200..300).contains(&file.status) {
+            return Err(upstream(format!(
+                "Alipay's bill file answered HTTP {}",
+                file.status
+            )));
+        }
+        super::alipay_bill::read_bill_zip(&file.body)
+    }
+}
+
+impl BillSource for AlipayProvider {
+    fn fetch_bill<'a>(&'a self, period: &'a BillPeriod) -> PortFuture<'a, Vec<BillLine>> {
+        Box::pin(self.bill(period))
     }
 }
 

@@ -3,6 +3,7 @@
 //! and Alipay. The DynamoDB access layer is `crate::store`.
 
 pub mod alipay;
+pub mod alipay_bill;
 pub mod clock;
 pub mod http_client;
 pub mod kms;

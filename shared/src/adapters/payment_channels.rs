@@ -15,7 +15,7 @@ use crate::domain::channel::ProviderKind;
 use crate::domain::time::Timestamp;
 use crate::error::Result;
 use crate::ports::Clock;
-use crate::ports::payment::PaymentProvider;
+use crate::ports::payment::{BillSource, PaymentProvider};
 use crate::store::ChannelRecord;
 
 /// How long an instance trusts its copy of the channel list: a change made by an
@@ -55,6 +55,36 @@ pub fn build(
     config: &serde_json::Value,
     deps: ProviderDeps,
 ) -> Result<Arc<dyn PaymentProvider>> {
+    Ok(match kind {
+        ProviderKind::Alipay => Arc::new(AlipayProvider::new(
+            AlipayConfig::from_json(config)?,
+            deps.http,
+            deps.timeout,
+            deps.clock,
+        )),
+        ProviderKind::Wechatpay => Arc::new(WechatPayProvider::new(
+            WechatPayConfig::from_json(config)?,
+            deps.http,
+            deps.timeout,
+            deps.clock,
+        )),
+        ProviderKind::Stripe => Arc::new(StripeProvider::for_channel(
+            StripeChannelConfig::from_json(config)?,
+            deps.http,
+            deps.timeout,
+            deps.clock,
+            deps.stripe_livemode,
+        )),
+    })
+}
+
+/// The bill reader for a channel's whole config (secrets opened). Only the settlement
+/// function calls this: the functions that take payments do not link the bill readers.
+pub fn build_bill_source(
+    kind: ProviderKind,
+    config: &serde_json::Value,
+    deps: ProviderDeps,
+) -> Result<Arc<dyn BillSource>> {
     Ok(match kind {
         ProviderKind::Alipay => Arc::new(AlipayProvider::new(
             AlipayConfig::from_json(config)?,

@@ -33,9 +33,9 @@ use crate::error::{Error, Result};
 use crate::ports::Clock;
 use crate::ports::PortFuture;
 use crate::ports::payment::{
-    BillLine, BillLineKind, BillLineStatus, BillPeriod, Notification, NotificationAnswer,
-    PaymentAction, PaymentEvent, PaymentHandle, PaymentMethod, PaymentNotice, PaymentProvider,
-    PaymentRequest, PaymentSession, PaymentState, RefundOutcome, RefundRequest,
+    BillLine, BillLineKind, BillLineStatus, BillPeriod, BillSource, Notification,
+    NotificationAnswer, PaymentAction, PaymentEvent, PaymentHandle, PaymentMethod, PaymentNotice,
+    PaymentProvider, PaymentRequest, PaymentSession, PaymentState, RefundOutcome, RefundRequest,
 };
 
 pub const PROVIDER: &str = "stripe";
@@ -617,7 +617,9 @@ impl PaymentProvider for StripeProvider {
     fn refund<'a>(&'a self, request: &'a RefundRequest) -> PortFuture<'a, RefundOutcome> {
         Box::pin(async move { self.api("refund")?.refund(request).await })
     }
+}
 
+impl BillSource for StripeProvider {
     fn fetch_bill<'a>(&'a self, period: &'a BillPeriod) -> PortFuture<'a, Vec<BillLine>> {
         Box::pin(async move { self.api("fetch_bill")?.bill(period).await })
     }

@@ -43,9 +43,9 @@ use crate::error::{Error, Result};
 use crate::ports::Clock;
 use crate::ports::PortFuture;
 use crate::ports::payment::{
-    BillLine, BillPeriod, Notification, NotificationAnswer, PaymentAction, PaymentEvent,
-    PaymentHandle, PaymentMethod, PaymentNotice, PaymentProvider, PaymentRequest, PaymentSession,
-    PaymentState, RefundOutcome, RefundRequest,
+    BillLine, BillPeriod, BillSource, Notification, NotificationAnswer, PaymentAction,
+    PaymentEvent, PaymentHandle, PaymentMethod, PaymentNotice, PaymentProvider, PaymentRequest,
+    PaymentSession, PaymentState, RefundOutcome, RefundRequest,
 };
 
 pub const PROVIDER: &str = "wechatpay";
@@ -1128,7 +1128,9 @@ impl PaymentProvider for WechatPayProvider {
     fn refund<'a>(&'a self, request: &'a RefundRequest) -> PortFuture<'a, RefundOutcome> {
         Box::pin(self.refund_payment(request))
     }
+}
 
+impl BillSource for WechatPayProvider {
     fn fetch_bill<'a>(&'a self, period: &'a BillPeriod) -> PortFuture<'a, Vec<BillLine>> {
         Box::pin(self.bill(period))
     }

@@ -120,8 +120,8 @@ pub async fn reconcile_channel(
         .get_channel(channel_id)
         .await?
         .ok_or(Error::NotFound("channel"))?;
-    let provider = super::channels::provider_for(ctx, &channel).await?;
-    let bill = provider
+    let bill = super::channels::bill_source_for(ctx, &channel)
+        .await?
         .fetch_bill(&BillPeriod {
             date: period.label.clone(),
             start: period.start,

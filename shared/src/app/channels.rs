@@ -18,7 +18,7 @@ use crate::domain::channel::{
 };
 use crate::domain::money::Money;
 use crate::error::{Error, Result};
-use crate::ports::payment::PaymentProvider;
+use crate::ports::payment::{BillSource, PaymentProvider};
 use crate::ports::vault::EncryptionContext;
 use crate::store::AuditSubject;
 use crate::store::ChannelRecord;
@@ -207,23 +207,46 @@ pub async fn provider_for(
     if let Some(provider) = ctx.channels.provider(channel) {
         return Ok(provider);
     }
+    let whole = whole_config(ctx, channel).await?;
+    let provider = payment_channels::build(
+        channel.settings.provider,
+        &whole,
+        provider_deps(ctx, channel)?,
+    )?;
+    ctx.channels.remember_provider(channel, provider.clone());
+    Ok(provider)
+}
+
+/// The channel's bill reader, its secrets opened (settlement, once a run: not cached).
+pub async fn bill_source_for(
+    ctx: &Context,
+    channel: &ChannelRecord,
+) -> Result<Arc<dyn BillSource>> {
+    let whole = whole_config(ctx, channel).await?;
+    payment_channels::build_bill_source(
+        channel.settings.provider,
+        &whole,
+        provider_deps(ctx, channel)?,
+    )
+}
+
+/// The channel's public config with its secrets opened into it.
+async fn whole_config(ctx: &Context, channel: &ChannelRecord) -> Result<serde_json::Value> {
     let mut whole = channel.public_config.clone();
     let secrets = open_secrets(ctx, channel).await?;
     if let Some(fields) = whole.as_object_mut() {
         fields.extend(secrets);
     }
-    let provider = payment_channels::build(
-        channel.settings.provider,
-        &whole,
-        ProviderDeps {
-            http: ctx.http()?,
-            clock: ctx.clock.clone(),
-            timeout: Duration::from_millis(u64::from(channel.settings.timeout_ms)),
-            stripe_livemode: ctx.config.stripe_livemode,
-        },
-    )?;
-    ctx.channels.remember_provider(channel, provider.clone());
-    Ok(provider)
+    Ok(whole)
+}
+
+fn provider_deps(ctx: &Context, channel: &ChannelRecord) -> Result<ProviderDeps> {
+    Ok(ProviderDeps {
+        http: ctx.http()?,
+        clock: ctx.clock.clone(),
+        timeout: Duration::from_millis(u64::from(channel.settings.timeout_ms)),
+        stripe_livemode: ctx.config.stripe_livemode,
+    })
 }
 
 /// Where a channel's provider sends notifications.

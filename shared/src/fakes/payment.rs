@@ -9,9 +9,9 @@ use crate::domain::money::Money;
 use crate::error::{Error, Result};
 use crate::ports::PortFuture;
 use crate::ports::payment::{
-    BillLine, BillLineKind, BillLineStatus, BillPeriod, Notification, NotificationAnswer,
-    PaymentAction, PaymentEvent, PaymentHandle, PaymentNotice, PaymentProvider, PaymentRequest,
-    PaymentSession, PaymentState, RefundOutcome, RefundRequest,
+    BillLine, BillLineKind, BillLineStatus, BillPeriod, BillSource, Notification,
+    NotificationAnswer, PaymentAction, PaymentEvent, PaymentHandle, PaymentNotice, PaymentProvider,
+    PaymentRequest, PaymentSession, PaymentState, RefundOutcome, RefundRequest,
 };
 
 const NAME: &str = "fake-pay";
@@ -247,7 +247,9 @@ impl PaymentProvider for FakePaymentProvider {
     fn refund<'a>(&'a self, request: &'a RefundRequest) -> PortFuture<'a, RefundOutcome> {
         Box::pin(async move { self.refund_now(request) })
     }
+}
 
+impl BillSource for FakePaymentProvider {
     /// The whole bill, whatever the period: a fake has no clock of its own.
     fn fetch_bill<'a>(&'a self, _period: &'a BillPeriod) -> PortFuture<'a, Vec<BillLine>> {
         Box::pin(async move {

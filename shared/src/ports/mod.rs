@@ -7,6 +7,7 @@
 //! | [`Clock`] | `adapters::clock::{SystemClock, LocalClock}` | `FakeClock` |
 //! | [`KeyVault`] | `adapters::kms::KmsVault` | `FakeVault` |
 //! | [`PaymentProvider`] | `adapters::{alipay, wechatpay, stripe}` | `FakePaymentProvider` |
+//! | [`BillSource`] | `adapters::{alipay, wechatpay, stripe}` | `FakePaymentProvider` |
 //! | [`Supplier`] | `adapters::supplier_http::HttpJsonSupplier` | `FakeSupplier` |
 //! | [`Notifier`] | none yet | `FakeNotifier` |
 //!
@@ -27,7 +28,7 @@ pub mod vault;
 
 pub use clock::Clock;
 pub use notifier::Notifier;
-pub use payment::PaymentProvider;
+pub use payment::{BillSource, PaymentProvider};
 pub use supplier::Supplier;
 pub use vault::KeyVault;
 

@@ -267,18 +267,14 @@ pub trait PaymentProvider: Send + Sync {
     fn close_payment<'a>(&'a self, payment: &'a PaymentHandle) -> PortFuture<'a, ()>;
 
     fn refund<'a>(&'a self, request: &'a RefundRequest) -> PortFuture<'a, RefundOutcome>;
+}
 
-    /// The provider's bill of the channel's account for `period`: every payment and
-    /// refund it records there. A provider that cannot be reached or whose bill cannot
-    /// be read is `Error::Upstream` / `Error::Timeout`; an adapter that cannot read its
-    /// provider's bill yet (Alipay) keeps this default, `Error::NotAvailable`.
-    fn fetch_bill<'a>(&'a self, _period: &'a BillPeriod) -> PortFuture<'a, Vec<BillLine>> {
-        let system = self.name();
-        Box::pin(async move {
-            Err(Error::NotAvailable {
-                system,
-                operation: "fetch_bill",
-            })
-        })
-    }
+/// A provider's bill of a channel's account: kept apart from [`PaymentProvider`] so only
+/// the settlement function, which reconciles bills, links the bill readers (and the
+/// functions that take payments do not carry them; docs/bench.md).
+pub trait BillSource: Send + Sync {
+    /// Every payment and refund the provider records on the account for `period`. A
+    /// provider that cannot be reached or whose bill cannot be read is
+    /// `Error::Upstream` / `Error::Timeout`.
+    fn fetch_bill<'a>(&'a self, period: &'a BillPeriod) -> PortFuture<'a, Vec<BillLine>>;
 }
