@@ -18,7 +18,8 @@ use kami_shared::app::reconcile::reconcile;
 use kami_shared::app::settlement::{Period, period_for};
 use kami_shared::domain::time::{Timestamp, new_id};
 use kami_shared::store::{
-    AttemptStatus, ExceptionFilter, MismatchKind, RECONCILE_AFTER_SECONDS, RECONCILIATION_MISMATCH,
+    AttemptStatus, ExceptionFilter, MismatchKind, MismatchRef, RECONCILE_AFTER_SECONDS,
+    RECONCILIATION_MISMATCH,
 };
 use kami_tests::*;
 use lambda_http::http::Method;
@@ -432,6 +433,105 @@ async fn each_mismatch_is_found_and_filed_once(provider: &'static str, pending: 
     assert!(
         ours.iter()
             .all(|e| e.cause == RECONCILIATION_MISMATCH && e.exception.is_some())
+    );
+    resolve_a_mismatch(&shop, ours[0].mismatch.clone().expect("the mismatch it is")).await;
+}
+
+/// GIVEN a mismatch in the exception queue WHEN an operator resolves it with a reason,
+/// twice THEN it leaves the queue once, the audit trail names who and why, and the
+/// period's report still lists it; a mismatch that does not exist is 404, a blank reason 400.
+async fn resolve_a_mismatch(shop: &Shop, mismatch: MismatchRef) {
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let path = |id: &str| {
+        format!(
+            "/admin/reconciliation/{}/mismatches/{id}/resolve",
+            mismatch.period
+        )
+    };
+    let resolve = |id: String, body: Value| {
+        let ctx = shop.ctx.clone();
+        let path = path(&id);
+        let auth = auth.clone();
+        async move {
+            operations(
+                &ctx,
+                request("POST", &path, &[("authorization", &auth)], body.to_string()),
+            )
+            .await
+        }
+    };
+    let reason = json!({"reason": "the provider corrected its bill"});
+    let (status, missing_reason) =
+        resolve(mismatch.mismatch_id.clone(), json!({"reason": " "})).await;
+    assert_eq!(
+        (status, &missing_reason["error"]["code"]),
+        (400, &json!("invalid_reason")),
+        "{missing_reason}"
+    );
+    for _ in 0..2 {
+        let (status, resolved) = resolve(mismatch.mismatch_id.clone(), reason.clone()).await;
+        assert_eq!(status, 200, "{resolved}");
+        assert_eq!(
+            (&resolved["mismatch_id"], &resolved["resolved"]),
+            (&json!(mismatch.mismatch_id), &json!(true))
+        );
+    }
+    let (status, unknown) = resolve(format!("{}x", mismatch.mismatch_id), reason.clone()).await;
+    assert_eq!(
+        (status, &unknown["error"]["code"]),
+        (404, &json!("mismatch_not_found")),
+        "{unknown}"
+    );
+    // Out of the queue; still in the period's mismatches.
+    let filter = ExceptionFilter {
+        cause: Some(RECONCILIATION_MISMATCH.into()),
+        newest_first: true,
+        limit: 100,
+        ..Default::default()
+    };
+    let (entries, _) = shop
+        .ctx
+        .store
+        .exceptions(&filter, None, Timestamp::now())
+        .await
+        .expect("queue");
+    assert!(
+        entries
+            .iter()
+            .all(|e| e.mismatch.as_ref() != Some(&mismatch)),
+        "{entries:?}"
+    );
+    let listed = shop
+        .ctx
+        .store
+        .reconciliation_mismatches(&mismatch.period)
+        .await
+        .expect("mismatches");
+    assert!(
+        listed
+            .iter()
+            .any(|m| mismatch.mismatch_id.ends_with(&format!(":{}", m.key)))
+    );
+    let (status, trail) = operations_get(
+        &shop.ctx,
+        &format!(
+            "/admin/audit?mismatch={}/{}",
+            mismatch.period, mismatch.mismatch_id
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{trail}");
+    let actions: Vec<&Value> = trail["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| &e["action"])
+        .collect();
+    assert_eq!(actions, [&json!("mismatch.resolve")], "{trail}");
+    assert_eq!(
+        trail["entries"][0]["reason"],
+        json!("the provider corrected its bill"),
+        "{trail}"
     );
 }
 

@@ -67,7 +67,7 @@ pub fn snapshot<T: Serialize>(view: &T) -> Option<String> {
 }
 
 /// The query of `GET /admin/audit`: exactly one of `order`, `product`, `channel`,
-/// `supplier`, `payment`, `actor`.
+/// `supplier`, `payment`, `distributor`, `statement`, `mismatch`, `actor`.
 #[derive(Debug, Default, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct AuditQuery {
@@ -85,6 +85,8 @@ pub struct AuditQuery {
     pub supplier: Option<String>,
     /// A payment event, `{provider}:{event_id}`.
     pub payment: Option<String>,
+    /// A reconciliation mismatch, `{period}/{mismatch_id}`.
+    pub mismatch: Option<String>,
     /// An operator's name (an admin token's name): everything they did.
     pub actor: Option<String>,
     /// Entries per page, 1 to 100 (default 50), newest first.
@@ -121,6 +123,7 @@ impl AuditQuery {
                 "payment" => parsed.payment = value,
                 "distributor" => parsed.distributor = value,
                 "statement" => parsed.statement = value,
+                "mismatch" => parsed.mismatch = value,
                 "actor" => parsed.actor = value,
                 "cursor" => parsed.cursor = value,
                 "limit" => parsed.limit = Some(page::limit(value.as_deref().unwrap_or_default())?),
@@ -167,6 +170,11 @@ impl AuditQuery {
                 self.statement
                     .map(|id| AuditOf::Subject(AuditSubject::Statement, id)),
             ),
+            (
+                "mismatch",
+                self.mismatch
+                    .map(|id| AuditOf::Subject(AuditSubject::Mismatch, id)),
+            ),
             ("actor", self.actor.map(AuditOf::Actor)),
         ];
         let mut given = named.into_iter().filter_map(|(name, of)| Some((name, of?)));
@@ -182,11 +190,11 @@ impl AuditQuery {
             }
             (None, _) => Err(invalid(
                 "order",
-                "name one of order, product, channel, supplier, payment, distributor, statement or actor",
+                "name one of order, product, channel, supplier, payment, distributor, statement, mismatch or actor",
             )),
             (Some(_), Some((second, _))) => Err(invalid(
                 second,
-                "name only one of order, product, channel, supplier, payment or actor",
+                "name only one of order, product, channel, supplier, payment, distributor, statement, mismatch or actor",
             )),
         }
     }

@@ -14,8 +14,8 @@ use crate::domain::time::{is_id, new_id};
 use crate::error::{Error, Result};
 use crate::store::UnmatchedPayment;
 use crate::store::{
-    Accepted, AuditSubject, DeliveryRecord, PaymentEvent, PaymentResolved, SupplierLogEntry,
-    TopUpStatus,
+    Accepted, AuditSubject, DeliveryRecord, ExceptionResolved, MismatchRef, PaymentEvent,
+    SupplierLogEntry, TopUpStatus,
 };
 
 /// The buyer as the operator sees them.
@@ -912,16 +912,70 @@ pub async fn resolve_payment(
         .resolve_payment_exception(&event, &note, &entry, ctx.clock.now())
         .await?
     {
-        PaymentResolved::Resolved | PaymentResolved::AlreadyResolved => Ok(PaymentResolution {
+        ExceptionResolved::Resolved | ExceptionResolved::AlreadyResolved => Ok(PaymentResolution {
             provider: event.provider,
             event_id: event.event_id,
             resolved: true,
         }),
-        PaymentResolved::NotFound => Err(Error::NotFound("payment")),
-        PaymentResolved::NotAnException => Err(Error::IllegalTransition {
+        ExceptionResolved::NotFound => Err(Error::NotFound("payment")),
+        ExceptionResolved::NotAnException => Err(Error::IllegalTransition {
             from: "applied",
             cause: "resolve",
         }),
+    }
+}
+
+/// The answer of `POST /admin/reconciliation/{period}/mismatches/{mismatch_id}/resolve`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MismatchResolution {
+    pub period: String,
+    pub mismatch_id: String,
+    pub resolved: bool,
+}
+
+/// `POST /admin/reconciliation/{period}/mismatches/{mismatch_id}/resolve`: an operator
+/// settled a difference between a provider's bill and Kami's records (the provider
+/// corrected, money given back or booked by hand): it leaves the exception queue, with
+/// who and why, in one transaction with the audit record; the mismatch itself stays
+/// listed for its period. Idempotent: a resolved mismatch answers the same.
+pub async fn resolve_mismatch(
+    ctx: &Context,
+    actor: &Actor,
+    (period, mismatch_id): (String, String),
+    request: ReasonRequest,
+) -> Result<MismatchResolution> {
+    let reason = checked_note(&request.reason, "invalid_reason", "reason")?;
+    let mismatch = MismatchRef {
+        period,
+        mismatch_id,
+    };
+    let subject_id = format!("{}/{}", mismatch.period, mismatch.mismatch_id);
+    let entry = actor.entry(
+        ctx,
+        "mismatch.resolve",
+        (AuditSubject::Mismatch, &subject_id),
+        Some(&reason),
+        None,
+        None,
+    );
+    let note = actor.note(&reason);
+    match ctx
+        .store
+        .resolve_mismatch(&mismatch, &note, &entry, ctx.clock.now())
+        .await?
+    {
+        ExceptionResolved::Resolved | ExceptionResolved::AlreadyResolved => {
+            Ok(MismatchResolution {
+                period: mismatch.period,
+                mismatch_id: mismatch.mismatch_id,
+                resolved: true,
+            })
+        }
+        // Every mismatch is filed in the queue when it is written: one that is not there
+        // and was never resolved does not exist.
+        ExceptionResolved::NotFound | ExceptionResolved::NotAnException => {
+            Err(Error::NotFound("mismatch"))
+        }
     }
 }
 

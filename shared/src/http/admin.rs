@@ -7,11 +7,10 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use utoipa_axum::routes;
 
 use super::{
     ApiResult, ApiRouter, AppState, ErrorBody, JsonBody, PathParam, RawBody, Reply, bearer,
-    header_str,
+    header_str, routes,
 };
 use crate::app::audit::Actor;
 use crate::app::catalog::{self, AdminProductView};

@@ -4,11 +4,11 @@
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use lambda_http::request::RequestContext;
-use utoipa_axum::routes;
 
+use super::openapi::{__path_get_spec, get_spec};
 use super::{
     ApiResult, ApiRouter, AppState, ErrorBody, IdempotencyKey, JsonBody, PathParam, Reply, bearer,
-    openapi,
+    routes,
 };
 use crate::app::catalog::{self, ProductView};
 use crate::app::orders::{self, OrderCreated, OrderDetails, OrderRequest};
@@ -22,7 +22,7 @@ pub fn routes() -> ApiRouter {
         .routes(routes!(create_order))
         .routes(routes!(get_order))
         .routes(routes!(start_payment))
-        .routes(routes!(openapi::get_spec))
+        .routes(routes!(get_spec))
 }
 
 /// A product with its price and the units on sale.

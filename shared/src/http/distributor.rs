@@ -7,9 +7,10 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use utoipa_axum::routes;
 
-use super::{ApiResult, ApiRouter, AppState, ErrorBody, PathParam, Reply, bearer, json_or_csv};
+use super::{
+    ApiResult, ApiRouter, AppState, ErrorBody, PathParam, Reply, bearer, json_or_csv, routes,
+};
 use crate::app::distributors::{
     self, DistributorCommissions, DistributorOrders, StatementList, StatementView,
 };

@@ -21,7 +21,6 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tower::ServiceExt;
 use utoipa::ToSchema;
-use utoipa_axum::router::OpenApiRouter;
 
 use crate::config::Context;
 use crate::error::{ConflictKind, Error, Result};
@@ -29,7 +28,121 @@ pub use crate::request::{MAX_IMPORT_BODY, MAX_SMALL_BODY, RequestBody, parse_jso
 
 /// The state every handler receives: the context built at cold start.
 pub type AppState = Arc<Context>;
-pub type ApiRouter = OpenApiRouter<AppState>;
+
+/// A function's routes: each handler at the path and methods its `#[utoipa::path]`
+/// declares (`routes!`). A binary reads only those: the OpenAPI operations and schemas
+/// are built in the spec's unit test alone (`openapi.rs`), so no function links that
+/// code or runs it at cold start (docs/bench.md, binary size).
+pub struct ApiRouter {
+    router: axum::Router<AppState>,
+    #[cfg(test)]
+    spec: utoipa::openapi::OpenApi,
+}
+
+impl Default for ApiRouter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ApiRouter {
+    pub fn new() -> Self {
+        ApiRouter {
+            router: axum::Router::new(),
+            #[cfg(test)]
+            spec: {
+                #[derive(utoipa::OpenApi)]
+                struct Api;
+                <Api as utoipa::OpenApi>::openapi()
+            },
+        }
+    }
+
+    /// Adds the handlers a `routes!(...)` names.
+    pub fn routes(self, add: impl FnOnce(Self) -> Self) -> Self {
+        add(self)
+    }
+
+    /// Serves `handler` at the path and methods of its declaration `P` (the
+    /// `__path_<handler>` type `#[utoipa::path]` generates); `routes!` names both.
+    pub fn route<P, H, T>(mut self, handler: H) -> Self
+    where
+        P: utoipa::Path + utoipa::__dev::SchemaReferences + for<'t> utoipa::__dev::Tags<'t>,
+        H: axum::handler::Handler<T, AppState>,
+        T: 'static,
+    {
+        use utoipa_axum::PathItemExt;
+        let path = P::path();
+        let methods = P::methods();
+        let method_router = methods
+            .iter()
+            .fold(axum::routing::MethodRouter::new(), |router, method| {
+                router.on(method.to_method_filter(), handler.clone())
+            });
+        self.router = self.router.route(&path, method_router);
+        #[cfg(test)]
+        self.document::<P>(&path, methods);
+        self
+    }
+
+    /// Adds `P`'s operation and the schemas it names to the spec, as utoipa-axum's
+    /// `OpenApiRouter` does.
+    #[cfg(test)]
+    fn document<P>(&mut self, path: &str, methods: Vec<utoipa::openapi::path::HttpMethod>)
+    where
+        P: utoipa::Path + utoipa::__dev::SchemaReferences + for<'t> utoipa::__dev::Tags<'t>,
+    {
+        let mut schemas = Vec::new();
+        P::schemas(&mut schemas);
+        let mut operation = P::operation();
+        let tags = P::tags();
+        if !tags.is_empty() {
+            operation
+                .tags
+                .get_or_insert_with(Vec::new)
+                .extend(tags.iter().map(ToString::to_string));
+        }
+        let mut paths = utoipa::openapi::path::Paths::new();
+        paths.add_path_operation(path, methods, operation);
+        for (path, item) in paths.paths {
+            match self.spec.paths.paths.get_mut(&path) {
+                Some(known) => known.merge_operations(item),
+                None => {
+                    self.spec.paths.paths.insert(path, item);
+                }
+            }
+        }
+        self.spec
+            .components
+            .get_or_insert_with(utoipa::openapi::Components::new)
+            .schemas
+            .extend(schemas);
+    }
+
+    /// Both functions' routes in one (the spec of the whole API).
+    #[cfg(test)]
+    pub fn merge(mut self, other: Self) -> Self {
+        self.spec.merge(other.spec);
+        self.router = self.router.merge(other.router);
+        self
+    }
+
+    #[cfg(test)]
+    pub fn into_openapi(self) -> utoipa::openapi::OpenApi {
+        self.spec
+    }
+}
+
+/// `routes!(a, b)`: the handlers `a` and `b` (in scope with their `__path_` types), each served at the path and methods its
+/// `#[utoipa::path]` declares (for `ApiRouter::routes`).
+macro_rules! routes {
+    ($($handler:ident),+ $(,)?) => {
+        |router: $crate::http::ApiRouter| {
+            utoipa_axum::paste! { router $(.route::<[<__path_ $handler>], _, _>($handler))+ }
+        }
+    };
+}
+pub(crate) use routes;
 
 /// The error shape of every 4xx and 5xx answer.
 #[derive(Debug, Serialize, ToSchema)]
@@ -67,6 +180,7 @@ fn status_and_code(err: &Error) -> (StatusCode, &'static str) {
         Error::NotFound("top-up request") => (StatusCode::NOT_FOUND, "topup_request_not_found"),
         Error::NotFound("distributor") => (StatusCode::NOT_FOUND, "distributor_not_found"),
         Error::NotFound("statement") => (StatusCode::NOT_FOUND, "statement_not_found"),
+        Error::NotFound("mismatch") => (StatusCode::NOT_FOUND, "mismatch_not_found"),
         Error::NotFound(_) | Error::RouteNotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
         Error::Conflict(ConflictKind::OutOfStock) => (StatusCode::CONFLICT, "out_of_stock"),
         Error::Conflict(ConflictKind::ProductExists) => (StatusCode::CONFLICT, "product_exists"),
@@ -310,8 +424,8 @@ async fn no_route(request: Request) -> Error {
 
 /// Finishes a function's router: the not-found answers, then the context.
 pub fn finish(router: ApiRouter, ctx: AppState) -> axum::Router {
-    let (router, _spec) = router.split_for_parts();
     router
+        .router
         .fallback(no_route)
         .method_not_allowed_fallback(no_route)
         // What the request counted is written before its answer leaves.

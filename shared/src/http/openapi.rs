@@ -177,7 +177,7 @@ mod tests {
             }
         }
         assert_eq!(
-            operations, 41,
+            operations, 42,
             "one operation per route of the five HTTP functions"
         );
     }

@@ -7,17 +7,16 @@ use axum::Extension;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::middleware;
-use utoipa_axum::routes;
 
 use super::admin::authorize;
 use super::{
-    ApiResult, ApiRouter, AppState, ErrorBody, IdempotencyKey, JsonBody, PathParam, Reply,
+    ApiResult, ApiRouter, AppState, ErrorBody, IdempotencyKey, JsonBody, PathParam, Reply, routes,
 };
 use crate::app::audit::{self, Actor, AuditPage, AuditQuery};
 use crate::app::exceptions::{self, ExceptionPage, ExceptionsQuery};
 use crate::app::operator::{
-    self, ConfirmPaidRequest, ConfirmedPayment, OperatorOrderView, PaymentResolution,
-    ReasonRequest, Redelivery, Resolution, SubstituteRequest, UnmatchedPayments,
+    self, ConfirmPaidRequest, ConfirmedPayment, MismatchResolution, OperatorOrderView,
+    PaymentResolution, ReasonRequest, Redelivery, Resolution, SubstituteRequest, UnmatchedPayments,
 };
 use crate::app::refunds::{self, RefundRequest, RefundStarted};
 
@@ -32,6 +31,7 @@ pub fn routes() -> ApiRouter {
         .routes(routes!(list_exceptions))
         .routes(routes!(resolve_order))
         .routes(routes!(resolve_payment))
+        .routes(routes!(resolve_mismatch))
         .routes(routes!(accept_payment))
         .routes(routes!(substitute))
         .routes(routes!(list_audit))
@@ -327,6 +327,39 @@ async fn resolve_payment(
     Ok(Reply(
         StatusCode::OK,
         operator::resolve_payment(&ctx, &actor, event, request).await?,
+    ))
+}
+
+/// Settles a reconciliation mismatch in the exception queue (`reconciliation_mismatch`:
+/// a provider's bill and Kami's records differ) with a reason, after correcting it at
+/// the provider or by hand: it leaves the queue (the period's report still lists it),
+/// and the audit trail names who and why. Idempotent.
+#[utoipa::path(
+    post,
+    path = "/admin/reconciliation/{period}/mismatches/{mismatch_id}/resolve",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(
+        ("period" = String, Path, description = "The settlement period (`YYYY-MM-DD`), as in the exception queue's `mismatch`"),
+        ("mismatch_id" = String, Path, description = "The mismatch's id, `{channel_id}:{kind}:{line_kind}:{key}`, as in the exception queue's `mismatch`"),
+    ),
+    request_body = ReasonRequest,
+    responses(
+        (status = 200, description = "Resolved (by this request or an earlier one)", body = MismatchResolution),
+        (status = 400, description = "`invalid_reason` (with the field's path), `invalid_json`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`mismatch_not_found`", body = ErrorBody),
+    )
+)]
+async fn resolve_mismatch(
+    State(ctx): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    PathParam(mismatch): PathParam<(String, String)>,
+    JsonBody(request): JsonBody<ReasonRequest>,
+) -> ApiResult<MismatchResolution> {
+    Ok(Reply(
+        StatusCode::OK,
+        operator::resolve_mismatch(&ctx, &actor, mismatch, request).await?,
     ))
 }
 

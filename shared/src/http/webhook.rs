@@ -5,11 +5,10 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use serde::Serialize;
 use utoipa::ToSchema;
-use utoipa_axum::routes;
 
 use axum::response::{IntoResponse, Response};
 
-use super::{ApiResult, ApiRouter, AppState, ErrorBody, PathParam, RawBody, Reply};
+use super::{ApiResult, ApiRouter, AppState, ErrorBody, PathParam, RawBody, Reply, routes};
 use crate::app::fulfil::direct_topup;
 use crate::app::payments;
 use crate::request::MAX_SMALL_BODY;

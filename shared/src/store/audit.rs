@@ -25,6 +25,8 @@ pub enum AuditSubject {
     Payment,
     Distributor,
     Statement,
+    /// A reconciliation mismatch (`{period}/{mismatch_id}`).
+    Mismatch,
 }
 
 impl AuditSubject {
@@ -37,6 +39,7 @@ impl AuditSubject {
             AuditSubject::Payment => "payment",
             AuditSubject::Distributor => "distributor",
             AuditSubject::Statement => "statement",
+            AuditSubject::Mismatch => "mismatch",
         }
     }
 }

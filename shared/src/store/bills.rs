@@ -11,9 +11,13 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::audit::AuditEntry;
 use super::codec::{FromItem, Item, get_s, item, keys, n, s};
+use super::exceptions::ExceptionResolved;
+use super::orders::OperatorNote;
 use super::payments::PaymentRecord;
 use super::refunds::{RefundRecord, is_refund};
+use super::tx::ItemName;
 use super::{AUDIT_INDEX, Store};
 use crate::domain::time::Timestamp;
 use crate::error::{Error, Result};
@@ -63,6 +67,35 @@ fn mismatch_key(period: &str, channel_id: &str, mismatch: &Mismatch) -> (String,
 /// Whether an exception queue key is a reconciliation mismatch's.
 pub(crate) fn is_mismatch_key(pk: &str, sk: &str) -> bool {
     pk.starts_with("RECONCILE#") && sk.starts_with("MISMATCH#")
+}
+
+/// A mismatch as the exception queue names it: its period and its id,
+/// `{channel_id}:{kind}:{line_kind}:{key}` (resolve it with
+/// `POST /admin/reconciliation/{period}/mismatches/{mismatch_id}/resolve`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct MismatchRef {
+    pub period: String,
+    pub mismatch_id: String,
+}
+
+impl MismatchRef {
+    /// The mismatch a queue key names, if it names one.
+    pub fn of_key(pk: &str, sk: &str) -> Option<Self> {
+        let period = pk.strip_prefix("RECONCILE#")?;
+        let id = sk.strip_prefix("MISMATCH#")?;
+        // Channel ids, kinds and line kinds have no `#` or `:`; the key keeps its own.
+        Some(MismatchRef {
+            period: period.to_owned(),
+            mismatch_id: id.replacen('#', ":", 3),
+        })
+    }
+
+    fn key(&self) -> (String, String) {
+        (
+            reconcile_partition(&self.period),
+            format!("MISMATCH#{}", self.mismatch_id.replacen(':', "#", 3)),
+        )
+    }
 }
 
 /// Money a channel took or gave back as Kami recorded it.
@@ -258,6 +291,18 @@ impl Store {
             crate::metrics::exception_filed(RECONCILIATION_MISMATCH);
         }
         Ok(filed)
+    }
+
+    /// Access pattern: an operator settles a filed mismatch (`resolve_filed` of its item).
+    pub async fn resolve_mismatch(
+        &self,
+        mismatch: &MismatchRef,
+        note: &OperatorNote,
+        audit: &AuditEntry,
+        now: Timestamp,
+    ) -> Result<ExceptionResolved> {
+        self.resolve_filed(ItemName::Mismatch, mismatch.key(), note, audit, now)
+            .await
     }
 
     /// Access pattern: the mismatches filed for a period (`pk = RECONCILE#{period}`,

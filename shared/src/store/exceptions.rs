@@ -5,8 +5,11 @@
 //! when they are recorded until an operator resolves them; keyed by when they began to
 //! need one. The index carries what a listing shows, so a page is one Query.
 
+use super::audit::AuditEntry;
+use super::bills::MismatchRef;
 use super::codec::{FromItem, Item, get_n, get_opt_s, get_s, key_item, keys, n, s};
-use super::orders::OrderRecord;
+use super::orders::{OperatorNote, OrderRecord};
+use super::tx::ItemName;
 use super::{EXCEPTION_INDEX, INDEX_SHARDS, ORDER_INDEX, Store};
 use crate::domain::order::OrderStatus;
 use crate::domain::time::Timestamp;
@@ -33,6 +36,10 @@ pub struct ExceptionEntry {
     /// `POST /admin/payments/{provider}/{event_id}/resolve`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub payment: Option<PaymentEvent>,
+    /// A reconciliation mismatch's entry: which one it is (resolve it with
+    /// `POST /admin/reconciliation/{period}/mismatches/{mismatch_id}/resolve`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mismatch: Option<MismatchRef>,
     /// When it began to need a person.
     pub since: String,
     /// Seconds since then (at the listing).
@@ -70,11 +77,24 @@ impl ExceptionEntry {
                 .transpose()?,
             sku: get_opt_s(item, "sku"),
             payment: PaymentEvent::of_key(&get_s(item, "pk")?),
+            mismatch: MismatchRef::of_key(&get_s(item, "pk")?, &get_s(item, "sk")?),
             since: since.to_rfc3339(),
             age_seconds: (now.0 - since.0).max(0) / 1000,
             updated_at: get_s(item, "updated_at")?,
         })
     }
+}
+
+/// What resolving an item filed in the queue (a payment record, a reconciliation
+/// mismatch) found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExceptionResolved {
+    Resolved,
+    AlreadyResolved,
+    NotFound,
+    /// An item that is not in the queue and never was resolved (a payment that applied
+    /// to its order): nothing to resolve.
+    NotAnException,
 }
 
 /// What a page of the queue is read with.
@@ -89,6 +109,44 @@ pub struct ExceptionFilter {
 }
 
 impl Store {
+    /// Access pattern: an operator settles an item filed in the exception queue: it
+    /// leaves the queue (REMOVE gsi2pk, gsi2sk), keeps who and why (`resolved_by`,
+    /// `resolution`, `resolved_at`), in one transaction with the audit record. Only an
+    /// item still in the queue moves; asked again, the answer says it already did.
+    pub(crate) async fn resolve_filed(
+        &self,
+        name: ItemName,
+        key: (String, String),
+        note: &OperatorNote,
+        audit: &AuditEntry,
+        now: Timestamp,
+    ) -> Result<ExceptionResolved> {
+        let mut tx = self.tx();
+        tx.update(
+            name,
+            key_item(key.clone()),
+            "SET resolved_by = :by, resolution = :reason, resolved_at = :at REMOVE gsi2pk, gsi2sk",
+            Some("attribute_exists(gsi2pk)"),
+            &[],
+            vec![
+                (":by", s(&note.by)),
+                (":reason", s(&note.reason)),
+                (":at", s(now.to_rfc3339())),
+            ],
+        )?;
+        tx.audit(audit)?;
+        if self.transact(tx).await?.committed() {
+            return Ok(ExceptionResolved::Resolved);
+        }
+        Ok(match self.get(key, true).await? {
+            None => ExceptionResolved::NotFound,
+            Some(record) if record.contains_key("resolved_by") => {
+                ExceptionResolved::AlreadyResolved
+            }
+            Some(_) => ExceptionResolved::NotAnException,
+        })
+    }
+
     /// Access pattern: one page of the exception queue (`gsi2`, one Query), from
     /// `start` (the previous page's `LastEvaluatedKey`); the key to go on from, if any.
     pub async fn exceptions(

@@ -55,8 +55,8 @@ mod tx;
 pub use attempts::{AttemptRecord, AttemptStatus, RECONCILE_AFTER_SECONDS};
 pub use audit::{AuditCursor, AuditEntry, AuditOf, AuditSubject};
 pub use bills::{
-    ChannelBook, KamiLine, Mismatch, MismatchKind, RECONCILIATION_MISMATCH, REPORT_MISMATCHES,
-    ReconciliationReport,
+    ChannelBook, KamiLine, Mismatch, MismatchKind, MismatchRef, RECONCILIATION_MISMATCH,
+    REPORT_MISMATCHES, ReconciliationReport,
 };
 pub use card_keys::{
     AllocateOutcome, BatchRecord, CardKeySlot, SealedKey, StockKey, SubstituteKey, Substituted,
@@ -67,7 +67,9 @@ pub use commissions::{
     Balance, CommissionEntry, EntryKind, EntryStatus, SettlementRun, StatementLine, StatementRecord,
 };
 pub use distributors::{AttributedOrder, DistributorRecord, DistributorSaved};
-pub use exceptions::{ExceptionEntry, ExceptionFilter, PaymentEvent, cursor_key, cursor_text};
+pub use exceptions::{
+    ExceptionEntry, ExceptionFilter, ExceptionResolved, PaymentEvent, cursor_key, cursor_text,
+};
 pub use holds::{HoldClaim, HoldRecord};
 pub use idempotency::IdempotencyRecord;
 pub use orders::{
@@ -76,8 +78,8 @@ pub use orders::{
 };
 pub use payables::{Payable, SupplierStatement, SupplierStatementClosed};
 pub use payments::{
-    DUPLICATE_PAYMENT, PaymentApplied, PaymentChange, PaymentRecord, PaymentResolved,
-    REPEAT_NOTIFICATION, Unmatched, UnmatchedPayment,
+    DUPLICATE_PAYMENT, PaymentApplied, PaymentChange, PaymentRecord, REPEAT_NOTIFICATION,
+    Unmatched, UnmatchedPayment,
 };
 pub use refunds::{RefundRecord, RefundReserved, RefundSettlement, RefundStatus};
 pub use suppliers::SupplierRecord;

@@ -6,6 +6,7 @@ use super::audit::AuditEntry;
 use super::codec::{
     FromItem, Item, get_money, get_n, get_opt_s, get_s, item, key_item, keys, n, s,
 };
+use super::exceptions::ExceptionResolved;
 use super::exceptions::PaymentEvent;
 use super::orders::OperatorNote;
 use super::orders::{OrderRecord, StockShare};
@@ -97,16 +98,6 @@ impl FromItem for PaymentRecord {
             payment_id: get_opt_s(item, "payment_id"),
         })
     }
-}
-
-/// What resolving a payment record found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PaymentResolved {
-    Resolved,
-    AlreadyResolved,
-    NotFound,
-    /// A payment that applied to its order: nothing to resolve.
-    NotAnException,
 }
 
 /// A second payment of an order already paid: money an operator gives back.
@@ -270,40 +261,17 @@ impl Store {
     }
 
     /// Access pattern: an operator settles a payment record in the exception queue (a
-    /// duplicate or unmatched payment): it leaves the queue (REMOVE gsi2pk, gsi2sk), keeps
-    /// who and why (`resolved_by`, `resolution`, `resolved_at`), in one transaction with
-    /// the audit record. Only a record still in the queue moves.
+    /// duplicate or unmatched payment): `resolve_filed` of its webhook record.
     pub async fn resolve_payment_exception(
         &self,
         event: &PaymentEvent,
         note: &OperatorNote,
         audit: &AuditEntry,
         now: Timestamp,
-    ) -> Result<PaymentResolved> {
+    ) -> Result<ExceptionResolved> {
         let key = keys::webhook(&event.provider, &event.event_id);
-        let mut tx = self.tx();
-        tx.update(
-            ItemName::Webhook,
-            key_item(key.clone()),
-            "SET resolved_by = :by, resolution = :reason, resolved_at = :at REMOVE gsi2pk, gsi2sk",
-            Some("attribute_exists(gsi2pk)"),
-            &[],
-            vec![
-                (":by", s(&note.by)),
-                (":reason", s(&note.reason)),
-                (":at", s(now.to_rfc3339())),
-            ],
-        )?;
-        tx.audit(audit)?;
-        if self.transact(tx).await?.committed() {
-            return Ok(PaymentResolved::Resolved);
-        }
-        let found = self.get(key, true).await?;
-        Ok(match found {
-            None => PaymentResolved::NotFound,
-            Some(record) if record.contains_key("resolved_by") => PaymentResolved::AlreadyResolved,
-            Some(_) => PaymentResolved::NotAnException,
-        })
+        self.resolve_filed(ItemName::Webhook, key, note, audit, now)
+            .await
     }
 
     /// Access pattern: the unmatched payments (`record_unmatched_payment`), newest first,

@@ -40,6 +40,8 @@ pub(crate) enum ItemName {
     Payment,
     /// The webhook dedupe record of a provider event.
     Webhook,
+    /// A reconciliation mismatch filed in the exception queue.
+    Mismatch,
     /// The i-th hold an order claims or releases.
     Hold(usize),
     /// The payment attempt a payment pays (or a refund gives money back from).
