@@ -18,7 +18,7 @@ use crate::domain::time::Timestamp;
 use crate::error::{ConflictKind, Error, Result};
 use crate::request::RequestBody;
 use crate::store::{
-    AuditSubject, Balance, CommissionEntry, EntryKind, Payable, ReconciliationReport,
+    AuditSubject, Balance, CommissionEntry, EntryKind, EntryStatus, Payable, ReconciliationReport,
     SettlementRun, StatementRecord, SupplierStatement, SupplierStatementClosed,
 };
 
@@ -286,7 +286,7 @@ async fn settle_distributor(
         }
     }
     for id in statements {
-        if close(ctx, &id, report).await? {
+        if close(ctx, &id, period, report).await? {
             report.statements_closed += 1;
         }
     }
@@ -311,10 +311,16 @@ async fn settle_chunk(ctx: &Context, statement_id: &str, chunk: &[CommissionEntr
     Ok(())
 }
 
-/// Sums an open statement's lines, checks them against the entries they name, and
-/// closes it with its totals and the distributor's balance. True if this call closed
-/// it; a statement whose lines do not reconcile stays open (reported).
-async fn close(ctx: &Context, statement_id: &str, report: &mut RunReport) -> Result<bool> {
+/// Sums an open statement's lines, checks them against the entries they name and
+/// against the ledger (no entry due by the period's end left off), and closes it with
+/// its totals and the distributor's balance. True if this call closed it; a statement
+/// whose totals do not reconcile stays open (reported).
+async fn close(
+    ctx: &Context,
+    statement_id: &str,
+    period: &Period,
+    report: &mut RunReport,
+) -> Result<bool> {
     let Some(statement) = ctx.store.get_statement(statement_id).await? else {
         return Ok(false);
     };
@@ -343,6 +349,16 @@ async fn close(ctx: &Context, statement_id: &str, report: &mut RunReport) -> Res
                 .iter()
                 .filter(|e| e.statement_id.as_deref() == Some(statement_id))
                 .count()
+        ));
+        return Ok(false);
+    }
+    let left_off = entries_left_off(ctx, &statement, period).await?;
+    if !left_off.is_empty() {
+        report.statements_open += 1;
+        report.mismatches.push(format!(
+            "{statement_id}: {} entries due by the period's end ({} in all) are on no statement",
+            left_off.len(),
+            left_off.iter().map(|e| e.amount.amount).sum::<i64>()
         ));
         return Ok(false);
     }
@@ -393,6 +409,35 @@ async fn close(ctx: &Context, statement_id: &str, report: &mut RunReport) -> Res
         "{statement_id}: the distributor's balance kept changing while it closed"
     ));
     Ok(false)
+}
+
+/// The ledger's side of the totals: the distributor's entries in the statement's
+/// currency that became available before the period's end and are still on no
+/// statement (there should be none once the statement has them all). Read through the
+/// index, then each entry from the table itself (the index lags the settling writes).
+async fn entries_left_off(
+    ctx: &Context,
+    statement: &StatementRecord,
+    period: &Period,
+) -> Result<Vec<CommissionEntry>> {
+    let listed: Vec<String> = ctx
+        .store
+        .unsettled_entries(&statement.distributor_id, period.end)
+        .await?
+        .into_iter()
+        .filter(|e| e.amount.currency == statement.currency)
+        .map(|e| e.entry_id)
+        .collect();
+    if listed.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(ctx
+        .store
+        .entries_by_id(&listed)
+        .await?
+        .into_iter()
+        .filter(|e| e.status == EntryStatus::Available && e.statement_id.is_none())
+        .collect())
 }
 
 /// The body of `POST /admin/statements/{statement_id}/paid`.
