@@ -314,13 +314,7 @@ async fn a_notification_pays_only_an_attempt_its_channel_issued() {
         status, 502,
         "A's provider is unreachable, but the attempt is recorded"
     );
-    let view = ctx
-        .store
-        .get_order_view(&order_id)
-        .await
-        .expect("read")
-        .expect("order");
-    let payment_id = view.attempts[0].payment_id.clone();
+    let payment_id = first_attempt_payment_id(&ctx, &order_id).await;
 
     let paid = |event: &str| {
         json!({"id": event, "object": "event", "type": "checkout.session.completed", "livemode": false,

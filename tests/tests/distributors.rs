@@ -153,13 +153,7 @@ async fn referred_paid_order(
         status, 502,
         "the provider is nowhere; the attempt is recorded: {answer}"
     );
-    let view = ctx
-        .store
-        .get_order_view(&order_id)
-        .await
-        .expect("read")
-        .expect("order");
-    let payment_id = view.attempts[0].payment_id.clone();
+    let payment_id = first_attempt_payment_id(&ctx, &order_id).await;
     let event = format!("evt_{}", new_id());
     let paid = json!({"id": event, "object": "event", "type": "checkout.session.completed",
         "livemode": false, "data": {"object": {"id": format!("cs_{event}"), "object": "checkout.session",

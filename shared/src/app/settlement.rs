@@ -331,24 +331,18 @@ async fn close(
     let ids: Vec<String> = lines.iter().map(|l| l.entry_id.clone()).collect();
     let entries = ctx.store.entries_by_id(&ids).await?;
     let from_lines: i64 = lines.iter().map(|l| l.amount).sum();
-    let from_entries: i64 = entries
+    let settled_here: Vec<&CommissionEntry> = entries
         .iter()
         .filter(|e| e.statement_id.as_deref() == Some(statement_id))
-        .map(|e| e.amount.amount)
-        .sum();
-    let all_settled_here = entries.len() == lines.len()
-        && entries
-            .iter()
-            .all(|e| e.statement_id.as_deref() == Some(statement_id));
+        .collect();
+    let from_entries: i64 = settled_here.iter().map(|e| e.amount.amount).sum();
+    let all_settled_here = entries.len() == lines.len() && settled_here.len() == entries.len();
     if from_lines != from_entries || !all_settled_here {
         report.statements_open += 1;
         report.mismatches.push(format!(
             "{statement_id}: lines sum to {from_lines}, their entries to {from_entries} ({} lines, {} entries settled here)",
             lines.len(),
-            entries
-                .iter()
-                .filter(|e| e.statement_id.as_deref() == Some(statement_id))
-                .count()
+            settled_here.len()
         ));
         return Ok(false);
     }
