@@ -363,15 +363,20 @@ pub async fn admin(ctx: &Arc<Context>, request: Request) -> (u16, Value) {
 
 /// The operations function (orders, refunds, the exception queue), as API Gateway routes
 /// those `/admin/...` paths to it.
-/// The payment id of the order's first payment attempt, as stored.
-pub async fn first_attempt_payment_id(ctx: &Arc<Context>, order_id: &str) -> String {
-    let view = ctx
-        .store
+/// The order as stored (it must exist).
+pub async fn stored_order(ctx: &Arc<Context>, order_id: &str) -> kami_shared::store::OrderView {
+    ctx.store
         .get_order_view(order_id)
         .await
         .expect("read")
-        .expect("order");
-    view.attempts[0].payment_id.clone()
+        .expect("order")
+}
+
+/// The payment id of the order's first payment attempt, as stored.
+pub async fn first_attempt_payment_id(ctx: &Arc<Context>, order_id: &str) -> String {
+    stored_order(ctx, order_id).await.attempts[0]
+        .payment_id
+        .clone()
 }
 
 pub async fn operations(ctx: &Arc<Context>, request: Request) -> (u16, Value) {

@@ -18,8 +18,8 @@ use kami_shared::app::reconcile::reconcile;
 use kami_shared::app::settlement::{Period, period_for};
 use kami_shared::domain::time::{Timestamp, new_id};
 use kami_shared::store::{
-    AttemptStatus, ExceptionFilter, MismatchKind, MismatchRef, RECONCILE_AFTER_SECONDS,
-    RECONCILIATION_MISMATCH,
+    AttemptStatus, ExceptionEntry, ExceptionFilter, MismatchKind, MismatchRef,
+    RECONCILE_AFTER_SECONDS, RECONCILIATION_MISMATCH,
 };
 use kami_tests::*;
 use lambda_http::http::Method;
@@ -409,18 +409,7 @@ async fn each_mismatch_is_found_and_filed_once(provider: &'static str, pending: 
     assert_eq!(ours, kinds);
 
     // In the exception queue, once each, under their cause and kind.
-    let filter = ExceptionFilter {
-        cause: Some(RECONCILIATION_MISMATCH.into()),
-        newest_first: true,
-        limit: 100,
-        ..Default::default()
-    };
-    let (entries, _) = shop
-        .ctx
-        .store
-        .exceptions(&filter, None, Timestamp::now())
-        .await
-        .expect("queue");
+    let entries = queued_mismatches(&shop).await;
     let ours: Vec<_> = entries
         .iter()
         .filter(|e| {
@@ -435,6 +424,23 @@ async fn each_mismatch_is_found_and_filed_once(provider: &'static str, pending: 
             .all(|e| e.cause == RECONCILIATION_MISMATCH && e.exception.is_some())
     );
     resolve_a_mismatch(&shop, ours[0].mismatch.clone().expect("the mismatch it is")).await;
+}
+
+/// The newest page of reconciliation mismatches in the exception queue (every test's).
+async fn queued_mismatches(shop: &Shop) -> Vec<ExceptionEntry> {
+    let filter = ExceptionFilter {
+        cause: Some(RECONCILIATION_MISMATCH.into()),
+        newest_first: true,
+        limit: 100,
+        ..Default::default()
+    };
+    let (entries, _) = shop
+        .ctx
+        .store
+        .exceptions(&filter, None, Timestamp::now())
+        .await
+        .expect("queue");
+    entries
 }
 
 /// GIVEN a mismatch in the exception queue WHEN an operator resolves it with a reason,
@@ -483,18 +489,7 @@ async fn resolve_a_mismatch(shop: &Shop, mismatch: MismatchRef) {
         "{unknown}"
     );
     // Out of the queue; still in the period's mismatches.
-    let filter = ExceptionFilter {
-        cause: Some(RECONCILIATION_MISMATCH.into()),
-        newest_first: true,
-        limit: 100,
-        ..Default::default()
-    };
-    let (entries, _) = shop
-        .ctx
-        .store
-        .exceptions(&filter, None, Timestamp::now())
-        .await
-        .expect("queue");
+    let entries = queued_mismatches(shop).await;
     assert!(
         entries
             .iter()

@@ -249,12 +249,7 @@ async fn a_payment_fails_over_and_records_every_attempt() {
         (502, &json!("payment_provider_unavailable")),
         "{answer}"
     );
-    let view = ctx
-        .store
-        .get_order_view(order_id)
-        .await
-        .expect("read")
-        .expect("order");
+    let view = stored_order(&ctx, order_id).await;
     // Every eligible channel was tried (the other tests' too: one table), this test's two
     // first, by priority; each attempt failed.
     let mut attempts = view.attempts.clone();
@@ -338,12 +333,7 @@ async fn a_notification_pays_only_an_attempt_its_channel_issued() {
     assert_eq!(status, 200, "a duplicate is acknowledged");
     let (_, view) = view_order(&ctx, &order_id, &token).await;
     assert_eq!(view["status"], "paid");
-    let stored = ctx
-        .store
-        .get_order_view(&order_id)
-        .await
-        .expect("read")
-        .expect("order");
+    let stored = stored_order(&ctx, &order_id).await;
     assert_eq!(stored.payments.len(), 1);
     assert_eq!(stored.attempts[0].status.as_str(), "paid");
 

@@ -153,7 +153,7 @@ async fn referred_paid_order(
         status, 502,
         "the provider is nowhere; the attempt is recorded: {answer}"
     );
-    let payment_id = first_attempt_payment_id(&ctx, &order_id).await;
+    let payment_id = first_attempt_payment_id(ctx, &order_id).await;
     let event = format!("evt_{}", new_id());
     let paid = json!({"id": event, "object": "event", "type": "checkout.session.completed",
         "livemode": false, "data": {"object": {"id": format!("cs_{event}"), "object": "checkout.session",
@@ -189,12 +189,7 @@ impl Seconds for FakeClock {
 /// A refund of `amount` the provider confirmed: recorded as the refunds API records it,
 /// then settled as a provider's confirmation settles it (`refund_settled`).
 async fn refunded(ctx: &Arc<Context>, clock: &FakeClock, order_id: &str, amount: i64) {
-    let view = ctx
-        .store
-        .get_order_view(order_id)
-        .await
-        .expect("read")
-        .expect("order");
+    let view = stored_order(ctx, order_id).await;
     let attempt: &AttemptRecord = view
         .attempts
         .iter()

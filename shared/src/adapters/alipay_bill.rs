@@ -67,12 +67,9 @@ struct Columns {
 }
 
 impl Columns {
-    fn of(header: &[&str]) -> Result<Self> {
+    fn of(header: &[String]) -> Result<Self> {
         let at = |name: &str| {
-            header
-                .iter()
-                .position(|column| *column == name)
-                .ok_or_else(|| bad(&format!("has no column {name}")))
+            super::bill_csv::column(header, name, |name| bad(&format!("has no column {name}")))
         };
         Ok(Columns {
             trade_no: at("支付宝交易号")?,
@@ -89,29 +86,14 @@ impl Columns {
 /// amount; a refund (its merchant-received amount, negative) names Kami's refund by its
 /// request number (`out_request_no`); other business types are not Kami's.
 pub fn parse_detail(text: &str) -> Result<Vec<BillLine>> {
-    let field = |value: &str| value.trim().to_owned();
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .comment(Some(b'#'))
-        .from_reader(text.as_bytes());
-    let mut rows = reader.records();
-    let header: Vec<String> = match rows.next() {
-        Some(row) => row
-            .map_err(|_| bad("is not CSV"))?
-            .iter()
-            .map(field)
-            .collect(),
-        None => return Err(bad("has no header row")),
+    let clean = |value: &str| value.trim().to_owned();
+    let rows = super::bill_csv::rows(text.as_bytes(), true, clean, || bad("is not CSV"))?;
+    let Some((header, rows)) = rows.split_first() else {
+        return Err(bad("has no header row"));
     };
-    let columns = Columns::of(&header.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let columns = Columns::of(header)?;
     let mut lines = Vec::new();
     for row in rows {
-        let row: Vec<String> = row
-            .map_err(|_| bad("is not CSV"))?
-            .iter()
-            .map(field)
-            .collect();
         let get = |at: usize| row.get(at).map(String::as_str).unwrap_or_default();
         let named = |at: usize| Some(get(at).to_owned()).filter(|id| !id.is_empty());
         let (kind, amount, refund_id) = match get(columns.kind) {

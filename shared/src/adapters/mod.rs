@@ -4,6 +4,7 @@
 
 pub mod alipay;
 pub mod alipay_bill;
+pub mod bill_csv;
 pub mod clock;
 pub mod http_client;
 pub mod kms;

@@ -49,32 +49,51 @@ pub struct ProviderDeps {
     pub stripe_livemode: bool,
 }
 
-/// The adapter for a channel's whole config (secrets opened).
-pub fn build(
-    kind: ProviderKind,
-    config: &serde_json::Value,
-    deps: ProviderDeps,
-) -> Result<Arc<dyn PaymentProvider>> {
+/// A channel's adapter, built once here for both of its ports (each caller takes the
+/// port it needs, so a function links only what that port calls).
+// Built and moved into an `Arc` at once: boxing the large variant would only add an
+// allocation.
+#[allow(clippy::large_enum_variant)]
+enum Adapter {
+    Alipay(AlipayProvider),
+    Wechatpay(WechatPayProvider),
+    Stripe(StripeProvider),
+}
+
+fn adapter(kind: ProviderKind, config: &serde_json::Value, deps: ProviderDeps) -> Result<Adapter> {
     Ok(match kind {
-        ProviderKind::Alipay => Arc::new(AlipayProvider::new(
+        ProviderKind::Alipay => Adapter::Alipay(AlipayProvider::new(
             AlipayConfig::from_json(config)?,
             deps.http,
             deps.timeout,
             deps.clock,
         )),
-        ProviderKind::Wechatpay => Arc::new(WechatPayProvider::new(
+        ProviderKind::Wechatpay => Adapter::Wechatpay(WechatPayProvider::new(
             WechatPayConfig::from_json(config)?,
             deps.http,
             deps.timeout,
             deps.clock,
         )),
-        ProviderKind::Stripe => Arc::new(StripeProvider::for_channel(
+        ProviderKind::Stripe => Adapter::Stripe(StripeProvider::for_channel(
             StripeChannelConfig::from_json(config)?,
             deps.http,
             deps.timeout,
             deps.clock,
             deps.stripe_livemode,
         )),
+    })
+}
+
+/// The payment adapter for a channel's whole config (secrets opened).
+pub fn build(
+    kind: ProviderKind,
+    config: &serde_json::Value,
+    deps: ProviderDeps,
+) -> Result<Arc<dyn PaymentProvider>> {
+    Ok(match adapter(kind, config, deps)? {
+        Adapter::Alipay(provider) => Arc::new(provider),
+        Adapter::Wechatpay(provider) => Arc::new(provider),
+        Adapter::Stripe(provider) => Arc::new(provider),
     })
 }
 
@@ -85,26 +104,10 @@ pub fn build_bill_source(
     config: &serde_json::Value,
     deps: ProviderDeps,
 ) -> Result<Arc<dyn BillSource>> {
-    Ok(match kind {
-        ProviderKind::Alipay => Arc::new(AlipayProvider::new(
-            AlipayConfig::from_json(config)?,
-            deps.http,
-            deps.timeout,
-            deps.clock,
-        )),
-        ProviderKind::Wechatpay => Arc::new(WechatPayProvider::new(
-            WechatPayConfig::from_json(config)?,
-            deps.http,
-            deps.timeout,
-            deps.clock,
-        )),
-        ProviderKind::Stripe => Arc::new(StripeProvider::for_channel(
-            StripeChannelConfig::from_json(config)?,
-            deps.http,
-            deps.timeout,
-            deps.clock,
-            deps.stripe_livemode,
-        )),
+    Ok(match adapter(kind, config, deps)? {
+        Adapter::Alipay(provider) => Arc::new(provider),
+        Adapter::Wechatpay(provider) => Arc::new(provider),
+        Adapter::Stripe(provider) => Arc::new(provider),
     })
 }
 

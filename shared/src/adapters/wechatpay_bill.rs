@@ -46,10 +46,7 @@ struct Columns {
 impl Columns {
     fn of(header: &[String]) -> Result<Self> {
         let at = |name: &str| {
-            header
-                .iter()
-                .position(|column| column == name)
-                .ok_or_else(|| bad(&format!("has no column {name}")))
+            super::bill_csv::column(header, name, |name| bad(&format!("has no column {name}")))
         };
         Ok(Columns {
             transaction_id: at("微信订单号")?,
@@ -69,28 +66,17 @@ impl Columns {
 /// `SUCCESS`, `PROCESSING` (pending) or anything else (failed); other rows (`REVOKED`)
 /// moved no money.
 pub fn parse_trade_bill(file: &[u8]) -> Result<Vec<BillLine>> {
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .from_reader(file);
-    let mut rows = reader.records();
-    let field = |value: &str| value.trim().trim_start_matches('`').trim().to_owned();
-    let header: Vec<String> = match rows.next() {
-        Some(row) => row
-            .map_err(|_| bad("is not CSV"))?
-            .iter()
-            .map(|value| field(value.trim_start_matches('\u{feff}')))
-            .collect(),
-        None => return Ok(Vec::new()),
+    let clean = |value: &str| {
+        let value = value.trim_start_matches('\u{feff}').trim();
+        value.trim_start_matches('`').trim().to_owned()
     };
-    let columns = Columns::of(&header)?;
+    let rows = super::bill_csv::rows(file, false, clean, || bad("is not CSV"))?;
+    let Some((header, rows)) = rows.split_first() else {
+        return Ok(Vec::new());
+    };
+    let columns = Columns::of(header)?;
     let mut lines = Vec::new();
     for row in rows {
-        let row: Vec<String> = row
-            .map_err(|_| bad("is not CSV"))?
-            .iter()
-            .map(field)
-            .collect();
         if row.first().is_some_and(|first| first == "总交易单数") {
             break;
         }

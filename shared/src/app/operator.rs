@@ -895,18 +895,15 @@ pub async fn resolve_payment(
     (provider, event_id): (String, String),
     request: ReasonRequest,
 ) -> Result<PaymentResolution> {
-    let reason = checked_note(&request.reason, "invalid_reason", "reason")?;
     let event = PaymentEvent { provider, event_id };
     let subject_id = format!("{}:{}", event.provider, event.event_id);
-    let entry = actor.entry(
+    let (note, entry) = resolution(
         ctx,
+        actor,
         "payment.resolve",
         (AuditSubject::Payment, &subject_id),
-        Some(&reason),
-        None,
-        None,
-    );
-    let note = actor.note(&reason);
+        &request,
+    )?;
     match ctx
         .store
         .resolve_payment_exception(&event, &note, &entry, ctx.clock.now())
@@ -923,6 +920,21 @@ pub async fn resolve_payment(
             cause: "resolve",
         }),
     }
+}
+
+/// What an operator's resolving of an item in the exception queue keeps: the note on
+/// the item (who, why) and its audit record. A blank or overlong reason is
+/// `400 invalid_reason`.
+fn resolution(
+    ctx: &Context,
+    actor: &Actor,
+    action: &str,
+    subject: (AuditSubject, &str),
+    request: &ReasonRequest,
+) -> Result<(crate::store::OperatorNote, crate::store::AuditEntry)> {
+    let reason = checked_note(&request.reason, "invalid_reason", "reason")?;
+    let entry = actor.entry(ctx, action, subject, Some(&reason), None, None);
+    Ok((actor.note(&reason), entry))
 }
 
 /// The answer of `POST /admin/reconciliation/{period}/mismatches/{mismatch_id}/resolve`.
@@ -944,21 +956,18 @@ pub async fn resolve_mismatch(
     (period, mismatch_id): (String, String),
     request: ReasonRequest,
 ) -> Result<MismatchResolution> {
-    let reason = checked_note(&request.reason, "invalid_reason", "reason")?;
     let mismatch = MismatchRef {
         period,
         mismatch_id,
     };
     let subject_id = format!("{}/{}", mismatch.period, mismatch.mismatch_id);
-    let entry = actor.entry(
+    let (note, entry) = resolution(
         ctx,
+        actor,
         "mismatch.resolve",
         (AuditSubject::Mismatch, &subject_id),
-        Some(&reason),
-        None,
-        None,
-    );
-    let note = actor.note(&reason);
+        &request,
+    )?;
     match ctx
         .store
         .resolve_mismatch(&mismatch, &note, &entry, ctx.clock.now())
