@@ -13,7 +13,8 @@ use kami_shared::domain::money::Money;
 use kami_shared::domain::time::{Timestamp, new_id};
 use kami_shared::fakes::FakeClock;
 use kami_shared::store::{
-    AttemptRecord, AttemptStatus, EntryKind, EntryStatus, RefundRecord, RefundStatus,
+    AttemptRecord, AttemptStatus, DistributorRecord, DistributorSaved, EntryKind, EntryStatus,
+    RefundRecord, RefundStatus,
 };
 use kami_tests::*;
 use lambda_http::Body;
@@ -258,6 +259,63 @@ async fn entries(ctx: &Arc<Context>, order_id: &str) -> BTreeMap<String, (EntryS
         .into_iter()
         .map(|e| (e.entry_id, (e.status, e.amount.amount)))
         .collect()
+}
+
+/// GIVEN a distributor read (its subtree measured) for a move WHEN a child is placed
+/// below it before the move commits THEN the move is refused as raced, so it measures
+/// again (the subtree could now be too deep for the new parent); a move that read after
+/// the child goes through.
+#[tokio::test]
+async fn a_move_whose_subtree_grew_meanwhile_is_refused() {
+    let ctx = context().await;
+    let run = run_id();
+    let mover = format!("mover-{run}");
+    let target = format!("target-{run}");
+    for (id, code) in [(&mover, format!("MV{run}")), (&target, format!("TG{run}"))] {
+        let (status, answer) =
+            put_distributor(&ctx, id, json!({"name": "Root", "referral_code": code})).await;
+        assert_eq!(status, 201, "{answer}");
+    }
+    let read = |id: String| {
+        let ctx = ctx.clone();
+        async move {
+            ctx.store
+                .get_distributor(&id)
+                .await
+                .expect("read")
+                .expect("distributor")
+        }
+    };
+    let stale = read(mover.clone()).await;
+    let (status, answer) = put_distributor(
+        &ctx,
+        &format!("kid-{run}"),
+        json!({"name": "Kid", "referral_code": format!("KD{run}"), "parent_id": mover}),
+    )
+    .await;
+    assert_eq!(status, 201, "{answer}");
+    let moved = |from: &DistributorRecord| {
+        let mut moved = from.clone();
+        moved.settings.parent_id = Some(target.clone());
+        moved.version += 1;
+        moved
+    };
+    let chain = [read(target.clone()).await];
+    let saved = ctx
+        .store
+        .save_distributor(&moved(&stale), Some(&stale), &chain)
+        .await
+        .expect("save");
+    assert_eq!(saved, DistributorSaved::Raced);
+    let fresh = read(mover.clone()).await;
+    assert!(fresh.subtree_version > stale.subtree_version);
+    let chain = [read(target.clone()).await];
+    let saved = ctx
+        .store
+        .save_distributor(&moved(&fresh), Some(&fresh), &chain)
+        .await
+        .expect("save");
+    assert_eq!(saved, DistributorSaved::Saved);
 }
 
 /// GIVEN the admin WHEN distributors are put into a tree THEN parents must exist, no

@@ -148,6 +148,7 @@ pub async fn put_distributor(
             distributor_id: distributor_id.to_owned(),
             settings: settings.clone(),
             version: existing.as_ref().map_or(1, |old| old.version + 1),
+            subtree_version: existing.as_ref().map_or(0, |old| old.subtree_version),
             api_key_hash: existing.as_ref().and_then(|old| old.api_key_hash.clone()),
             created: existing.as_ref().map_or(now, |old| old.created),
             updated_at: now.to_rfc3339(),

@@ -46,11 +46,15 @@ fn attributed_pk(distributor_id: &str) -> String {
 
 /// A distributor as stored. `version` rises with every write: a change that read the
 /// tree checks the versions it read, so two moves at once cannot make a cycle.
+/// `subtree_version` rises whenever a distributor is placed anywhere below it: a move
+/// that measured the moved distributor's subtree checks it, so the subtree cannot grow
+/// past the maximum depth meanwhile.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DistributorRecord {
     pub distributor_id: String,
     pub settings: DistributorSettings,
     pub version: i64,
+    pub subtree_version: i64,
     /// SHA-256 of its current API key, if one was issued.
     pub api_key_hash: Option<String>,
     pub created: Timestamp,
@@ -78,6 +82,11 @@ impl FromItem for DistributorRecord {
                 commission,
             },
             version: get_n(item, "version")?,
+            // Absent on a distributor nothing was ever placed below.
+            subtree_version: match item.get("subtree_version") {
+                Some(_) => get_n(item, "subtree_version")?,
+                None => 0,
+            },
             api_key_hash: get_opt_s(item, "api_key_hash"),
             created: Timestamp(get_n(item, "gsi1sk")?),
             updated_at: get_s(item, "updated_at")?,
@@ -97,6 +106,7 @@ fn distributor_item(record: &DistributorRecord) -> Result<Item> {
             ("enabled", AttributeValue::Bool(settings.enabled)),
             ("commission", json(&settings.commission)?),
             ("version", n(record.version)),
+            ("subtree_version", n(record.subtree_version)),
             ("created_at", s(record.created.to_rfc3339())),
             ("updated_at", s(&record.updated_at)),
             ("gsi1pk", s(DISTRIBUTORS_INDEX)),
@@ -232,11 +242,12 @@ impl Store {
             .collect()
     }
 
-    /// Access pattern: create (`previous` None) or replace a distributor, in one
-    /// transaction with its referral code's item (taken only if free; the old code's
-    /// item released), its child link under its parent (moved if the parent changed),
-    /// and a check that each of `checked` (the new parent's chain, as read) is still at
-    /// the version read.
+    /// Access pattern: create (`previous` None) or replace a distributor (still at the
+    /// version and subtree version read), in one transaction with its referral code's
+    /// item (taken only if free; the old code's item released), its child link under its
+    /// parent (moved if the parent changed), and, for each of `checked` (the new parent's
+    /// chain, as read), a check that it is still at the version read and a rise of its
+    /// subtree version.
     pub async fn save_distributor(
         &self,
         record: &DistributorRecord,
@@ -247,7 +258,13 @@ impl Store {
         // DynamoDB expressions take no literals: the version read is a value.
         let (condition, values) = match previous {
             None => ("attribute_not_exists(pk)", Vec::new()),
-            Some(old) => ("version = :read", vec![(":read", n(old.version))]),
+            Some(old) => (
+                "version = :read AND (attribute_not_exists(subtree_version) OR subtree_version = :subtree)",
+                vec![
+                    (":read", n(old.version)),
+                    (":subtree", n(old.subtree_version)),
+                ],
+            ),
         };
         tx.put_if(
             ItemName::Distributor,
@@ -299,12 +316,13 @@ impl Store {
             }
         }
         for (i, ancestor) in checked.iter().enumerate() {
-            tx.check(
+            tx.update(
                 ItemName::Ancestor(i),
                 key_item(distributor_key(&ancestor.distributor_id)),
-                "version = :v",
+                "SET subtree_version = if_not_exists(subtree_version, :zero) + :one",
+                Some("version = :v"),
                 &[],
-                vec![(":v", n(ancestor.version))],
+                vec![(":v", n(ancestor.version)), (":zero", n(0)), (":one", n(1))],
             )?;
         }
         Ok(match self.transact(tx).await? {
