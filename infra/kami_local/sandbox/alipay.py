@@ -41,8 +41,8 @@ from urllib.parse import quote_plus, urlencode
 
 from alipay import AliPay
 
-from .common import (CHINA, Request, Response, SandboxError, bill_state, china_time, digits, html_response,
-                     json_response, parse_china_time, pay_form, rows, token)
+from .common import (CHINA, Request, Response, SandboxError, bill_state, china_time, digits, edited_rows,
+                     html_response, json_response, parse_china_time, pay_form, rows, token)
 
 PAGE_METHODS = {"alipay.trade.page.pay": "page", "alipay.trade.wap.pay": "wap"}
 API_METHODS = ("alipay.trade.query", "alipay.trade.close", "alipay.trade.refund", "alipay.trade.fastpay.refund.query",
@@ -399,15 +399,12 @@ class Alipay:
         bill = bill_state(self.state)
         rows += [dict(row, ids={row["trade_no"], row["out_trade_no"], row["request_no"]} - {""})
                  for row in bill["extra"] if row["app_id"] == app_id and on_day(row["at"])]
-        kept = []
-        for row in rows:
-            if row["ids"] & set(bill["dropped"]):
-                continue
-            for key in sorted(row["ids"]):
-                if "amount" in bill["amended"].get(key, {}):
-                    row["amount"] = int(bill["amended"][key]["amount"])
-            kept.append(row)
-        return sorted(kept, key=lambda row: row["at"])
+
+        def amend(row: dict, name: str, value) -> None:
+            if name == "amount":  # Alipay's bill has no status to amend
+                row["amount"] = int(value)
+
+        return edited_rows(rows, bill, amend)
 
     def _alipay_data_dataservice_bill_downloadurl_query(self, app: dict, biz: dict) -> dict:
         if biz.get("bill_type") != "trade":

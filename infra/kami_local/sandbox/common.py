@@ -112,6 +112,20 @@ def bill_state(state: dict) -> dict:
     return state.setdefault("bill", {"extra": [], "dropped": [], "amended": {}})
 
 
+def edited_rows(rows: list[dict], bill: dict, amend) -> list[dict]:
+    """A day's bill rows (each naming its `ids`) with the edits applied: the dropped ones
+    left out, each amendment (`name`, `value`) given to `amend(row, name, value)`; by time."""
+    kept = []
+    for row in rows:
+        if row["ids"] & set(bill["dropped"]):
+            continue
+        for key in sorted(row["ids"]):
+            for name, value in bill["amended"].get(key, {}).items():
+                amend(row, name, value)
+        kept.append(row)
+    return sorted(kept, key=lambda row: row["at"])
+
+
 def digits(n: int, first: str = "") -> str:
     return first + "".join(secrets.choice(string.digits) for _ in range(n - len(first)))
 

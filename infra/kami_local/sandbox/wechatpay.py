@@ -43,8 +43,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.x509 import load_pem_x509_certificate
 from wechatpayv3.utils import load_private_key, load_public_key, rsa_sign, rsa_verify
 
-from .common import (CHINA, Request, Response, SandboxError, bill_state, digits, parse_rfc3339, rfc3339_china,
-                     token)
+from .common import (CHINA, Request, Response, SandboxError, bill_state, digits, edited_rows, parse_rfc3339,
+                     rfc3339_china, token)
 
 SCHEMA = "WECHATPAY2-SHA256-RSA2048"
 TOLERANCE = 300  # seconds; requests signed further off than this are refused
@@ -391,18 +391,14 @@ class WechatPay:
         bill = bill_state(self.state)
         rows += [dict(row, ids={row["transaction_id"], row["out_trade_no"], row["out_refund_no"]} - {""})
                  for row in bill["extra"] if row["mchid"] == merchant["mchid"] and on_day(row["at"])]
-        kept = []
-        for row in rows:
-            if row["ids"] & set(bill["dropped"]):
-                continue
-            for key in sorted(row["ids"]):
-                for name, value in bill["amended"].get(key, {}).items():
-                    if name == "amount":
-                        row["amount" if row["state"] == "SUCCESS" else "refund"] = value
-                    elif name == "status":
-                        row["refund_status"] = value
-            kept.append(row)
-        return sorted(kept, key=lambda row: row["at"])
+
+        def amend(row: dict, name: str, value) -> None:
+            if name == "amount":
+                row["amount" if row["state"] == "SUCCESS" else "refund"] = value
+            elif name == "status":
+                row["refund_status"] = value
+
+        return edited_rows(rows, bill, amend)
 
     def _trade_bill(self, merchant: dict, day: str) -> dict:
         try:

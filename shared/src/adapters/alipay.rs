@@ -497,9 +497,6 @@ impl AlipayProvider {
             .to_owned();
         Ok(RefundOutcome::Refused { reason })
     }
-}
-
-impl AlipayProvider {
     /// The trade bill of `period`'s day: the verified answer names the file (a zip,
     /// fetched as it is named: the answer's signature vouches for it). A day Alipay has
     /// no bill for (`isp.bill_not_exist`) is an empty bill.
