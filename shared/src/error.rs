@@ -24,6 +24,9 @@ pub enum Error {
     UnsupportedMediaType(String),
     #[error("missing or invalid credentials")]
     Unauthorized,
+    /// Valid credentials without the scope this route needs.
+    #[error("this API key lacks the scope {0}")]
+    Forbidden(&'static str),
     #[error("{0} not found")]
     NotFound(&'static str),
     #[error("no route for {method} {path}")]
@@ -115,6 +118,10 @@ pub enum ConflictKind {
     StatementAlreadyPaid,
     /// The statement is still open: nothing is paid before its totals are final.
     StatementOpen,
+    /// The license already has as many active instances as it allows.
+    ActivationLimitReached,
+    /// The license is expired, voided or refunded.
+    LicenseNotActive,
 }
 
 impl std::fmt::Display for ConflictKind {
@@ -140,6 +147,10 @@ impl std::fmt::Display for ConflictKind {
                 "this statement's payout was already recorded with another reference"
             }
             ConflictKind::StatementOpen => "this statement is not closed yet",
+            ConflictKind::ActivationLimitReached => {
+                "this license key already has as many active instances as it allows: deactivate one first"
+            }
+            ConflictKind::LicenseNotActive => "this license key is expired, voided or refunded",
         })
     }
 }

@@ -394,6 +394,11 @@ pub async fn distributor_api(ctx: &Arc<Context>, request: Request) -> (u16, Valu
     answer(http::distributor::router(ctx.clone()), request).await
 }
 
+/// The merchant API (`/licenses/...`), the key checked as its function does.
+pub async fn merchant_api(ctx: &Arc<Context>, request: Request) -> (u16, Value) {
+    answer(http::merchant::router(ctx.clone()), request).await
+}
+
 /// As `distributor_api`, with the answer's headers and raw body (CSV answers).
 pub async fn distributor_api_raw(
     ctx: &Arc<Context>,

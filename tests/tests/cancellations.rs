@@ -42,6 +42,7 @@ async fn stocked_product(store: &Store, units: usize, shard: u32) -> (String, Ve
             pending_limits: PendingLimits::defaults(10),
             reservation_seconds: None,
             top_up: None,
+            license: None,
             created_at: Timestamp::now().to_rfc3339(),
         })
         .await

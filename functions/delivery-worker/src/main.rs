@@ -11,8 +11,14 @@ use lambda_runtime::{Error, LambdaEvent, run, service_fn};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
-    // Card keys are DynamoDB only; top-ups open their supplier's secret (the vault).
-    let ctx = Context::from_env().await?.with_vault().build();
+    // Card keys are DynamoDB only; top-ups open their supplier's secret and license
+    // keys are sealed (the vault); a license is found by a keyed fingerprint (a secret).
+    let ctx = Context::from_env()
+        .await?
+        .with_vault()
+        .with_secrets()
+        .await?
+        .build();
     run(service_fn(|event: LambdaEvent<SqsEvent>| {
         let ctx = ctx.clone();
         // The runtime's deadline is the machine's time (not the platform clock locally).

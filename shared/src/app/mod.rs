@@ -1,5 +1,6 @@
 //! Use cases: one module each, plain async functions over the `Context`.
 
+pub mod api_keys;
 pub mod audit;
 pub mod bills;
 pub mod catalog;
@@ -9,6 +10,7 @@ pub mod distributors;
 pub mod exceptions;
 pub mod fulfil;
 pub mod import;
+pub mod licenses;
 pub mod operator;
 pub mod orders;
 pub(crate) mod page;

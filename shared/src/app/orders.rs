@@ -233,6 +233,7 @@ pub async fn create_order(
         exception: None,
         holds: Vec::new(),
         top_up,
+        license: product.license,
         redelivery_requested_at: None,
         paid_amount: None,
         referral,
@@ -581,7 +582,7 @@ impl OrderEventView {
 /// What the buyer received.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Delivered {
-    /// The delivery type (`card_key`, `direct_topup`).
+    /// The delivery type (`card_key`, `direct_topup`, `license_key`).
     #[serde(rename = "type")]
     pub kind: DeliveryType,
     /// `card_key`: the key.
@@ -593,6 +594,9 @@ pub struct Delivered {
     /// `direct_topup`: the supplier's reference for the top-up.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub supplier_ref: Option<String>,
+    /// `license_key`: the generated key (XXXXX-XXXXX-XXXXX-XXXXX).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub license_key: Option<String>,
 }
 
 /// The `GET /orders/{order_id}` answer.

@@ -5,6 +5,7 @@ pub mod channel;
 pub mod crypto;
 pub mod distributor;
 pub mod hold;
+pub mod license;
 pub mod money;
 pub mod order;
 pub mod product;

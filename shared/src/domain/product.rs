@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::domain::card_key::CardKeyRules;
+use crate::domain::license::{LicenseSpec, MAX_ACTIVATION_LIMIT, MAX_VALID_DAYS};
 use crate::domain::money::Money;
 use crate::error::{Error, Result};
 use crate::request::RequestBody;
@@ -27,6 +28,8 @@ pub enum DeliveryType {
     CardKey,
     /// A top-up an upstream supplier performs on the buyer's account (直充).
     DirectTopup,
+    /// A software license key Kami generates at delivery (docs/licenses.md).
+    LicenseKey,
 }
 
 impl DeliveryType {
@@ -34,6 +37,7 @@ impl DeliveryType {
         match self {
             DeliveryType::CardKey => "card_key",
             DeliveryType::DirectTopup => "direct_topup",
+            DeliveryType::LicenseKey => "license_key",
         }
     }
 
@@ -41,10 +45,11 @@ impl DeliveryType {
         match text {
             "card_key" => Ok(DeliveryType::CardKey),
             "direct_topup" => Ok(DeliveryType::DirectTopup),
+            "license_key" => Ok(DeliveryType::LicenseKey),
             other => Err(Error::invalid(
                 "unsupported_delivery_type",
                 format!(
-                    "delivery type {other:?} is not supported; use \"card_key\" or \"direct_topup\""
+                    "delivery type {other:?} is not supported; use \"card_key\", \"direct_topup\" or \"license_key\""
                 ),
             )),
         }
@@ -125,6 +130,8 @@ pub struct Product {
     pub reservation_seconds: Option<u32>,
     /// For `direct_topup`: how it is fulfilled.
     pub top_up: Option<TopUpSpec>,
+    /// For `license_key`: what each generated key allows.
+    pub license: Option<LicenseSpec>,
     pub created_at: String,
 }
 
@@ -138,6 +145,8 @@ impl Product {
                 .top_up
                 .as_ref()
                 .is_some_and(|spec| spec.stock_budget.is_some()),
+            // Generated at delivery: there is nothing to run out of.
+            DeliveryType::LicenseKey => false,
         }
     }
 
@@ -236,7 +245,7 @@ pub struct PriceRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveryRequest {
-    /// The delivery type: `card_key` or `direct_topup`.
+    /// The delivery type: `card_key`, `direct_topup` or `license_key`.
     #[serde(rename = "type")]
     #[schema(example = "card_key")]
     pub kind: String,
@@ -255,15 +264,37 @@ pub struct DeliveryRequest {
     /// `direct_topup`: what one unit costs Kami at its suppliers (positive minor units),
     /// owed to the supplier that tops it up: the settlement's supplier statements.
     pub supplier_cost: Option<PriceRequest>,
+    /// `license_key`: instances one key may have active at once (1 to 1000).
+    #[schema(minimum = 1, maximum = 1000, example = 3)]
+    pub activation_limit: Option<u32>,
+    /// `license_key`: days a key is valid from its delivery (1 to 36500); absent: no end.
+    #[schema(minimum = 1, maximum = 36500, example = 365)]
+    pub valid_days: Option<u32>,
 }
 
+/// A product's checked delivery: its type and the spec the type needs.
+type DeliveryParts = (DeliveryType, Option<TopUpSpec>, Option<LicenseSpec>);
+
 impl DeliveryRequest {
-    /// The type and, for a top-up, its checked spec.
-    fn into_parts(self) -> Result<(DeliveryType, Option<TopUpSpec>)> {
+    /// The type and its checked spec.
+    fn into_parts(self) -> Result<DeliveryParts> {
         let kind = DeliveryType::parse(&self.kind).map_err(|err| err.at("delivery.type"))?;
         let bad = |field: &str, message: String| {
             Error::invalid_field("invalid_delivery", &format!("delivery.{field}"), message)
         };
+        if kind != DeliveryType::LicenseKey {
+            for (field, present) in [
+                ("activation_limit", self.activation_limit.is_some()),
+                ("valid_days", self.valid_days.is_some()),
+            ] {
+                if present {
+                    return Err(bad(
+                        field,
+                        format!("{field} is only for license_key products"),
+                    ));
+                }
+            }
+        }
         if kind != DeliveryType::DirectTopup {
             for (field, present) in [
                 ("supplier_product", self.supplier_product.is_some()),
@@ -279,7 +310,35 @@ impl DeliveryRequest {
                     ));
                 }
             }
-            return Ok((kind, None));
+            if kind != DeliveryType::LicenseKey {
+                return Ok((kind, None, None));
+            }
+            let activation_limit = self
+                .activation_limit
+                .filter(|limit| (1..=MAX_ACTIVATION_LIMIT).contains(limit))
+                .ok_or_else(|| {
+                    bad(
+                        "activation_limit",
+                        format!("activation_limit is required: 1 to {MAX_ACTIVATION_LIMIT}"),
+                    )
+                })?;
+            if self
+                .valid_days
+                .is_some_and(|days| !(1..=MAX_VALID_DAYS).contains(&days))
+            {
+                return Err(bad(
+                    "valid_days",
+                    format!("valid_days must be between 1 and {MAX_VALID_DAYS}"),
+                ));
+            }
+            return Ok((
+                kind,
+                None,
+                Some(LicenseSpec {
+                    activation_limit,
+                    valid_days: self.valid_days,
+                }),
+            ));
         }
         let supplier_product = self
             .supplier_product
@@ -361,6 +420,7 @@ impl DeliveryRequest {
                 stock_budget: self.stock_budget,
                 supplier_cost,
             }),
+            None,
         ))
     }
 }
@@ -390,7 +450,7 @@ impl NewProductRequest {
                 format!("title must be 1 to {MAX_TITLE_LEN} printable characters"),
             ));
         }
-        let (delivery, top_up) = self.delivery.into_parts()?;
+        let (delivery, top_up, license) = self.delivery.into_parts()?;
         // A top-up is one supplier request per order: one unit unless the product says.
         let default_max = if top_up.is_some() {
             1
@@ -440,6 +500,7 @@ impl NewProductRequest {
             pending_limits,
             reservation_seconds: self.reservation_seconds,
             top_up,
+            license,
             created_at,
         })
     }

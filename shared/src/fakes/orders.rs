@@ -34,6 +34,7 @@ pub fn order_fixture(sku: &str, quantity: u32, now: Timestamp) -> OrderRecord {
         exception: None,
         holds: Vec::new(),
         top_up: None,
+        license: None,
         redelivery_requested_at: None,
         paid_amount: None,
         referral: None,

@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod checkout;
 pub mod distributor;
+pub mod merchant;
 pub mod openapi;
 pub mod operations;
 pub mod webhook;
@@ -172,6 +173,7 @@ fn status_and_code(err: &Error) -> (StatusCode, &'static str) {
             (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
         }
         Error::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+        Error::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
         Error::NotFound("product") => (StatusCode::NOT_FOUND, "product_not_found"),
         Error::NotFound("order") => (StatusCode::NOT_FOUND, "order_not_found"),
         Error::NotFound("channel") => (StatusCode::NOT_FOUND, "channel_not_found"),
@@ -181,6 +183,9 @@ fn status_and_code(err: &Error) -> (StatusCode, &'static str) {
         Error::NotFound("distributor") => (StatusCode::NOT_FOUND, "distributor_not_found"),
         Error::NotFound("statement") => (StatusCode::NOT_FOUND, "statement_not_found"),
         Error::NotFound("mismatch") => (StatusCode::NOT_FOUND, "mismatch_not_found"),
+        Error::NotFound("license") => (StatusCode::NOT_FOUND, "license_not_found"),
+        Error::NotFound("license instance") => (StatusCode::NOT_FOUND, "instance_not_found"),
+        Error::NotFound("api key") => (StatusCode::NOT_FOUND, "api_key_not_found"),
         Error::NotFound(_) | Error::RouteNotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
         Error::Conflict(ConflictKind::OutOfStock) => (StatusCode::CONFLICT, "out_of_stock"),
         Error::Conflict(ConflictKind::ProductExists) => (StatusCode::CONFLICT, "product_exists"),
@@ -206,6 +211,12 @@ fn status_and_code(err: &Error) -> (StatusCode, &'static str) {
             (StatusCode::CONFLICT, "statement_already_paid")
         }
         Error::Conflict(ConflictKind::StatementOpen) => (StatusCode::CONFLICT, "statement_open"),
+        Error::Conflict(ConflictKind::ActivationLimitReached) => {
+            (StatusCode::CONFLICT, "activation_limit_reached")
+        }
+        Error::Conflict(ConflictKind::LicenseNotActive) => {
+            (StatusCode::CONFLICT, "license_not_active")
+        }
         Error::PaymentProvidersUnavailable { .. } => {
             (StatusCode::BAD_GATEWAY, "payment_provider_unavailable")
         }

@@ -12,7 +12,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::openapi::{InfoBuilder, OpenApi, Server};
 
 #[cfg(test)]
-use super::{admin, checkout, distributor, operations, webhook};
+use super::{admin, checkout, distributor, merchant, operations, webhook};
 
 /// The committed spec (`docs/openapi.json`), which the unit test below holds equal to
 /// the one the routers generate.
@@ -26,6 +26,7 @@ pub fn spec() -> OpenApi {
         .merge(operations::routes())
         .merge(webhook::routes())
         .merge(distributor::routes())
+        .merge(merchant::routes())
         .into_openapi();
     spec.info = InfoBuilder::new()
         .title("Kami")
@@ -55,6 +56,12 @@ pub fn spec() -> OpenApi {
         "distributor_key",
         bearer(
             "A distributor's API key (`POST /admin/distributors/{id}/api-key`), as `Authorization: Bearer <key>`",
+        ),
+    );
+    components.add_security_scheme(
+        "merchant_key",
+        bearer(
+            "A merchant API key (`POST /admin/api-keys`) holding the route's scope, as `Authorization: Bearer <key>`",
         ),
     );
     components.add_security_scheme(
@@ -177,8 +184,8 @@ mod tests {
             }
         }
         assert_eq!(
-            operations, 42,
-            "one operation per route of the five HTTP functions"
+            operations, 48,
+            "one operation per route of the six HTTP functions"
         );
     }
 }

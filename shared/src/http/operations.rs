@@ -12,6 +12,7 @@ use super::admin::authorize;
 use super::{
     ApiResult, ApiRouter, AppState, ErrorBody, IdempotencyKey, JsonBody, PathParam, Reply, routes,
 };
+use crate::app::api_keys::{self, ApiKeyCreated, ApiKeyList, NewApiKeyRequest};
 use crate::app::audit::{self, Actor, AuditPage, AuditQuery};
 use crate::app::exceptions::{self, ExceptionPage, ExceptionsQuery};
 use crate::app::operator::{
@@ -35,6 +36,8 @@ pub fn routes() -> ApiRouter {
         .routes(routes!(accept_payment))
         .routes(routes!(substitute))
         .routes(routes!(list_audit))
+        .routes(routes!(create_api_key, list_api_keys))
+        .routes(routes!(revoke_api_key))
 }
 
 /// The operations router, the admin token checked before any route (and before not-found).
@@ -381,4 +384,66 @@ async fn resolve_mismatch(
 async fn list_audit(State(ctx): State<AppState>, uri: axum::http::Uri) -> ApiResult<AuditPage> {
     let query = AuditQuery::parse(uri.query())?;
     Ok(Reply(StatusCode::OK, audit::list_audit(&ctx, query).await?))
+}
+
+/// Issues a merchant API key for the merchant API (`/entitlements`, `/licenses`) with the
+/// scopes it may use. The key is in this answer only: Kami keeps its hash.
+#[utoipa::path(
+    post,
+    path = "/admin/api-keys",
+    tag = "admin",
+    security(("admin_token" = [])),
+    request_body = NewApiKeyRequest,
+    responses(
+        (status = 201, description = "The key, shown once", body = ApiKeyCreated),
+        (status = 400, description = "`invalid_scope`, `invalid_name` (with the field's path), `invalid_json`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+    )
+)]
+async fn create_api_key(
+    State(ctx): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    JsonBody(request): JsonBody<NewApiKeyRequest>,
+) -> ApiResult<ApiKeyCreated> {
+    Ok(Reply(
+        StatusCode::CREATED,
+        api_keys::create(&ctx, &actor, request).await?,
+    ))
+}
+
+/// Every merchant API key, oldest first, revoked ones with `revoked_at`; never the key.
+#[utoipa::path(
+    get,
+    path = "/admin/api-keys",
+    tag = "admin",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The keys", body = ApiKeyList),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+    )
+)]
+async fn list_api_keys(State(ctx): State<AppState>) -> ApiResult<ApiKeyList> {
+    Ok(Reply(StatusCode::OK, api_keys::list(&ctx).await?))
+}
+
+/// Revokes a merchant API key for good: it is refused (401) from now on. Idempotent.
+#[utoipa::path(
+    delete,
+    path = "/admin/api-keys/{api_key_id}",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(("api_key_id" = String, Path, description = "The key's id")),
+    responses(
+        (status = 204, description = "Revoked (by this request or an earlier one)"),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`api_key_not_found`", body = ErrorBody),
+    )
+)]
+async fn revoke_api_key(
+    State(ctx): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    PathParam(api_key_id): PathParam<String>,
+) -> crate::error::Result<StatusCode> {
+    api_keys::revoke(&ctx, &actor, &api_key_id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -42,6 +42,15 @@ impl EncryptionContext {
         ]))
     }
 
+    /// The data key sealing one generated license key (`license_id` names exactly one).
+    pub fn license(order_id: &str, license_id: &str) -> Self {
+        EncryptionContext(BTreeMap::from([
+            ("kami:purpose".to_owned(), "license-key".to_owned()),
+            ("kami:order".to_owned(), order_id.to_owned()),
+            ("kami:license".to_owned(), license_id.to_owned()),
+        ]))
+    }
+
     /// The (name, value) pairs, sorted by name.
     pub fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
         self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))

@@ -27,6 +27,8 @@ pub enum AuditSubject {
     Statement,
     /// A reconciliation mismatch (`{period}/{mismatch_id}`).
     Mismatch,
+    /// A merchant API key.
+    ApiKey,
 }
 
 impl AuditSubject {
@@ -40,6 +42,7 @@ impl AuditSubject {
             AuditSubject::Distributor => "distributor",
             AuditSubject::Statement => "statement",
             AuditSubject::Mismatch => "mismatch",
+            AuditSubject::ApiKey => "api_key",
         }
     }
 }

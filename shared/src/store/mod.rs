@@ -30,6 +30,7 @@ use aws_sdk_dynamodb::types::KeysAndAttributes;
 
 use crate::error::{Error, Result};
 
+mod api_keys;
 mod attempts;
 mod audit;
 mod backoff;
@@ -42,6 +43,7 @@ mod distributors;
 mod exceptions;
 mod holds;
 mod idempotency;
+mod licenses;
 mod orders;
 mod payables;
 mod payments;
@@ -52,6 +54,7 @@ mod sweep_lease;
 mod topups;
 mod tx;
 
+pub use api_keys::ApiKeyRecord;
 pub use attempts::{AttemptRecord, AttemptStatus, RECONCILE_AFTER_SECONDS};
 pub use audit::{AuditCursor, AuditEntry, AuditOf, AuditSubject};
 pub use bills::{
@@ -72,6 +75,10 @@ pub use exceptions::{
 };
 pub use holds::{HoldClaim, HoldRecord};
 pub use idempotency::IdempotencyRecord;
+pub use licenses::{
+    Activation, LicenseDelivery, LicenseInstance, LicenseRecord, LicenseSlot, LicenseState,
+    NewLicense,
+};
 pub use orders::{
     Accepted, CreateOrderOutcome, DeliveryRecord, DueCursor, DuePage, DueQueue, OperatorNote,
     OrderEvent, OrderRecord, OrderView, StockShare,

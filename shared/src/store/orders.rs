@@ -15,6 +15,7 @@ use super::codec::{
 use super::commissions::{CommissionEntry, is_commission};
 use super::holds::HoldClaim;
 use super::idempotency::idempotency_item;
+use super::licenses::LicenseSlot;
 use super::payments::PaymentRecord;
 use super::products::StockMove;
 use super::refunds::{RefundRecord, is_refund};
@@ -25,6 +26,7 @@ use super::{
     STUCK_AFTER_SECONDS, Store, condition_failed, shard_of,
 };
 use crate::domain::distributor::Referral;
+use crate::domain::license::LicenseSpec;
 use crate::domain::money::Money;
 use crate::domain::order::{Cause, OrderStatus, TopUpOrder};
 use crate::domain::product::DeliveryType;
@@ -58,6 +60,8 @@ pub struct OrderRecord {
     pub holds: Vec<String>,
     /// For a direct top-up: the account and suppliers it was made for.
     pub top_up: Option<TopUpOrder>,
+    /// For a license key: what each key it delivers allows.
+    pub license: Option<LicenseSpec>,
     /// When an operator last asked for it to be delivered again (a top-up whose every
     /// supplier failed starts a new round only then).
     pub redelivery_requested_at: Option<Timestamp>,
@@ -166,6 +170,8 @@ pub enum DeliveryRecord {
     CardKey(CardKeySlot),
     /// A request sent to a supplier (one per attempt, not per unit).
     TopUp(TopUpAttempt),
+    /// A license key generated for one unit.
+    License(LicenseSlot),
 }
 
 impl DeliveryRecord {
@@ -173,7 +179,7 @@ impl DeliveryRecord {
     pub fn card_key(&self) -> Option<&CardKeySlot> {
         match self {
             DeliveryRecord::CardKey(slot) => Some(slot),
-            DeliveryRecord::TopUp(_) => None,
+            DeliveryRecord::TopUp(_) | DeliveryRecord::License(_) => None,
         }
     }
 
@@ -181,7 +187,15 @@ impl DeliveryRecord {
     pub fn top_up(&self) -> Option<&TopUpAttempt> {
         match self {
             DeliveryRecord::TopUp(attempt) => Some(attempt),
-            DeliveryRecord::CardKey(_) => None,
+            DeliveryRecord::CardKey(_) | DeliveryRecord::License(_) => None,
+        }
+    }
+
+    /// The license key this record holds, if it is one.
+    pub fn license(&self) -> Option<&LicenseSlot> {
+        match self {
+            DeliveryRecord::License(slot) => Some(slot),
+            DeliveryRecord::CardKey(_) | DeliveryRecord::TopUp(_) => None,
         }
     }
 }
@@ -257,6 +271,9 @@ fn order_item(order: &OrderRecord) -> Result<Item> {
             ),
         ],
     );
+    if let Some(license) = &order.license {
+        stored.insert("license".to_owned(), json(license)?);
+    }
     if let Some(top_up) = &order.top_up {
         stored.insert("top_up".to_owned(), json(top_up)?);
     }
@@ -307,6 +324,7 @@ impl FromItem for OrderRecord {
                 Some(_) => return Err(Error::Corrupt("holds is not a list".into())),
             },
             top_up: get_opt_json(item, "top_up")?,
+            license: get_opt_json(item, "license")?,
             redelivery_requested_at: item
                 .contains_key("redelivery_requested_at")
                 .then(|| get_n(item, "redelivery_requested_at").map(Timestamp))
@@ -376,6 +394,7 @@ impl FromItem for DeliveryRecord {
         Ok(match get_delivery_type(item, "type")? {
             DeliveryType::CardKey => DeliveryRecord::CardKey(CardKeySlot::from_item(item)?),
             DeliveryType::DirectTopup => DeliveryRecord::TopUp(TopUpAttempt::from_item(item)?),
+            DeliveryType::LicenseKey => DeliveryRecord::License(LicenseSlot::from_item(item)?),
         })
     }
 }

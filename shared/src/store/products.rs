@@ -40,6 +40,7 @@ impl FromItem for Product {
             },
             reservation_seconds: get_opt_u32(item, "reservation_seconds")?,
             top_up: get_opt_json(item, "top_up")?,
+            license: get_opt_json(item, "license")?,
             created_at: get_s(item, "created_at")?,
         })
     }
@@ -238,6 +239,9 @@ impl Store {
         stored.insert("gsi1sk".to_owned(), n(0));
         if let Some(top_up) = &product.top_up {
             stored.insert("top_up".to_owned(), json(top_up)?);
+        }
+        if let Some(license) = &product.license {
+            stored.insert("license".to_owned(), json(license)?);
         }
         let mut tx = self.tx();
         tx.put(ItemName::Product, stored, Some("attribute_not_exists(pk)"))?;

@@ -66,7 +66,7 @@ pub(crate) enum ItemName {
     OldChildLink,
     /// The i-th distributor of a chain checked unchanged.
     Ancestor(usize),
-    /// A distributor's API key, and the one it replaces.
+    /// A distributor's API key, and the one it replaces (a merchant key's list item).
     ApiKey,
     OldApiKey,
     /// The ledger entry of this level of an order's chain (or its clawback).
@@ -79,6 +79,11 @@ pub(crate) enum ItemName {
     Balance,
     /// What Kami owes a supplier for a top-up it made.
     Payable,
+    /// A generated license key's own item, and one of its active instances.
+    License,
+    Instance,
+    /// A merchant API key's item found by its hash (its list item is `ApiKey`).
+    ApiKeyHash,
 }
 
 /// A `TransactWriteItems` being built: its items, each under its own name.

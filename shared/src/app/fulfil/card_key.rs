@@ -143,6 +143,7 @@ async fn reveal(ctx: &Context, done: &[DeliveryRecord]) -> Result<Vec<Delivered>
             code: Some(code.expose().to_owned()),
             account: None,
             supplier_ref: None,
+            license_key: None,
         });
     }
     Ok(codes)

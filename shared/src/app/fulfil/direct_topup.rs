@@ -120,6 +120,7 @@ impl Fulfiller for DirectTopUps {
                         .map_or_else(|| attempt.account.clone(), |t| t.account.clone()),
                 ),
                 supplier_ref: attempt.supplier_ref.clone(),
+                license_key: None,
             })
             .collect())
     }

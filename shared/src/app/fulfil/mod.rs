@@ -17,6 +17,7 @@ use crate::store::{DeliveryRecord, OrderRecord};
 
 pub mod card_key;
 pub mod direct_topup;
+pub mod license_key;
 
 /// What a fulfiller's attempt came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +82,9 @@ impl Fulfiller for ByType {
             DeliveryType::DirectTopup => {
                 Box::pin(direct_topup::DirectTopUps.fulfil(ctx, order, done, budget))
             }
+            DeliveryType::LicenseKey => {
+                Box::pin(license_key::LicenseKeys.fulfil(ctx, order, done, budget))
+            }
         };
         work.await
     }
@@ -96,6 +100,7 @@ impl Fulfiller for ByType {
             DeliveryType::DirectTopup => {
                 Box::pin(direct_topup::DirectTopUps.show(ctx, order, done))
             }
+            DeliveryType::LicenseKey => Box::pin(license_key::LicenseKeys.show(ctx, order, done)),
         };
         view.await
     }
