@@ -122,6 +122,15 @@ pub enum ConflictKind {
     ActivationLimitReached,
     /// The license is expired, voided or refunded.
     LicenseNotActive,
+    /// A count card has fewer uses left than asked.
+    NoUsesLeft,
+    EntitlementExpired,
+    /// Taken back (its order refunded).
+    EntitlementRevoked,
+    /// A membership has no uses to consume.
+    NotRedeemable,
+    /// A redemption id sent again with other `uses`.
+    RedemptionIdReused,
 }
 
 impl std::fmt::Display for ConflictKind {
@@ -151,6 +160,15 @@ impl std::fmt::Display for ConflictKind {
                 "this license key already has as many active instances as it allows: deactivate one first"
             }
             ConflictKind::LicenseNotActive => "this license key is expired, voided or refunded",
+            ConflictKind::NoUsesLeft => "this entitlement has fewer uses left than asked",
+            ConflictKind::EntitlementExpired => "this entitlement has expired",
+            ConflictKind::EntitlementRevoked => "this entitlement was revoked",
+            ConflictKind::NotRedeemable => {
+                "this entitlement is a membership: it has no uses to redeem"
+            }
+            ConflictKind::RedemptionIdReused => {
+                "this redemption_id was already used with a different number of uses"
+            }
         })
     }
 }

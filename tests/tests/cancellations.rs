@@ -43,6 +43,7 @@ async fn stocked_product(store: &Store, units: usize, shard: u32) -> (String, Ve
             reservation_seconds: None,
             top_up: None,
             license: None,
+            grant: None,
             created_at: Timestamp::now().to_rfc3339(),
         })
         .await

@@ -7,6 +7,7 @@ pub mod catalog;
 pub mod channels;
 pub mod delivery;
 pub mod distributors;
+pub mod entitlements;
 pub mod exceptions;
 pub mod fulfil;
 pub mod import;

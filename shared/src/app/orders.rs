@@ -9,6 +9,7 @@ use super::fulfil::{ByType, Fulfiller};
 use super::stock::reservation_plans;
 use crate::config::Context;
 use crate::domain::crypto::{self, order_access_token, sha256_hex, token_matches};
+use crate::domain::entitlement::validate_account_id;
 use crate::domain::hold::{Holder, address_bucket};
 use crate::domain::money::Money;
 use crate::domain::order::{OrderStatus, TopUpOrder, payment_deadline};
@@ -69,6 +70,11 @@ pub struct Recipient {
 pub struct Buyer {
     #[schema(required = true, example = "buyer@example.com")]
     pub email: Option<String>,
+    /// The buyer's account in the merchant's system (1 to 128 visible ASCII
+    /// characters): required for products that grant an entitlement (`membership`,
+    /// `count_card`), which it receives.
+    #[schema(example = "user-42")]
+    pub account_id: Option<String>,
 }
 
 impl RequestBody for OrderRequest {
@@ -77,6 +83,7 @@ impl RequestBody for OrderRequest {
             "sku" => Some("invalid_sku"),
             "quantity" => Some("invalid_quantity"),
             "buyer" | "buyer.email" => Some("invalid_email"),
+            "buyer.account_id" => Some("invalid_account_id"),
             "recipient" | "recipient.account" => Some("invalid_recipient"),
             "referral_code" => Some("invalid_referral_code"),
             _ => None,
@@ -92,6 +99,7 @@ struct ValidOrderRequest {
     /// `recipient`, if given: `Some(None)` when it names no account.
     recipient: Option<Option<String>>,
     referral_code: Option<String>,
+    account_id: Option<String>,
 }
 
 impl ValidOrderRequest {
@@ -106,9 +114,13 @@ impl ValidOrderRequest {
                 "quantity is required and must be an integer",
             )
         })?;
-        let email = request
+        let (email, account_id) = request
             .buyer
-            .and_then(|buyer| buyer.email)
+            .map_or((None, None), |buyer| (buyer.email, buyer.account_id));
+        if let Some(account_id) = &account_id {
+            validate_account_id(account_id)?;
+        }
+        let email = email
             .map(|email| email.trim().to_ascii_lowercase())
             .filter(|email| valid_email(email))
             .ok_or_else(|| {
@@ -124,21 +136,31 @@ impl ValidOrderRequest {
             email,
             recipient: request.recipient.map(|recipient| recipient.account),
             referral_code: request.referral_code,
+            account_id,
         })
     }
 
     /// Hash of what the request means, so a retry with re-ordered JSON still matches.
     fn fingerprint(&self) -> String {
         sha256_hex(
-            // A request without a referral hashes as it did before referrals existed.
-            match &self.referral_code {
-                None => json!([self.sku, self.quantity, self.email, self.recipient]),
-                Some(code) => json!([
+            // A request without a referral (or an account) hashes as it did before
+            // referrals (and accounts) existed.
+            match (&self.referral_code, &self.account_id) {
+                (None, None) => json!([self.sku, self.quantity, self.email, self.recipient]),
+                (code, None) => json!([
                     self.sku,
                     self.quantity,
                     self.email,
                     self.recipient,
-                    code.to_ascii_uppercase()
+                    code.as_deref().map(str::to_ascii_uppercase)
+                ]),
+                (code, Some(account_id)) => json!([
+                    self.sku,
+                    self.quantity,
+                    self.email,
+                    self.recipient,
+                    code.as_deref().map(str::to_ascii_uppercase),
+                    account_id
                 ]),
             }
             .to_string()
@@ -195,6 +217,17 @@ pub async fn create_order(
     let quantity =
         validate_quantity(request.quantity, &product).map_err(|err| err.at("quantity"))?;
     let top_up = top_up_order(ctx, &product, quantity, request.recipient.clone()).await?;
+    // An account-bound product grants to the buyer's account; others ignore one.
+    let account_id = match &product.grant {
+        Some(_) => Some(request.account_id.clone().ok_or_else(|| {
+            Error::invalid_field(
+                "account_id_required",
+                "buyer.account_id",
+                "this product is granted to an account: buyer.account_id is required",
+            )
+        })?),
+        None => None,
+    };
     let referral = match &request.referral_code {
         Some(code) => match super::distributors::referral_for(ctx, code, &product.sku).await {
             Ok(referral) => Some(referral),
@@ -234,6 +267,8 @@ pub async fn create_order(
         holds: Vec::new(),
         top_up,
         license: product.license,
+        grant: product.grant.clone(),
+        account_id,
         redelivery_requested_at: None,
         paid_amount: None,
         referral,
@@ -582,7 +617,8 @@ impl OrderEventView {
 /// What the buyer received.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Delivered {
-    /// The delivery type (`card_key`, `direct_topup`, `license_key`).
+    /// The delivery type (`card_key`, `direct_topup`, `license_key`, `membership`,
+    /// `count_card`).
     #[serde(rename = "type")]
     pub kind: DeliveryType,
     /// `card_key`: the key.
@@ -597,6 +633,9 @@ pub struct Delivered {
     /// `license_key`: the generated key (XXXXX-XXXXX-XXXXX-XXXXX).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub license_key: Option<String>,
+    /// `membership`, `count_card`: the entitlement granted or extended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entitlement_id: Option<String>,
 }
 
 /// The `GET /orders/{order_id}` answer.

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 pub(crate) const DEFAULT_LIMIT: i32 = 50;
 pub(crate) const MAX_LIMIT: i32 = 100;
 
-fn invalid(field: &str, message: &str) -> Error {
+pub(crate) fn invalid(field: &str, message: &str) -> Error {
     Error::invalid_field("invalid_query", field, message.to_owned())
 }
 

@@ -4,6 +4,7 @@ pub mod card_key;
 pub mod channel;
 pub mod crypto;
 pub mod distributor;
+pub mod entitlement;
 pub mod hold;
 pub mod license;
 pub mod money;

@@ -4,6 +4,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::domain::card_key::CardKeyRules;
+use crate::domain::entitlement::{
+    GrantSpec, MAX_ENTITLEMENT_NAME_LEN, MAX_PERIOD_DAYS, MAX_USES, valid_entitlement_name,
+};
 use crate::domain::license::{LicenseSpec, MAX_ACTIVATION_LIMIT, MAX_VALID_DAYS};
 use crate::domain::money::Money;
 use crate::error::{Error, Result};
@@ -30,6 +33,10 @@ pub enum DeliveryType {
     DirectTopup,
     /// A software license key Kami generates at delivery (docs/licenses.md).
     LicenseKey,
+    /// A period of an entitlement on the buyer's account (docs/entitlements.md).
+    Membership,
+    /// A number of uses of an entitlement on the buyer's account (次卡).
+    CountCard,
 }
 
 impl DeliveryType {
@@ -38,6 +45,8 @@ impl DeliveryType {
             DeliveryType::CardKey => "card_key",
             DeliveryType::DirectTopup => "direct_topup",
             DeliveryType::LicenseKey => "license_key",
+            DeliveryType::Membership => "membership",
+            DeliveryType::CountCard => "count_card",
         }
     }
 
@@ -46,10 +55,12 @@ impl DeliveryType {
             "card_key" => Ok(DeliveryType::CardKey),
             "direct_topup" => Ok(DeliveryType::DirectTopup),
             "license_key" => Ok(DeliveryType::LicenseKey),
+            "membership" => Ok(DeliveryType::Membership),
+            "count_card" => Ok(DeliveryType::CountCard),
             other => Err(Error::invalid(
                 "unsupported_delivery_type",
                 format!(
-                    "delivery type {other:?} is not supported; use \"card_key\", \"direct_topup\" or \"license_key\""
+                    "delivery type {other:?} is not supported; use card_key, direct_topup, license_key, membership or count_card"
                 ),
             )),
         }
@@ -132,6 +143,8 @@ pub struct Product {
     pub top_up: Option<TopUpSpec>,
     /// For `license_key`: what each generated key allows.
     pub license: Option<LicenseSpec>,
+    /// For `membership` and `count_card`: what each unit grants the buyer's account.
+    pub grant: Option<GrantSpec>,
     pub created_at: String,
 }
 
@@ -145,8 +158,8 @@ impl Product {
                 .top_up
                 .as_ref()
                 .is_some_and(|spec| spec.stock_budget.is_some()),
-            // Generated at delivery: there is nothing to run out of.
-            DeliveryType::LicenseKey => false,
+            // Generated or granted at delivery: there is nothing to run out of.
+            DeliveryType::LicenseKey | DeliveryType::Membership | DeliveryType::CountCard => false,
         }
     }
 
@@ -245,7 +258,8 @@ pub struct PriceRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveryRequest {
-    /// The delivery type: `card_key`, `direct_topup` or `license_key`.
+    /// The delivery type: `card_key`, `direct_topup`, `license_key`, `membership` or
+    /// `count_card`.
     #[serde(rename = "type")]
     #[schema(example = "card_key")]
     pub kind: String,
@@ -267,78 +281,144 @@ pub struct DeliveryRequest {
     /// `license_key`: instances one key may have active at once (1 to 1000).
     #[schema(minimum = 1, maximum = 1000, example = 3)]
     pub activation_limit: Option<u32>,
-    /// `license_key`: days a key is valid from its delivery (1 to 36500); absent: no end.
+    /// `license_key`, `count_card`: days a key or card is valid from its delivery (1 to
+    /// 36500); absent: no end.
     #[schema(minimum = 1, maximum = 36500, example = 365)]
     pub valid_days: Option<u32>,
+    /// `membership`, `count_card`: the entitlement granted (a-z 0-9 _ -, 1 to 64).
+    #[schema(example = "vip")]
+    pub entitlement: Option<String>,
+    /// `membership`: days each unit adds (1 to 3650).
+    #[schema(minimum = 1, maximum = 3650, example = 30)]
+    pub period_days: Option<u32>,
+    /// `count_card`: uses each unit grants (1 to 100000).
+    #[schema(minimum = 1, maximum = 100000, example = 10)]
+    pub uses: Option<u32>,
 }
 
 /// A product's checked delivery: its type and the spec the type needs.
-type DeliveryParts = (DeliveryType, Option<TopUpSpec>, Option<LicenseSpec>);
+struct DeliveryParts {
+    kind: DeliveryType,
+    top_up: Option<TopUpSpec>,
+    license: Option<LicenseSpec>,
+    grant: Option<GrantSpec>,
+}
 
 impl DeliveryRequest {
     /// The type and its checked spec.
     fn into_parts(self) -> Result<DeliveryParts> {
+        use DeliveryType::{CardKey, CountCard, DirectTopup, LicenseKey, Membership};
         let kind = DeliveryType::parse(&self.kind).map_err(|err| err.at("delivery.type"))?;
         let bad = |field: &str, message: String| {
             Error::invalid_field("invalid_delivery", &format!("delivery.{field}"), message)
         };
-        if kind != DeliveryType::LicenseKey {
-            for (field, present) in [
-                ("activation_limit", self.activation_limit.is_some()),
-                ("valid_days", self.valid_days.is_some()),
-            ] {
-                if present {
-                    return Err(bad(
-                        field,
-                        format!("{field} is only for license_key products"),
-                    ));
-                }
-            }
-        }
-        if kind != DeliveryType::DirectTopup {
-            for (field, present) in [
-                ("supplier_product", self.supplier_product.is_some()),
-                ("suppliers", self.suppliers.is_some()),
-                ("account", self.account.is_some()),
-                ("stock_budget", self.stock_budget.is_some()),
-                ("supplier_cost", self.supplier_cost.is_some()),
-            ] {
-                if present {
-                    return Err(bad(
-                        field,
-                        format!("{field} is only for direct_topup products"),
-                    ));
-                }
-            }
-            if kind != DeliveryType::LicenseKey {
-                return Ok((kind, None, None));
-            }
-            let activation_limit = self
-                .activation_limit
-                .filter(|limit| (1..=MAX_ACTIVATION_LIMIT).contains(limit))
-                .ok_or_else(|| {
-                    bad(
-                        "activation_limit",
-                        format!("activation_limit is required: 1 to {MAX_ACTIVATION_LIMIT}"),
-                    )
-                })?;
-            if self
-                .valid_days
-                .is_some_and(|days| !(1..=MAX_VALID_DAYS).contains(&days))
-            {
+        // Each field belongs to the types named with it; any other type refuses it.
+        for (field, present, types) in [
+            (
+                "supplier_product",
+                self.supplier_product.is_some(),
+                &[DirectTopup][..],
+            ),
+            ("suppliers", self.suppliers.is_some(), &[DirectTopup]),
+            ("account", self.account.is_some(), &[DirectTopup]),
+            ("stock_budget", self.stock_budget.is_some(), &[DirectTopup]),
+            (
+                "supplier_cost",
+                self.supplier_cost.is_some(),
+                &[DirectTopup],
+            ),
+            (
+                "activation_limit",
+                self.activation_limit.is_some(),
+                &[LicenseKey],
+            ),
+            (
+                "valid_days",
+                self.valid_days.is_some(),
+                &[LicenseKey, CountCard],
+            ),
+            (
+                "entitlement",
+                self.entitlement.is_some(),
+                &[Membership, CountCard],
+            ),
+            ("period_days", self.period_days.is_some(), &[Membership]),
+            ("uses", self.uses.is_some(), &[CountCard]),
+        ] {
+            if present && !types.contains(&kind) {
+                let names: Vec<&str> = types.iter().map(|t| t.as_str()).collect();
                 return Err(bad(
-                    "valid_days",
-                    format!("valid_days must be between 1 and {MAX_VALID_DAYS}"),
+                    field,
+                    format!("{field} is only for {} products", names.join(" and ")),
                 ));
             }
-            return Ok((
-                kind,
-                None,
-                Some(LicenseSpec {
-                    activation_limit,
-                    valid_days: self.valid_days,
-                }),
+        }
+        if self
+            .valid_days
+            .is_some_and(|days| !(1..=MAX_VALID_DAYS).contains(&days))
+        {
+            return Err(bad(
+                "valid_days",
+                format!("valid_days must be between 1 and {MAX_VALID_DAYS}"),
             ));
+        }
+        let entitlement = || {
+            self.entitlement
+                .clone()
+                .filter(|name| valid_entitlement_name(name))
+                .ok_or_else(|| {
+                    bad(
+                        "entitlement",
+                        format!("entitlement is required: 1 to {MAX_ENTITLEMENT_NAME_LEN} characters of a-z 0-9 _ -"),
+                    )
+                })
+        };
+        let in_range = |field: &str, value: Option<u32>, max: u32| {
+            value
+                .filter(|value| (1..=max).contains(value))
+                .ok_or_else(|| bad(field, format!("{field} is required: 1 to {max}")))
+        };
+        let none = DeliveryParts {
+            kind,
+            top_up: None,
+            license: None,
+            grant: None,
+        };
+        match kind {
+            CardKey => return Ok(none),
+            LicenseKey => {
+                return Ok(DeliveryParts {
+                    license: Some(LicenseSpec {
+                        activation_limit: in_range(
+                            "activation_limit",
+                            self.activation_limit,
+                            MAX_ACTIVATION_LIMIT,
+                        )?,
+                        valid_days: self.valid_days,
+                    }),
+                    ..none
+                });
+            }
+            Membership => {
+                return Ok(DeliveryParts {
+                    grant: Some(GrantSpec::Membership {
+                        entitlement: entitlement()?,
+                        period_days: in_range("period_days", self.period_days, MAX_PERIOD_DAYS)?,
+                    }),
+                    ..none
+                });
+            }
+            CountCard => {
+                return Ok(DeliveryParts {
+                    grant: Some(GrantSpec::CountCard {
+                        entitlement: entitlement()?,
+                        uses: in_range("uses", self.uses, MAX_USES)?,
+                        valid_days: self.valid_days,
+                    }),
+                    ..none
+                });
+            }
+            DirectTopup => {}
         }
         let supplier_product = self
             .supplier_product
@@ -411,17 +491,18 @@ impl DeliveryRequest {
                 })
             })
             .transpose()?;
-        Ok((
+        Ok(DeliveryParts {
             kind,
-            Some(TopUpSpec {
+            top_up: Some(TopUpSpec {
                 supplier_product,
                 suppliers,
                 account,
                 stock_budget: self.stock_budget,
                 supplier_cost,
             }),
-            None,
-        ))
+            license: None,
+            grant: None,
+        })
     }
 }
 
@@ -450,7 +531,12 @@ impl NewProductRequest {
                 format!("title must be 1 to {MAX_TITLE_LEN} printable characters"),
             ));
         }
-        let (delivery, top_up, license) = self.delivery.into_parts()?;
+        let DeliveryParts {
+            kind: delivery,
+            top_up,
+            license,
+            grant,
+        } = self.delivery.into_parts()?;
         // A top-up is one supplier request per order: one unit unless the product says.
         let default_max = if top_up.is_some() {
             1
@@ -501,6 +587,7 @@ impl NewProductRequest {
             reservation_seconds: self.reservation_seconds,
             top_up,
             license,
+            grant,
             created_at,
         })
     }

@@ -35,6 +35,8 @@ pub fn order_fixture(sku: &str, quantity: u32, now: Timestamp) -> OrderRecord {
         holds: Vec::new(),
         top_up: None,
         license: None,
+        grant: None,
+        account_id: None,
         redelivery_requested_at: None,
         paid_amount: None,
         referral: None,

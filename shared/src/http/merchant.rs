@@ -1,12 +1,18 @@
 //! `functions/merchant-api`: what a merchant's own systems call with a merchant API key
-//! (`Authorization: Bearer km_...`, issued by `POST /admin/api-keys`): the license API.
+//! (`Authorization: Bearer km_...`, issued by `POST /admin/api-keys`): the license API
+//! and the entitlements API.
 //! Each route names the scope it needs; a key without it is 403 `forbidden`.
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 
-use super::{ApiResult, ApiRouter, AppState, ErrorBody, JsonBody, Reply, bearer, routes};
+use super::{
+    ApiResult, ApiRouter, AppState, ErrorBody, JsonBody, PathParam, Reply, bearer, routes,
+};
 use crate::app::api_keys::{self, Scope};
+use crate::app::entitlements::{
+    self, EntitlementDetails, EntitlementList, RedeemRequest, Redeemed,
+};
 use crate::app::licenses::{
     self, ActivateRequest, Activated, DeactivateRequest, Deactivated, LicenseValidity,
     ValidateRequest,
@@ -18,6 +24,9 @@ pub fn routes() -> ApiRouter {
         .routes(routes!(validate_license))
         .routes(routes!(activate_license))
         .routes(routes!(deactivate_license))
+        .routes(routes!(list_entitlements))
+        .routes(routes!(get_entitlement))
+        .routes(routes!(redeem))
 }
 
 /// The merchant API's router.
@@ -111,5 +120,92 @@ async fn deactivate_license(
     Ok(Reply(
         StatusCode::OK,
         licenses::deactivate(&ctx, request).await?,
+    ))
+}
+
+/// The account's active entitlements (every one with `include_ended=true`): memberships
+/// with their period, count cards with their uses left, and the orders behind each.
+#[utoipa::path(
+    get,
+    path = "/entitlements",
+    tag = "merchant",
+    security(("merchant_key" = ["entitlements:read"])),
+    params(
+        ("account_id" = String, Query, description = "The buyer's account (1 to 128 visible ASCII characters)"),
+        ("include_ended" = Option<bool>, Query, description = "Also expired, used-up and revoked ones"),
+    ),
+    responses(
+        (status = 200, description = "The account's entitlements", body = EntitlementList),
+        (status = 400, description = "`invalid_query` (with the parameter's name as `path`)", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the key lacks `entitlements:read`", body = ErrorBody),
+    )
+)]
+async fn list_entitlements(
+    State(ctx): State<AppState>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+) -> ApiResult<EntitlementList> {
+    allow(&ctx, &headers, Scope::EntitlementsRead).await?;
+    Ok(Reply(
+        StatusCode::OK,
+        entitlements::list(&ctx, uri.query()).await?,
+    ))
+}
+
+/// One entitlement with its redemption history.
+#[utoipa::path(
+    get,
+    path = "/entitlements/{entitlement_id}",
+    tag = "merchant",
+    security(("merchant_key" = ["entitlements:read"])),
+    params(("entitlement_id" = String, Path, description = "The entitlement's id")),
+    responses(
+        (status = 200, description = "The entitlement", body = EntitlementDetails),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 403, description = "`forbidden`", body = ErrorBody),
+        (status = 404, description = "`entitlement_not_found`", body = ErrorBody),
+    )
+)]
+async fn get_entitlement(
+    State(ctx): State<AppState>,
+    headers: HeaderMap,
+    PathParam(entitlement_id): PathParam<String>,
+) -> ApiResult<EntitlementDetails> {
+    allow(&ctx, &headers, Scope::EntitlementsRead).await?;
+    Ok(Reply(
+        StatusCode::OK,
+        entitlements::details(&ctx, &entitlement_id).await?,
+    ))
+}
+
+/// Consumes uses of a count card, once per `redemption_id` (sent again: the same answer,
+/// consumed once); never below zero, whatever runs at the same time.
+#[utoipa::path(
+    post,
+    path = "/entitlements/{entitlement_id}/redemptions",
+    tag = "merchant",
+    security(("merchant_key" = ["entitlements:redeem"])),
+    params(("entitlement_id" = String, Path, description = "The entitlement's id")),
+    request_body = RedeemRequest,
+    responses(
+        (status = 201, description = "Consumed (by this request or an earlier one with the same id)", body = Redeemed),
+        (status = 400, description = "`invalid_redemption_id`, `invalid_uses` (with the field's path), `invalid_json`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the key lacks `entitlements:redeem`", body = ErrorBody),
+        (status = 404, description = "`entitlement_not_found`", body = ErrorBody),
+        (status = 409, description = "`no_uses_left`, `entitlement_expired`, `entitlement_revoked`, `not_redeemable` (a membership), `redemption_id_reused`", body = ErrorBody),
+    )
+)]
+async fn redeem(
+    State(ctx): State<AppState>,
+    headers: HeaderMap,
+    PathParam(entitlement_id): PathParam<String>,
+    JsonBody(request): JsonBody<RedeemRequest>,
+) -> ApiResult<Redeemed> {
+    allow(&ctx, &headers, Scope::EntitlementsRedeem).await?;
+    Ok(Reply(
+        StatusCode::CREATED,
+        entitlements::redeem(&ctx, &entitlement_id, request).await?,
     ))
 }

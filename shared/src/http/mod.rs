@@ -186,6 +186,7 @@ fn status_and_code(err: &Error) -> (StatusCode, &'static str) {
         Error::NotFound("license") => (StatusCode::NOT_FOUND, "license_not_found"),
         Error::NotFound("license instance") => (StatusCode::NOT_FOUND, "instance_not_found"),
         Error::NotFound("api key") => (StatusCode::NOT_FOUND, "api_key_not_found"),
+        Error::NotFound("entitlement") => (StatusCode::NOT_FOUND, "entitlement_not_found"),
         Error::NotFound(_) | Error::RouteNotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
         Error::Conflict(ConflictKind::OutOfStock) => (StatusCode::CONFLICT, "out_of_stock"),
         Error::Conflict(ConflictKind::ProductExists) => (StatusCode::CONFLICT, "product_exists"),
@@ -216,6 +217,17 @@ fn status_and_code(err: &Error) -> (StatusCode, &'static str) {
         }
         Error::Conflict(ConflictKind::LicenseNotActive) => {
             (StatusCode::CONFLICT, "license_not_active")
+        }
+        Error::Conflict(ConflictKind::NoUsesLeft) => (StatusCode::CONFLICT, "no_uses_left"),
+        Error::Conflict(ConflictKind::EntitlementExpired) => {
+            (StatusCode::CONFLICT, "entitlement_expired")
+        }
+        Error::Conflict(ConflictKind::EntitlementRevoked) => {
+            (StatusCode::CONFLICT, "entitlement_revoked")
+        }
+        Error::Conflict(ConflictKind::NotRedeemable) => (StatusCode::CONFLICT, "not_redeemable"),
+        Error::Conflict(ConflictKind::RedemptionIdReused) => {
+            (StatusCode::CONFLICT, "redemption_id_reused")
         }
         Error::PaymentProvidersUnavailable { .. } => {
             (StatusCode::BAD_GATEWAY, "payment_provider_unavailable")

@@ -184,7 +184,7 @@ mod tests {
             }
         }
         assert_eq!(
-            operations, 48,
+            operations, 51,
             "one operation per route of the six HTTP functions"
         );
     }

@@ -40,6 +40,8 @@ fn instance_key(fingerprint: &str, instance_name: &str) -> (String, String) {
 pub struct LicenseSlot {
     pub slot: u32,
     pub license_id: String,
+    /// Where its license is (`LICENSE#{fingerprint}`): a refund ends it.
+    pub fingerprint: String,
     pub sealed: Vec<u8>,
     pub wrapped_key: Vec<u8>,
 }
@@ -49,6 +51,7 @@ impl FromItem for LicenseSlot {
         Ok(LicenseSlot {
             slot: get_u32(item, "slot")?,
             license_id: get_s(item, "license_id")?,
+            fingerprint: get_s(item, "fingerprint")?,
             sealed: get_b(item, "sealed")?,
             wrapped_key: get_b(item, "wrapped_key")?,
         })
@@ -181,6 +184,7 @@ impl Store {
                     ("type", s(DeliveryType::LicenseKey.as_str())),
                     ("slot", n(slot)),
                     ("license_id", s(license.license_id)),
+                    ("fingerprint", s(license.fingerprint)),
                     ("sealed", b(license.sealed.clone())),
                     ("wrapped_key", b(license.wrapped_key.clone())),
                     ("allocated_at", s(&at)),

@@ -40,6 +40,7 @@ mod channels;
 mod codec;
 mod commissions;
 mod distributors;
+mod entitlements;
 mod exceptions;
 mod holds;
 mod idempotency;
@@ -70,6 +71,9 @@ pub use commissions::{
     Balance, CommissionEntry, EntryKind, EntryStatus, SettlementRun, StatementLine, StatementRecord,
 };
 pub use distributors::{AttributedOrder, DistributorRecord, DistributorSaved};
+pub use entitlements::{
+    EntitlementRecord, GrantOutcome, GrantSlot, RedeemOutcome, RedemptionRecord,
+};
 pub use exceptions::{
     ExceptionEntry, ExceptionFilter, ExceptionResolved, PaymentEvent, cursor_key, cursor_text,
 };

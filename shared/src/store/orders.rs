@@ -13,6 +13,7 @@ use super::codec::{
     item, json, key_item, keys, n, s,
 };
 use super::commissions::{CommissionEntry, is_commission};
+use super::entitlements::GrantSlot;
 use super::holds::HoldClaim;
 use super::idempotency::idempotency_item;
 use super::licenses::LicenseSlot;
@@ -26,6 +27,7 @@ use super::{
     STUCK_AFTER_SECONDS, Store, condition_failed, shard_of,
 };
 use crate::domain::distributor::Referral;
+use crate::domain::entitlement::GrantSpec;
 use crate::domain::license::LicenseSpec;
 use crate::domain::money::Money;
 use crate::domain::order::{Cause, OrderStatus, TopUpOrder};
@@ -62,6 +64,9 @@ pub struct OrderRecord {
     pub top_up: Option<TopUpOrder>,
     /// For a license key: what each key it delivers allows.
     pub license: Option<LicenseSpec>,
+    /// For a membership or count card: what each unit grants, and to which account.
+    pub grant: Option<GrantSpec>,
+    pub account_id: Option<String>,
     /// When an operator last asked for it to be delivered again (a top-up whose every
     /// supplier failed starts a new round only then).
     pub redelivery_requested_at: Option<Timestamp>,
@@ -172,6 +177,8 @@ pub enum DeliveryRecord {
     TopUp(TopUpAttempt),
     /// A license key generated for one unit.
     License(LicenseSlot),
+    /// The entitlement a membership or count card granted or extended (one per order).
+    Grant(GrantSlot),
 }
 
 impl DeliveryRecord {
@@ -179,7 +186,9 @@ impl DeliveryRecord {
     pub fn card_key(&self) -> Option<&CardKeySlot> {
         match self {
             DeliveryRecord::CardKey(slot) => Some(slot),
-            DeliveryRecord::TopUp(_) | DeliveryRecord::License(_) => None,
+            DeliveryRecord::TopUp(_) | DeliveryRecord::License(_) | DeliveryRecord::Grant(_) => {
+                None
+            }
         }
     }
 
@@ -187,7 +196,9 @@ impl DeliveryRecord {
     pub fn top_up(&self) -> Option<&TopUpAttempt> {
         match self {
             DeliveryRecord::TopUp(attempt) => Some(attempt),
-            DeliveryRecord::CardKey(_) | DeliveryRecord::License(_) => None,
+            DeliveryRecord::CardKey(_) | DeliveryRecord::License(_) | DeliveryRecord::Grant(_) => {
+                None
+            }
         }
     }
 
@@ -195,7 +206,17 @@ impl DeliveryRecord {
     pub fn license(&self) -> Option<&LicenseSlot> {
         match self {
             DeliveryRecord::License(slot) => Some(slot),
-            DeliveryRecord::CardKey(_) | DeliveryRecord::TopUp(_) => None,
+            DeliveryRecord::CardKey(_) | DeliveryRecord::TopUp(_) | DeliveryRecord::Grant(_) => {
+                None
+            }
+        }
+    }
+
+    /// The entitlement this record granted, if it is a grant.
+    pub fn grant(&self) -> Option<&GrantSlot> {
+        match self {
+            DeliveryRecord::Grant(slot) => Some(slot),
+            _ => None,
         }
     }
 }
@@ -274,6 +295,12 @@ fn order_item(order: &OrderRecord) -> Result<Item> {
     if let Some(license) = &order.license {
         stored.insert("license".to_owned(), json(license)?);
     }
+    if let Some(grant) = &order.grant {
+        stored.insert("grant".to_owned(), json(grant)?);
+    }
+    if let Some(account_id) = &order.account_id {
+        stored.insert("account_id".to_owned(), s(account_id));
+    }
     if let Some(top_up) = &order.top_up {
         stored.insert("top_up".to_owned(), json(top_up)?);
     }
@@ -325,6 +352,8 @@ impl FromItem for OrderRecord {
             },
             top_up: get_opt_json(item, "top_up")?,
             license: get_opt_json(item, "license")?,
+            grant: get_opt_json(item, "grant")?,
+            account_id: get_opt_s(item, "account_id"),
             redelivery_requested_at: item
                 .contains_key("redelivery_requested_at")
                 .then(|| get_n(item, "redelivery_requested_at").map(Timestamp))
@@ -395,6 +424,9 @@ impl FromItem for DeliveryRecord {
             DeliveryType::CardKey => DeliveryRecord::CardKey(CardKeySlot::from_item(item)?),
             DeliveryType::DirectTopup => DeliveryRecord::TopUp(TopUpAttempt::from_item(item)?),
             DeliveryType::LicenseKey => DeliveryRecord::License(LicenseSlot::from_item(item)?),
+            DeliveryType::Membership | DeliveryType::CountCard => {
+                DeliveryRecord::Grant(GrantSlot::from_item(item)?)
+            }
         })
     }
 }

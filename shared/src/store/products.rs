@@ -41,6 +41,7 @@ impl FromItem for Product {
             reservation_seconds: get_opt_u32(item, "reservation_seconds")?,
             top_up: get_opt_json(item, "top_up")?,
             license: get_opt_json(item, "license")?,
+            grant: get_opt_json(item, "grant")?,
             created_at: get_s(item, "created_at")?,
         })
     }
@@ -242,6 +243,9 @@ impl Store {
         }
         if let Some(license) = &product.license {
             stored.insert("license".to_owned(), json(license)?);
+        }
+        if let Some(grant) = &product.grant {
+            stored.insert("grant".to_owned(), json(grant)?);
         }
         let mut tx = self.tx();
         tx.put(ItemName::Product, stored, Some("attribute_not_exists(pk)"))?;

@@ -84,6 +84,12 @@ pub(crate) enum ItemName {
     Instance,
     /// A merchant API key's item found by its hash (its list item is `ApiKey`).
     ApiKeyHash,
+    Entitlement,
+    /// An entitlement's item in its account's listing.
+    EntitlementListing,
+    /// An account's membership of one name.
+    Membership,
+    Redemption,
 }
 
 /// A `TransactWriteItems` being built: its items, each under its own name.

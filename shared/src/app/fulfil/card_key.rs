@@ -144,6 +144,7 @@ async fn reveal(ctx: &Context, done: &[DeliveryRecord]) -> Result<Vec<Delivered>
             account: None,
             supplier_ref: None,
             license_key: None,
+            entitlement_id: None,
         });
     }
     Ok(codes)

@@ -121,6 +121,7 @@ impl Fulfiller for DirectTopUps {
                 ),
                 supplier_ref: attempt.supplier_ref.clone(),
                 license_key: None,
+                entitlement_id: None,
             })
             .collect())
     }

@@ -124,6 +124,7 @@ impl Fulfiller for LicenseKeys {
                 account: None,
                 supplier_ref: None,
                 license_key: Some(text.to_owned()),
+                entitlement_id: None,
             });
         }
         Ok(shown)

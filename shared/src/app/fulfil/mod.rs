@@ -17,6 +17,7 @@ use crate::store::{DeliveryRecord, OrderRecord};
 
 pub mod card_key;
 pub mod direct_topup;
+pub mod grant;
 pub mod license_key;
 
 /// What a fulfiller's attempt came to.
@@ -85,6 +86,9 @@ impl Fulfiller for ByType {
             DeliveryType::LicenseKey => {
                 Box::pin(license_key::LicenseKeys.fulfil(ctx, order, done, budget))
             }
+            DeliveryType::Membership | DeliveryType::CountCard => {
+                Box::pin(grant::Grants.fulfil(ctx, order, done, budget))
+            }
         };
         work.await
     }
@@ -101,6 +105,9 @@ impl Fulfiller for ByType {
                 Box::pin(direct_topup::DirectTopUps.show(ctx, order, done))
             }
             DeliveryType::LicenseKey => Box::pin(license_key::LicenseKeys.show(ctx, order, done)),
+            DeliveryType::Membership | DeliveryType::CountCard => {
+                Box::pin(grant::Grants.show(ctx, order, done))
+            }
         };
         view.await
     }
