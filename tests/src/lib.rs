@@ -843,3 +843,139 @@ pub async fn table_item(
         .expect("get item")
         .item
 }
+
+/// A Stripe payment channel whose API is nowhere: payment attempts are recorded (the
+/// call fails), and its signed notifications pay them, so its orders can be refunded.
+pub async fn unreachable_stripe_channel(ctx: &Arc<Context>, id: &str) -> String {
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let body = json!({"provider": "stripe", "display_name": "Card", "currencies": ["CNY"],
+        "priority": 1, "min_amount": 1, "max_amount": 10_000_000, "timeout_ms": 500,
+        "config": {"secret_key": format!("sk_test_{id}_secret_key_value"),
+            "webhook_secrets": [webhook_secret(id)], "api_base_url": "http://127.0.0.1:9"}});
+    let (status, answer) = admin(
+        ctx,
+        request(
+            "PUT",
+            &format!("/admin/payment-channels/{id}"),
+            &[("authorization", &auth)],
+            body.to_string(),
+        ),
+    )
+    .await;
+    assert_eq!(status, 201, "{answer}");
+    id.to_owned()
+}
+
+/// The webhook secret of an `unreachable_stripe_channel`.
+pub fn webhook_secret(channel_id: &str) -> String {
+    format!("whsec_{channel_id}_channel_test_secret")
+}
+
+/// `POST /orders` with `body` (idempotency key `key`), its payment opened on
+/// `channel_id` and paid by the channel's signed notification at the clock's time.
+/// Returns the order's id.
+pub async fn paid_through_channel(
+    ctx: &Arc<Context>,
+    clock: &kami_shared::fakes::FakeClock,
+    channel_id: &str,
+    key: &str,
+    body: Value,
+    amount: i64,
+) -> String {
+    let (status, order) = checkout(
+        ctx,
+        request(
+            "POST",
+            "/orders",
+            &[("idempotency-key", key)],
+            body.to_string(),
+        ),
+    )
+    .await;
+    assert_eq!(status, 201, "{order}");
+    let order_id = order["order_id"].as_str().expect("id").to_owned();
+    let token = order["access_token"].as_str().expect("token");
+    let (status, answer) = open_payment(ctx, &order_id, token, key, channel_id).await;
+    assert_eq!(
+        status, 502,
+        "the provider is nowhere; the attempt is recorded: {answer}"
+    );
+    let payment_id = first_attempt_payment_id(ctx, &order_id).await;
+    let event = format!("evt_{}", kami_shared::domain::time::new_id());
+    let paid = json!({"id": event, "object": "event", "type": "checkout.session.completed",
+        "livemode": false, "data": {"object": {"id": format!("cs_{event}"), "object": "checkout.session",
+        "client_reference_id": order_id, "metadata": {"order_id": order_id, "payment_id": payment_id},
+        "amount_total": amount, "currency": "cny", "payment_intent": format!("pi_{payment_id}"),
+        "payment_status": "paid"}}})
+    .to_string();
+    let signature = stripe_signature(
+        &webhook_secret(channel_id),
+        clock.now().unix_seconds(),
+        &paid,
+    );
+    let (status, answer) = webhook(
+        ctx,
+        request(
+            "POST",
+            &format!("/webhooks/stripe/{channel_id}"),
+            &[("stripe-signature", &signature)],
+            paid,
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    order_id
+}
+
+/// A refund of `amount` the provider confirmed: recorded as the refunds API records it,
+/// then settled as a provider's confirmation settles it (`refund_settled`).
+pub async fn refunded(
+    ctx: &Arc<Context>,
+    clock: &kami_shared::fakes::FakeClock,
+    order_id: &str,
+    amount: i64,
+) {
+    use kami_shared::domain::money::Money;
+    use kami_shared::domain::time::new_id;
+    use kami_shared::store::{AttemptRecord, AttemptStatus, RefundRecord, RefundStatus};
+    let view = stored_order(ctx, order_id).await;
+    let attempt: &AttemptRecord = view
+        .attempts
+        .iter()
+        .find(|a| a.status == AttemptStatus::Paid)
+        .expect("a paid attempt");
+    let now = clock.now();
+    let refund = RefundRecord {
+        refund_id: format!("{order_id}R{}", &new_id()[22..]),
+        order_id: order_id.to_owned(),
+        payment_id: attempt.payment_id.clone(),
+        amount: Money {
+            amount,
+            currency: "CNY".into(),
+        },
+        status: RefundStatus::Requested,
+        reason: "test".into(),
+        failure: None,
+        created_at: now.to_rfc3339(),
+        updated_at: now.to_rfc3339(),
+    };
+    let reserved = ctx
+        .store
+        .reserve_refund(
+            &refund,
+            &attempt.amount,
+            &attempt.channel_id,
+            &new_id(),
+            "hash",
+            now,
+        )
+        .await
+        .expect("reserve");
+    assert!(
+        matches!(reserved, kami_shared::store::RefundReserved::Reserved),
+        "{reserved:?}"
+    );
+    kami_shared::app::refunds::refund_settled(ctx, &refund.refund_id, true)
+        .await
+        .expect("settled");
+}

@@ -9,13 +9,9 @@ use std::sync::Arc;
 
 use kami_shared::Context;
 use kami_shared::app::settlement::{self, RunReport, RunRequest, period_for};
-use kami_shared::domain::money::Money;
 use kami_shared::domain::time::{Timestamp, new_id};
 use kami_shared::fakes::FakeClock;
-use kami_shared::store::{
-    AttemptRecord, AttemptStatus, DistributorRecord, DistributorSaved, EntryKind, EntryStatus,
-    RefundRecord, RefundStatus,
-};
+use kami_shared::store::{DistributorRecord, DistributorSaved, EntryKind, EntryStatus};
 use kami_tests::*;
 use lambda_http::Body;
 use serde_json::{Value, json};
@@ -101,28 +97,6 @@ fn run_id() -> String {
     new_id()[16..].to_ascii_lowercase()
 }
 
-/// A Stripe channel whose API is nowhere: attempts are recorded (the call fails), and
-/// its notifications pay them.
-async fn channel(ctx: &Arc<Context>, run: &str) -> String {
-    let id = format!("dist-{run}");
-    let (status, body) = admin_call(
-        ctx,
-        "PUT",
-        &format!("/admin/payment-channels/{id}"),
-        json!({"provider": "stripe", "display_name": "Card", "currencies": ["CNY"],
-            "priority": 1, "min_amount": 1, "max_amount": 10_000_000, "timeout_ms": 500,
-            "config": {"secret_key": format!("sk_test_{id}_secret_key_value"),
-                "webhook_secrets": [webhook_secret(&id)], "api_base_url": "http://127.0.0.1:9"}}),
-    )
-    .await;
-    assert_eq!(status, 201, "{body}");
-    id
-}
-
-fn webhook_secret(channel_id: &str) -> String {
-    format!("whsec_{channel_id}_channel_test_secret")
-}
-
 /// One referred order of `sku`, paid through `channel_id` (its attempt named, so it can
 /// be refunded) at the clock's time, and queued for delivery. Returns its id.
 async fn referred_paid_order(
@@ -136,45 +110,7 @@ async fn referred_paid_order(
     let key = format!("dist-order-{}", new_id());
     let body = json!({"sku": sku, "quantity": 1, "buyer": {"email": buyer_for(&key)},
         "referral_code": code.to_ascii_lowercase()});
-    let (status, order) = checkout(
-        ctx,
-        request(
-            "POST",
-            "/orders",
-            &[("idempotency-key", &key)],
-            body.to_string(),
-        ),
-    )
-    .await;
-    assert_eq!(status, 201, "{order}");
-    let order_id = order["order_id"].as_str().expect("id").to_owned();
-    let token = order["access_token"].as_str().expect("token");
-    let (status, answer) = open_payment(ctx, &order_id, token, &key, channel_id).await;
-    assert_eq!(
-        status, 502,
-        "the provider is nowhere; the attempt is recorded: {answer}"
-    );
-    let payment_id = first_attempt_payment_id(ctx, &order_id).await;
-    let event = format!("evt_{}", new_id());
-    let paid = json!({"id": event, "object": "event", "type": "checkout.session.completed",
-        "livemode": false, "data": {"object": {"id": format!("cs_{event}"), "object": "checkout.session",
-        "client_reference_id": order_id, "metadata": {"order_id": order_id, "payment_id": payment_id},
-        "amount_total": amount, "currency": "cny", "payment_intent": format!("pi_{payment_id}"),
-        "payment_status": "paid"}}})
-    .to_string();
-    let signature = stripe_signature(&webhook_secret(channel_id), clock.now_seconds(), &paid);
-    let (status, answer) = webhook(
-        ctx,
-        request(
-            "POST",
-            &format!("/webhooks/stripe/{channel_id}"),
-            &[("stripe-signature", &signature)],
-            paid,
-        ),
-    )
-    .await;
-    assert_eq!(status, 200, "{answer}");
-    order_id
+    paid_through_channel(ctx, clock, channel_id, &key, body, amount).await
 }
 
 trait Seconds {
@@ -185,51 +121,6 @@ impl Seconds for FakeClock {
     fn now_seconds(&self) -> i64 {
         kami_shared::ports::Clock::now(self).unix_seconds()
     }
-}
-
-/// A refund of `amount` the provider confirmed: recorded as the refunds API records it,
-/// then settled as a provider's confirmation settles it (`refund_settled`).
-async fn refunded(ctx: &Arc<Context>, clock: &FakeClock, order_id: &str, amount: i64) {
-    let view = stored_order(ctx, order_id).await;
-    let attempt: &AttemptRecord = view
-        .attempts
-        .iter()
-        .find(|a| a.status == AttemptStatus::Paid)
-        .expect("a paid attempt");
-    let now = kami_shared::ports::Clock::now(clock);
-    let refund = RefundRecord {
-        refund_id: format!("{order_id}R{}", &new_id()[22..]),
-        order_id: order_id.to_owned(),
-        payment_id: attempt.payment_id.clone(),
-        amount: Money {
-            amount,
-            currency: "CNY".into(),
-        },
-        status: RefundStatus::Requested,
-        reason: "test".into(),
-        failure: None,
-        created_at: now.to_rfc3339(),
-        updated_at: now.to_rfc3339(),
-    };
-    let reserved = ctx
-        .store
-        .reserve_refund(
-            &refund,
-            &attempt.amount,
-            &attempt.channel_id,
-            &new_id(),
-            "hash",
-            now,
-        )
-        .await
-        .expect("reserve");
-    assert!(
-        matches!(reserved, kami_shared::store::RefundReserved::Reserved),
-        "{reserved:?}"
-    );
-    kami_shared::app::refunds::refund_settled(ctx, &refund.refund_id, true)
-        .await
-        .expect("settled");
 }
 
 async fn settle(ctx: &Arc<Context>, clock: &FakeClock, distributors: &[String]) -> RunReport {
@@ -505,7 +396,7 @@ async fn a_chain_earns_matures_settles_and_claws_back_to_the_minor_unit() {
     let ctx = ctx_on(clock.clone()).await;
     let run = run_id();
     let [root, mid, leaf] = chain(&ctx, &run).await;
-    let channel_id = channel(&ctx, &run).await;
+    let channel_id = unreachable_stripe_channel(&ctx, &format!("dist-{run}")).await;
     let sku = product_with_keys(&ctx, "dist", 10_000, 5, &make_keys("DIST", 3)).await;
 
     let (status, unknown) = checkout(
@@ -827,7 +718,7 @@ async fn a_run_cut_short_and_two_runs_at_once_yield_the_same_statements() {
     let ctx = ctx_on(clock.clone()).await;
     let run = run_id();
     let [root, mid, leaf] = chain(&ctx, &run).await;
-    let channel_id = channel(&ctx, &run).await;
+    let channel_id = unreachable_stripe_channel(&ctx, &format!("dist-{run}")).await;
     let orders = 30;
     let sku = product_with_keys(&ctx, "distrun", 999, 5, &make_keys("RUN", orders)).await;
     for _ in 0..orders {
@@ -932,7 +823,7 @@ async fn many_orders_across_many_distributors_reconcile_to_the_minor_unit() {
     let clock = Arc::new(FakeClock::at(Timestamp::from_unix_seconds(1_956_528_000))); // 2032-01-01
     let ctx = ctx_on(clock.clone()).await;
     let run = run_id();
-    let channel_id = channel(&ctx, &run).await;
+    let channel_id = unreachable_stripe_channel(&ctx, &format!("dist-{run}")).await;
     let sku = product_with_keys(&ctx, "distmany", 1_237, 100, &make_keys("MANY", orders)).await;
     // Roots, each with children: distributor i's parent is (i - 1) / 3 (a tree 3 deep at
     // most: depth is refused beyond that, so deeper ones are made roots).

@@ -500,3 +500,128 @@ async fn expired_cards_memberships_unknown_ids_and_scopes_are_refused() {
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0]["type"], "membership");
 }
+
+#[tokio::test]
+async fn a_refund_takes_back_what_its_order_granted_once() {
+    let clock = Arc::new(FakeClock::at(Timestamp::now()));
+    let ctx = context_on_with(
+        clock.clone(),
+        &[("PUBLIC_API_URL", "https://kami.example.test")],
+    )
+    .await;
+    let key = issue_key(
+        &ctx,
+        &["entitlements:read", "entitlements:redeem", "licenses"],
+    )
+    .await;
+    let channel = unreachable_stripe_channel(
+        &ctx,
+        &format!("ent-{}", &new_id()[16..].to_ascii_lowercase()),
+    )
+    .await;
+    let buyer = account();
+    let order_body = |sku: &str, idem: &str| json!({"sku": sku, "quantity": 1, "buyer": {"email": buyer_for(idem), "account_id": buyer}});
+    let vip = product(
+        &ctx,
+        json!({"type": "membership", "entitlement": "vip", "period_days": 30}),
+    )
+    .await;
+    let card = product(
+        &ctx,
+        json!({"type": "count_card", "entitlement": "yoga", "uses": 10}),
+    )
+    .await;
+    let license = product(&ctx, json!({"type": "license_key", "activation_limit": 2})).await;
+    let start = clock.now();
+    let mut orders = Vec::new();
+    for sku in [&vip, &vip, &card, &license] {
+        let idem = new_id();
+        orders.push(
+            paid_through_channel(&ctx, &clock, &channel, &idem, order_body(sku, &idem), 3000).await,
+        );
+    }
+    drain_delivery_queue(&ctx).await;
+    let listed = entitlements_of(&ctx, &key, &buyer, false).await;
+    assert_eq!(listed.len(), 2);
+    let vip_view = listed.iter().find(|e| e["type"] == "membership").unwrap();
+    assert_eq!(
+        vip_view["ends_at"],
+        Timestamp(start.0 + 60 * DAY_MS).to_rfc3339()
+    );
+    let card_id = listed.iter().find(|e| e["type"] == "count_card").unwrap()["entitlement_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let license_key = {
+        let view = stored_order(&ctx, &orders[3]).await;
+        assert_eq!(view.deliveries.len(), 1);
+        // The key as `GET /orders/{id}` shows it to the buyer (the fulfiller's view).
+        let shown = kami_shared::app::fulfil::ByType;
+        let delivered =
+            kami_shared::app::fulfil::Fulfiller::show(&shown, &ctx, &view.order, &view.deliveries)
+                .await
+                .unwrap();
+        delivered[0].license_key.clone().unwrap()
+    };
+
+    // The second membership order, the card and the license refunded in full; twice
+    // over for the membership (a provider's repeated confirmation).
+    refunded(&ctx, &clock, &orders[1], 3000).await;
+    kami_shared::app::fulfil::take_back(
+        &ctx,
+        &stored_order(&ctx, &orders[1]).await.order,
+        &stored_order(&ctx, &orders[1]).await.deliveries,
+    )
+    .await
+    .unwrap();
+    refunded(&ctx, &clock, &orders[2], 3000).await;
+    refunded(&ctx, &clock, &orders[3], 3000).await;
+
+    let listed = entitlements_of(&ctx, &key, &buyer, true).await;
+    let vip_view = listed.iter().find(|e| e["type"] == "membership").unwrap();
+    assert_eq!(
+        vip_view["ends_at"],
+        Timestamp(start.0 + 30 * DAY_MS).to_rfc3339(),
+        "one period taken back, once"
+    );
+    assert_eq!(vip_view["status"], "active");
+    let card_view = listed.iter().find(|e| e["type"] == "count_card").unwrap();
+    assert_eq!(card_view["status"], "revoked");
+    let (status, err) = merchant(
+        &ctx,
+        &key,
+        "POST",
+        &format!("/entitlements/{card_id}/redemptions"),
+        json!({"redemption_id": "after-refund"}),
+    )
+    .await;
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (409, Some("entitlement_revoked"))
+    );
+    let (status, valid) = merchant(
+        &ctx,
+        &key,
+        "POST",
+        "/licenses/validate",
+        json!({"license_key": license_key}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (valid["valid"].as_bool(), valid["status"].as_str()),
+        (Some(false), Some("refunded"))
+    );
+    let (status, err) = merchant(
+        &ctx,
+        &key,
+        "POST",
+        "/licenses/activate",
+        json!({"license_key": license_key, "instance_name": "x"}),
+    )
+    .await;
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (409, Some("license_not_active"))
+    );
+}

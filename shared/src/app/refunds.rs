@@ -377,6 +377,11 @@ async fn settle(
     failure: Option<&str>,
     transition: Option<(OrderStatus, OrderStatus, Cause)>,
 ) -> Result<bool> {
+    // Taken back before the order shows refunded: a crash between the two leaves the
+    // refund to settle again, which takes back again (once per step).
+    if matches!(transition, Some((_, _, Cause::Refund))) {
+        super::fulfil::take_back(ctx, &view.order, &view.deliveries).await?;
+    }
     let refunded = (transition.is_some() && view.order.referral.is_some()).then(|| {
         view.refunds
             .iter()

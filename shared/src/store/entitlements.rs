@@ -434,4 +434,38 @@ impl Store {
             Err(err) => Err(Error::aws("dynamodb", err)),
         }
     }
+
+    /// Access pattern: what a refunded order granted is taken back, once per order
+    /// (`refunded_orders`): a count card is revoked; a membership loses the order's
+    /// `period_ms` from its end. False when this order was taken back already.
+    pub async fn take_back_grant(
+        &self,
+        entitlement_id: &str,
+        order_id: &str,
+        membership_period_ms: Option<i64>,
+        now: Timestamp,
+    ) -> Result<bool> {
+        let (expression, mut values) = match membership_period_ms {
+            Some(period) => (
+                "SET ends_at = ends_at - :period ADD refunded_orders :orders",
+                vec![(":period", n(period))],
+            ),
+            None => (
+                "SET revoked_at = :now ADD refunded_orders :orders",
+                vec![(":now", s(now.to_rfc3339()))],
+            ),
+        };
+        values.push((":orders", AttributeValue::Ss(vec![order_id.to_owned()])));
+        values.push((":order", s(order_id)));
+        let mut tx = self.tx();
+        tx.update(
+            ItemName::Entitlement,
+            key_item(entitlement_key(entitlement_id)),
+            expression,
+            Some("attribute_exists(pk) AND NOT contains(refunded_orders, :order)"),
+            &[],
+            values,
+        )?;
+        Ok(self.transact(tx).await?.committed())
+    }
 }

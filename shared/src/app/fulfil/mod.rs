@@ -11,6 +11,8 @@ use futures_util::future::BoxFuture;
 use crate::app::delivery::Budget;
 use crate::app::orders::Delivered;
 use crate::config::Context;
+use crate::domain::entitlement::GrantSpec;
+use crate::domain::license::LicenseStatus;
 use crate::domain::product::DeliveryType;
 use crate::error::Result;
 use crate::store::{DeliveryRecord, OrderRecord};
@@ -111,4 +113,38 @@ impl Fulfiller for ByType {
         };
         view.await
     }
+}
+
+/// Takes back what a fully refunded order delivered, where it can be: its license keys
+/// stop validating (`refunded`), a count card is revoked, a membership loses the order's
+/// period. Card keys and top-ups cannot be taken back (the buyer has them). Safe to
+/// repeat: each step happens once.
+pub async fn take_back(ctx: &Context, order: &OrderRecord, done: &[DeliveryRecord]) -> Result<()> {
+    for record in done {
+        match record {
+            DeliveryRecord::License(slot) => {
+                ctx.store
+                    .end_license(&slot.fingerprint, LicenseStatus::Refunded)
+                    .await?;
+            }
+            DeliveryRecord::Grant(slot) => {
+                let period_ms = match &order.grant {
+                    Some(GrantSpec::Membership { period_days, .. }) => {
+                        Some(i64::from(*period_days) * i64::from(order.quantity) * 86_400_000)
+                    }
+                    _ => None,
+                };
+                ctx.store
+                    .take_back_grant(
+                        &slot.entitlement_id,
+                        &order.order_id,
+                        period_ms,
+                        ctx.clock.now(),
+                    )
+                    .await?;
+            }
+            DeliveryRecord::CardKey(_) | DeliveryRecord::TopUp(_) => {}
+        }
+    }
+    Ok(())
 }
