@@ -396,7 +396,7 @@ def test_every_leading_key_prefix_is_a_key_the_store_writes(functions):
 
 # What a data key may protect (`EncryptionContext` in shared/src/ports/vault.rs): every KMS
 # grant names exactly one of them.
-PURPOSES = ("card-key-batch", "payment-channel", "supplier", "license-key")
+PURPOSES = ("card-key-batch", "payment-channel", "supplier", "license-key", "link-token", "link-secret")
 
 
 def test_kms_decrypt_only_where_the_table_says_and_only_for_known_purposes(functions, documented):

@@ -29,6 +29,9 @@ pub enum Error {
     Forbidden(&'static str),
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// Something that existed and is gone for good (an expired or used link): the code.
+    #[error("gone: {0}")]
+    Gone(&'static str),
     #[error("no route for {method} {path}")]
     RouteNotFound { method: String, path: String },
     #[error("{0}")]

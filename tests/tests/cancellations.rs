@@ -44,6 +44,8 @@ async fn stocked_product(store: &Store, units: usize, shard: u32) -> (String, Ve
             top_up: None,
             license: None,
             grant: None,
+            link: None,
+            link_secret: None,
             created_at: Timestamp::now().to_rfc3339(),
         })
         .await

@@ -341,7 +341,20 @@ async fn an_expired_key_validates_as_expired_and_does_not_activate() {
     let ctx = context_on(clock.clone()).await;
     let (_, keys) = delivered_keys(&ctx, json!({"activation_limit": 1, "valid_days": 1}), 1).await;
     let (_, api_key) = issue_key(&ctx, &["licenses"]).await;
+    let early = json!({"license_key": keys[0], "instance_name": "early"});
+    assert_eq!(
+        call(&ctx, &api_key, "/licenses/activate", early.clone())
+            .await
+            .0,
+        200
+    );
     clock.advance_seconds(86_400 + 1);
+    // Not even a name active since before the end activates again.
+    let (status, err) = call(&ctx, &api_key, "/licenses/activate", early).await;
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (409, Some("license_not_active"))
+    );
     let (status, valid) = call(
         &ctx,
         &api_key,
@@ -460,7 +473,7 @@ async fn merchant_keys_are_shown_once_scoped_and_revocable() {
         .find(|k| k["api_key_id"] == api_key_id.as_str())
         .unwrap();
     assert!(mine["revoked_at"].is_string());
-    let (_, audit) = operations_get(&ctx, "/admin/audit?actor=admin&limit=100").await;
+    let (_, audit) = operations_get(&ctx, &format!("/admin/audit?api_key={api_key_id}")).await;
     let revocations = audit["entries"]
         .as_array()
         .unwrap()

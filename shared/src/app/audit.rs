@@ -67,7 +67,7 @@ pub fn snapshot<T: Serialize>(view: &T) -> Option<String> {
 }
 
 /// The query of `GET /admin/audit`: exactly one of `order`, `product`, `channel`,
-/// `supplier`, `payment`, `distributor`, `statement`, `mismatch`, `actor`.
+/// `supplier`, `payment`, `distributor`, `statement`, `mismatch`, `api_key`, `actor`.
 #[derive(Debug, Default, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct AuditQuery {
@@ -87,6 +87,8 @@ pub struct AuditQuery {
     pub payment: Option<String>,
     /// A reconciliation mismatch, `{period}/{mismatch_id}`.
     pub mismatch: Option<String>,
+    /// A merchant API key's id.
+    pub api_key: Option<String>,
     /// An operator's name (an admin token's name): everything they did.
     pub actor: Option<String>,
     /// Entries per page, 1 to 100 (default 50), newest first.
@@ -124,6 +126,7 @@ impl AuditQuery {
                 "distributor" => parsed.distributor = value,
                 "statement" => parsed.statement = value,
                 "mismatch" => parsed.mismatch = value,
+                "api_key" => parsed.api_key = value,
                 "actor" => parsed.actor = value,
                 "cursor" => parsed.cursor = value,
                 "limit" => parsed.limit = Some(page::limit(value.as_deref().unwrap_or_default())?),
@@ -175,6 +178,11 @@ impl AuditQuery {
                 self.mismatch
                     .map(|id| AuditOf::Subject(AuditSubject::Mismatch, id)),
             ),
+            (
+                "api_key",
+                self.api_key
+                    .map(|id| AuditOf::Subject(AuditSubject::ApiKey, id)),
+            ),
             ("actor", self.actor.map(AuditOf::Actor)),
         ];
         let mut given = named.into_iter().filter_map(|(name, of)| Some((name, of?)));
@@ -190,11 +198,11 @@ impl AuditQuery {
             }
             (None, _) => Err(invalid(
                 "order",
-                "name one of order, product, channel, supplier, payment, distributor, statement, mismatch or actor",
+                "name one of order, product, channel, supplier, payment, distributor, statement, mismatch, api_key or actor",
             )),
             (Some(_), Some((second, _))) => Err(invalid(
                 second,
-                "name only one of order, product, channel, supplier, payment, distributor, statement, mismatch or actor",
+                "name only one of order, product, channel, supplier, payment, distributor, statement, mismatch, api_key or actor",
             )),
         }
     }

@@ -4,14 +4,19 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::audit::{Actor, snapshot};
+use super::sealed;
 use crate::config::Context;
 use crate::domain::card_key::CardKeyRules;
+use crate::domain::entitlement::GrantSpec;
+use crate::domain::license::LicenseSpec;
+use crate::domain::link::LinkSpec;
 use crate::domain::money::Money;
 use crate::domain::product::{
     AccountField, DeliveryType, NewProductRequest, PendingLimits, Product, Stock, TopUpSpec,
     validate_sku,
 };
 use crate::error::{Error, Result};
+use crate::ports::vault::EncryptionContext;
 use crate::store::AuditSubject;
 
 pub async fn create_product(
@@ -19,7 +24,25 @@ pub async fn create_product(
     actor: &Actor,
     request: NewProductRequest,
 ) -> Result<AdminProductView> {
-    let product = request.into_product(ctx.clock.now().to_rfc3339())?;
+    let mut product = request.into_product(ctx.clock.now().to_rfc3339())?;
+    // A link product's signing secret: made here, sealed, shown in this answer only.
+    let link_secret = match &product.link {
+        Some(_) => {
+            let secret = zeroize::Zeroizing::new(hex::encode(rand::random::<[u8; 32]>()));
+            let sku = product.sku.clone();
+            product.link_secret = Some(
+                sealed::seal(
+                    ctx,
+                    |seal_id| EncryptionContext::link_secret(&sku, seal_id),
+                    &link_secret_aad(&sku),
+                    secret.as_bytes(),
+                )
+                .await?,
+            );
+            Some(secret)
+        }
+        None => None,
+    };
     ctx.store.create_product(&product).await?;
     tracing::info!(sku = %product.sku, "product created");
     let view = AdminProductView::of(ctx, &product, &Stock::default());
@@ -32,7 +55,15 @@ pub async fn create_product(
         snapshot(&view),
     );
     actor.record(ctx, entry).await;
-    Ok(view)
+    Ok(AdminProductView {
+        link_secret: link_secret.map(|secret| secret.to_string()),
+        ..view
+    })
+}
+
+/// Associated data binding a sealed link secret to its product.
+pub fn link_secret_aad(sku: &str) -> Vec<u8> {
+    format!("kami/link-secret/v1|{sku}").into_bytes()
 }
 
 pub async fn find_product(ctx: &Context, sku: &str, consistent: bool) -> Result<Product> {
@@ -122,6 +153,19 @@ pub struct AdminProductView {
     /// `direct_topup`: the supplier product and the suppliers, first choice first.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub top_up: Option<TopUpSpec>,
+    /// `license_key`: what each generated key allows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub license: Option<LicenseSpec>,
+    /// `membership`, `count_card`: what each unit grants.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grant: Option<GrantSpec>,
+    /// `link`: where its links lead, for how long and how often.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub link: Option<LinkSpec>,
+    /// `link`: the secret its links' assertions are signed with (64 hex characters, the
+    /// HMAC key as this text), in the answer to the product's creation only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub link_secret: Option<String>,
     pub created_at: String,
 }
 
@@ -139,6 +183,10 @@ impl AdminProductView {
             reservation_seconds: product.reservation_seconds(ctx.config.order_ttl_seconds),
             stock: stock.clone(),
             top_up: product.top_up.clone(),
+            license: product.license,
+            grant: product.grant.clone(),
+            link: product.link.clone(),
+            link_secret: None,
             created_at: product.created_at.clone(),
         }
     }

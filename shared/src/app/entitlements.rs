@@ -25,7 +25,7 @@ pub struct EntitlementView {
     /// The entitlement's name (`vip`, `yoga`), as the product grants it.
     pub name: String,
     pub starts_at: String,
-    /// Absent: no end.
+    /// `null`: no end.
     pub ends_at: Option<String>,
     /// Count cards: uses left; `null` for a membership.
     pub uses_left: Option<u32>,

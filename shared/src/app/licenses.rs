@@ -115,7 +115,11 @@ pub async fn validate(ctx: &Context, request: ValidateRequest) -> Result<License
 
 pub async fn activate(ctx: &Context, request: ActivateRequest) -> Result<Activated> {
     validate_instance_name(&request.instance_name)?;
-    let (fingerprint, _) = find(ctx, &request.license_key).await?;
+    let (fingerprint, state) = find(ctx, &request.license_key).await?;
+    // An ended key activates nothing, not even a name already active on it.
+    if state.license.status_at(ctx.clock.now()) != LicenseStatus::Active {
+        return Err(Error::Conflict(ConflictKind::LicenseNotActive));
+    }
     for _ in 0..ACTIVATE_ATTEMPTS {
         let outcome = ctx
             .store

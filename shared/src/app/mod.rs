@@ -12,6 +12,7 @@ pub mod exceptions;
 pub mod fulfil;
 pub mod import;
 pub mod licenses;
+pub mod links;
 pub mod operator;
 pub mod orders;
 pub(crate) mod page;

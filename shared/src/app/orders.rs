@@ -269,6 +269,7 @@ pub async fn create_order(
         license: product.license,
         grant: product.grant.clone(),
         account_id,
+        link: product.link.clone(),
         redelivery_requested_at: None,
         paid_amount: None,
         referral,
@@ -618,7 +619,7 @@ impl OrderEventView {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Delivered {
     /// The delivery type (`card_key`, `direct_topup`, `license_key`, `membership`,
-    /// `count_card`).
+    /// `count_card`, `link`).
     #[serde(rename = "type")]
     pub kind: DeliveryType,
     /// `card_key`: the key.
@@ -636,6 +637,24 @@ pub struct Delivered {
     /// `membership`, `count_card`: the entitlement granted or extended.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub entitlement_id: Option<String>,
+    /// `link`: the redemption link (`{api}/r/{token}`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+impl Delivered {
+    /// An entry of `kind` with nothing in it yet: each type fills its own fields.
+    pub fn of(kind: DeliveryType) -> Self {
+        Delivered {
+            kind,
+            code: None,
+            account: None,
+            supplier_ref: None,
+            license_key: None,
+            entitlement_id: None,
+            url: None,
+        }
+    }
 }
 
 /// The `GET /orders/{order_id}` answer.

@@ -7,6 +7,7 @@ pub mod distributor;
 pub mod entitlement;
 pub mod hold;
 pub mod license;
+pub mod link;
 pub mod money;
 pub mod order;
 pub mod product;

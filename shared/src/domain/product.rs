@@ -8,6 +8,9 @@ use crate::domain::entitlement::{
     GrantSpec, MAX_ENTITLEMENT_NAME_LEN, MAX_PERIOD_DAYS, MAX_USES, valid_entitlement_name,
 };
 use crate::domain::license::{LicenseSpec, MAX_ACTIVATION_LIMIT, MAX_VALID_DAYS};
+use crate::domain::link::{
+    LinkSpec, MAX_OPENS, MAX_TARGET_URL_LEN, MAX_VALID_HOURS, valid_target_url,
+};
 use crate::domain::money::Money;
 use crate::error::{Error, Result};
 use crate::request::RequestBody;
@@ -37,6 +40,8 @@ pub enum DeliveryType {
     Membership,
     /// A number of uses of an entitlement on the buyer's account (次卡).
     CountCard,
+    /// A redemption link to the merchant's own site, signed (docs/links.md).
+    Link,
 }
 
 impl DeliveryType {
@@ -47,6 +52,7 @@ impl DeliveryType {
             DeliveryType::LicenseKey => "license_key",
             DeliveryType::Membership => "membership",
             DeliveryType::CountCard => "count_card",
+            DeliveryType::Link => "link",
         }
     }
 
@@ -57,10 +63,11 @@ impl DeliveryType {
             "license_key" => Ok(DeliveryType::LicenseKey),
             "membership" => Ok(DeliveryType::Membership),
             "count_card" => Ok(DeliveryType::CountCard),
+            "link" => Ok(DeliveryType::Link),
             other => Err(Error::invalid(
                 "unsupported_delivery_type",
                 format!(
-                    "delivery type {other:?} is not supported; use card_key, direct_topup, license_key, membership or count_card"
+                    "delivery type {other:?} is not supported; use card_key, direct_topup, license_key, membership, count_card or link"
                 ),
             )),
         }
@@ -145,6 +152,11 @@ pub struct Product {
     pub license: Option<LicenseSpec>,
     /// For `membership` and `count_card`: what each unit grants the buyer's account.
     pub grant: Option<GrantSpec>,
+    /// For `link`: where each unit's link leads, for how long and how often.
+    pub link: Option<LinkSpec>,
+    /// For `link`: the secret its links' assertions are signed with, sealed (set when
+    /// the product is created; shown to the merchant then only).
+    pub link_secret: Option<crate::store::SealedSecrets>,
     pub created_at: String,
 }
 
@@ -159,7 +171,10 @@ impl Product {
                 .as_ref()
                 .is_some_and(|spec| spec.stock_budget.is_some()),
             // Generated or granted at delivery: there is nothing to run out of.
-            DeliveryType::LicenseKey | DeliveryType::Membership | DeliveryType::CountCard => false,
+            DeliveryType::LicenseKey
+            | DeliveryType::Membership
+            | DeliveryType::CountCard
+            | DeliveryType::Link => false,
         }
     }
 
@@ -258,8 +273,8 @@ pub struct PriceRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveryRequest {
-    /// The delivery type: `card_key`, `direct_topup`, `license_key`, `membership` or
-    /// `count_card`.
+    /// The delivery type: `card_key`, `direct_topup`, `license_key`, `membership`,
+    /// `count_card` or `link`.
     #[serde(rename = "type")]
     #[schema(example = "card_key")]
     pub kind: String,
@@ -294,6 +309,15 @@ pub struct DeliveryRequest {
     /// `count_card`: uses each unit grants (1 to 100000).
     #[schema(minimum = 1, maximum = 100000, example = 10)]
     pub uses: Option<u32>,
+    /// `link`: where an opened link redirects (absolute https, no fragment).
+    #[schema(example = "https://merchant.example/redeem")]
+    pub target_url: Option<String>,
+    /// `link`: hours a link stays valid from delivery (1 to 8760).
+    #[schema(minimum = 1, maximum = 8760, example = 72)]
+    pub valid_hours: Option<u32>,
+    /// `link`: how many times a link opens (1 to 1000).
+    #[schema(minimum = 1, maximum = 1000, example = 1)]
+    pub max_opens: Option<u32>,
 }
 
 /// A product's checked delivery: its type and the spec the type needs.
@@ -302,12 +326,13 @@ struct DeliveryParts {
     top_up: Option<TopUpSpec>,
     license: Option<LicenseSpec>,
     grant: Option<GrantSpec>,
+    link: Option<LinkSpec>,
 }
 
 impl DeliveryRequest {
     /// The type and its checked spec.
     fn into_parts(self) -> Result<DeliveryParts> {
-        use DeliveryType::{CardKey, CountCard, DirectTopup, LicenseKey, Membership};
+        use DeliveryType::{CardKey, CountCard, DirectTopup, LicenseKey, Link, Membership};
         let kind = DeliveryType::parse(&self.kind).map_err(|err| err.at("delivery.type"))?;
         let bad = |field: &str, message: String| {
             Error::invalid_field("invalid_delivery", &format!("delivery.{field}"), message)
@@ -344,6 +369,9 @@ impl DeliveryRequest {
             ),
             ("period_days", self.period_days.is_some(), &[Membership]),
             ("uses", self.uses.is_some(), &[CountCard]),
+            ("target_url", self.target_url.is_some(), &[Link]),
+            ("valid_hours", self.valid_hours.is_some(), &[Link]),
+            ("max_opens", self.max_opens.is_some(), &[Link]),
         ] {
             if present && !types.contains(&kind) {
                 let names: Vec<&str> = types.iter().map(|t| t.as_str()).collect();
@@ -383,6 +411,7 @@ impl DeliveryRequest {
             top_up: None,
             license: None,
             grant: None,
+            link: None,
         };
         match kind {
             CardKey => return Ok(none),
@@ -414,6 +443,26 @@ impl DeliveryRequest {
                         entitlement: entitlement()?,
                         uses: in_range("uses", self.uses, MAX_USES)?,
                         valid_days: self.valid_days,
+                    }),
+                    ..none
+                });
+            }
+            Link => {
+                let target_url = self
+                    .target_url
+                    .clone()
+                    .filter(|url| valid_target_url(url))
+                    .ok_or_else(|| {
+                        bad(
+                            "target_url",
+                            format!("target_url is required: an absolute https URL without a fragment, at most {MAX_TARGET_URL_LEN} characters"),
+                        )
+                    })?;
+                return Ok(DeliveryParts {
+                    link: Some(LinkSpec {
+                        target_url,
+                        valid_hours: in_range("valid_hours", self.valid_hours, MAX_VALID_HOURS)?,
+                        max_opens: in_range("max_opens", self.max_opens, MAX_OPENS)?,
                     }),
                     ..none
                 });
@@ -502,6 +551,7 @@ impl DeliveryRequest {
             }),
             license: None,
             grant: None,
+            link: None,
         })
     }
 }
@@ -536,6 +586,7 @@ impl NewProductRequest {
             top_up,
             license,
             grant,
+            link,
         } = self.delivery.into_parts()?;
         // A top-up is one supplier request per order: one unit unless the product says.
         let default_max = if top_up.is_some() {
@@ -588,6 +639,8 @@ impl NewProductRequest {
             top_up,
             license,
             grant,
+            link,
+            link_secret: None,
             created_at,
         })
     }

@@ -23,6 +23,40 @@ pub fn routes() -> ApiRouter {
         .routes(routes!(get_order))
         .routes(routes!(start_payment))
         .routes(routes!(get_spec))
+        .routes(routes!(open_link))
+}
+
+/// Opens a redemption link: while it is valid and has opens left, 302 to the
+/// merchant's target with the signed assertion (`kami_order`, `kami_sku`, `kami_exp`,
+/// `kami_sig`; docs/links.md); each answer counts as an open.
+#[utoipa::path(
+    get,
+    path = "/r/{token}",
+    tag = "storefront",
+    params(("token" = String, Path, description = "The link's token, as delivered")),
+    responses(
+        (status = 302, description = "To the merchant's target with the signed assertion", headers(("location" = String, description = "target_url?...&kami_order=&kami_sku=&kami_exp=&kami_sig="))),
+        (status = 404, description = "`link_not_found` (also a tampered token)", body = ErrorBody),
+        (status = 410, description = "`link_expired`, `link_used`", body = ErrorBody),
+    )
+)]
+async fn open_link(
+    State(ctx): State<AppState>,
+    PathParam(token): PathParam<String>,
+) -> Result<axum::response::Response> {
+    use axum::http::header;
+    use axum::response::IntoResponse;
+    let location = crate::app::links::open(&ctx, &token).await?;
+    Ok((
+        StatusCode::FOUND,
+        [
+            (header::LOCATION, location),
+            (header::CACHE_CONTROL, "no-store".to_owned()),
+            // The token is in this URL: the target must not see it as the referrer.
+            (header::REFERRER_POLICY, "no-referrer".to_owned()),
+        ],
+    )
+        .into_response())
 }
 
 /// A product with its price and the units on sale.

@@ -34,7 +34,8 @@ pub fn router(ctx: AppState) -> axum::Router {
     super::finish(routes(), ctx)
 }
 
-/// Checks the request's key holds `scope` (before its body is looked at).
+/// Checks the request's key holds `scope`, before the route does anything (its JSON
+/// body is parsed first: a malformed body is 400 whatever the key).
 async fn allow(ctx: &AppState, headers: &HeaderMap, scope: Scope) -> Result<()> {
     let key = bearer(headers).ok_or(Error::Unauthorized)?;
     api_keys::authenticate(ctx, key, scope).await.map(drop)

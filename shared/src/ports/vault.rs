@@ -51,6 +51,24 @@ impl EncryptionContext {
         ]))
     }
 
+    /// The data key sealing one delivered link's token (`link_id` names exactly one).
+    pub fn link(order_id: &str, link_id: &str) -> Self {
+        EncryptionContext(BTreeMap::from([
+            ("kami:purpose".to_owned(), "link-token".to_owned()),
+            ("kami:order".to_owned(), order_id.to_owned()),
+            ("kami:link".to_owned(), link_id.to_owned()),
+        ]))
+    }
+
+    /// The data key sealing a link product's signing secret.
+    pub fn link_secret(sku: &str, seal_id: &str) -> Self {
+        EncryptionContext(BTreeMap::from([
+            ("kami:purpose".to_owned(), "link-secret".to_owned()),
+            ("kami:sku".to_owned(), sku.to_owned()),
+            ("kami:seal".to_owned(), seal_id.to_owned()),
+        ]))
+    }
+
     /// The (name, value) pairs, sorted by name.
     pub fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
         self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))

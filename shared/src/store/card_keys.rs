@@ -458,16 +458,7 @@ impl Store {
             ),
             Some("attribute_not_exists(pk)"),
         )?;
-        tx.check(
-            ItemName::Order,
-            key_item(keys::order(&order.order_id)),
-            "#status IN (:paid, :failed)",
-            &["status"],
-            vec![
-                (":paid", s(OrderStatus::Paid.as_str())),
-                (":failed", s(OrderStatus::DeliveryFailed.as_str())),
-            ],
-        )?;
+        tx.awaiting_delivery(order)?;
         // Another worker's transaction on this key: it is (about to be) taken; the next
         // key at once rather than backing off on this one (the delivery's time budget).
         Ok(

@@ -20,6 +20,29 @@ pub struct SealedSecrets {
     pub sealed: Vec<u8>,
 }
 
+impl SealedSecrets {
+    /// Stored as `{prefix}_seal_id`, `{prefix}_wrapped_key` and `{prefix}_sealed`.
+    pub(crate) fn store_in(&self, item: &mut Item, prefix: &str) {
+        item.insert(format!("{prefix}_seal_id"), s(&self.seal_id));
+        item.insert(
+            format!("{prefix}_wrapped_key"),
+            super::codec::b(self.wrapped_key.clone()),
+        );
+        item.insert(
+            format!("{prefix}_sealed"),
+            super::codec::b(self.sealed.clone()),
+        );
+    }
+
+    pub(crate) fn read_from(item: &Item, prefix: &str) -> Result<Self> {
+        Ok(SealedSecrets {
+            seal_id: get_s(item, &format!("{prefix}_seal_id"))?,
+            wrapped_key: get_b(item, &format!("{prefix}_wrapped_key"))?,
+            sealed: get_b(item, &format!("{prefix}_sealed"))?,
+        })
+    }
+}
+
 /// A channel as stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChannelRecord {
@@ -83,11 +106,7 @@ impl FromItem for ChannelRecord {
             },
             public_config: get_json(item, "config")?,
             secret_shapes,
-            secrets: SealedSecrets {
-                seal_id: get_s(item, "secrets_seal_id")?,
-                wrapped_key: get_b(item, "secrets_wrapped_key")?,
-                sealed: get_b(item, "secrets_sealed")?,
-            },
+            secrets: SealedSecrets::read_from(item, "secrets")?,
             created_at: get_s(item, "created_at")?,
             updated_at: get_s(item, "updated_at")?,
         })
@@ -116,15 +135,6 @@ fn channel_item(channel: &ChannelRecord) -> Item {
                 "secret_shapes",
                 s(serde_json::Value::Object(channel.secret_shapes.clone()).to_string()),
             ),
-            ("secrets_seal_id", s(&channel.secrets.seal_id)),
-            (
-                "secrets_wrapped_key",
-                super::codec::b(channel.secrets.wrapped_key.clone()),
-            ),
-            (
-                "secrets_sealed",
-                super::codec::b(channel.secrets.sealed.clone()),
-            ),
             ("created_at", s(&channel.created_at)),
             ("updated_at", s(&channel.updated_at)),
         ],
@@ -132,6 +142,7 @@ fn channel_item(channel: &ChannelRecord) -> Item {
     if let Some(max) = settings.max_amount {
         stored.insert("max_amount".to_owned(), n(max));
     }
+    channel.secrets.store_in(&mut stored, "secrets");
     stored
 }
 

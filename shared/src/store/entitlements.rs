@@ -12,7 +12,6 @@ use super::codec::{FromItem, Item, get_n, get_opt_s, get_s, get_u32, item, key_i
 use super::tx::{ItemName, Tx, TxOutcome};
 use super::{OrderRecord, Store};
 use crate::domain::entitlement::EntitlementKind;
-use crate::domain::order::OrderStatus;
 use crate::domain::product::DeliveryType;
 use crate::domain::time::Timestamp;
 use crate::error::{Error, Result};
@@ -208,16 +207,7 @@ impl Tx {
             ),
             Some("attribute_not_exists(pk)"),
         )?;
-        self.check(
-            ItemName::Order,
-            key_item(keys::order(&order.order_id)),
-            "#status IN (:paid, :failed)",
-            &["status"],
-            vec![
-                (":paid", s(OrderStatus::Paid.as_str())),
-                (":failed", s(OrderStatus::DeliveryFailed.as_str())),
-            ],
-        )
+        self.awaiting_delivery(order)
     }
 }
 
@@ -447,8 +437,11 @@ impl Store {
     ) -> Result<bool> {
         let (expression, mut values) = match membership_period_ms {
             Some(period) => (
-                "SET ends_at = ends_at - :period ADD refunded_orders :orders",
-                vec![(":period", n(period))],
+                // The version rises: an extension computed from the end before this
+                // one fails its check and reads again.
+                "SET ends_at = ends_at - :period, version = version + :one \
+                 ADD refunded_orders :orders",
+                vec![(":period", n(period)), (":one", n(1))],
             ),
             None => (
                 "SET revoked_at = :now ADD refunded_orders :orders",

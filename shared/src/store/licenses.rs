@@ -6,12 +6,11 @@
 //! activation is one transaction: the count raised below its limit and the instance
 //! put if absent.
 
-use super::codec::{FromItem, Item, b, get_b, get_n, get_s, get_u32, item, key_item, keys, n, s};
+use super::codec::{FromItem, Item, get_n, get_s, get_u32, item, key_item, keys, n, s};
 use super::tx::{ItemName, TxOutcome};
-use super::{OrderRecord, Store};
+use super::{OrderRecord, SealedSecrets, SlotWrite, Store};
 use crate::domain::crypto::sha256_hex;
 use crate::domain::license::{LicenseSpec, LicenseStatus};
-use crate::domain::order::OrderStatus;
 use crate::domain::product::DeliveryType;
 use crate::domain::time::{Timestamp, new_id};
 use crate::error::{Error, Result};
@@ -35,25 +34,22 @@ fn instance_key(fingerprint: &str, instance_name: &str) -> (String, String) {
 }
 
 /// The license-key delivery record: one generated key in one slot of an order, sealed
-/// under its own data key (wrapped beside it, context `EncryptionContext::license`).
+/// under its own data key (context `EncryptionContext::license`, its seal id the
+/// license's id).
 #[derive(Debug, Clone)]
 pub struct LicenseSlot {
     pub slot: u32,
-    pub license_id: String,
     /// Where its license is (`LICENSE#{fingerprint}`): a refund ends it.
     pub fingerprint: String,
-    pub sealed: Vec<u8>,
-    pub wrapped_key: Vec<u8>,
+    pub key: SealedSecrets,
 }
 
 impl FromItem for LicenseSlot {
     fn from_item(item: &Item) -> Result<Self> {
         Ok(LicenseSlot {
             slot: get_u32(item, "slot")?,
-            license_id: get_s(item, "license_id")?,
             fingerprint: get_s(item, "fingerprint")?,
-            sealed: get_b(item, "sealed")?,
-            wrapped_key: get_b(item, "wrapped_key")?,
+            key: SealedSecrets::read_from(item, "key")?,
         })
     }
 }
@@ -121,21 +117,10 @@ impl FromItem for LicenseInstance {
 
 /// A key about to be delivered: everything its two items hold.
 pub struct NewLicense<'a> {
-    pub license_id: &'a str,
     pub fingerprint: &'a str,
-    pub sealed: Vec<u8>,
-    pub wrapped_key: Vec<u8>,
+    /// The key sealed; its seal id is the license's id.
+    pub key: &'a SealedSecrets,
     pub spec: LicenseSpec,
-}
-
-/// What writing a generated key into a slot came to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LicenseDelivery {
-    Written,
-    /// Another attempt filled the slot first: its key stands, this one is dropped.
-    SlotFilled,
-    /// The order stopped waiting for delivery.
-    NotPayable,
 }
 
 /// What an activation came to.
@@ -172,31 +157,26 @@ impl Store {
         slot: u32,
         license: &NewLicense<'_>,
         now: Timestamp,
-    ) -> Result<LicenseDelivery> {
+    ) -> Result<SlotWrite> {
         let at = now.to_rfc3339();
+        let mut record = item(
+            keys::delivery(&order.order_id, slot),
+            "delivery",
+            [
+                ("type", s(DeliveryType::LicenseKey.as_str())),
+                ("slot", n(slot)),
+                ("fingerprint", s(license.fingerprint)),
+                ("allocated_at", s(&at)),
+            ],
+        );
+        license.key.store_in(&mut record, "key");
         let mut tx = self.tx();
-        tx.put(
-            ItemName::Slot,
-            item(
-                keys::delivery(&order.order_id, slot),
-                "delivery",
-                [
-                    ("type", s(DeliveryType::LicenseKey.as_str())),
-                    ("slot", n(slot)),
-                    ("license_id", s(license.license_id)),
-                    ("fingerprint", s(license.fingerprint)),
-                    ("sealed", b(license.sealed.clone())),
-                    ("wrapped_key", b(license.wrapped_key.clone())),
-                    ("allocated_at", s(&at)),
-                ],
-            ),
-            Some("attribute_not_exists(pk)"),
-        )?;
+        tx.put(ItemName::Slot, record, Some("attribute_not_exists(pk)"))?;
         let mut stored = item(
             license_key(license.fingerprint),
             "license",
             [
-                ("license_id", s(license.license_id)),
+                ("license_id", s(&license.key.seal_id)),
                 ("order_id", s(&order.order_id)),
                 ("sku", s(&order.sku)),
                 ("slot", n(slot)),
@@ -211,24 +191,8 @@ impl Store {
             stored.insert("expires_at".to_owned(), n(end.unix_seconds()));
         }
         tx.put(ItemName::License, stored, Some("attribute_not_exists(pk)"))?;
-        tx.check(
-            ItemName::Order,
-            key_item(keys::order(&order.order_id)),
-            "#status IN (:paid, :failed)",
-            &["status"],
-            vec![
-                (":paid", s(OrderStatus::Paid.as_str())),
-                (":failed", s(OrderStatus::DeliveryFailed.as_str())),
-            ],
-        )?;
-        Ok(match self.transact(tx).await? {
-            TxOutcome::Committed => LicenseDelivery::Written,
-            TxOutcome::Cancelled(c) if c.failed(ItemName::Order) => LicenseDelivery::NotPayable,
-            TxOutcome::Cancelled(c) if c.failed(ItemName::Slot) => LicenseDelivery::SlotFilled,
-            TxOutcome::Cancelled(_) => {
-                return Err(Error::Contention("license fingerprint"));
-            }
-        })
+        tx.awaiting_delivery(order)?;
+        SlotWrite::of(self.transact(tx).await?, "license fingerprint")
     }
 
     /// Access pattern: a license and its active instances, by the key's fingerprint

@@ -45,6 +45,7 @@ mod exceptions;
 mod holds;
 mod idempotency;
 mod licenses;
+mod links;
 mod orders;
 mod payables;
 mod payments;
@@ -80,12 +81,12 @@ pub use exceptions::{
 pub use holds::{HoldClaim, HoldRecord};
 pub use idempotency::IdempotencyRecord;
 pub use licenses::{
-    Activation, LicenseDelivery, LicenseInstance, LicenseRecord, LicenseSlot, LicenseState,
-    NewLicense,
+    Activation, LicenseInstance, LicenseRecord, LicenseSlot, LicenseState, NewLicense,
 };
+pub use links::{LinkOpen, LinkRecord, LinkSlot};
 pub use orders::{
     Accepted, CreateOrderOutcome, DeliveryRecord, DueCursor, DuePage, DueQueue, OperatorNote,
-    OrderEvent, OrderRecord, OrderView, StockShare,
+    OrderEvent, OrderRecord, OrderView, SlotWrite, StockShare,
 };
 pub use payables::{Payable, SupplierStatement, SupplierStatementClosed};
 pub use payments::{

@@ -17,6 +17,7 @@ use super::entitlements::GrantSlot;
 use super::holds::HoldClaim;
 use super::idempotency::idempotency_item;
 use super::licenses::LicenseSlot;
+use super::links::LinkSlot;
 use super::payments::PaymentRecord;
 use super::products::StockMove;
 use super::refunds::{RefundRecord, is_refund};
@@ -29,6 +30,7 @@ use super::{
 use crate::domain::distributor::Referral;
 use crate::domain::entitlement::GrantSpec;
 use crate::domain::license::LicenseSpec;
+use crate::domain::link::LinkSpec;
 use crate::domain::money::Money;
 use crate::domain::order::{Cause, OrderStatus, TopUpOrder};
 use crate::domain::product::DeliveryType;
@@ -67,6 +69,8 @@ pub struct OrderRecord {
     /// For a membership or count card: what each unit grants, and to which account.
     pub grant: Option<GrantSpec>,
     pub account_id: Option<String>,
+    /// For a link: where its links lead, for how long and how often.
+    pub link: Option<LinkSpec>,
     /// When an operator last asked for it to be delivered again (a top-up whose every
     /// supplier failed starts a new round only then).
     pub redelivery_requested_at: Option<Timestamp>,
@@ -179,6 +183,8 @@ pub enum DeliveryRecord {
     License(LicenseSlot),
     /// The entitlement a membership or count card granted or extended (one per order).
     Grant(GrantSlot),
+    /// A redemption link generated for one unit.
+    Link(LinkSlot),
 }
 
 impl DeliveryRecord {
@@ -186,9 +192,7 @@ impl DeliveryRecord {
     pub fn card_key(&self) -> Option<&CardKeySlot> {
         match self {
             DeliveryRecord::CardKey(slot) => Some(slot),
-            DeliveryRecord::TopUp(_) | DeliveryRecord::License(_) | DeliveryRecord::Grant(_) => {
-                None
-            }
+            _ => None,
         }
     }
 
@@ -196,9 +200,7 @@ impl DeliveryRecord {
     pub fn top_up(&self) -> Option<&TopUpAttempt> {
         match self {
             DeliveryRecord::TopUp(attempt) => Some(attempt),
-            DeliveryRecord::CardKey(_) | DeliveryRecord::License(_) | DeliveryRecord::Grant(_) => {
-                None
-            }
+            _ => None,
         }
     }
 
@@ -206,9 +208,7 @@ impl DeliveryRecord {
     pub fn license(&self) -> Option<&LicenseSlot> {
         match self {
             DeliveryRecord::License(slot) => Some(slot),
-            DeliveryRecord::CardKey(_) | DeliveryRecord::TopUp(_) | DeliveryRecord::Grant(_) => {
-                None
-            }
+            _ => None,
         }
     }
 
@@ -218,6 +218,55 @@ impl DeliveryRecord {
             DeliveryRecord::Grant(slot) => Some(slot),
             _ => None,
         }
+    }
+
+    /// The link this record holds, if it is one.
+    pub fn link(&self) -> Option<&LinkSlot> {
+        match self {
+            DeliveryRecord::Link(slot) => Some(slot),
+            _ => None,
+        }
+    }
+}
+
+/// What writing one generated unit (a license key, a link) into an order's slot came
+/// to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotWrite {
+    Written,
+    /// Another attempt filled the slot first: its unit stands, this one is dropped.
+    SlotFilled,
+    /// The order stopped waiting for delivery.
+    NotPayable,
+}
+
+impl SlotWrite {
+    /// Reads a slot transaction's outcome (`ItemName::Slot`, `ItemName::Order`); any
+    /// other failed condition is a collision on the unit's own item (`what`), retried.
+    pub(crate) fn of(outcome: TxOutcome, what: &'static str) -> Result<Self> {
+        Ok(match outcome {
+            TxOutcome::Committed => SlotWrite::Written,
+            TxOutcome::Cancelled(c) if c.failed(ItemName::Order) => SlotWrite::NotPayable,
+            TxOutcome::Cancelled(c) if c.failed(ItemName::Slot) => SlotWrite::SlotFilled,
+            TxOutcome::Cancelled(_) => return Err(Error::Contention(what)),
+        })
+    }
+}
+
+impl Tx {
+    /// The condition every delivery write carries: the order still awaits delivery
+    /// (`ItemName::Order`).
+    pub(crate) fn awaiting_delivery(&mut self, order: &OrderRecord) -> Result<&mut Self> {
+        self.check(
+            ItemName::Order,
+            key_item(keys::order(&order.order_id)),
+            "#status IN (:paid, :failed)",
+            &["status"],
+            vec![
+                (":paid", s(OrderStatus::Paid.as_str())),
+                (":failed", s(OrderStatus::DeliveryFailed.as_str())),
+            ],
+        )
     }
 }
 
@@ -301,6 +350,9 @@ fn order_item(order: &OrderRecord) -> Result<Item> {
     if let Some(account_id) = &order.account_id {
         stored.insert("account_id".to_owned(), s(account_id));
     }
+    if let Some(link) = &order.link {
+        stored.insert("link".to_owned(), json(link)?);
+    }
     if let Some(top_up) = &order.top_up {
         stored.insert("top_up".to_owned(), json(top_up)?);
     }
@@ -354,6 +406,7 @@ impl FromItem for OrderRecord {
             license: get_opt_json(item, "license")?,
             grant: get_opt_json(item, "grant")?,
             account_id: get_opt_s(item, "account_id"),
+            link: get_opt_json(item, "link")?,
             redelivery_requested_at: item
                 .contains_key("redelivery_requested_at")
                 .then(|| get_n(item, "redelivery_requested_at").map(Timestamp))
@@ -427,6 +480,7 @@ impl FromItem for DeliveryRecord {
             DeliveryType::Membership | DeliveryType::CountCard => {
                 DeliveryRecord::Grant(GrantSlot::from_item(item)?)
             }
+            DeliveryType::Link => DeliveryRecord::Link(LinkSlot::from_item(item)?),
         })
     }
 }

@@ -42,6 +42,11 @@ impl FromItem for Product {
             top_up: get_opt_json(item, "top_up")?,
             license: get_opt_json(item, "license")?,
             grant: get_opt_json(item, "grant")?,
+            link: get_opt_json(item, "link")?,
+            link_secret: item
+                .contains_key("link_secret_seal_id")
+                .then(|| super::SealedSecrets::read_from(item, "link_secret"))
+                .transpose()?,
             created_at: get_s(item, "created_at")?,
         })
     }
@@ -246,6 +251,12 @@ impl Store {
         }
         if let Some(grant) = &product.grant {
             stored.insert("grant".to_owned(), json(grant)?);
+        }
+        if let Some(link) = &product.link {
+            stored.insert("link".to_owned(), json(link)?);
+        }
+        if let Some(secret) = &product.link_secret {
+            secret.store_in(&mut stored, "link_secret");
         }
         let mut tx = self.tx();
         tx.put(ItemName::Product, stored, Some("attribute_not_exists(pk)"))?;

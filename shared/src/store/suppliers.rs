@@ -7,7 +7,7 @@
 use aws_sdk_dynamodb::types::AttributeValue;
 
 use super::Store;
-use super::codec::{FromItem, Item, b, get_b, get_n, get_s, get_u32, item, keys, n, s};
+use super::codec::{FromItem, Item, get_n, get_s, get_u32, item, keys, n, s};
 use crate::domain::supplier::{Circuit, CircuitSettings, SupplierKind, SupplierSettings};
 use crate::domain::time::Timestamp;
 use crate::error::{Error, Result};
@@ -48,11 +48,7 @@ impl FromItem for SupplierRecord {
                 },
                 unknown_outcome_deadline_s: get_u32(item, "unknown_outcome_deadline_s")?,
             },
-            secret: SealedSecrets {
-                seal_id: get_s(item, "secret_seal_id")?,
-                wrapped_key: get_b(item, "secret_wrapped_key")?,
-                sealed: get_b(item, "secret_sealed")?,
-            },
+            secret: SealedSecrets::read_from(item, "secret")?,
             created_at: get_s(item, "created_at")?,
             updated_at: get_s(item, "updated_at")?,
         })
@@ -61,7 +57,7 @@ impl FromItem for SupplierRecord {
 
 fn supplier_item(supplier: &SupplierRecord) -> Item {
     let settings = &supplier.settings;
-    item(
+    let mut stored = item(
         keys::supplier(&supplier.supplier_id),
         "supplier",
         [
@@ -77,13 +73,12 @@ fn supplier_item(supplier: &SupplierRecord) -> Item {
                 "unknown_outcome_deadline_s",
                 n(settings.unknown_outcome_deadline_s),
             ),
-            ("secret_seal_id", s(&supplier.secret.seal_id)),
-            ("secret_wrapped_key", b(supplier.secret.wrapped_key.clone())),
-            ("secret_sealed", b(supplier.secret.sealed.clone())),
             ("created_at", s(&supplier.created_at)),
             ("updated_at", s(&supplier.updated_at)),
         ],
-    )
+    );
+    supplier.secret.store_in(&mut stored, "secret");
+    stored
 }
 
 fn get_opt_time(item: &Item, name: &str) -> Result<Option<Timestamp>> {

@@ -90,6 +90,8 @@ pub(crate) enum ItemName {
     /// An account's membership of one name.
     Membership,
     Redemption,
+    /// A delivered redemption link's own item.
+    Link,
 }
 
 /// A `TransactWriteItems` being built: its items, each under its own name.

@@ -139,12 +139,8 @@ async fn reveal(ctx: &Context, done: &[DeliveryRecord]) -> Result<Vec<Delivered>
             &slot.sealed,
         )?;
         codes.push(Delivered {
-            kind: DeliveryType::CardKey,
             code: Some(code.expose().to_owned()),
-            account: None,
-            supplier_ref: None,
-            license_key: None,
-            entitlement_id: None,
+            ..Delivered::of(DeliveryType::CardKey)
         });
     }
     Ok(codes)

@@ -111,8 +111,6 @@ impl Fulfiller for DirectTopUps {
             .filter(|attempt| attempt.status == TopUpStatus::Success)
             .take(1)
             .map(|attempt| Delivered {
-                kind: DeliveryType::DirectTopup,
-                code: None,
                 account: Some(
                     order
                         .top_up
@@ -120,8 +118,7 @@ impl Fulfiller for DirectTopUps {
                         .map_or_else(|| attempt.account.clone(), |t| t.account.clone()),
                 ),
                 supplier_ref: attempt.supplier_ref.clone(),
-                license_key: None,
-                entitlement_id: None,
+                ..Delivered::of(DeliveryType::DirectTopup)
             })
             .collect())
     }

@@ -89,12 +89,8 @@ impl Fulfiller for Grants {
             .iter()
             .filter_map(DeliveryRecord::grant)
             .map(|slot| Delivered {
-                kind: order.delivery_type,
-                code: None,
-                account: None,
-                supplier_ref: None,
-                license_key: None,
                 entitlement_id: Some(slot.entitlement_id.clone()),
+                ..Delivered::of(order.delivery_type)
             })
             .collect())
     }

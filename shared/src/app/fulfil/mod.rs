@@ -8,19 +8,20 @@ use std::future::Future;
 
 use futures_util::future::BoxFuture;
 
-use crate::app::delivery::Budget;
+use crate::app::delivery::{Budget, KEY_RESERVE_MS};
 use crate::app::orders::Delivered;
 use crate::config::Context;
 use crate::domain::entitlement::GrantSpec;
 use crate::domain::license::LicenseStatus;
 use crate::domain::product::DeliveryType;
-use crate::error::Result;
-use crate::store::{DeliveryRecord, OrderRecord};
+use crate::error::{Error, Result};
+use crate::store::{DeliveryRecord, OrderRecord, SlotWrite};
 
 pub mod card_key;
 pub mod direct_topup;
 pub mod grant;
 pub mod license_key;
+pub mod link;
 
 /// What a fulfiller's attempt came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +92,7 @@ impl Fulfiller for ByType {
             DeliveryType::Membership | DeliveryType::CountCard => {
                 Box::pin(grant::Grants.fulfil(ctx, order, done, budget))
             }
+            DeliveryType::Link => Box::pin(link::Links.fulfil(ctx, order, done, budget)),
         };
         work.await
     }
@@ -110,6 +112,7 @@ impl Fulfiller for ByType {
             DeliveryType::Membership | DeliveryType::CountCard => {
                 Box::pin(grant::Grants.show(ctx, order, done))
             }
+            DeliveryType::Link => Box::pin(link::Links.show(ctx, order, done)),
         };
         view.await
     }
@@ -143,8 +146,48 @@ pub async fn take_back(ctx: &Context, order: &OrderRecord, done: &[DeliveryRecor
                     )
                     .await?;
             }
-            DeliveryRecord::CardKey(_) | DeliveryRecord::TopUp(_) => {}
+            // A link's item could be closed too; it expires by itself (docs/links.md).
+            DeliveryRecord::CardKey(_) | DeliveryRecord::TopUp(_) | DeliveryRecord::Link(_) => {}
         }
     }
     Ok(())
+}
+
+/// Tries per slot when a generated unit's own item is taken already (a collision of
+/// random values: never expected).
+const COLLISION_RETRIES: u32 = 3;
+
+/// Fills every slot of `order` not in `filled` with a unit `write` generates and
+/// writes (conditional on the slot and the order): the shared loop of the types that
+/// generate their units (license keys, links). `what` names the unit for the budget.
+pub(crate) async fn fill_slots<F, Fut>(
+    order: &OrderRecord,
+    filled: &[u32],
+    budget: &Budget,
+    what: &'static str,
+    mut write: F,
+) -> Result<Fulfilment>
+where
+    F: FnMut(u32) -> Fut,
+    Fut: Future<Output = Result<SlotWrite>>,
+{
+    for slot in (0..order.quantity).filter(|slot| !filled.contains(slot)) {
+        let mut written = false;
+        for _ in 0..COLLISION_RETRIES {
+            budget.check(KEY_RESERVE_MS, what)?;
+            match write(slot).await {
+                Ok(SlotWrite::Written | SlotWrite::SlotFilled) => {
+                    written = true;
+                    break;
+                }
+                Ok(SlotWrite::NotPayable) => return Ok(Fulfilment::NotPayable),
+                Err(Error::Contention(_)) => continue,
+                Err(err) => return Err(err),
+            }
+        }
+        if !written {
+            return Err(Error::Contention(what));
+        }
+    }
+    Ok(Fulfilment::Done)
 }
