@@ -39,6 +39,16 @@ pub struct PaymentView {
     pub payment_id: Option<String>,
 }
 
+/// A unit a license-key, link, membership or count-card order delivered, by id only (the
+/// license's, the link's or the entitlement's; never a key or a token).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GeneratedUnit {
+    pub slot: u32,
+    #[serde(rename = "type")]
+    pub kind: DeliveryType,
+    pub id: String,
+}
+
 /// A key allocated to the order, by id only.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AllocatedKey {
@@ -115,6 +125,11 @@ pub struct OperatorOrderView {
     pub attempts: Vec<AttemptView>,
     pub refunds: Vec<RefundView>,
     pub allocated_keys: Vec<AllocatedKey>,
+    /// License keys, links and grants it delivered, by id.
+    pub generated: Vec<GeneratedUnit>,
+    /// The buyer's account a membership or count card went to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<String>,
     /// A direct top-up: the account it is for and every request sent to a supplier.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub top_up: Option<TopUpView>,
@@ -227,6 +242,22 @@ pub async fn order_for_operator(ctx: &Context, order_id: &str) -> Result<Operato
                 refunded,
             })
             .collect(),
+        generated: view
+            .deliveries
+            .iter()
+            .filter_map(|record| match record {
+                DeliveryRecord::License(slot) => Some((slot.slot, slot.key.seal_id.clone())),
+                DeliveryRecord::Link(slot) => Some((slot.slot, slot.token.seal_id.clone())),
+                DeliveryRecord::Grant(slot) => Some((0, slot.entitlement_id.clone())),
+                DeliveryRecord::CardKey(_) | DeliveryRecord::TopUp(_) => None,
+            })
+            .map(|(slot, id)| GeneratedUnit {
+                slot,
+                kind: order.delivery_type,
+                id,
+            })
+            .collect(),
+        account_id: order.account_id.clone(),
         top_up: order.top_up.map(|top_up| TopUpView {
             account: top_up.account,
             supplier_product: top_up.supplier_product,

@@ -11,45 +11,11 @@ use kami_shared::domain::time::{Timestamp, new_id};
 use kami_shared::fakes::FakeClock;
 use kami_shared::ports::Clock;
 use kami_tests::*;
+
+use super::{at_once, count, expect_error, issue_key, merchant};
 use serde_json::{Value, json};
 
 const DAY_MS: i64 = 86_400_000;
-
-async fn issue_key(ctx: &Arc<Context>, scopes: &[&str]) -> String {
-    let auth = format!("Bearer {ADMIN_TOKEN}");
-    let (status, created) = operations(
-        ctx,
-        request(
-            "POST",
-            "/admin/api-keys",
-            &[("authorization", &auth)],
-            json!({"name": "gym", "scopes": scopes}).to_string(),
-        ),
-    )
-    .await;
-    assert_eq!(status, 201, "{created}");
-    created["key"].as_str().unwrap().to_owned()
-}
-
-async fn merchant(
-    ctx: &Arc<Context>,
-    key: &str,
-    method: &str,
-    path: &str,
-    body: Value,
-) -> (u16, Value) {
-    let auth = format!("Bearer {key}");
-    let body = if body.is_null() {
-        String::new()
-    } else {
-        body.to_string()
-    };
-    merchant_api(
-        ctx,
-        request(method, path, &[("authorization", &auth)], body),
-    )
-    .await
-}
 
 async fn product(ctx: &Arc<Context>, delivery: Value) -> String {
     let sku = unique_sku("ent");
@@ -114,7 +80,7 @@ async fn entitlements_of(ctx: &Arc<Context>, key: &str, account_id: &str, all: b
 async fn a_membership_is_granted_then_extended_from_its_end_as_one_record() {
     let clock = Arc::new(FakeClock::at(Timestamp::now()));
     let ctx = context_on(clock.clone()).await;
-    let key = issue_key(&ctx, &["entitlements:read"]).await;
+    let key = issue_key(&ctx, &["entitlements:read"]).await.1;
     let sku = product(
         &ctx,
         json!({"type": "membership", "entitlement": "vip", "period_days": 30}),
@@ -124,37 +90,38 @@ async fn a_membership_is_granted_then_extended_from_its_end_as_one_record() {
 
     // Account-bound: no account, no order.
     let idem = new_id();
-    let (status, err) = checkout(
-        &ctx,
-        request(
-            "POST",
-            "/orders",
-            &[("idempotency-key", &idem)],
-            json!({"sku": sku, "quantity": 1, "buyer": {"email": buyer_for(&idem)}}).to_string(),
-        ),
-    )
-    .await;
-    assert_eq!(
-        (status, err["error"]["code"].as_str()),
-        (400, Some("account_id_required"))
+    let err = expect_error(
+        checkout(
+            &ctx,
+            request(
+                "POST",
+                "/orders",
+                &[("idempotency-key", &idem)],
+                json!({"sku": sku, "quantity": 1, "buyer": {"email": buyer_for(&idem)}})
+                    .to_string(),
+            ),
+        )
+        .await,
+        400,
+        "account_id_required",
     );
     assert_eq!(err["error"]["path"], "buyer.account_id");
     let idem = new_id();
-    let (status, err) = checkout(
-        &ctx,
-        request(
-            "POST",
-            "/orders",
-            &[("idempotency-key", &idem)],
-            json!({"sku": sku, "quantity": 1,
+    expect_error(
+        checkout(
+            &ctx,
+            request(
+                "POST",
+                "/orders",
+                &[("idempotency-key", &idem)],
+                json!({"sku": sku, "quantity": 1,
                        "buyer": {"email": buyer_for(&idem), "account_id": "has space"}})
-            .to_string(),
-        ),
-    )
-    .await;
-    assert_eq!(
-        (status, err["error"]["code"].as_str()),
-        (400, Some("invalid_account_id"))
+                .to_string(),
+            ),
+        )
+        .await,
+        400,
+        "invalid_account_id",
     );
 
     let (_, product_view) =
@@ -212,7 +179,7 @@ async fn a_membership_is_granted_then_extended_from_its_end_as_one_record() {
 async fn parallel_purchases_of_one_membership_add_up_without_overlap() {
     let clock = Arc::new(FakeClock::at(Timestamp::now()));
     let ctx = context_on(clock.clone()).await;
-    let key = issue_key(&ctx, &["entitlements:read"]).await;
+    let key = issue_key(&ctx, &["entitlements:read"]).await.1;
     let sku = product(
         &ctx,
         json!({"type": "membership", "entitlement": "vip", "period_days": 7}),
@@ -244,7 +211,9 @@ async fn parallel_purchases_of_one_membership_add_up_without_overlap() {
 #[tokio::test]
 async fn a_hundred_concurrent_redemptions_of_a_ten_use_card_make_exactly_ten() {
     let ctx = context().await;
-    let key = issue_key(&ctx, &["entitlements:read", "entitlements:redeem"]).await;
+    let key = issue_key(&ctx, &["entitlements:read", "entitlements:redeem"])
+        .await
+        .1;
     let sku = product(
         &ctx,
         json!({"type": "count_card", "entitlement": "yoga", "uses": 10, "valid_days": 365}),
@@ -263,31 +232,25 @@ async fn a_hundred_concurrent_redemptions_of_a_ten_use_card_make_exactly_ten() {
     assert_eq!(listed[0]["uses_left"], 10);
 
     let path = format!("/entitlements/{id}/redemptions");
-    let answers = futures_util::future::join_all((0..100).map(|i| {
+    let answers = at_once(100, |i| {
         let (ctx, key, path) = (ctx.clone(), key.clone(), path.clone());
-        tokio::spawn(async move {
-            merchant(
-                &ctx,
-                &key,
-                "POST",
-                &path,
-                json!({"redemption_id": format!("visit-{i}")}),
-            )
-            .await
-        })
-    }))
+        async move {
+            let body = json!({"redemption_id": format!("visit-{i}")});
+            merchant(&ctx, &key, "POST", &path, body).await
+        }
+    })
     .await;
-    let answers: Vec<(u16, Value)> = answers.into_iter().map(|a| a.unwrap()).collect();
+    assert_eq!(count(&answers, 201, None), 10, "{answers:?}");
+    assert_eq!(
+        count(&answers, 409, Some("no_uses_left")),
+        90,
+        "{answers:?}"
+    );
     let redeemed: Vec<&Value> = answers
         .iter()
         .filter(|(s, _)| *s == 201)
         .map(|(_, v)| v)
         .collect();
-    let refused = answers
-        .iter()
-        .filter(|(s, v)| *s == 409 && v["error"]["code"] == "no_uses_left")
-        .count();
-    assert_eq!((redeemed.len(), refused), (10, 90), "{answers:?}");
     let lefts: HashSet<u64> = redeemed
         .iter()
         .map(|v| v["uses_left"].as_u64().unwrap())
@@ -312,7 +275,9 @@ async fn a_hundred_concurrent_redemptions_of_a_ten_use_card_make_exactly_ten() {
 #[tokio::test]
 async fn a_redemption_id_is_consumed_once_and_answered_the_same() {
     let ctx = context().await;
-    let key = issue_key(&ctx, &["entitlements:read", "entitlements:redeem"]).await;
+    let key = issue_key(&ctx, &["entitlements:read", "entitlements:redeem"])
+        .await
+        .1;
     let sku = product(
         &ctx,
         json!({"type": "count_card", "entitlement": "yoga", "uses": 5}),
@@ -336,53 +301,53 @@ async fn a_redemption_id_is_consumed_once_and_answered_the_same() {
         assert_eq!(*status, 201, "{answer}");
         assert_eq!(answer["uses_left"], 7);
     }
-    let (status, err) = merchant(
-        &ctx,
-        &key,
-        "POST",
-        &path,
-        json!({"redemption_id": "r-1", "uses": 1}),
-    )
-    .await;
-    assert_eq!(
-        (status, err["error"]["code"].as_str()),
-        (409, Some("redemption_id_reused"))
+    expect_error(
+        merchant(
+            &ctx,
+            &key,
+            "POST",
+            &path,
+            json!({"redemption_id": "r-1", "uses": 1}),
+        )
+        .await,
+        409,
+        "redemption_id_reused",
     );
-    let (status, err) = merchant(
-        &ctx,
-        &key,
-        "POST",
-        &path,
-        json!({"redemption_id": "r-2", "uses": 8}),
-    )
-    .await;
-    assert_eq!(
-        (status, err["error"]["code"].as_str()),
-        (409, Some("no_uses_left"))
+    expect_error(
+        merchant(
+            &ctx,
+            &key,
+            "POST",
+            &path,
+            json!({"redemption_id": "r-2", "uses": 8}),
+        )
+        .await,
+        409,
+        "no_uses_left",
     );
-    let (status, err) = merchant(
-        &ctx,
-        &key,
-        "POST",
-        &path,
-        json!({"redemption_id": "", "uses": 1}),
-    )
-    .await;
-    assert_eq!(
-        (status, err["error"]["code"].as_str()),
-        (400, Some("invalid_redemption_id"))
+    expect_error(
+        merchant(
+            &ctx,
+            &key,
+            "POST",
+            &path,
+            json!({"redemption_id": "", "uses": 1}),
+        )
+        .await,
+        400,
+        "invalid_redemption_id",
     );
-    let (status, err) = merchant(
-        &ctx,
-        &key,
-        "POST",
-        &path,
-        json!({"redemption_id": "r-3", "uses": 0}),
-    )
-    .await;
-    assert_eq!(
-        (status, err["error"]["code"].as_str()),
-        (400, Some("invalid_uses"))
+    expect_error(
+        merchant(
+            &ctx,
+            &key,
+            "POST",
+            &path,
+            json!({"redemption_id": "r-3", "uses": 0}),
+        )
+        .await,
+        400,
+        "invalid_uses",
     );
 
     let (_, details) = merchant(
@@ -404,7 +369,9 @@ async fn a_redemption_id_is_consumed_once_and_answered_the_same() {
 async fn expired_cards_memberships_unknown_ids_and_scopes_are_refused() {
     let clock = Arc::new(FakeClock::at(Timestamp::now()));
     let ctx = context_on(clock.clone()).await;
-    let key = issue_key(&ctx, &["entitlements:read", "entitlements:redeem"]).await;
+    let key = issue_key(&ctx, &["entitlements:read", "entitlements:redeem"])
+        .await
+        .1;
     let card = product(
         &ctx,
         json!({"type": "count_card", "entitlement": "yoga", "uses": 10, "valid_days": 1}),
@@ -429,50 +396,50 @@ async fn expired_cards_memberships_unknown_ids_and_scopes_are_refused() {
     };
     let (card_id, vip_id) = (id_of("count_card"), id_of("membership"));
 
-    let (status, err) = merchant(
-        &ctx,
-        &key,
-        "POST",
-        &format!("/entitlements/{vip_id}/redemptions"),
-        json!({"redemption_id": "x"}),
-    )
-    .await;
-    assert_eq!(
-        (status, err["error"]["code"].as_str()),
-        (409, Some("not_redeemable"))
+    expect_error(
+        merchant(
+            &ctx,
+            &key,
+            "POST",
+            &format!("/entitlements/{vip_id}/redemptions"),
+            json!({"redemption_id": "x"}),
+        )
+        .await,
+        409,
+        "not_redeemable",
     );
-    let (status, err) = merchant(
-        &ctx,
-        &key,
-        "POST",
-        &format!("/entitlements/{}/redemptions", new_id()),
-        json!({"redemption_id": "x"}),
-    )
-    .await;
-    assert_eq!(
-        (status, err["error"]["code"].as_str()),
-        (404, Some("entitlement_not_found"))
+    expect_error(
+        merchant(
+            &ctx,
+            &key,
+            "POST",
+            &format!("/entitlements/{}/redemptions", new_id()),
+            json!({"redemption_id": "x"}),
+        )
+        .await,
+        404,
+        "entitlement_not_found",
     );
-    let (status, err) = merchant(&ctx, &key, "GET", "/entitlements?account_id=", Value::Null).await;
-    assert_eq!(
-        (status, err["error"]["code"].as_str()),
-        (400, Some("invalid_query"))
+    expect_error(
+        merchant(&ctx, &key, "GET", "/entitlements?account_id=", Value::Null).await,
+        400,
+        "invalid_query",
     );
 
-    let read_only = issue_key(&ctx, &["entitlements:read"]).await;
-    let (status, err) = merchant(
-        &ctx,
-        &read_only,
-        "POST",
-        &format!("/entitlements/{card_id}/redemptions"),
-        json!({"redemption_id": "x"}),
-    )
-    .await;
-    assert_eq!(
-        (status, err["error"]["code"].as_str()),
-        (403, Some("forbidden"))
+    let read_only = issue_key(&ctx, &["entitlements:read"]).await.1;
+    expect_error(
+        merchant(
+            &ctx,
+            &read_only,
+            "POST",
+            &format!("/entitlements/{card_id}/redemptions"),
+            json!({"redemption_id": "x"}),
+        )
+        .await,
+        403,
+        "forbidden",
     );
-    let licenses_only = issue_key(&ctx, &["licenses"]).await;
+    let licenses_only = issue_key(&ctx, &["licenses"]).await.1;
     let (status, _) = merchant(
         &ctx,
         &licenses_only,
@@ -484,17 +451,17 @@ async fn expired_cards_memberships_unknown_ids_and_scopes_are_refused() {
     assert_eq!(status, 403);
 
     clock.advance_seconds(86_400 + 1);
-    let (status, err) = merchant(
-        &ctx,
-        &key,
-        "POST",
-        &format!("/entitlements/{card_id}/redemptions"),
-        json!({"redemption_id": "late"}),
-    )
-    .await;
-    assert_eq!(
-        (status, err["error"]["code"].as_str()),
-        (409, Some("entitlement_expired"))
+    expect_error(
+        merchant(
+            &ctx,
+            &key,
+            "POST",
+            &format!("/entitlements/{card_id}/redemptions"),
+            json!({"redemption_id": "late"}),
+        )
+        .await,
+        409,
+        "entitlement_expired",
     );
     let listed = entitlements_of(&ctx, &key, &buyer, false).await;
     assert_eq!(listed.len(), 1);
@@ -513,7 +480,8 @@ async fn a_refund_takes_back_what_its_order_granted_once() {
         &ctx,
         &["entitlements:read", "entitlements:redeem", "licenses"],
     )
-    .await;
+    .await
+    .1;
     let channel = unreachable_stripe_channel(
         &ctx,
         &format!("ent-{}", &new_id()[16..].to_ascii_lowercase()),
@@ -587,17 +555,17 @@ async fn a_refund_takes_back_what_its_order_granted_once() {
     assert_eq!(vip_view["status"], "active");
     let card_view = listed.iter().find(|e| e["type"] == "count_card").unwrap();
     assert_eq!(card_view["status"], "revoked");
-    let (status, err) = merchant(
-        &ctx,
-        &key,
-        "POST",
-        &format!("/entitlements/{card_id}/redemptions"),
-        json!({"redemption_id": "after-refund"}),
-    )
-    .await;
-    assert_eq!(
-        (status, err["error"]["code"].as_str()),
-        (409, Some("entitlement_revoked"))
+    expect_error(
+        merchant(
+            &ctx,
+            &key,
+            "POST",
+            &format!("/entitlements/{card_id}/redemptions"),
+            json!({"redemption_id": "after-refund"}),
+        )
+        .await,
+        409,
+        "entitlement_revoked",
     );
     let (status, valid) = merchant(
         &ctx,
@@ -612,16 +580,16 @@ async fn a_refund_takes_back_what_its_order_granted_once() {
         (valid["valid"].as_bool(), valid["status"].as_str()),
         (Some(false), Some("refunded"))
     );
-    let (status, err) = merchant(
-        &ctx,
-        &key,
-        "POST",
-        "/licenses/activate",
-        json!({"license_key": license_key, "instance_name": "x"}),
-    )
-    .await;
-    assert_eq!(
-        (status, err["error"]["code"].as_str()),
-        (409, Some("license_not_active"))
+    expect_error(
+        merchant(
+            &ctx,
+            &key,
+            "POST",
+            "/licenses/activate",
+            json!({"license_key": license_key, "instance_name": "x"}),
+        )
+        .await,
+        409,
+        "license_not_active",
     );
 }

@@ -11,39 +11,10 @@ use kami_shared::Context;
 use kami_shared::domain::time::Timestamp;
 use kami_shared::fakes::FakeClock;
 use kami_tests::*;
+
+use super::{at_once, count, expect_error, issue_key, merchant};
 use lambda_http::Body;
 use serde_json::{Value, json};
-
-fn admin_auth() -> String {
-    format!("Bearer {ADMIN_TOKEN}")
-}
-
-async fn issue_key(ctx: &Arc<Context>, scopes: &[&str]) -> (String, String) {
-    let (status, created) = operations(
-        ctx,
-        request(
-            "POST",
-            "/admin/api-keys",
-            &[("authorization", &admin_auth())],
-            json!({"name": "license server", "scopes": scopes}).to_string(),
-        ),
-    )
-    .await;
-    assert_eq!(status, 201, "{created}");
-    (
-        created["api_key_id"].as_str().unwrap().to_owned(),
-        created["key"].as_str().unwrap().to_owned(),
-    )
-}
-
-async fn call(ctx: &Arc<Context>, key: &str, path: &str, body: Value) -> (u16, Value) {
-    let auth = format!("Bearer {key}");
-    merchant_api(
-        ctx,
-        request("POST", path, &[("authorization", &auth)], body.to_string()),
-    )
-    .await
-}
 
 /// A license product, one order of `quantity` paid and delivered: the keys shown.
 async fn delivered_keys(ctx: &Arc<Context>, spec: Value, quantity: i64) -> (String, Vec<String>) {
@@ -110,6 +81,15 @@ async fn each_unit_gets_its_own_well_formed_key_once_whatever_the_messages() {
     assert!(rounds.iter().all(|round| round.failed.is_empty()));
     let stored = stored_order(&ctx, &order_id).await;
     assert_eq!(stored.deliveries.len(), 3);
+    // The operator sees the licenses by id, never a key.
+    let (status, operator_view) = operations_get(&ctx, &format!("/admin/orders/{order_id}")).await;
+    assert_eq!(status, 200);
+    let generated = operator_view["generated"].as_array().unwrap();
+    assert_eq!(generated.len(), 3);
+    assert!(generated.iter().all(|unit| unit["type"] == "license_key"));
+    for key in &keys {
+        assert!(!operator_view.to_string().contains(key.as_str()));
+    }
     // The table holds the keys sealed only: no delivery record carries one in clear.
     for key in &keys {
         let found = format!("{:?}", stored.deliveries);
@@ -160,9 +140,10 @@ async fn validate_tells_typos_from_unknown_keys_and_malformed_ones() {
     let (_, api_key) = issue_key(&ctx, &["licenses"]).await;
     let key = &keys[0];
 
-    let (status, valid) = call(
+    let (status, valid) = merchant(
         &ctx,
         &api_key,
+        "POST",
         "/licenses/validate",
         json!({"license_key": key.to_lowercase()}),
     )
@@ -179,55 +160,59 @@ async fn validate_tells_typos_from_unknown_keys_and_malformed_ones() {
     let typo: String = std::iter::once(swapped)
         .chain(chars[1..].iter().copied())
         .collect();
-    let (status, err) = call(
-        &ctx,
-        &api_key,
-        "/licenses/validate",
-        json!({"license_key": typo}),
-    )
-    .await;
-    assert_eq!(
-        (status, err["error"]["code"].as_str()),
-        (400, Some("license_key_typo"))
+    let err = expect_error(
+        merchant(
+            &ctx,
+            &api_key,
+            "POST",
+            "/licenses/validate",
+            json!({"license_key": typo}),
+        )
+        .await,
+        400,
+        "license_key_typo",
     );
     assert_eq!(err["error"]["path"], "license_key");
 
-    let (status, err) = call(
-        &ctx,
-        &api_key,
-        "/licenses/validate",
-        json!({"license_key": "NOT-A-KEY"}),
-    )
-    .await;
-    assert_eq!(
-        (status, err["error"]["code"].as_str()),
-        (400, Some("invalid_license_key"))
+    expect_error(
+        merchant(
+            &ctx,
+            &api_key,
+            "POST",
+            "/licenses/validate",
+            json!({"license_key": "NOT-A-KEY"}),
+        )
+        .await,
+        400,
+        "invalid_license_key",
     );
 
     // Well formed, check character right, never generated.
     let unknown = kami_shared::domain::license::LicenseKey::generate();
-    let (status, err) = call(
-        &ctx,
-        &api_key,
-        "/licenses/validate",
-        json!({"license_key": unknown.expose()}),
-    )
-    .await;
-    assert_eq!(
-        (status, err["error"]["code"].as_str()),
-        (404, Some("license_not_found"))
+    expect_error(
+        merchant(
+            &ctx,
+            &api_key,
+            "POST",
+            "/licenses/validate",
+            json!({"license_key": unknown.expose()}),
+        )
+        .await,
+        404,
+        "license_not_found",
     );
 
-    let (status, err) = call(
-        &ctx,
-        &api_key,
-        "/licenses/validate",
-        json!({"license_key": key, "instance_id": new_key()}),
-    )
-    .await;
-    assert_eq!(
-        (status, err["error"]["code"].as_str()),
-        (404, Some("instance_not_found"))
+    expect_error(
+        merchant(
+            &ctx,
+            &api_key,
+            "POST",
+            "/licenses/validate",
+            json!({"license_key": key, "instance_id": new_key()}),
+        )
+        .await,
+        404,
+        "instance_not_found",
     );
 }
 
@@ -237,36 +222,29 @@ async fn twenty_concurrent_activations_of_a_three_seat_key_make_exactly_three() 
     let (_, keys) = delivered_keys(&ctx, json!({"activation_limit": 3}), 1).await;
     let (_, api_key) = issue_key(&ctx, &["licenses"]).await;
     let key = keys[0].clone();
-    let answers = futures_util::future::join_all((0..20).map(|i| {
-        let ctx = ctx.clone();
-        let api_key = api_key.clone();
-        let key = key.clone();
-        tokio::spawn(async move {
-            call(
-                &ctx,
-                &api_key,
-                "/licenses/activate",
-                json!({"license_key": key, "instance_name": format!("machine-{i}")}),
-            )
-            .await
-        })
-    }))
+    let answers = at_once(20, |i| {
+        let (ctx, api_key, key) = (ctx.clone(), api_key.clone(), key.clone());
+        async move {
+            let body = json!({"license_key": key, "instance_name": format!("machine-{i}")});
+            merchant(&ctx, &api_key, "POST", "/licenses/activate", body).await
+        }
+    })
     .await;
-    let answers: Vec<(u16, Value)> = answers.into_iter().map(|a| a.unwrap()).collect();
+    assert_eq!(count(&answers, 200, None), 3, "{answers:?}");
+    assert_eq!(
+        count(&answers, 409, Some("activation_limit_reached")),
+        17,
+        "{answers:?}"
+    );
     let activated: Vec<&Value> = answers
         .iter()
         .filter(|(s, _)| *s == 200)
         .map(|(_, v)| v)
         .collect();
-    let refused = answers
-        .iter()
-        .filter(|(s, v)| *s == 409 && v["error"]["code"] == "activation_limit_reached")
-        .count();
-    assert_eq!(activated.len(), 3, "{answers:?}");
-    assert_eq!(refused, 17, "{answers:?}");
-    let (_, valid) = call(
+    let (_, valid) = merchant(
         &ctx,
         &api_key,
+        "POST",
         "/licenses/validate",
         json!({"license_key": key}),
     )
@@ -276,19 +254,21 @@ async fn twenty_concurrent_activations_of_a_three_seat_key_make_exactly_three() 
     // Deactivating one gives its seat back, once.
     let instance_id = activated[0]["instance_id"].as_str().unwrap();
     let body = json!({"license_key": key, "instance_id": instance_id});
-    let (status, answer) = call(&ctx, &api_key, "/licenses/deactivate", body.clone()).await;
+    let (status, answer) =
+        merchant(&ctx, &api_key, "POST", "/licenses/deactivate", body.clone()).await;
     assert_eq!(
         (status, answer["activations_left"].as_u64()),
         (200, Some(1))
     );
-    let (status, err) = call(&ctx, &api_key, "/licenses/deactivate", body).await;
-    assert_eq!(
-        (status, err["error"]["code"].as_str()),
-        (404, Some("instance_not_found"))
+    expect_error(
+        merchant(&ctx, &api_key, "POST", "/licenses/deactivate", body).await,
+        404,
+        "instance_not_found",
     );
-    let (_, valid) = call(
+    let (_, valid) = merchant(
         &ctx,
         &api_key,
+        "POST",
         "/licenses/validate",
         json!({"license_key": key}),
     )
@@ -303,7 +283,7 @@ async fn the_same_instance_name_is_one_activation() {
     let (_, api_key) = issue_key(&ctx, &["licenses"]).await;
     let body = json!({"license_key": keys[0], "instance_name": "Alice's laptop"});
     let answers = futures_util::future::join_all(
-        (0..5).map(|_| call(&ctx, &api_key, "/licenses/activate", body.clone())),
+        (0..5).map(|_| merchant(&ctx, &api_key, "POST", "/licenses/activate", body.clone())),
     )
     .await;
     let ids: HashSet<&str> = answers
@@ -314,24 +294,26 @@ async fn the_same_instance_name_is_one_activation() {
         })
         .collect();
     assert_eq!(ids.len(), 1);
-    let (_, valid) = call(
+    let (_, valid) = merchant(
         &ctx,
         &api_key,
+        "POST",
         "/licenses/validate",
         json!({"license_key": keys[0]}),
     )
     .await;
     assert_eq!(valid["activations_left"], 1);
-    let (status, err) = call(
-        &ctx,
-        &api_key,
-        "/licenses/activate",
-        json!({"license_key": keys[0], "instance_name": ""}),
-    )
-    .await;
-    assert_eq!(
-        (status, err["error"]["code"].as_str()),
-        (400, Some("invalid_instance_name"))
+    expect_error(
+        merchant(
+            &ctx,
+            &api_key,
+            "POST",
+            "/licenses/activate",
+            json!({"license_key": keys[0], "instance_name": ""}),
+        )
+        .await,
+        400,
+        "invalid_instance_name",
     );
 }
 
@@ -343,21 +325,22 @@ async fn an_expired_key_validates_as_expired_and_does_not_activate() {
     let (_, api_key) = issue_key(&ctx, &["licenses"]).await;
     let early = json!({"license_key": keys[0], "instance_name": "early"});
     assert_eq!(
-        call(&ctx, &api_key, "/licenses/activate", early.clone())
+        merchant(&ctx, &api_key, "POST", "/licenses/activate", early.clone())
             .await
             .0,
         200
     );
     clock.advance_seconds(86_400 + 1);
     // Not even a name active since before the end activates again.
-    let (status, err) = call(&ctx, &api_key, "/licenses/activate", early).await;
-    assert_eq!(
-        (status, err["error"]["code"].as_str()),
-        (409, Some("license_not_active"))
+    expect_error(
+        merchant(&ctx, &api_key, "POST", "/licenses/activate", early).await,
+        409,
+        "license_not_active",
     );
-    let (status, valid) = call(
+    let (status, valid) = merchant(
         &ctx,
         &api_key,
+        "POST",
         "/licenses/validate",
         json!({"license_key": keys[0]}),
     )
@@ -367,16 +350,17 @@ async fn an_expired_key_validates_as_expired_and_does_not_activate() {
         (valid["valid"].as_bool(), valid["status"].as_str()),
         (Some(false), Some("expired"))
     );
-    let (status, err) = call(
-        &ctx,
-        &api_key,
-        "/licenses/activate",
-        json!({"license_key": keys[0], "instance_name": "late"}),
-    )
-    .await;
-    assert_eq!(
-        (status, err["error"]["code"].as_str()),
-        (409, Some("license_not_active"))
+    expect_error(
+        merchant(
+            &ctx,
+            &api_key,
+            "POST",
+            "/licenses/activate",
+            json!({"license_key": keys[0], "instance_name": "late"}),
+        )
+        .await,
+        409,
+        "license_not_active",
     );
 }
 
@@ -386,48 +370,48 @@ async fn merchant_keys_are_shown_once_scoped_and_revocable() {
     let (_, keys) = delivered_keys(&ctx, json!({"activation_limit": 1}), 1).await;
     let body = json!({"license_key": keys[0]});
 
-    let (status, err) = call(&ctx, "km_nope", "/licenses/validate", body.clone()).await;
-    assert_eq!(
-        (status, err["error"]["code"].as_str()),
-        (401, Some("unauthorized"))
+    expect_error(
+        merchant(&ctx, "km_nope", "POST", "/licenses/validate", body.clone()).await,
+        401,
+        "unauthorized",
     );
-    let (status, err) = merchant_api(
-        &ctx,
-        request("POST", "/licenses/validate", &[], body.to_string()),
-    )
-    .await;
-    assert_eq!(
-        (status, err["error"]["code"].as_str()),
-        (401, Some("unauthorized"))
+    expect_error(
+        merchant_api(
+            &ctx,
+            request("POST", "/licenses/validate", &[], body.to_string()),
+        )
+        .await,
+        401,
+        "unauthorized",
     );
 
     let (_, read_only) = issue_key(&ctx, &["entitlements:read"]).await;
-    let (status, err) = call(&ctx, &read_only, "/licenses/validate", body.clone()).await;
-    assert_eq!(
-        (status, err["error"]["code"].as_str()),
-        (403, Some("forbidden"))
+    expect_error(
+        merchant(&ctx, &read_only, "POST", "/licenses/validate", body.clone()).await,
+        403,
+        "forbidden",
     );
 
-    let (status, err) = operations(
-        &ctx,
-        request(
-            "POST",
-            "/admin/api-keys",
-            &[("authorization", &admin_auth())],
-            json!({"name": "x", "scopes": ["licenses", "root"]}).to_string(),
-        ),
-    )
-    .await;
-    assert_eq!(
-        (status, err["error"]["code"].as_str()),
-        (400, Some("invalid_scope"))
+    let err = expect_error(
+        operations(
+            &ctx,
+            request(
+                "POST",
+                "/admin/api-keys",
+                &[("authorization", &format!("Bearer {ADMIN_TOKEN}"))],
+                json!({"name": "x", "scopes": ["licenses", "root"]}).to_string(),
+            ),
+        )
+        .await,
+        400,
+        "invalid_scope",
     );
     assert_eq!(err["error"]["path"], "scopes[1]");
 
     let (api_key_id, api_key) = issue_key(&ctx, &["licenses"]).await;
     assert!(api_key.starts_with("km_"));
     assert_eq!(
-        call(&ctx, &api_key, "/licenses/validate", body.clone())
+        merchant(&ctx, &api_key, "POST", "/licenses/validate", body.clone())
             .await
             .0,
         200
@@ -453,17 +437,17 @@ async fn merchant_keys_are_shown_once_scoped_and_revocable() {
             request(
                 "DELETE",
                 &format!("/admin/api-keys/{api_key_id}"),
-                &[("authorization", &admin_auth())],
+                &[("authorization", &format!("Bearer {ADMIN_TOKEN}"))],
                 Body::Empty,
             ),
         )
     };
     let (first, second) = tokio::join!(revoke(), revoke());
     assert_eq!((first.0, second.0), (204, 204));
-    let (status, err) = call(&ctx, &api_key, "/licenses/validate", body).await;
-    assert_eq!(
-        (status, err["error"]["code"].as_str()),
-        (401, Some("unauthorized"))
+    expect_error(
+        merchant(&ctx, &api_key, "POST", "/licenses/validate", body).await,
+        401,
+        "unauthorized",
     );
     let (_, listed) = operations_get(&ctx, "/admin/api-keys").await;
     let mine = listed["api_keys"]
@@ -483,18 +467,18 @@ async fn merchant_keys_are_shown_once_scoped_and_revocable() {
     assert_eq!(revocations, 1, "{audit}");
     assert!(!audit.to_string().contains(&api_key));
 
-    let (status, err) = operations(
-        &ctx,
-        request(
-            "DELETE",
-            &format!("/admin/api-keys/{}", new_key()),
-            &[("authorization", &admin_auth())],
-            Body::Empty,
-        ),
-    )
-    .await;
-    assert_eq!(
-        (status, err["error"]["code"].as_str()),
-        (404, Some("api_key_not_found"))
+    expect_error(
+        operations(
+            &ctx,
+            request(
+                "DELETE",
+                &format!("/admin/api-keys/{}", new_key()),
+                &[("authorization", &format!("Bearer {ADMIN_TOKEN}"))],
+                Body::Empty,
+            ),
+        )
+        .await,
+        404,
+        "api_key_not_found",
     );
 }

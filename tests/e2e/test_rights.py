@@ -1,0 +1,101 @@
+"""License keys, count cards and redemption links through the real binaries (checkout,
+admin, operations, the delivery worker and merchant-api under the emulator, as API
+Gateway routes them): a key is generated and validated, a card redeemed once per
+redemption id, a link opened once with the documented signature (docs/licenses.md,
+docs/entitlements.md, docs/links.md)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import uuid
+from urllib.parse import parse_qs, urlsplit
+
+import requests
+from conftest import ADMIN, stripe_webhook
+
+
+def _product(platform, delivery: dict) -> tuple[str, dict]:
+    sku = f"e2e-{uuid.uuid4().hex[:10]}"
+    r = requests.post(f"{platform.api}/admin/products", headers=ADMIN, timeout=30, json={
+        "sku": sku, "title": "E2E rights", "price": {"amount": 500, "currency": "CNY"}, "delivery": delivery})
+    assert r.status_code == 201, r.text
+    return sku, r.json()
+
+
+def _delivered(platform, sku: str, buyer: dict | None = None) -> dict:
+    r = requests.post(f"{platform.api}/orders", timeout=30, headers={"Idempotency-Key": str(uuid.uuid4())},
+                      json={"sku": sku, "quantity": 1, "buyer": {"email": "e2e@example.com", **(buyer or {})}})
+    assert r.status_code == 201, r.text
+    order = r.json()
+    assert 200 <= stripe_webhook.send(platform.api, platform.paid_event(order["order_id"])).status_code < 300
+    return platform.wait_delivered(order, timeout=60)
+
+
+def _merchant_key(platform, scopes: list[str]) -> dict:
+    r = requests.post(f"{platform.api}/admin/api-keys", headers=ADMIN, timeout=30,
+                      json={"name": "e2e", "scopes": scopes})
+    assert r.status_code == 201, r.text
+    return {"Authorization": f"Bearer {r.json()['key']}"}
+
+
+def test_a_license_key_is_generated_validated_and_activated(platform):
+    sku, _ = _product(platform, {"type": "license_key", "activation_limit": 1})
+    body = _delivered(platform, sku)
+    key = body["deliveries"][0]["license_key"]
+    assert body["deliveries"][0]["type"] == "license_key" and len(key) == 23, body
+
+    licenses = _merchant_key(platform, ["licenses"])
+    r = requests.post(f"{platform.api}/licenses/validate", headers=licenses, timeout=30, json={"license_key": key.lower()})
+    assert r.status_code == 200 and r.json()["valid"] is True and r.json()["activations_left"] == 1, r.text
+    r = requests.post(f"{platform.api}/licenses/activate", headers=licenses, timeout=30,
+                      json={"license_key": key, "instance_name": "ci"})
+    assert r.status_code == 200 and r.json()["activations_left"] == 0, r.text
+    r = requests.post(f"{platform.api}/licenses/activate", headers=licenses, timeout=30,
+                      json={"license_key": key, "instance_name": "another"})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "activation_limit_reached", r.text
+    typo = ("3" if key[0] == "2" else "2") + key[1:]
+    r = requests.post(f"{platform.api}/licenses/validate", headers=licenses, timeout=30, json={"license_key": typo})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "license_key_typo", r.text
+    # A key without the scope is refused before anything is read.
+    reader = _merchant_key(platform, ["entitlements:read"])
+    r = requests.post(f"{platform.api}/licenses/validate", headers=reader, timeout=30, json={"license_key": key})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden", r.text
+
+
+def test_a_count_card_is_redeemed_once_per_redemption_id(platform):
+    sku, _ = _product(platform, {"type": "count_card", "entitlement": "yoga", "uses": 2})
+    account = f"e2e-{uuid.uuid4().hex[:8]}"
+    body = _delivered(platform, sku, {"account_id": account})
+    entitlement_id = body["deliveries"][0]["entitlement_id"]
+    merchant = _merchant_key(platform, ["entitlements:read", "entitlements:redeem"])
+    listed = requests.get(f"{platform.api}/entitlements", params={"account_id": account}, headers=merchant,
+                          timeout=30).json()["entitlements"]
+    assert [e["entitlement_id"] for e in listed] == [entitlement_id] and listed[0]["uses_left"] == 2, listed
+    url = f"{platform.api}/entitlements/{entitlement_id}/redemptions"
+    answers = [requests.post(url, headers=merchant, timeout=30, json={"redemption_id": "visit-1"}) for _ in range(3)]
+    assert all(a.status_code == 201 and a.json()["uses_left"] == 1 for a in answers), [a.text for a in answers]
+    assert requests.post(url, headers=merchant, timeout=30, json={"redemption_id": "visit-2"}).json()["uses_left"] == 0
+    r = requests.post(url, headers=merchant, timeout=30, json={"redemption_id": "visit-3"})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "no_uses_left", r.text
+
+
+def test_a_link_redirects_once_with_the_documented_signature(platform):
+    sku, created = _product(platform, {"type": "link", "target_url": "https://merchant.example/redeem",
+                                       "valid_hours": 1, "max_opens": 1})
+    secret = created["link_secret"]
+    body = _delivered(platform, sku)
+    url = body["deliveries"][0]["url"]
+    path = urlsplit(url).path
+    assert path.startswith("/r/"), url
+
+    r = requests.get(f"{platform.api}{path}", allow_redirects=False, timeout=30)
+    assert r.status_code == 302, r.text
+    q = {k: v[0] for k, v in parse_qs(urlsplit(r.headers["Location"]).query).items()}
+    assert q["kami_order"] == body["order_id"] and q["kami_sku"] == sku
+    message = f"{q['kami_order']}.{q['kami_sku']}.{q['kami_exp']}".encode()
+    assert hmac.compare_digest(hmac.new(secret.encode(), message, hashlib.sha256).hexdigest(), q["kami_sig"])
+    r = requests.get(f"{platform.api}{path}", allow_redirects=False, timeout=30)
+    assert r.status_code == 410 and r.json()["error"]["code"] == "link_used", r.text
+    r = requests.get(f"{platform.api}/r/{'A' * 43}", allow_redirects=False, timeout=30)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "link_not_found", r.text
