@@ -16,6 +16,16 @@ use crate::error::{Error, Result};
 
 const NONCE_LEN: usize = 12;
 
+/// Secret fields sealed under a data key of their own: the wrapped data key and
+/// `nonce || ciphertext` (a channel's secrets, a supplier's, a license key, a link token).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedSecrets {
+    /// Names the data key in its encryption context (one per write).
+    pub seal_id: String,
+    pub wrapped_key: Vec<u8>,
+    pub sealed: Vec<u8>,
+}
+
 /// A plaintext 256-bit data key; wiped on drop, never printed.
 #[derive(Clone)]
 pub struct DataKey(Zeroizing<[u8; 32]>);

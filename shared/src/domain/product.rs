@@ -156,7 +156,7 @@ pub struct Product {
     pub link: Option<LinkSpec>,
     /// For `link`: the secret its links' assertions are signed with, sealed (set when
     /// the product is created; shown to the merchant then only).
-    pub link_secret: Option<crate::store::SealedSecrets>,
+    pub link_secret: Option<crate::domain::crypto::SealedSecrets>,
     pub created_at: String,
 }
 

@@ -8,17 +8,8 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use super::Store;
 use super::codec::{FromItem, Item, get_b, get_n, get_opt_u32, get_s, item, keys, n, s};
 use crate::domain::channel::{ChannelSettings, ProviderKind};
+use crate::domain::crypto::SealedSecrets;
 use crate::error::{Error, Result};
-
-/// A channel's secret fields, sealed: the wrapped data key and `nonce || ciphertext` of
-/// the fields' JSON object (AAD `kami/payment-channel/v1|{channel_id}`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SealedSecrets {
-    /// Names the data key in its encryption context (one per write of the channel).
-    pub seal_id: String,
-    pub wrapped_key: Vec<u8>,
-    pub sealed: Vec<u8>,
-}
 
 impl SealedSecrets {
     /// Stored as `{prefix}_seal_id`, `{prefix}_wrapped_key` and `{prefix}_sealed`.
@@ -35,7 +26,7 @@ impl SealedSecrets {
     }
 
     pub(crate) fn read_from(item: &Item, prefix: &str) -> Result<Self> {
-        Ok(SealedSecrets {
+        Ok(Self {
             seal_id: get_s(item, &format!("{prefix}_seal_id"))?,
             wrapped_key: get_b(item, &format!("{prefix}_wrapped_key"))?,
             sealed: get_b(item, &format!("{prefix}_sealed"))?,

@@ -56,6 +56,7 @@ mod sweep_lease;
 mod topups;
 mod tx;
 
+pub use crate::domain::crypto::SealedSecrets;
 pub use api_keys::ApiKeyRecord;
 pub use attempts::{AttemptRecord, AttemptStatus, RECONCILE_AFTER_SECONDS};
 pub use audit::{AuditCursor, AuditEntry, AuditOf, AuditSubject};
@@ -66,7 +67,7 @@ pub use bills::{
 pub use card_keys::{
     AllocateOutcome, BatchRecord, CardKeySlot, SealedKey, StockKey, SubstituteKey, Substituted,
 };
-pub use channels::{ChannelRecord, SealedSecrets};
+pub use channels::ChannelRecord;
 pub use codec::Item;
 pub use commissions::{
     Balance, CommissionEntry, EntryKind, EntryStatus, SettlementRun, StatementLine, StatementRecord,
