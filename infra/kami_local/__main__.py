@@ -8,6 +8,7 @@
   logs [FN]  print (-f: follow) the per-function logs in .kami/logs/
   webhook ORDER_ID   send a signed Stripe checkout.session.completed (--type) for an order
   clock advance 31d | reset | show   move every running function's clock (units s, m, h, d)
+  outbox     print what the notifier sent (moto's SES and SNS) as JSON lines
   build      cargo lambda build every function (x86_64; --release)
   provision  provision template.yaml on a moto server (see kami_local.provision)
   restore    restore the table after data loss, against AWS (docs/operations.md, Restore; kami_local.restore)
@@ -303,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("action", choices=["advance", "reset", "show"])
     c.add_argument("duration", nargs="?", help="for advance: e.g. 31d, 90s, 15m, 2h, 1d12h")
 
+    sub.add_parser("outbox", help="print what the notifier sent, as JSON lines (local only)")
+
     logs = sub.add_parser("logs")
     logs.add_argument("function", nargs="*")
     logs.add_argument("-f", "--follow", action="store_true")
@@ -331,6 +334,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "logs":
         return cmd_logs(args)
+    if args.command == "outbox":
+        from . import outbox
+
+        state = _state(args)
+        outbox.print_lines(state["endpoint"], state["resources"]["KamiTable"])
+        return 0
     if args.command == "webhook":
         return cmd_webhook(args)
     if args.command == "pay":

@@ -18,6 +18,11 @@ not a stub) fixes both and changes nothing else:
 
 Other services (SQS long polling, KMS, Secrets Manager) are not serialised.
 
+It also serves `GET /_kami/outbox`: every email moto's SES took and every SMS its SNS
+took, as `{"messages": [{"channel", "message_id", "recipient", "subject", "body"}]}`
+(the local outbox that `infra/kami outbox` prints; moto keeps them but has no API
+that lists them).
+
 Usage: python -m kami_local.moto_serve --host 127.0.0.1 --port 5000
 """
 
@@ -177,6 +182,46 @@ def _serialise_dynamodb(app):
     return wrapped
 
 
+OUTBOX_PATH = "/_kami/outbox"
+
+
+def outbox_messages() -> list[dict]:
+    """What moto's SES and SNS sent, in the order each took them (emails first)."""
+    from moto.ses.models import Message as SesMessage, ses_backends
+    from moto.sns.models import sns_backends
+
+    messages = []
+    for _account, regions in ses_backends.items():
+        for _region, backend in regions.items():
+            for sent in backend.sent_messages:
+                if not isinstance(sent, SesMessage):
+                    continue
+                for recipient in [a for addresses in sent.destinations.values() for a in addresses]:
+                    messages.append({
+                        "channel": "email", "message_id": sent.id, "recipient": recipient,
+                        "subject": sent.subject, "body": sent.body,
+                    })
+    for _account, regions in sns_backends.items():
+        for _region, backend in regions.items():
+            for message_id, (phone, body) in backend.sms_messages.items():
+                messages.append({
+                    "channel": "sms", "message_id": message_id, "recipient": phone,
+                    "subject": None, "body": body,
+                })
+    return messages
+
+
+def _serve_outbox(app):
+    def wrapped(environ, start_response):
+        if environ.get("PATH_INFO") == OUTBOX_PATH and environ.get("REQUEST_METHOD") == "GET":
+            payload = json.dumps({"messages": outbox_messages()}).encode()
+            start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(payload)))])
+            return [payload]
+        return app(environ, start_response)
+
+    return wrapped
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
@@ -186,7 +231,7 @@ def main() -> None:
     os.environ.setdefault("MOTO_PORT", str(args.port))
     _patch_transactions()
     app = DomainDispatcherApplication(create_backend_app)
-    run_simple(args.host, args.port, _serialise_dynamodb(app), threaded=True)
+    run_simple(args.host, args.port, _serve_outbox(_serialise_dynamodb(app)), threaded=True)
 
 
 if __name__ == "__main__":

@@ -208,6 +208,16 @@ class Stack:
                                         ReturnSubscriptionArn=True)["SubscriptionArn"]
         return arn, {"Arn": arn}
 
+    def _email_identity(self, logical_id: str, p: dict) -> tuple[str, dict]:
+        """moto verifies an identity as it is created (SES sends only from one)."""
+        ses = self._client("sesv2")
+        identity = p["EmailIdentity"]
+        try:
+            ses.get_email_identity(EmailIdentity=identity)
+        except ses.exceptions.NotFoundException:
+            ses.create_email_identity(EmailIdentity=identity)
+        return identity, {}
+
     def _function(self, logical_id: str, p: dict) -> tuple[str, dict]:
         name = p.get("FunctionName") or self._name(logical_id)
         return name, {"Arn": f"arn:aws:lambda:{tpl.REGION}:{tpl.ACCOUNT_ID}:function:{name}"}
@@ -231,6 +241,7 @@ _HANDLERS = {
     "AWS::SecretsManager::Secret": Stack._secret,
     "AWS::SNS::Topic": Stack._topic,
     "AWS::SNS::Subscription": Stack._subscription,
+    "AWS::SES::EmailIdentity": Stack._email_identity,
     "AWS::Serverless::Function": Stack._function,
     "AWS::IAM::Role": Stack._role,
 }

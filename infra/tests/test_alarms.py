@@ -89,7 +89,7 @@ def test_a_function_added_without_alarms_is_found():
 
 
 def test_every_dead_letter_queue_has_a_depth_alarm():
-    assert dead_letter_queues(TEMPLATE) == {"DeliveryDLQ"}
+    assert dead_letter_queues(TEMPLATE) == {"DeliveryDLQ", "NotifyDLQ"}
     assert missing_dlq_alarms(TEMPLATE) == []
 
 

@@ -53,9 +53,10 @@ LEADING_KEYS = "dynamodb:LeadingKeys"
 LEADING_KEYS_OPERATORS = {"ForAllValues:StringLike", "ForAllValues:StringEquals"}
 PURPOSE = "kms:EncryptionContext:kami:purpose"
 # Resource "*" is allowed for these actions only: logs (the log group's name is generated)
-# and X-Ray's writes (no resource types).
+# and X-Ray's writes (no resource types), and SNS's Publish, whose SMS to a phone number
+# has no resource either (the notifier: docs/security.md).
 WILDCARD_OK = {"logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents",
-               "xray:PutTraceSegments", "xray:PutTelemetryRecords"}
+               "xray:PutTraceSegments", "xray:PutTelemetryRecords", "sns:Publish"}
 # Key prefixes granted before the code that writes them lands (docs/security.md): the
 # per-client hold counters and the sweep's lease.
 AWAITED_PREFIXES = {"HOLD#", "SWEEP#"}
@@ -143,6 +144,10 @@ def resource_name(value) -> str:
             m = re.fullmatch(r"\$\{([A-Za-z0-9]+)\.Arn\}(/.*)?", arg)
             if m:
                 return m.group(1) + (m.group(2) or "")
+            # An SES identity's ARN names the identity resource.
+            m = re.fullmatch(r"arn:\$\{AWS::Partition\}:ses:\$\{AWS::Region\}:\$\{AWS::AccountId\}:identity/\$\{([A-Za-z0-9]+)\}", arg)
+            if m:
+                return m.group(1)
     return str(value)
 
 

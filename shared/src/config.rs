@@ -17,13 +17,15 @@ use crate::adapters::clock::{SystemClock, clock_from_env};
 use crate::adapters::http_client::HttpClient;
 use crate::adapters::kms::KmsVault;
 use crate::adapters::metrics::AwsCallCounter;
+use crate::adapters::notify::{SesEmail, SnsSms};
 use crate::adapters::payment_channels::ChannelCache;
-use crate::adapters::queue::SqsDeliveryQueue;
+use crate::adapters::queue::{SqsDeliveryQueue, SqsNotifyQueue};
 pub use crate::adapters::secrets::Secrets;
 use crate::adapters::secrets::{self, SecretIds};
 use crate::adapters::stripe::StripeProvider;
 use crate::adapters::suppliers::SupplierCache;
 use crate::error::{Error, Result};
+use crate::ports::notifier::{Channel, Notifier};
 use crate::ports::{Clock, KeyVault, PaymentProvider, Supplier};
 use crate::store::Store;
 
@@ -32,6 +34,11 @@ use crate::store::Store;
 pub struct Config {
     pub table: String,
     pub delivery_queue_url: Option<String>,
+    /// `NOTIFY_QUEUE_URL`: where delivered orders are queued for the notifier (unset: no
+    /// notifications).
+    pub notify_queue_url: Option<String>,
+    /// `NOTIFY_FROM_EMAIL`: the verified SES sender notifications come from.
+    pub notify_from_email: Option<String>,
     pub card_key_kms_key_id: Option<String>,
     pub order_ttl_seconds: i64,
     /// How long after an order's `expires_at` the sweep waits before it expires the
@@ -87,6 +94,8 @@ impl Config {
             table: optional("KAMI_TABLE")
                 .ok_or_else(|| Error::Config("KAMI_TABLE is not set".into()))?,
             delivery_queue_url: optional("DELIVERY_QUEUE_URL"),
+            notify_queue_url: optional("NOTIFY_QUEUE_URL"),
+            notify_from_email: optional("NOTIFY_FROM_EMAIL"),
             card_key_kms_key_id: optional("CARD_KEY_KMS_KEY_ID"),
             order_ttl_seconds: number("ORDER_TTL_SECONDS", 1800)?,
             expiry_grace_seconds: Some(number("EXPIRY_GRACE_SECONDS", 300)?)
@@ -253,6 +262,8 @@ pub struct Context {
     /// The time for every rule (docs/ports.md): the system's, or locally the platform's.
     pub clock: Arc<dyn Clock>,
     queue: Option<SqsDeliveryQueue>,
+    notify_queue: Option<SqsNotifyQueue>,
+    notifiers: Vec<(Channel, Arc<dyn Notifier>)>,
     vault: Option<Arc<dyn KeyVault>>,
     payment_providers: Vec<Arc<dyn PaymentProvider>>,
     pub secrets: Secrets,
@@ -281,6 +292,19 @@ impl Context {
         self.queue.as_ref().ok_or_else(|| {
             Error::Config("this function has no delivery queue (DELIVERY_QUEUE_URL)".into())
         })
+    }
+
+    /// The notification queue, if this deployment notifies buyers (`NOTIFY_QUEUE_URL`).
+    pub fn notify_queue(&self) -> Option<&SqsNotifyQueue> {
+        self.notify_queue.as_ref()
+    }
+
+    /// The notifier sending over `channel`, if this function has one.
+    pub fn notifier(&self, channel: Channel) -> Option<&dyn Notifier> {
+        self.notifiers
+            .iter()
+            .find(|(of, _)| *of == channel)
+            .map(|(_, notifier)| notifier.as_ref())
     }
 
     pub fn vault(&self) -> Result<&dyn KeyVault> {
@@ -316,6 +340,8 @@ pub struct ContextBuilder {
     counter: Option<AwsCallCounter>,
     clock: Arc<dyn Clock>,
     queue: Option<SqsDeliveryQueue>,
+    notify_queue: Option<SqsNotifyQueue>,
+    notifiers: Vec<(Channel, Arc<dyn Notifier>)>,
     vault: Option<Arc<dyn KeyVault>>,
     stripe: bool,
     payment_providers: Vec<Arc<dyn PaymentProvider>>,
@@ -332,6 +358,8 @@ impl ContextBuilder {
             counter,
             clock: Arc::new(SystemClock),
             queue: None,
+            notify_queue: None,
+            notifiers: Vec::new(),
             vault: None,
             stripe: false,
             payment_providers: Vec::new(),
@@ -346,14 +374,39 @@ impl ContextBuilder {
         self
     }
 
-    /// The delivery queue (SQS), when `DELIVERY_QUEUE_URL` is set.
+    /// The delivery queue (SQS), when `DELIVERY_QUEUE_URL` is set, and the notification
+    /// queue, when `NOTIFY_QUEUE_URL` is.
     pub fn with_queue(mut self) -> Self {
         let sqs = client_with_counter!(aws_sdk_sqs, &self.sdk, &self.counter);
+        self.notify_queue = self
+            .config
+            .notify_queue_url
+            .clone()
+            .map(|url| SqsNotifyQueue::new(sqs.clone(), url));
         self.queue = self
             .config
             .delivery_queue_url
             .clone()
             .map(|url| SqsDeliveryQueue::new(sqs, url));
+        self
+    }
+
+    /// The notifiers: email through SES (when `NOTIFY_FROM_EMAIL` is set) and SMS
+    /// through SNS.
+    pub fn with_notifiers(mut self) -> Self {
+        if let Some(from) = self.config.notify_from_email.clone() {
+            let ses = client_with_counter!(aws_sdk_sesv2, &self.sdk, &self.counter);
+            self.notifiers
+                .push((Channel::Email, Arc::new(SesEmail::new(ses, from))));
+        }
+        let sns = client_with_counter!(aws_sdk_sns, &self.sdk, &self.counter);
+        self.with_notifier(Channel::Sms, Arc::new(SnsSms::new(sns)))
+    }
+
+    /// Another notifier for `channel` (a fake in tests), in place of any before it.
+    pub fn with_notifier(mut self, channel: Channel, notifier: Arc<dyn Notifier>) -> Self {
+        self.notifiers.retain(|(of, _)| *of != channel);
+        self.notifiers.push((channel, notifier));
         self
     }
 
@@ -422,6 +475,8 @@ impl ContextBuilder {
             store: Store::new(dynamodb, self.config.table.clone()),
             clock: self.clock,
             queue: self.queue,
+            notify_queue: self.notify_queue,
+            notifiers: self.notifiers,
             vault: self.vault,
             payment_providers: self.payment_providers,
             secrets: self.secrets,

@@ -180,6 +180,7 @@ async fn builder_from(
     };
     builder
         .with_queue()
+        .with_notifiers()
         .with_vault()
         .with_payments()
         .with_secrets()
@@ -246,6 +247,86 @@ pub async fn context_with_suppliers(
         builder = builder.with_supplier(supplier_id, supplier.clone());
     }
     builder.build()
+}
+
+/// As `context_with`, with `notifier` sending over `channel` (a fake).
+pub async fn context_with_notifier(
+    overrides: &[(&str, &str)],
+    channel: kami_shared::ports::notifier::Channel,
+    notifier: Arc<dyn kami_shared::ports::notifier::Notifier>,
+) -> Arc<Context> {
+    let mut env = stack().env.clone();
+    for (name, value) in overrides {
+        env.insert((*name).to_owned(), (*value).to_owned());
+    }
+    builder_from(&env, sdk_config().await, None, None)
+        .await
+        .with_notifier(channel, notifier)
+        .build()
+}
+
+/// A queue of a test's own (a notification queue, say).
+pub async fn fresh_queue() -> String {
+    test_queue().await
+}
+
+/// Everything moto's SES and SNS were given to send (`GET /_kami/outbox` of Kami's moto
+/// wrapper): `{"channel", "message_id", "recipient", "subject", "body"}` each.
+pub async fn outbox() -> Vec<Value> {
+    let http = kami_shared::adapters::http_client::HttpClient::new().expect("an HTTP client");
+    let answer = http
+        .send(
+            "moto",
+            lambda_http::http::Method::GET,
+            &format!("{}/_kami/outbox", stack().endpoint),
+            &[],
+            None,
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("the outbox");
+    assert_eq!(answer.status, 200);
+    let body: Value = serde_json::from_slice(&answer.body).expect("outbox JSON");
+    body["messages"].as_array().expect("messages").clone()
+}
+
+/// Every message now in the queue at `url`, received (each once; none deleted) as the
+/// event source mapping would hand them to a function.
+pub async fn receive_all(url: &str) -> Vec<SqsMessage> {
+    let sqs = aws_sdk_sqs::Client::new(&sdk_config().await);
+    let mut records = Vec::new();
+    loop {
+        let received = sqs
+            .receive_message()
+            .queue_url(url)
+            .max_number_of_messages(10)
+            .visibility_timeout(300)
+            .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
+            .send()
+            .await
+            .expect("receive");
+        let messages = received.messages.unwrap_or_default();
+        if messages.is_empty() {
+            return records;
+        }
+        records.extend(messages.iter().map(event_record));
+    }
+}
+
+/// An SQS message as the event source mapping hands it to a function.
+fn event_record(m: &aws_sdk_sqs::types::Message) -> SqsMessage {
+    let mut record = SqsMessage::default();
+    record.message_id = m.message_id.clone();
+    record.receipt_handle = m.receipt_handle.clone();
+    record.body = m.body.clone();
+    record.attributes = m
+        .attributes
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k.as_str().to_owned(), v))
+        .collect();
+    record
 }
 
 /// A delivery queue of a test's own.
@@ -648,23 +729,7 @@ pub async fn delivery_round(ctx: &Arc<Context>) -> DeliveryRound {
         return round;
     }
     let mut event = SqsEvent::default();
-    event.records = messages
-        .iter()
-        .map(|m| {
-            let mut record = SqsMessage::default();
-            record.message_id = m.message_id.clone();
-            record.receipt_handle = m.receipt_handle.clone();
-            record.body = m.body.clone();
-            record.attributes = m
-                .attributes
-                .clone()
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (k.as_str().to_owned(), v))
-                .collect();
-            record
-        })
-        .collect();
+    event.records = messages.iter().map(event_record).collect();
     let started = Instant::now();
     let response = delivery::handle_batch(ctx, event).await;
     round.in_handler = started.elapsed();

@@ -13,8 +13,10 @@ use lambda_runtime::{Error, LambdaEvent, run, service_fn};
 async fn main() -> Result<(), Error> {
     // Card keys are DynamoDB only; top-ups open their supplier's secret and license
     // keys are sealed (the vault); a license is found by a keyed fingerprint (a secret).
+    // A delivered order is queued for the notifier.
     let ctx = Context::from_env()
         .await?
+        .with_queue()
         .with_vault()
         .with_secrets()
         .await?

@@ -9,6 +9,7 @@ pub mod clock;
 pub mod http_client;
 pub mod kms;
 pub mod metrics;
+pub mod notify;
 pub mod payment_channels;
 pub mod queue;
 pub mod secrets;

@@ -1,8 +1,10 @@
-//! The delivery queue: one message per paid order, `{"order_id": ...}`. Standard SQS:
-//! at-least-once, so the worker is idempotent.
+//! The queues: delivery (one message per paid order, `{"order_id": ...}`) and
+//! notification (`{"kind": "delivery", "order_id": ...}`). Standard SQS: at-least-once,
+//! so both consumers are idempotent.
 
 use serde::{Deserialize, Serialize};
 
+use crate::domain::notification::NotificationKind;
 use crate::error::{Error, Result};
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -10,21 +12,21 @@ pub struct DeliveryMessage {
     pub order_id: String,
 }
 
-pub struct SqsDeliveryQueue {
+#[derive(Debug, Serialize, Deserialize)]
+pub struct NotifyMessage {
+    pub kind: NotificationKind,
+    pub order_id: String,
+}
+
+/// One SQS queue taking JSON messages.
+struct SqsQueue {
     client: aws_sdk_sqs::Client,
     url: String,
 }
 
-impl SqsDeliveryQueue {
-    pub fn new(client: aws_sdk_sqs::Client, url: String) -> Self {
-        SqsDeliveryQueue { client, url }
-    }
-
-    pub async fn enqueue_delivery(&self, order_id: &str) -> Result<()> {
-        let body = serde_json::to_string(&DeliveryMessage {
-            order_id: order_id.to_owned(),
-        })
-        .map_err(|e| Error::Corrupt(e.to_string()))?;
+impl SqsQueue {
+    async fn send(&self, message: &impl Serialize) -> Result<()> {
+        let body = serde_json::to_string(message).map_err(|e| Error::Corrupt(e.to_string()))?;
         self.client
             .send_message()
             .queue_url(&self.url)
@@ -33,5 +35,38 @@ impl SqsDeliveryQueue {
             .await
             .map_err(|e| Error::aws("sqs", e))?;
         Ok(())
+    }
+}
+
+pub struct SqsDeliveryQueue(SqsQueue);
+
+impl SqsDeliveryQueue {
+    pub fn new(client: aws_sdk_sqs::Client, url: String) -> Self {
+        SqsDeliveryQueue(SqsQueue { client, url })
+    }
+
+    pub async fn enqueue_delivery(&self, order_id: &str) -> Result<()> {
+        self.0
+            .send(&DeliveryMessage {
+                order_id: order_id.to_owned(),
+            })
+            .await
+    }
+}
+
+pub struct SqsNotifyQueue(SqsQueue);
+
+impl SqsNotifyQueue {
+    pub fn new(client: aws_sdk_sqs::Client, url: String) -> Self {
+        SqsNotifyQueue(SqsQueue { client, url })
+    }
+
+    pub async fn enqueue_notification(&self, kind: NotificationKind, order_id: &str) -> Result<()> {
+        self.0
+            .send(&NotifyMessage {
+                kind,
+                order_id: order_id.to_owned(),
+            })
+            .await
     }
 }

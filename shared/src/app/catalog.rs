@@ -166,6 +166,8 @@ pub struct AdminProductView {
     /// HMAC key as this text), in the answer to the product's creation only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub link_secret: Option<String>,
+    /// Whether the buyer's delivery notice carries the goods themselves.
+    pub goods_in_notifications: bool,
     pub created_at: String,
 }
 
@@ -187,6 +189,7 @@ impl AdminProductView {
             grant: product.grant.clone(),
             link: product.link.clone(),
             link_secret: None,
+            goods_in_notifications: product.goods_in_notifications,
             created_at: product.created_at.clone(),
         }
     }

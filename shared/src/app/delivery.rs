@@ -20,6 +20,7 @@ use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent
 use super::fulfil::{ByType, Fulfiller, Fulfilment};
 use crate::adapters::queue::DeliveryMessage;
 use crate::config::Context;
+use crate::domain::notification::NotificationKind;
 use crate::domain::order::OrderStatus;
 use crate::domain::time::Timestamp;
 use crate::error::{Error, Result};
@@ -303,6 +304,21 @@ impl<O: DeliveryOrders, F: Fulfiller + Sync> Worker<'_, O, F> {
         Ok(())
     }
 
+    /// Queues the buyer's delivery notice. Also for an order found delivered already:
+    /// the message that delivered it may have died before queueing, and the notifier
+    /// tells the buyer once however often it is queued. A failure here fails the
+    /// delivery message, whose retry finds the order delivered and queues again.
+    async fn queue_notification(&self, order_id: &str) -> Result<()> {
+        match self.ctx.notify_queue() {
+            Some(queue) => {
+                queue
+                    .enqueue_notification(NotificationKind::Delivery, order_id)
+                    .await
+            }
+            None => Ok(()),
+        }
+    }
+
     async fn handle_message(&self, message: &SqsMessage, budget: &Budget) -> Result<()> {
         let body = message.body.as_deref().unwrap_or_default();
         let parsed: DeliveryMessage = serde_json::from_str(body).map_err(Error::invalid_json)?;
@@ -316,6 +332,12 @@ impl<O: DeliveryOrders, F: Fulfiller + Sync> Worker<'_, O, F> {
         match result {
             Ok(outcome) => {
                 tracing::info!(order_id = %parsed.order_id, ?outcome, "delivery message handled");
+                if matches!(
+                    outcome,
+                    DeliveryOutcome::Delivered | DeliveryOutcome::AlreadyDelivered
+                ) {
+                    self.queue_notification(&parsed.order_id).await?;
+                }
                 Ok(())
             }
             Err(err) => {

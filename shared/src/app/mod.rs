@@ -13,6 +13,7 @@ pub mod fulfil;
 pub mod import;
 pub mod licenses;
 pub mod links;
+pub mod notify;
 pub mod operator;
 pub mod orders;
 pub(crate) mod page;

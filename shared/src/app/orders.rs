@@ -12,6 +12,7 @@ use crate::domain::crypto::{self, order_access_token, sha256_hex, token_matches}
 use crate::domain::entitlement::validate_account_id;
 use crate::domain::hold::{Holder, address_bucket};
 use crate::domain::money::Money;
+use crate::domain::notification::{Contact, Language, validate_phone};
 use crate::domain::order::{OrderStatus, TopUpOrder, payment_deadline};
 use crate::domain::product::{DeliveryType, Product, validate_quantity, validate_sku};
 use crate::domain::time::{Timestamp, is_id, new_id};
@@ -75,6 +76,13 @@ pub struct Buyer {
     /// `count_card`), which it receives.
     #[schema(example = "user-42")]
     pub account_id: Option<String>,
+    /// A phone number in E.164 (`+8613800000000`): the delivery notice also goes there
+    /// by SMS.
+    #[schema(example = "+8613800000000")]
+    pub phone: Option<String>,
+    /// The language of what Kami sends the buyer: `zh-CN` (the default) or `en`.
+    #[schema(value_type = Option<String>, example = "en")]
+    pub language: Option<String>,
 }
 
 impl RequestBody for OrderRequest {
@@ -84,6 +92,8 @@ impl RequestBody for OrderRequest {
             "quantity" => Some("invalid_quantity"),
             "buyer" | "buyer.email" => Some("invalid_email"),
             "buyer.account_id" => Some("invalid_account_id"),
+            "buyer.phone" => Some("invalid_phone"),
+            "buyer.language" => Some("invalid_language"),
             "recipient" | "recipient.account" => Some("invalid_recipient"),
             "referral_code" => Some("invalid_referral_code"),
             _ => None,
@@ -100,6 +110,7 @@ struct ValidOrderRequest {
     recipient: Option<Option<String>>,
     referral_code: Option<String>,
     account_id: Option<String>,
+    contact: Contact,
 }
 
 impl ValidOrderRequest {
@@ -114,12 +125,24 @@ impl ValidOrderRequest {
                 "quantity is required and must be an integer",
             )
         })?;
-        let (email, account_id) = request
-            .buyer
-            .map_or((None, None), |buyer| (buyer.email, buyer.account_id));
+        let (email, account_id, phone, language) = request.buyer.map_or_else(
+            || (None, None, None, None),
+            |buyer| (buyer.email, buyer.account_id, buyer.phone, buyer.language),
+        );
         if let Some(account_id) = &account_id {
             validate_account_id(account_id)?;
         }
+        if let Some(phone) = &phone {
+            validate_phone(phone)?;
+        }
+        let contact = Contact {
+            phone,
+            language: language
+                .as_deref()
+                .map(Language::parse)
+                .transpose()?
+                .unwrap_or_default(),
+        };
         let email = email
             .map(|email| email.trim().to_ascii_lowercase())
             .filter(|email| valid_email(email))
@@ -137,11 +160,29 @@ impl ValidOrderRequest {
             recipient: request.recipient.map(|recipient| recipient.account),
             referral_code: request.referral_code,
             account_id,
+            contact,
         })
     }
 
     /// Hash of what the request means, so a retry with re-ordered JSON still matches.
     fn fingerprint(&self) -> String {
+        // A request without a phone or language hashes as it did before they existed.
+        if self.contact != Contact::default() {
+            return sha256_hex(
+                json!([
+                    self.sku,
+                    self.quantity,
+                    self.email,
+                    self.recipient,
+                    self.referral_code.as_deref().map(str::to_ascii_uppercase),
+                    self.account_id,
+                    self.contact.phone,
+                    self.contact.language.as_str()
+                ])
+                .to_string()
+                .as_bytes(),
+            );
+        }
         sha256_hex(
             // A request without a referral (or an account) hashes as it did before
             // referrals (and accounts) existed.
@@ -269,6 +310,7 @@ pub async fn create_order(
         license: product.license,
         grant: product.grant.clone(),
         account_id,
+        contact: request.contact.clone(),
         link: product.link.clone(),
         redelivery_requested_at: None,
         paid_amount: None,

@@ -9,6 +9,7 @@ pub mod hold;
 pub mod license;
 pub mod link;
 pub mod money;
+pub mod notification;
 pub mod order;
 pub mod product;
 pub mod supplier;

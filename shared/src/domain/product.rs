@@ -157,6 +157,8 @@ pub struct Product {
     /// For `link`: the secret its links' assertions are signed with, sealed (set when
     /// the product is created; shown to the merchant then only).
     pub link_secret: Option<crate::domain::crypto::SealedSecrets>,
+    /// Whether notifications may carry the goods (card keys among them).
+    pub goods_in_notifications: bool,
     pub created_at: String,
 }
 
@@ -238,6 +240,9 @@ pub struct NewProductRequest {
     /// expires with it.
     #[schema(minimum = 60, maximum = 86400, example = 1800)]
     pub reservation_seconds: Option<u32>,
+    /// Whether the buyer's delivery notice carries the goods themselves (card keys,
+    /// license keys, links) or only points to the order page (default `false`).
+    pub goods_in_notifications: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -561,6 +566,7 @@ impl RequestBody for NewProductRequest {
         match path {
             "max_per_order" => Some("invalid_max_per_order"),
             "reservation_seconds" => Some("invalid_reservation_seconds"),
+            "goods_in_notifications" => Some("invalid_goods_in_notifications"),
             path if path.starts_with("pending_limits") => Some("invalid_pending_limits"),
             path if path.starts_with("delivery.") && path != "delivery.type" => {
                 Some("invalid_delivery")
@@ -641,6 +647,7 @@ impl NewProductRequest {
             grant,
             link,
             link_secret: None,
+            goods_in_notifications: self.goods_in_notifications.unwrap_or(false),
             created_at,
         })
     }

@@ -37,6 +37,7 @@ pub fn order_fixture(sku: &str, quantity: u32, now: Timestamp) -> OrderRecord {
         license: None,
         grant: None,
         account_id: None,
+        contact: Default::default(),
         link: None,
         redelivery_requested_at: None,
         paid_amount: None,

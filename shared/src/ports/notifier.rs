@@ -1,13 +1,8 @@
-//! Notifiers: send a message to a buyer (email, SMS). No real notifier exists yet: this
-//! port and its fake are what the notifications issue implements against.
+//! Notifiers: send a message to a buyer, one adapter per channel (email through SES,
+//! SMS through SNS: `adapters::notify`).
 
 use super::PortFuture;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Channel {
-    Email,
-    Sms,
-}
+pub use crate::domain::notification::Channel;
 
 /// One message. `message_id` is Kami's, so a retried send can be recognised. Its body
 /// may carry a card key: `Debug` never prints it.

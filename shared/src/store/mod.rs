@@ -46,6 +46,7 @@ mod holds;
 mod idempotency;
 mod licenses;
 mod links;
+mod notifications;
 mod orders;
 mod payables;
 mod payments;
@@ -85,6 +86,7 @@ pub use licenses::{
     Activation, LicenseInstance, LicenseRecord, LicenseSlot, LicenseState, NewLicense,
 };
 pub use links::{LinkOpen, LinkRecord, LinkSlot};
+pub use notifications::{NotificationClaim, NotificationRecord, NotificationStatus};
 pub use orders::{
     Accepted, CreateOrderOutcome, DeliveryRecord, DueCursor, DuePage, DueQueue, OperatorNote,
     OrderEvent, OrderRecord, OrderView, SlotWrite, StockShare,

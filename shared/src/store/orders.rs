@@ -32,6 +32,7 @@ use crate::domain::entitlement::GrantSpec;
 use crate::domain::license::LicenseSpec;
 use crate::domain::link::LinkSpec;
 use crate::domain::money::Money;
+use crate::domain::notification::{Contact, Language};
 use crate::domain::order::{Cause, OrderStatus, TopUpOrder};
 use crate::domain::product::DeliveryType;
 use crate::domain::time::{Timestamp, new_id};
@@ -69,6 +70,8 @@ pub struct OrderRecord {
     /// For a membership or count card: what each unit grants, and to which account.
     pub grant: Option<GrantSpec>,
     pub account_id: Option<String>,
+    /// The buyer's phone and language, for notifications.
+    pub contact: Contact,
     /// For a link: where its links lead, for how long and how often.
     pub link: Option<LinkSpec>,
     /// When an operator last asked for it to be delivered again (a top-up whose every
@@ -350,6 +353,15 @@ fn order_item(order: &OrderRecord) -> Result<Item> {
     if let Some(account_id) = &order.account_id {
         stored.insert("account_id".to_owned(), s(account_id));
     }
+    if let Some(phone) = &order.contact.phone {
+        stored.insert("buyer_phone".to_owned(), s(phone));
+    }
+    if order.contact.language != Language::default() {
+        stored.insert(
+            "buyer_language".to_owned(),
+            s(order.contact.language.as_str()),
+        );
+    }
     if let Some(link) = &order.link {
         stored.insert("link".to_owned(), json(link)?);
     }
@@ -406,6 +418,14 @@ impl FromItem for OrderRecord {
             license: get_opt_json(item, "license")?,
             grant: get_opt_json(item, "grant")?,
             account_id: get_opt_s(item, "account_id"),
+            contact: Contact {
+                phone: get_opt_s(item, "buyer_phone"),
+                language: get_opt_s(item, "buyer_language")
+                    .map(|tag| Language::parse(&tag))
+                    .transpose()
+                    .map_err(|_| Error::Corrupt("unknown buyer_language".into()))?
+                    .unwrap_or_default(),
+            },
             link: get_opt_json(item, "link")?,
             redelivery_requested_at: item
                 .contains_key("redelivery_requested_at")

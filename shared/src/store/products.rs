@@ -47,6 +47,11 @@ impl FromItem for Product {
                 .contains_key("link_secret_seal_id")
                 .then(|| super::SealedSecrets::read_from(item, "link_secret"))
                 .transpose()?,
+            goods_in_notifications: item
+                .get("goods_in_notifications")
+                .and_then(|value| value.as_bool().ok())
+                .copied()
+                .unwrap_or(false),
             created_at: get_s(item, "created_at")?,
         })
     }
@@ -238,6 +243,12 @@ impl Store {
         );
         if let Some(seconds) = product.reservation_seconds {
             stored.insert("reservation_seconds".to_owned(), n(seconds));
+        }
+        if product.goods_in_notifications {
+            stored.insert(
+                "goods_in_notifications".to_owned(),
+                AttributeValue::Bool(true),
+            );
         }
         // Every product in one partition of `gsi1` (keys only): the stock audit lists
         // them without a scan.

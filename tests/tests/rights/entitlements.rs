@@ -12,7 +12,7 @@ use kami_shared::fakes::FakeClock;
 use kami_shared::ports::Clock;
 use kami_tests::*;
 
-use super::{at_once, count, expect_error, issue_key, merchant};
+use super::{at_once, count, expect_error, issue_key, merchant, paid};
 use serde_json::{Value, json};
 
 const DAY_MS: i64 = 86_400_000;
@@ -36,30 +36,13 @@ async fn paid_order(
     account_id: &str,
 ) -> (String, String) {
     let key = new_id();
-    let body = json!({"sku": sku, "quantity": quantity,
-                      "buyer": {"email": buyer_for(&key), "account_id": account_id}});
-    let (status, created) = checkout(
+    paid(
         ctx,
-        request(
-            "POST",
-            "/orders",
-            &[("idempotency-key", &key)],
-            body.to_string(),
-        ),
+        &key,
+        json!({"sku": sku, "quantity": quantity,
+               "buyer": {"email": buyer_for(&key), "account_id": account_id}}),
     )
-    .await;
-    assert_eq!(status, 201, "{created}");
-    let order_id = created["order_id"].as_str().unwrap().to_owned();
-    let amount = created["amount"]["amount"].as_i64().unwrap();
-    // Signed at the context's clock, which tests move.
-    let payload = checkout_completed(&format!("evt_{order_id}"), &order_id, amount, "CNY");
-    let signature = stripe_signature(STRIPE_SECRET, ctx.clock.now().unix_seconds(), &payload);
-    let (status, answer) = send_webhook(ctx, &signature, payload).await;
-    assert_eq!(status, 200, "{answer}");
-    (
-        order_id,
-        created["access_token"].as_str().unwrap().to_owned(),
-    )
+    .await
 }
 
 fn account() -> String {

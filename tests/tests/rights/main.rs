@@ -6,6 +6,7 @@
 mod entitlements;
 mod licenses;
 mod links;
+mod notifications;
 
 use std::sync::Arc;
 
@@ -63,6 +64,33 @@ pub fn expect_error(answer: (u16, Value), status: u16, code: &str) -> Value {
         answer.1
     );
     answer.1
+}
+
+/// The order `body` describes, made with `key` and paid through Stripe's webhook at the
+/// context's clock: (order id, access token).
+pub async fn paid(ctx: &Arc<Context>, key: &str, body: Value) -> (String, String) {
+    let (status, created) = checkout(
+        ctx,
+        request(
+            "POST",
+            "/orders",
+            &[("idempotency-key", key)],
+            body.to_string(),
+        ),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let order_id = created["order_id"].as_str().unwrap().to_owned();
+    let amount = created["amount"]["amount"].as_i64().unwrap();
+    // Signed at the context's clock, which tests move.
+    let payload = checkout_completed(&format!("evt_{order_id}"), &order_id, amount, "CNY");
+    let signature = stripe_signature(STRIPE_SECRET, ctx.clock.now().unix_seconds(), &payload);
+    let (status, answer) = send_webhook(ctx, &signature, payload).await;
+    assert_eq!(status, 200, "{answer}");
+    (
+        order_id,
+        created["access_token"].as_str().unwrap().to_owned(),
+    )
 }
 
 /// `n` calls of `call(i)` at once, on their own tasks: the answers in order.

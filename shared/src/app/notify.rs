@@ -1,0 +1,222 @@
+//! Telling the buyer: the notifier function's use case. A delivered order's message
+//! (`{"kind": "delivery", "order_id"}`, queued by the delivery worker) becomes one
+//! email, and one SMS when the buyer gave a phone, in the buyer's language. Each
+//! (order, kind, channel) is claimed in the table before it is sent and marked sent
+//! after, so duplicated and retried messages tell the buyer once; a failed send is
+//! marked failed and its message retried (then dead-lettered), never touching the
+//! delivery. Goods travel in the message only where the product allows it.
+
+use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+
+use super::fulfil::{ByType, Fulfiller};
+use super::orders::Delivered;
+use crate::adapters::queue::NotifyMessage;
+use crate::config::Context;
+use crate::domain::notification::{Channel, DeliveryFacts, NotificationKind, render_delivery};
+use crate::domain::order::OrderStatus;
+use crate::error::{Error, Result};
+use crate::ports::notifier::Message;
+use crate::store::{NotificationClaim, NotificationStatus, OrderView};
+
+/// How long a claim keeps other workers off a notification: longer than one send, far
+/// shorter than the queue's visibility timeout (a worker that died mid-send is taken
+/// over by its own message's retry).
+pub const CLAIM_LEASE_SECONDS: i64 = 60;
+/// The most of a failure's text kept on the record.
+const MAX_ERROR_LEN: usize = 300;
+
+/// What one channel's notification came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Told {
+    Sent,
+    /// Sent before, or being sent by another worker right now.
+    AlreadyTold,
+    /// This function has no notifier for the channel (no SES sender configured).
+    NoNotifier,
+}
+
+/// One SQS batch; failed messages are reported for retry (`ReportBatchItemFailures`).
+pub async fn handle_batch(ctx: &Context, event: SqsEvent) -> SqsBatchResponse {
+    let mut response = SqsBatchResponse::default();
+    for message in &event.records {
+        let id = message.message_id.clone().unwrap_or_default();
+        let span = tracing::info_span!("notify_message", message_id = %id, order_id = tracing::field::Empty);
+        let _guard = span.enter();
+        let result = match serde_json::from_str::<NotifyMessage>(
+            message.body.as_deref().unwrap_or_default(),
+        ) {
+            Ok(parsed) => {
+                tracing::Span::current().record("order_id", parsed.order_id.as_str());
+                notify(ctx, &parsed).await.map(|_| ())
+            }
+            Err(err) => Err(Error::invalid_json(err)),
+        };
+        if let Err(err) = result {
+            tracing::error!(error = %err, "notification failed; the message will be retried");
+            let mut failure = BatchItemFailure::default();
+            failure.item_identifier = id;
+            response.batch_item_failures.push(failure);
+        }
+    }
+    response
+}
+
+/// Handles one message: what each channel came to (empty when there is nothing to tell:
+/// an unknown order, or one not delivered).
+pub async fn notify(ctx: &Context, message: &NotifyMessage) -> Result<Vec<(Channel, Told)>> {
+    match message.kind {
+        NotificationKind::Delivery => notify_delivered(ctx, &message.order_id).await,
+    }
+}
+
+async fn notify_delivered(ctx: &Context, order_id: &str) -> Result<Vec<(Channel, Told)>> {
+    let Some(view) = ctx.store.get_order_view(order_id).await? else {
+        tracing::warn!(order_id, "no such order: nothing to tell");
+        return Ok(Vec::new());
+    };
+    if view.order.status != OrderStatus::Delivered {
+        tracing::warn!(
+            order_id,
+            status = view.order.status.as_str(),
+            "not delivered: nothing to tell"
+        );
+        return Ok(Vec::new());
+    }
+    let order = &view.order;
+    let mut recipients = vec![(Channel::Email, order.buyer_email.as_str())];
+    if let Some(phone) = &order.contact.phone {
+        recipients.push((Channel::Sms, phone.as_str()));
+    }
+    let mut told = Vec::new();
+    let mut failure = None;
+    for (channel, recipient) in recipients {
+        let claim = NotificationClaim {
+            order_id,
+            kind: NotificationKind::Delivery,
+            channel,
+            recipient,
+            language: order.contact.language,
+        };
+        match tell(ctx, &view, &claim).await {
+            Ok(outcome) => told.push((channel, outcome)),
+            Err(err) => failure = Some(err),
+        }
+    }
+    match failure {
+        Some(err) => Err(err),
+        None => Ok(told),
+    }
+}
+
+/// One channel: claim, render, send, mark.
+async fn tell(ctx: &Context, view: &OrderView, claim: &NotificationClaim<'_>) -> Result<Told> {
+    let Some(notifier) = ctx.notifier(claim.channel) else {
+        tracing::warn!(
+            channel = claim.channel.as_str(),
+            "no notifier for this channel"
+        );
+        return Ok(Told::NoNotifier);
+    };
+    let earlier = ctx
+        .store
+        .notification(claim.order_id, claim.kind, claim.channel)
+        .await?;
+    if earlier
+        .as_ref()
+        .is_some_and(|record| record.status == NotificationStatus::Sent)
+    {
+        return Ok(Told::AlreadyTold);
+    }
+    let now = ctx.clock.now();
+    let lease_until = now.plus_seconds(CLAIM_LEASE_SECONDS);
+    let attempts_before = earlier.map(|record| record.attempts);
+    if !ctx
+        .store
+        .claim_notification(claim, attempts_before, now, lease_until)
+        .await?
+    {
+        return Ok(Told::AlreadyTold);
+    }
+    let sent = match message_for(ctx, view, claim).await {
+        Ok(message) => notifier.send(&message).await,
+        Err(err) => Err(err),
+    };
+    match sent {
+        Ok(provider_ref) => {
+            ctx.store
+                .notification_sent(claim, &provider_ref, ctx.clock.now())
+                .await?;
+            tracing::info!(
+                channel = claim.channel.as_str(),
+                notifier = notifier.name(),
+                "buyer told of the delivery"
+            );
+            Ok(Told::Sent)
+        }
+        Err(err) => {
+            let text: String = err.to_string().chars().take(MAX_ERROR_LEN).collect();
+            ctx.store.notification_failed(claim, &text).await?;
+            Err(err)
+        }
+    }
+}
+
+async fn message_for(
+    ctx: &Context,
+    view: &OrderView,
+    claim: &NotificationClaim<'_>,
+) -> Result<Message> {
+    let order = &view.order;
+    let product = super::catalog::find_product(ctx, &order.sku, false).await?;
+    let goods: Vec<String> = if product.goods_in_notifications {
+        ByType
+            .show(ctx, order, &view.deliveries)
+            .await?
+            .iter()
+            .filter_map(goods_line)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let order_url = ctx
+        .config
+        .public_api_url
+        .as_ref()
+        .map(|api| format!("{api}/orders/{}", order.order_id));
+    let rendered = render_delivery(
+        &DeliveryFacts {
+            order_id: &order.order_id,
+            title: &product.title,
+            quantity: order.quantity,
+            goods: &goods,
+            order_url: order_url.as_deref(),
+        },
+        claim.language,
+        claim.channel,
+    );
+    Ok(Message {
+        // Kami's own id: the same for every retry of this notification.
+        message_id: format!(
+            "{}.{}.{}",
+            order.order_id,
+            claim.kind.as_str(),
+            claim.channel.as_str()
+        ),
+        channel: claim.channel,
+        to: claim.recipient.to_owned(),
+        subject: rendered.subject,
+        body: rendered.body,
+    })
+}
+
+/// A delivered unit as one line of text: the key, the link, the entitlement, or the
+/// account topped up.
+fn goods_line(delivered: &Delivered) -> Option<String> {
+    delivered
+        .code
+        .clone()
+        .or_else(|| delivered.license_key.clone())
+        .or_else(|| delivered.url.clone())
+        .or_else(|| delivered.entitlement_id.clone())
+        .or_else(|| delivered.account.clone())
+}
