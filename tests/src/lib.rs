@@ -543,18 +543,24 @@ pub async fn product_with_keys(
             "delivery": {"type": "card_key"}, "max_per_order": max_per_order}),
     )
     .await;
-    if !keys.is_empty() {
-        let (status, report) = import_keys(
-            ctx,
-            &sku,
-            "application/json",
-            json!({"keys": keys}).to_string(),
-        )
-        .await;
-        assert_eq!(status, 201, "{report}");
-        assert_eq!(report["accepted"], json!(keys.len()), "{report}");
-    }
+    import_all(ctx, &sku, keys).await;
     sku
+}
+
+/// Imports `keys` into `sku` (every one accepted, or the test fails).
+pub async fn import_all(ctx: &Arc<Context>, sku: &str, keys: &[String]) {
+    if keys.is_empty() {
+        return;
+    }
+    let (status, report) = import_keys(
+        ctx,
+        sku,
+        "application/json",
+        json!({"keys": keys}).to_string(),
+    )
+    .await;
+    assert_eq!(status, 201, "{report}");
+    assert_eq!(report["accepted"], json!(keys.len()), "{report}");
 }
 
 pub fn make_keys(prefix: &str, count: usize) -> Vec<String> {
@@ -612,6 +618,33 @@ pub async fn order(
         ),
     )
     .await
+}
+
+/// `POST /orders` with `body` and `key`, which must make the order: its 201 body.
+pub async fn place_order(ctx: &Arc<Context>, key: &str, body: &Value) -> Value {
+    let (status, created) = checkout(
+        ctx,
+        request(
+            "POST",
+            "/orders",
+            &[("idempotency-key", key)],
+            body.to_string(),
+        ),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    created
+}
+
+/// The paid order's delivery message `times` more (duplicated messages).
+pub async fn enqueue_again(ctx: &Arc<Context>, order_id: &str, times: usize) {
+    for _ in 0..times {
+        ctx.queue()
+            .unwrap()
+            .enqueue_delivery(order_id)
+            .await
+            .unwrap();
+    }
 }
 
 pub async fn view_order(ctx: &Arc<Context>, order_id: &str, token: &str) -> (u16, Value) {
@@ -947,17 +980,7 @@ pub async fn paid_through_channel(
     body: Value,
     amount: i64,
 ) -> String {
-    let (status, order) = checkout(
-        ctx,
-        request(
-            "POST",
-            "/orders",
-            &[("idempotency-key", key)],
-            body.to_string(),
-        ),
-    )
-    .await;
-    assert_eq!(status, 201, "{order}");
+    let order = place_order(ctx, key, &body).await;
     let order_id = order["order_id"].as_str().expect("id").to_owned();
     let token = order["access_token"].as_str().expect("token");
     let (status, answer) = open_payment(ctx, &order_id, token, key, channel_id).await;

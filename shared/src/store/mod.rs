@@ -189,12 +189,29 @@ impl Store {
         condition: &str,
         values: Vec<(&str, aws_sdk_dynamodb::types::AttributeValue)>,
     ) -> Result<bool> {
+        self.put_if_named(item, condition, &[], values).await
+    }
+
+    /// As `put_if`, with attribute `names` (`#status` for the reserved word `status`).
+    async fn put_if_named(
+        &self,
+        item: Item,
+        condition: &str,
+        names: &[(&str, &str)],
+        values: Vec<(&str, aws_sdk_dynamodb::types::AttributeValue)>,
+    ) -> Result<bool> {
         let result = self
             .client
             .put_item()
             .table_name(&self.table)
             .set_item(Some(item))
             .condition_expression(condition)
+            .set_expression_attribute_names((!names.is_empty()).then(|| {
+                names
+                    .iter()
+                    .map(|(name, attribute)| ((*name).to_owned(), (*attribute).to_owned()))
+                    .collect()
+            }))
             .set_expression_attribute_values((!values.is_empty()).then(|| {
                 values
                     .into_iter()

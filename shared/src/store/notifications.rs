@@ -124,26 +124,18 @@ impl Store {
                 ("claimed_at", n(now.0)),
             ],
         );
-        let result = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(record))
-            .condition_expression(
-                "attribute_not_exists(pk) OR #status = :failed \
-                 OR (#status = :sending AND lease_until < :now)",
-            )
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":failed", s(NotificationStatus::Failed.as_str()))
-            .expression_attribute_values(":sending", s(NotificationStatus::Sending.as_str()))
-            .expression_attribute_values(":now", n(now.0))
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(err) if condition_failed(&err) => Ok(false),
-            Err(err) => Err(Error::aws("dynamodb", err)),
-        }
+        self.put_if_named(
+            record,
+            "attribute_not_exists(pk) OR #status = :failed \
+             OR (#status = :sending AND lease_until < :now)",
+            &[("#status", "status")],
+            vec![
+                (":failed", s(NotificationStatus::Failed.as_str())),
+                (":sending", s(NotificationStatus::Sending.as_str())),
+                (":now", n(now.0)),
+            ],
+        )
+        .await
     }
 
     /// Access pattern: a notification as it is now (consistent).

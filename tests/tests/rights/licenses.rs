@@ -70,13 +70,7 @@ async fn each_unit_gets_its_own_well_formed_key_once_whatever_the_messages() {
         );
     }
     // Duplicate messages and parallel workers after delivery change nothing.
-    for _ in 0..3 {
-        ctx.queue()
-            .unwrap()
-            .enqueue_delivery(&order_id)
-            .await
-            .unwrap();
-    }
+    enqueue_again(&ctx, &order_id, 3).await;
     let rounds = futures_util::future::join_all((0..3).map(|_| delivery_round(&ctx))).await;
     assert!(rounds.iter().all(|round| round.failed.is_empty()));
     let stored = stored_order(&ctx, &order_id).await;

@@ -69,17 +69,7 @@ pub fn expect_error(answer: (u16, Value), status: u16, code: &str) -> Value {
 /// The order `body` describes, made with `key` and paid through Stripe's webhook at the
 /// context's clock: (order id, access token).
 pub async fn paid(ctx: &Arc<Context>, key: &str, body: Value) -> (String, String) {
-    let (status, created) = checkout(
-        ctx,
-        request(
-            "POST",
-            "/orders",
-            &[("idempotency-key", key)],
-            body.to_string(),
-        ),
-    )
-    .await;
-    assert_eq!(status, 201, "{created}");
+    let created = place_order(ctx, key, &body).await;
     let order_id = created["order_id"].as_str().unwrap().to_owned();
     let amount = created["amount"]["amount"].as_i64().unwrap();
     // Signed at the context's clock, which tests move.

@@ -87,6 +87,16 @@ async fn notify_at_once(ctx: &Arc<Context>, messages: &[SqsMessage], copies: usi
     failed
 }
 
+/// The order's one notification record (an order of a buyer without a phone).
+async fn email_record(
+    ctx: &Arc<Context>,
+    order_id: &str,
+) -> kami_shared::store::NotificationRecord {
+    let mut records = ctx.store.notifications_of(order_id).await.unwrap();
+    assert_eq!(records.len(), 1, "{records:?}");
+    records.pop().unwrap()
+}
+
 fn sent_to<'a>(outbox: &'a [Value], recipient: &str) -> Vec<&'a Value> {
     outbox
         .iter()
@@ -110,13 +120,7 @@ async fn a_delivered_order_is_told_once_by_email_and_sms_whatever_the_duplicates
     )
     .await;
     // The paid order's message three more times: duplicated delivery messages.
-    for _ in 0..3 {
-        ctx.queue()
-            .unwrap()
-            .enqueue_delivery(&order_id)
-            .await
-            .unwrap();
-    }
+    enqueue_again(&ctx, &order_id, 3).await;
     assert_eq!(drain_delivery_queue(&ctx).await, 4);
     let notify_url = ctx.config.notify_queue_url.clone().unwrap();
     let messages = receive_all(&notify_url).await;
@@ -233,13 +237,7 @@ async fn a_failed_send_is_retried_and_never_undoes_the_delivery() {
         vec![messages[0].message_id.clone().unwrap()],
         "retried by SQS"
     );
-    let record = ctx
-        .store
-        .notifications_of(&order_id)
-        .await
-        .unwrap()
-        .pop()
-        .unwrap();
+    let record = email_record(&ctx, &order_id).await;
     assert_eq!(
         (record.status, record.attempts),
         (NotificationStatus::Failed, 1)
@@ -256,13 +254,7 @@ async fn a_failed_send_is_retried_and_never_undoes_the_delivery() {
     // The message's retry: sent, once.
     assert!(notify_at_once(&ctx, &messages, 2).await.is_empty());
     assert_eq!(email_notifier.sent().len(), 1);
-    let record = ctx
-        .store
-        .notifications_of(&order_id)
-        .await
-        .unwrap()
-        .pop()
-        .unwrap();
+    let record = email_record(&ctx, &order_id).await;
     assert_eq!(
         (record.status, record.attempts),
         (NotificationStatus::Sent, 2)
