@@ -12,8 +12,14 @@ use lambda_runtime::{Error, LambdaEvent, run, service_fn};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
-    // Deliveries that failed are queued again.
-    let ctx = Context::from_env().await?.with_queue().build();
+    // Deliveries that failed are queued again; renewal orders get their access token's
+    // hash (the order-token secret) and their notice queued.
+    let ctx = Context::from_env()
+        .await?
+        .with_queue()
+        .with_secrets()
+        .await?
+        .build();
     run(service_fn(|event: LambdaEvent<serde_json::Value>| {
         let ctx = ctx.clone();
         // The runtime's deadline is the machine's time (not the platform clock locally).

@@ -9,11 +9,13 @@ use lambda_runtime::{Error, LambdaEvent, run, service_fn};
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     // Email (SES) and SMS (SNS); the vault opens the goods for products that send them
-    // in the notice.
+    // in the notice; a renewal notice carries its order's access token (a secret).
     let ctx = Context::from_env()
         .await?
         .with_notifiers()
         .with_vault()
+        .with_secrets()
+        .await?
         .build();
     run(service_fn(|event: LambdaEvent<SqsEvent>| {
         let ctx = ctx.clone();

@@ -25,6 +25,7 @@ pub mod sealed;
 pub mod settlement;
 mod stock;
 pub mod stock_audit;
+pub mod subscriptions;
 pub mod suppliers;
 pub mod sweep;
 

@@ -1,6 +1,7 @@
 //! Telling the buyer: the notifier function's use case. A delivered order's message
-//! (`{"kind": "delivery", "order_id"}`, queued by the delivery worker) becomes one
-//! email, and one SMS when the buyer gave a phone, in the buyer's language. Each
+//! (`{"kind": "delivery", "order_id"}`, queued by the delivery worker), or a renewal
+//! order's (`renewal_notice`, queued by the sweep), becomes one email, and one SMS when
+//! the buyer gave a phone, in the buyer's language. Each
 //! (order, kind, channel) is claimed in the table before it is sent and marked sent
 //! after, so duplicated and retried messages tell the buyer once; a failed send is
 //! marked failed and its message retried (then dead-lettered), never touching the
@@ -12,7 +13,10 @@ use super::fulfil::{ByType, Fulfiller};
 use super::orders::Delivered;
 use crate::adapters::queue::NotifyMessage;
 use crate::config::Context;
-use crate::domain::notification::{Channel, DeliveryFacts, NotificationKind, render_delivery};
+use crate::domain::crypto::order_access_token;
+use crate::domain::notification::{
+    Channel, DeliveryFacts, NotificationKind, RenewalFacts, render_delivery, render_renewal_notice,
+};
 use crate::domain::order::OrderStatus;
 use crate::error::{Error, Result};
 use crate::ports::notifier::Message;
@@ -62,23 +66,24 @@ pub async fn handle_batch(ctx: &Context, event: SqsEvent) -> SqsBatchResponse {
 }
 
 /// Handles one message: what each channel came to (empty when there is nothing to tell:
-/// an unknown order, or one not delivered).
+/// an unknown order, or one no longer in the state the kind is about).
 pub async fn notify(ctx: &Context, message: &NotifyMessage) -> Result<Vec<(Channel, Told)>> {
-    match message.kind {
-        NotificationKind::Delivery => notify_delivered(ctx, &message.order_id).await,
-    }
-}
-
-async fn notify_delivered(ctx: &Context, order_id: &str) -> Result<Vec<(Channel, Told)>> {
+    let order_id = message.order_id.as_str();
     let Some(view) = ctx.store.get_order_view(order_id).await? else {
         tracing::warn!(order_id, "no such order: nothing to tell");
         return Ok(Vec::new());
     };
-    if view.order.status != OrderStatus::Delivered {
+    // A renewal notice is for an order still to pay (a paid or expired one needs none).
+    let wanted = match message.kind {
+        NotificationKind::Delivery => OrderStatus::Delivered,
+        NotificationKind::RenewalNotice => OrderStatus::PendingPayment,
+    };
+    if view.order.status != wanted {
         tracing::warn!(
             order_id,
             status = view.order.status.as_str(),
-            "not delivered: nothing to tell"
+            kind = message.kind.as_str(),
+            "nothing to tell"
         );
         return Ok(Vec::new());
     }
@@ -92,7 +97,7 @@ async fn notify_delivered(ctx: &Context, order_id: &str) -> Result<Vec<(Channel,
     for (channel, recipient) in recipients {
         let claim = NotificationClaim {
             order_id,
-            kind: NotificationKind::Delivery,
+            kind: message.kind,
             channel,
             recipient,
             language: order.contact.language,
@@ -148,8 +153,9 @@ async fn tell(ctx: &Context, view: &OrderView, claim: &NotificationClaim<'_>) ->
                 .await?;
             tracing::info!(
                 channel = claim.channel.as_str(),
+                kind = claim.kind.as_str(),
                 notifier = notifier.name(),
-                "buyer told of the delivery"
+                "buyer told"
             );
             Ok(Told::Sent)
         }
@@ -168,32 +174,53 @@ async fn message_for(
 ) -> Result<Message> {
     let order = &view.order;
     let product = super::catalog::find_product(ctx, &order.sku, false).await?;
-    let goods: Vec<String> = if product.goods_in_notifications {
-        ByType
-            .show(ctx, order, &view.deliveries)
-            .await?
-            .iter()
-            .filter_map(goods_line)
-            .collect()
-    } else {
-        Vec::new()
-    };
     let order_url = ctx
         .config
         .public_api_url
         .as_ref()
         .map(|api| format!("{api}/orders/{}", order.order_id));
-    let rendered = render_delivery(
-        &DeliveryFacts {
-            order_id: &order.order_id,
-            title: &product.title,
-            quantity: order.quantity,
-            goods: &goods,
-            order_url: order_url.as_deref(),
-        },
-        claim.language,
-        claim.channel,
-    );
+    let rendered = match claim.kind {
+        NotificationKind::Delivery => {
+            let goods: Vec<String> = if product.goods_in_notifications {
+                ByType
+                    .show(ctx, order, &view.deliveries)
+                    .await?
+                    .iter()
+                    .filter_map(goods_line)
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            render_delivery(
+                &DeliveryFacts {
+                    order_id: &order.order_id,
+                    title: &product.title,
+                    quantity: order.quantity,
+                    goods: &goods,
+                    order_url: order_url.as_deref(),
+                },
+                claim.language,
+                claim.channel,
+            )
+        }
+        NotificationKind::RenewalNotice => {
+            // The buyer of a renewal order has no token yet: the notice carries it
+            // (derived from the order id, as at checkout; never stored).
+            let token = order_access_token(ctx.secrets.order_token_key()?, &order.order_id)?;
+            render_renewal_notice(
+                &RenewalFacts {
+                    order_id: &order.order_id,
+                    title: &product.title,
+                    amount: &order.amount.for_people(),
+                    period_end: &order.expires_at.to_rfc3339(),
+                    access_token: &token,
+                    order_url: order_url.as_deref(),
+                },
+                claim.language,
+                claim.channel,
+            )
+        }
+    };
     Ok(Message {
         // Kami's own id: the same for every retry of this notification.
         message_id: format!(

@@ -311,6 +311,7 @@ pub async fn create_order(
         grant: product.grant.clone(),
         account_id,
         contact: request.contact.clone(),
+        renews: None,
         link: product.link.clone(),
         redelivery_requested_at: None,
         paid_amount: None,
@@ -682,6 +683,10 @@ pub struct Delivered {
     /// `link`: the redemption link (`{api}/r/{token}`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// `subscription`: the subscription (cancel it with `POST
+    /// /subscriptions/{subscription_id}/cancel`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subscription_id: Option<String>,
 }
 
 impl Delivered {
@@ -695,6 +700,7 @@ impl Delivered {
             license_key: None,
             entitlement_id: None,
             url: None,
+            subscription_id: None,
         }
     }
 }
@@ -716,6 +722,10 @@ pub struct OrderDetails {
     /// Why an order needs a person, when it does.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exception: Option<String>,
+    /// `subscription`: the renewal order for the next period, made `renewal_notice_days`
+    /// before this one ends and waiting for payment.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub renewal_order_id: Option<String>,
 }
 
 /// `GET /orders/{id}`: the order for the holder of its token. Any mismatch looks
@@ -730,10 +740,16 @@ pub async fn get_order(ctx: &Context, order_id: &str, token: Option<&str>) -> Re
         .await?
         .filter(|view| token_matches(token, &view.order.token_hash))
         .ok_or(Error::NotFound("order"))?;
-    let deliveries = if view.order.status == OrderStatus::Delivered {
+    let delivered = view.order.status == OrderStatus::Delivered;
+    let deliveries = if delivered {
         ByType.show(ctx, &view.order, &view.deliveries).await?
     } else {
         Vec::new()
+    };
+    let renewal_order_id = if delivered && view.order.delivery_type == DeliveryType::Subscription {
+        super::subscriptions::renewal_order_of(ctx, &view.order).await?
+    } else {
+        None
     };
     let order = &view.order;
     Ok(OrderDetails {
@@ -748,5 +764,6 @@ pub async fn get_order(ctx: &Context, order_id: &str, token: Option<&str>) -> Re
         events: OrderEventView::of(&view.events),
         deliveries,
         exception: order.exception.clone(),
+        renewal_order_id,
     })
 }

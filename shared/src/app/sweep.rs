@@ -55,6 +55,8 @@ pub struct SweepReport {
     pub more_due: bool,
     /// Another run held the sweep's lease: this one did nothing.
     pub lease_held: bool,
+    /// Subscriptions' renewal orders made and noticed (docs/subscriptions.md).
+    pub renewals: super::subscriptions::RenewalReport,
 }
 
 /// Sweeps as of `now` without a time limit (tests, tools).
@@ -78,7 +80,13 @@ pub async fn sweep_within(ctx: &Context, now: Timestamp, budget: &Budget) -> Res
     .sweep()
     .await;
     report_oldest_exception(ctx, now).await;
-    report
+    let mut report = report?;
+    // Renewals after the orders (conditional writes: overlapping runs make each renewal
+    // order once), only by the run that holds the lease.
+    if !report.lease_held && budget.allows(PAGE_RESERVE_MS) {
+        report.renewals = super::subscriptions::renew_due(ctx, now).await?;
+    }
+    Ok(report)
 }
 
 /// The age of the exception queue's oldest order, once a run (one Query on its index):

@@ -22,6 +22,13 @@ pub enum GrantSpec {
         entitlement: String,
         period_days: u32,
     },
+    /// A membership's period that renews: `renewal_notice_days` before it ends, Kami
+    /// makes the renewal order and sends the buyer its pay link (docs/subscriptions.md).
+    Subscription {
+        entitlement: String,
+        period_days: u32,
+        renewal_notice_days: u32,
+    },
     /// `uses` uses of entitlement `entitlement`, valid `valid_days` from delivery (no
     /// end when absent).
     CountCard {
@@ -36,13 +43,29 @@ impl GrantSpec {
     pub fn entitlement(&self) -> &str {
         match self {
             GrantSpec::Membership { entitlement, .. }
+            | GrantSpec::Subscription { entitlement, .. }
             | GrantSpec::CountCard { entitlement, .. } => entitlement,
+        }
+    }
+
+    /// The seconds `quantity` units add to a period (memberships and subscriptions).
+    pub fn period_seconds(&self, quantity: u32) -> Option<i64> {
+        match self {
+            GrantSpec::Membership { period_days, .. }
+            | GrantSpec::Subscription { period_days, .. } => {
+                Some(i64::from(*period_days) * i64::from(quantity) * 86_400)
+            }
+            GrantSpec::CountCard { .. } => None,
         }
     }
 
     pub fn kind(&self) -> EntitlementKind {
         match self {
-            GrantSpec::Membership { .. } => EntitlementKind::Membership,
+            // A subscription's entitlement is a membership period: buying the same name
+            // as a membership extends the same record.
+            GrantSpec::Membership { .. } | GrantSpec::Subscription { .. } => {
+                EntitlementKind::Membership
+            }
             GrantSpec::CountCard { .. } => EntitlementKind::CountCard,
         }
     }

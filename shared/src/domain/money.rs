@@ -37,6 +37,17 @@ impl Money {
         })
     }
 
+    /// For people: `30.00 CNY` (two decimals; none for the zero-decimal currencies
+    /// Kami's providers take: JPY, KRW).
+    pub fn for_people(&self) -> String {
+        let sign = if self.amount < 0 { "-" } else { "" };
+        let units = self.amount.unsigned_abs();
+        match self.currency.as_str() {
+            "JPY" | "KRW" => format!("{sign}{units} {}", self.currency),
+            _ => format!("{sign}{}.{:02} {}", units / 100, units % 100, self.currency),
+        }
+    }
+
     pub fn times(&self, quantity: u32) -> Result<Self> {
         let amount = self
             .amount
@@ -65,6 +76,21 @@ pub fn parse_currency(code: &str) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn amounts_read_in_major_units() {
+        assert_eq!(Money::cny(3000).for_people(), "30.00 CNY");
+        assert_eq!(Money::cny(5).for_people(), "0.05 CNY");
+        assert_eq!(Money::price(500, "jpy").unwrap().for_people(), "500 JPY");
+        assert_eq!(
+            Money {
+                amount: -120,
+                currency: "USD".into()
+            }
+            .for_people(),
+            "-1.20 USD"
+        );
+    }
 
     #[test]
     fn price_must_be_positive_with_iso_currency() {

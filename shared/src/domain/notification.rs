@@ -61,18 +61,20 @@ pub struct Contact {
     pub language: Language,
 }
 
-/// What a notification is about. Only `delivery` is sent today (renewal notices and
-/// expiry reminders come with subscriptions).
+/// What a notification is about: an order delivered, or a subscription's renewal
+/// order to pay (expiry reminders are not sent yet).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NotificationKind {
     Delivery,
+    RenewalNotice,
 }
 
 impl NotificationKind {
     pub fn as_str(self) -> &'static str {
         match self {
             NotificationKind::Delivery => "delivery",
+            NotificationKind::RenewalNotice => "renewal_notice",
         }
     }
 }
@@ -183,6 +185,66 @@ pub fn render_delivery(facts: &DeliveryFacts, language: Language, channel: Chann
     }
 }
 
+/// What a renewal notice says: the renewal order to pay before the period ends, with
+/// the bearer token that opens it (the buyer has no other).
+pub struct RenewalFacts<'a> {
+    pub order_id: &'a str,
+    pub title: &'a str,
+    /// The amount as text (`"30.00 CNY"`).
+    pub amount: &'a str,
+    pub period_end: &'a str,
+    pub access_token: &'a str,
+    /// `{api}/orders/{id}`: pay with `POST` to its `/payments`.
+    pub order_url: Option<&'a str>,
+}
+
+/// The renewal notice in `language` for `channel`.
+pub fn render_renewal_notice(
+    facts: &RenewalFacts,
+    language: Language,
+    channel: Channel,
+) -> Rendered {
+    let RenewalFacts {
+        order_id,
+        title,
+        amount,
+        period_end,
+        access_token,
+        order_url,
+    } = *facts;
+    let link = order_url.unwrap_or(order_id);
+    let (subject, lines) = match language {
+        Language::ZhCn => (
+            format!("续费「{title}」：请在 {period_end} 前支付"),
+            [
+                format!("您订阅的「{title}」将于 {period_end} 到期。"),
+                format!("续费订单 {order_id}，金额 {amount}，请在到期前支付，服务不会中断。"),
+                format!("订单：{link}"),
+                format!("访问令牌：{access_token}"),
+                "未支付则到期后停止；不再续费可取消订阅。".to_owned(),
+            ],
+        ),
+        Language::En => (
+            format!("Renew \"{title}\": pay before {period_end}"),
+            [
+                format!("Your subscription to \"{title}\" ends at {period_end}."),
+                format!(
+                    "Renewal order {order_id} for {amount}: pay it before then and nothing stops."
+                ),
+                format!("Order: {link}"),
+                format!("Access token: {access_token}"),
+                "Unpaid, it ends then; you can cancel the subscription to stop renewals."
+                    .to_owned(),
+            ],
+        ),
+    };
+    let separator = if channel == Channel::Email { "\n" } else { " " };
+    Rendered {
+        subject,
+        body: lines.join(separator),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -256,6 +318,36 @@ mod tests {
             "{}",
             en.body
         );
+    }
+
+    #[test]
+    fn a_renewal_notice_carries_the_order_its_amount_and_token() {
+        let facts = RenewalFacts {
+            order_id: "01JRENEW",
+            title: "VIP",
+            amount: "30.00 CNY",
+            period_end: "2026-12-31T00:00:00Z",
+            access_token: "tok_secret",
+            order_url: Some("https://api.example/orders/01JRENEW"),
+        };
+        let en = render_renewal_notice(&facts, Language::En, Channel::Email);
+        assert_eq!(en.subject, "Renew \"VIP\": pay before 2026-12-31T00:00:00Z");
+        for part in [
+            "01JRENEW",
+            "30.00 CNY",
+            "tok_secret",
+            "https://api.example/orders/01JRENEW",
+        ] {
+            assert!(en.body.contains(part), "{part}: {}", en.body);
+        }
+        let zh = render_renewal_notice(&facts, Language::ZhCn, Channel::Sms);
+        assert!(zh.subject.starts_with("续费「VIP」"), "{}", zh.subject);
+        assert!(
+            !zh.body.contains('\n') && zh.body.contains("tok_secret"),
+            "{}",
+            zh.body
+        );
+        assert!(!format!("{zh:?}").contains("tok_secret"));
     }
 
     #[test]

@@ -42,6 +42,8 @@ pub enum DeliveryType {
     CountCard,
     /// A redemption link to the merchant's own site, signed (docs/links.md).
     Link,
+    /// A membership period that renews through a renewal order (docs/subscriptions.md).
+    Subscription,
 }
 
 impl DeliveryType {
@@ -53,6 +55,7 @@ impl DeliveryType {
             DeliveryType::Membership => "membership",
             DeliveryType::CountCard => "count_card",
             DeliveryType::Link => "link",
+            DeliveryType::Subscription => "subscription",
         }
     }
 
@@ -64,10 +67,11 @@ impl DeliveryType {
             "membership" => Ok(DeliveryType::Membership),
             "count_card" => Ok(DeliveryType::CountCard),
             "link" => Ok(DeliveryType::Link),
+            "subscription" => Ok(DeliveryType::Subscription),
             other => Err(Error::invalid(
                 "unsupported_delivery_type",
                 format!(
-                    "delivery type {other:?} is not supported; use card_key, direct_topup, license_key, membership, count_card or link"
+                    "delivery type {other:?} is not supported; use card_key, direct_topup, license_key, membership, count_card, link or subscription"
                 ),
             )),
         }
@@ -77,6 +81,8 @@ impl DeliveryType {
 pub const MAX_ACCOUNT_PATTERN_LEN: usize = 200;
 pub const MAX_SUPPLIERS_PER_PRODUCT: usize = 10;
 pub const MAX_STOCK_BUDGET: u32 = 100_000_000;
+/// A subscription's renewal order is made at most this many days before its period ends.
+pub const MAX_RENEWAL_NOTICE_DAYS: u32 = 90;
 const MAX_SUPPLIER_PRODUCT_LEN: usize = 100;
 const MAX_ACCOUNT_LEN: usize = 200;
 
@@ -176,7 +182,8 @@ impl Product {
             DeliveryType::LicenseKey
             | DeliveryType::Membership
             | DeliveryType::CountCard
-            | DeliveryType::Link => false,
+            | DeliveryType::Link
+            | DeliveryType::Subscription => false,
         }
     }
 
@@ -279,7 +286,7 @@ pub struct PriceRequest {
 #[serde(deny_unknown_fields)]
 pub struct DeliveryRequest {
     /// The delivery type: `card_key`, `direct_topup`, `license_key`, `membership`,
-    /// `count_card` or `link`.
+    /// `count_card`, `link` or `subscription`.
     #[serde(rename = "type")]
     #[schema(example = "card_key")]
     pub kind: String,
@@ -305,12 +312,17 @@ pub struct DeliveryRequest {
     /// 36500); absent: no end.
     #[schema(minimum = 1, maximum = 36500, example = 365)]
     pub valid_days: Option<u32>,
-    /// `membership`, `count_card`: the entitlement granted (a-z 0-9 _ -, 1 to 64).
+    /// `membership`, `count_card`, `subscription`: the entitlement granted (a-z 0-9 _ -,
+    /// 1 to 64).
     #[schema(example = "vip")]
     pub entitlement: Option<String>,
-    /// `membership`: days each unit adds (1 to 3650).
+    /// `membership`, `subscription`: days each unit adds (1 to 3650).
     #[schema(minimum = 1, maximum = 3650, example = 30)]
     pub period_days: Option<u32>,
+    /// `subscription`: days before a period ends that its renewal order is made and
+    /// sent to the buyer (1 to 90, less than `period_days`).
+    #[schema(minimum = 1, maximum = 90, example = 3)]
+    pub renewal_notice_days: Option<u32>,
     /// `count_card`: uses each unit grants (1 to 100000).
     #[schema(minimum = 1, maximum = 100000, example = 10)]
     pub uses: Option<u32>,
@@ -337,7 +349,9 @@ struct DeliveryParts {
 impl DeliveryRequest {
     /// The type and its checked spec.
     fn into_parts(self) -> Result<DeliveryParts> {
-        use DeliveryType::{CardKey, CountCard, DirectTopup, LicenseKey, Link, Membership};
+        use DeliveryType::{
+            CardKey, CountCard, DirectTopup, LicenseKey, Link, Membership, Subscription,
+        };
         let kind = DeliveryType::parse(&self.kind).map_err(|err| err.at("delivery.type"))?;
         let bad = |field: &str, message: String| {
             Error::invalid_field("invalid_delivery", &format!("delivery.{field}"), message)
@@ -370,9 +384,18 @@ impl DeliveryRequest {
             (
                 "entitlement",
                 self.entitlement.is_some(),
-                &[Membership, CountCard],
+                &[Membership, CountCard, Subscription],
             ),
-            ("period_days", self.period_days.is_some(), &[Membership]),
+            (
+                "period_days",
+                self.period_days.is_some(),
+                &[Membership, Subscription],
+            ),
+            (
+                "renewal_notice_days",
+                self.renewal_notice_days.is_some(),
+                &[Subscription],
+            ),
             ("uses", self.uses.is_some(), &[CountCard]),
             ("target_url", self.target_url.is_some(), &[Link]),
             ("valid_hours", self.valid_hours.is_some(), &[Link]),
@@ -438,6 +461,28 @@ impl DeliveryRequest {
                     grant: Some(GrantSpec::Membership {
                         entitlement: entitlement()?,
                         period_days: in_range("period_days", self.period_days, MAX_PERIOD_DAYS)?,
+                    }),
+                    ..none
+                });
+            }
+            Subscription => {
+                let period_days = in_range("period_days", self.period_days, MAX_PERIOD_DAYS)?;
+                let renewal_notice_days = in_range(
+                    "renewal_notice_days",
+                    self.renewal_notice_days,
+                    MAX_RENEWAL_NOTICE_DAYS,
+                )?;
+                if renewal_notice_days >= period_days {
+                    return Err(bad(
+                        "renewal_notice_days",
+                        "renewal_notice_days must be less than period_days".into(),
+                    ));
+                }
+                return Ok(DeliveryParts {
+                    grant: Some(GrantSpec::Subscription {
+                        entitlement: entitlement()?,
+                        period_days,
+                        renewal_notice_days,
                     }),
                     ..none
                 });

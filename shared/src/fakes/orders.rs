@@ -38,6 +38,7 @@ pub fn order_fixture(sku: &str, quantity: u32, now: Timestamp) -> OrderRecord {
         grant: None,
         account_id: None,
         contact: Default::default(),
+        renews: None,
         link: None,
         redelivery_requested_at: None,
         paid_amount: None,

@@ -13,6 +13,7 @@ use super::{
 use crate::app::catalog::{self, ProductView};
 use crate::app::orders::{self, OrderCreated, OrderDetails, OrderRequest};
 use crate::app::pay::{self, PayRequest, PaymentStarted};
+use crate::app::subscriptions::{self, SubscriptionView};
 use crate::error::Result;
 
 /// The checkout function's routes (and the spec, which it serves).
@@ -24,6 +25,33 @@ pub fn routes() -> ApiRouter {
         .routes(routes!(start_payment))
         .routes(routes!(get_spec))
         .routes(routes!(open_link))
+        .routes(routes!(cancel_subscription))
+}
+
+/// Turns a subscription's renewal off: no renewal order is made for its next period;
+/// the paid period runs to its end (a renewal order already made stays payable until
+/// then). Takes the access token of the order that started it; repeating it answers
+/// the same.
+#[utoipa::path(
+    post,
+    path = "/subscriptions/{subscription_id}/cancel",
+    tag = "storefront",
+    params(("subscription_id" = String, Path, description = "The subscription's id (the order that started it)")),
+    security(("order_token" = [])),
+    responses(
+        (status = 200, description = "Renewal is off", body = SubscriptionView),
+        (status = 404, description = "`subscription_not_found` (also for a wrong or missing token)", body = ErrorBody),
+    )
+)]
+async fn cancel_subscription(
+    State(ctx): State<AppState>,
+    PathParam(subscription_id): PathParam<String>,
+    headers: HeaderMap,
+) -> ApiResult<SubscriptionView> {
+    Ok(Reply(
+        StatusCode::OK,
+        subscriptions::cancel(&ctx, &subscription_id, bearer(&headers)).await?,
+    ))
 }
 
 /// Opens a redemption link: while it is valid and has opens left, 302 to the

@@ -188,6 +188,7 @@ fn status_and_code(err: &Error) -> (StatusCode, &'static str) {
         Error::NotFound("api key") => (StatusCode::NOT_FOUND, "api_key_not_found"),
         Error::NotFound("entitlement") => (StatusCode::NOT_FOUND, "entitlement_not_found"),
         Error::NotFound("link") => (StatusCode::NOT_FOUND, "link_not_found"),
+        Error::NotFound("subscription") => (StatusCode::NOT_FOUND, "subscription_not_found"),
         Error::Gone(code) => (StatusCode::GONE, *code),
         Error::NotFound(_) | Error::RouteNotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
         Error::Conflict(ConflictKind::OutOfStock) => (StatusCode::CONFLICT, "out_of_stock"),

@@ -190,7 +190,7 @@ mod tests {
             }
         }
         assert_eq!(
-            operations, 52,
+            operations, 53,
             "one operation per route of the six HTTP functions"
         );
     }

@@ -286,12 +286,7 @@ impl Store {
         now: Timestamp,
     ) -> Result<GrantOutcome> {
         let mut tx = self.tx();
-        tx.grant_slot(
-            order,
-            DeliveryType::Membership,
-            &current.entitlement_id,
-            now,
-        )?;
+        tx.grant_slot(order, order.delivery_type, &current.entitlement_id, now)?;
         tx.update(
             ItemName::Entitlement,
             key_item(entitlement_key(&current.entitlement_id)),

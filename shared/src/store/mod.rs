@@ -52,6 +52,7 @@ mod payables;
 mod payments;
 mod products;
 mod refunds;
+mod subscriptions;
 mod suppliers;
 mod sweep_lease;
 mod topups;
@@ -97,6 +98,7 @@ pub use payments::{
     Unmatched, UnmatchedPayment,
 };
 pub use refunds::{RefundRecord, RefundReserved, RefundSettlement, RefundStatus};
+pub use subscriptions::SubscriptionRecord;
 pub use suppliers::SupplierRecord;
 pub use sweep_lease::SweepLease;
 pub use topups::{

@@ -72,6 +72,8 @@ pub struct OrderRecord {
     pub account_id: Option<String>,
     /// The buyer's phone and language, for notifications.
     pub contact: Contact,
+    /// For a renewal order: the subscription it renews (docs/subscriptions.md).
+    pub renews: Option<String>,
     /// For a link: where its links lead, for how long and how often.
     pub link: Option<LinkSpec>,
     /// When an operator last asked for it to be delivered again (a top-up whose every
@@ -353,6 +355,9 @@ fn order_item(order: &OrderRecord) -> Result<Item> {
     if let Some(account_id) = &order.account_id {
         stored.insert("account_id".to_owned(), s(account_id));
     }
+    if let Some(subscription_id) = &order.renews {
+        stored.insert("renews".to_owned(), s(subscription_id));
+    }
     if let Some(phone) = &order.contact.phone {
         stored.insert("buyer_phone".to_owned(), s(phone));
     }
@@ -418,6 +423,7 @@ impl FromItem for OrderRecord {
             license: get_opt_json(item, "license")?,
             grant: get_opt_json(item, "grant")?,
             account_id: get_opt_s(item, "account_id"),
+            renews: get_opt_s(item, "renews"),
             contact: Contact {
                 phone: get_opt_s(item, "buyer_phone"),
                 language: get_opt_s(item, "buyer_language")
@@ -497,7 +503,7 @@ impl FromItem for DeliveryRecord {
             DeliveryType::CardKey => DeliveryRecord::CardKey(CardKeySlot::from_item(item)?),
             DeliveryType::DirectTopup => DeliveryRecord::TopUp(TopUpAttempt::from_item(item)?),
             DeliveryType::LicenseKey => DeliveryRecord::License(LicenseSlot::from_item(item)?),
-            DeliveryType::Membership | DeliveryType::CountCard => {
+            DeliveryType::Membership | DeliveryType::CountCard | DeliveryType::Subscription => {
                 DeliveryRecord::Grant(GrantSlot::from_item(item)?)
             }
             DeliveryType::Link => DeliveryRecord::Link(LinkSlot::from_item(item)?),
@@ -506,6 +512,27 @@ impl FromItem for DeliveryRecord {
 }
 
 impl Tx {
+    /// A new unpaid order (in the sweep's pending queue) and its first event.
+    pub(crate) fn new_order(&mut self, order: &OrderRecord) -> Result<&mut Self> {
+        self.put(
+            ItemName::Order,
+            pending_order_item(order)?,
+            Some("attribute_not_exists(pk)"),
+        )?;
+        self.put(
+            ItemName::Event,
+            event_item(
+                &order.order_id,
+                None,
+                order.status,
+                Cause::Created,
+                &order.created_at,
+                None,
+            ),
+            None,
+        )
+    }
+
     /// The one way a transition is written: the order moves `from → to` only if it is
     /// still `from` (and `condition` holds), and its event is appended (`ItemName::Order`,
     /// `ItemName::Event`). `more` continues the update expression (`, a = :a` or
@@ -676,23 +703,7 @@ impl Store {
         )?;
         tx.move_stock(&order.sku, &order.stock_shards, StockMove::Reserve)?;
         tx.claim_holds(&order.sku, holds, order.quantity, order.expires_at)?;
-        tx.put(
-            ItemName::Order,
-            pending_order_item(order)?,
-            Some("attribute_not_exists(pk)"),
-        )?;
-        tx.put(
-            ItemName::Event,
-            event_item(
-                &order.order_id,
-                None,
-                order.status,
-                Cause::Created,
-                &order.created_at,
-                None,
-            ),
-            None,
-        )?;
+        tx.new_order(order)?;
         if let Some(referral) = &order.referral {
             tx.attribute_order(order, referral)?;
         }

@@ -22,6 +22,8 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ItemName {
     Product,
+    /// A subscription (its renewal order made in the same transaction).
+    Subscription,
     /// The stock counter of this shard.
     Counter(u32),
     /// The fingerprint claimed for the i-th key an import transaction adds.

@@ -1,12 +1,13 @@
 //! What buyers get besides card keys and top-ups, against moto: license keys, memberships
-//! and count cards, redemption links, and the merchant API keys that read and consume
-//! them. One test binary for the three (each test binary links the whole stack: fewer
+//! and count cards, subscriptions, redemption links, the merchant API keys that read
+//! and consume them, and the notices that tell the buyer. One test binary for all of them (each test binary links the whole stack: fewer
 //! of them keep CI's link time down).
 
 mod entitlements;
 mod licenses;
 mod links;
 mod notifications;
+mod subscriptions;
 
 use std::sync::Arc;
 
@@ -71,16 +72,25 @@ pub fn expect_error(answer: (u16, Value), status: u16, code: &str) -> Value {
 pub async fn paid(ctx: &Arc<Context>, key: &str, body: Value) -> (String, String) {
     let created = place_order(ctx, key, &body).await;
     let order_id = created["order_id"].as_str().unwrap().to_owned();
-    let amount = created["amount"]["amount"].as_i64().unwrap();
-    // Signed at the context's clock, which tests move.
-    let payload = checkout_completed(&format!("evt_{order_id}"), &order_id, amount, "CNY");
-    let signature = stripe_signature(STRIPE_SECRET, ctx.clock.now().unix_seconds(), &payload);
-    let (status, answer) = send_webhook(ctx, &signature, payload).await;
-    assert_eq!(status, 200, "{answer}");
+    pay_at_clock(
+        ctx,
+        &order_id,
+        created["amount"]["amount"].as_i64().unwrap(),
+    )
+    .await;
     (
         order_id,
         created["access_token"].as_str().unwrap().to_owned(),
     )
+}
+
+/// Pays `order_id` through Stripe's webhook, signed at the context's clock (which tests
+/// move).
+pub async fn pay_at_clock(ctx: &Arc<Context>, order_id: &str, amount: i64) {
+    let payload = checkout_completed(&format!("evt_{order_id}"), order_id, amount, "CNY");
+    let signature = stripe_signature(STRIPE_SECRET, ctx.clock.now().unix_seconds(), &payload);
+    let (status, answer) = send_webhook(ctx, &signature, payload).await;
+    assert_eq!(status, 200, "{answer}");
 }
 
 /// `n` calls of `call(i)` at once, on their own tasks: the answers in order.

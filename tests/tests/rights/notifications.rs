@@ -61,7 +61,11 @@ fn phone() -> String {
 
 /// Each message handed to the notifier `copies` times, every handling at once (as
 /// concurrent Lambda instances would): the failed message ids of all of them.
-async fn notify_at_once(ctx: &Arc<Context>, messages: &[SqsMessage], copies: usize) -> Vec<String> {
+pub async fn notify_at_once(
+    ctx: &Arc<Context>,
+    messages: &[SqsMessage],
+    copies: usize,
+) -> Vec<String> {
     let tasks: Vec<_> = messages
         .iter()
         .flat_map(|message| std::iter::repeat_n(message.clone(), copies))
@@ -97,7 +101,7 @@ async fn email_record(
     records.pop().unwrap()
 }
 
-fn sent_to<'a>(outbox: &'a [Value], recipient: &str) -> Vec<&'a Value> {
+pub fn sent_to<'a>(outbox: &'a [Value], recipient: &str) -> Vec<&'a Value> {
     outbox
         .iter()
         .filter(|m| m["recipient"] == recipient)

@@ -10,6 +10,7 @@ use crate::app::delivery::{Budget, KEY_RESERVE_MS};
 use crate::app::orders::Delivered;
 use crate::config::Context;
 use crate::domain::entitlement::GrantSpec;
+use crate::domain::product::DeliveryType;
 use crate::domain::time::{Timestamp, new_id};
 use crate::error::{Error, Result};
 use crate::store::{DeliveryRecord, EntitlementRecord, GrantOutcome, OrderRecord};
@@ -29,7 +30,7 @@ impl Fulfiller for Grants {
         budget: &Budget,
     ) -> Result<Fulfilment> {
         if done.iter().any(|record| record.grant().is_some()) {
-            return Ok(Fulfilment::Done);
+            return Self::after_grant(ctx, order, done).await;
         }
         let (Some(spec), Some(account_id)) = (&order.grant, &order.account_id) else {
             return Err(Error::Corrupt(
@@ -62,16 +63,16 @@ impl Fulfiller for Grants {
                         .grant_new(order, order.delivery_type, &record, now)
                         .await?
                 }
-                GrantSpec::Membership {
-                    entitlement,
-                    period_days,
-                } => {
-                    let period = i64::from(*period_days) * i64::from(order.quantity) * DAY_SECONDS;
+                GrantSpec::Membership { entitlement, .. }
+                | GrantSpec::Subscription { entitlement, .. } => {
+                    let period = spec.period_seconds(order.quantity).unwrap_or_default();
                     membership(ctx, order, account_id, entitlement, period, now).await?
                 }
             };
             match outcome {
-                GrantOutcome::Written | GrantOutcome::SlotFilled => return Ok(Fulfilment::Done),
+                GrantOutcome::Written | GrantOutcome::SlotFilled => {
+                    return Self::after_grant(ctx, order, done).await;
+                }
                 GrantOutcome::NotPayable => return Ok(Fulfilment::NotPayable),
                 GrantOutcome::Raced => continue,
             }
@@ -90,10 +91,33 @@ impl Fulfiller for Grants {
             .filter_map(DeliveryRecord::grant)
             .map(|slot| Delivered {
                 entitlement_id: Some(slot.entitlement_id.clone()),
+                subscription_id: (order.delivery_type == DeliveryType::Subscription)
+                    .then(|| subscription_of(order).to_owned()),
                 ..Delivered::of(order.delivery_type)
             })
             .collect())
     }
+}
+
+impl Grants {
+    /// What follows a grant, before the order may be marked delivered: a subscription's
+    /// record started or moved to its next period (idempotent, so a retried message
+    /// finishes what a dead worker began).
+    async fn after_grant(
+        ctx: &Context,
+        order: &OrderRecord,
+        done: &[DeliveryRecord],
+    ) -> Result<Fulfilment> {
+        if order.delivery_type == DeliveryType::Subscription {
+            crate::app::subscriptions::record_period(ctx, order, done).await?;
+        }
+        Ok(Fulfilment::Done)
+    }
+}
+
+/// The subscription an order starts or renews: named by the order that started it.
+pub fn subscription_of(order: &OrderRecord) -> &str {
+    order.renews.as_deref().unwrap_or(&order.order_id)
 }
 
 /// Creates the account's membership of `name`, or extends the one it has by `period`

@@ -11,7 +11,6 @@ use futures_util::future::BoxFuture;
 use crate::app::delivery::{Budget, KEY_RESERVE_MS};
 use crate::app::orders::Delivered;
 use crate::config::Context;
-use crate::domain::entitlement::GrantSpec;
 use crate::domain::license::LicenseStatus;
 use crate::domain::product::DeliveryType;
 use crate::error::{Error, Result};
@@ -89,7 +88,7 @@ impl Fulfiller for ByType {
             DeliveryType::LicenseKey => {
                 Box::pin(license_key::LicenseKeys.fulfil(ctx, order, done, budget))
             }
-            DeliveryType::Membership | DeliveryType::CountCard => {
+            DeliveryType::Membership | DeliveryType::CountCard | DeliveryType::Subscription => {
                 Box::pin(grant::Grants.fulfil(ctx, order, done, budget))
             }
             DeliveryType::Link => Box::pin(link::Links.fulfil(ctx, order, done, budget)),
@@ -109,7 +108,7 @@ impl Fulfiller for ByType {
                 Box::pin(direct_topup::DirectTopUps.show(ctx, order, done))
             }
             DeliveryType::LicenseKey => Box::pin(license_key::LicenseKeys.show(ctx, order, done)),
-            DeliveryType::Membership | DeliveryType::CountCard => {
+            DeliveryType::Membership | DeliveryType::CountCard | DeliveryType::Subscription => {
                 Box::pin(grant::Grants.show(ctx, order, done))
             }
             DeliveryType::Link => Box::pin(link::Links.show(ctx, order, done)),
@@ -131,12 +130,11 @@ pub async fn take_back(ctx: &Context, order: &OrderRecord, done: &[DeliveryRecor
                     .await?;
             }
             DeliveryRecord::Grant(slot) => {
-                let period_ms = match &order.grant {
-                    Some(GrantSpec::Membership { period_days, .. }) => {
-                        Some(i64::from(*period_days) * i64::from(order.quantity) * 86_400_000)
-                    }
-                    _ => None,
-                };
+                let period_ms = order
+                    .grant
+                    .as_ref()
+                    .and_then(|spec| spec.period_seconds(order.quantity))
+                    .map(|seconds| seconds * 1_000);
                 ctx.store
                     .take_back_grant(
                         &slot.entitlement_id,
