@@ -39,6 +39,9 @@ pub struct Config {
     pub notify_queue_url: Option<String>,
     /// `NOTIFY_FROM_EMAIL`: the verified SES sender notifications come from.
     pub notify_from_email: Option<String>,
+    /// `EXPIRY_REMINDER_DAYS` (default 3, at most 90; 0: none): how long before an
+    /// entitlement's period ends the buyer is reminded.
+    pub expiry_reminder_days: i64,
     pub card_key_kms_key_id: Option<String>,
     pub order_ttl_seconds: i64,
     /// How long after an order's `expires_at` the sweep waits before it expires the
@@ -96,6 +99,9 @@ impl Config {
             delivery_queue_url: optional("DELIVERY_QUEUE_URL"),
             notify_queue_url: optional("NOTIFY_QUEUE_URL"),
             notify_from_email: optional("NOTIFY_FROM_EMAIL"),
+            expiry_reminder_days: Some(number("EXPIRY_REMINDER_DAYS", 3)?)
+                .filter(|days| (0..=90).contains(days))
+                .ok_or_else(|| Error::Config("EXPIRY_REMINDER_DAYS must be 0 to 90".into()))?,
             card_key_kms_key_id: optional("CARD_KEY_KMS_KEY_ID"),
             order_ttl_seconds: number("ORDER_TTL_SECONDS", 1800)?,
             expiry_grace_seconds: Some(number("EXPIRY_GRACE_SECONDS", 300)?)

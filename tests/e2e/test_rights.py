@@ -1,8 +1,9 @@
-"""License keys, count cards and redemption links through the real binaries (checkout,
-admin, operations, the delivery worker and merchant-api under the emulator, as API
-Gateway routes them): a key is generated and validated, a card redeemed once per
-redemption id, a link opened once with the documented signature (docs/licenses.md,
-docs/entitlements.md, docs/links.md)."""
+"""License keys, count cards, redemption links and the buyer's notice through the real
+binaries (checkout, admin, operations, the delivery worker, merchant-api and the notifier
+under the emulator, as API Gateway and the SQS mappings run them): a key is generated and
+validated, a card redeemed once per redemption id, a link opened once with the
+documented signature, a delivered order's email in the local outbox (docs/licenses.md,
+docs/entitlements.md, docs/links.md, docs/notifications.md)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import uuid
 from urllib.parse import parse_qs, urlsplit
 
 import requests
-from conftest import ADMIN, stripe_webhook
+from conftest import ADMIN, stripe_webhook, wait_for
+from kami_local import outbox
 
 
 def _product(platform, delivery: dict) -> tuple[str, dict]:
@@ -99,3 +101,20 @@ def test_a_link_redirects_once_with_the_documented_signature(platform):
     assert r.status_code == 410 and r.json()["error"]["code"] == "link_used", r.text
     r = requests.get(f"{platform.api}/r/{'A' * 43}", allow_redirects=False, timeout=30)
     assert r.status_code == 404 and r.json()["error"]["code"] == "link_not_found", r.text
+
+
+def test_a_delivered_order_is_told_by_email_in_the_outbox(platform):
+    sku, codes = platform.create_product(keys=1, settings={"goods_in_notifications": True})
+    email = f"e2e-{uuid.uuid4().hex[:10]}@example.com"
+    body = _delivered(platform, sku, {"email": email, "language": "en"})
+    order_id = body["order_id"]
+
+    def told():
+        sent = [m for m in outbox.read(platform.endpoint, platform.resources["KamiTable"]) if m["recipient"] == email]
+        return sent if sent and sent[0]["kind"] else None
+
+    sent = wait_for(f"the notice of {order_id}", told, timeout=60, interval=0.5)
+    assert len(sent) == 1, sent
+    assert sent[0]["kind"] == "delivery" and sent[0]["order_id"] == order_id and sent[0]["language"] == "en", sent
+    assert sent[0]["subject"] == f"Your order {order_id} is delivered", sent
+    assert codes[0] in sent[0]["body"], sent

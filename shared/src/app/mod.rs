@@ -21,6 +21,7 @@ pub mod pay;
 pub mod payments;
 pub mod reconcile;
 pub mod refunds;
+pub mod reminders;
 pub mod sealed;
 pub mod settlement;
 mod stock;

@@ -11,16 +11,21 @@ use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent
 
 use super::fulfil::{ByType, Fulfiller};
 use super::orders::Delivered;
+use super::reminders;
 use crate::adapters::queue::NotifyMessage;
 use crate::config::Context;
 use crate::domain::crypto::order_access_token;
 use crate::domain::notification::{
-    Channel, DeliveryFacts, NotificationKind, RenewalFacts, render_delivery, render_renewal_notice,
+    Channel, DeliveryFacts, NotificationKind, ReminderFacts, RenewalFacts, render_delivery,
+    render_expiry_reminder, render_renewal_notice,
 };
 use crate::domain::order::OrderStatus;
+use crate::domain::time::Timestamp;
 use crate::error::{Error, Result};
 use crate::ports::notifier::Message;
-use crate::store::{NotificationClaim, NotificationStatus, OrderView};
+use crate::store::{
+    DeliveryRecord, EntitlementRecord, NotificationClaim, NotificationStatus, OrderView,
+};
 
 /// How long a claim keeps other workers off a notification: longer than one send, far
 /// shorter than the queue's visibility timeout (a worker that died mid-send is taken
@@ -75,7 +80,7 @@ pub async fn notify(ctx: &Context, message: &NotifyMessage) -> Result<Vec<(Chann
     };
     // A renewal notice is for an order still to pay (a paid or expired one needs none).
     let wanted = match message.kind {
-        NotificationKind::Delivery => OrderStatus::Delivered,
+        NotificationKind::Delivery | NotificationKind::ExpiryReminder => OrderStatus::Delivered,
         NotificationKind::RenewalNotice => OrderStatus::PendingPayment,
     };
     if view.order.status != wanted {
@@ -85,6 +90,15 @@ pub async fn notify(ctx: &Context, message: &NotifyMessage) -> Result<Vec<(Chann
             kind = message.kind.as_str(),
             "nothing to tell"
         );
+        return Ok(Vec::new());
+    }
+    // A reminder about a period extended, ended or taken back since is not sent.
+    if message.kind == NotificationKind::ExpiryReminder
+        && !granted_entitlement(ctx, &view)
+            .await?
+            .is_some_and(|record| reminders::still_due(&record, order_id, ctx.clock.now()))
+    {
+        tracing::info!(order_id, "the reminder is stale: not sent");
         return Ok(Vec::new());
     }
     let order = &view.order;
@@ -203,6 +217,24 @@ async fn message_for(
                 claim.channel,
             )
         }
+        NotificationKind::ExpiryReminder => {
+            let record = granted_entitlement(ctx, view)
+                .await?
+                .ok_or_else(|| Error::Corrupt("a reminder without its entitlement".into()))?;
+            render_expiry_reminder(
+                &ReminderFacts {
+                    title: &product.title,
+                    entitlement: &record.name,
+                    ends_at: &record
+                        .ends_at
+                        .map(Timestamp::to_rfc3339)
+                        .unwrap_or_default(),
+                    order_url: order_url.as_deref(),
+                },
+                claim.language,
+                claim.channel,
+            )
+        }
         NotificationKind::RenewalNotice => {
             // The buyer of a renewal order has no token yet: the notice carries it
             // (derived from the order id, as at checkout; never stored).
@@ -234,6 +266,14 @@ async fn message_for(
         subject: rendered.subject,
         body: rendered.body,
     })
+}
+
+/// The entitlement an order granted or extended (its grant record's).
+async fn granted_entitlement(ctx: &Context, view: &OrderView) -> Result<Option<EntitlementRecord>> {
+    match view.deliveries.iter().find_map(DeliveryRecord::grant) {
+        Some(slot) => ctx.store.entitlement(&slot.entitlement_id).await,
+        None => Ok(None),
+    }
 }
 
 /// A delivered unit as one line of text: the key, the link, the entitlement, or the

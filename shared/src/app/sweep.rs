@@ -57,6 +57,8 @@ pub struct SweepReport {
     pub lease_held: bool,
     /// Subscriptions' renewal orders made and noticed (docs/subscriptions.md).
     pub renewals: super::subscriptions::RenewalReport,
+    /// Expiry reminders queued (docs/notifications.md).
+    pub reminders: super::reminders::ReminderReport,
 }
 
 /// Sweeps as of `now` without a time limit (tests, tools).
@@ -85,6 +87,7 @@ pub async fn sweep_within(ctx: &Context, now: Timestamp, budget: &Budget) -> Res
     // order once), only by the run that holds the lease.
     if !report.lease_held && budget.allows(PAGE_RESERVE_MS) {
         report.renewals = super::subscriptions::renew_due(ctx, now).await?;
+        report.reminders = super::reminders::remind_due(ctx, now).await?;
     }
     Ok(report)
 }

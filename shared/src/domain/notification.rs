@@ -61,13 +61,14 @@ pub struct Contact {
     pub language: Language,
 }
 
-/// What a notification is about: an order delivered, or a subscription's renewal
-/// order to pay (expiry reminders are not sent yet).
+/// What a notification is about: an order delivered, a subscription's renewal order to
+/// pay, or the period an order granted ending soon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NotificationKind {
     Delivery,
     RenewalNotice,
+    ExpiryReminder,
 }
 
 impl NotificationKind {
@@ -75,6 +76,7 @@ impl NotificationKind {
         match self {
             NotificationKind::Delivery => "delivery",
             NotificationKind::RenewalNotice => "renewal_notice",
+            NotificationKind::ExpiryReminder => "expiry_reminder",
         }
     }
 }
@@ -182,6 +184,53 @@ pub fn render_delivery(facts: &DeliveryFacts, language: Language, channel: Chann
     Rendered {
         subject,
         body: body.trim_end().to_owned(),
+    }
+}
+
+/// What an expiry reminder says: which entitlement ends when.
+pub struct ReminderFacts<'a> {
+    pub title: &'a str,
+    pub entitlement: &'a str,
+    pub ends_at: &'a str,
+    /// The order that granted the period (`{api}/orders/{id}`).
+    pub order_url: Option<&'a str>,
+}
+
+/// The expiry reminder in `language` for `channel`.
+pub fn render_expiry_reminder(
+    facts: &ReminderFacts,
+    language: Language,
+    channel: Channel,
+) -> Rendered {
+    let ReminderFacts {
+        title,
+        entitlement,
+        ends_at,
+        order_url,
+    } = *facts;
+    let (subject, mut lines) = match language {
+        Language::ZhCn => (
+            format!("「{title}」将于 {ends_at} 到期"),
+            vec![
+                format!("您的「{title}」（{entitlement}）将于 {ends_at} 到期。"),
+                "如需继续使用，请在到期前再次购买。".to_owned(),
+            ],
+        ),
+        Language::En => (
+            format!("\"{title}\" ends at {ends_at}"),
+            vec![
+                format!("Your \"{title}\" ({entitlement}) ends at {ends_at}."),
+                "Buy it again before then to keep it without a break.".to_owned(),
+            ],
+        ),
+    };
+    if let Some(url) = order_url {
+        lines.push(url.to_owned());
+    }
+    let separator = if channel == Channel::Email { "\n" } else { " " };
+    Rendered {
+        subject,
+        body: lines.join(separator),
     }
 }
 
@@ -348,6 +397,26 @@ mod tests {
             zh.body
         );
         assert!(!format!("{zh:?}").contains("tok_secret"));
+    }
+
+    #[test]
+    fn an_expiry_reminder_names_the_right_and_its_end() {
+        let facts = ReminderFacts {
+            title: "VIP",
+            entitlement: "vip",
+            ends_at: "2026-12-31T00:00:00Z",
+            order_url: None,
+        };
+        let en = render_expiry_reminder(&facts, Language::En, Channel::Email);
+        assert_eq!(en.subject, "\"VIP\" ends at 2026-12-31T00:00:00Z");
+        assert!(
+            en.body.contains("(vip) ends at 2026-12-31T00:00:00Z"),
+            "{}",
+            en.body
+        );
+        let zh = render_expiry_reminder(&facts, Language::ZhCn, Channel::Sms);
+        assert_eq!(zh.subject, "「VIP」将于 2026-12-31T00:00:00Z 到期");
+        assert!(!zh.body.contains('\n'));
     }
 
     #[test]

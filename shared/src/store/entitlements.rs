@@ -19,6 +19,9 @@ use crate::error::{Error, Result};
 const ENTITLEMENT_SK: &str = "ENTITLEMENT";
 const REDEMPTION_PREFIX: &str = "REDEMPTION#";
 const LISTED_PREFIX: &str = "ENT#";
+/// The one partition of `gsi1` holding entitlements with an end, by their end (Unix s),
+/// until their expiry reminder is queued.
+const ENDING_INDEX: &str = "ENDING";
 
 fn entitlement_pk(entitlement_id: &str) -> String {
     format!("ENTITLEMENT#{entitlement_id}")
@@ -176,6 +179,9 @@ fn entitlement_item(record: &EntitlementRecord) -> Item {
     );
     if let Some(end) = record.ends_at {
         stored.insert("ends_at".to_owned(), n(end.0));
+        // In the sweep's queue of ending entitlements (expiry reminders).
+        stored.insert("gsi1pk".to_owned(), s(ENDING_INDEX));
+        stored.insert("gsi1sk".to_owned(), n(end.unix_seconds()));
     }
     if let Some(uses) = record.uses_left {
         stored.insert("uses_left".to_owned(), n(uses));
@@ -291,18 +297,78 @@ impl Store {
             ItemName::Entitlement,
             key_item(entitlement_key(&current.entitlement_id)),
             "SET starts_at = :starts, ends_at = :ends, version = version + :one, \
-             source_orders = list_append(source_orders, :order)",
+             source_orders = list_append(source_orders, :order), \
+             gsi1pk = :ending, gsi1sk = :ends_s",
             Some("version = :v"),
             &[],
             vec![
                 (":starts", n(starts_at.0)),
                 (":ends", n(ends_at.0)),
+                (":ending", s(ENDING_INDEX)),
+                (":ends_s", n(ends_at.unix_seconds())),
                 (":one", n(1)),
                 (":order", AttributeValue::L(vec![s(&order.order_id)])),
                 (":v", n(current.version)),
             ],
         )?;
         Ok(grant_outcome(self.transact(tx).await?))
+    }
+
+    /// Access pattern: the entitlements ending by `by` whose reminder is not queued yet,
+    /// soonest first (one Query of `gsi1` `ENDING`, keys only).
+    pub async fn ending_entitlements(&self, by: Timestamp, limit: i32) -> Result<Vec<String>> {
+        let output = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name("gsi1")
+            .key_condition_expression("gsi1pk = :ending AND gsi1sk <= :by")
+            .expression_attribute_values(":ending", s(ENDING_INDEX))
+            .expression_attribute_values(":by", n(by.unix_seconds()))
+            .limit(limit)
+            .send()
+            .await
+            .map_err(|e| Error::aws("dynamodb", e))?;
+        output
+            .items()
+            .iter()
+            .map(|found| {
+                get_s(found, "pk").and_then(|pk| {
+                    pk.strip_prefix("ENTITLEMENT#")
+                        .map(str::to_owned)
+                        .ok_or_else(|| Error::Corrupt(format!("{pk} in the ending queue")))
+                })
+            })
+            .collect()
+    }
+
+    /// Access pattern: an entitlement out of the ending queue (its reminder queued, or
+    /// none needed), or back in it at its real end (`at`: a queue time that was early),
+    /// conditional on the version read (an extension meanwhile re-queued it itself).
+    pub async fn requeue_ending(
+        &self,
+        record: &EntitlementRecord,
+        at: Option<Timestamp>,
+    ) -> Result<bool> {
+        let mut request = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key_item(entitlement_key(&record.entitlement_id))))
+            .condition_expression("version = :v")
+            .expression_attribute_values(":v", n(record.version));
+        request = match at {
+            Some(at) => request
+                .update_expression("SET gsi1pk = :ending, gsi1sk = :at")
+                .expression_attribute_values(":ending", s(ENDING_INDEX))
+                .expression_attribute_values(":at", n(at.unix_seconds())),
+            None => request.update_expression("REMOVE gsi1pk, gsi1sk"),
+        };
+        match request.send().await {
+            Ok(_) => Ok(true),
+            Err(err) if super::condition_failed(&err) => Ok(false),
+            Err(err) => Err(Error::aws("dynamodb", err)),
+        }
     }
 
     /// Access pattern: an account's entitlements (one Query of its listing, then

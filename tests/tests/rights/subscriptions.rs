@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use kami_shared::Context;
 use kami_shared::adapters::queue::NotifyMessage;
+use kami_shared::app::reminders::remind_due;
 use kami_shared::app::subscriptions::renew_due;
 use kami_shared::domain::notification::NotificationKind;
 use kami_shared::domain::time::{Timestamp, new_id};
@@ -42,17 +43,26 @@ struct Subscribed {
 }
 
 async fn subscribed(start_days: i64) -> Subscribed {
+    bought(
+        start_days,
+        json!({"type": "subscription", "period_days": 30, "renewal_notice_days": 3}),
+    )
+    .await
+}
+
+/// As `subscribed`, for a product delivering `delivery` (its entitlement name added).
+async fn bought(start_days: i64, mut delivery: Value) -> Subscribed {
     let clock = Arc::new(FakeClock::at(
         FakeClock::DEFAULT.plus_seconds(start_days * DAY),
     ));
     let notices = fresh_queue().await;
     let ctx = context_on_with(clock.clone(), &[("NOTIFY_QUEUE_URL", &notices)]).await;
     let sku = unique_sku("sub");
+    delivery["entitlement"] = json!(format!("vip-{}", new_id().to_ascii_lowercase()));
     create_product(
         &ctx,
         json!({"sku": sku, "title": "VIP", "price": {"amount": 3000, "currency": "CNY"},
-               "delivery": {"type": "subscription", "entitlement": format!("vip-{}", new_id().to_ascii_lowercase()),
-                            "period_days": 30, "renewal_notice_days": 3}}),
+               "delivery": delivery}),
     )
     .await;
     let key = new_id();
@@ -73,8 +83,10 @@ async fn subscribed(start_days: i64) -> Subscribed {
         "{view}"
     );
     let delivered = &view["deliveries"][0];
-    assert_eq!(delivered["type"], "subscription", "{view}");
-    assert_eq!(delivered["subscription_id"], order_id.as_str(), "{view}");
+    assert_eq!(delivered["type"], delivery["type"], "{view}");
+    if delivery["type"] == "subscription" {
+        assert_eq!(delivered["subscription_id"], order_id.as_str(), "{view}");
+    }
     assert!(view.get("renewal_order_id").is_none(), "{view}");
     Subscribed {
         clock,
@@ -103,6 +115,21 @@ impl Subscribed {
     async fn renewal_order_id(&self) -> Option<String> {
         let (_, view) = view_order(&self.ctx, &self.order_id, &self.token).await;
         view["renewal_order_id"].as_str().map(str::to_owned)
+    }
+
+    async fn remind_now(&self) {
+        remind_due(&self.ctx, self.clock.now())
+            .await
+            .expect("reminders");
+    }
+
+    /// The kinds of the notices queued about the first order.
+    async fn queued_kinds(&self) -> Vec<NotificationKind> {
+        self.send_notices_of(&self.order_id)
+            .await
+            .into_iter()
+            .map(|notice| notice.kind)
+            .collect()
     }
 
     async fn renew_now(&self) {
@@ -359,4 +386,80 @@ async fn subscription_products_are_checked() {
         let error = expect_error(answer, 400, "invalid_delivery");
         assert_eq!(error["error"]["path"], path, "{error}");
     }
+}
+
+#[tokio::test]
+async fn a_membership_is_reminded_once_before_it_ends() {
+    let _serial = SERIAL.lock().await;
+    let member = bought(4_000, json!({"type": "membership", "period_days": 30})).await;
+    let end = member.ends_at().await;
+    assert_eq!(
+        member.queued_kinds().await,
+        vec![NotificationKind::Delivery]
+    );
+
+    // Four days before the end: not yet (reminders come three days before).
+    member.clock.advance_seconds(26 * DAY);
+    member.remind_now().await;
+    assert!(member.queued_kinds().await.is_empty());
+
+    member.clock.advance_seconds(DAY + 60);
+    member.remind_now().await;
+    member.remind_now().await;
+    assert_eq!(
+        member.queued_kinds().await,
+        vec![NotificationKind::ExpiryReminder],
+        "one reminder, whatever the runs"
+    );
+    let outbox = outbox().await;
+    let reminders: Vec<_> = sent_to(&outbox, &member.email)
+        .into_iter()
+        .filter(|m| {
+            m["subject"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!("ends at {}", end.to_rfc3339()))
+        })
+        .collect();
+    assert_eq!(reminders.len(), 1, "{reminders:?}");
+    assert!(
+        reminders[0]["body"]
+            .as_str()
+            .unwrap()
+            .contains("Buy it again"),
+        "{reminders:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_renewing_subscription_gets_no_reminder_a_cancelled_one_does() {
+    let _serial = SERIAL.lock().await;
+    let renewing = subscribed(5_000).await;
+    let cancelled = subscribed(5_000).await;
+    assert_eq!(cancel(&cancelled, &cancelled.token).await.0, 200);
+    cancelled.queued_kinds().await;
+    // One run for both (their periods end together), queueing into `cancelled`'s queue.
+    cancelled.clock.advance_seconds(27 * DAY + 60);
+    cancelled.remind_now().await;
+    let url = cancelled.ctx.config.notify_queue_url.clone().unwrap();
+    let queued: Vec<NotifyMessage> = receive_all(&url)
+        .await
+        .iter()
+        .map(|m| serde_json::from_str(m.body.as_deref().unwrap()).unwrap())
+        .collect();
+    let about = |order_id: &str| -> Vec<NotificationKind> {
+        queued
+            .iter()
+            .filter(|notice| notice.order_id == order_id)
+            .map(|notice| notice.kind)
+            .collect()
+    };
+    assert_eq!(
+        about(&cancelled.order_id),
+        vec![NotificationKind::ExpiryReminder]
+    );
+    assert!(
+        about(&renewing.order_id).is_empty(),
+        "its renewal notice tells it instead: {queued:?}"
+    );
 }
