@@ -10,11 +10,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import uuid
+from datetime import datetime, timedelta
 from urllib.parse import parse_qs, urlsplit
 
 import requests
 from conftest import ADMIN, stripe_webhook, wait_for
-from kami_local import outbox
+from kami_local import clock, outbox
 
 
 def _product(platform, delivery: dict) -> tuple[str, dict]:
@@ -118,3 +119,58 @@ def test_a_delivered_order_is_told_by_email_in_the_outbox(platform):
     assert sent[0]["kind"] == "delivery" and sent[0]["order_id"] == order_id and sent[0]["language"] == "en", sent
     assert sent[0]["subject"] == f"Your order {order_id} is delivered", sent
     assert codes[0] in sent[0]["body"], sent
+
+
+def test_a_subscription_is_renewed_through_its_notice_a_month_later(platform):
+    """The sweep (its every-minute schedule, fired) makes the renewal order three days
+    before the end once the clock has moved; the notifier sends its notice with the
+    order's access token; paid then, the period continues from the old end."""
+    file = platform.log_dir / "clock"
+    sku, _ = _product(platform, {"type": "subscription", "entitlement": f"vip-{uuid.uuid4().hex[:6]}",
+                                 "period_days": 30, "renewal_notice_days": 3})
+    account = f"e2e-{uuid.uuid4().hex[:8]}"
+    email = f"e2e-{uuid.uuid4().hex[:10]}@example.com"
+    body = _delivered(platform, sku, {"email": email, "account_id": account, "language": "en"})
+    first = body["order_id"]
+    assert body["deliveries"][0]["subscription_id"] == first, body
+    merchant = _merchant_key(platform, ["entitlements:read"])
+
+    def ends_at() -> str:
+        listed = requests.get(f"{platform.api}/entitlements", params={"account_id": account}, headers=merchant,
+                              timeout=30).json()["entitlements"]
+        assert len(listed) == 1, listed
+        return listed[0]["ends_at"]
+
+    first_end = ends_at()
+    table = platform.resources["KamiTable"]
+    try:
+        clock.advance(clock.parse_duration("28d"), file)
+
+        def renewal_made():
+            r = requests.post(f"{platform.api}/_local/schedules/EveryMinute/fire", timeout=60)
+            assert r.status_code == 200, r.text
+            view = requests.get(f"{platform.api}/orders/{first}", timeout=30,
+                                headers={"Authorization": f"Bearer {body['access_token']}"}).json()
+            return view.get("renewal_order_id")
+
+        renewal = wait_for("the renewal order", renewal_made, timeout=60, interval=0.5)
+
+        def noticed():
+            return [m for m in outbox.read(platform.endpoint, table)
+                    if m["recipient"] == email and m["kind"] == "renewal_notice" and m["order_id"] == renewal]
+
+        notice = wait_for("the renewal notice", noticed, timeout=60, interval=0.5)[0]
+        token = next(line.removeprefix("Access token: ") for line in notice["body"].splitlines()
+                     if line.startswith("Access token: "))
+        order = {"order_id": renewal, "access_token": token}
+        assert platform.get_order(order)["status"] == "pending_payment"
+
+        r = stripe_webhook.send(platform.api, platform.paid_event(renewal), timestamp=clock.now(file))
+        assert r.status_code == 200, r.text
+        renewed = platform.wait_delivered(order, timeout=60)
+        assert renewed["deliveries"][0]["subscription_id"] == first, renewed
+        # Thirty days more from the old end: no gap, no overlap.
+        parse = lambda text: datetime.fromisoformat(text.replace("Z", "+00:00"))  # noqa: E731
+        assert parse(ends_at()) - parse(first_end) == timedelta(days=30)
+    finally:
+        clock.reset(file)
