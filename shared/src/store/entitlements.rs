@@ -317,29 +317,8 @@ impl Store {
     /// Access pattern: the entitlements ending by `by` whose reminder is not queued yet,
     /// soonest first (one Query of `gsi1` `ENDING`, keys only).
     pub async fn ending_entitlements(&self, by: Timestamp, limit: i32) -> Result<Vec<String>> {
-        let output = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .index_name("gsi1")
-            .key_condition_expression("gsi1pk = :ending AND gsi1sk <= :by")
-            .expression_attribute_values(":ending", s(ENDING_INDEX))
-            .expression_attribute_values(":by", n(by.unix_seconds()))
-            .limit(limit)
-            .send()
+        self.due_in_gsi1(ENDING_INDEX, by, limit, "ENTITLEMENT#")
             .await
-            .map_err(|e| Error::aws("dynamodb", e))?;
-        output
-            .items()
-            .iter()
-            .map(|found| {
-                get_s(found, "pk").and_then(|pk| {
-                    pk.strip_prefix("ENTITLEMENT#")
-                        .map(str::to_owned)
-                        .ok_or_else(|| Error::Corrupt(format!("{pk} in the ending queue")))
-                })
-            })
-            .collect()
     }
 
     /// Access pattern: an entitlement out of the ending queue (its reminder queued, or

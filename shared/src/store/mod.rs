@@ -244,6 +244,39 @@ impl Store {
         Ok(output.attributes.is_none_or(|old| old.is_empty()))
     }
 
+    /// The ids of `gsi1` partition `partition` due by `due_by` (gsi1sk ≤ its Unix
+    /// seconds), soonest first, at most `limit`: each item's `pk` without `pk_prefix`
+    /// (the index projects keys only).
+    async fn due_in_gsi1(
+        &self,
+        partition: &str,
+        due_by: crate::domain::time::Timestamp,
+        limit: i32,
+        pk_prefix: &str,
+    ) -> Result<Vec<String>> {
+        let output = self
+            .query()
+            .index_name(ORDER_INDEX)
+            .key_condition_expression("gsi1pk = :pk AND gsi1sk <= :due")
+            .expression_attribute_values(":pk", codec::s(partition))
+            .expression_attribute_values(":due", codec::n(due_by.unix_seconds()))
+            .limit(limit)
+            .send()
+            .await
+            .map_err(|e| Error::aws("dynamodb", e))?;
+        output
+            .items()
+            .iter()
+            .map(|found| {
+                codec::get_s(found, "pk").and_then(|pk| {
+                    pk.strip_prefix(pk_prefix)
+                        .map(str::to_owned)
+                        .ok_or_else(|| Error::Corrupt(format!("{pk} in gsi1 {partition}")))
+                })
+            })
+            .collect()
+    }
+
     /// Every item of the partition `pk` (every page), read as `T`.
     async fn partition_as<T: FromItem>(&self, pk: &str) -> Result<Vec<T>> {
         let query = self

@@ -116,33 +116,8 @@ impl Store {
     /// Access pattern: the subscriptions whose renewal order (or its notice) is due by
     /// `now`, oldest first (one Query of `gsi1` `RENEWALS`, keys only).
     pub async fn due_renewals(&self, now: Timestamp, limit: i32) -> Result<Vec<String>> {
-        let output = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .index_name("gsi1")
-            .key_condition_expression("gsi1pk = :queue AND gsi1sk <= :due")
-            .set_expression_attribute_values(Some(
-                renewal_index(now)
-                    .into_iter()
-                    .map(|(name, value)| (name.to_owned(), value))
-                    .collect(),
-            ))
-            .limit(limit)
-            .send()
+        self.due_in_gsi1(RENEWALS_INDEX, now, limit, "SUBSCRIPTION#")
             .await
-            .map_err(|e| Error::aws("dynamodb", e))?;
-        output
-            .items()
-            .iter()
-            .map(|found| {
-                get_s(found, "pk").and_then(|pk| {
-                    pk.strip_prefix("SUBSCRIPTION#")
-                        .map(str::to_owned)
-                        .ok_or_else(|| Error::Corrupt(format!("{pk} in the renewal queue")))
-                })
-            })
-            .collect()
     }
 
     /// Access pattern: a renewal order made for `record`'s next period — the order (in
