@@ -32,7 +32,8 @@ def _delivered(platform, sku: str, buyer: dict | None = None) -> dict:
     assert r.status_code == 201, r.text
     order = r.json()
     assert 200 <= stripe_webhook.send(platform.api, platform.paid_event(order["order_id"])).status_code < 300
-    return platform.wait_delivered(order, timeout=60)
+    # The view, with the token that opened it.
+    return {**platform.wait_delivered(order, timeout=60), "access_token": order["access_token"]}
 
 
 def _merchant_key(platform, scopes: list[str]) -> dict:
