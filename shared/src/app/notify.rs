@@ -92,15 +92,21 @@ pub async fn notify(ctx: &Context, message: &NotifyMessage) -> Result<Vec<(Chann
         );
         return Ok(Vec::new());
     }
-    // A reminder about a period extended, ended or taken back since is not sent.
-    if message.kind == NotificationKind::ExpiryReminder
-        && !granted_entitlement(ctx, &view)
-            .await?
-            .is_some_and(|record| reminders::still_due(&record, order_id, ctx.clock.now()))
-    {
-        tracing::info!(order_id, "the reminder is stale: not sent");
-        return Ok(Vec::new());
-    }
+    // A reminder about a period extended, ended or taken back since is not sent; one
+    // still due is rendered from the entitlement read here.
+    let reminded = if message.kind == NotificationKind::ExpiryReminder {
+        match granted_entitlement(ctx, &view).await? {
+            Some(record) if reminders::still_due(&record, order_id, ctx.clock.now()) => {
+                Some(record)
+            }
+            _ => {
+                tracing::info!(order_id, "the reminder is stale: not sent");
+                return Ok(Vec::new());
+            }
+        }
+    } else {
+        None
+    };
     let order = &view.order;
     let mut recipients = vec![(Channel::Email, order.buyer_email.as_str())];
     if let Some(phone) = &order.contact.phone {
@@ -116,7 +122,7 @@ pub async fn notify(ctx: &Context, message: &NotifyMessage) -> Result<Vec<(Chann
             recipient,
             language: order.contact.language,
         };
-        match tell(ctx, &view, &claim).await {
+        match tell(ctx, &view, reminded.as_ref(), &claim).await {
             Ok(outcome) => told.push((channel, outcome)),
             Err(err) => failure = Some(err),
         }
@@ -127,8 +133,13 @@ pub async fn notify(ctx: &Context, message: &NotifyMessage) -> Result<Vec<(Chann
     }
 }
 
-/// One channel: claim, render, send, mark.
-async fn tell(ctx: &Context, view: &OrderView, claim: &NotificationClaim<'_>) -> Result<Told> {
+/// One channel: claim, render, send, mark. `reminded`: an expiry reminder's entitlement.
+async fn tell(
+    ctx: &Context,
+    view: &OrderView,
+    reminded: Option<&EntitlementRecord>,
+    claim: &NotificationClaim<'_>,
+) -> Result<Told> {
     let Some(notifier) = ctx.notifier(claim.channel) else {
         tracing::warn!(
             channel = claim.channel.as_str(),
@@ -156,7 +167,7 @@ async fn tell(ctx: &Context, view: &OrderView, claim: &NotificationClaim<'_>) ->
     {
         return Ok(Told::AlreadyTold);
     }
-    let sent = match message_for(ctx, view, claim).await {
+    let sent = match message_for(ctx, view, reminded, claim).await {
         Ok(message) => notifier.send(&message).await,
         Err(err) => Err(err),
     };
@@ -184,6 +195,7 @@ async fn tell(ctx: &Context, view: &OrderView, claim: &NotificationClaim<'_>) ->
 async fn message_for(
     ctx: &Context,
     view: &OrderView,
+    reminded: Option<&EntitlementRecord>,
     claim: &NotificationClaim<'_>,
 ) -> Result<Message> {
     let order = &view.order;
@@ -218,8 +230,7 @@ async fn message_for(
             )
         }
         NotificationKind::ExpiryReminder => {
-            let record = granted_entitlement(ctx, view)
-                .await?
+            let record = reminded
                 .ok_or_else(|| Error::Corrupt("a reminder without its entitlement".into()))?;
             render_expiry_reminder(
                 &ReminderFacts {

@@ -96,6 +96,14 @@ impl Channel {
         }
     }
 
+    /// What separates lines of a message: an SMS is one line.
+    pub fn line_break(self) -> &'static str {
+        match self {
+            Channel::Email => "\n",
+            Channel::Sms => " ",
+        }
+    }
+
     pub fn parse(name: &str) -> Result<Self> {
         match name {
             "email" => Ok(Channel::Email),
@@ -144,7 +152,8 @@ pub fn render_delivery(facts: &DeliveryFacts, language: Language, channel: Chann
         goods,
         order_url,
     } = *facts;
-    let goods_text = goods.join("\n");
+    let line_break = channel.line_break();
+    let goods_text = goods.join(line_break);
     let (subject, intro, goods_heading, see_order) = match language {
         Language::ZhCn => (
             format!("您的订单 {order_id} 已发货"),
@@ -165,7 +174,7 @@ pub fn render_delivery(facts: &DeliveryFacts, language: Language, channel: Chann
     };
     if !goods.is_empty() {
         body.push_str(goods_heading);
-        body.push_str(if channel == Channel::Email { "\n" } else { " " });
+        body.push_str(line_break);
         body.push_str(&goods_text);
         body.push_str(if channel == Channel::Email {
             "\n\n"
@@ -175,7 +184,7 @@ pub fn render_delivery(facts: &DeliveryFacts, language: Language, channel: Chann
     }
     if let Some(url) = order_url {
         body.push_str(see_order);
-        body.push_str(if channel == Channel::Email { "\n" } else { " " });
+        body.push_str(line_break);
         body.push_str(url);
         if channel == Channel::Email {
             body.push('\n');
@@ -227,10 +236,9 @@ pub fn render_expiry_reminder(
     if let Some(url) = order_url {
         lines.push(url.to_owned());
     }
-    let separator = if channel == Channel::Email { "\n" } else { " " };
     Rendered {
         subject,
-        body: lines.join(separator),
+        body: lines.join(channel.line_break()),
     }
 }
 
@@ -287,10 +295,9 @@ pub fn render_renewal_notice(
             ],
         ),
     };
-    let separator = if channel == Channel::Email { "\n" } else { " " };
     Rendered {
         subject,
-        body: lines.join(separator),
+        body: lines.join(channel.line_break()),
     }
 }
 
@@ -417,6 +424,14 @@ mod tests {
         let zh = render_expiry_reminder(&facts, Language::ZhCn, Channel::Sms);
         assert_eq!(zh.subject, "「VIP」将于 2026-12-31T00:00:00Z 到期");
         assert!(!zh.body.contains('\n'));
+    }
+
+    #[test]
+    fn an_sms_with_several_goods_is_one_line() {
+        let goods = vec!["KEY-ONE".to_owned(), "KEY-TWO".to_owned()];
+        let sms = render_delivery(&facts(&goods), Language::En, Channel::Sms);
+        assert!(sms.body.contains("KEY-ONE KEY-TWO"), "{}", sms.body);
+        assert!(!sms.body.contains('\n'), "{}", sms.body);
     }
 
     #[test]
