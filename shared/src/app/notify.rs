@@ -114,6 +114,7 @@ pub async fn notify(ctx: &Context, message: &NotifyMessage) -> Result<Vec<(Chann
     }
     let mut told = Vec::new();
     let mut failure = None;
+    let mut contents = None;
     for (channel, recipient) in recipients {
         let claim = NotificationClaim {
             order_id,
@@ -122,7 +123,7 @@ pub async fn notify(ctx: &Context, message: &NotifyMessage) -> Result<Vec<(Chann
             recipient,
             language: order.contact.language,
         };
-        match tell(ctx, &view, reminded.as_ref(), &claim).await {
+        match tell(ctx, &view, reminded.as_ref(), &mut contents, &claim).await {
             Ok(outcome) => told.push((channel, outcome)),
             Err(err) => failure = Some(err),
         }
@@ -138,6 +139,7 @@ async fn tell(
     ctx: &Context,
     view: &OrderView,
     reminded: Option<&EntitlementRecord>,
+    contents: &mut Option<Contents>,
     claim: &NotificationClaim<'_>,
 ) -> Result<Told> {
     let Some(notifier) = ctx.notifier(claim.channel) else {
@@ -167,7 +169,7 @@ async fn tell(
     {
         return Ok(Told::AlreadyTold);
     }
-    let sent = match message_for(ctx, view, reminded, claim).await {
+    let sent = match message_for(ctx, view, reminded, contents, claim).await {
         Ok(message) => notifier.send(&message).await,
         Err(err) => Err(err),
     };
@@ -192,49 +194,69 @@ async fn tell(
     }
 }
 
+/// What a message about one order says whatever its channel: read (and the goods
+/// opened) by the first channel that sends, once.
+struct Contents {
+    title: String,
+    /// A delivery's goods, for a product that allows them in its notices.
+    goods: Vec<String>,
+}
+
+impl Contents {
+    async fn read(ctx: &Context, view: &OrderView, kind: NotificationKind) -> Result<Self> {
+        let product = super::catalog::find_product(ctx, &view.order.sku, false).await?;
+        let goods = if kind == NotificationKind::Delivery && product.goods_in_notifications {
+            ByType
+                .show(ctx, &view.order, &view.deliveries)
+                .await?
+                .iter()
+                .filter_map(goods_line)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok(Contents {
+            title: product.title,
+            goods,
+        })
+    }
+}
+
 async fn message_for(
     ctx: &Context,
     view: &OrderView,
     reminded: Option<&EntitlementRecord>,
+    contents: &mut Option<Contents>,
     claim: &NotificationClaim<'_>,
 ) -> Result<Message> {
     let order = &view.order;
-    let product = super::catalog::find_product(ctx, &order.sku, false).await?;
+    let contents = match contents {
+        Some(contents) => contents,
+        None => contents.insert(Contents::read(ctx, view, claim.kind).await?),
+    };
     let order_url = ctx
         .config
         .public_api_url
         .as_ref()
         .map(|api| format!("{api}/orders/{}", order.order_id));
     let rendered = match claim.kind {
-        NotificationKind::Delivery => {
-            let goods: Vec<String> = if product.goods_in_notifications {
-                ByType
-                    .show(ctx, order, &view.deliveries)
-                    .await?
-                    .iter()
-                    .filter_map(goods_line)
-                    .collect()
-            } else {
-                Vec::new()
-            };
-            render_delivery(
-                &DeliveryFacts {
-                    order_id: &order.order_id,
-                    title: &product.title,
-                    quantity: order.quantity,
-                    goods: &goods,
-                    order_url: order_url.as_deref(),
-                },
-                claim.language,
-                claim.channel,
-            )
-        }
+        NotificationKind::Delivery => render_delivery(
+            &DeliveryFacts {
+                order_id: &order.order_id,
+                title: &contents.title,
+                quantity: order.quantity,
+                goods: &contents.goods,
+                order_url: order_url.as_deref(),
+            },
+            claim.language,
+            claim.channel,
+        ),
         NotificationKind::ExpiryReminder => {
             let record = reminded
                 .ok_or_else(|| Error::Corrupt("a reminder without its entitlement".into()))?;
             render_expiry_reminder(
                 &ReminderFacts {
-                    title: &product.title,
+                    title: &contents.title,
                     entitlement: &record.name,
                     ends_at: &record
                         .ends_at
@@ -253,7 +275,7 @@ async fn message_for(
             render_renewal_notice(
                 &RenewalFacts {
                     order_id: &order.order_id,
-                    title: &product.title,
+                    title: &contents.title,
                     amount: &order.amount.for_people(),
                     period_end: &order.expires_at.to_rfc3339(),
                     access_token: &token,
