@@ -45,6 +45,7 @@ async fn stocked_product(store: &Store, units: usize, shard: u32) -> (String, Ve
             license: None,
             grant: None,
             link: None,
+            bundle: None,
             link_secret: None,
             goods_in_notifications: false,
             created_at: Timestamp::now().to_rfc3339(),

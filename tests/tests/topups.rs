@@ -1237,3 +1237,324 @@ async fn suppliers_are_owed_their_successful_top_ups_at_cost_once() {
         (404, &json!("supplier_not_found"))
     );
 }
+
+// ---------- bundles (docs/bundles.md): a top-up as one part among others ----------
+
+/// Products of every kind the bundle tests put together, sold alongside `w.sku` (the
+/// top-up): (card-key sku with `keys` keys, license sku, membership sku).
+async fn bundle_parts(w: &World, keys: usize) -> (String, String, String) {
+    let card = product_with_keys(&w.ctx, "bundle-card", 1000, 10, &make_keys("bk", keys)).await;
+    let license = unique_sku("bundle-lic");
+    create_product(
+        &w.ctx,
+        json!({"sku": license, "title": "Editor Pro", "price": {"amount": 3000, "currency": "CNY"},
+               "delivery": {"type": "license_key", "activation_limit": 2}}),
+    )
+    .await;
+    let membership = unique_sku("bundle-vip");
+    create_product(
+        &w.ctx,
+        json!({"sku": membership, "title": "VIP month", "price": {"amount": 2000, "currency": "CNY"},
+               "delivery": {"type": "membership", "entitlement": unique_sku("vip"), "period_days": 30}}),
+    )
+    .await;
+    (card, license, membership)
+}
+
+/// A bundle of `items` (sku, quantity) with `policy`, priced 9900.
+async fn bundle(w: &World, items: &[(&str, u32)], policy: &str) -> String {
+    let sku = unique_sku("bundle");
+    let items: Vec<Value> = items
+        .iter()
+        .map(|(sku, quantity)| json!({"sku": sku, "quantity": quantity}))
+        .collect();
+    create_product(
+        &w.ctx,
+        json!({"sku": sku, "title": "Gift pack", "price": {"amount": 9900, "currency": "CNY"},
+               "delivery": {"type": "bundle", "items": items, "on_partial_failure": policy}}),
+    )
+    .await;
+    sku
+}
+
+/// A paid order of one `sku` bundle for `ACCOUNT` and account `account`: (id, token).
+async fn paid_bundle(w: &World, sku: &str, account: &str) -> (String, String) {
+    let mut body = top_up_body(sku);
+    body["buyer"]["account_id"] = json!(account);
+    let (status, created) = place(&w.ctx, &body).await;
+    assert_eq!(status, 201, "{created}");
+    let order_id = created["order_id"].as_str().expect("id").to_owned();
+    let (status, paid) = pay(&w.ctx, &format!("evt_{order_id}"), &order_id, 9900, "CNY").await;
+    assert_eq!(status, 200, "{paid}");
+    (
+        order_id,
+        created["access_token"].as_str().expect("token").to_owned(),
+    )
+}
+
+fn stock_of(product: &Value) -> (i64, i64, i64) {
+    let stock = &product["stock"];
+    (
+        stock["available"].as_i64().expect("available"),
+        stock["reserved"].as_i64().expect("reserved"),
+        stock["sold"].as_i64().expect("sold"),
+    )
+}
+
+#[tokio::test]
+async fn a_bundle_whose_top_up_fails_keeps_the_rest_with_keep() {
+    let w = world(&[("a", json!({}))]).await;
+    w.fake(0).answer_with(TopUpOutcome::Failed {
+        reason: "account frozen".into(),
+    });
+    let (card, license, _) = bundle_parts(&w, 3).await;
+    let sku = bundle(&w, &[(&card, 1), (&w.sku, 1), (&license, 1)], "keep").await;
+    let (order_id, token) = paid_bundle(&w, &sku, "acct-keep").await;
+
+    assert_eq!(
+        w.deliver(&order_id).await,
+        DeliveryOutcome::PartiallyDelivered("no_supplier_succeeded")
+    );
+    let (status, view) = view_order(&w.ctx, &order_id, &token).await;
+    assert_eq!(status, 200);
+    assert_eq!(view["status"], "partially_delivered", "{view}");
+    assert_eq!(view["failed_part"], w.sku.as_str());
+    assert_eq!(view["exception"], "no_supplier_succeeded");
+    let parts: Vec<(&str, &str)> = view["deliveries"]
+        .as_array()
+        .expect("deliveries")
+        .iter()
+        .map(|d| (d["part"].as_str().unwrap(), d["type"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        parts,
+        [
+            (card.as_str(), "card_key"),
+            (license.as_str(), "license_key")
+        ]
+    );
+    // The card key part sold its unit at once; nothing stays reserved.
+    let (_, card_view) = admin_product(&w.ctx, &card).await;
+    assert_eq!(stock_of(&card_view), (2, 0, 1));
+    // The operator finds it in the exception queue, by its cause.
+    let (status, queue) = operations_get(
+        &w.ctx,
+        "/admin/exceptions?cause=partially_delivered&order=newest&limit=100",
+    )
+    .await;
+    assert_eq!(status, 200, "{queue}");
+    assert!(
+        queue["exceptions"]
+            .as_array()
+            .is_some_and(|all| all.iter().any(|e| e["order_id"] == order_id.as_str())),
+        "{queue}"
+    );
+    // Duplicate messages change nothing; one supplier request was ever sent.
+    assert_eq!(
+        w.deliver(&order_id).await,
+        DeliveryOutcome::Skipped(Some(
+            kami_shared::domain::order::OrderStatus::PartiallyDelivered
+        ))
+    );
+    assert_eq!(w.fake(0).top_ups().len(), 1);
+    // Resolving it settles nothing twice: the stock stays as it is.
+    let (status, body) = resolve(&w.ctx, &order_id, "top-up made by hand, ticket 12").await;
+    assert_eq!(status, 200, "{body}");
+    let (_, card_view) = admin_product(&w.ctx, &card).await;
+    assert_eq!(stock_of(&card_view), (2, 0, 1));
+}
+
+#[tokio::test]
+async fn a_bundle_whose_top_up_fails_takes_back_what_it_gave_with_reverse() {
+    let w = world(&[("a", json!({}))]).await;
+    w.fake(0).answer_with(TopUpOutcome::Failed {
+        reason: "account frozen".into(),
+    });
+    let (card, license, membership) = bundle_parts(&w, 3).await;
+    // Listed first, the card key is still delivered last: never handed out here.
+    let sku = bundle(
+        &w,
+        &[(&card, 1), (&license, 1), (&membership, 1), (&w.sku, 1)],
+        "reverse",
+    )
+    .await;
+    let (order_id, token) = paid_bundle(&w, &sku, "acct-reverse").await;
+
+    assert_eq!(
+        w.deliver(&order_id).await,
+        DeliveryOutcome::Failed("no_supplier_succeeded")
+    );
+    let (_, view) = view_order(&w.ctx, &order_id, &token).await;
+    assert_eq!(view["status"], "delivery_failed", "{view}");
+    assert_eq!(view["failed_part"], w.sku.as_str());
+    assert_eq!(view["deliveries"], json!([]));
+    let stored = stored_order(&w.ctx, &order_id).await;
+    let license_slot = stored
+        .deliveries
+        .iter()
+        .find_map(|record| record.license())
+        .expect("the license part was delivered before the top-up");
+    let grant = stored
+        .deliveries
+        .iter()
+        .find_map(|record| record.grant())
+        .expect("the membership part was delivered before the top-up");
+    assert!(stored.deliveries.iter().all(|r| r.card_key().is_none()));
+    // Taken back: the key is voided, the membership loses the order's period.
+    let state = w
+        .ctx
+        .store
+        .license(&license_slot.fingerprint)
+        .await
+        .expect("read")
+        .expect("license");
+    assert_eq!(
+        state.license.status,
+        kami_shared::domain::license::LicenseStatus::Voided
+    );
+    let entitlement = w
+        .ctx
+        .store
+        .entitlement(&grant.entitlement_id)
+        .await
+        .expect("read")
+        .expect("entitlement");
+    assert!(
+        entitlement.revoked_at.is_some()
+            || entitlement.ends_at.is_some_and(|end| end <= w.clock.now()),
+        "{entitlement:?}"
+    );
+    // A duplicate message neither sends again nor delivers the card key.
+    enqueue_again(&w.ctx, &order_id, 2).await;
+    drain_delivery_queue(&w.ctx).await;
+    assert_eq!(w.status(&order_id).await, "delivery_failed");
+    assert_eq!(w.fake(0).top_ups().len(), 1);
+    assert!(
+        stored_order(&w.ctx, &order_id)
+            .await
+            .deliveries
+            .iter()
+            .all(|r| r.card_key().is_none())
+    );
+    // The card key's unit is held until an operator settles the order, then goes back.
+    let (_, card_view) = admin_product(&w.ctx, &card).await;
+    assert_eq!(stock_of(&card_view), (2, 1, 0));
+    let (status, body) = resolve(&w.ctx, &order_id, "refunded by bank transfer").await;
+    assert_eq!(status, 200, "{body}");
+    let (_, card_view) = admin_product(&w.ctx, &card).await;
+    assert_eq!(stock_of(&card_view), (3, 0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bundle_has_what_its_parts_allow_and_is_never_oversold() {
+    let w = world(&[("a", json!({}))]).await;
+    let budget = w.budget_product("bundle-budget", 4).await;
+    // Two keys per bundle of 5 keys, one budgeted top-up of 4: two bundles at most.
+    let (card, _, _) = bundle_parts(&w, 5).await;
+    let sku = bundle(&w, &[(&card, 2), (&budget, 1)], "keep").await;
+    let (status, product) =
+        checkout(&w.ctx, request("GET", &format!("/products/{sku}"), &[], "")).await;
+    assert_eq!(status, 200, "{product}");
+    assert_eq!(product["stock"]["available"], 2);
+    assert_eq!(product["delivery"]["type"], "bundle");
+
+    let answers: Vec<(u16, Value)> = {
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let ctx = w.ctx.clone();
+                let body = top_up_body(&sku);
+                tokio::spawn(async move { place(&ctx, &body).await })
+            })
+            .collect();
+        let mut answers = Vec::new();
+        for task in tasks {
+            answers.push(task.await.expect("task"));
+        }
+        answers
+    };
+    let made: Vec<&Value> = answers
+        .iter()
+        .filter(|(s, _)| *s == 201)
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(made.len(), 2, "{answers:?}");
+    assert!(
+        answers
+            .iter()
+            .filter(|(s, _)| *s != 201)
+            .all(|(s, v)| *s == 409 && v["error"]["code"] == "out_of_stock"),
+        "{answers:?}"
+    );
+    let (_, card_view) = admin_product(&w.ctx, &card).await;
+    assert_eq!(stock_of(&card_view), (1, 4, 0));
+
+    // One is paid and delivered whole: two keys and the top-up, each naming its part.
+    let order_id = made[0]["order_id"].as_str().expect("id").to_owned();
+    let token = made[0]["access_token"].as_str().expect("token").to_owned();
+    let (status, _) = pay(&w.ctx, &format!("evt_{order_id}"), &order_id, 9900, "CNY").await;
+    assert_eq!(status, 200);
+    assert_eq!(w.deliver(&order_id).await, DeliveryOutcome::Delivered);
+    let (_, view) = view_order(&w.ctx, &order_id, &token).await;
+    assert_eq!(view["status"], "delivered", "{view}");
+    let parts: Vec<(&str, &str)> = view["deliveries"]
+        .as_array()
+        .expect("deliveries")
+        .iter()
+        .map(|d| (d["part"].as_str().unwrap(), d["type"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        parts,
+        [
+            (card.as_str(), "card_key"),
+            (card.as_str(), "card_key"),
+            (budget.as_str(), "direct_topup")
+        ]
+    );
+    let (_, card_view) = admin_product(&w.ctx, &card).await;
+    assert_eq!(stock_of(&card_view), (1, 2, 2));
+    let (_, budget_view) = admin_product(&w.ctx, &budget).await;
+    assert_eq!(stock_of(&budget_view), (2, 1, 1));
+}
+
+#[tokio::test]
+async fn a_bundle_refuses_parts_it_cannot_hold() {
+    let w = world(&[("a", json!({}))]).await;
+    let (card, _, _) = bundle_parts(&w, 0).await;
+    let inner = bundle(&w, &[(&card, 1)], "keep").await;
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    for (items, path) in [
+        (
+            json!([{"sku": inner, "quantity": 1}]),
+            "delivery.items[0].sku",
+        ),
+        (
+            json!([{"sku": "no-such-product", "quantity": 1}]),
+            "delivery.items[0].sku",
+        ),
+        (
+            json!([{"sku": card, "quantity": 1}, {"sku": card, "quantity": 2}]),
+            "delivery.items[1].sku",
+        ),
+        (
+            json!([{"sku": card, "quantity": 11}]),
+            "delivery.items[0].quantity",
+        ),
+        (json!([]), "delivery.items"),
+    ] {
+        let (status, answer) = admin(
+            &w.ctx,
+            request(
+                "POST",
+                "/admin/products",
+                &[("authorization", &auth)],
+                json!({"sku": unique_sku("bad-bundle"), "title": "Bad", "price": {"amount": 100, "currency": "CNY"},
+                       "delivery": {"type": "bundle", "items": items, "on_partial_failure": "keep"}})
+                    .to_string(),
+            ),
+        )
+        .await;
+        assert_eq!(status, 400, "{answer}");
+        assert_eq!(answer["error"]["code"], "invalid_delivery", "{answer}");
+        assert_eq!(answer["error"]["path"], path, "{answer}");
+    }
+}

@@ -6,6 +6,7 @@ use utoipa::ToSchema;
 use super::audit::{Actor, snapshot};
 use super::sealed;
 use crate::config::Context;
+use crate::domain::bundle::{BundleSpec, bundle_available};
 use crate::domain::card_key::CardKeyRules;
 use crate::domain::entitlement::GrantSpec;
 use crate::domain::license::LicenseSpec;
@@ -25,6 +26,15 @@ pub async fn create_product(
     request: NewProductRequest,
 ) -> Result<AdminProductView> {
     let mut product = request.into_product(ctx.clock.now().to_rfc3339())?;
+    if let Some(bundle) = &product.bundle {
+        let mut parts = Vec::with_capacity(bundle.items.len());
+        for item in &bundle.items {
+            parts.push(ctx.store.get_product(&item.sku, true).await?);
+        }
+        bundle.check_parts(&parts, |field, message| {
+            Error::invalid_field("invalid_delivery", &format!("delivery.{field}"), message)
+        })?;
+    }
     // A link product's signing secret: made here, sealed, shown in this answer only.
     let link_secret = match &product.link {
         Some(_) => {
@@ -45,7 +55,8 @@ pub async fn create_product(
     };
     ctx.store.create_product(&product).await?;
     tracing::info!(sku = %product.sku, "product created");
-    let view = AdminProductView::of(ctx, &product, &Stock::default());
+    let counted = product.counts_stock();
+    let view = AdminProductView::of(ctx, &product, (Stock::default(), counted));
     let entry = actor.entry(
         ctx,
         "product.create",
@@ -77,15 +88,38 @@ pub async fn find_product(ctx: &Context, sku: &str, consistent: bool) -> Result<
 /// `GET /products/{sku}`: what a buyer sees, with the units still available.
 pub async fn public_product(ctx: &Context, sku: &str) -> Result<ProductView> {
     let product = find_product(ctx, sku, false).await?;
-    let stock = ctx.store.stock(sku, false).await?;
-    Ok(ProductView::of(&product, &stock))
+    let stock = stock_of(ctx, &product, false).await?;
+    Ok(ProductView::of(&product, stock))
 }
 
 /// `GET /admin/products/{sku}`: with available, reserved and sold, read consistently.
 pub async fn admin_product(ctx: &Context, sku: &str) -> Result<AdminProductView> {
     let product = find_product(ctx, sku, true).await?;
-    let stock = ctx.store.stock(sku, true).await?;
-    Ok(AdminProductView::of(ctx, &product, &stock))
+    let stock = stock_of(ctx, &product, true).await?;
+    Ok(AdminProductView::of(ctx, &product, stock))
+}
+
+/// A product's stock, and whether it is counted: its counters', or for a bundle what
+/// its parts allow (`available` only: the parts keep their own reserved and sold).
+async fn stock_of(ctx: &Context, product: &Product, consistent: bool) -> Result<(Stock, bool)> {
+    let Some(bundle) = &product.bundle else {
+        let stock = ctx.store.stock(&product.sku, consistent).await?;
+        return Ok((stock, product.counts_stock()));
+    };
+    let mut counted = Vec::new();
+    for item in &bundle.items {
+        let part = find_product(ctx, &item.sku, consistent).await?;
+        if part.counts_stock() {
+            let stock = ctx.store.stock(&item.sku, consistent).await?;
+            counted.push((stock.available, item.quantity));
+        }
+    }
+    let available = bundle_available(&counted);
+    let stock = Stock {
+        available: available.unwrap_or(0),
+        ..Stock::default()
+    };
+    Ok((stock, available.is_some()))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -117,7 +151,7 @@ pub struct ProductView {
 }
 
 impl ProductView {
-    fn of(product: &Product, stock: &Stock) -> Self {
+    fn of(product: &Product, (stock, counted): (Stock, bool)) -> Self {
         ProductView {
             sku: product.sku.clone(),
             title: product.title.clone(),
@@ -128,7 +162,7 @@ impl ProductView {
             },
             max_per_order: product.max_per_order,
             stock: PublicStock {
-                available: product.counts_stock().then(|| stock.available.max(0)),
+                available: counted.then(|| stock.available.max(0)),
             },
         }
     }
@@ -162,6 +196,9 @@ pub struct AdminProductView {
     /// `link`: where its links lead, for how long and how often.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub link: Option<LinkSpec>,
+    /// `bundle`: its parts and what a part's failure for good does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<BundleSpec>,
     /// `link`: the secret its links' assertions are signed with (64 hex characters, the
     /// HMAC key as this text), in the answer to the product's creation only.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -172,8 +209,8 @@ pub struct AdminProductView {
 }
 
 impl AdminProductView {
-    fn of(ctx: &Context, product: &Product, stock: &Stock) -> Self {
-        let public = ProductView::of(product, stock);
+    fn of(ctx: &Context, product: &Product, stock: (Stock, bool)) -> Self {
+        let public = ProductView::of(product, stock.clone());
         AdminProductView {
             sku: public.sku,
             title: public.title,
@@ -183,11 +220,12 @@ impl AdminProductView {
             card_keys: product.card_keys,
             pending_limits: product.pending_limits,
             reservation_seconds: product.reservation_seconds(ctx.config.order_ttl_seconds),
-            stock: stock.clone(),
+            stock: stock.0,
             top_up: product.top_up.clone(),
             license: product.license,
             grant: product.grant.clone(),
             link: product.link.clone(),
+            bundle: product.bundle.clone(),
             link_secret: None,
             goods_in_notifications: product.goods_in_notifications,
             created_at: product.created_at.clone(),

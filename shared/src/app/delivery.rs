@@ -92,6 +92,9 @@ pub enum DeliveryOutcome {
     Pending,
     /// The fulfiller reported a definite failure: the order is `delivery_failed`.
     Failed(&'static str),
+    /// A bundle's part failed for good and the others were delivered: the order is
+    /// `partially_delivered`.
+    PartiallyDelivered(&'static str),
     /// The order is not (or no longer) waiting for delivery; nothing to do.
     Skipped(Option<OrderStatus>),
 }
@@ -141,14 +144,44 @@ pub trait DeliveryOrders: Sync {
         order: &OrderRecord,
         now: Timestamp,
     ) -> impl Future<Output = Result<bool>> + Send;
-    /// `→ delivery_failed` with `reason` as its exception, at `now`; false if its status
-    /// changed.
+    /// `→ delivery_failed` (or, for a bundle that keeps what it delivered,
+    /// `partially_delivered`) as `failure` says, at `now`; false if its status changed.
     fn fail(
         &self,
         order: &OrderRecord,
-        reason: &'static str,
+        failure: &Failure,
         now: Timestamp,
     ) -> impl Future<Output = Result<bool>> + Send;
+}
+
+/// A definite failure, as the order records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// The order's delivery cannot succeed: `reason` is its exception.
+    Whole(&'static str),
+    /// A bundle's part `sku` cannot: with `keep` the others were delivered.
+    Part {
+        sku: String,
+        reason: &'static str,
+        keep: bool,
+    },
+}
+
+impl Failure {
+    fn reason(&self) -> &'static str {
+        match self {
+            Failure::Whole(reason) | Failure::Part { reason, .. } => reason,
+        }
+    }
+
+    fn outcome(&self) -> DeliveryOutcome {
+        match self {
+            Failure::Part {
+                reason, keep: true, ..
+            } => DeliveryOutcome::PartiallyDelivered(reason),
+            other => DeliveryOutcome::Failed(other.reason()),
+        }
+    }
 }
 
 /// Each method is the store's own future, not wrapped in another.
@@ -178,13 +211,13 @@ impl DeliveryOrders for Store {
         self.give_up_delivery(order, now)
     }
 
-    fn fail(
-        &self,
-        order: &OrderRecord,
-        reason: &'static str,
-        now: Timestamp,
-    ) -> impl Future<Output = Result<bool>> + Send {
-        self.fail_delivery(order, reason, now)
+    async fn fail(&self, order: &OrderRecord, failure: &Failure, now: Timestamp) -> Result<bool> {
+        match failure {
+            Failure::Whole(reason) => self.fail_delivery(order, reason, now).await,
+            Failure::Part { sku, reason, keep } => {
+                self.fail_part(order, (sku, reason), *keep, now).await
+            }
+        }
     }
 }
 
@@ -229,7 +262,10 @@ impl<O: DeliveryOrders, F: Fulfiller + Sync> Worker<'_, O, F> {
             // Another worker finished (or an operator moved the order) meanwhile.
             Fulfilment::NotPayable => self.settled_outcome(order_id).await,
             Fulfilment::Pending => Ok(DeliveryOutcome::Pending),
-            Fulfilment::Failed { reason } => self.fail(&order, reason).await,
+            Fulfilment::Failed { reason } => self.fail(&order, Failure::Whole(reason)).await,
+            Fulfilment::PartFailed { sku, reason, keep } => {
+                self.fail(&order, Failure::Part { sku, reason, keep }).await
+            }
         }
     }
 
@@ -262,19 +298,19 @@ impl<O: DeliveryOrders, F: Fulfiller + Sync> Worker<'_, O, F> {
 
     /// A definite failure: the order shows `delivery_failed` and why, at once; only an
     /// operator's redelivery sends it round again.
-    async fn fail(&self, order: &OrderRecord, reason: &'static str) -> Result<DeliveryOutcome> {
+    async fn fail(&self, order: &OrderRecord, failure: Failure) -> Result<DeliveryOutcome> {
         let now = self.ctx.clock.now();
-        let mut failed = self.orders.fail(order, reason, now).await?;
+        let mut failed = self.orders.fail(order, &failure, now).await?;
         if !failed && let Some(moved) = self.moved_on_the_way(order).await? {
-            failed = self.orders.fail(&moved, reason, now).await?;
+            failed = self.orders.fail(&moved, &failure, now).await?;
         }
         if failed {
             tracing::error!(
                 order_id = %order.order_id,
-                reason,
-                "delivery failed for good; order marked delivery_failed"
+                ?failure,
+                "delivery failed for good; order needs a person"
             );
-            return Ok(DeliveryOutcome::Failed(reason));
+            return Ok(failure.outcome());
         }
         self.settled_outcome(&order.order_id).await
     }
@@ -521,10 +557,14 @@ mod tests {
         async fn fail(
             &self,
             order: &OrderRecord,
-            reason: &'static str,
+            failure: &Failure,
             now: Timestamp,
         ) -> Result<bool> {
-            self.apply(order, Cause::FulfilmentFailed, Some(reason), now)
+            let cause = match failure {
+                Failure::Part { keep: true, .. } => Cause::PartFailed,
+                _ => Cause::FulfilmentFailed,
+            };
+            self.apply(order, cause, Some(failure.reason()), now)
         }
     }
 

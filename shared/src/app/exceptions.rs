@@ -11,8 +11,9 @@ use crate::error::{Error, Result};
 use crate::store::{ExceptionEntry, ExceptionFilter, cursor_key, cursor_text};
 
 /// What `cause` may be: a status that needs a person, or a detail of one.
-pub const CAUSES: [&str; 15] = [
+pub const CAUSES: [&str; 16] = [
     "delivery_failed",
+    "partially_delivered",
     "payment_exception",
     "paid_after_expiry",
     "duplicate_payment",

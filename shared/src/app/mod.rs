@@ -3,6 +3,7 @@
 pub mod api_keys;
 pub mod audit;
 pub mod bills;
+pub mod bundles;
 pub mod catalog;
 pub mod channels;
 pub mod delivery;

@@ -511,7 +511,7 @@ pub async fn resolve(
 ) -> Result<Resolution> {
     let reason = checked_note(&request.reason, "invalid_reason", "reason")?;
     let view = find_order_view(ctx, order_id).await?;
-    let delivered = own_stock_keys(&view);
+    let delivered = stock_keys_by_sku(&view);
     let order = view.order;
     if order.status != OrderStatus::Resolved {
         order.status.next(Cause::Resolve)?;
@@ -526,7 +526,13 @@ pub async fn resolve(
         );
         if !ctx
             .store
-            .resolve_order(&order, &note, delivered, &entry, ctx.clock.now())
+            .resolve_order(
+                &order,
+                &note,
+                |sku| delivered.get(sku).copied().unwrap_or(0),
+                &entry,
+                ctx.clock.now(),
+            )
             .await?
         {
             // Another action moved it first: resolved by a twin request is the same
@@ -893,16 +899,22 @@ fn took(events: &[crate::store::OrderEvent], cause: Cause) -> bool {
     events.iter().any(|e| e.cause == cause.as_str())
 }
 
+/// How many of the order's delivered keys came from each product's stock.
+fn stock_keys_by_sku(view: &crate::store::OrderView) -> std::collections::HashMap<String, u32> {
+    let mut counts = std::collections::HashMap::new();
+    for slot in view.deliveries.iter().filter_map(DeliveryRecord::card_key) {
+        *counts.entry(slot.sku.clone()).or_insert(0) += 1;
+    }
+    counts
+}
+
 /// How many of the order's delivered keys came from its own product's stock (a
 /// substitute's from another product were sold there).
 fn own_stock_keys(view: &crate::store::OrderView) -> u32 {
-    let own = view
-        .deliveries
-        .iter()
-        .filter_map(DeliveryRecord::card_key)
-        .filter(|slot| slot.sku == view.order.sku)
-        .count();
-    u32::try_from(own).unwrap_or(u32::MAX)
+    stock_keys_by_sku(view)
+        .get(view.order.sku.as_str())
+        .copied()
+        .unwrap_or(0)
 }
 
 /// Tries of `accept_payment`: the order moving meanwhile, or counters running short.

@@ -6,7 +6,6 @@ use serde_json::json;
 use utoipa::ToSchema;
 
 use super::fulfil::{ByType, Fulfiller};
-use super::stock::reservation_plans;
 use crate::config::Context;
 use crate::domain::crypto::{self, order_access_token, sha256_hex, token_matches};
 use crate::domain::entitlement::validate_account_id;
@@ -257,17 +256,28 @@ pub async fn create_order(
     let product = super::catalog::find_product(ctx, &request.sku, false).await?;
     let quantity =
         validate_quantity(request.quantity, &product).map_err(|err| err.at("quantity"))?;
-    let top_up = top_up_order(ctx, &product, quantity, request.recipient.clone()).await?;
-    // An account-bound product grants to the buyer's account; others ignore one.
-    let account_id = match &product.grant {
-        Some(_) => Some(request.account_id.clone().ok_or_else(|| {
+    let (parts, top_up) = match &product.bundle {
+        Some(spec) => (
+            super::bundles::order_parts(ctx, spec, quantity, request.recipient.clone()).await?,
+            None,
+        ),
+        None => (
+            Vec::new(),
+            top_up_order(ctx, &product, quantity, request.recipient.clone()).await?,
+        ),
+    };
+    // An account-bound product (or part) grants to the buyer's account; others ignore
+    // one.
+    let account_bound = product.grant.is_some() || parts.iter().any(|part| part.grant.is_some());
+    let account_id = match account_bound {
+        true => Some(request.account_id.clone().ok_or_else(|| {
             Error::invalid_field(
                 "account_id_required",
                 "buyer.account_id",
                 "this product is granted to an account: buyer.account_id is required",
             )
         })?),
-        None => None,
+        false => None,
     };
     let referral = match &request.referral_code {
         Some(code) => match super::distributors::referral_for(ctx, code, &product.sku).await {
@@ -292,7 +302,12 @@ pub async fn create_order(
         sku: product.sku.clone(),
         quantity,
         delivery_type: product.delivery,
-        stock_shards: Vec::new(),
+        // A placeholder on the counted lines until a plan is put (`bundles::assign`).
+        stock_shards: if product.counts_stock() {
+            StockShare::whole(0, quantity)
+        } else {
+            Vec::new()
+        },
         amount: product.price.times(quantity)?,
         status: OrderStatus::PendingPayment,
         buyer_email: request.email,
@@ -317,6 +332,10 @@ pub async fn create_order(
         paid_amount: None,
         referral,
         paid_at: None,
+        parts,
+        on_partial_failure: product.bundle.as_ref().map(|spec| spec.on_partial_failure),
+        failed_part: None,
+        slot_base: 0,
     };
     let holds = hold_claims(ctx, &product, &order.buyer_email, source_ip)?;
     if let Some((holder, claim)) = holds.iter().find(|(_, claim)| claim.limit < quantity) {
@@ -329,21 +348,20 @@ pub async fn create_order(
     let claims: Vec<HoldClaim> = holds.iter().map(|(_, claim)| claim.clone()).collect();
     // Before the order is written: an order is never made that its answer cannot carry.
     let payment_channels = offers(ctx, &order.amount).await?;
-    // Start on a random counter shard; if it has too little, read all of them (at
+    // Each line on a random counter shard; if one has too little, read them all (at
     // most `STOCK_READS` times) and try where the order fits, as `stock` chooses.
-    let mut plans = if product.counts_stock() {
-        vec![StockShare::whole(
-            rand::random::<u32>() % COUNTER_SHARDS,
-            quantity,
-        )]
-    } else {
-        // Nothing counted to reserve (a top-up): the order alone.
-        vec![Vec::new()]
-    };
+    // Nothing counted to reserve (a top-up): the order alone.
+    let lines = super::bundles::lines_to_reserve(&order);
+    let mut plans = vec![
+        lines
+            .iter()
+            .map(|(_, units)| StockShare::whole(rand::random::<u32>() % COUNTER_SHARDS, *units))
+            .collect::<Vec<_>>(),
+    ];
     let mut reads = 0;
     loop {
         for plan in plans {
-            order.stock_shards = plan;
+            super::bundles::assign(&mut order, plan);
             match ctx
                 .store
                 .create_order(
@@ -378,8 +396,7 @@ pub async fn create_order(
             return Err(Error::Conflict(ConflictKind::OutOfStock));
         }
         reads += 1;
-        let shards = ctx.store.stock_shards(&order.sku, true).await?;
-        plans = reservation_plans(&shards, quantity);
+        plans = super::bundles::replan(ctx, &lines).await?;
         if plans.is_empty() {
             return Err(Error::Conflict(ConflictKind::OutOfStock));
         }
@@ -390,7 +407,7 @@ pub async fn create_order(
 /// the product's pattern, and the product's suppliers, at least one of them enabled
 /// (from this instance's copy of the supplier list). `None` for other products, which
 /// take no recipient.
-async fn top_up_order(
+pub(crate) async fn top_up_order(
     ctx: &Context,
     product: &Product,
     quantity: u32,
@@ -662,7 +679,7 @@ impl OrderEventView {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Delivered {
     /// The delivery type (`card_key`, `direct_topup`, `license_key`, `membership`,
-    /// `count_card`, `link`).
+    /// `count_card`, `link`, `subscription`; a bundle's parts each their own).
     #[serde(rename = "type")]
     pub kind: DeliveryType,
     /// `card_key`: the key.
@@ -687,6 +704,9 @@ pub struct Delivered {
     /// /subscriptions/{subscription_id}/cancel`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subscription_id: Option<String>,
+    /// A bundle's delivery: the sku of the part it belongs to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub part: Option<String>,
 }
 
 impl Delivered {
@@ -701,6 +721,7 @@ impl Delivered {
             entitlement_id: None,
             url: None,
             subscription_id: None,
+            part: None,
         }
     }
 }
@@ -717,11 +738,15 @@ pub struct OrderDetails {
     pub expires_at: String,
     pub updated_at: String,
     pub events: Vec<OrderEventView>,
-    /// The card keys, once the order is delivered.
+    /// What the order delivered, once it is delivered (a partly delivered bundle: the
+    /// parts it delivered).
     pub deliveries: Vec<Delivered>,
     /// Why an order needs a person, when it does.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exception: Option<String>,
+    /// A bundle whose part failed for good: that part's sku.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed_part: Option<String>,
     /// `subscription`: the renewal order for the next period, made `renewal_notice_days`
     /// before this one ends and waiting for payment.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -741,7 +766,8 @@ pub async fn get_order(ctx: &Context, order_id: &str, token: Option<&str>) -> Re
         .filter(|view| token_matches(token, &view.order.token_hash))
         .ok_or(Error::NotFound("order"))?;
     let delivered = view.order.status == OrderStatus::Delivered;
-    let deliveries = if delivered {
+    // A partly delivered bundle shows the parts it delivered.
+    let deliveries = if delivered || view.order.status == OrderStatus::PartiallyDelivered {
         ByType.show(ctx, &view.order, &view.deliveries).await?
     } else {
         Vec::new()
@@ -764,6 +790,7 @@ pub async fn get_order(ctx: &Context, order_id: &str, token: Option<&str>) -> Re
         events: OrderEventView::of(&view.events),
         deliveries,
         exception: order.exception.clone(),
+        failed_part: order.failed_part.clone(),
         renewal_order_id,
     })
 }

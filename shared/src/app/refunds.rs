@@ -380,7 +380,13 @@ async fn settle(
     // Taken back before the order shows refunded: a crash between the two leaves the
     // refund to settle again, which takes back again (once per step).
     if matches!(transition, Some((_, _, Cause::Refund))) {
-        super::fulfil::take_back(ctx, &view.order, &view.deliveries).await?;
+        super::fulfil::take_back(
+            ctx,
+            &view.order,
+            &view.deliveries,
+            crate::domain::license::LicenseStatus::Refunded,
+        )
+        .await?;
     }
     let refunded = (transition.is_some() && view.order.referral.is_some()).then(|| {
         view.refunds

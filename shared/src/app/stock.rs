@@ -26,6 +26,11 @@ impl Retake {
 
     /// The counters tried were short: the next ones.
     pub(crate) async fn short(&mut self, ctx: &Context, order: &OrderRecord) -> Result<()> {
+        // A bundle's parts are taken again only where they were: one try.
+        if !order.parts.is_empty() {
+            self.plans = Some(Vec::new());
+            return Ok(());
+        }
         match &mut self.plans {
             None => {
                 let shards = ctx.store.stock_shards(&order.sku, true).await?;

@@ -118,7 +118,11 @@ async fn reserved_by_orders(ctx: &Context) -> Result<HashMap<String, i64>> {
     let mut held: HashMap<String, i64> = HashMap::new();
     for order in ctx.store.get_orders(&ids).await? {
         if order.status.holds_stock() {
-            *held.entry(order.sku).or_default() += i64::from(order.quantity);
+            // A bundle's units are held on its parts' counters.
+            for (sku, shares) in order.stock_lines() {
+                let units: u32 = shares.iter().map(|share| share.units).sum();
+                *held.entry(sku.to_owned()).or_default() += i64::from(units);
+            }
         }
     }
     Ok(held)

@@ -189,6 +189,10 @@ async fn renewal_order(
         paid_at: None,
         paid_amount: None,
         referral: None,
+        parts: Vec::new(),
+        on_partial_failure: None,
+        failed_part: None,
+        slot_base: 0,
         ..origin
     })
 }

@@ -1,5 +1,6 @@
 //! Types and rules with no I/O.
 
+pub mod bundle;
 pub mod card_key;
 pub mod channel;
 pub mod crypto;

@@ -25,6 +25,9 @@ pub enum OrderStatus {
     /// Delivery gave up after the queue's last attempt, or its fulfiller reported a
     /// definite failure (`exception` says why): kept for an operator to redeliver.
     DeliveryFailed,
+    /// A bundle (`on_partial_failure: keep`) delivered every part but one that failed
+    /// for good (`failed_part`, `exception` says why): kept for an operator.
+    PartiallyDelivered,
     /// Part of the order's payment was given back.
     PartiallyRefunded,
     /// All of the order's payment was given back.
@@ -62,6 +65,8 @@ pub enum Cause {
     AcceptPayment,
     /// An operator delivered keys of their own in place of the order's stock.
     Substitute,
+    /// A bundle's part failed for good and the others were delivered.
+    PartFailed,
 }
 
 impl Cause {
@@ -82,6 +87,7 @@ impl Cause {
             Cause::Resolve => "resolve",
             Cause::AcceptPayment => "accept_payment",
             Cause::Substitute => "substitute",
+            Cause::PartFailed => "part_failed",
         }
     }
 }
@@ -112,12 +118,18 @@ const TRANSITIONS: &[(OrderStatus, Cause, OrderStatus)] = {
         (Delivering, Deliver, Delivered),
         (Delivering, FulfilmentFailed, DeliveryFailed),
         (Delivering, DeliveryGaveUp, DeliveryFailed),
+        // A bundle kept what it could deliver.
+        (Paid, PartFailed, PartiallyDelivered),
+        (Delivering, PartFailed, PartiallyDelivered),
+        (DeliveryFailed, PartFailed, PartiallyDelivered),
         // Money given back: a delivered order's keys are never sold again (they left
         // stock when delivered); an order whose money was an exception is settled.
         (Delivered, PartialRefund, PartiallyRefunded),
         (PartiallyRefunded, PartialRefund, PartiallyRefunded),
         (Delivered, Refund, Refunded),
         (PartiallyRefunded, Refund, Refunded),
+        (PartiallyDelivered, PartialRefund, PartiallyRefunded),
+        (PartiallyDelivered, Refund, Refunded),
         (PaymentException, Refund, Refunded),
         (PaidAfterExpiry, Refund, Refunded),
         // An operator settles what needs a person (delivered by hand, refunded outside
@@ -126,6 +138,7 @@ const TRANSITIONS: &[(OrderStatus, Cause, OrderStatus)] = {
         (DeliveryFailed, Resolve, Resolved),
         (PaymentException, Resolve, Resolved),
         (PaidAfterExpiry, Resolve, Resolved),
+        (PartiallyDelivered, Resolve, Resolved),
         // Or takes the money as it came and delivers (stock taken again after expiry).
         (PaymentException, AcceptPayment, Paid),
         (PaidAfterExpiry, AcceptPayment, Paid),
@@ -148,6 +161,7 @@ impl OrderStatus {
             OrderStatus::PaidAfterExpiry => "paid_after_expiry",
             OrderStatus::PaymentException => "payment_exception",
             OrderStatus::DeliveryFailed => "delivery_failed",
+            OrderStatus::PartiallyDelivered => "partially_delivered",
             OrderStatus::PartiallyRefunded => "partially_refunded",
             OrderStatus::Refunded => "refunded",
             OrderStatus::Resolved => "resolved",
@@ -182,6 +196,7 @@ impl OrderStatus {
             OrderStatus::DeliveryFailed
                 | OrderStatus::PaymentException
                 | OrderStatus::PaidAfterExpiry
+                | OrderStatus::PartiallyDelivered
         )
     }
 
@@ -232,7 +247,7 @@ pub fn payment_overdue(status: OrderStatus, expires_at: Timestamp, now: Timestam
     status == OrderStatus::PendingPayment && expires_at <= now
 }
 
-pub const ALL_STATUSES: [OrderStatus; 12] = [
+pub const ALL_STATUSES: [OrderStatus; 13] = [
     OrderStatus::PendingPayment,
     OrderStatus::Paid,
     OrderStatus::Delivering,
@@ -242,6 +257,7 @@ pub const ALL_STATUSES: [OrderStatus; 12] = [
     OrderStatus::PaidAfterExpiry,
     OrderStatus::PaymentException,
     OrderStatus::DeliveryFailed,
+    OrderStatus::PartiallyDelivered,
     OrderStatus::PartiallyRefunded,
     OrderStatus::Refunded,
     OrderStatus::Resolved,

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::domain::bundle::{BundleItem, BundleSpec, PartialFailure};
 use crate::domain::card_key::CardKeyRules;
 use crate::domain::entitlement::{
     GrantSpec, MAX_ENTITLEMENT_NAME_LEN, MAX_PERIOD_DAYS, MAX_USES, valid_entitlement_name,
@@ -44,6 +45,8 @@ pub enum DeliveryType {
     Link,
     /// A membership period that renews through a renewal order (docs/subscriptions.md).
     Subscription,
+    /// Other products delivered together as one (docs/bundles.md).
+    Bundle,
 }
 
 impl DeliveryType {
@@ -56,6 +59,7 @@ impl DeliveryType {
             DeliveryType::CountCard => "count_card",
             DeliveryType::Link => "link",
             DeliveryType::Subscription => "subscription",
+            DeliveryType::Bundle => "bundle",
         }
     }
 
@@ -68,10 +72,11 @@ impl DeliveryType {
             "count_card" => Ok(DeliveryType::CountCard),
             "link" => Ok(DeliveryType::Link),
             "subscription" => Ok(DeliveryType::Subscription),
+            "bundle" => Ok(DeliveryType::Bundle),
             other => Err(Error::invalid(
                 "unsupported_delivery_type",
                 format!(
-                    "delivery type {other:?} is not supported; use card_key, direct_topup, license_key, membership, count_card, link or subscription"
+                    "delivery type {other:?} is not supported; use card_key, direct_topup, license_key, membership, count_card, link, subscription or bundle"
                 ),
             )),
         }
@@ -160,6 +165,8 @@ pub struct Product {
     pub grant: Option<GrantSpec>,
     /// For `link`: where each unit's link leads, for how long and how often.
     pub link: Option<LinkSpec>,
+    /// For `bundle`: its parts and what a part's failure does.
+    pub bundle: Option<BundleSpec>,
     /// For `link`: the secret its links' assertions are signed with, sealed (set when
     /// the product is created; shown to the merchant then only).
     pub link_secret: Option<crate::domain::crypto::SealedSecrets>,
@@ -184,6 +191,8 @@ impl Product {
             | DeliveryType::CountCard
             | DeliveryType::Link
             | DeliveryType::Subscription => false,
+            // Its parts count their own (`app::bundles`).
+            DeliveryType::Bundle => false,
         }
     }
 
@@ -286,7 +295,7 @@ pub struct PriceRequest {
 #[serde(deny_unknown_fields)]
 pub struct DeliveryRequest {
     /// The delivery type: `card_key`, `direct_topup`, `license_key`, `membership`,
-    /// `count_card`, `link` or `subscription`.
+    /// `count_card`, `link`, `subscription` or `bundle`.
     #[serde(rename = "type")]
     #[schema(example = "card_key")]
     pub kind: String,
@@ -335,6 +344,13 @@ pub struct DeliveryRequest {
     /// `link`: how many times a link opens (1 to 1000).
     #[schema(minimum = 1, maximum = 1000, example = 1)]
     pub max_opens: Option<u32>,
+    /// `bundle`: its parts (1 to 10 distinct products, none a bundle or a subscription,
+    /// at most one direct top-up), each with the units one bundle holds (1 to 10).
+    pub items: Option<Vec<BundleItem>>,
+    /// `bundle`: `keep` (deliver the other parts, the order ends `partially_delivered`)
+    /// or `reverse` (take back what can be, the order ends `delivery_failed`) when a part
+    /// fails for good.
+    pub on_partial_failure: Option<PartialFailure>,
 }
 
 /// A product's checked delivery: its type and the spec the type needs.
@@ -344,13 +360,14 @@ struct DeliveryParts {
     license: Option<LicenseSpec>,
     grant: Option<GrantSpec>,
     link: Option<LinkSpec>,
+    bundle: Option<BundleSpec>,
 }
 
 impl DeliveryRequest {
     /// The type and its checked spec.
     fn into_parts(self) -> Result<DeliveryParts> {
         use DeliveryType::{
-            CardKey, CountCard, DirectTopup, LicenseKey, Link, Membership, Subscription,
+            Bundle, CardKey, CountCard, DirectTopup, LicenseKey, Link, Membership, Subscription,
         };
         let kind = DeliveryType::parse(&self.kind).map_err(|err| err.at("delivery.type"))?;
         let bad = |field: &str, message: String| {
@@ -400,6 +417,12 @@ impl DeliveryRequest {
             ("target_url", self.target_url.is_some(), &[Link]),
             ("valid_hours", self.valid_hours.is_some(), &[Link]),
             ("max_opens", self.max_opens.is_some(), &[Link]),
+            ("items", self.items.is_some(), &[Bundle]),
+            (
+                "on_partial_failure",
+                self.on_partial_failure.is_some(),
+                &[Bundle],
+            ),
         ] {
             if present && !types.contains(&kind) {
                 let names: Vec<&str> = types.iter().map(|t| t.as_str()).collect();
@@ -440,9 +463,26 @@ impl DeliveryRequest {
             license: None,
             grant: None,
             link: None,
+            bundle: None,
         };
         match kind {
             CardKey => return Ok(none),
+            Bundle => {
+                let items = self.items.clone().unwrap_or_default();
+                let on_partial_failure = self.on_partial_failure.ok_or_else(|| {
+                    bad(
+                        "on_partial_failure",
+                        "on_partial_failure is required: keep or reverse".into(),
+                    )
+                })?;
+                return Ok(DeliveryParts {
+                    bundle: Some(BundleSpec {
+                        items,
+                        on_partial_failure,
+                    }),
+                    ..none
+                });
+            }
             LicenseKey => {
                 return Ok(DeliveryParts {
                     license: Some(LicenseSpec {
@@ -602,6 +642,7 @@ impl DeliveryRequest {
             license: None,
             grant: None,
             link: None,
+            bundle: None,
         })
     }
 }
@@ -638,7 +679,13 @@ impl NewProductRequest {
             license,
             grant,
             link,
+            bundle,
         } = self.delivery.into_parts()?;
+        if let Some(bundle) = &bundle {
+            bundle.check_shape(&self.sku, |field, message| {
+                Error::invalid_field("invalid_delivery", &format!("delivery.{field}"), message)
+            })?;
+        }
         // A top-up is one supplier request per order: one unit unless the product says.
         let default_max = if top_up.is_some() {
             1
@@ -691,6 +738,7 @@ impl NewProductRequest {
             license,
             grant,
             link,
+            bundle,
             link_secret: None,
             goods_in_notifications: self.goods_in_notifications.unwrap_or(false),
             created_at,

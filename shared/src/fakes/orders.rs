@@ -43,6 +43,10 @@ pub fn order_fixture(sku: &str, quantity: u32, now: Timestamp) -> OrderRecord {
         redelivery_requested_at: None,
         paid_amount: None,
         referral: None,
+        parts: Vec::new(),
+        on_partial_failure: None,
+        failed_part: None,
+        slot_base: 0,
         paid_at: None,
     }
 }

@@ -229,7 +229,7 @@ impl Store {
             Some(note),
         )?;
         if order.status != OrderStatus::PaidAfterExpiry {
-            tx.settle_stock(&order.sku, &order.stock_shards, from_stock)?;
+            tx.settle_stock((0, &order.sku), &order.stock_shards, from_stock)?;
         }
         tx.audit(audit)?;
         Ok(match self.transact(tx).await? {

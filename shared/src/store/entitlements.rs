@@ -102,6 +102,8 @@ impl FromItem for EntitlementRecord {
 /// extended.
 #[derive(Debug, Clone)]
 pub struct GrantSlot {
+    /// 0, or its bundle part's first slot.
+    pub slot: u32,
     pub kind: DeliveryType,
     pub entitlement_id: String,
 }
@@ -109,6 +111,7 @@ pub struct GrantSlot {
 impl FromItem for GrantSlot {
     fn from_item(item: &Item) -> Result<Self> {
         Ok(GrantSlot {
+            slot: super::codec::get_opt_u32(item, "slot")?.unwrap_or(0),
             kind: super::codec::get_delivery_type(item, "type")?,
             entitlement_id: get_s(item, "entitlement_id")?,
         })
@@ -202,11 +205,11 @@ impl Tx {
         self.put(
             ItemName::Slot,
             item(
-                keys::delivery(&order.order_id, 0),
+                keys::delivery(&order.order_id, order.slot_base),
                 "delivery",
                 [
                     ("type", s(kind.as_str())),
-                    ("slot", n(0)),
+                    ("slot", n(order.slot_base)),
                     ("entitlement_id", s(entitlement_id)),
                     ("allocated_at", s(now.to_rfc3339())),
                 ],

@@ -90,7 +90,7 @@ pub use links::{LinkOpen, LinkRecord, LinkSlot};
 pub use notifications::{NotificationClaim, NotificationRecord, NotificationStatus};
 pub use orders::{
     Accepted, CreateOrderOutcome, DeliveryRecord, DueCursor, DuePage, DueQueue, OperatorNote,
-    OrderEvent, OrderRecord, OrderView, SlotWrite, StockShare,
+    OrderEvent, OrderPart, OrderRecord, OrderView, SlotWrite, StockShare,
 };
 pub use payables::{Payable, SupplierStatement, SupplierStatementClosed};
 pub use payments::{

@@ -27,6 +27,7 @@ use super::{
     FAILED_RETRY_AFTER_SECONDS, INDEX_SHARDS, ORDER_INDEX, POLL_SUPPLIER_AFTER_SECONDS,
     STUCK_AFTER_SECONDS, Store, condition_failed, shard_of,
 };
+use crate::domain::bundle::PartialFailure;
 use crate::domain::distributor::Referral;
 use crate::domain::entitlement::GrantSpec;
 use crate::domain::license::LicenseSpec;
@@ -87,10 +88,79 @@ pub struct OrderRecord {
     pub paid_amount: Option<Money>,
     /// The distributor chain it was referred through, as it was when it was made.
     pub referral: Option<Referral>,
+    /// For a bundle: its parts as they were when it was made, each with its own stock
+    /// reservation and delivery spec (docs/bundles.md).
+    pub parts: Vec<OrderPart>,
+    /// For a bundle: what a part's failure for good does.
+    pub on_partial_failure: Option<PartialFailure>,
+    /// For a bundle whose part failed for good: that part's sku.
+    pub failed_part: Option<String>,
+    /// Where this order's delivery records are numbered from: 0, or a bundle part's
+    /// first slot when a part is delivered as an order of its own (never stored).
+    pub slot_base: u32,
+}
+
+/// One part of a bundle order: `units` of product `sku` (its quantity per bundle times
+/// the order's), reserved on `stock_shards` of that product when it counts stock.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OrderPart {
+    pub sku: String,
+    pub units: u32,
+    pub delivery_type: DeliveryType,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stock_shards: Vec<StockShare>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_up: Option<TopUpOrder>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub license: Option<LicenseSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<GrantSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<LinkSpec>,
+}
+
+impl OrderRecord {
+    /// The stock this order holds, per product: its own, or each counted part's.
+    pub fn stock_lines(&self) -> Vec<(&str, &[StockShare])> {
+        if self.parts.is_empty() {
+            return vec![(self.sku.as_str(), self.stock_shards.as_slice())];
+        }
+        self.parts
+            .iter()
+            .filter(|part| !part.stock_shards.is_empty())
+            .map(|part| (part.sku.as_str(), part.stock_shards.as_slice()))
+            .collect()
+    }
+
+    /// Part `index` of a bundle as an order of its own, for its type's fulfiller: the
+    /// same order (id, status, buyer), the part's product, units and spec, its records
+    /// numbered from the part's first slot.
+    pub fn part_order(&self, index: usize) -> Option<OrderRecord> {
+        let part = self.parts.get(index)?;
+        Some(OrderRecord {
+            sku: part.sku.clone(),
+            quantity: part.units,
+            delivery_type: part.delivery_type,
+            stock_shards: part.stock_shards.clone(),
+            top_up: part.top_up.clone(),
+            license: part.license,
+            grant: part.grant.clone(),
+            link: part.link.clone(),
+            parts: Vec::new(),
+            on_partial_failure: None,
+            slot_base: u32::try_from(index).ok()? * crate::domain::bundle::PART_SLOTS,
+            ..self.clone()
+        })
+    }
+
+    /// The slots its units are delivered into.
+    pub fn slots(&self) -> std::ops::Range<u32> {
+        self.slot_base..self.slot_base + self.quantity
+    }
 }
 
 /// Units of an order reserved on one stock counter shard.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StockShare {
     pub shard: u32,
     pub units: u32,
@@ -177,8 +247,8 @@ pub struct OperatorNote {
 }
 
 /// One delivered unit, as its delivery type records it (`DELIVERY#{slot}` items, told
-/// apart by their `type`). An order's records are all of its type today; a bundle will
-/// hold records of several.
+/// apart by their `type`). A bundle's parts each number theirs from the part's first
+/// slot (`OrderRecord::part_order`).
 #[derive(Debug, Clone)]
 pub enum DeliveryRecord {
     CardKey(CardKeySlot),
@@ -225,6 +295,17 @@ impl DeliveryRecord {
         }
     }
 
+    /// Where it is in the order: its slot (a top-up request's sequence number).
+    pub fn slot(&self) -> u32 {
+        match self {
+            DeliveryRecord::CardKey(slot) => slot.slot,
+            DeliveryRecord::TopUp(attempt) => attempt.seq,
+            DeliveryRecord::License(slot) => slot.slot,
+            DeliveryRecord::Grant(slot) => slot.slot,
+            DeliveryRecord::Link(slot) => slot.slot,
+        }
+    }
+
     /// The link this record holds, if it is one.
     pub fn link(&self) -> Option<&LinkSlot> {
         match self {
@@ -265,10 +346,12 @@ impl Tx {
         self.check(
             ItemName::Order,
             key_item(keys::order(&order.order_id)),
-            "#status IN (:paid, :failed)",
+            "#status IN (:paid, :delivering, :failed)",
             &["status"],
             vec![
                 (":paid", s(OrderStatus::Paid.as_str())),
+                // A bundle's other parts go on while its top-up waits on a supplier.
+                (":delivering", s(OrderStatus::Delivering.as_str())),
                 (":failed", s(OrderStatus::DeliveryFailed.as_str())),
             ],
         )
@@ -376,6 +459,12 @@ fn order_item(order: &OrderRecord) -> Result<Item> {
     if let Some(referral) = &order.referral {
         stored.insert("referral".to_owned(), json(referral)?);
     }
+    if !order.parts.is_empty() {
+        stored.insert("parts".to_owned(), json(&order.parts)?);
+    }
+    if let Some(policy) = &order.on_partial_failure {
+        stored.insert("on_partial_failure".to_owned(), json(policy)?);
+    }
     Ok(stored)
 }
 
@@ -451,6 +540,10 @@ impl FromItem for OrderRecord {
                 })
                 .transpose()?,
             referral: get_opt_json(item, "referral")?,
+            parts: get_opt_json(item, "parts")?.unwrap_or_default(),
+            on_partial_failure: get_opt_json(item, "on_partial_failure")?,
+            failed_part: get_opt_s(item, "failed_part"),
+            slot_base: 0,
         })
     }
 }
@@ -507,6 +600,9 @@ impl FromItem for DeliveryRecord {
                 DeliveryRecord::Grant(GrantSlot::from_item(item)?)
             }
             DeliveryType::Link => DeliveryRecord::Link(LinkSlot::from_item(item)?),
+            DeliveryType::Bundle => {
+                return Err(Error::Corrupt("a delivery record of type bundle".into()));
+            }
         })
     }
 }
@@ -578,8 +674,15 @@ impl Tx {
             values.extend([(":shard", first), (":split", split)]);
         }
         self.move_order_noted(order, transition, now, &expression, None, &[], values, note)?;
-        if let Some(shares) = reserve {
-            self.move_stock(&order.sku, shares, StockMove::Reserve)?;
+        match reserve {
+            // A bundle takes its parts' units again where they were (`Retake`).
+            Some(_) if !order.parts.is_empty() => {
+                self.move_order_stock(order, StockMove::Reserve)?;
+            }
+            Some(shares) => {
+                self.move_stock((0, &order.sku), shares, StockMove::Reserve)?;
+            }
+            None => {}
         }
         Ok(self)
     }
@@ -701,7 +804,7 @@ impl Store {
             ),
             Some("attribute_not_exists(pk)"),
         )?;
-        tx.move_stock(&order.sku, &order.stock_shards, StockMove::Reserve)?;
+        tx.move_order_stock(order, StockMove::Reserve)?;
         tx.claim_holds(&order.sku, holds, order.quantity, order.expires_at)?;
         tx.new_order(order)?;
         if let Some(referral) = &order.referral {
@@ -798,7 +901,7 @@ impl Store {
             &["exception"],
             Vec::new(),
         )?;
-        tx.move_stock(&order.sku, &order.stock_shards, StockMove::Sell)?;
+        tx.move_order_stock(order, StockMove::Sell)?;
         Ok(self.transact(tx).await?.committed())
     }
 
@@ -845,16 +948,57 @@ impl Store {
         Ok(self.transact(tx).await?.committed())
     }
 
+    /// Access pattern: a bundle's part `sku` failed for good, its reason kept as the
+    /// order's `exception` and the part as `failed_part`. With `keep` the order becomes
+    /// `partially_delivered` and its stock is settled at once (what its other parts
+    /// delivered is sold, the failed part's units go back); otherwise `delivery_failed`,
+    /// holding its stock as any undelivered order. Either way it leaves the sweep's
+    /// index. Returns false if it was no longer in the status it was read in.
+    pub async fn fail_part(
+        &self,
+        order: &OrderRecord,
+        (sku, reason): (&str, &str),
+        keep: bool,
+        now: Timestamp,
+    ) -> Result<bool> {
+        let cause = if keep {
+            Cause::PartFailed
+        } else {
+            Cause::FulfilmentFailed
+        };
+        let to = order.status.next(cause)?;
+        let mut tx = self.tx();
+        tx.move_order(
+            order,
+            (order.status, to, cause),
+            now,
+            ", #exception = :reason, failed_part = :part REMOVE gsi1pk, gsi1sk",
+            None,
+            &["exception"],
+            vec![(":reason", s(reason)), (":part", s(sku))],
+        )?;
+        if keep {
+            tx.settle_order_stock(order, |line| {
+                order
+                    .parts
+                    .iter()
+                    .find(|part| part.sku == line && part.sku != sku)
+                    .map_or(0, |part| part.units)
+            })?;
+        }
+        Ok(self.transact(tx).await?.committed())
+    }
+
     /// Access pattern: an operator settles an order that needs a person (`→ resolved`),
     /// in one transaction with the action's audit record: the order leaves every index
-    /// and the stock it still held is given back (`delivered` units of it were handed
-    /// out and count as sold). Returns false if the order was no longer in the status it
-    /// was read in (another action won).
+    /// and the stock it still held is given back (`delivered(sku)` units of each
+    /// product's were handed out and count as sold). Returns false if the order was no
+    /// longer in the status it was read in (another action won).
     pub async fn resolve_order(
         &self,
         order: &OrderRecord,
         note: &OperatorNote,
-        delivered: u32,
+        delivered: impl Fn(&str) -> u32,
         audit: &AuditEntry,
         now: Timestamp,
     ) -> Result<bool> {
@@ -870,9 +1014,10 @@ impl Store {
             Vec::new(),
             Some(note),
         )?;
-        // A payment that came after expiry finds its stock already given back.
-        if order.status != OrderStatus::PaidAfterExpiry {
-            tx.settle_stock(&order.sku, &order.stock_shards, delivered)?;
+        // A payment that came after expiry finds its stock already given back, a
+        // partly delivered bundle settled its when it stopped.
+        if order.status.holds_stock() {
+            tx.settle_order_stock(order, delivered)?;
         }
         tx.audit(audit)?;
         Ok(self.transact(tx).await?.committed())
@@ -1016,7 +1161,7 @@ impl Store {
             &[],
             vec![(":now", n(now.0))],
         )?;
-        tx.move_stock(&order.sku, &order.stock_shards, StockMove::Release)?;
+        tx.move_order_stock(order, StockMove::Release)?;
         Ok(self.transact(tx).await?.committed())
     }
 

@@ -218,10 +218,7 @@ impl Store {
                 PaymentApplied::Applied
             }
             TxOutcome::Cancelled(c) if c.failed(ItemName::Webhook) => PaymentApplied::Duplicate,
-            TxOutcome::Cancelled(c)
-                if c.failed_items()
-                    .any(|name| matches!(name, ItemName::Counter(_))) =>
-            {
+            TxOutcome::Cancelled(c) if c.failed_items().any(ItemName::is_counter) => {
                 PaymentApplied::NoStock
             }
             TxOutcome::Cancelled(_) => PaymentApplied::Raced,

@@ -7,7 +7,7 @@ use super::codec::{
     FromItem, Item, get_delivery_type, get_money, get_n, get_opt_json, get_opt_u32, get_s, get_u32,
     item, json, key_item, keys, n, s,
 };
-use super::orders::StockShare;
+use super::orders::{OrderRecord, StockShare};
 use super::tx::{ItemName, Tx, TxOutcome};
 use super::{COUNTER_SHARDS, Store};
 use crate::domain::card_key::CardKeyRules;
@@ -43,6 +43,7 @@ impl FromItem for Product {
             license: get_opt_json(item, "license")?,
             grant: get_opt_json(item, "grant")?,
             link: get_opt_json(item, "link")?,
+            bundle: get_opt_json(item, "bundle")?,
             link_secret: item
                 .contains_key("link_secret_seal_id")
                 .then(|| super::SealedSecrets::read_from(item, "link_secret"))
@@ -58,6 +59,7 @@ impl FromItem for Product {
 }
 
 /// How an order's units move between a stock counter's columns.
+#[derive(Clone, Copy)]
 pub(crate) enum StockMove {
     /// available → reserved, only if enough is available.
     Reserve,
@@ -68,11 +70,37 @@ pub(crate) enum StockMove {
 }
 
 impl Tx {
+    /// Moves every unit `order` holds (its own, or each counted part's of a bundle).
+    pub(crate) fn move_order_stock(
+        &mut self,
+        order: &OrderRecord,
+        movement: StockMove,
+    ) -> Result<&mut Self> {
+        for (line, (sku, shares)) in order.stock_lines().into_iter().enumerate() {
+            self.move_stock((line, sku), shares, movement)?;
+        }
+        Ok(self)
+    }
+
+    /// Ends every reservation `order` holds that was partly delivered: of each line
+    /// (`stock_lines`), the units `delivered` says were handed out are sold, the rest go
+    /// back.
+    pub(crate) fn settle_order_stock(
+        &mut self,
+        order: &OrderRecord,
+        delivered: impl Fn(&str) -> u32,
+    ) -> Result<&mut Self> {
+        for (line, (sku, shares)) in order.stock_lines().into_iter().enumerate() {
+            self.settle_stock((line, sku), shares, delivered(sku))?;
+        }
+        Ok(self)
+    }
+
     /// Moves an order's units on each counter they are reserved on (`ItemName::Counter`
     /// per share): with `Reserve`, each counter must hold its share.
     pub(crate) fn move_stock(
         &mut self,
-        sku: &str,
+        (line, sku): (usize, &str),
         shares: &[StockShare],
         movement: StockMove,
     ) -> Result<&mut Self> {
@@ -95,7 +123,7 @@ impl Tx {
         };
         for share in shares {
             self.update(
-                ItemName::Counter(share.shard),
+                ItemName::counter(line, share.shard),
                 key_item(keys::stock_counter(sku, share.shard)),
                 expression,
                 condition,
@@ -111,7 +139,7 @@ impl Tx {
     /// update per counter, so a counter holding both kinds is written once.
     pub(crate) fn settle_stock(
         &mut self,
-        sku: &str,
+        (line, sku): (usize, &str),
         shares: &[StockShare],
         delivered: u32,
     ) -> Result<&mut Self> {
@@ -120,7 +148,7 @@ impl Tx {
             let sold = to_sell.min(share.units);
             to_sell -= sold;
             self.update(
-                ItemName::Counter(share.shard),
+                ItemName::counter(line, share.shard),
                 key_item(keys::stock_counter(sku, share.shard)),
                 "SET #available = #available + :released, #reserved = #reserved - :q, #sold = #sold + :sold",
                 None,
@@ -265,6 +293,9 @@ impl Store {
         }
         if let Some(link) = &product.link {
             stored.insert("link".to_owned(), json(link)?);
+        }
+        if let Some(bundle) = &product.bundle {
+            stored.insert("bundle".to_owned(), json(bundle)?);
         }
         if let Some(secret) = &product.link_secret {
             secret.store_in(&mut stored, "link_secret");

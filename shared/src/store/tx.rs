@@ -26,6 +26,9 @@ pub(crate) enum ItemName {
     Subscription,
     /// The stock counter of this shard.
     Counter(u32),
+    /// The stock counter of this shard of a bundle's n-th counted part after the first
+    /// (the first uses `Counter`).
+    PartCounter(usize, u32),
     /// The fingerprint claimed for the i-th key an import transaction adds.
     Fingerprint(usize),
     /// The i-th key an import transaction adds to stock.
@@ -94,6 +97,21 @@ pub(crate) enum ItemName {
     Redemption,
     /// A delivered redemption link's own item.
     Link,
+}
+
+impl ItemName {
+    /// The counter of `shard` on the order's `line`-th stock line (`stock_lines`).
+    pub(crate) fn counter(line: usize, shard: u32) -> ItemName {
+        match line {
+            0 => ItemName::Counter(shard),
+            _ => ItemName::PartCounter(line, shard),
+        }
+    }
+
+    /// Whether it is a stock counter.
+    pub(crate) fn is_counter(self) -> bool {
+        matches!(self, ItemName::Counter(_) | ItemName::PartCounter(..))
+    }
 }
 
 /// A `TransactWriteItems` being built: its items, each under its own name.

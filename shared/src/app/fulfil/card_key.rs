@@ -64,7 +64,7 @@ pub async fn allocate_keys(
     filled: &[u32],
     budget: &Budget,
 ) -> Result<bool> {
-    for slot in (0..order.quantity).filter(|slot| !filled.contains(slot)) {
+    for slot in order.slots().filter(|slot| !filled.contains(slot)) {
         if !fill_slot(ctx, order, slot, budget).await? {
             return Ok(false);
         }

@@ -410,7 +410,11 @@ async fn send_to_next(
             });
         }
     }
-    let mut next_seq = attempts.iter().map(|a| a.seq + 1).max().unwrap_or(0);
+    let mut next_seq = attempts
+        .iter()
+        .map(|a| a.seq + 1)
+        .max()
+        .unwrap_or(order.slot_base);
     let mut held_back = false;
     for supplier_id in &spec.suppliers {
         if tried.contains(&supplier_id.as_str()) {

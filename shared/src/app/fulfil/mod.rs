@@ -16,6 +16,7 @@ use crate::domain::product::DeliveryType;
 use crate::error::{Error, Result};
 use crate::store::{DeliveryRecord, OrderRecord, SlotWrite};
 
+pub mod bundle;
 pub mod card_key;
 pub mod direct_topup;
 pub mod grant;
@@ -23,7 +24,7 @@ pub mod license_key;
 pub mod link;
 
 /// What a fulfiller's attempt came to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fulfilment {
     /// Every unit is delivered and recorded: the worker marks the order delivered.
     Done,
@@ -37,6 +38,14 @@ pub enum Fulfilment {
     /// `delivery_failed` with `reason` as its `exception`, shown to the buyer and the
     /// operator: a short snake_case code, never a supplier's text (that goes to the log).
     Failed { reason: &'static str },
+    /// A bundle's part `sku` failed for good (`reason` as `Failed`'s). With `keep` the
+    /// other parts are delivered and the order becomes `partially_delivered`; otherwise
+    /// what could be was taken back and it becomes `delivery_failed`.
+    PartFailed {
+        sku: String,
+        reason: &'static str,
+        keep: bool,
+    },
 }
 
 /// The work of one delivery type. A transient failure is an `Err`: the worker reports
@@ -67,9 +76,8 @@ pub trait Fulfiller {
 /// The registry: the fulfiller of each delivery type, chosen by the type the order
 /// recorded when it was made. Dispatch is static, so each binary links only what it
 /// calls: the worker `fulfil`, checkout `show` (docs/bench.md, binary size). Each
-/// type's future is boxed here, once per order: the worker's future keeps its size and
-/// depth whatever a type does (a bundle, calling back into the registry, needs the box
-/// anyway).
+/// type's future is boxed here, once per order (per part of a bundle): the worker's
+/// future keeps its size and depth whatever a type does.
 pub struct ByType;
 
 impl Fulfiller for ByType {
@@ -80,7 +88,34 @@ impl Fulfiller for ByType {
         done: &[DeliveryRecord],
         budget: &Budget,
     ) -> Result<Fulfilment> {
-        let work: BoxFuture<'_, _> = match order.delivery_type {
+        match order.delivery_type {
+            DeliveryType::Bundle => bundle::Bundles.fulfil(ctx, order, done, budget).await,
+            _ => fulfil_single(ctx, order, done, budget).await,
+        }
+    }
+
+    async fn show(
+        &self,
+        ctx: &Context,
+        order: &OrderRecord,
+        done: &[DeliveryRecord],
+    ) -> Result<Vec<Delivered>> {
+        match order.delivery_type {
+            DeliveryType::Bundle => bundle::Bundles.show(ctx, order, done).await,
+            _ => show_single(ctx, order, done).await,
+        }
+    }
+}
+
+/// The fulfiller of an order of one product (a bundle's part among them).
+pub(crate) fn fulfil_single<'a>(
+    ctx: &'a Context,
+    order: &'a OrderRecord,
+    done: &'a [DeliveryRecord],
+    budget: &'a Budget,
+) -> BoxFuture<'a, Result<Fulfilment>> {
+    {
+        match order.delivery_type {
             DeliveryType::CardKey => Box::pin(card_key::CardKeys.fulfil(ctx, order, done, budget)),
             DeliveryType::DirectTopup => {
                 Box::pin(direct_topup::DirectTopUps.fulfil(ctx, order, done, budget))
@@ -92,17 +127,21 @@ impl Fulfiller for ByType {
                 Box::pin(grant::Grants.fulfil(ctx, order, done, budget))
             }
             DeliveryType::Link => Box::pin(link::Links.fulfil(ctx, order, done, budget)),
-        };
-        work.await
+            DeliveryType::Bundle => {
+                Box::pin(async { Err(Error::Corrupt("a bundle inside a bundle".into())) })
+            }
+        }
     }
+}
 
-    async fn show(
-        &self,
-        ctx: &Context,
-        order: &OrderRecord,
-        done: &[DeliveryRecord],
-    ) -> Result<Vec<Delivered>> {
-        let view: BoxFuture<'_, _> = match order.delivery_type {
+/// What the buyer is shown of an order of one product (a bundle's part among them).
+pub(crate) fn show_single<'a>(
+    ctx: &'a Context,
+    order: &'a OrderRecord,
+    done: &'a [DeliveryRecord],
+) -> BoxFuture<'a, Result<Vec<Delivered>>> {
+    {
+        match order.delivery_type {
             DeliveryType::CardKey => Box::pin(card_key::CardKeys.show(ctx, order, done)),
             DeliveryType::DirectTopup => {
                 Box::pin(direct_topup::DirectTopUps.show(ctx, order, done))
@@ -112,22 +151,40 @@ impl Fulfiller for ByType {
                 Box::pin(grant::Grants.show(ctx, order, done))
             }
             DeliveryType::Link => Box::pin(link::Links.show(ctx, order, done)),
-        };
-        view.await
+            DeliveryType::Bundle => {
+                Box::pin(async { Err(Error::Corrupt("a bundle inside a bundle".into())) })
+            }
+        }
     }
 }
 
-/// Takes back what a fully refunded order delivered, where it can be: its license keys
-/// stop validating (`refunded`), a count card is revoked, a membership loses the order's
-/// period. Card keys and top-ups cannot be taken back (the buyer has them). Safe to
-/// repeat: each step happens once.
-pub async fn take_back(ctx: &Context, order: &OrderRecord, done: &[DeliveryRecord]) -> Result<()> {
+/// Takes back what an order delivered, where it can be: its license keys stop
+/// validating (`ending`: `refunded`, or `voided` for a reversed bundle), a count card is
+/// revoked, a membership loses the order's period; a bundle's parts each so. Card keys
+/// and top-ups cannot be taken back (the buyer has them). Safe to repeat: each step
+/// happens once.
+pub async fn take_back(
+    ctx: &Context,
+    order: &OrderRecord,
+    done: &[DeliveryRecord],
+    ending: LicenseStatus,
+) -> Result<()> {
+    for (unit, records) in bundle::each_part(order, done)? {
+        take_back_single(ctx, &unit, &records, ending).await?;
+    }
+    Ok(())
+}
+
+async fn take_back_single(
+    ctx: &Context,
+    order: &OrderRecord,
+    done: &[DeliveryRecord],
+    ending: LicenseStatus,
+) -> Result<()> {
     for record in done {
         match record {
             DeliveryRecord::License(slot) => {
-                ctx.store
-                    .end_license(&slot.fingerprint, LicenseStatus::Refunded)
-                    .await?;
+                ctx.store.end_license(&slot.fingerprint, ending).await?;
             }
             DeliveryRecord::Grant(slot) => {
                 let period_ms = order
@@ -169,7 +226,7 @@ where
     F: FnMut(u32) -> Fut,
     Fut: Future<Output = Result<SlotWrite>>,
 {
-    for slot in (0..order.quantity).filter(|slot| !filled.contains(slot)) {
+    for slot in order.slots().filter(|slot| !filled.contains(slot)) {
         let mut written = false;
         for _ in 0..COLLISION_RETRIES {
             budget.check(KEY_RESERVE_MS, what)?;
