@@ -522,6 +522,7 @@ async fn a_refund_takes_back_what_its_order_granted_once() {
         &ctx,
         &stored_order(&ctx, &orders[1]).await.order,
         &stored_order(&ctx, &orders[1]).await.deliveries,
+        kami_shared::domain::license::LicenseStatus::Refunded,
     )
     .await
     .unwrap();
