@@ -1519,7 +1519,8 @@ async fn a_bundle_has_what_its_parts_allow_and_is_never_oversold() {
 #[tokio::test]
 async fn a_bundle_refuses_parts_it_cannot_hold() {
     let w = world(&[("a", json!({}))]).await;
-    let (card, _, _) = bundle_parts(&w, 0).await;
+    let (card, _, membership) = bundle_parts(&w, 0).await;
+    let (_, _, other_membership) = bundle_parts(&w, 0).await;
     let inner = bundle(&w, &[(&card, 1)], "keep").await;
     let auth = format!("Bearer {ADMIN_TOKEN}");
     for (items, path) in [
@@ -1540,6 +1541,14 @@ async fn a_bundle_refuses_parts_it_cannot_hold() {
             "delivery.items[0].quantity",
         ),
         (json!([]), "delivery.items"),
+        (
+            json!([{"sku": membership, "quantity": 1}, {"sku": other_membership, "quantity": 1}]),
+            "delivery.items[1].sku",
+        ),
+        (
+            json!([{"sku": w.sku, "quantity": 1}, {"sku": w.budget_product("b", 1).await, "quantity": 1}]),
+            "delivery.items[1].sku",
+        ),
     ] {
         let (status, answer) = admin(
             &w.ctx,

@@ -78,14 +78,15 @@ impl BundleSpec {
     /// The rules between the parts, given each item's product (`None`: no such
     /// product): no bundle or subscription inside a bundle (a subscription renews by its
     /// own order), at most one top-up (its supplier requests are numbered per order),
-    /// and no entitlement granted by two parts (each part's grant is taken back alone).
+    /// and at most one membership or count card (an order's expiry reminder and the
+    /// notifier find the one entitlement it granted).
     pub fn check_parts(
         &self,
         parts: &[Option<Product>],
         bad: impl Fn(&str, String) -> Error,
     ) -> Result<()> {
         let mut top_ups = 0;
-        let mut entitlements: Vec<&str> = Vec::new();
+        let mut grants = 0;
         for (i, part) in parts.iter().enumerate() {
             let field = format!("items[{i}].sku");
             let Some(part) = part else {
@@ -107,14 +108,12 @@ impl BundleSpec {
                     "a bundle holds at most one direct top-up".into(),
                 ));
             }
-            if let Some(grant) = &part.grant {
-                if entitlements.contains(&grant.entitlement()) {
-                    return Err(bad(
-                        &field,
-                        "two parts grant the same entitlement: make it one part".into(),
-                    ));
-                }
-                entitlements.push(grant.entitlement());
+            grants += usize::from(part.grant.is_some());
+            if grants > 1 {
+                return Err(bad(
+                    &field,
+                    "a bundle holds at most one membership or count card".into(),
+                ));
             }
         }
         Ok(())
