@@ -175,3 +175,26 @@ def test_a_subscription_is_renewed_through_its_notice_a_month_later(platform):
         assert parse(ends_at()) - parse(first_end) == timedelta(days=30)
     finally:
         clock.reset(file)
+
+
+def test_a_bundle_is_delivered_part_by_part(platform):
+    license_sku, _ = _product(platform, {"type": "license_key", "activation_limit": 1})
+    card_sku, _ = _product(platform, {"type": "count_card", "entitlement": "gym", "uses": 5})
+    bundle_sku, created = _product(platform, {
+        "type": "bundle", "on_partial_failure": "reverse",
+        "items": [{"sku": card_sku, "quantity": 1}, {"sku": license_sku, "quantity": 2}]})
+    assert created["delivery"]["type"] == "bundle" and created["bundle"]["on_partial_failure"] == "reverse", created
+    # No part counts stock: neither does the bundle.
+    product = requests.get(f"{platform.api}/products/{bundle_sku}", timeout=30).json()
+    assert product["stock"] == {"available": None}, product
+
+    account = f"e2e-{uuid.uuid4().hex[:8]}"
+    body = _delivered(platform, bundle_sku, {"account_id": account})
+    parts = [(d["part"], d["type"]) for d in body["deliveries"]]
+    assert parts == [(card_sku, "count_card"), (license_sku, "license_key"), (license_sku, "license_key")], body
+    keys = {d["license_key"] for d in body["deliveries"] if d["type"] == "license_key"}
+    assert len(keys) == 2, body
+    merchant = _merchant_key(platform, ["entitlements:read"])
+    listed = requests.get(f"{platform.api}/entitlements", params={"account_id": account}, headers=merchant,
+                          timeout=30).json()["entitlements"]
+    assert [(e["name"], e["uses_left"]) for e in listed] == [("gym", 5)], listed

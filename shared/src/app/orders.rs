@@ -269,15 +269,16 @@ pub async fn create_order(
     // An account-bound product (or part) grants to the buyer's account; others ignore
     // one.
     let account_bound = product.grant.is_some() || parts.iter().any(|part| part.grant.is_some());
-    let account_id = match account_bound {
-        true => Some(request.account_id.clone().ok_or_else(|| {
+    let account_id = if account_bound {
+        Some(request.account_id.clone().ok_or_else(|| {
             Error::invalid_field(
                 "account_id_required",
                 "buyer.account_id",
                 "this product is granted to an account: buyer.account_id is required",
             )
-        })?),
-        false => None,
+        })?)
+    } else {
+        None
     };
     let referral = match &request.referral_code {
         Some(code) => match super::distributors::referral_for(ctx, code, &product.sku).await {

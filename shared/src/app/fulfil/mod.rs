@@ -114,22 +114,20 @@ pub(crate) fn fulfil_single<'a>(
     done: &'a [DeliveryRecord],
     budget: &'a Budget,
 ) -> BoxFuture<'a, Result<Fulfilment>> {
-    {
-        match order.delivery_type {
-            DeliveryType::CardKey => Box::pin(card_key::CardKeys.fulfil(ctx, order, done, budget)),
-            DeliveryType::DirectTopup => {
-                Box::pin(direct_topup::DirectTopUps.fulfil(ctx, order, done, budget))
-            }
-            DeliveryType::LicenseKey => {
-                Box::pin(license_key::LicenseKeys.fulfil(ctx, order, done, budget))
-            }
-            DeliveryType::Membership | DeliveryType::CountCard | DeliveryType::Subscription => {
-                Box::pin(grant::Grants.fulfil(ctx, order, done, budget))
-            }
-            DeliveryType::Link => Box::pin(link::Links.fulfil(ctx, order, done, budget)),
-            DeliveryType::Bundle => {
-                Box::pin(async { Err(Error::Corrupt("a bundle inside a bundle".into())) })
-            }
+    match order.delivery_type {
+        DeliveryType::CardKey => Box::pin(card_key::CardKeys.fulfil(ctx, order, done, budget)),
+        DeliveryType::DirectTopup => {
+            Box::pin(direct_topup::DirectTopUps.fulfil(ctx, order, done, budget))
+        }
+        DeliveryType::LicenseKey => {
+            Box::pin(license_key::LicenseKeys.fulfil(ctx, order, done, budget))
+        }
+        DeliveryType::Membership | DeliveryType::CountCard | DeliveryType::Subscription => {
+            Box::pin(grant::Grants.fulfil(ctx, order, done, budget))
+        }
+        DeliveryType::Link => Box::pin(link::Links.fulfil(ctx, order, done, budget)),
+        DeliveryType::Bundle => {
+            Box::pin(async { Err(Error::Corrupt("a bundle inside a bundle".into())) })
         }
     }
 }
@@ -140,20 +138,16 @@ pub(crate) fn show_single<'a>(
     order: &'a OrderRecord,
     done: &'a [DeliveryRecord],
 ) -> BoxFuture<'a, Result<Vec<Delivered>>> {
-    {
-        match order.delivery_type {
-            DeliveryType::CardKey => Box::pin(card_key::CardKeys.show(ctx, order, done)),
-            DeliveryType::DirectTopup => {
-                Box::pin(direct_topup::DirectTopUps.show(ctx, order, done))
-            }
-            DeliveryType::LicenseKey => Box::pin(license_key::LicenseKeys.show(ctx, order, done)),
-            DeliveryType::Membership | DeliveryType::CountCard | DeliveryType::Subscription => {
-                Box::pin(grant::Grants.show(ctx, order, done))
-            }
-            DeliveryType::Link => Box::pin(link::Links.show(ctx, order, done)),
-            DeliveryType::Bundle => {
-                Box::pin(async { Err(Error::Corrupt("a bundle inside a bundle".into())) })
-            }
+    match order.delivery_type {
+        DeliveryType::CardKey => Box::pin(card_key::CardKeys.show(ctx, order, done)),
+        DeliveryType::DirectTopup => Box::pin(direct_topup::DirectTopUps.show(ctx, order, done)),
+        DeliveryType::LicenseKey => Box::pin(license_key::LicenseKeys.show(ctx, order, done)),
+        DeliveryType::Membership | DeliveryType::CountCard | DeliveryType::Subscription => {
+            Box::pin(grant::Grants.show(ctx, order, done))
+        }
+        DeliveryType::Link => Box::pin(link::Links.show(ctx, order, done)),
+        DeliveryType::Bundle => {
+            Box::pin(async { Err(Error::Corrupt("a bundle inside a bundle".into())) })
         }
     }
 }
