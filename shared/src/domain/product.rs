@@ -3,7 +3,9 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::domain::bundle::{BundleItem, BundleSpec, PartialFailure};
+use crate::domain::bundle::{
+    BundleItem, BundleSpec, MAX_BUNDLE_ITEMS, MAX_ITEM_QUANTITY, PartialFailure,
+};
 use crate::domain::card_key::CardKeyRules;
 use crate::domain::entitlement::{
     GrantSpec, MAX_ENTITLEMENT_NAME_LEN, MAX_PERIOD_DAYS, MAX_USES, valid_entitlement_name,
@@ -816,6 +818,83 @@ pub fn has_control(text: &str) -> bool {
     text.chars().any(char::is_control)
 }
 
+/// The rules of a bundle and its parts (docs/bundles.md).
+impl BundleSpec {
+    /// The shape of a bundle as sent: 1 to `MAX_BUNDLE_ITEMS` distinct skus, each 1 to
+    /// `MAX_ITEM_QUANTITY` units, none the bundle itself. `bad(field, message)` makes
+    /// the field's error.
+    pub fn check_shape(&self, own_sku: &str, bad: impl Fn(&str, String) -> Error) -> Result<()> {
+        if self.items.is_empty() || self.items.len() > MAX_BUNDLE_ITEMS {
+            return Err(bad(
+                "items",
+                format!("items must list 1 to {MAX_BUNDLE_ITEMS} products"),
+            ));
+        }
+        for (i, item) in self.items.iter().enumerate() {
+            if validate_sku(&item.sku).is_err()
+                || item.sku == own_sku
+                || self.items[..i].iter().any(|other| other.sku == item.sku)
+            {
+                return Err(bad(
+                    &format!("items[{i}].sku"),
+                    "items must name distinct products other than the bundle itself".into(),
+                ));
+            }
+            if !(1..=MAX_ITEM_QUANTITY).contains(&item.quantity) {
+                return Err(bad(
+                    &format!("items[{i}].quantity"),
+                    format!("quantity must be between 1 and {MAX_ITEM_QUANTITY}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The rules between the parts, given each item's product (`None`: no such
+    /// product): no bundle or subscription inside a bundle (a subscription renews by its
+    /// own order), at most one top-up (its supplier requests are numbered per order),
+    /// and at most one membership or count card (an order's expiry reminder and the
+    /// notifier find the one entitlement it granted).
+    pub fn check_parts(
+        &self,
+        parts: &[Option<Product>],
+        bad: impl Fn(&str, String) -> Error,
+    ) -> Result<()> {
+        let mut top_ups = 0;
+        let mut grants = 0;
+        for (i, part) in parts.iter().enumerate() {
+            let field = format!("items[{i}].sku");
+            let Some(part) = part else {
+                return Err(bad(&field, "no product has this sku".into()));
+            };
+            match part.delivery {
+                DeliveryType::Bundle | DeliveryType::Subscription => {
+                    return Err(bad(
+                        &field,
+                        format!("a {} cannot be part of a bundle", part.delivery.as_str()),
+                    ));
+                }
+                DeliveryType::DirectTopup => top_ups += 1,
+                _ => {}
+            }
+            if top_ups > 1 {
+                return Err(bad(
+                    &field,
+                    "a bundle holds at most one direct top-up".into(),
+                ));
+            }
+            grants += usize::from(part.grant.is_some());
+            if grants > 1 {
+                return Err(bad(
+                    &field,
+                    "a bundle holds at most one membership or count card".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1030,5 +1109,55 @@ mod tests {
         for bad in [0, -1, 4, i64::MAX] {
             assert!(validate_quantity(bad, &product).is_err(), "{bad}");
         }
+    }
+
+    fn bad(field: &str, message: String) -> Error {
+        Error::invalid_field("invalid_delivery", field, message)
+    }
+
+    fn spec(items: &[(&str, u32)]) -> BundleSpec {
+        BundleSpec {
+            items: items
+                .iter()
+                .map(|(sku, quantity)| BundleItem {
+                    sku: (*sku).to_owned(),
+                    quantity: *quantity,
+                })
+                .collect(),
+            on_partial_failure: PartialFailure::Keep,
+        }
+    }
+
+    fn field_of(err: Error) -> String {
+        match err {
+            Error::InvalidRequest { path, .. } => path.unwrap_or_default(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_bundle_names_distinct_other_products_in_small_quantities() {
+        assert!(
+            spec(&[("a", 1), ("b", 10)])
+                .check_shape("pack", bad)
+                .is_ok()
+        );
+        assert!(spec(&[]).check_shape("pack", bad).is_err());
+        let cases = [
+            (spec(&[("a", 1), ("a", 2)]), "items[1].sku"),
+            (spec(&[("pack", 1)]), "items[0].sku"),
+            (spec(&[("a", 0)]), "items[0].quantity"),
+            (spec(&[("a", 1), ("b", 11)]), "items[1].quantity"),
+            (spec(&[("bad sku", 1)]), "items[0].sku"),
+        ];
+        for (spec, field) in cases {
+            assert_eq!(field_of(spec.check_shape("pack", bad).unwrap_err()), field);
+        }
+        let many: Vec<(String, u32)> = (0..11).map(|i| (format!("p{i}"), 1)).collect();
+        let many: Vec<(&str, u32)> = many.iter().map(|(s, q)| (s.as_str(), *q)).collect();
+        assert_eq!(
+            field_of(spec(&many).check_shape("pack", bad).unwrap_err()),
+            "items"
+        );
     }
 }

@@ -9,7 +9,7 @@ use super::{Fulfiller, Fulfilment, fulfil_single, show_single, take_back};
 use crate::app::delivery::Budget;
 use crate::app::orders::Delivered;
 use crate::config::Context;
-use crate::domain::bundle::{PART_SLOTS, PartialFailure, delivery_sequence};
+use crate::domain::bundle::{PART_SLOTS, PartialFailure};
 use crate::domain::license::LicenseStatus;
 use crate::domain::product::DeliveryType;
 use crate::error::{Error, Result};
@@ -112,4 +112,24 @@ pub fn each_part(
             Ok((part, records))
         })
         .collect()
+}
+
+/// The order in which a bundle's parts are delivered: as listed, card keys last, since a
+/// card key, once shown, can never be taken back. Indices into the items.
+pub fn delivery_sequence(kinds: &[DeliveryType]) -> Vec<usize> {
+    let (last, first): (Vec<usize>, Vec<usize>) =
+        (0..kinds.len()).partition(|&i| kinds[i] == DeliveryType::CardKey);
+    first.into_iter().chain(last).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use DeliveryType::*;
+
+    #[test]
+    fn card_keys_come_last_and_the_rest_keep_their_order() {
+        let kinds = [CardKey, LicenseKey, DirectTopup, CardKey, Membership];
+        assert_eq!(delivery_sequence(&kinds), [1, 2, 4, 0, 3]);
+    }
 }
