@@ -1292,6 +1292,16 @@ async fn paid_bundle(w: &World, sku: &str, account: &str) -> (String, String) {
     )
 }
 
+/// The (part, type) of each delivery an order view lists.
+fn parts_delivered(view: &Value) -> Vec<(&str, &str)> {
+    view["deliveries"]
+        .as_array()
+        .expect("deliveries")
+        .iter()
+        .map(|d| (d["part"].as_str().unwrap(), d["type"].as_str().unwrap()))
+        .collect()
+}
+
 fn stock_of(product: &Value) -> (i64, i64, i64) {
     let stock = &product["stock"];
     (
@@ -1320,12 +1330,7 @@ async fn a_bundle_whose_top_up_fails_keeps_the_rest_with_keep() {
     assert_eq!(view["status"], "partially_delivered", "{view}");
     assert_eq!(view["failed_part"], w.sku.as_str());
     assert_eq!(view["exception"], "no_supplier_succeeded");
-    let parts: Vec<(&str, &str)> = view["deliveries"]
-        .as_array()
-        .expect("deliveries")
-        .iter()
-        .map(|d| (d["part"].as_str().unwrap(), d["type"].as_str().unwrap()))
-        .collect();
+    let parts = parts_delivered(&view);
     assert_eq!(
         parts,
         [
@@ -1496,12 +1501,7 @@ async fn a_bundle_has_what_its_parts_allow_and_is_never_oversold() {
     assert_eq!(w.deliver(&order_id).await, DeliveryOutcome::Delivered);
     let (_, view) = view_order(&w.ctx, &order_id, &token).await;
     assert_eq!(view["status"], "delivered", "{view}");
-    let parts: Vec<(&str, &str)> = view["deliveries"]
-        .as_array()
-        .expect("deliveries")
-        .iter()
-        .map(|d| (d["part"].as_str().unwrap(), d["type"].as_str().unwrap()))
-        .collect();
+    let parts = parts_delivered(&view);
     assert_eq!(
         parts,
         [
@@ -1566,4 +1566,50 @@ async fn a_bundle_refuses_parts_it_cannot_hold() {
         assert_eq!(answer["error"]["code"], "invalid_delivery", "{answer}");
         assert_eq!(answer["error"]["path"], path, "{answer}");
     }
+}
+
+#[tokio::test]
+async fn an_expired_bundle_gives_back_every_part_and_a_late_payment_takes_them_again() {
+    let w = world(&[("a", json!({}))]).await;
+    let budget = w.budget_product("bundle-late", 3).await;
+    let (card, _, _) = bundle_parts(&w, 2).await;
+    let sku = bundle(&w, &[(&card, 1), (&budget, 1)], "keep").await;
+    let (status, created) = place(&w.ctx, &top_up_body(&sku)).await;
+    assert_eq!(status, 201, "{created}");
+    let order_id = created["order_id"].as_str().expect("id").to_owned();
+    let token = created["access_token"].as_str().expect("token").to_owned();
+    let held = |available, reserved| (available, reserved, 0);
+    let (_, card_view) = admin_product(&w.ctx, &card).await;
+    assert_eq!(stock_of(&card_view), held(1, 1));
+
+    // Unpaid past its deadline: the sweep expires it and both parts' units go back.
+    w.clock.advance_seconds(2 * 3_600);
+    kami_shared::app::sweep::sweep(&w.ctx, w.clock.now())
+        .await
+        .expect("sweep");
+    assert_eq!(w.status(&order_id).await, "expired");
+    let (_, card_view) = admin_product(&w.ctx, &card).await;
+    assert_eq!(stock_of(&card_view), held(2, 0));
+    let (_, budget_view) = admin_product(&w.ctx, &budget).await;
+    assert_eq!(stock_of(&budget_view), held(3, 0));
+
+    // The buyer pays late: each part's units are taken again where they were.
+    let payload = checkout_completed(&format!("evt_{order_id}"), &order_id, 9900, "CNY");
+    let signature = stripe_signature(STRIPE_SECRET, w.clock.now().unix_seconds(), &payload);
+    let (status, answer) = send_webhook(&w.ctx, &signature, payload).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(w.status(&order_id).await, "paid");
+    let (_, card_view) = admin_product(&w.ctx, &card).await;
+    assert_eq!(stock_of(&card_view), held(1, 1));
+    assert_eq!(w.deliver(&order_id).await, DeliveryOutcome::Delivered);
+    let (_, view) = view_order(&w.ctx, &order_id, &token).await;
+    assert_eq!(
+        parts_delivered(&view),
+        [
+            (card.as_str(), "card_key"),
+            (budget.as_str(), "direct_topup")
+        ]
+    );
+    let (_, budget_view) = admin_product(&w.ctx, &budget).await;
+    assert_eq!(stock_of(&budget_view), (2, 0, 1));
 }
