@@ -15,6 +15,7 @@ use super::reminders;
 use crate::adapters::queue::NotifyMessage;
 use crate::config::Context;
 use crate::domain::crypto::order_access_token;
+use crate::domain::license::LicenseStatus;
 use crate::domain::notification::{
     Channel, DeliveryFacts, NotificationKind, ReminderFacts, RenewalFacts, render_delivery,
     render_expiry_reminder, render_renewal_notice,
@@ -23,9 +24,7 @@ use crate::domain::order::OrderStatus;
 use crate::domain::time::Timestamp;
 use crate::error::{Error, Result};
 use crate::ports::notifier::Message;
-use crate::store::{
-    DeliveryRecord, EntitlementRecord, NotificationClaim, NotificationStatus, OrderView,
-};
+use crate::store::{DeliveryRecord, NotificationClaim, NotificationStatus, OrderView};
 
 /// How long a claim keeps other workers off a notification: longer than one send, far
 /// shorter than the queue's visibility timeout (a worker that died mid-send is taken
@@ -92,14 +91,12 @@ pub async fn notify(ctx: &Context, message: &NotifyMessage) -> Result<Vec<(Chann
         );
         return Ok(Vec::new());
     }
-    // A reminder about a period extended, ended or taken back since is not sent; one
-    // still due is rendered from the entitlement read here.
+    // A reminder about a period extended, ended or taken back since (a key voided,
+    // refunded or over) is not sent; one still due is rendered from what is read here.
     let reminded = if message.kind == NotificationKind::ExpiryReminder {
-        match granted_entitlement(ctx, &view).await? {
-            Some(record) if reminders::still_due(&record, order_id, ctx.clock.now()) => {
-                Some(record)
-            }
-            _ => {
+        match ending_of(ctx, &view, ctx.clock.now()).await? {
+            Some(ending) => Some(ending),
+            None => {
                 tracing::info!(order_id, "the reminder is stale: not sent");
                 return Ok(Vec::new());
             }
@@ -134,11 +131,11 @@ pub async fn notify(ctx: &Context, message: &NotifyMessage) -> Result<Vec<(Chann
     }
 }
 
-/// One channel: claim, render, send, mark. `reminded`: an expiry reminder's entitlement.
+/// One channel: claim, render, send, mark. `reminded`: what an expiry reminder is about.
 async fn tell(
     ctx: &Context,
     view: &OrderView,
-    reminded: Option<&EntitlementRecord>,
+    reminded: Option<&Ending>,
     contents: &mut Option<Contents>,
     claim: &NotificationClaim<'_>,
 ) -> Result<Told> {
@@ -225,7 +222,7 @@ impl Contents {
 async fn message_for(
     ctx: &Context,
     view: &OrderView,
-    reminded: Option<&EntitlementRecord>,
+    reminded: Option<&Ending>,
     contents: &mut Option<Contents>,
     claim: &NotificationClaim<'_>,
 ) -> Result<Message> {
@@ -252,16 +249,13 @@ async fn message_for(
             claim.channel,
         ),
         NotificationKind::ExpiryReminder => {
-            let record = reminded
-                .ok_or_else(|| Error::Corrupt("a reminder without its entitlement".into()))?;
+            let ending = reminded
+                .ok_or_else(|| Error::Corrupt("a reminder without what it is about".into()))?;
             render_expiry_reminder(
                 &ReminderFacts {
                     title: &contents.title,
-                    entitlement: &record.name,
-                    ends_at: &record
-                        .ends_at
-                        .map(Timestamp::to_rfc3339)
-                        .unwrap_or_default(),
+                    entitlement: ending.name.as_deref(),
+                    ends_at: &ending.ends_at.to_rfc3339(),
                     order_url: order_url.as_deref(),
                 },
                 claim.language,
@@ -301,12 +295,42 @@ async fn message_for(
     })
 }
 
-/// The entitlement an order granted or extended (its grant record's).
-async fn granted_entitlement(ctx: &Context, view: &OrderView) -> Result<Option<EntitlementRecord>> {
-    match view.deliveries.iter().find_map(DeliveryRecord::grant) {
-        Some(slot) => ctx.store.entitlement(&slot.entitlement_id).await,
-        None => Ok(None),
+/// What an expiry reminder is about: what ends (an entitlement's name; none for
+/// license keys) and when.
+struct Ending {
+    name: Option<String>,
+    ends_at: Timestamp,
+}
+
+/// What of the order still ends ahead, as of `now`: the entitlement it granted or
+/// extended (its grant record's), if this order's period is still its last; else the
+/// soonest end of its live license keys. `None`: nothing left to remind of.
+async fn ending_of(ctx: &Context, view: &OrderView, now: Timestamp) -> Result<Option<Ending>> {
+    if let Some(slot) = view.deliveries.iter().find_map(DeliveryRecord::grant) {
+        let record = ctx.store.entitlement(&slot.entitlement_id).await?;
+        return Ok(record
+            .filter(|record| reminders::still_due(record, &view.order.order_id, now))
+            .and_then(|record| {
+                record.ends_at.map(|ends_at| Ending {
+                    name: Some(record.name),
+                    ends_at,
+                })
+            }));
     }
+    let mut soonest: Option<Timestamp> = None;
+    for slot in view.deliveries.iter().filter_map(DeliveryRecord::license) {
+        if let Some(state) = ctx.store.license(&slot.fingerprint).await?
+            && state.license.status_at(now) == LicenseStatus::Active
+            && let Some(end) = state.license.expires_at
+            && soonest.is_none_or(|earlier| end < earlier)
+        {
+            soonest = Some(end);
+        }
+    }
+    Ok(soonest.map(|ends_at| Ending {
+        name: None,
+        ends_at,
+    }))
 }
 
 /// A delivered unit as one line of text: the key, the link, the entitlement, or the

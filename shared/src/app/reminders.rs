@@ -3,12 +3,15 @@
 //! whose renewal is off), the sweep queues a reminder for the order that granted the
 //! period. An entitlement with an end waits in `gsi1` `ENDING` by its end; it leaves once
 //! its reminder is queued, and an extension puts it back at its new end. A renewing
-//! subscription gets its renewal notice instead.
+//! subscription gets its renewal notice instead. A license key with an end waits in
+//! `gsi1` `LICENSES_ENDING` likewise, and is reminded about through the order that
+//! delivered it (once per order, whatever its keys: the notifier's claim).
 
 use serde::Serialize;
 
 use super::fulfil::grant::subscription_of;
 use crate::config::Context;
+use crate::domain::license::LicenseStatus;
 use crate::domain::notification::NotificationKind;
 use crate::domain::product::DeliveryType;
 use crate::domain::time::Timestamp;
@@ -45,7 +48,43 @@ pub async fn remind_due(ctx: &Context, now: Timestamp) -> Result<ReminderReport>
             tracing::error!(entitlement_id, error = %err, "reminder failed; the next run tries again");
         }
     }
+    let due = ctx
+        .store
+        .ending_licenses(now.plus_seconds(window), REMINDERS_PER_RUN)
+        .await?;
+    for fingerprint in due {
+        if let Err(err) = remind_license(ctx, &fingerprint, now, &mut report).await {
+            report.failed += 1;
+            tracing::error!(error = %err, "license reminder failed; the next run tries again");
+        }
+    }
     Ok(report)
+}
+
+/// A license key ending soon: its order is reminded, unless the key is voided, refunded
+/// or over already.
+async fn remind_license(
+    ctx: &Context,
+    fingerprint: &str,
+    now: Timestamp,
+    report: &mut ReminderReport,
+) -> Result<()> {
+    let live = ctx
+        .store
+        .license(fingerprint)
+        .await?
+        .filter(|state| state.license.status_at(now) == LicenseStatus::Active);
+    match (live, ctx.notify_queue()) {
+        (Some(state), Some(queue)) => {
+            queue
+                .enqueue_notification(NotificationKind::ExpiryReminder, &state.license.order_id)
+                .await?;
+            report.queued += 1;
+        }
+        (Some(_), None) => {}
+        (None, _) => report.dropped += 1,
+    }
+    ctx.store.license_reminded(fingerprint).await
 }
 
 async fn remind_one(

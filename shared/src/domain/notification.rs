@@ -199,7 +199,8 @@ pub fn render_delivery(facts: &DeliveryFacts, language: Language, channel: Chann
 /// What an expiry reminder says: which entitlement ends when.
 pub struct ReminderFacts<'a> {
     pub title: &'a str,
-    pub entitlement: &'a str,
+    /// The entitlement's name; `None` for license keys.
+    pub entitlement: Option<&'a str>,
     pub ends_at: &'a str,
     /// The order that granted the period (`{api}/orders/{id}`).
     pub order_url: Option<&'a str>,
@@ -221,14 +222,24 @@ pub fn render_expiry_reminder(
         Language::ZhCn => (
             format!("「{title}」将于 {ends_at} 到期"),
             vec![
-                format!("您的「{title}」（{entitlement}）将于 {ends_at} 到期。"),
+                format!(
+                    "您的「{title}」{}将于 {ends_at} 到期。",
+                    entitlement
+                        .map(|name| format!("（{name}）"))
+                        .unwrap_or_default()
+                ),
                 "如需继续使用，请在到期前再次购买。".to_owned(),
             ],
         ),
         Language::En => (
             format!("\"{title}\" ends at {ends_at}"),
             vec![
-                format!("Your \"{title}\" ({entitlement}) ends at {ends_at}."),
+                format!(
+                    "Your \"{title}\" {}ends at {ends_at}.",
+                    entitlement
+                        .map(|name| format!("({name}) "))
+                        .unwrap_or_default()
+                ),
                 "Buy it again before then to keep it without a break.".to_owned(),
             ],
         ),
@@ -410,7 +421,7 @@ mod tests {
     fn an_expiry_reminder_names_the_right_and_its_end() {
         let facts = ReminderFacts {
             title: "VIP",
-            entitlement: "vip",
+            entitlement: Some("vip"),
             ends_at: "2026-12-31T00:00:00Z",
             order_url: None,
         };
@@ -424,6 +435,26 @@ mod tests {
         let zh = render_expiry_reminder(&facts, Language::ZhCn, Channel::Sms);
         assert_eq!(zh.subject, "「VIP」将于 2026-12-31T00:00:00Z 到期");
         assert!(!zh.body.contains('\n'));
+        // A license key's: the product alone.
+        let key = ReminderFacts {
+            entitlement: None,
+            title: "Editor Pro",
+            ..facts
+        };
+        let en = render_expiry_reminder(&key, Language::En, Channel::Email);
+        assert!(
+            en.body
+                .starts_with("Your \"Editor Pro\" ends at 2026-12-31T00:00:00Z."),
+            "{}",
+            en.body
+        );
+        let zh = render_expiry_reminder(&key, Language::ZhCn, Channel::Email);
+        assert!(
+            zh.body
+                .starts_with("您的「Editor Pro」将于 2026-12-31T00:00:00Z 到期。"),
+            "{}",
+            zh.body
+        );
     }
 
     #[test]

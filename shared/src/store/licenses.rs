@@ -16,6 +16,9 @@ use crate::domain::time::{Timestamp, new_id};
 use crate::error::{Error, Result};
 
 const LICENSE_SK: &str = "LICENSE";
+/// The sweep's queue (`gsi1`) of licenses with an end whose expiry reminder is not queued
+/// yet, by their end.
+const LICENSES_ENDING_INDEX: &str = "LICENSES_ENDING";
 const INSTANCE_PREFIX: &str = "INSTANCE#";
 
 fn license_pk(fingerprint: &str) -> String {
@@ -189,10 +192,34 @@ impl Store {
         if let Some(days) = license.spec.valid_days {
             let end = now.plus_seconds(i64::from(days) * 86_400);
             stored.insert("expires_at".to_owned(), n(end.unix_seconds()));
+            stored.insert("gsi1pk".to_owned(), s(LICENSES_ENDING_INDEX));
+            stored.insert("gsi1sk".to_owned(), n(end.unix_seconds()));
         }
         tx.put(ItemName::License, stored, Some("attribute_not_exists(pk)"))?;
         tx.awaiting_delivery(order)?;
         SlotWrite::of(self.transact(tx).await?, "license fingerprint")
+    }
+
+    /// Access pattern: the licenses ending by `by` whose reminder is not queued yet,
+    /// soonest first (one Query of `gsi1` `LICENSES_ENDING`, keys only): their
+    /// fingerprints.
+    pub async fn ending_licenses(&self, by: Timestamp, limit: i32) -> Result<Vec<String>> {
+        self.due_in_gsi1(LICENSES_ENDING_INDEX, by, limit, "LICENSE#")
+            .await
+    }
+
+    /// Access pattern: a license out of the ending queue (its reminder queued, or none
+    /// needed). Its end never moves, so nothing puts it back.
+    pub async fn license_reminded(&self, fingerprint: &str) -> Result<()> {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key_item(license_key(fingerprint))))
+            .update_expression("REMOVE gsi1pk, gsi1sk")
+            .send()
+            .await
+            .map_err(|e| Error::aws("dynamodb", e))?;
+        Ok(())
     }
 
     /// Access pattern: a license and its active instances, by the key's fingerprint

@@ -50,7 +50,8 @@ async fn subscribed(start_days: i64) -> Subscribed {
     .await
 }
 
-/// As `subscribed`, for a product delivering `delivery` (its entitlement name added).
+/// As `subscribed`, for a product delivering `delivery` (its entitlement name added,
+/// but to a license key's).
 async fn bought(start_days: i64, mut delivery: Value) -> Subscribed {
     let clock = Arc::new(FakeClock::at(
         FakeClock::DEFAULT.plus_seconds(start_days * DAY),
@@ -58,7 +59,9 @@ async fn bought(start_days: i64, mut delivery: Value) -> Subscribed {
     let notices = fresh_queue().await;
     let ctx = context_on_with(clock.clone(), &[("NOTIFY_QUEUE_URL", &notices)]).await;
     let sku = unique_sku("sub");
-    delivery["entitlement"] = json!(format!("vip-{}", new_id().to_ascii_lowercase()));
+    if delivery["type"] != "license_key" {
+        delivery["entitlement"] = json!(format!("vip-{}", new_id().to_ascii_lowercase()));
+    }
     create_product(
         &ctx,
         json!({"sku": sku, "title": "VIP", "price": {"amount": 3000, "currency": "CNY"},
@@ -93,7 +96,10 @@ async fn bought(start_days: i64, mut delivery: Value) -> Subscribed {
         ctx,
         email,
         account_id,
-        entitlement_id: delivered["entitlement_id"].as_str().unwrap().to_owned(),
+        entitlement_id: delivered["entitlement_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
         order_id,
         token,
     }
@@ -428,6 +434,66 @@ async fn a_membership_is_reminded_once_before_it_ends() {
             .unwrap()
             .contains("Buy it again"),
         "{reminders:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_license_key_is_reminded_once_before_it_ends_unless_voided() {
+    let _serial = SERIAL.lock().await;
+    let licensed = bought(
+        4_100,
+        json!({"type": "license_key", "activation_limit": 1, "valid_days": 30}),
+    )
+    .await;
+    let refunded = bought(
+        4_100,
+        json!({"type": "license_key", "activation_limit": 1, "valid_days": 30}),
+    )
+    .await;
+    for buyer in [&licensed, &refunded] {
+        assert_eq!(buyer.queued_kinds().await, vec![NotificationKind::Delivery]);
+    }
+    let end = FakeClock::DEFAULT.plus_seconds((4_100 + 30) * DAY);
+    // A key taken back before its reminder is not reminded of.
+    let stored = stored_order(&refunded.ctx, &refunded.order_id).await;
+    kami_shared::app::fulfil::take_back(
+        &refunded.ctx,
+        &stored.order,
+        &stored.deliveries,
+        kami_shared::domain::license::LicenseStatus::Voided,
+    )
+    .await
+    .unwrap();
+
+    licensed.clock.advance_seconds(26 * DAY);
+    licensed.remind_now().await;
+    assert!(licensed.queued_kinds().await.is_empty(), "not yet");
+    licensed.clock.advance_seconds(DAY + 60);
+    refunded.clock.advance_seconds(27 * DAY + 60);
+    licensed.remind_now().await;
+    licensed.remind_now().await;
+    refunded.remind_now().await;
+    assert_eq!(
+        licensed.queued_kinds().await,
+        vec![NotificationKind::ExpiryReminder],
+        "one reminder, whatever the runs"
+    );
+    assert!(refunded.queued_kinds().await.is_empty());
+    let outbox = outbox().await;
+    let reminders: Vec<_> = sent_to(&outbox, &licensed.email)
+        .into_iter()
+        .filter(|m| {
+            m["subject"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!("ends at {}", end.to_rfc3339()))
+        })
+        .collect();
+    assert_eq!(reminders.len(), 1, "{reminders:?}");
+    assert!(
+        sent_to(&outbox, &refunded.email)
+            .iter()
+            .all(|m| !m["subject"].as_str().unwrap().contains("ends at"))
     );
 }
 
