@@ -1338,6 +1338,19 @@ async fn a_bundle_whose_top_up_fails_keeps_the_rest_with_keep() {
             (license.as_str(), "license_key")
         ]
     );
+    // The operator sees the failed part, its supplier requests, and what was delivered
+    // by id, each unit with its own type.
+    let operator = w.operator_view(&order_id).await;
+    assert_eq!(operator["failed_part"], w.sku.as_str(), "{operator}");
+    assert_eq!(
+        operator["top_up"]["requests"][0]["status"], "failed",
+        "{operator}"
+    );
+    assert_eq!(
+        operator["generated"][0]["type"], "license_key",
+        "{operator}"
+    );
+    assert_eq!(operator["allocated_keys"].as_array().map(Vec::len), Some(1));
     // The card key part sold its unit at once; nothing stays reserved.
     let (_, card_view) = admin_product(&w.ctx, &card).await;
     assert_eq!(stock_of(&card_view), (2, 0, 1));

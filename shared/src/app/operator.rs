@@ -113,6 +113,9 @@ pub struct OperatorOrderView {
     pub quantity: u32,
     pub status: OrderStatus,
     pub exception: Option<String>,
+    /// A bundle whose part failed for good: that part's sku (docs/bundles.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed_part: Option<String>,
     pub amount: Money,
     pub buyer: BuyerView,
     pub created_at: String,
@@ -164,6 +167,11 @@ pub struct TopUpRequestView {
 pub async fn order_for_operator(ctx: &Context, order_id: &str) -> Result<OperatorOrderView> {
     let view = find_order_view(ctx, order_id).await?;
     let order = view.order;
+    // A bundle's top-up is one of its parts.
+    let top_up = order
+        .top_up
+        .clone()
+        .or_else(|| order.parts.iter().find_map(|part| part.top_up.clone()));
     let refunded = order.status == OrderStatus::Refunded;
     Ok(OperatorOrderView {
         expires_at: order.expires_at.to_rfc3339(),
@@ -172,6 +180,7 @@ pub async fn order_for_operator(ctx: &Context, order_id: &str) -> Result<Operato
         quantity: order.quantity,
         status: order.status,
         exception: order.exception,
+        failed_part: order.failed_part,
         amount: order.amount,
         buyer: BuyerView {
             email: order.buyer_email,
@@ -246,19 +255,23 @@ pub async fn order_for_operator(ctx: &Context, order_id: &str) -> Result<Operato
             .deliveries
             .iter()
             .filter_map(|record| match record {
-                DeliveryRecord::License(slot) => Some((slot.slot, slot.key.seal_id.clone())),
-                DeliveryRecord::Link(slot) => Some((slot.slot, slot.token.seal_id.clone())),
-                DeliveryRecord::Grant(slot) => Some((0, slot.entitlement_id.clone())),
+                DeliveryRecord::License(slot) => Some((
+                    slot.slot,
+                    DeliveryType::LicenseKey,
+                    slot.key.seal_id.clone(),
+                )),
+                DeliveryRecord::Link(slot) => {
+                    Some((slot.slot, DeliveryType::Link, slot.token.seal_id.clone()))
+                }
+                DeliveryRecord::Grant(slot) => {
+                    Some((slot.slot, slot.kind, slot.entitlement_id.clone()))
+                }
                 DeliveryRecord::CardKey(_) | DeliveryRecord::TopUp(_) => None,
             })
-            .map(|(slot, id)| GeneratedUnit {
-                slot,
-                kind: order.delivery_type,
-                id,
-            })
+            .map(|(slot, kind, id)| GeneratedUnit { slot, kind, id })
             .collect(),
         account_id: order.account_id.clone(),
-        top_up: order.top_up.map(|top_up| TopUpView {
+        top_up: top_up.map(|top_up| TopUpView {
             account: top_up.account,
             supplier_product: top_up.supplier_product,
             suppliers: top_up.suppliers,
