@@ -172,3 +172,66 @@ pub async fn deactivate(ctx: &Context, request: DeactivateRequest) -> Result<Dea
         activations_left: activations_left(&state),
     })
 }
+
+/// The answer of `POST /admin/orders/{order_id}/licenses/{license_id}/void`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VoidedLicense {
+    pub order_id: String,
+    pub license_id: String,
+    /// `voided`.
+    pub status: LicenseStatus,
+}
+
+/// `POST /admin/orders/{order_id}/licenses/{license_id}/void`: an operator ends one key
+/// an order delivered (leaked, abused, replaced), with a reason: it validates as
+/// `voided` and activates no more, in one transaction with the audit record. The key is
+/// named by its license id (the operator's order view lists it), never by the key.
+/// Idempotent: a voided key answers the same; a refunded one is `409
+/// license_not_active`.
+pub async fn void_license(
+    ctx: &Context,
+    actor: &crate::app::audit::Actor,
+    (order_id, license_id): (&str, &str),
+    request: crate::app::operator::ReasonRequest,
+) -> Result<VoidedLicense> {
+    let reason = crate::app::operator::checked_note(&request.reason, "invalid_reason", "reason")?;
+    let view = crate::app::operator::find_order_view(ctx, order_id).await?;
+    let slot = view
+        .deliveries
+        .iter()
+        .filter_map(crate::store::DeliveryRecord::license)
+        .find(|slot| slot.key.seal_id == license_id)
+        .ok_or(Error::NotFound("license"))?;
+    let voided = || VoidedLicense {
+        order_id: order_id.to_owned(),
+        license_id: license_id.to_owned(),
+        status: LicenseStatus::Voided,
+    };
+    let entry = actor.entry(
+        ctx,
+        "license.void",
+        (crate::store::AuditSubject::Order, order_id),
+        Some(&reason),
+        Some(LicenseStatus::Active.as_str().to_owned()),
+        Some(LicenseStatus::Voided.as_str().to_owned()),
+    );
+    if ctx
+        .store
+        .end_license(&slot.fingerprint, LicenseStatus::Voided, Some(&entry))
+        .await?
+    {
+        tracing::warn!(
+            order_id,
+            license_id,
+            actor = actor.name,
+            reason,
+            "license voided by an operator"
+        );
+        return Ok(voided());
+    }
+    // Not active: voided before (by a twin request) is the same answer.
+    match ctx.store.license(&slot.fingerprint).await? {
+        Some(state) if state.license.status == LicenseStatus::Voided => Ok(voided()),
+        _ => Err(Error::Conflict(ConflictKind::LicenseNotActive)),
+    }
+}

@@ -407,7 +407,7 @@ pub struct ConfirmedPayment {
     pub status: OrderStatus,
 }
 
-fn checked_note(text: &str, code: &'static str, field: &str) -> Result<String> {
+pub(crate) fn checked_note(text: &str, code: &'static str, field: &str) -> Result<String> {
     let text = text.trim();
     if text.is_empty() || text.chars().count() > MAX_NOTE_LEN || text.chars().any(char::is_control)
     {

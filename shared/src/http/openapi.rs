@@ -190,7 +190,7 @@ mod tests {
             }
         }
         assert_eq!(
-            operations, 53,
+            operations, 54,
             "one operation per route of the six HTTP functions"
         );
     }

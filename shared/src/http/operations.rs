@@ -15,6 +15,7 @@ use super::{
 use crate::app::api_keys::{self, ApiKeyCreated, ApiKeyList, NewApiKeyRequest};
 use crate::app::audit::{self, Actor, AuditPage, AuditQuery};
 use crate::app::exceptions::{self, ExceptionPage, ExceptionsQuery};
+use crate::app::licenses::{self, VoidedLicense};
 use crate::app::operator::{
     self, ConfirmPaidRequest, ConfirmedPayment, MismatchResolution, OperatorOrderView,
     PaymentResolution, ReasonRequest, Redelivery, Resolution, SubstituteRequest, UnmatchedPayments,
@@ -35,6 +36,7 @@ pub fn routes() -> ApiRouter {
         .routes(routes!(resolve_mismatch))
         .routes(routes!(accept_payment))
         .routes(routes!(substitute))
+        .routes(routes!(void_license))
         .routes(routes!(list_audit))
         .routes(routes!(create_api_key, list_api_keys))
         .routes(routes!(revoke_api_key))
@@ -330,6 +332,40 @@ async fn resolve_payment(
     Ok(Reply(
         StatusCode::OK,
         operator::resolve_payment(&ctx, &actor, event, request).await?,
+    ))
+}
+
+/// Voids one license key an order delivered (leaked, abused, replaced), with a reason:
+/// it validates as `voided` and activates no more; the audit trail names who and why.
+/// The key is named by its license id (`generated` in the operator's order view).
+/// Idempotent: a voided key answers the same.
+#[utoipa::path(
+    post,
+    path = "/admin/orders/{order_id}/licenses/{license_id}/void",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(
+        ("order_id" = String, Path, description = "The order's id (ULID)"),
+        ("license_id" = String, Path, description = "The license's id, as the order view's `generated` lists it"),
+    ),
+    request_body = ReasonRequest,
+    responses(
+        (status = 200, description = "Voided (by this request or an earlier one)", body = VoidedLicense),
+        (status = 400, description = "`invalid_reason` (with the field's path), `invalid_json`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`order_not_found`, `license_not_found` (no such key in this order)", body = ErrorBody),
+        (status = 409, description = "`license_not_active`: the key was refunded", body = ErrorBody),
+    )
+)]
+async fn void_license(
+    State(ctx): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    PathParam((order_id, license_id)): PathParam<(String, String)>,
+    JsonBody(request): JsonBody<ReasonRequest>,
+) -> ApiResult<VoidedLicense> {
+    Ok(Reply(
+        StatusCode::OK,
+        licenses::void_license(&ctx, &actor, (&order_id, &license_id), request).await?,
     ))
 }
 

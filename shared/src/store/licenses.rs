@@ -335,10 +335,19 @@ impl Store {
         Ok(self.transact(tx).await?.committed())
     }
 
-    /// Access pattern: a delivered key is voided or refunded (an operator's refund of
-    /// its order): it stops validating and activating. False if it was not active.
-    pub async fn end_license(&self, fingerprint: &str, status: LicenseStatus) -> Result<bool> {
+    /// Access pattern: a delivered key is voided or refunded (its order refunded, a
+    /// reversed bundle, an operator's void with its `audit` record in the same
+    /// transaction): it stops validating and activating. False if it was not active.
+    pub async fn end_license(
+        &self,
+        fingerprint: &str,
+        status: LicenseStatus,
+        audit: Option<&super::AuditEntry>,
+    ) -> Result<bool> {
         let mut tx = self.tx();
+        if let Some(entry) = audit {
+            tx.audit(entry)?;
+        }
         tx.update(
             ItemName::License,
             key_item(license_key(fingerprint)),

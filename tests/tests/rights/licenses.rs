@@ -92,6 +92,71 @@ async fn each_unit_gets_its_own_well_formed_key_once_whatever_the_messages() {
 }
 
 #[tokio::test]
+async fn an_operator_voids_one_key_once_under_concurrent_requests_with_the_audit_record() {
+    let ctx = context().await;
+    let (order_id, keys) = delivered_keys(&ctx, json!({"activation_limit": 2}), 2).await;
+    let (_, view) = operations_get(&ctx, &format!("/admin/orders/{order_id}")).await;
+    let license_id = view["generated"][0]["id"].as_str().unwrap().to_owned();
+    let void = |license_id: String| {
+        let ctx = ctx.clone();
+        let order_id = order_id.clone();
+        async move {
+            let auth = format!("Bearer {ADMIN_TOKEN}");
+            operations(
+                &ctx,
+                request(
+                    "POST",
+                    &format!("/admin/orders/{order_id}/licenses/{license_id}/void"),
+                    &[("authorization", &auth)],
+                    json!({"reason": "key posted on a forum, ticket 881"}).to_string(),
+                ),
+            )
+            .await
+        }
+    };
+    let answers = at_once(10, |_| void(license_id.clone())).await;
+    assert_eq!(count(&answers, 200, None), 10, "{answers:?}");
+    assert!(answers.iter().all(|(_, body)| body["status"] == "voided"));
+    // The first key validates as voided, the other as active.
+    let (_, api_key) = issue_key(&ctx, &["licenses"]).await;
+    let mut statuses = Vec::new();
+    for key in &keys {
+        let (status, validity) = merchant(
+            &ctx,
+            &api_key,
+            "POST",
+            "/licenses/validate",
+            json!({"license_key": key}),
+        )
+        .await;
+        assert_eq!(status, 200, "{validity}");
+        statuses.push(validity["status"].as_str().unwrap().to_owned());
+    }
+    statuses.sort();
+    assert_eq!(statuses, ["active", "voided"]);
+    // One audit record, naming the reason and never the key.
+    let (status, audit) = operations_get(&ctx, &format!("/admin/audit?order={order_id}")).await;
+    assert_eq!(status, 200, "{audit}");
+    let voids: Vec<&Value> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "license.void")
+        .collect();
+    assert_eq!(voids.len(), 1, "{audit}");
+    assert_eq!(voids[0]["reason"], "key posted on a forum, ticket 881");
+    for key in &keys {
+        assert!(!audit.to_string().contains(key.as_str()));
+    }
+    // A license of another order, or none at all: not found.
+    expect_error(
+        void("01J00000000000000000000000".into()).await,
+        404,
+        "license_not_found",
+    );
+}
+
+#[tokio::test]
 async fn parallel_first_deliveries_write_one_key_per_slot() {
     let ctx = context().await;
     let sku = unique_sku("lic");

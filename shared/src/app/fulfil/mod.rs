@@ -178,7 +178,9 @@ async fn take_back_single(
     for record in done {
         match record {
             DeliveryRecord::License(slot) => {
-                ctx.store.end_license(&slot.fingerprint, ending).await?;
+                ctx.store
+                    .end_license(&slot.fingerprint, ending, None)
+                    .await?;
             }
             DeliveryRecord::Grant(slot) => {
                 let period_ms = order
