@@ -394,6 +394,19 @@ async fn subscription_products_are_checked() {
     }
 }
 
+/// The expiry reminders in `outbox` sent to `email` about an end at `end`.
+fn reminders_ending_at<'a>(outbox: &'a [Value], email: &str, end: Timestamp) -> Vec<&'a Value> {
+    sent_to(outbox, email)
+        .into_iter()
+        .filter(|m| {
+            m["subject"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!("ends at {}", end.to_rfc3339()))
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn a_membership_is_reminded_once_before_it_ends() {
     let _serial = SERIAL.lock().await;
@@ -418,15 +431,7 @@ async fn a_membership_is_reminded_once_before_it_ends() {
         "one reminder, whatever the runs"
     );
     let outbox = outbox().await;
-    let reminders: Vec<_> = sent_to(&outbox, &member.email)
-        .into_iter()
-        .filter(|m| {
-            m["subject"]
-                .as_str()
-                .unwrap()
-                .ends_with(&format!("ends at {}", end.to_rfc3339()))
-        })
-        .collect();
+    let reminders = reminders_ending_at(&outbox, &member.email, end);
     assert_eq!(reminders.len(), 1, "{reminders:?}");
     assert!(
         reminders[0]["body"]
@@ -480,15 +485,7 @@ async fn a_license_key_is_reminded_once_before_it_ends_unless_voided() {
     );
     assert!(refunded.queued_kinds().await.is_empty());
     let outbox = outbox().await;
-    let reminders: Vec<_> = sent_to(&outbox, &licensed.email)
-        .into_iter()
-        .filter(|m| {
-            m["subject"]
-                .as_str()
-                .unwrap()
-                .ends_with(&format!("ends at {}", end.to_rfc3339()))
-        })
-        .collect();
+    let reminders = reminders_ending_at(&outbox, &licensed.email, end);
     assert_eq!(reminders.len(), 1, "{reminders:?}");
     assert!(
         sent_to(&outbox, &refunded.email)
