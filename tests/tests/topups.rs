@@ -1626,3 +1626,48 @@ async fn an_expired_bundle_gives_back_every_part_and_a_late_payment_takes_them_a
     let (_, budget_view) = admin_product(&w.ctx, &budget).await;
     assert_eq!(stock_of(&budget_view), (2, 0, 1));
 }
+
+#[tokio::test]
+async fn a_partly_delivered_bundle_refunded_in_full_takes_back_what_it_delivered() {
+    let w = world(&[("a", json!({}))]).await;
+    w.fake(0).answer_with(TopUpOutcome::Failed {
+        reason: "account frozen".into(),
+    });
+    let (card, license, _) = bundle_parts(&w, 1).await;
+    let sku = bundle(&w, &[(&card, 1), (&w.sku, 1), (&license, 1)], "keep").await;
+    let channel_id = format!(
+        "bun-{}",
+        &kami_shared::domain::time::new_id()[16..].to_ascii_lowercase()
+    );
+    let channel = unreachable_stripe_channel(&w.ctx, &channel_id).await;
+    let key = unique_sku("bundle-refund-key");
+    let order_id =
+        paid_through_channel(&w.ctx, &w.clock, &channel, &key, top_up_body(&sku), 9900).await;
+    assert_eq!(
+        w.deliver(&order_id).await,
+        DeliveryOutcome::PartiallyDelivered("no_supplier_succeeded")
+    );
+
+    refunded(&w.ctx, &w.clock, &order_id, 9900).await;
+    assert_eq!(w.status(&order_id).await, "refunded");
+    let stored = stored_order(&w.ctx, &order_id).await;
+    let license_slot = stored
+        .deliveries
+        .iter()
+        .find_map(|record| record.license())
+        .expect("the license part was delivered");
+    let state = w
+        .ctx
+        .store
+        .license(&license_slot.fingerprint)
+        .await
+        .expect("read")
+        .expect("license");
+    assert_eq!(
+        state.license.status,
+        kami_shared::domain::license::LicenseStatus::Refunded
+    );
+    // The card key stays sold: the buyer has seen it.
+    let (_, card_view) = admin_product(&w.ctx, &card).await;
+    assert_eq!(stock_of(&card_view), (0, 0, 1));
+}

@@ -11,9 +11,10 @@ use crate::error::{Error, Result};
 use crate::store::{ExceptionEntry, ExceptionFilter, cursor_key, cursor_text};
 
 /// What `cause` may be: a status that needs a person, or a detail of one.
-pub const CAUSES: [&str; 16] = [
+pub const CAUSES: [&str; 17] = [
     "delivery_failed",
     "partially_delivered",
+    crate::store::STOCK_MISMATCH,
     "payment_exception",
     "paid_after_expiry",
     "duplicate_payment",

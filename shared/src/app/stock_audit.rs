@@ -10,7 +10,9 @@
 //!   by no live order (never sold again); less is an order whose units are not held.
 //!
 //! A product outside them is reported (ERROR log, metric `StockMismatches`, the run's
-//! answer) for an operator: the audit changes nothing. docs/operations.md, "The stock
+//! answer) and filed in the exception queue (cause `stock_mismatch`, one entry per
+//! product and kind) for an operator; a run that judges it again and finds it mended
+//! takes the entry out. The audit changes no stock. docs/operations.md, "The stock
 //! audit".
 
 use std::collections::HashMap;
@@ -91,6 +93,41 @@ pub fn judge_reservations(sku: &str, by_orders: i64, stock: &Stock) -> Option<St
     })
 }
 
+const KEY_KINDS: [&str; 2] = ["fewer_keys_than_available", "keys_not_counted"];
+const RESERVATION_KINDS: [&str; 2] = ["reserved_without_order", "order_without_reservation"];
+
+/// Files a product's findings in the exception queue, and takes out those of the kinds
+/// `judged` this run that it did not find again.
+async fn file(ctx: &Context, sku: &str, found: &[StockMismatch], judged: &[&str]) -> Result<()> {
+    let now = ctx.clock.now();
+    for mismatch in found {
+        let mut figures = vec![
+            ("available", mismatch.available),
+            ("reserved", mismatch.reserved),
+        ];
+        if let Some(keys) = mismatch.keys_in_stock {
+            figures.push(("keys_in_stock", i64::try_from(keys).unwrap_or(i64::MAX)));
+        }
+        if let Some(held) = mismatch.reserved_by_orders {
+            figures.push(("reserved_by_orders", held));
+        }
+        ctx.store
+            .file_stock_mismatch((sku, mismatch.kind), &figures, now)
+            .await?;
+    }
+    for filed in ctx.store.filed_stock_mismatches(sku).await? {
+        if judged.contains(&filed.as_str()) && !found.iter().any(|m| m.kind == filed) {
+            ctx.store.clear_stock_mismatch(sku, &filed).await?;
+            tracing::info!(
+                sku,
+                kind = filed,
+                "stock mismatch mended: out of the exception queue"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Every product that counts stock, with its counters read now (consistently).
 async fn products_with_stock(ctx: &Context) -> Result<Vec<(Product, Stock)>> {
     let mut found = Vec::new();
@@ -144,7 +181,9 @@ pub async fn audit_stock(ctx: &Context, budget: &Budget) -> Result<StockAuditRep
         let now = ctx.store.stock(&product.sku, true).await?;
         report.checked += 1;
         let mut found = Vec::new();
+        let mut judged: Vec<&str> = Vec::new();
         if now == stock {
+            judged.extend(RESERVATION_KINDS);
             let by_orders = held.get(&product.sku).copied().unwrap_or_default();
             found.extend(judge_reservations(&product.sku, by_orders, &now));
         } else {
@@ -155,7 +194,9 @@ pub async fn audit_stock(ctx: &Context, budget: &Budget) -> Result<StockAuditRep
             // cannot push the count below `available` read before it.
             let keys = ctx.store.count_stock_keys(&product.sku).await?;
             found.extend(judge_keys(&product.sku, keys, &now));
+            judged.extend(KEY_KINDS);
         }
+        file(ctx, &product.sku, &found, &judged).await?;
         for mismatch in found {
             tracing::error!(
                 sku = mismatch.sku,

@@ -1,9 +1,11 @@
 //! The exception queue: orders that need a person (`delivery_failed`,
-//! `payment_exception`, `paid_after_expiry`), in the sparse index `gsi2` from the
-//! transition that puts them there until the one that ends it (`Tx::move_order`), and
-//! payment records that do (a duplicate payment, a payment for no known order) from
-//! when they are recorded until an operator resolves them; keyed by when they began to
-//! need one. The index carries what a listing shows, so a page is one Query.
+//! `payment_exception`, `paid_after_expiry`, `partially_delivered`), in the sparse index
+//! `gsi2` from the transition that puts them there until the one that ends it
+//! (`Tx::move_order`); payment records that do (a duplicate payment, a payment for no
+//! known order) from when they are recorded until an operator resolves them; and the
+//! stock audit's findings from the run that finds one until a run finds it mended. Keyed
+//! by when they began to need one. The index carries what a listing shows, so a page is
+//! one Query.
 
 use super::audit::AuditEntry;
 use super::bills::MismatchRef;
@@ -23,11 +25,14 @@ pub struct ExceptionEntry {
     /// payment named; absent for a payment that named none.
     pub order_id: Option<String>,
     /// Why it needs a person: an order's status (`delivery_failed`,
-    /// `payment_exception`, `paid_after_expiry`) or a payment's outcome
-    /// (`duplicate_payment`, `unknown_order`, `unbound_event`).
+    /// `payment_exception`, `paid_after_expiry`, `partially_delivered`), a payment's
+    /// outcome (`duplicate_payment`, `unknown_order`, `unbound_event`), or
+    /// `stock_mismatch` (the stock audit's finding about `sku`).
     pub cause: String,
     /// The detail: a delivery's failure code (`no_supplier_succeeded`,
-    /// `supplier_outcome_unknown`, ...) or a payment's outcome (`amount_mismatch`, ...).
+    /// `supplier_outcome_unknown`, ...), a payment's outcome (`amount_mismatch`, ...), or
+    /// the stock audit's kind (`fewer_keys_than_available`, `keys_not_counted`,
+    /// `reserved_without_order`, `order_without_reservation`).
     pub exception: Option<String>,
     /// The order's status (orders' entries only).
     pub status: Option<OrderStatus>,
@@ -184,7 +189,88 @@ impl Store {
     }
 }
 
+/// The cause of the stock audit's entries.
+pub const STOCK_MISMATCH: &str = "stock_mismatch";
+
+/// A stock audit finding's key: one per product and kind.
+fn stock_mismatch_key(sku: &str, kind: &str) -> (String, String) {
+    (format!("STOCKAUDIT#{sku}"), format!("MISMATCH#{kind}"))
+}
+
+fn is_stock_mismatch_key(pk: &str, sk: &str) -> bool {
+    pk.starts_with("STOCKAUDIT#") && sk.starts_with("MISMATCH#")
+}
+
 impl Store {
+    /// Access pattern: the stock audit files a finding in the exception queue: one item
+    /// per product and kind (`STOCKAUDIT#{sku}` / `MISMATCH#{kind}`, cause
+    /// `stock_mismatch`), its figures (`figures`: name, value) as of this run, in the
+    /// queue since the run that first found it (`gsi2sk` kept while it stays). One
+    /// UpdateItem: a run repeated, or two at once, leave one item.
+    pub async fn file_stock_mismatch(
+        &self,
+        (sku, kind): (&str, &str),
+        figures: &[(&str, i64)],
+        now: Timestamp,
+    ) -> Result<()> {
+        let mut expression = String::from(
+            "SET entity = :entity, exception_cause = :cause, #exception = :kind, sku = :sku, \
+             updated_at = :now, gsi2pk = :queue, gsi2sk = if_not_exists(gsi2sk, :since)",
+        );
+        let mut request = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key_item(stock_mismatch_key(sku, kind))))
+            .expression_attribute_names("#exception", "exception")
+            .expression_attribute_values(":entity", s("stock_mismatch"))
+            .expression_attribute_values(":cause", s(STOCK_MISMATCH))
+            .expression_attribute_values(":kind", s(kind))
+            .expression_attribute_values(":sku", s(sku))
+            .expression_attribute_values(":now", s(now.to_rfc3339()))
+            .expression_attribute_values(":queue", s(keys::EXCEPTIONS_INDEX))
+            .expression_attribute_values(":since", n(now.0));
+        for (i, (name, value)) in figures.iter().enumerate() {
+            expression.push_str(&format!(", #f{i} = :f{i}"));
+            request = request
+                .expression_attribute_names(format!("#f{i}"), *name)
+                .expression_attribute_values(format!(":f{i}"), n(*value));
+        }
+        request
+            .update_expression(expression)
+            .send()
+            .await
+            .map_err(|e| Error::aws("dynamodb", e))?;
+        Ok(())
+    }
+
+    /// Access pattern: the kinds filed for a product (one Query of its partition).
+    pub async fn filed_stock_mismatches(&self, sku: &str) -> Result<Vec<String>> {
+        let (pk, _) = stock_mismatch_key(sku, "");
+        let query = self
+            .query()
+            .key_condition_expression("pk = :pk")
+            .expression_attribute_values(":pk", s(pk));
+        self.query_all(query)
+            .await?
+            .iter()
+            .map(|item| get_s(item, "sk").map(|sk| sk.trim_start_matches("MISMATCH#").to_owned()))
+            .collect()
+    }
+
+    /// Access pattern: a finding a run no longer finds leaves the queue (DeleteItem; the
+    /// run's log and the audit metric keep the history).
+    pub async fn clear_stock_mismatch(&self, sku: &str, kind: &str) -> Result<()> {
+        self.client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(key_item(stock_mismatch_key(sku, kind))))
+            .send()
+            .await
+            .map_err(|e| Error::aws("dynamodb", e))?;
+        Ok(())
+    }
+
     /// Access pattern: the ids of every order that may hold reserved stock, for the
     /// stock audit: pending (`gsi1 PENDING#0-7`), then paid or delivering (`PAID#0-7`),
     /// then in the exception queue (`gsi2`, orders only), every page, keys only. An order
@@ -244,7 +330,7 @@ pub fn cursor_text(key: &Item) -> Result<String> {
 }
 
 /// The key a cursor's text names; `None` if it is not one of this queue's keys (an
-/// order's, a payment record's, or a reconciliation mismatch's).
+/// order's, a payment record's, a reconciliation mismatch's or a stock audit finding's).
 pub fn cursor_key(text: &str) -> Option<Item> {
     let mut parts = text.splitn(3, '|');
     let since: i64 = parts.next()?.parse().ok()?;
@@ -252,7 +338,7 @@ pub fn cursor_key(text: &str) -> Option<Item> {
     let pk = parts.next()?;
     let order = keys::order_id_of(pk).is_some() && sk == keys::ORDER_SK;
     let payment = PaymentEvent::of_key(pk).is_some();
-    let mismatch = super::bills::is_mismatch_key(pk, sk);
+    let mismatch = super::bills::is_mismatch_key(pk, sk) || is_stock_mismatch_key(pk, sk);
     if !(order || payment || mismatch) {
         return None;
     }

@@ -79,7 +79,8 @@ pub use entitlements::{
     EntitlementRecord, GrantOutcome, GrantSlot, RedeemOutcome, RedemptionRecord,
 };
 pub use exceptions::{
-    ExceptionEntry, ExceptionFilter, ExceptionResolved, PaymentEvent, cursor_key, cursor_text,
+    ExceptionEntry, ExceptionFilter, ExceptionResolved, PaymentEvent, STOCK_MISMATCH, cursor_key,
+    cursor_text,
 };
 pub use holds::{HoldClaim, HoldRecord};
 pub use idempotency::IdempotencyRecord;
