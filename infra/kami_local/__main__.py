@@ -8,6 +8,7 @@
   logs [FN]  print (-f: follow) the per-function logs in .kami/logs/
   webhook ORDER_ID   send a signed Stripe checkout.session.completed (--type) for an order
   clock advance 31d | reset | show   move every running function's clock (units s, m, h, d)
+  clock skew FN -10m   set one function's clock off the others' (0 takes it away)
   outbox     print what the notifier sent (moto's SES and SNS) as JSON lines
   build      cargo lambda build every function (x86_64; --release)
   provision  provision template.yaml on a moto server (see kami_local.provision)
@@ -244,9 +245,13 @@ def cmd_clock(args) -> int:
             clock.advance(clock.parse_duration(args.duration))
         elif args.action == "reset":
             clock.reset()
+        elif args.action == "skew":
+            clock.skew(args.function, clock.parse_duration(args.duration, signed=True))
     except ValueError as e:
         raise SystemExit(f"kami clock: {e}") from None
     print(clock.describe(clock.offset()))
+    for function, seconds in sorted(clock.skews().items()):
+        print(f"  {function}: skewed {seconds:+d} s")
     if not (STATE_DIR / "run" / "platform.json").exists():
         print("no platform is running; infra/up.sh starts one at the real time (clock reset)")
     return 0
@@ -301,8 +306,9 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--type", default="checkout.session.completed", choices=sorted(stripe_types()))
 
     c = sub.add_parser("clock", help="move the clock of every running function (local only)")
-    c.add_argument("action", choices=["advance", "reset", "show"])
-    c.add_argument("duration", nargs="?", help="for advance: e.g. 31d, 90s, 15m, 2h, 1d12h")
+    c.add_argument("action", choices=["advance", "reset", "show", "skew"])
+    c.add_argument("args", nargs="*", help="advance: a duration (31d, 90s, 15m, 2h, 1d12h); "
+                                           "skew: a function id and a signed duration (-10m)")
 
     sub.add_parser("outbox", help="print what the notifier sent, as JSON lines (local only)")
 
@@ -325,6 +331,16 @@ def main(argv: list[str] | None = None) -> int:
         return restore.main(rest)
     if args.command == "test-e2e":
         return subprocess.call([sys.executable, "-m", "pytest", str(REPO / "tests" / "e2e"), *rest], cwd=REPO)
+    if args.command == "clock":
+        # argparse takes `-10m` for an option it does not know: it is the skew's duration.
+        args.args, rest = [*args.args, *rest], []
+        wanted = {"advance": ["duration"], "skew": ["function", "duration"]}.get(args.action, [])
+        if len(args.args) != len(wanted):
+            parser.error("clock advance takes a duration (e.g. 31d); clock skew a function id and a "
+                         "signed duration (e.g. DeliveryWorkerFunction -10m); reset and show take none")
+        for name, value in zip(wanted, args.args):
+            setattr(args, name, value)
+        return cmd_clock(args)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "up":
@@ -344,10 +360,6 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_webhook(args)
     if args.command == "pay":
         return cmd_pay(args)
-    if args.command == "clock":
-        if (args.action == "advance") != (args.duration is not None):
-            parser.error("clock advance takes a duration (e.g. 31d); reset and show take none")
-        return cmd_clock(args)
     api = _state(args)["api_url"]
     if args.command == "status":
         return _show(requests.get(f"{api}/_local/status", timeout=10))

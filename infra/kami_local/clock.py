@@ -3,7 +3,13 @@ platform adds to the time (the functions' `LocalClock`, shared/src/adapters/cloc
 
   infra/kami clock advance 31d    # also 90s, 15m, 2h, 1d12h
   infra/kami clock show
-  infra/kami clock reset
+  infra/kami clock reset                               # also takes every skew back
+  infra/kami clock skew DeliveryWorkerFunction -10m   # one function's clock off the others'
+
+Skew: the platform also gives each function `KAMI_LOCAL_SKEW_FILE`, a file of its own
+beside the shared one (`clock.skew.<FunctionId>`) whose offset, negative for a clock
+behind, is added to the shared offset. The fault suite uses it for clocks that disagree
+between functions (docs/reliability.md, section 4).
 
 The platform gives every function `KAMI_LOCAL_CLOCK_FILE` (runtime.py); each reads the
 file whenever it asks the time, so a change applies at once to every running instance,
@@ -21,6 +27,7 @@ import time
 from pathlib import Path
 
 ENV = "KAMI_LOCAL_CLOCK_FILE"
+SKEW_ENV = "KAMI_LOCAL_SKEW_FILE"
 DEFAULT_FILE = Path(__file__).resolve().parents[2] / ".kami" / "run" / "clock"
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _PART = re.compile(r"(\d+)([smhd])")
@@ -31,12 +38,23 @@ def path() -> Path:
     return Path(os.environ.get(ENV) or DEFAULT_FILE)
 
 
-def parse_duration(text: str) -> int:
-    """Seconds in `31d`, `90s`, `1d12h`... (units s, m, h, d)."""
+def skew_path(function: str, file: Path | None = None) -> Path:
+    """The skew file of one function (its template id), beside the shared clock file."""
+    if not re.fullmatch(r"[A-Za-z0-9]+", function):
+        raise ValueError(f"not a function id: {function!r}")
+    file = file or path()
+    return file.with_name(f"{file.name}.skew.{function}")
+
+
+def parse_duration(text: str, signed: bool = False) -> int:
+    """Seconds in `31d`, `90s`, `1d12h`... (units s, m, h, d); `-10m` too when `signed`."""
     compact = text.strip().lower().replace(" ", "")
+    sign = 1
+    if signed and compact.startswith("-"):
+        sign, compact = -1, compact[1:]
     if not compact or _PART.sub("", compact):
         raise ValueError(f"not a duration: {text!r} (use a number and a unit s, m, h or d, e.g. 31d)")
-    return sum(int(n) * UNITS[unit] for n, unit in _PART.findall(compact))
+    return sign * sum(int(n) * UNITS[unit] for n, unit in _PART.findall(compact))
 
 
 def offset(file: Path | None = None) -> int:
@@ -71,8 +89,30 @@ def advance(seconds: int, file: Path | None = None) -> int:
     return new
 
 
+def skew(function: str, seconds: int, file: Path | None = None) -> None:
+    """Sets one function's clock `seconds` off the shared one (0 takes the skew away)."""
+    target = skew_path(function, file)
+    if seconds:
+        _write(seconds, target)
+    else:
+        target.unlink(missing_ok=True)
+
+
+def skews(file: Path | None = None) -> dict[str, int]:
+    """Every function's skew, by function id."""
+    file = file or path()
+    if not file.parent.is_dir():
+        return {}
+    prefix = f"{file.name}.skew."
+    return {p.name[len(prefix):]: offset(p) for p in file.parent.glob(f"{prefix}*")}
+
+
 def reset(file: Path | None = None) -> None:
-    (file or path()).unlink(missing_ok=True)
+    """Back to the real time: the shared offset and every skew."""
+    file = file or path()
+    for function in skews(file):
+        skew(function, 0, file)
+    file.unlink(missing_ok=True)
 
 
 def describe(seconds: int) -> str:

@@ -217,6 +217,7 @@ class Function:
             "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{self.name}",
             "AWS_LAMBDA_LOG_STREAM_NAME": "local",
             clock.ENV: str(clock.path()),  # local only: `infra/kami clock` moves the time
+            clock.SKEW_ENV: str(clock.skew_path(self.name)),  # and `clock skew` this one's
         })
         return env
 

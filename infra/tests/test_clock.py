@@ -65,8 +65,31 @@ def test_every_function_the_platform_runs_gets_the_clock_file(clock_file, tmp_pa
                           tmp_path / "logs", status=lambda line: None)
     try:
         assert fn.process_env()[clock.ENV] == str(clock_file)
+        assert fn.process_env()[clock.SKEW_ENV] == str(clock_file.with_name("clock.skew.CheckoutFunction"))
     finally:
         fn.stop()
+
+
+def test_a_skew_is_one_functions_own_and_reset_takes_every_skew_back(clock_file, capsys):
+    assert clock.parse_duration("-10m", signed=True) == -600
+    with pytest.raises(ValueError):
+        clock.parse_duration("-10m")
+    with pytest.raises(ValueError):
+        clock.skew_path("../etc")
+    assert main(["clock", "skew", "DeliveryWorkerFunction", "-10m"]) == 0
+    assert main(["clock", "skew", "ExpirySweepFunction", "20m"]) == 0
+    assert clock.skews() == {"DeliveryWorkerFunction": -600, "ExpirySweepFunction": 1200}
+    assert clock.offset(clock.skew_path("DeliveryWorkerFunction")) == -600
+    assert clock.offset() == 0, "the shared clock is untouched"
+    assert "DeliveryWorkerFunction: skewed -600 s" in capsys.readouterr().out
+    assert main(["clock", "skew", "ExpirySweepFunction", "0s"]) == 0
+    assert clock.skews() == {"DeliveryWorkerFunction": -600}
+    clock.advance(60)
+    assert main(["clock", "reset"]) == 0
+    assert clock.skews() == {} and clock.offset() == 0
+    assert [p.name for p in clock_file.parent.iterdir()] == []
+    with pytest.raises(SystemExit):
+        main(["clock", "skew", "DeliveryWorkerFunction"])
 
 
 def test_no_deployment_sets_the_clock_file():

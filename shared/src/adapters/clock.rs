@@ -2,6 +2,11 @@
 //! that `infra/kami clock advance 31d` writes to a file, so expiries and settlement
 //! periods can be tried end to end without waiting).
 //!
+//! The platform also gives each function a skew file of its own
+//! (`KAMI_LOCAL_SKEW_FILE`, `infra/kami clock skew DeliveryWorkerFunction -10m`), whose
+//! offset is added to the shared one: clocks that disagree between functions, for the
+//! fault suite (docs/reliability.md, section 4).
+//!
 //! Only the local platform can move the clock: it alone sets `KAMI_LOCAL_CLOCK_FILE`
 //! (infra/kami_local/runtime.py). `template.yaml` never names the variable (a test
 //! below reads it), and should someone set it on a deployed function anyway, the
@@ -19,6 +24,7 @@ use crate::domain::time::Timestamp;
 use crate::ports::Clock;
 
 pub const LOCAL_CLOCK_FILE_ENV: &str = "KAMI_LOCAL_CLOCK_FILE";
+pub const LOCAL_SKEW_FILE_ENV: &str = "KAMI_LOCAL_SKEW_FILE";
 
 /// The system's clock: every deployed function's.
 pub struct SystemClock;
@@ -29,11 +35,17 @@ impl Clock for SystemClock {
     }
 }
 
-/// System time plus the offset in seconds held by a file (a decimal integer; no file
-/// means no offset). Every call looks at the file's metadata; its text is read again
-/// when that changed, or at the latest a second after the last read (two rewrites
-/// within the file system's timestamp granularity can look alike).
+/// System time plus the offsets in seconds held by its files: the platform's shared
+/// clock file, and this function's skew file if it has one.
 pub struct LocalClock {
+    files: Vec<OffsetFile>,
+}
+
+/// A file holding an offset in seconds (a decimal integer, negative for a skew behind;
+/// no file means no offset). Every call looks at the file's metadata; its text is read
+/// again when that changed, or at the latest a second after the last read (two
+/// rewrites within the file system's timestamp granularity can look alike).
+struct OffsetFile {
     path: PathBuf,
     cached: Mutex<Option<Cached>>,
 }
@@ -73,13 +85,31 @@ impl FileStamp {
 impl LocalClock {
     pub fn new(path: impl Into<PathBuf>) -> Self {
         LocalClock {
-            path: path.into(),
+            files: vec![OffsetFile::new(path.into())],
+        }
+    }
+
+    /// This function's own skew, added to the shared offset.
+    pub fn with_skew(mut self, path: impl Into<PathBuf>) -> Self {
+        self.files.push(OffsetFile::new(path.into()));
+        self
+    }
+
+    /// The offset its files hold now, in seconds.
+    pub fn offset_seconds(&self) -> i64 {
+        self.files.iter().map(OffsetFile::offset_seconds).sum()
+    }
+}
+
+impl OffsetFile {
+    fn new(path: PathBuf) -> Self {
+        OffsetFile {
+            path,
             cached: Mutex::new(None),
         }
     }
 
-    /// The offset the file holds now, in seconds.
-    pub fn offset_seconds(&self) -> i64 {
+    fn offset_seconds(&self) -> i64 {
         let Ok(metadata) = std::fs::metadata(&self.path) else {
             return 0;
         };
@@ -125,7 +155,10 @@ pub fn clock_from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Arc<dyn Clo
     };
     match not_local(&lookup) {
         None => {
-            let clock = LocalClock::new(&path);
+            let mut clock = LocalClock::new(&path);
+            if let Some(skew) = lookup(LOCAL_SKEW_FILE_ENV).filter(|p| !p.is_empty()) {
+                clock = clock.with_skew(skew);
+            }
             tracing::warn!(
                 file = %path,
                 offset_seconds = clock.offset_seconds(),
@@ -216,6 +249,20 @@ mod tests {
         assert_eq!(clock.offset_seconds(), 0);
         std::fs::remove_file(&path).unwrap();
         assert_eq!(clock.offset_seconds(), 0, "reset removes the file");
+    }
+
+    #[test]
+    fn a_skew_file_adds_its_offset_to_the_shared_one() {
+        let (shared, skew) = (temp_file("shared"), temp_file("skew"));
+        let clock = LocalClock::new(&shared).with_skew(&skew);
+        write(&shared, "3600");
+        assert_eq!(clock.offset_seconds(), 3600, "no skew file, no skew");
+        write(&skew, "-600");
+        assert_eq!(clock.offset_seconds(), 3000, "a function 10 minutes behind");
+        std::fs::remove_file(&shared).unwrap();
+        assert_eq!(clock.offset_seconds(), -600, "the skew alone");
+        std::fs::remove_file(&skew).unwrap();
+        assert_eq!(clock.offset_seconds(), 0);
     }
 
     const LOCAL: &[(&str, &str)] = &[

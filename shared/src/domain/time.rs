@@ -1,6 +1,8 @@
 //! UTC time and sortable ids.
 
-use time::{OffsetDateTime, format_description::FormatItem, macros::format_description};
+use time::{
+    OffsetDateTime, PrimitiveDateTime, format_description::FormatItem, macros::format_description,
+};
 
 /// Fixed-width RFC 3339 in UTC with milliseconds, so stored times sort as strings.
 const UTC_MILLIS: &[FormatItem<'static>] =
@@ -33,6 +35,14 @@ impl Timestamp {
             .and_then(|t| t.format(UTC_MILLIS).ok())
             .unwrap_or_default()
     }
+
+    /// A time `to_rfc3339` wrote, read back; `None` for any other text.
+    pub fn parse_rfc3339(text: &str) -> Option<Self> {
+        let utc = PrimitiveDateTime::parse(text, UTC_MILLIS)
+            .ok()?
+            .assume_utc();
+        Some(Timestamp((utc.unix_timestamp_nanos() / 1_000_000) as i64))
+    }
 }
 
 /// A new ULID: unique and sortable by creation time.
@@ -56,6 +66,15 @@ mod tests {
             Timestamp(1_700_000_000_123).to_rfc3339(),
             "2023-11-14T22:13:20.123Z"
         );
+    }
+
+    #[test]
+    fn stored_times_read_back() {
+        for at in [Timestamp(0), Timestamp(1_700_000_000_123)] {
+            assert_eq!(Timestamp::parse_rfc3339(&at.to_rfc3339()), Some(at));
+        }
+        assert_eq!(Timestamp::parse_rfc3339("2023-11-14T22:13:20Z"), None);
+        assert_eq!(Timestamp::parse_rfc3339(""), None);
     }
 
     #[test]

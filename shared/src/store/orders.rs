@@ -711,6 +711,9 @@ impl Tx {
         mut values: Vec<(&str, AttributeValue)>,
         note: Option<&OperatorNote>,
     ) -> Result<&mut Self> {
+        // A function whose clock runs behind the last mover's never dates a move before
+        // the one it follows: the history stays in order, latencies never go negative.
+        let now = Timestamp::parse_rfc3339(&order.updated_at).map_or(now, |last| now.max(last));
         let condition = condition.map_or_else(
             || "#status = :from".to_owned(),
             |extra| format!("#status = :from AND {extra}"),
