@@ -7,6 +7,7 @@ use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use kami_shared::Context;
 use kami_shared::app::delivery::{self, DeliveryOutcome};
 use kami_shared::app::fulfil::card_key;
+use kami_shared::domain::time::Timestamp;
 use kami_shared::ports::Clock;
 use kami_tests::*;
 use serde_json::Value;
@@ -381,6 +382,79 @@ async fn ten_concurrent_redeliveries_deliver_once() {
     assert_eq!(in_stock, 2);
     let (_, product) = admin_product(&paid.ctx, &paid.sku).await;
     assert_eq!(product["stock"]["sold"], 1, "{product}");
+}
+
+/// The paid order's delivery message, received as the event source mapping hands it
+/// over (invisible for 300 s from now), with the batch it came in.
+async fn received_delivery_message(paid: &Paid) -> SqsEvent {
+    let url = paid
+        .ctx
+        .config
+        .delivery_queue_url
+        .clone()
+        .expect("a delivery queue");
+    let records = receive_all(&url).await;
+    assert_eq!(records.len(), 1, "the paid order's one message");
+    let mut event = SqsEvent::default();
+    event.records = records;
+    event
+}
+
+#[tokio::test]
+async fn a_message_without_time_to_start_is_handed_back_at_once() {
+    let paid = paid_order("hand-back", 1, 1).await;
+    let url = paid
+        .ctx
+        .config
+        .delivery_queue_url
+        .clone()
+        .expect("a delivery queue");
+    let clock = Arc::new(kami_shared::fakes::FakeClock::default());
+
+    // WHEN a batch has 1 s left (too little to start a message, enough to hand it back)
+    let event = received_delivery_message(&paid).await;
+    let budget = delivery::Budget::until(clock.now().plus_seconds(1), clock.clone());
+    let answer = delivery::handle_batch_within(&paid.ctx, event, budget).await;
+    assert_eq!(answer.batch_item_failures.len(), 1, "reported for a retry");
+
+    // THEN it is received again at once, not after its 300 s of invisibility, untouched
+    let again = receive_all(&url).await;
+    assert_eq!(again.len(), 1, "handed back");
+    assert_eq!(again[0].attributes["ApproximateReceiveCount"], "2");
+    let (view, codes_now) = codes(&paid).await;
+    assert_eq!(view["status"], "paid");
+    assert!(codes_now.is_empty());
+
+    // AND with 200 ms left, too little even to hand back, it waits out its visibility
+    let mut event = SqsEvent::default();
+    event.records = again;
+    let budget = delivery::Budget::until(Timestamp(clock.now().0 + 200), clock.clone());
+    let answer = delivery::handle_batch_within(&paid.ctx, event, budget).await;
+    assert_eq!(answer.batch_item_failures.len(), 1);
+    assert!(receive_all(&url).await.is_empty(), "still invisible");
+
+    // AND a message that fails for another reason keeps its visibility timeout too
+    let sqs = aws_sdk_sqs::Client::new(&sdk_config().await);
+    sqs.send_message()
+        .queue_url(&url)
+        .message_body("not a delivery message")
+        .send()
+        .await
+        .expect("send");
+    let mut event = SqsEvent::default();
+    event.records = receive_all(&url).await;
+    let budget = delivery::Budget::until(clock.now().plus_seconds(60), clock.clone());
+    let answer = delivery::handle_batch_within(&paid.ctx, event, budget).await;
+    assert_eq!(answer.batch_item_failures.len(), 1);
+    assert!(receive_all(&url).await.is_empty(), "not handed back");
+
+    // The order itself is delivered by the next attempt with time.
+    assert_eq!(
+        delivery::deliver(&paid.ctx, &paid.order_id)
+            .await
+            .expect("deliver"),
+        DeliveryOutcome::Delivered
+    );
 }
 
 #[tokio::test]

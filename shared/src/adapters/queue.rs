@@ -54,6 +54,39 @@ impl SqsDeliveryQueue {
     }
 }
 
+impl SqsDeliveryQueue {
+    /// Makes received messages visible again at once (visibility timeout 0): messages a
+    /// worker had no time for are received again now, not after the queue's visibility
+    /// timeout. Up to 10 per call (an SQS batch).
+    pub async fn hand_back(&self, receipt_handles: &[&str]) -> Result<()> {
+        let mut call = self
+            .0
+            .client
+            .change_message_visibility_batch()
+            .queue_url(&self.0.url);
+        for (n, handle) in receipt_handles.iter().enumerate() {
+            let entry = aws_sdk_sqs::types::ChangeMessageVisibilityBatchRequestEntry::builder()
+                .id(n.to_string())
+                .receipt_handle(*handle)
+                .visibility_timeout(0)
+                .build()
+                .map_err(|e| Error::Corrupt(e.to_string()))?;
+            call = call.entries(entry);
+        }
+        let answer = call.send().await.map_err(|e| Error::aws("sqs", e))?;
+        match answer.failed.len() {
+            0 => Ok(()),
+            failed => Err(Error::Aws {
+                service: "sqs",
+                message: format!(
+                    "{failed} of {} messages not handed back",
+                    receipt_handles.len()
+                ),
+            }),
+        }
+    }
+}
+
 pub struct SqsNotifyQueue(SqsQueue);
 
 impl SqsNotifyQueue {

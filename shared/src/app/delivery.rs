@@ -389,18 +389,45 @@ impl<O: DeliveryOrders, F: Fulfiller + Sync> Worker<'_, O, F> {
 
     async fn handle_batch(self, event: SqsEvent, budget: Budget) -> SqsBatchResponse {
         let mut response = SqsBatchResponse::default();
+        let mut out_of_time = Vec::new();
         for message in &event.records {
             let id = message.message_id.clone().unwrap_or_default();
             let span = tracing::info_span!("delivery_message", message_id = %id, order_id = tracing::field::Empty);
             let _guard = span.enter();
             if let Err(err) = self.handle_message(message, &budget).await {
                 tracing::error!(error = %err, "delivery message failed");
+                if let (Error::OutOfTime(_), Some(handle)) = (&err, &message.receipt_handle) {
+                    out_of_time.push(handle.as_str());
+                }
                 let mut failure = BatchItemFailure::default();
                 failure.item_identifier = id;
                 response.batch_item_failures.push(failure);
             }
         }
+        self.hand_back(&out_of_time, &budget).await;
         response
+    }
+
+    /// Messages this invocation had no time for are not the order's fault: they are
+    /// handed back to be received again at once rather than after the visibility
+    /// timeout (B1 in docs/reliability.md). Failing that, they come back after it, so a
+    /// failure is only logged.
+    async fn hand_back(&self, receipt_handles: &[&str], budget: &Budget) {
+        if receipt_handles.is_empty() || !budget.allows(GIVE_UP_RESERVE_MS) {
+            return;
+        }
+        let Ok(queue) = self.ctx.queue() else {
+            return;
+        };
+        match queue.hand_back(receipt_handles).await {
+            Ok(()) => tracing::info!(
+                messages = receipt_handles.len(),
+                "out of time: messages handed back to the queue"
+            ),
+            Err(err) => {
+                tracing::warn!(error = %err, "messages not handed back; they return after the visibility timeout")
+            }
+        }
     }
 }
 
