@@ -23,6 +23,9 @@ took, as `{"messages": [{"channel", "message_id", "recipient", "subject", "body"
 (the local outbox that `infra/kami outbox` prints; moto keeps them but has no API
 that lists them).
 
+And the fault suite's hooks (step_kills.py): kill rules (`/_kami/kill-rules`: a function
+killed right after a chosen call of its took effect) and `POST /_kami/sqs/visible-now`.
+
 Usage: python -m kami_local.moto_serve --host 127.0.0.1 --port 5000
 """
 
@@ -41,6 +44,8 @@ from moto.dynamodb.models import DynamoDBBackend, Table
 import moto.dynamodb.models as dynamodb_models
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 from werkzeug.serving import run_simple
+
+from . import step_kills
 
 _DYNAMODB_LOCK = threading.Lock()
 _TOKEN_WINDOW_SECONDS = 600
@@ -231,7 +236,9 @@ def main() -> None:
     os.environ.setdefault("MOTO_PORT", str(args.port))
     _patch_transactions()
     app = DomainDispatcherApplication(create_backend_app)
-    run_simple(args.host, args.port, _serve_outbox(_serialise_dynamodb(app)), threaded=True)
+    # Kill rules sit outside the DynamoDB lock: the platform kills while others go on.
+    served = _serve_outbox(step_kills.middleware(_serialise_dynamodb(app)))
+    run_simple(args.host, args.port, served, threaded=True)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,10 @@ Besides the API routes, the server answers a few local-only control routes under
   POST /_local/schedules/{name}/fire          fire a schedule now (name: event or function id)
   POST /_local/functions/{id}/invoke          invoke a function with the body as event
   POST /_local/functions/{id}/faults          {"count": 1, "kill_after_ms": 0}: kill the emulator
-                                              during its next invocation(s)
+                                              during its next invocation(s); or
+                                              {"kill_at": {"target", "contains", "nth"}}: kill it
+                                              right after that AWS call took effect (step_kills.py)
+  POST /_local/functions/{id}/kill-now        kill its busy emulators (what a kill_at rule calls)
 """
 
 from __future__ import annotations
@@ -17,11 +20,13 @@ import os
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from . import apigw, provision, runtime
+from . import apigw, provision, runtime, step_kills
 from . import template as tpl
 from .sources import Schedule, SqsMapping
 
@@ -205,9 +210,26 @@ class Platform:
                 return 200, {"result": result.kind, "detail": result.detail, "payload": payload}
             if parts[2] == "faults":
                 spec = json.loads(body or b"{}")
+                if "kill_at" in spec:
+                    return self._arm_step_kill(fn, spec["kill_at"])
                 fn.inject_kills(int(spec.get("count", 1)), float(spec.get("kill_after_ms", 0)) / 1000)
                 return 200, fn.describe()
+            if parts[2] == "kill-now":
+                return 200, {"killed": fn.kill_busy()}
         return 404, {"message": "Not Found"}
+
+    def _arm_step_kill(self, fn: runtime.Function, at: dict) -> tuple[int, dict]:
+        rule = {"access_key": step_kills.access_key_of(fn.name), "target": at.get("target"),
+                "contains": at.get("contains") or "", "nth": at.get("nth", 1),
+                "notify": f"{self.url}/_local/functions/{fn.name}/kill-now"}
+        request = urllib.request.Request(f"{self.endpoint}{step_kills.RULES_PATH}", method="POST",
+                                         data=json.dumps(rule).encode(),
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as r:  # noqa: S310 - moto on loopback
+                return 200, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"{}")
 
 
 def _handler(platform: Platform):

@@ -24,7 +24,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import clock
+from . import clock, step_kills
 
 INVOKE_PATH = "/2015-03-31/functions/function/invocations"
 _INIT_REPORT = re.compile(r"INIT REPORT\(durationMs: ([\d.]+)\)")
@@ -59,6 +59,26 @@ class Result:
     @property
     def ok(self) -> bool:
         return self.kind == "ok"
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` (from /proc), deepest last."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            # The parent is the 2nd field after the command, which is in parentheses.
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(entry.name))
+    found, frontier = [], [pid]
+    while frontier:
+        below = [c for p in frontier for c in children.get(p, [])]
+        found.extend(below)
+        frontier = below
+    return found
 
 
 class Instance:
@@ -118,6 +138,14 @@ class Instance:
         return self.proc.poll() is None
 
     def kill(self) -> None:
+        # The emulator starts the bootstrap in a process group of its own: killing the
+        # emulator's group alone left the function running to the end of its invocation
+        # (found by tests/e2e/test_step_kills.py). Its descendants go first, then the group.
+        for pid in _descendants(self.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         try:
             os.killpg(self.pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -218,6 +246,8 @@ class Function:
             "AWS_LAMBDA_LOG_STREAM_NAME": "local",
             clock.ENV: str(clock.path()),  # local only: `infra/kami clock` moves the time
             clock.SKEW_ENV: str(clock.skew_path(self.name)),  # and `clock skew` this one's
+            # Its own key id: the moto wrapper tells its calls apart (step_kills.py).
+            "AWS_ACCESS_KEY_ID": step_kills.access_key_of(self.name),
         })
         return env
 
@@ -394,6 +424,15 @@ class Function:
         """Kills the emulator `after_seconds` into each of the next `count` invocations."""
         with self._lock:
             self.faults.extend([after_seconds] * count)
+
+    def kill_busy(self) -> int:
+        """Kills every emulator in the middle of an invocation now (a step kill)."""
+        with self._lock:
+            busy = [i for i in self.instances if i is not None and i.busy]
+        for inst in busy:
+            self.status(f"{self.name}: fault injected at a step: killing emulator {inst.number} (pid {inst.pid})")
+            inst.kill()
+        return len(busy)
 
     def _kill_when_started(self, inst: Instance, delay: float) -> None:
         if inst.invoke_started.wait(self.timeout):

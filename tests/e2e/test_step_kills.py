@@ -1,0 +1,138 @@
+"""The delivery worker killed at every step of delivering a card-key order of two keys,
+and the payment webhook at each of its writes, through the real binaries
+(docs/reliability.md, section 2, K7 and K8).
+
+Each step is one AWS call of the worker's. The platform kills the worker's emulator right
+after that call took effect and before the worker hears so (kami_local/step_kills.py:
+the moto wrapper knows the worker by its access key id, lets the call through, has the
+platform SIGKILL the busy emulator, then answers a dead socket). The message the worker
+held comes back (made visible at once rather than after the queue's 60 s), and the next
+worker finishes the order. For every step: both keys delivered, each once, from the
+product's keys; stock exact; one `delivered` move; the buyer told once. A webhook killed
+after recording the payment, or after queueing its delivery, answers no 2xx; the
+provider's retry of the same event delivers the order once.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+import requests
+from conftest import stripe_webhook, wait_for
+from kami_local import outbox
+from kami_local.provision import client
+
+WORKER = "DeliveryWorkerFunction"
+WRITE = "DynamoDB_20120810.TransactWriteItems"
+
+# (step, the worker's call it dies right after, which such call for this order, the
+# order's status the kill leaves)
+STEPS = [
+    ("reading the order", "DynamoDB_20120810.Query", 1, "paid"),
+    ("taking the first key", WRITE, 1, "paid"),
+    ("taking the second key", WRITE, 2, "paid"),
+    ("marking the order delivered", WRITE, 3, "delivered"),
+    ("queueing the buyer's notice", "AmazonSQS.SendMessage", 1, "delivered"),
+]
+
+
+def _queue_counts(platform, queue: str) -> tuple[int, int]:
+    attrs = client("sqs", platform.endpoint).get_queue_attributes(
+        QueueUrl=platform.resources[queue], AttributeNames=["All"])["Attributes"]
+    return int(attrs["ApproximateNumberOfMessages"]), int(attrs["ApproximateNumberOfMessagesNotVisible"])
+
+
+@pytest.mark.parametrize(("step", "target", "nth", "left"), STEPS, ids=[s[0] for s in STEPS])
+def test_a_worker_killed_right_after_a_step_is_finished_by_the_next_one(platform, step, target, nth, left):
+    sku, codes = platform.create_product(keys=3)
+    email = f"e2e-kill-{uuid.uuid4().hex[:10]}@example.com"
+    r = requests.post(f"{platform.api}/orders", timeout=30, headers={"Idempotency-Key": str(uuid.uuid4())},
+                      json={"sku": sku, "quantity": 2, "buyer": {"email": email, "language": "en"}})
+    assert r.status_code == 201, r.text
+    order = r.json()
+    order_id = order["order_id"]
+    restarts = platform.status()["functions"][WORKER]["restarts"]
+
+    # GIVEN the worker dies right after this step of this order
+    r = requests.post(f"{platform.api}/_local/functions/{WORKER}/faults", timeout=10,
+                      json={"kill_at": {"target": target, "contains": order_id, "nth": nth}})
+    assert r.status_code == 200, r.text
+
+    # WHEN the order is paid
+    assert stripe_webhook.send(platform.api, platform.paid_event(order_id)).status_code == 200
+
+    # THEN the worker is killed there, leaving what that step wrote
+    def killed() -> bool:
+        rules = requests.get(f"{platform.endpoint}/_kami/kill-rules", timeout=10).json()["rules"]
+        worker = platform.status()["functions"][WORKER]
+        return not rules and worker["restarts"] > restarts
+
+    wait_for(f"the worker killed after {step}", killed, timeout=60)
+    assert platform.get_order(order)["status"] == left
+
+    # WHEN the message it held comes back (its visibility timeout passed at once)
+    r = requests.post(f"{platform.endpoint}/_kami/sqs/visible-now", timeout=10,
+                      json={"queue_url": platform.resources["DeliveryQueue"]})
+    assert r.status_code == 200 and r.json()["made_visible"] >= 1, r.text
+
+    # THEN the next worker finishes the order: two keys, each once
+    body = platform.wait_delivered(order, timeout=60)
+    delivered = [d["code"] for d in body["deliveries"]]
+    assert len(delivered) == 2 and len(set(delivered)) == 2 and set(delivered) <= set(codes), delivered
+    assert [e["to"] for e in body["events"]].count("delivered") == 1, body["events"]
+    assert platform.admin_product(sku)["stock"] == {"available": 1, "reserved": 0, "sold": 2}
+
+    # AND the buyer is told once, however often the notice was queued
+    def told():
+        sent = [m for m in outbox.read(platform.endpoint, platform.resources["KamiTable"])
+                if m["recipient"] == email]
+        return sent if sent and sent[0]["kind"] else None
+
+    wait_for(f"the notice of {order_id}", told, timeout=60, interval=0.5)
+    wait_for("both queues drained", lambda: _queue_counts(platform, "DeliveryQueue") == (0, 0)
+             and _queue_counts(platform, "NotifyQueue") == (0, 0), timeout=60, interval=0.25)
+    sent = told()
+    assert len(sent) == 1 and sent[0]["order_id"] == order_id, sent
+    assert platform.get_order(order)["deliveries"] == body["deliveries"]
+
+
+WEBHOOK = "PaymentWebhookFunction"
+
+# (step, the webhook's call it dies right after)
+WEBHOOK_STEPS = [
+    ("recording the payment", WRITE),
+    ("queueing the delivery", "AmazonSQS.SendMessage"),
+]
+
+
+@pytest.mark.parametrize(("step", "target"), WEBHOOK_STEPS, ids=[s[0] for s in WEBHOOK_STEPS])
+def test_a_webhook_killed_right_after_a_step_is_made_good_by_the_providers_retry(platform, step, target):
+    sku, codes = platform.create_product(keys=2)
+    order = platform.create_order(sku)
+    order_id = order["order_id"]
+    restarts = platform.status()["functions"][WEBHOOK]["restarts"]
+    r = requests.post(f"{platform.api}/_local/functions/{WEBHOOK}/faults", timeout=10,
+                      json={"kill_at": {"target": target, "contains": order_id, "nth": 1}})
+    assert r.status_code == 200, r.text
+
+    # WHEN the webhook dies right after this step, Stripe gets no 2xx (API Gateway's 500)
+    event = platform.paid_event(order_id)
+    r = stripe_webhook.send(platform.api, event)
+    assert r.status_code == 500, r.text
+    wait_for("the webhook's emulator replaced",
+             lambda: platform.status()["functions"][WEBHOOK]["restarts"] > restarts, timeout=30)
+    assert platform.get_order(order)["status"] in ("paid", "delivered"), "the payment was recorded"
+
+    # AND Stripe sends the same event again: a duplicate that queues the delivery
+    r = stripe_webhook.send(platform.api, event)
+    assert r.status_code == 200, r.text
+
+    # THEN the order is delivered once, paid once
+    body = platform.wait_delivered(order, timeout=60)
+    assert [d["code"] for d in body["deliveries"]] in ([c] for c in codes)
+    assert [e["to"] for e in body["events"]] == ["pending_payment", "paid", "delivered"], body["events"]
+    wait_for("the delivery queue drained", lambda: _queue_counts(platform, "DeliveryQueue") == (0, 0),
+             timeout=60, interval=0.25)
+    assert platform.get_order(order)["deliveries"] == body["deliveries"]
+    assert platform.admin_product(sku)["stock"] == {"available": 1, "reserved": 0, "sold": 1}
