@@ -220,7 +220,7 @@ class Platform:
 
     def _arm_step_kill(self, fn: runtime.Function, at: dict) -> tuple[int, dict]:
         rule = {"access_key": step_kills.access_key_of(fn.name), "target": at.get("target"),
-                "contains": at.get("contains") or "", "nth": at.get("nth", 1),
+                "contains": at.get("contains") or "", "nth": at.get("nth", 1), "when": at.get("when"),
                 "notify": f"{self.url}/_local/functions/{fn.name}/kill-now"}
         request = urllib.request.Request(f"{self.endpoint}{step_kills.RULES_PATH}", method="POST",
                                          data=json.dumps(rule).encode(),

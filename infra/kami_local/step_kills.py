@@ -9,7 +9,9 @@ the call (`X-Amz-Target`, e.g. `DynamoDB_20120810.TransactWriteItems` or
 matching call (`nth`, counted from arming). The wrapper lets that call reach moto, so it
 takes effect, then asks the platform to SIGKILL the function's busy emulators
 (`POST /_local/functions/{id}/kill-now`) and only then answers: the function never learns
-that its write happened, as when Lambda's host dies mid-invocation.
+that its write happened, as when Lambda's host dies mid-invocation. With `"when":
+"before"` the function dies as the call arrives, and the call never reaches moto (for a
+step that is not an AWS call, such as a supplier's answer the next write would record).
 
 Arm through the platform: `POST /_local/functions/{id}/faults
 {"kill_at": {"target": ..., "contains": ..., "nth": 1}}`.
@@ -49,8 +51,11 @@ class _Rules:
         nth = rule.get("nth", 1)
         if not isinstance(nth, int) or nth < 1:
             raise ValueError("nth is a whole number from 1")
+        when = rule.get("when") or "after"
+        if when not in ("after", "before"):
+            raise ValueError("when is after (the call took effect) or before (it never reaches moto)")
         with self._lock:
-            self._rules.append({**rule, "contains": rule.get("contains") or "", "left": nth})
+            self._rules.append({**rule, "contains": rule.get("contains") or "", "left": nth, "when": when})
 
     def pending(self) -> list[dict]:
         with self._lock:
@@ -100,6 +105,13 @@ def _visible_now(queue_url: str) -> int:
     return made_visible
 
 
+def _kill(rule: dict) -> None:
+    """Has the platform kill the rule's function now; returns once it is dead."""
+    request = urllib.request.Request(rule["notify"], data=b"{}", method="POST")
+    with urllib.request.urlopen(request, timeout=30) as r:  # noqa: S310 - the platform on loopback
+        r.read()
+
+
 def middleware(app):
     """The wrapper's kill rules and `visible-now`, in front of moto (`app`)."""
     rules = _Rules()
@@ -123,11 +135,12 @@ def middleware(app):
         rule = rules.fired_by(credential.group(1), target, _read_body(environ))
         if rule is None:
             return app(environ, start_response)
+        if rule["when"] == "before":
+            # The caller dies just before this call: it never reaches moto.
+            _kill(rule)
+            return _answer(start_response, "500 Internal Server Error", {"message": "killed before the call"})
         answer = list(app(environ, start_response))  # the call takes effect...
-        # ...and its caller dies before it hears so.
-        request = urllib.request.Request(rule["notify"], data=b"{}", method="POST")
-        with urllib.request.urlopen(request, timeout=30) as r:  # noqa: S310 - the platform on loopback
-            r.read()
+        _kill(rule)  # ...and its caller dies before it hears so
         return answer
 
     return wrapped

@@ -95,9 +95,25 @@ def test_a_rule_fires_on_its_functions_nth_matching_call_after_the_call_took_eff
     assert json.loads(listed)["rules"] == []
 
 
+def test_a_before_rule_kills_without_the_call_reaching_moto(platform):
+    seen = []
+
+    def moto(environ, start_response):
+        seen.append(environ["wsgi.input"].read())
+        start_response("200 OK", [])
+        return [b"{}"]
+
+    app = step_kills.middleware(moto)
+    rule = {"access_key": "K", "target": TARGET, "contains": "ORDER#A", "when": "before", "notify": platform.url}
+    assert _call(app, key="x", target="", body=json.dumps(rule).encode(), path=step_kills.RULES_PATH)[0].startswith("200")
+    status, _ = _call(app, key="K", target=TARGET, body=b"ORDER#A")
+    assert status.startswith("500") and seen == [] and len(platform.calls) == 1
+
+
 def test_rules_are_checked():
     app = step_kills.middleware(lambda environ, start_response: [])
-    for bad in [{}, {"access_key": "k", "target": "t"}, {"access_key": "k", "target": "t", "notify": "u", "nth": 0}]:
+    for bad in [{}, {"access_key": "k", "target": "t"}, {"access_key": "k", "target": "t", "notify": "u", "nth": 0},
+                {"access_key": "k", "target": "t", "notify": "u", "when": "during"}]:
         status, body = _call(app, key="x", target="", body=json.dumps(bad).encode(), path=step_kills.RULES_PATH)
         assert status.startswith("400"), bad
 

@@ -1,6 +1,6 @@
 """The delivery worker killed at every step of delivering a card-key order of two keys,
 and the payment webhook at each of its writes, through the real binaries
-(docs/reliability.md, section 2, K7 and K8).
+(docs/reliability.md, section 2, K7 to K9).
 
 Each step is one AWS call of the worker's. The platform kills the worker's emulator right
 after that call took effect and before the worker hears so (kami_local/step_kills.py:
@@ -8,7 +8,9 @@ the moto wrapper knows the worker by its access key id, lets the call through, h
 platform SIGKILL the busy emulator, then answers a dead socket). The message the worker
 held comes back (made visible at once rather than after the queue's 60 s), and the next
 worker finishes the order. For every step: both keys delivered, each once, from the
-product's keys; stock exact; one `delivered` move; the buyer told once. A webhook killed
+product's keys; stock exact; one `delivered` move; the buyer told once. A top-up worker
+killed before sending, after the supplier applied the request but before its answer was
+recorded, or after recording it: the account is topped up once. A webhook killed
 after recording the payment, or after queueing its delivery, answers no 2xx; the
 provider's retry of the same event delivers the order once.
 """
@@ -20,7 +22,7 @@ import uuid
 import pytest
 import requests
 from conftest import stripe_webhook, wait_for
-from kami_local import outbox
+from kami_local import clock, outbox
 from kami_local.provision import client
 
 WORKER = "DeliveryWorkerFunction"
@@ -136,3 +138,63 @@ def test_a_webhook_killed_right_after_a_step_is_made_good_by_the_providers_retry
              timeout=60, interval=0.25)
     assert platform.get_order(order)["deliveries"] == body["deliveries"]
     assert platform.admin_product(sku)["stock"] == {"available": 1, "reserved": 0, "sold": 1}
+
+
+# (step, the worker's call, which such call for this order, after or before it, the
+# order's supplier history after the next worker finished it)
+TOP_UP_STEPS = [
+    ("recording the request as sending, before sending it", WRITE, 1, "after",
+     [("send", "sent"), ("poll", "not_found"), ("resend", "success")]),
+    ("after the supplier applied it, before its answer is recorded", WRITE, 2, "before",
+     [("send", "sent"), ("poll", "success")]),
+    ("recording the supplier's success, before marking the order delivered", WRITE, 2, "after",
+     [("send", "sent"), ("answer", "success")]),
+]
+
+
+@pytest.fixture
+def top_ups(platform):
+    from test_topups import TopUps
+
+    helper = TopUps(platform)
+    clock.reset(helper.clock_file)
+    try:
+        yield helper
+    finally:
+        clock.reset(helper.clock_file)
+
+
+@pytest.mark.parametrize(("step", "target", "nth", "when", "history"), TOP_UP_STEPS, ids=[s[0] for s in TOP_UP_STEPS])
+def test_a_top_up_worker_killed_at_a_step_tops_the_account_up_once(platform, top_ups, step, target, nth, when,
+                                                                    history):
+    supplier = top_ups.supplier()
+    sku = top_ups.product([supplier])
+    order = top_ups.order(sku, top_ups.phone())
+    order_id = order["order_id"]
+    request_id = f"{order_id}-00"
+    restarts = platform.status()["functions"][WORKER]["restarts"]
+    r = requests.post(f"{platform.api}/_local/functions/{WORKER}/faults", timeout=10,
+                      json={"kill_at": {"target": target, "contains": order_id, "nth": nth, "when": when}})
+    assert r.status_code == 200, r.text
+
+    # WHEN the order is paid and the worker dies at this step
+    top_ups.pay(order)
+    wait_for(f"the worker killed {step}", lambda: platform.status()["functions"][WORKER]["restarts"] > restarts,
+             timeout=60)
+    assert top_ups.view(order)["status"] == "paid"
+    r = requests.post(f"{platform.endpoint}/_kami/sqs/visible-now", timeout=10,
+                      json={"queue_url": platform.resources["DeliveryQueue"]})
+    assert r.status_code == 200 and r.json()["made_visible"] >= 1, r.text
+
+    # THEN the next worker delivers it, the account topped up once under the one request id
+    body = top_ups.wait_delivered(order, timeout=60)
+    ledger = top_ups.sim.ledger(supplier.id)
+    assert [e["request_id"] for e in ledger] == [request_id], ledger
+    assert body["deliveries"][0]["supplier_ref"] == ledger[0]["supplier_ref"], body
+    seen = top_ups.sim.request(supplier.id, request_id)
+    assert seen["submits"] == 1, seen
+    view = top_ups.admin(order)
+    # Asked before anything is sent again; a recorded success is never asked about again.
+    assert [(h["action"], h["status"]) for h in view["supplier_history"]] == history, view["supplier_history"]
+    assert [(q["request_id"], q["status"]) for q in view["top_up"]["requests"]] == [(request_id, "success")], view
+    assert [e["to"] for e in view["events"]].count("delivered") == 1, view["events"]
