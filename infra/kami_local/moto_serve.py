@@ -23,8 +23,9 @@ took, as `{"messages": [{"channel", "message_id", "recipient", "subject", "body"
 (the local outbox that `infra/kami outbox` prints; moto keeps them but has no API
 that lists them).
 
-And the fault suite's hooks (step_kills.py): kill rules (`/_kami/kill-rules`: a function
-killed right after a chosen call of its took effect) and `POST /_kami/sqs/visible-now`.
+And the fault suite's hooks (call_faults.py): rules at `/_kami/call-faults` that kill a
+function right after a chosen call of its took effect, or fail that call with an AWS
+error; and `POST /_kami/sqs/visible-now`.
 
 Usage: python -m kami_local.moto_serve --host 127.0.0.1 --port 5000
 """
@@ -45,7 +46,7 @@ import moto.dynamodb.models as dynamodb_models
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 from werkzeug.serving import run_simple
 
-from . import step_kills
+from . import call_faults
 
 _DYNAMODB_LOCK = threading.Lock()
 _TOKEN_WINDOW_SECONDS = 600
@@ -237,7 +238,7 @@ def main() -> None:
     _patch_transactions()
     app = DomainDispatcherApplication(create_backend_app)
     # Kill rules sit outside the DynamoDB lock: the platform kills while others go on.
-    served = _serve_outbox(step_kills.middleware(_serialise_dynamodb(app)))
+    served = _serve_outbox(call_faults.middleware(_serialise_dynamodb(app)))
     run_simple(args.host, args.port, served, threaded=True)
 
 

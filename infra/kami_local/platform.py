@@ -9,7 +9,9 @@ Besides the API routes, the server answers a few local-only control routes under
   POST /_local/functions/{id}/faults          {"count": 1, "kill_after_ms": 0}: kill the emulator
                                               during its next invocation(s); or
                                               {"kill_at": {"target", "contains", "nth"}}: kill it
-                                              right after that AWS call took effect (step_kills.py)
+                                              right after that AWS call took effect, or
+                                              {"fail": {"target", "contains", "count", "error"}}:
+                                              fail that call (call_faults.py)
   POST /_local/functions/{id}/kill-now        kill its busy emulators (what a kill_at rule calls)
 """
 
@@ -26,7 +28,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from . import apigw, provision, runtime, step_kills
+from . import apigw, provision, runtime, call_faults
 from . import template as tpl
 from .sources import Schedule, SqsMapping
 
@@ -211,18 +213,19 @@ class Platform:
             if parts[2] == "faults":
                 spec = json.loads(body or b"{}")
                 if "kill_at" in spec:
-                    return self._arm_step_kill(fn, spec["kill_at"])
+                    return self._arm_call_fault(fn, {**spec["kill_at"], "action": "kill"})
+                if "fail" in spec:
+                    return self._arm_call_fault(fn, {**spec["fail"], "action": "fail"})
                 fn.inject_kills(int(spec.get("count", 1)), float(spec.get("kill_after_ms", 0)) / 1000)
                 return 200, fn.describe()
             if parts[2] == "kill-now":
                 return 200, {"killed": fn.kill_busy()}
         return 404, {"message": "Not Found"}
 
-    def _arm_step_kill(self, fn: runtime.Function, at: dict) -> tuple[int, dict]:
-        rule = {"access_key": step_kills.access_key_of(fn.name), "target": at.get("target"),
-                "contains": at.get("contains") or "", "nth": at.get("nth", 1), "when": at.get("when"),
+    def _arm_call_fault(self, fn: runtime.Function, spec: dict) -> tuple[int, dict]:
+        rule = {**spec, "access_key": call_faults.access_key_of(fn.name),
                 "notify": f"{self.url}/_local/functions/{fn.name}/kill-now"}
-        request = urllib.request.Request(f"{self.endpoint}{step_kills.RULES_PATH}", method="POST",
+        request = urllib.request.Request(f"{self.endpoint}{call_faults.RULES_PATH}", method="POST",
                                          data=json.dumps(rule).encode(),
                                          headers={"Content-Type": "application/json"})
         try:

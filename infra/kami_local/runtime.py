@@ -24,7 +24,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import clock, step_kills
+from . import clock, call_faults
 
 INVOKE_PATH = "/2015-03-31/functions/function/invocations"
 _INIT_REPORT = re.compile(r"INIT REPORT\(durationMs: ([\d.]+)\)")
@@ -140,7 +140,7 @@ class Instance:
     def kill(self) -> None:
         # The emulator starts the bootstrap in a process group of its own: killing the
         # emulator's group alone left the function running to the end of its invocation
-        # (found by tests/e2e/test_step_kills.py). Its descendants go first, then the group.
+        # (found by tests/e2e/test_call_faults.py). Its descendants go first, then the group.
         for pid in _descendants(self.pid):
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -246,8 +246,8 @@ class Function:
             "AWS_LAMBDA_LOG_STREAM_NAME": "local",
             clock.ENV: str(clock.path()),  # local only: `infra/kami clock` moves the time
             clock.SKEW_ENV: str(clock.skew_path(self.name)),  # and `clock skew` this one's
-            # Its own key id: the moto wrapper tells its calls apart (step_kills.py).
-            "AWS_ACCESS_KEY_ID": step_kills.access_key_of(self.name),
+            # Its own key id: the moto wrapper tells its calls apart (call_faults.py).
+            "AWS_ACCESS_KEY_ID": call_faults.access_key_of(self.name),
         })
         return env
 

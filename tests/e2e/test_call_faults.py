@@ -3,7 +3,7 @@ and the payment webhook at each of its writes, through the real binaries
 (docs/reliability.md, section 2, K7 to K9).
 
 Each step is one AWS call of the worker's. The platform kills the worker's emulator right
-after that call took effect and before the worker hears so (kami_local/step_kills.py:
+after that call took effect and before the worker hears so (kami_local/call_faults.py:
 the moto wrapper knows the worker by its access key id, lets the call through, has the
 platform SIGKILL the busy emulator, then answers a dead socket). The message the worker
 held comes back (made visible at once rather than after the queue's 60 s), and the next
@@ -21,7 +21,7 @@ import uuid
 
 import pytest
 import requests
-from conftest import stripe_webhook, wait_for
+from conftest import ADMIN, stripe_webhook, wait_for
 from kami_local import clock, outbox
 from kami_local.provision import client
 
@@ -66,7 +66,7 @@ def test_a_worker_killed_right_after_a_step_is_finished_by_the_next_one(platform
 
     # THEN the worker is killed there, leaving what that step wrote
     def killed() -> bool:
-        rules = requests.get(f"{platform.endpoint}/_kami/kill-rules", timeout=10).json()["rules"]
+        rules = requests.get(f"{platform.endpoint}/_kami/call-faults", timeout=10).json()["rules"]
         worker = platform.status()["functions"][WORKER]
         return not rules and worker["restarts"] > restarts
 
@@ -198,3 +198,101 @@ def test_a_top_up_worker_killed_at_a_step_tops_the_account_up_once(platform, top
     assert [(h["action"], h["status"]) for h in view["supplier_history"]] == history, view["supplier_history"]
     assert [(q["request_id"], q["status"]) for q in view["top_up"]["requests"]] == [(request_id, "success")], view
     assert [e["to"] for e in view["events"]].count("delivered") == 1, view["events"]
+
+
+# --- AWS calls failing, through the real binaries (docs/reliability.md, section 1) ---------
+
+
+def _fail(platform, function: str, target: str, count: int, error: str, contains: str = "") -> None:
+    r = requests.post(f"{platform.api}/_local/functions/{function}/faults", timeout=10, json={
+        "fail": {"target": target, "contains": contains, "count": count, "error": error}})
+    assert r.status_code == 200, r.text
+
+
+def _spent(platform) -> bool:
+    return not requests.get(f"{platform.endpoint}/_kami/call-faults", timeout=10).json()["rules"]
+
+
+def test_an_import_whose_data_key_cannot_be_made_stores_nothing_and_its_retry_stores_each_key_once(platform):
+    sku, _ = platform.create_product(keys=1)
+    codes = [f"E2E-KMS-{uuid.uuid4().hex.upper()}" for _ in range(3)]
+    url = f"{platform.api}/admin/products/{sku}/card-keys"
+    # KMS fails every attempt the SDK makes (3) to make the import's data key.
+    _fail(platform, "AdminFunction", "TrentService.GenerateDataKey", 3, "KMSInternalException")
+    r = requests.post(url, headers=ADMIN, json={"keys": codes}, timeout=60)
+    assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error", r.text
+    assert not any(code in r.text for code in codes), "no key in the error"
+    assert _spent(platform)
+    assert platform.admin_product(sku)["stock"] == {"available": 1, "reserved": 0, "sold": 0}, "nothing stored"
+
+    r = requests.post(url, headers=ADMIN, json={"keys": codes}, timeout=60)
+    assert r.status_code in (200, 201) and r.json()["accepted"] == 3 and r.json()["duplicates"] == [], r.text
+    assert platform.admin_product(sku)["stock"] == {"available": 4, "reserved": 0, "sold": 0}
+
+
+def test_a_delivered_key_that_cannot_be_opened_is_shown_on_the_next_look(platform):
+    sku, codes = platform.create_product(keys=1)
+    order = platform.create_order(sku)
+    assert stripe_webhook.send(platform.api, platform.paid_event(order["order_id"])).status_code == 200
+    # Delivered, as the operator's view (which never opens a key) tells.
+    wait_for("the order delivered", lambda: requests.get(
+        f"{platform.api}/admin/orders/{order['order_id']}", headers=ADMIN, timeout=30).json()["status"] == "delivered",
+        timeout=60, interval=0.25)
+    # KMS fails every attempt to open the sealed key when the buyer first looks.
+    _fail(platform, "CheckoutFunction", "TrentService.Decrypt", 3, "KMSInternalException")
+    r = requests.get(f"{platform.api}/orders/{order['order_id']}", timeout=30,
+                     headers={"Authorization": f"Bearer {order['access_token']}"})
+    assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error", r.text
+    assert codes[0] not in r.text
+    assert _spent(platform)
+    assert [d["code"] for d in platform.get_order(order)["deliveries"]] == codes
+
+
+def test_a_throttled_payment_answers_no_2xx_and_the_providers_retry_delivers_once(platform):
+    sku, codes = platform.create_product(keys=2)
+    order = platform.create_order(sku)
+    # Every attempt the SDK makes at the payment's transaction is throttled.
+    _fail(platform, "PaymentWebhookFunction", WRITE, 3, "ThrottlingException", contains=order["order_id"])
+    event = platform.paid_event(order["order_id"])
+    r = stripe_webhook.send(platform.api, event)
+    assert r.status_code == 500, r.text
+    assert _spent(platform)
+    assert platform.get_order(order)["status"] == "pending_payment", "nothing written"
+    assert stripe_webhook.send(platform.api, event).status_code == 200
+    body = platform.wait_delivered(order, timeout=60)
+    assert [e["to"] for e in body["events"]] == ["pending_payment", "paid", "delivered"], body["events"]
+    assert platform.admin_product(sku)["stock"] == {"available": 1, "reserved": 0, "sold": 1}
+
+
+def test_throttled_checkouts_make_each_order_once(platform):
+    sku, _ = platform.create_product(keys=3)
+    # Two throttled attempts of the order's transaction: the SDK's third gets through.
+    _fail(platform, "CheckoutFunction", WRITE, 2, "ProvisionedThroughputExceededException", contains=sku)
+    key = str(uuid.uuid4())
+
+    def checkout():
+        return requests.post(f"{platform.api}/orders", timeout=30, headers={"Idempotency-Key": key},
+                             json={"sku": sku, "quantity": 1, "buyer": {"email": "e2e@example.com"}})
+
+    first = checkout()
+    assert first.status_code == 201, first.text
+    assert _spent(platform)
+    again = checkout()
+    assert again.status_code == 201 and again.json()["order_id"] == first.json()["order_id"], again.text
+    assert platform.admin_product(sku)["stock"] == {"available": 2, "reserved": 1, "sold": 0}
+
+
+def test_a_key_allocation_failing_with_5xx_fails_the_message_and_its_retry_delivers_once(platform):
+    sku, codes = platform.create_product(keys=2)
+    order = platform.create_order(sku)
+    _fail(platform, WORKER, WRITE, 3, "InternalServerError", contains=order["order_id"])
+    assert stripe_webhook.send(platform.api, platform.paid_event(order["order_id"])).status_code == 200
+    wait_for("the worker's three attempts answered 500", lambda: _spent(platform), timeout=60)
+    # The failed message waits out its visibility timeout: made visible at once instead.
+    wait_for("the failed message back in the queue", lambda: requests.post(
+        f"{platform.endpoint}/_kami/sqs/visible-now", timeout=10,
+        json={"queue_url": platform.resources["DeliveryQueue"]}).json()["made_visible"] >= 1
+        or platform.get_order(order)["status"] == "delivered", timeout=30)
+    body = platform.wait_delivered(order, timeout=60)
+    assert [d["code"] for d in body["deliveries"]] in ([c] for c in codes)
+    assert platform.admin_product(sku)["stock"] == {"available": 1, "reserved": 0, "sold": 1}

@@ -1,6 +1,7 @@
-"""Step kills (kami_local/step_kills.py): a rule fires on the nth matching call of one
-function only, after the call reached moto and before its answer leaves; the platform
-kills an emulator's whole process tree (the bootstrap runs in a group of its own)."""
+"""Call faults (kami_local/call_faults.py): a kill rule fires on the nth matching call of
+one function only, after the call reached moto and before its answer leaves; a fail rule
+answers its calls with an AWS error and nothing reaches moto; the platform kills an
+emulator's whole process tree (the bootstrap runs in a group of its own)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kami_local import runtime, step_kills  # noqa: E402
+from kami_local import runtime, call_faults  # noqa: E402
 
 TARGET = "DynamoDB_20120810.TransactWriteItems"
 
@@ -71,10 +72,10 @@ def test_a_rule_fires_on_its_functions_nth_matching_call_after_the_call_took_eff
         start_response("200 OK", [])
         return [b"{}"]
 
-    app = step_kills.middleware(moto)
-    worker, other = step_kills.access_key_of("DeliveryWorkerFunction"), step_kills.access_key_of("CheckoutFunction")
+    app = call_faults.middleware(moto)
+    worker, other = call_faults.access_key_of("DeliveryWorkerFunction"), call_faults.access_key_of("CheckoutFunction")
     rule = {"access_key": worker, "target": TARGET, "contains": "ORDER#A", "nth": 2, "notify": platform.url}
-    status, _ = _call(app, key="x", target="", body=json.dumps(rule).encode(), path=step_kills.RULES_PATH)
+    status, _ = _call(app, key="x", target="", body=json.dumps(rule).encode(), path=call_faults.RULES_PATH)
     assert status.startswith("200")
 
     # Not counted: another function, another call, another order.
@@ -91,7 +92,7 @@ def test_a_rule_fires_on_its_functions_nth_matching_call_after_the_call_took_eff
     # Fired once: the rule is gone.
     _call(app, key=worker, target=TARGET, body=b"ORDER#A slot 2")
     assert len(platform.calls) == 1
-    _, listed = _call(app, key="x", target="", body=b"", path=step_kills.RULES_PATH, method="GET")
+    _, listed = _call(app, key="x", target="", body=b"", path=call_faults.RULES_PATH, method="GET")
     assert json.loads(listed)["rules"] == []
 
 
@@ -103,18 +104,40 @@ def test_a_before_rule_kills_without_the_call_reaching_moto(platform):
         start_response("200 OK", [])
         return [b"{}"]
 
-    app = step_kills.middleware(moto)
+    app = call_faults.middleware(moto)
     rule = {"access_key": "K", "target": TARGET, "contains": "ORDER#A", "when": "before", "notify": platform.url}
-    assert _call(app, key="x", target="", body=json.dumps(rule).encode(), path=step_kills.RULES_PATH)[0].startswith("200")
+    assert _call(app, key="x", target="", body=json.dumps(rule).encode(), path=call_faults.RULES_PATH)[0].startswith("200")
     status, _ = _call(app, key="K", target=TARGET, body=b"ORDER#A")
     assert status.startswith("500") and seen == [] and len(platform.calls) == 1
 
 
+def test_a_fail_rule_answers_its_first_count_calls_with_the_error_and_writes_nothing():
+    seen = []
+
+    def moto(environ, start_response):
+        seen.append(environ["wsgi.input"].read())
+        start_response("200 OK", [])
+        return [b"{}"]
+
+    app = call_faults.middleware(moto)
+    rule = {"action": "fail", "access_key": "K", "target": TARGET, "contains": "ORDER#A", "count": 2,
+            "error": "ThrottlingException"}
+    assert _call(app, key="x", target="", body=json.dumps(rule).encode(), path=call_faults.RULES_PATH)[0].startswith("200")
+    for _ in range(2):
+        status, body = _call(app, key="K", target=TARGET, body=b"ORDER#A")
+        assert status.startswith("400") and json.loads(body)["__type"] == "ThrottlingException"
+    assert seen == [], "nothing reached moto"
+    assert _call(app, key="K", target=TARGET, body=b"ORDER#A")[0].startswith("200")
+    assert seen == [b"ORDER#A"]
+
+
 def test_rules_are_checked():
-    app = step_kills.middleware(lambda environ, start_response: [])
+    app = call_faults.middleware(lambda environ, start_response: [])
     for bad in [{}, {"access_key": "k", "target": "t"}, {"access_key": "k", "target": "t", "notify": "u", "nth": 0},
-                {"access_key": "k", "target": "t", "notify": "u", "when": "during"}]:
-        status, body = _call(app, key="x", target="", body=json.dumps(bad).encode(), path=step_kills.RULES_PATH)
+                {"access_key": "k", "target": "t", "notify": "u", "when": "during"},
+                {"action": "fail", "access_key": "k", "target": "t", "error": "Oops"},
+                {"action": "stall", "access_key": "k", "target": "t", "notify": "u"}]:
+        status, body = _call(app, key="x", target="", body=json.dumps(bad).encode(), path=call_faults.RULES_PATH)
         assert status.startswith("400"), bad
 
 
@@ -122,8 +145,8 @@ def test_every_function_gets_its_own_access_key(tmp_path):
     fn = runtime.Function("CheckoutFunction", tmp_path / "bootstrap", {"AWS_ACCESS_KEY_ID": "test"}, 3, 128,
                           tmp_path / "logs", status=lambda line: None)
     try:
-        assert fn.process_env()["AWS_ACCESS_KEY_ID"] == step_kills.access_key_of("CheckoutFunction")
-        assert step_kills.access_key_of("CheckoutFunction") != step_kills.access_key_of("DeliveryWorkerFunction")
+        assert fn.process_env()["AWS_ACCESS_KEY_ID"] == call_faults.access_key_of("CheckoutFunction")
+        assert call_faults.access_key_of("CheckoutFunction") != call_faults.access_key_of("DeliveryWorkerFunction")
     finally:
         fn.stop()
 

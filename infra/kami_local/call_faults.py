@@ -1,5 +1,6 @@
-"""Killing a function at a named step: right after one of its AWS calls took effect, before
-it sees the answer (docs/reliability.md, section 2, K7).
+"""Faults at a named AWS call of one function, on the local platform: the function killed
+right after the call took effect, before it sees the answer (a step kill; docs/reliability.md,
+section 2, K7 to K9), or the call failed with an AWS error (section 1, A21 and on).
 
 The local platform gives every function an access key id of its own
 (`access_key_of`, runtime.py), so the moto wrapper (moto_serve.py) knows which function
@@ -29,9 +30,19 @@ import re
 import threading
 import urllib.request
 
-RULES_PATH = "/_kami/kill-rules"
+RULES_PATH = "/_kami/call-faults"
 VISIBLE_NOW_PATH = "/_kami/sqs/visible-now"
 _CREDENTIAL = re.compile(r"Credential=([^/,\s]+)/")
+
+
+# The errors a fail rule can answer: HTTP status, and the `__type` the SDKs read.
+ERRORS = {
+    "ThrottlingException": 400,
+    "ProvisionedThroughputExceededException": 400,
+    "InternalServerError": 500,
+    "KMSInternalException": 500,
+    "ServiceUnavailable": 503,
+}
 
 
 def access_key_of(function: str) -> str:
@@ -45,34 +56,47 @@ class _Rules:
         self._rules: list[dict] = []
 
     def add(self, rule: dict) -> None:
-        for field in ("access_key", "target", "notify"):
+        action = rule.get("action") or "kill"
+        needs = ("access_key", "target", "notify") if action == "kill" else ("access_key", "target")
+        for field in needs:
             if not isinstance(rule.get(field), str) or not rule[field]:
-                raise ValueError(f"a kill rule needs {field}")
-        nth = rule.get("nth", 1)
-        if not isinstance(nth, int) or nth < 1:
-            raise ValueError("nth is a whole number from 1")
-        when = rule.get("when") or "after"
-        if when not in ("after", "before"):
-            raise ValueError("when is after (the call took effect) or before (it never reaches moto)")
+                raise ValueError(f"a {action} rule needs {field}")
+        if action == "kill":
+            times = rule.get("nth", 1)
+            when = rule.get("when") or "after"
+            if when not in ("after", "before"):
+                raise ValueError("when is after (the call took effect) or before (it never reaches moto)")
+        elif action == "fail":
+            times, when = rule.get("count", 1), None
+            if rule.get("error") not in ERRORS:
+                raise ValueError(f"error is one of {sorted(ERRORS)}")
+        else:
+            raise ValueError("action is kill or fail")
+        if not isinstance(times, int) or times < 1:
+            raise ValueError("nth and count are whole numbers from 1")
         with self._lock:
-            self._rules.append({**rule, "contains": rule.get("contains") or "", "left": nth, "when": when})
+            self._rules.append({**rule, "action": action, "contains": rule.get("contains") or "",
+                                "left": times, "when": when})
 
     def pending(self) -> list[dict]:
         with self._lock:
             return [dict(r) for r in self._rules]
 
     def fired_by(self, access_key: str, target: str, body: bytes) -> dict | None:
-        """The rule this call fires (taking it off), after counting it against every rule
-        it matches."""
+        """The rule this call fires, after counting it against every rule it matches: a
+        kill rule fires on its nth matching call, a fail rule on each of its first `count`;
+        a rule is taken off once spent."""
+        fired = None
         with self._lock:
-            for rule in self._rules:
+            for rule in list(self._rules):
                 if rule["access_key"] == access_key and rule["target"] == target \
                         and rule["contains"].encode() in body:
                     rule["left"] -= 1
                     if rule["left"] == 0:
                         self._rules.remove(rule)
-                        return rule
-        return None
+                    if fired is None and (rule["action"] == "fail" or rule["left"] == 0):
+                        fired = rule
+        return fired
 
 
 def _answer(start_response, status: str, body: dict) -> list[bytes]:
@@ -135,6 +159,12 @@ def middleware(app):
         rule = rules.fired_by(credential.group(1), target, _read_body(environ))
         if rule is None:
             return app(environ, start_response)
+        if rule["action"] == "fail":
+            payload = json.dumps({"__type": rule["error"], "message": "injected by the local platform"}).encode()
+            start_response(f"{ERRORS[rule['error']]} Injected", [
+                ("Content-Type", environ.get("CONTENT_TYPE") or "application/x-amz-json-1.0"),
+                ("Content-Length", str(len(payload)))])
+            return [payload]
         if rule["when"] == "before":
             # The caller dies just before this call: it never reaches moto.
             _kill(rule)
