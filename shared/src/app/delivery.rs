@@ -792,18 +792,31 @@ mod tests {
 
     #[tokio::test]
     async fn orders_not_waiting_for_delivery_never_reach_the_fulfiller() {
-        let waiting_for_nothing = [
-            OrderStatus::PendingPayment,
-            OrderStatus::Expired,
-            OrderStatus::PaymentException,
-        ];
+        // Every status but those awaiting delivery and `delivered`: a message arriving
+        // after an operator resolved, refunded or a buyer cancelled the order included
+        // (a sweep's re-queue racing the operator).
+        let waiting_for_nothing: Vec<OrderStatus> = crate::domain::order::ALL_STATUSES
+            .into_iter()
+            .filter(|s| !s.awaits_delivery() && *s != OrderStatus::Delivered)
+            .collect();
+        for settled in [
+            OrderStatus::Resolved,
+            OrderStatus::Refunded,
+            OrderStatus::PartiallyRefunded,
+            OrderStatus::Cancelled,
+        ] {
+            assert!(waiting_for_nothing.contains(&settled), "{settled}");
+        }
         let fixture = Fixture::new(
-            waiting_for_nothing.map(|status| (order(status.as_str(), "done", status), Vec::new())),
+            waiting_for_nothing
+                .iter()
+                .map(|status| (order(status.as_str(), "done", *status), Vec::new())),
         );
         for status in waiting_for_nothing {
             assert_eq!(
                 fixture.deliver(status.as_str()).await.unwrap(),
-                DeliveryOutcome::Skipped(Some(status))
+                DeliveryOutcome::Skipped(Some(status)),
+                "{status}"
             );
         }
         assert_eq!(
