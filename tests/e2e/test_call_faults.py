@@ -296,3 +296,44 @@ def test_a_key_allocation_failing_with_5xx_fails_the_message_and_its_retry_deliv
     body = platform.wait_delivered(order, timeout=60)
     assert [d["code"] for d in body["deliveries"]] in ([c] for c in codes)
     assert platform.admin_product(sku)["stock"] == {"available": 1, "reserved": 0, "sold": 1}
+
+
+def test_a_delivery_that_fails_every_receive_is_dead_lettered_and_waits_in_the_exception_queue(platform):
+    sku, codes = platform.create_product(keys=1)
+    order = platform.create_order(sku)
+    order_id = order["order_id"]
+    # Every allocation of the product's keys fails (5 receives x 3 SDK attempts), while
+    # the worker's other writes (giving up on the last receive) go through.
+    _fail(platform, WORKER, WRITE, 15, "InternalServerError", contains=f"STOCK#{sku}")
+    assert stripe_webhook.send(platform.api, platform.paid_event(order_id)).status_code == 200
+    sqs = client("sqs", platform.endpoint)
+    dlq = platform.resources["DeliveryDLQ"]
+
+    def dead_lettered():
+        # Each failed receive waits out its visibility timeout: made visible at once.
+        requests.post(f"{platform.endpoint}/_kami/sqs/visible-now", timeout=10,
+                      json={"queue_url": platform.resources["DeliveryQueue"]})
+        attrs = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["ApproximateNumberOfMessages"])
+        return int(attrs["Attributes"]["ApproximateNumberOfMessages"]) >= 1
+
+    wait_for("the message in the DLQ", dead_lettered, timeout=120, interval=0.5)
+    got = sqs.receive_message(QueueUrl=dlq, MaxNumberOfMessages=10, VisibilityTimeout=0,
+                              AttributeNames=["ApproximateReceiveCount"])["Messages"]
+    mine = [m for m in got if order_id in m["Body"]]
+    assert len(mine) == 1, got
+    # Its last receive marked the order: it waits in the exception queue for a person.
+    assert platform.get_order(order)["status"] == "delivery_failed"
+    queue = requests.get(f"{platform.api}/admin/exceptions", params={"cause": "delivery_failed", "limit": 100,
+                         "order": "newest"}, headers=ADMIN, timeout=30).json()["exceptions"]
+    assert order_id in [e["order_id"] for e in queue], queue
+    assert _spent(platform), "every allocation attempt was failed"
+    assert platform.admin_product(sku)["stock"] == {"available": 0, "reserved": 1, "sold": 0}, "its unit held"
+
+    # The operator redelivers once the outage is over: delivered once.
+    r = requests.post(f"{platform.api}/admin/orders/{order_id}/redeliver", headers=ADMIN, timeout=30,
+                      json={"reason": "the table is back"})
+    assert r.status_code in (200, 202), r.text
+    body = wait_for("the redelivered order delivered", lambda: (b := platform.get_order(order))["status"] == "delivered"
+                    and b, timeout=60, interval=0.25)
+    assert [d["code"] for d in body["deliveries"]] == codes
+    assert platform.admin_product(sku)["stock"] == {"available": 0, "reserved": 0, "sold": 1}
