@@ -18,6 +18,7 @@ provider's retry of the same event delivers the order once.
 from __future__ import annotations
 
 import uuid
+from datetime import datetime, timedelta
 
 import pytest
 import requests
@@ -337,3 +338,71 @@ def test_a_delivery_that_fails_every_receive_is_dead_lettered_and_waits_in_the_e
                     and b, timeout=60, interval=0.25)
     assert [d["code"] for d in body["deliveries"]] == codes
     assert platform.admin_product(sku)["stock"] == {"available": 0, "reserved": 0, "sold": 1}
+
+
+# --- the other delivery types' workers killed at their writes (K10) ----------------------
+
+# (type, its delivery, quantity, which of the worker's transactions for the order it dies
+# right after: each unit's write, then marking the order delivered)
+RIGHTS = [
+    ("license_key", {"type": "license_key", "activation_limit": 1}, 2),
+    ("membership", {"type": "membership", "entitlement": "vip-kill", "period_days": 30}, 1),
+    ("count_card", {"type": "count_card", "entitlement": "yoga-kill", "uses": 2}, 1),
+]
+RIGHTS_CASES = [(kind, delivery, quantity, nth) for kind, delivery, quantity in RIGHTS
+                for nth in range(1, quantity + 2)]
+
+
+def _merchant(platform) -> dict:
+    r = requests.post(f"{platform.api}/admin/api-keys", headers=ADMIN, timeout=30,
+                      json={"name": "e2e-kills", "scopes": ["entitlements:read"]})
+    assert r.status_code == 201, r.text
+    return {"Authorization": f"Bearer {r.json()['key']}"}
+
+
+@pytest.mark.parametrize(("kind", "delivery", "quantity", "nth"), RIGHTS_CASES,
+                         ids=[f"{c[0]}-after-write-{c[3]}" for c in RIGHTS_CASES])
+def test_a_rights_worker_killed_after_a_write_grants_each_unit_once(platform, kind, delivery, quantity, nth):
+    sku = f"e2e-{uuid.uuid4().hex[:10]}"
+    r = requests.post(f"{platform.api}/admin/products", headers=ADMIN, timeout=30, json={
+        "sku": sku, "title": "E2E rights kill", "price": {"amount": 500, "currency": "CNY"},
+        "delivery": delivery, "max_per_order": 5})
+    assert r.status_code == 201, r.text
+    account = f"e2e-{uuid.uuid4().hex[:8]}"
+    r = requests.post(f"{platform.api}/orders", timeout=30, headers={"Idempotency-Key": str(uuid.uuid4())},
+                      json={"sku": sku, "quantity": quantity,
+                            "buyer": {"email": "e2e@example.com", "account_id": account}})
+    assert r.status_code == 201, r.text
+    order = r.json()
+    order_id = order["order_id"]
+    restarts = platform.status()["functions"][WORKER]["restarts"]
+    r = requests.post(f"{platform.api}/_local/functions/{WORKER}/faults", timeout=10,
+                      json={"kill_at": {"target": WRITE, "contains": order_id, "nth": nth}})
+    assert r.status_code == 200, r.text
+    assert stripe_webhook.send(platform.api, platform.paid_event(order_id)).status_code == 200
+    wait_for("the worker killed", lambda: platform.status()["functions"][WORKER]["restarts"] > restarts
+             and _spent(platform), timeout=60)
+    assert platform.get_order(order)["status"] == ("delivered" if nth == quantity + 1 else "paid")
+    r = requests.post(f"{platform.endpoint}/_kami/sqs/visible-now", timeout=10,
+                      json={"queue_url": platform.resources["DeliveryQueue"]})
+    assert r.status_code == 200 and r.json()["made_visible"] >= 1, r.text
+
+    body = platform.wait_delivered(order, timeout=60)
+    assert len(body["deliveries"]) == quantity, body["deliveries"]
+    view = requests.get(f"{platform.api}/admin/orders/{order_id}", headers=ADMIN, timeout=30).json()
+    assert len(view["generated"]) == quantity and len({u["id"] for u in view["generated"]}) == quantity, view
+    assert [e["to"] for e in view["events"]].count("delivered") == 1, view["events"]
+    if kind == "license_key":
+        keys = [d["license_key"] for d in body["deliveries"]]
+        assert len(set(keys)) == quantity, keys
+    else:
+        # Granted once: one entitlement, its uses or its 30 days not doubled.
+        listed = requests.get(f"{platform.api}/entitlements", params={"account_id": account},
+                              headers=_merchant(platform), timeout=30).json()["entitlements"]
+        assert len(listed) == 1, listed
+        if kind == "count_card":
+            assert listed[0]["uses_left"] == 2, listed
+        else:
+            days = (datetime.fromisoformat(listed[0]["ends_at"].replace("Z", "+00:00"))
+                    - datetime.fromisoformat(listed[0]["starts_at"].replace("Z", "+00:00")))
+            assert days == timedelta(days=30), listed
