@@ -220,6 +220,20 @@ def test_a_wechat_refund_settles_by_its_notification(platform):
     wait_for("the refund to settle", lambda: platform.get_order(order)["status"] == "refunded", timeout=30)
 
 
+def test_a_refund_notified_twice_settles_once(platform):
+    order = _paid_and_delivered(platform, "wechat-sandbox", "wechatpay")
+    r = _refund(platform, order, 990)
+    assert r.status_code == 201 and r.json()["status"] == "pending", r.text
+    refund_id = r.json()["refund_id"]
+    # WeChat Pay notifies REFUND.SUCCESS twice (its retry of a notification).
+    result = sandbox.refund_notify(platform.sandbox, refund_id, twice=True)
+    assert len(result["notifications"]) == 2 and all(n["accepted"] for n in result["notifications"]), result
+    view = requests.get(f"{platform.api}/admin/orders/{order['order_id']}", headers=ADMIN, timeout=30).json()
+    assert view["status"] == "refunded", view["status"]
+    assert [(x["refund_id"], x["status"]) for x in view["refunds"]] == [(refund_id, "succeeded")], view["refunds"]
+    assert [e["to"] for e in view["events"]].count("refunded") == 1, view["events"]
+
+
 def test_money_taken_at_the_default_stripe_endpoint_cannot_be_refunded_here(platform):
     from conftest import stripe_webhook
     sku, _ = platform.create_product(keys=1)
