@@ -90,6 +90,17 @@ class Platform:
 
         return wait_for(f"order {order['order_id']} delivered", delivered, timeout, interval=0.25)
 
+    def fire_until(self, what: str, done: Callable[[], object], schedule: str = "EveryMinute",
+                   timeout: float = 60):
+        """Fires `schedule` until `done()` holds. A run of the platform's own schedule may
+        hold the sweep's lease at that moment (a fired run then does nothing): fire again."""
+        def fired():
+            r = requests.post(f"{self.api}/_local/schedules/{schedule}/fire", timeout=60)
+            assert r.status_code == 200 and r.json()["result"] == "ok", r.text
+            return done()
+
+        return wait_for(what, fired, timeout, interval=0.5)
+
     def admin_product(self, sku: str) -> dict:
         r = requests.get(f"{self.api}/admin/products/{sku}", headers=ADMIN, timeout=30)
         assert r.status_code == 200, r.text

@@ -406,3 +406,44 @@ def test_a_rights_worker_killed_after_a_write_grants_each_unit_once(platform, ki
             days = (datetime.fromisoformat(listed[0]["ends_at"].replace("Z", "+00:00"))
                     - datetime.fromisoformat(listed[0]["starts_at"].replace("Z", "+00:00")))
             assert days == timedelta(days=30), listed
+
+
+def test_a_sweep_killed_after_requeueing_a_stuck_order_leaves_it_delivered_once(platform):
+    file = platform.log_dir / "clock"
+    sku, codes = platform.create_product(keys=2)
+    order = platform.create_order(sku)
+    order_id = order["order_id"]
+    # GIVEN a paid order whose delivery was never queued (SQS unavailable to the webhook)
+    _fail(platform, "PaymentWebhookFunction", "AmazonSQS.SendMessage", 3, "ServiceUnavailable", contains=order_id)
+    assert stripe_webhook.send(platform.api, platform.paid_event(order_id)).status_code == 500
+    assert platform.get_order(order)["status"] == "paid"
+    sweep = "ExpirySweepFunction"
+    restarts = platform.status()["functions"][sweep]["restarts"]
+    r = requests.post(f"{platform.api}/_local/functions/{sweep}/faults", timeout=10, json={
+        "kill_at": {"target": "AmazonSQS.SendMessage", "contains": order_id, "nth": 1}})
+    assert r.status_code == 200, r.text
+    try:
+        # WHEN the sweep, its clock past the stuck-order delay (120 s), re-queues it and is
+        # killed before it snoozes the order or releases its lease
+        clock.skew(sweep, 130, file)
+        wait_for("the sweep killed right after re-queueing", lambda: requests.post(
+            f"{platform.api}/_local/schedules/EveryMinute/fire", timeout=60).status_code == 200
+            and _spent(platform) and platform.status()["functions"][sweep]["restarts"] > restarts,
+            timeout=60, interval=0.5)
+
+        # THEN the message it queued delivers the order, once
+        body = platform.wait_delivered(order, timeout=60)
+        assert [d["code"] for d in body["deliveries"]] in ([c] for c in codes)
+
+        # AND once its lease has lapsed, the next run finds nothing more to do for it
+        clock.skew(sweep, 130 + 120, file)
+        platform.fire_until("a sweep run after the lease", lambda: True)
+        wait_for("the delivery queue drained", lambda: _queue_counts(platform, "DeliveryQueue") == (0, 0),
+                 timeout=60, interval=0.25)
+        again = platform.get_order(order)
+        assert again["deliveries"] == body["deliveries"]
+        assert [e["to"] for e in again["events"]] == ["pending_payment", "paid", "delivered"], again["events"]
+        assert platform.admin_product(sku)["stock"] == {"available": 1, "reserved": 0, "sold": 1}
+    finally:
+        clock.skew(sweep, 0, file)
+

@@ -4,8 +4,7 @@ then is verified against that clock."""
 
 from __future__ import annotations
 
-import requests
-from conftest import stripe_webhook, wait_for
+from conftest import stripe_webhook
 from kami_local import clock
 
 
@@ -18,15 +17,8 @@ def test_advancing_the_clock_expires_orders_and_dates_webhooks(platform):
         # WHEN the clock moves a month ahead and the sweep runs
         clock.advance(clock.parse_duration("31d"), file)
 
-        def fired_and_expired() -> bool:
-            # A run of the platform's own every-minute schedule may hold the sweep's lease
-            # at this moment (a fired run then does nothing): fire again until one works.
-            r = requests.post(f"{platform.api}/_local/schedules/EveryMinute/fire", timeout=60)
-            assert r.status_code == 200 and r.json()["result"] == "ok", r.text
-            return platform.get_order(order)["status"] == "expired"
-
-        # THEN the unpaid order has expired
-        wait_for("the sweep to expire the order", fired_and_expired, timeout=60, interval=0.5)
+        platform.fire_until("the sweep to expire the order",
+                            lambda: platform.get_order(order)["status"] == "expired")
 
         # A payment signed at the machine's time is a month old for the functions...
         event = platform.paid_event(order["order_id"])

@@ -11,22 +11,11 @@ real binaries: `infra/kami clock skew FN ±D` sets one function's clock off the 
 
 from __future__ import annotations
 
-import requests
-from conftest import stripe_webhook, wait_for
+from conftest import stripe_webhook
 from kami_local import clock
 
 # The template's defaults (OrderTtlSeconds, ExpiryGraceSeconds), and a minute more.
 PAST_THE_GRACE = 1800 + 300 + 60
-
-
-def fire_sweep_until(platform, what: str, done) -> None:
-    def fired() -> bool:
-        # The platform's own every-minute run may hold the sweep's lease: fire again.
-        r = requests.post(f"{platform.api}/_local/schedules/EveryMinute/fire", timeout=60)
-        assert r.status_code == 200 and r.json()["result"] == "ok", r.text
-        return done()
-
-    wait_for(what, fired, timeout=60, interval=0.5)
 
 
 def test_a_sweep_ahead_of_checkout_expires_an_order_whose_late_payment_is_still_delivered(platform):
@@ -39,8 +28,8 @@ def test_a_sweep_ahead_of_checkout_expires_an_order_whose_late_payment_is_still_
         clock.skew("ExpirySweepFunction", PAST_THE_GRACE, file)
 
         # WHEN it runs, THEN by its clock the order is over: expired, its unit back
-        fire_sweep_until(platform, "the skewed sweep to expire the order",
-                         lambda: platform.get_order(order)["status"] == "expired")
+        platform.fire_until("the skewed sweep to expire the order",
+                            lambda: platform.get_order(order)["status"] == "expired")
         assert platform.admin_product(sku)["stock"] == {"available": 2, "reserved": 0, "sold": 0}
 
         # WHEN the buyer pays on time by checkout's and the webhook's clock
@@ -54,7 +43,7 @@ def test_a_sweep_ahead_of_checkout_expires_an_order_whose_late_payment_is_still_
         assert platform.admin_product(sku)["stock"] == {"available": 1, "reserved": 0, "sold": 1}
 
         # AND another run of the skewed sweep leaves the delivered order alone
-        fire_sweep_until(platform, "one more sweep run", lambda: True)
+        platform.fire_until("one more sweep run", lambda: True)
         assert platform.get_order(order)["status"] == "delivered"
     finally:
         clock.skew("ExpirySweepFunction", 0, file)
