@@ -64,6 +64,23 @@ def _call(app, *, key: str, target: str, body: bytes, path: str = "/", method: s
     return status[0], answer
 
 
+def _recording_moto() -> tuple[list[bytes], object]:
+    """A stand-in for moto that records each request body it gets, and answers 200."""
+    seen: list[bytes] = []
+
+    def moto(environ, start_response):
+        seen.append(environ["wsgi.input"].read())
+        start_response("200 OK", [])
+        return [b"{}"]
+
+    return seen, moto
+
+
+def _arm(app, rule: dict) -> None:
+    status, body = _call(app, key="x", target="", body=json.dumps(rule).encode(), path=call_faults.RULES_PATH)
+    assert status.startswith("200"), body
+
+
 def test_a_rule_fires_on_its_functions_nth_matching_call_after_the_call_took_effect(platform):
     seen: list[tuple[bytes, int]] = []  # each call moto got, and how many kills had come before it
 
@@ -74,9 +91,7 @@ def test_a_rule_fires_on_its_functions_nth_matching_call_after_the_call_took_eff
 
     app = call_faults.middleware(moto)
     worker, other = call_faults.access_key_of("DeliveryWorkerFunction"), call_faults.access_key_of("CheckoutFunction")
-    rule = {"access_key": worker, "target": TARGET, "contains": "ORDER#A", "nth": 2, "notify": platform.url}
-    status, _ = _call(app, key="x", target="", body=json.dumps(rule).encode(), path=call_faults.RULES_PATH)
-    assert status.startswith("200")
+    _arm(app, {"access_key": worker, "target": TARGET, "contains": "ORDER#A", "nth": 2, "notify": platform.url})
 
     # Not counted: another function, another call, another order.
     for key, target, body in [(other, TARGET, b"ORDER#A"), (worker, "DynamoDB_20120810.Query", b"ORDER#A"),
@@ -97,32 +112,18 @@ def test_a_rule_fires_on_its_functions_nth_matching_call_after_the_call_took_eff
 
 
 def test_a_before_rule_kills_without_the_call_reaching_moto(platform):
-    seen = []
-
-    def moto(environ, start_response):
-        seen.append(environ["wsgi.input"].read())
-        start_response("200 OK", [])
-        return [b"{}"]
-
+    seen, moto = _recording_moto()
     app = call_faults.middleware(moto)
-    rule = {"access_key": "K", "target": TARGET, "contains": "ORDER#A", "when": "before", "notify": platform.url}
-    assert _call(app, key="x", target="", body=json.dumps(rule).encode(), path=call_faults.RULES_PATH)[0].startswith("200")
+    _arm(app, {"access_key": "K", "target": TARGET, "contains": "ORDER#A", "when": "before", "notify": platform.url})
     status, _ = _call(app, key="K", target=TARGET, body=b"ORDER#A")
     assert status.startswith("500") and seen == [] and len(platform.calls) == 1
 
 
 def test_a_fail_rule_answers_its_first_count_calls_with_the_error_and_writes_nothing():
-    seen = []
-
-    def moto(environ, start_response):
-        seen.append(environ["wsgi.input"].read())
-        start_response("200 OK", [])
-        return [b"{}"]
-
+    seen, moto = _recording_moto()
     app = call_faults.middleware(moto)
-    rule = {"action": "fail", "access_key": "K", "target": TARGET, "contains": "ORDER#A", "count": 2,
-            "error": "ThrottlingException"}
-    assert _call(app, key="x", target="", body=json.dumps(rule).encode(), path=call_faults.RULES_PATH)[0].startswith("200")
+    _arm(app, {"action": "fail", "access_key": "K", "target": TARGET, "contains": "ORDER#A", "count": 2,
+               "error": "ThrottlingException"})
     for _ in range(2):
         status, body = _call(app, key="K", target=TARGET, body=b"ORDER#A")
         assert status.startswith("400") and json.loads(body)["__type"] == "ThrottlingException"

@@ -25,6 +25,7 @@ import requests
 from conftest import ADMIN, stripe_webhook, wait_for
 from kami_local import clock, outbox
 from kami_local.provision import client
+from test_topups import topups  # noqa: F401 - the fixture: suppliers of a test's own, the clock reset
 
 WORKER = "DeliveryWorkerFunction"
 WRITE = "DynamoDB_20120810.TransactWriteItems"
@@ -46,21 +47,37 @@ def _queue_counts(platform, queue: str) -> tuple[int, int]:
     return int(attrs["ApproximateNumberOfMessages"]), int(attrs["ApproximateNumberOfMessagesNotVisible"])
 
 
+def _order(platform, sku: str, quantity: int, buyer: dict) -> dict:
+    r = requests.post(f"{platform.api}/orders", timeout=30, headers={"Idempotency-Key": str(uuid.uuid4())},
+                      json={"sku": sku, "quantity": quantity, "buyer": buyer})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def _kill_at(platform, function: str, target: str, contains: str, nth: int = 1, when: str = "after") -> None:
+    r = requests.post(f"{platform.api}/_local/functions/{function}/faults", timeout=10,
+                      json={"kill_at": {"target": target, "contains": contains, "nth": nth, "when": when}})
+    assert r.status_code == 200, r.text
+
+
+def _visible_now(platform) -> int:
+    """Makes the delivery queue's in-flight messages visible at once; how many there were."""
+    r = requests.post(f"{platform.endpoint}/_kami/sqs/visible-now", timeout=10,
+                      json={"queue_url": platform.resources["DeliveryQueue"]})
+    assert r.status_code == 200, r.text
+    return r.json()["made_visible"]
+
+
 @pytest.mark.parametrize(("step", "target", "nth", "left"), STEPS, ids=[s[0] for s in STEPS])
 def test_a_worker_killed_right_after_a_step_is_finished_by_the_next_one(platform, step, target, nth, left):
     sku, codes = platform.create_product(keys=3)
     email = f"e2e-kill-{uuid.uuid4().hex[:10]}@example.com"
-    r = requests.post(f"{platform.api}/orders", timeout=30, headers={"Idempotency-Key": str(uuid.uuid4())},
-                      json={"sku": sku, "quantity": 2, "buyer": {"email": email, "language": "en"}})
-    assert r.status_code == 201, r.text
-    order = r.json()
+    order = _order(platform, sku, 2, {"email": email, "language": "en"})
     order_id = order["order_id"]
     restarts = platform.status()["functions"][WORKER]["restarts"]
 
     # GIVEN the worker dies right after this step of this order
-    r = requests.post(f"{platform.api}/_local/functions/{WORKER}/faults", timeout=10,
-                      json={"kill_at": {"target": target, "contains": order_id, "nth": nth}})
-    assert r.status_code == 200, r.text
+    _kill_at(platform, WORKER, target, order_id, nth)
 
     # WHEN the order is paid
     assert stripe_webhook.send(platform.api, platform.paid_event(order_id)).status_code == 200
@@ -75,9 +92,7 @@ def test_a_worker_killed_right_after_a_step_is_finished_by_the_next_one(platform
     assert platform.get_order(order)["status"] == left
 
     # WHEN the message it held comes back (its visibility timeout passed at once)
-    r = requests.post(f"{platform.endpoint}/_kami/sqs/visible-now", timeout=10,
-                      json={"queue_url": platform.resources["DeliveryQueue"]})
-    assert r.status_code == 200 and r.json()["made_visible"] >= 1, r.text
+    assert _visible_now(platform) >= 1
 
     # THEN the next worker finishes the order: two keys, each once
     body = platform.wait_delivered(order, timeout=60)
@@ -115,9 +130,7 @@ def test_a_webhook_killed_right_after_a_step_is_made_good_by_the_providers_retry
     order = platform.create_order(sku)
     order_id = order["order_id"]
     restarts = platform.status()["functions"][WEBHOOK]["restarts"]
-    r = requests.post(f"{platform.api}/_local/functions/{WEBHOOK}/faults", timeout=10,
-                      json={"kill_at": {"target": target, "contains": order_id, "nth": 1}})
-    assert r.status_code == 200, r.text
+    _kill_at(platform, WEBHOOK, target, order_id, 1)
 
     # WHEN the webhook dies right after this step, Stripe gets no 2xx (API Gateway's 500)
     event = platform.paid_event(order_id)
@@ -153,48 +166,32 @@ TOP_UP_STEPS = [
 ]
 
 
-@pytest.fixture
-def top_ups(platform):
-    from test_topups import TopUps
-
-    helper = TopUps(platform)
-    clock.reset(helper.clock_file)
-    try:
-        yield helper
-    finally:
-        clock.reset(helper.clock_file)
-
-
 @pytest.mark.parametrize(("step", "target", "nth", "when", "history"), TOP_UP_STEPS, ids=[s[0] for s in TOP_UP_STEPS])
-def test_a_top_up_worker_killed_at_a_step_tops_the_account_up_once(platform, top_ups, step, target, nth, when,
+def test_a_top_up_worker_killed_at_a_step_tops_the_account_up_once(platform, topups, step, target, nth, when,
                                                                     history):
-    supplier = top_ups.supplier()
-    sku = top_ups.product([supplier])
-    order = top_ups.order(sku, top_ups.phone())
+    supplier = topups.supplier()
+    sku = topups.product([supplier])
+    order = topups.order(sku, topups.phone())
     order_id = order["order_id"]
     request_id = f"{order_id}-00"
     restarts = platform.status()["functions"][WORKER]["restarts"]
-    r = requests.post(f"{platform.api}/_local/functions/{WORKER}/faults", timeout=10,
-                      json={"kill_at": {"target": target, "contains": order_id, "nth": nth, "when": when}})
-    assert r.status_code == 200, r.text
+    _kill_at(platform, WORKER, target, order_id, nth, when)
 
     # WHEN the order is paid and the worker dies at this step
-    top_ups.pay(order)
+    topups.pay(order)
     wait_for(f"the worker killed {step}", lambda: platform.status()["functions"][WORKER]["restarts"] > restarts,
              timeout=60)
-    assert top_ups.view(order)["status"] == "paid"
-    r = requests.post(f"{platform.endpoint}/_kami/sqs/visible-now", timeout=10,
-                      json={"queue_url": platform.resources["DeliveryQueue"]})
-    assert r.status_code == 200 and r.json()["made_visible"] >= 1, r.text
+    assert topups.view(order)["status"] == "paid"
+    assert _visible_now(platform) >= 1
 
     # THEN the next worker delivers it, the account topped up once under the one request id
-    body = top_ups.wait_delivered(order, timeout=60)
-    ledger = top_ups.sim.ledger(supplier.id)
+    body = topups.wait_delivered(order, timeout=60)
+    ledger = topups.sim.ledger(supplier.id)
     assert [e["request_id"] for e in ledger] == [request_id], ledger
     assert body["deliveries"][0]["supplier_ref"] == ledger[0]["supplier_ref"], body
-    seen = top_ups.sim.request(supplier.id, request_id)
+    seen = topups.sim.request(supplier.id, request_id)
     assert seen["submits"] == 1, seen
-    view = top_ups.admin(order)
+    view = topups.admin(order)
     # Asked before anything is sent again; a recorded success is never asked about again.
     assert [(h["action"], h["status"]) for h in view["supplier_history"]] == history, view["supplier_history"]
     assert [(q["request_id"], q["status"]) for q in view["top_up"]["requests"]] == [(request_id, "success")], view
@@ -290,10 +287,8 @@ def test_a_key_allocation_failing_with_5xx_fails_the_message_and_its_retry_deliv
     assert stripe_webhook.send(platform.api, platform.paid_event(order["order_id"])).status_code == 200
     wait_for("the worker's three attempts answered 500", lambda: _spent(platform), timeout=60)
     # The failed message waits out its visibility timeout: made visible at once instead.
-    wait_for("the failed message back in the queue", lambda: requests.post(
-        f"{platform.endpoint}/_kami/sqs/visible-now", timeout=10,
-        json={"queue_url": platform.resources["DeliveryQueue"]}).json()["made_visible"] >= 1
-        or platform.get_order(order)["status"] == "delivered", timeout=30)
+    wait_for("the failed message back in the queue", lambda: _visible_now(platform) >= 1
+             or platform.get_order(order)["status"] == "delivered", timeout=30)
     body = platform.wait_delivered(order, timeout=60)
     assert [d["code"] for d in body["deliveries"]] in ([c] for c in codes)
     assert platform.admin_product(sku)["stock"] == {"available": 1, "reserved": 0, "sold": 1}
@@ -312,8 +307,7 @@ def test_a_delivery_that_fails_every_receive_is_dead_lettered_and_waits_in_the_e
 
     def dead_lettered():
         # Each failed receive waits out its visibility timeout: made visible at once.
-        requests.post(f"{platform.endpoint}/_kami/sqs/visible-now", timeout=10,
-                      json={"queue_url": platform.resources["DeliveryQueue"]})
+        _visible_now(platform)
         attrs = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["ApproximateNumberOfMessages"])
         return int(attrs["Attributes"]["ApproximateNumberOfMessages"]) >= 1
 
@@ -369,23 +363,15 @@ def test_a_rights_worker_killed_after_a_write_grants_each_unit_once(platform, ki
         "delivery": delivery, "max_per_order": 5})
     assert r.status_code == 201, r.text
     account = f"e2e-{uuid.uuid4().hex[:8]}"
-    r = requests.post(f"{platform.api}/orders", timeout=30, headers={"Idempotency-Key": str(uuid.uuid4())},
-                      json={"sku": sku, "quantity": quantity,
-                            "buyer": {"email": "e2e@example.com", "account_id": account}})
-    assert r.status_code == 201, r.text
-    order = r.json()
+    order = _order(platform, sku, quantity, {"email": "e2e@example.com", "account_id": account})
     order_id = order["order_id"]
     restarts = platform.status()["functions"][WORKER]["restarts"]
-    r = requests.post(f"{platform.api}/_local/functions/{WORKER}/faults", timeout=10,
-                      json={"kill_at": {"target": WRITE, "contains": order_id, "nth": nth}})
-    assert r.status_code == 200, r.text
+    _kill_at(platform, WORKER, WRITE, order_id, nth)
     assert stripe_webhook.send(platform.api, platform.paid_event(order_id)).status_code == 200
     wait_for("the worker killed", lambda: platform.status()["functions"][WORKER]["restarts"] > restarts
              and _spent(platform), timeout=60)
     assert platform.get_order(order)["status"] == ("delivered" if nth == quantity + 1 else "paid")
-    r = requests.post(f"{platform.endpoint}/_kami/sqs/visible-now", timeout=10,
-                      json={"queue_url": platform.resources["DeliveryQueue"]})
-    assert r.status_code == 200 and r.json()["made_visible"] >= 1, r.text
+    assert _visible_now(platform) >= 1
 
     body = platform.wait_delivered(order, timeout=60)
     assert len(body["deliveries"]) == quantity, body["deliveries"]
@@ -419,9 +405,7 @@ def test_a_sweep_killed_after_requeueing_a_stuck_order_leaves_it_delivered_once(
     assert platform.get_order(order)["status"] == "paid"
     sweep = "ExpirySweepFunction"
     restarts = platform.status()["functions"][sweep]["restarts"]
-    r = requests.post(f"{platform.api}/_local/functions/{sweep}/faults", timeout=10, json={
-        "kill_at": {"target": "AmazonSQS.SendMessage", "contains": order_id, "nth": 1}})
-    assert r.status_code == 200, r.text
+    _kill_at(platform, sweep, "AmazonSQS.SendMessage", order_id)
     try:
         # WHEN the sweep, its clock past the stuck-order delay (120 s), re-queues it and is
         # killed before it snoozes the order or releases its lease

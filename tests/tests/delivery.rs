@@ -384,35 +384,31 @@ async fn ten_concurrent_redeliveries_deliver_once() {
     assert_eq!(product["stock"]["sold"], 1, "{product}");
 }
 
-/// The paid order's delivery message, received as the event source mapping hands it
-/// over (invisible for 300 s from now), with the batch it came in.
-async fn received_delivery_message(paid: &Paid) -> SqsEvent {
-    let url = paid
-        .ctx
+fn delivery_queue_url(paid: &Paid) -> String {
+    paid.ctx
         .config
         .delivery_queue_url
         .clone()
-        .expect("a delivery queue");
-    let records = receive_all(&url).await;
-    assert_eq!(records.len(), 1, "the paid order's one message");
+        .expect("a delivery queue")
+}
+
+/// Messages received as the event source mapping hands them over (invisible for 300 s
+/// from now), as one batch.
+async fn received_batch(url: &str) -> SqsEvent {
     let mut event = SqsEvent::default();
-    event.records = records;
+    event.records = receive_all(url).await;
     event
 }
 
 #[tokio::test]
 async fn a_message_without_time_to_start_is_handed_back_at_once() {
     let paid = paid_order("hand-back", 1, 1).await;
-    let url = paid
-        .ctx
-        .config
-        .delivery_queue_url
-        .clone()
-        .expect("a delivery queue");
+    let url = delivery_queue_url(&paid);
     let clock = Arc::new(kami_shared::fakes::FakeClock::default());
 
     // WHEN a batch has 1 s left (too little to start a message, enough to hand it back)
-    let event = received_delivery_message(&paid).await;
+    let event = received_batch(&url).await;
+    assert_eq!(event.records.len(), 1, "the paid order's one message");
     let budget = delivery::Budget::until(clock.now().plus_seconds(1), clock.clone());
     let answer = delivery::handle_batch_within(&paid.ctx, event, budget).await;
     assert_eq!(answer.batch_item_failures.len(), 1, "reported for a retry");
@@ -441,8 +437,7 @@ async fn a_message_without_time_to_start_is_handed_back_at_once() {
         .send()
         .await
         .expect("send");
-    let mut event = SqsEvent::default();
-    event.records = receive_all(&url).await;
+    let event = received_batch(&url).await;
     let budget = delivery::Budget::until(clock.now().plus_seconds(60), clock.clone());
     let answer = delivery::handle_batch_within(&paid.ctx, event, budget).await;
     assert_eq!(answer.batch_item_failures.len(), 1);

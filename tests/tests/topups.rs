@@ -138,6 +138,21 @@ async fn world(names: &[(&str, Value)]) -> World {
 }
 
 impl World {
+    /// The status of the license stored under `fingerprint`.
+    async fn license_status(
+        &self,
+        fingerprint: &str,
+    ) -> kami_shared::domain::license::LicenseStatus {
+        self.ctx
+            .store
+            .license(fingerprint)
+            .await
+            .expect("read")
+            .expect("license")
+            .license
+            .status
+    }
+
     /// A top-up product through the first supplier with `budget` units of stock.
     async fn budget_product(&self, prefix: &str, budget: u32) -> String {
         let sku = unique_sku(prefix);
@@ -1419,15 +1434,8 @@ async fn a_bundle_whose_top_up_fails_takes_back_what_it_gave_with_reverse() {
         .expect("the membership part was delivered before the top-up");
     assert!(stored.deliveries.iter().all(|r| r.card_key().is_none()));
     // Taken back: the key is voided, the membership loses the order's period.
-    let state = w
-        .ctx
-        .store
-        .license(&license_slot.fingerprint)
-        .await
-        .expect("read")
-        .expect("license");
     assert_eq!(
-        state.license.status,
+        w.license_status(&license_slot.fingerprint).await,
         kami_shared::domain::license::LicenseStatus::Voided
     );
     let entitlement = w
@@ -1656,15 +1664,8 @@ async fn a_partly_delivered_bundle_refunded_in_full_takes_back_what_it_delivered
         .iter()
         .find_map(|record| record.license())
         .expect("the license part was delivered");
-    let state = w
-        .ctx
-        .store
-        .license(&license_slot.fingerprint)
-        .await
-        .expect("read")
-        .expect("license");
     assert_eq!(
-        state.license.status,
+        w.license_status(&license_slot.fingerprint).await,
         kami_shared::domain::license::LicenseStatus::Refunded
     );
     // The card key stays sold: the buyer has seen it.
