@@ -1015,6 +1015,25 @@ pub async fn paid_through_channel(
     order_id
 }
 
+/// The audit record a test's direct store call writes with its change (actor `test`).
+pub fn test_audit(
+    action: &str,
+    (subject, subject_id): (kami_shared::store::AuditSubject, &str),
+) -> kami_shared::store::AuditEntry {
+    kami_shared::store::AuditEntry {
+        audit_id: kami_shared::domain::time::new_id(),
+        at: kami_shared::domain::time::Timestamp::now().to_rfc3339(),
+        actor: "test".into(),
+        source_ip: None,
+        action: action.into(),
+        subject: subject.as_str().into(),
+        subject_id: subject_id.into(),
+        reason: None,
+        before: None,
+        after: None,
+    }
+}
+
 /// A refund of `amount` the provider confirmed: recorded as the refunds API records it,
 /// then settled as a provider's confirmation settles it (`refund_settled`).
 pub async fn refunded(
@@ -1055,6 +1074,10 @@ pub async fn refunded(
             &attempt.channel_id,
             &new_id(),
             "hash",
+            &test_audit(
+                "order.refund",
+                (kami_shared::store::AuditSubject::Order, order_id),
+            ),
             now,
         )
         .await

@@ -10,7 +10,7 @@ use kami_shared::domain::time::{Timestamp, new_id};
 use kami_shared::error::{ConflictKind, Error, Result};
 use kami_shared::fakes::order_fixture;
 use kami_shared::store::{
-    AllocateOutcome, CreateOrderOutcome, DeliveryRecord, OrderRecord, PaymentApplied,
+    AllocateOutcome, AuditSubject, CreateOrderOutcome, DeliveryRecord, OrderRecord, PaymentApplied,
     PaymentChange, STOCK_SHARDS, SealedKey, StockKey, StockShare, Store,
 };
 use kami_tests::*;
@@ -29,27 +29,30 @@ fn sealed_key() -> SealedKey {
 async fn stocked_product(store: &Store, units: usize, shard: u32) -> (String, Vec<SealedKey>) {
     let sku = unique_sku("cancel");
     store
-        .create_product(&Product {
-            sku: sku.clone(),
-            title: "Cancellations".into(),
-            price: Money {
-                amount: PRICE,
-                currency: "CNY".into(),
+        .create_product(
+            &Product {
+                sku: sku.clone(),
+                title: "Cancellations".into(),
+                price: Money {
+                    amount: PRICE,
+                    currency: "CNY".into(),
+                },
+                delivery: DeliveryType::CardKey,
+                max_per_order: 10,
+                card_keys: Default::default(),
+                pending_limits: PendingLimits::defaults(10),
+                reservation_seconds: None,
+                top_up: None,
+                license: None,
+                grant: None,
+                link: None,
+                bundle: None,
+                link_secret: None,
+                goods_in_notifications: false,
+                created_at: Timestamp::now().to_rfc3339(),
             },
-            delivery: DeliveryType::CardKey,
-            max_per_order: 10,
-            card_keys: Default::default(),
-            pending_limits: PendingLimits::defaults(10),
-            reservation_seconds: None,
-            top_up: None,
-            license: None,
-            grant: None,
-            link: None,
-            bundle: None,
-            link_secret: None,
-            goods_in_notifications: false,
-            created_at: Timestamp::now().to_rfc3339(),
-        })
+            &test_audit("product.create", (AuditSubject::Product, &sku)),
+        )
         .await
         .expect("product");
     let keys: Vec<SealedKey> = (0..units).map(|_| sealed_key()).collect();
@@ -152,6 +155,7 @@ fn payment<'a>(
         reserve_stock,
         attempt: None,
         channel: None,
+        audit: None,
     }
 }
 

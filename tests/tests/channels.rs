@@ -373,4 +373,17 @@ async fn a_notification_pays_only_an_attempt_its_channel_issued() {
         (status, &reused["error"]["code"]),
         (422, &json!("idempotency_key_reused"))
     );
+    // Recorded with the refund's reservation: the retry with the same key, and the
+    // refused requests, record nothing.
+    let (status, trail) = operations_get(&ctx, &format!("/admin/audit?order={order_id}")).await;
+    assert_eq!(status, 200, "{trail}");
+    let refunds: Vec<&Value> = trail["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|entry| entry["action"] == "order.refund")
+        .collect();
+    assert_eq!(refunds.len(), 1, "{trail}");
+    assert_eq!(refunds[0]["after"]["refund_id"], first["refund_id"]);
+    assert_eq!(refunds[0]["after"]["status"], "requested");
 }

@@ -11,7 +11,9 @@ use kami_shared::Context;
 use kami_shared::app::settlement::{self, RunReport, RunRequest, period_for};
 use kami_shared::domain::time::{Timestamp, new_id};
 use kami_shared::fakes::FakeClock;
-use kami_shared::store::{DistributorRecord, DistributorSaved, EntryKind, EntryStatus};
+use kami_shared::store::{
+    AuditSubject, DistributorRecord, DistributorSaved, EntryKind, EntryStatus,
+};
 use kami_tests::*;
 use lambda_http::Body;
 use serde_json::{Value, json};
@@ -191,10 +193,11 @@ async fn a_move_whose_subtree_grew_meanwhile_is_refused() {
         moved.version += 1;
         moved
     };
+    let audit = || test_audit("distributor.put", (AuditSubject::Distributor, &mover));
     let chain = [read(target.clone()).await];
     let saved = ctx
         .store
-        .save_distributor(&moved(&stale), Some(&stale), &chain)
+        .save_distributor(&moved(&stale), Some(&stale), &chain, &audit())
         .await
         .expect("save");
     assert_eq!(saved, DistributorSaved::Raced);
@@ -203,7 +206,7 @@ async fn a_move_whose_subtree_grew_meanwhile_is_refused() {
     let chain = [read(target.clone()).await];
     let saved = ctx
         .store
-        .save_distributor(&moved(&fresh), Some(&fresh), &chain)
+        .save_distributor(&moved(&fresh), Some(&fresh), &chain, &audit())
         .await
         .expect("save");
     assert_eq!(saved, DistributorSaved::Saved);

@@ -53,8 +53,6 @@ pub async fn create_product(
         }
         None => None,
     };
-    ctx.store.create_product(&product).await?;
-    tracing::info!(sku = %product.sku, "product created");
     let counted = product.counts_stock();
     let view = AdminProductView::of(ctx, &product, (Stock::default(), counted));
     let entry = actor.entry(
@@ -65,7 +63,8 @@ pub async fn create_product(
         None,
         snapshot(&view),
     );
-    actor.record(ctx, entry).await;
+    ctx.store.create_product(&product, &entry).await?;
+    tracing::info!(sku = %product.sku, "product created");
     Ok(AdminProductView {
         link_secret: link_secret.map(|secret| secret.to_string()),
         ..view

@@ -128,13 +128,6 @@ pub async fn put_channel(
             .map_or_else(|| now.clone(), |old| old.created_at.clone()),
         updated_at: now,
     };
-    let created = ctx.store.put_channel(&record).await?;
-    tracing::info!(
-        channel_id,
-        provider = kind.as_str(),
-        created,
-        "payment channel saved"
-    );
     let view = ChannelView::of(&record);
     let entry = actor.entry(
         ctx,
@@ -146,7 +139,14 @@ pub async fn put_channel(
             .and_then(|old| snapshot(&ChannelView::of(old))),
         snapshot(&view),
     );
-    actor.record(ctx, entry).await;
+    let read_at = existing.as_ref().map(|old| old.updated_at.as_str());
+    let created = ctx.store.put_channel(&record, read_at, &entry).await?;
+    tracing::info!(
+        channel_id,
+        provider = kind.as_str(),
+        created,
+        "payment channel saved"
+    );
     Ok((created, view))
 }
 

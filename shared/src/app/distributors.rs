@@ -162,24 +162,23 @@ pub async fn put_distributor(
                 DistributorView::of(existing.as_ref().unwrap_or(&record)),
             ));
         }
+        let after = DistributorView::of(&record);
+        let entry = actor.entry(
+            ctx,
+            "distributor.put",
+            (AuditSubject::Distributor, distributor_id),
+            None,
+            existing
+                .as_ref()
+                .and_then(|old| snapshot(&DistributorView::of(old))),
+            snapshot(&after),
+        );
         match ctx
             .store
-            .save_distributor(&record, existing.as_ref(), &ancestors)
+            .save_distributor(&record, existing.as_ref(), &ancestors, &entry)
             .await?
         {
             DistributorSaved::Saved => {
-                let after = DistributorView::of(&record);
-                let entry = actor.entry(
-                    ctx,
-                    "distributor.put",
-                    (AuditSubject::Distributor, distributor_id),
-                    None,
-                    existing
-                        .as_ref()
-                        .and_then(|old| snapshot(&DistributorView::of(old))),
-                    snapshot(&after),
-                );
-                actor.record(ctx, entry).await;
                 tracing::info!(
                     distributor_id,
                     created = existing.is_none(),
@@ -271,20 +270,19 @@ pub async fn issue_api_key(
             hex::encode(rand::random::<[u8; 32]>())
         );
         let now = ctx.clock.now().to_rfc3339();
+        let entry = actor.entry(
+            ctx,
+            "distributor.issue_api_key",
+            (AuditSubject::Distributor, distributor_id),
+            None,
+            None,
+            None,
+        );
         if ctx
             .store
-            .replace_distributor_key(&record, &sha256_hex(api_key.as_bytes()), &now)
+            .replace_distributor_key(&record, &sha256_hex(api_key.as_bytes()), &now, &entry)
             .await?
         {
-            let entry = actor.entry(
-                ctx,
-                "distributor.issue_api_key",
-                (AuditSubject::Distributor, distributor_id),
-                None,
-                None,
-                None,
-            );
-            actor.record(ctx, entry).await;
             return Ok(DistributorKeyIssued {
                 distributor_id: distributor_id.to_owned(),
                 api_key,

@@ -356,13 +356,6 @@ pub async fn redeliver(ctx: &Context, actor: &Actor, order_id: &str) -> Result<R
             cause: "redeliver",
         });
     }
-    // Recorded first: a failed top-up starts a new round over its suppliers only when
-    // asked (a stray message does not).
-    ctx.store
-        .request_redelivery(&order.order_id, order.status, ctx.clock.now())
-        .await?;
-    ctx.queue()?.enqueue_delivery(&order.order_id).await?;
-    tracing::info!(order_id, status = %order.status, actor = actor.name, "delivery re-queued by an operator");
     let status = Some(status_snapshot(order.status));
     let entry = actor.entry(
         ctx,
@@ -372,7 +365,20 @@ pub async fn redeliver(ctx: &Context, actor: &Actor, order_id: &str) -> Result<R
         status.clone(),
         status,
     );
-    actor.record(ctx, entry).await;
+    // The request is recorded first, with its audit record: a failed top-up starts a new
+    // round over its suppliers only when asked (a stray message does not). The message
+    // cannot join a transaction: a failed send answers an error, the request and its
+    // record stand, and asking again records a second request.
+    if !ctx
+        .store
+        .request_redelivery(&order.order_id, order.status, &entry, ctx.clock.now())
+        .await?
+    {
+        // It moved since it was read: read again.
+        return Err(Error::Contention("order"));
+    }
+    ctx.queue()?.enqueue_delivery(&order.order_id).await?;
+    tracing::info!(order_id, status = %order.status, actor = actor.name, "delivery re-queued by an operator");
     Ok(Redelivery {
         order_id: order.order_id,
         status: order.status,
@@ -455,7 +461,17 @@ pub async fn confirm_paid(
         amount: order.amount.clone(),
         provider_ref: reference,
     };
-    super::payments::record_payment(ctx, &notice, None).await?;
+    let entry = |from: OrderStatus, to: OrderStatus| {
+        actor.entry(
+            ctx,
+            "order.confirm_paid",
+            (AuditSubject::Order, order_id),
+            Some(&reason),
+            Some(status_snapshot(from)),
+            Some(status_snapshot(to)),
+        )
+    };
+    super::payments::record_payment(ctx, &notice, None, Some(&entry)).await?;
     tracing::warn!(
         order_id,
         reason,
@@ -467,15 +483,6 @@ pub async fn confirm_paid(
         .get_order(order_id)
         .await?
         .map_or(order.status, |o| o.status);
-    let entry = actor.entry(
-        ctx,
-        "order.confirm_paid",
-        (AuditSubject::Order, &order.order_id),
-        Some(&reason),
-        Some(status_snapshot(order.status)),
-        Some(status_snapshot(status)),
-    );
-    actor.record(ctx, entry).await;
     Ok(ConfirmedPayment {
         order_id: order.order_id,
         status,

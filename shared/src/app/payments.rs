@@ -14,10 +14,15 @@ use crate::ports::payment::{
     Notification, NotificationAnswer, PaymentEvent, PaymentNotice, PaymentProvider,
 };
 use crate::store::{
-    AttemptRecord, AttemptStatus, OrderRecord, PaymentApplied, PaymentChange, StockShare, Unmatched,
+    AttemptRecord, AttemptStatus, AuditEntry, OrderRecord, PaymentApplied, PaymentChange,
+    StockShare, Unmatched,
 };
 
 const DECISION_ATTEMPTS: u32 = 4;
+
+/// The audit record of an operator's confirmation of a payment, made from the order's
+/// move (`from`, `to`).
+pub type ConfirmedBy<'a> = dyn Fn(OrderStatus, OrderStatus) -> AuditEntry + Sync + 'a;
 
 /// `POST /webhooks/{provider}` with the raw body, received now by the context's clock.
 pub async fn payment_notification(
@@ -42,7 +47,7 @@ pub async fn payment_notification(
             kind,
             missing,
         } => keep_unbound(ctx, name, &event_id, &kind, missing).await?,
-        PaymentEvent::Paid(notice) => record_payment(ctx, &notice, None).await?,
+        PaymentEvent::Paid(notice) => record_payment(ctx, &notice, None, None).await?,
         PaymentEvent::Waiting { event_id, .. }
         | PaymentEvent::Closed { event_id, .. }
         | PaymentEvent::RefundSettled { event_id, .. } => {
@@ -101,7 +106,7 @@ async fn apply_channel_notification(
             let Some(attempt) = attempt else {
                 // Verified money naming no attempt Kami issued: kept for an operator.
                 notice.order_id = super::pay::order_of_payment(&payment_id).map(str::to_owned);
-                return record_payment(ctx, &notice, None).await;
+                return record_payment(ctx, &notice, None, None).await;
             };
             if attempt.channel_id != channel_id {
                 // Verified by this channel's keys but issued by another channel: binding
@@ -111,7 +116,7 @@ async fn apply_channel_notification(
                 ));
             }
             notice.order_id = Some(attempt.order_id.clone());
-            record_payment(ctx, &notice, Some(&attempt)).await
+            record_payment(ctx, &notice, Some(&attempt), None).await
         }
         PaymentEvent::Closed {
             event_id,
@@ -253,17 +258,21 @@ fn decide<'a>(
         reserve_stock,
         attempt: attempt.map(|a| a.payment_id.as_str()),
         channel: attempt.map(|a| a.channel_id.as_str()),
+        audit: None,
     }
 }
 
 /// Applies a verified payment to the order it names (`notice.order_id`). `attempt` is the
 /// payment attempt of that order it was bound to (a channel's notification, checked by
 /// the caller), marked paid in the same transaction, the payment entered in its
-/// channel's book.
+/// channel's book. `audit` makes the record of an operator's confirmation from the
+/// order's move (from, to), written in the payment's transaction: a repeated
+/// confirmation, a duplicate, records nothing.
 pub async fn record_payment(
     ctx: &Context,
     notice: &PaymentNotice,
     attempt: Option<&AttemptRecord>,
+    audit: Option<&ConfirmedBy<'_>>,
 ) -> Result<()> {
     // Where a late payment takes its stock again.
     let mut retake = Retake::default();
@@ -289,7 +298,10 @@ pub async fn record_payment(
             tracing::warn!(event_id = %notice.event_id, first, "payment for an unknown order kept for an operator");
             return Ok(());
         };
-        let change = decide(&order, notice, retake.next(&order), attempt);
+        let mut change = decide(&order, notice, retake.next(&order), attempt);
+        let to = change.transition.map_or(order.status, |(_, to, _)| to);
+        let entry = audit.map(|make| make(order.status, to));
+        change.audit = entry.as_ref();
         match ctx.store.apply_payment(&order, &change, now).await? {
             PaymentApplied::Applied => {
                 tracing::info!(order_id = %order.order_id, event_id = %notice.event_id, outcome = change.outcome, "payment recorded");

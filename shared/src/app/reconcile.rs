@@ -121,7 +121,7 @@ async fn check(ctx: &Context, order_id: &str, payment_id: &str, now: Timestamp) 
                 amount,
                 provider_ref,
             };
-            record_payment(ctx, &notice, Some(&attempt)).await?;
+            record_payment(ctx, &notice, Some(&attempt), None).await?;
             tracing::warn!(
                 order_id,
                 payment_id,

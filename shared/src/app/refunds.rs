@@ -105,29 +105,12 @@ fn transition(
         .map(|to| (order.status, to, cause))
 }
 
+/// The operator's audit record (`order.refund`, the refund as recorded: `requested`) is
+/// written with the refund's reservation, so a retry with the same key, which finds the
+/// refund, records nothing again.
 pub async fn refund(
     ctx: &Context,
     actor: &Actor,
-    order_id: &str,
-    idempotency_key: &str,
-    request: RefundRequest,
-) -> Result<RefundStarted> {
-    let reason = request.reason.trim().to_owned();
-    let started = refund_once(ctx, order_id, idempotency_key, request).await?;
-    let entry = actor.entry(
-        ctx,
-        "order.refund",
-        (AuditSubject::Order, &started.order_id),
-        Some(&reason),
-        None,
-        snapshot(&started),
-    );
-    actor.record(ctx, entry).await;
-    Ok(started)
-}
-
-async fn refund_once(
-    ctx: &Context,
     order_id: &str,
     idempotency_key: &str,
     request: RefundRequest,
@@ -199,6 +182,14 @@ async fn refund_once(
         created_at: now.to_rfc3339(),
         updated_at: now.to_rfc3339(),
     };
+    let entry = actor.entry(
+        ctx,
+        "order.refund",
+        (AuditSubject::Order, order_id),
+        Some(&reason),
+        None,
+        snapshot(&started(&refund)),
+    );
     match ctx
         .store
         .reserve_refund(
@@ -207,6 +198,7 @@ async fn refund_once(
             &attempt.channel_id,
             &key,
             &request_hash,
+            &entry,
             now,
         )
         .await?

@@ -148,8 +148,6 @@ pub async fn put_supplier(
         Some(old) => snapshot(&view(ctx, old).await?),
         None => None,
     };
-    let created = ctx.store.put_supplier(&record).await?;
-    tracing::info!(supplier_id, created, "supplier saved");
     let after = view(ctx, &record).await?;
     let entry = actor.entry(
         ctx,
@@ -159,7 +157,9 @@ pub async fn put_supplier(
         before,
         snapshot(&after),
     );
-    actor.record(ctx, entry).await;
+    let read_at = existing.as_ref().map(|old| old.updated_at.as_str());
+    let created = ctx.store.put_supplier(&record, read_at, &entry).await?;
+    tracing::info!(supplier_id, created, "supplier saved");
     Ok((created, after))
 }
 

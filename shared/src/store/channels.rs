@@ -6,7 +6,9 @@
 use aws_sdk_dynamodb::types::AttributeValue;
 
 use super::Store;
+use super::audit::AuditEntry;
 use super::codec::{FromItem, Item, get_b, get_n, get_opt_u32, get_s, item, keys, n, s};
+use super::tx::ItemName;
 use crate::domain::channel::{ChannelSettings, ProviderKind};
 use crate::domain::crypto::SealedSecrets;
 use crate::error::{Error, Result};
@@ -138,9 +140,17 @@ fn channel_item(channel: &ChannelRecord) -> Item {
 }
 
 impl Store {
-    /// Access pattern: create or replace a channel. Returns true when it was created.
-    pub async fn put_channel(&self, channel: &ChannelRecord) -> Result<bool> {
-        self.put_reporting_created(channel_item(channel)).await
+    /// Access pattern: create a channel, or replace it as it was read (its `updated_at`
+    /// then: `read_at`), with its audit record, in one transaction. Returns true when it
+    /// was created.
+    pub async fn put_channel(
+        &self,
+        channel: &ChannelRecord,
+        read_at: Option<&str>,
+        audit: &AuditEntry,
+    ) -> Result<bool> {
+        self.put_audited(ItemName::Channel, channel_item(channel), read_at, audit)
+            .await
     }
 
     /// Access pattern: one channel by id.

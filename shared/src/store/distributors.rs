@@ -10,7 +10,7 @@ use super::codec::{
     FromItem, Item, get_money, get_n, get_opt_s, get_s, get_u32, item, json, key_item, n, s,
 };
 use super::tx::{ItemName, Tx, TxOutcome};
-use super::{ORDER_INDEX, Page, Store};
+use super::{AuditEntry, ORDER_INDEX, Page, Store};
 use crate::domain::distributor::{CommissionPlan, DistributorSettings, Referral, mask_email};
 use crate::domain::money::Money;
 use crate::domain::time::Timestamp;
@@ -247,12 +247,13 @@ impl Store {
     /// item (taken only if free; the old code's item released), its child link under its
     /// parent (moved if the parent changed), and, for each of `checked` (the new parent's
     /// chain, as read), a check that it is still at the version read and a rise of its
-    /// subtree version.
+    /// subtree version, and the change's audit record.
     pub async fn save_distributor(
         &self,
         record: &DistributorRecord,
         previous: Option<&DistributorRecord>,
         checked: &[DistributorRecord],
+        audit: &AuditEntry,
     ) -> Result<DistributorSaved> {
         let mut tx = self.tx();
         // DynamoDB expressions take no literals: the version read is a value.
@@ -325,6 +326,7 @@ impl Store {
                 vec![(":v", n(ancestor.version)), (":zero", n(0)), (":one", n(1))],
             )?;
         }
+        tx.audit(audit)?;
         Ok(match self.transact(tx).await? {
             TxOutcome::Committed => DistributorSaved::Saved,
             TxOutcome::Cancelled(c) if c.failed(ItemName::ReferralCode) => {
@@ -339,12 +341,14 @@ impl Store {
     }
 
     /// Access pattern: give a distributor a new API key (its hash), the old one's item
-    /// deleted, in one transaction conditional on the distributor's version.
+    /// deleted, in one transaction with its audit record, conditional on the
+    /// distributor's version.
     pub async fn replace_distributor_key(
         &self,
         distributor: &DistributorRecord,
         key_hash: &str,
         now: &str,
+        audit: &AuditEntry,
     ) -> Result<bool> {
         let mut tx = self.tx();
         tx.update(
@@ -379,6 +383,7 @@ impl Store {
                 "attribute_exists(pk)",
             )?;
         }
+        tx.audit(audit)?;
         Ok(self.transact(tx).await?.committed())
     }
 

@@ -230,19 +230,32 @@ impl Store {
         }
     }
 
-    /// Creates or replaces `item` (last write wins); true when it was created (the old
-    /// item, if any, comes back from the same PutItem).
-    async fn put_reporting_created(&self, item: Item) -> Result<bool> {
-        let output = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
-            .send()
-            .await
-            .map_err(|e| Error::aws("dynamodb", e))?;
-        Ok(output.attributes.is_none_or(|old| old.is_empty()))
+    /// Creates `item` (`read_at` None) or replaces it if its `updated_at` is still
+    /// `read_at`, in one transaction with the audit record of the change: the record's
+    /// `before` is what was read, so a put that raced another is `Contention` (read
+    /// again). True when it was created.
+    async fn put_audited(
+        &self,
+        name: tx::ItemName,
+        item: Item,
+        read_at: Option<&str>,
+        audit: &AuditEntry,
+    ) -> Result<bool> {
+        let mut tx = self.tx();
+        match read_at {
+            None => tx.put(name, item, Some("attribute_not_exists(pk)"))?,
+            Some(at) => tx.put_if(
+                name,
+                item,
+                Some("updated_at = :read"),
+                vec![(":read", codec::s(at))],
+            )?,
+        };
+        tx.audit(audit)?;
+        match self.transact(tx).await? {
+            tx::TxOutcome::Committed => Ok(read_at.is_none()),
+            tx::TxOutcome::Cancelled(_) => Err(Error::Contention("item changed meanwhile")),
+        }
     }
 
     /// The ids of `gsi1` partition `partition` due by `due_by` (gsi1sk ≤ its Unix

@@ -1058,30 +1058,26 @@ impl Store {
     }
 
     /// Access pattern: an operator asks for the order to be delivered again, at `now`,
-    /// if it is still in `status`. False if it moved meanwhile.
+    /// if it is still in `status`, in one transaction with the audit record. False if it
+    /// moved meanwhile.
     pub async fn request_redelivery(
         &self,
         order_id: &str,
         status: OrderStatus,
+        audit: &AuditEntry,
         now: Timestamp,
     ) -> Result<bool> {
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(key_item(keys::order(order_id))))
-            .update_expression("SET redelivery_requested_at = :now")
-            .condition_expression("#status = :status")
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":now", n(now.0))
-            .expression_attribute_values(":status", s(status.as_str()))
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(err) if condition_failed(&err) => Ok(false),
-            Err(err) => Err(Error::aws("dynamodb", err)),
-        }
+        let mut tx = self.tx();
+        tx.update(
+            ItemName::Order,
+            key_item(keys::order(order_id)),
+            "SET redelivery_requested_at = :now",
+            Some("#status = :status"),
+            &["status"],
+            vec![(":now", n(now.0)), (":status", s(status.as_str()))],
+        )?;
+        tx.audit(audit)?;
+        Ok(self.transact(tx).await?.committed())
     }
 
     /// Access pattern: a supplier is about to work on the order (`paid |

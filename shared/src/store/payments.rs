@@ -51,6 +51,8 @@ pub struct PaymentChange<'a> {
     /// The channel the money came through: the payment is entered in its book (what
     /// its provider's bill is reconciled against), unless it repeats one recorded.
     pub channel: Option<&'a str>,
+    /// The audit record of the operator who confirmed the payment, if one did.
+    pub audit: Option<&'a AuditEntry>,
 }
 
 /// Another event about a payment already recorded: no new money.
@@ -209,6 +211,9 @@ impl Store {
         }
         if let Some(payment_id) = change.attempt {
             tx.attempt_paid(&order.order_id, payment_id, &at)?;
+        }
+        if let Some(audit) = change.audit {
+            tx.audit(audit)?;
         }
         Ok(match self.transact(tx).await? {
             TxOutcome::Committed => {

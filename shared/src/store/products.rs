@@ -9,7 +9,7 @@ use super::codec::{
 };
 use super::orders::{OrderRecord, StockShare};
 use super::tx::{ItemName, Tx, TxOutcome};
-use super::{COUNTER_SHARDS, Store};
+use super::{AuditEntry, COUNTER_SHARDS, Store};
 use crate::domain::card_key::CardKeyRules;
 use crate::domain::product::{PendingLimits, Product, Stock};
 use crate::error::{ConflictKind, Error, Result};
@@ -248,8 +248,8 @@ impl Store {
     }
 
     /// Access pattern: create a product and its zeroed stock counters in one
-    /// transaction; an existing sku is a conflict.
-    pub async fn create_product(&self, product: &Product) -> Result<()> {
+    /// transaction with its audit record; an existing sku is a conflict.
+    pub async fn create_product(&self, product: &Product, audit: &AuditEntry) -> Result<()> {
         let mut stored = item(
             keys::product(&product.sku),
             "product",
@@ -321,6 +321,7 @@ impl Store {
                 Some("attribute_not_exists(pk)"),
             )?;
         }
+        tx.audit(audit)?;
         match self.transact(tx).await? {
             TxOutcome::Committed => Ok(()),
             // The product or one of its counters exists: the sku is taken.

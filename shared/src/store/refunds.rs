@@ -5,12 +5,12 @@
 //! idempotency key — before the provider is asked — so concurrent refunds can never
 //! give back more than was paid; a refund the provider refuses lowers it again.
 
-use super::Store;
 use super::codec::{FromItem, Item, get_money, get_opt_s, get_s, item, key_item, keys, n, s};
 use super::commissions::CommissionEntry;
 use super::idempotency::idempotency_item;
 use super::orders::OrderRecord;
 use super::tx::{ItemName, TxOutcome};
+use super::{AuditEntry, Store};
 use crate::domain::money::Money;
 use crate::domain::order::{Cause, OrderStatus};
 use crate::domain::time::Timestamp;
@@ -105,8 +105,10 @@ const COMMISSION_RACES: u32 = 3;
 impl Store {
     /// Access pattern: record a refund (`requested`) of `refund.amount` from the attempt
     /// that took `paid`, raising its total refunded only while it stays within `paid`,
-    /// and claim the idempotency key (`IDEMPOTENCY#refunds#h`), in one transaction. The
-    /// refund is entered in the book of `channel_id` (the attempt's) as of `now`.
+    /// and claim the idempotency key (`IDEMPOTENCY#refunds#h`), in one transaction with
+    /// the operator's audit record. The refund is entered in the book of `channel_id`
+    /// (the attempt's) as of `now`.
+    #[allow(clippy::too_many_arguments)]
     pub async fn reserve_refund(
         &self,
         refund: &RefundRecord,
@@ -114,6 +116,7 @@ impl Store {
         channel_id: &str,
         key: &str,
         request_hash: &str,
+        audit: &AuditEntry,
         now: Timestamp,
     ) -> Result<RefundReserved> {
         let mut tx = self.tx();
@@ -152,6 +155,7 @@ impl Store {
                 (":room", n(paid.amount - refund.amount.amount)),
             ],
         )?;
+        tx.audit(audit)?;
         Ok(match self.transact(tx).await? {
             TxOutcome::Committed => RefundReserved::Reserved,
             TxOutcome::Cancelled(c) if c.failed(ItemName::Idempotency) => RefundReserved::KeyTaken,

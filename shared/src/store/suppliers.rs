@@ -7,7 +7,9 @@
 use aws_sdk_dynamodb::types::AttributeValue;
 
 use super::Store;
+use super::audit::AuditEntry;
 use super::codec::{FromItem, Item, get_n, get_s, get_u32, item, keys, n, s};
+use super::tx::ItemName;
 use crate::domain::supplier::{Circuit, CircuitSettings, SupplierKind, SupplierSettings};
 use crate::domain::time::Timestamp;
 use crate::error::{Error, Result};
@@ -101,9 +103,17 @@ impl FromItem for Circuit {
 }
 
 impl Store {
-    /// Access pattern: create or replace a supplier. Returns true when it was created.
-    pub async fn put_supplier(&self, supplier: &SupplierRecord) -> Result<bool> {
-        self.put_reporting_created(supplier_item(supplier)).await
+    /// Access pattern: create a supplier, or replace it as it was read (`read_at`: its
+    /// `updated_at` then), with its audit record, in one transaction. Returns true when
+    /// it was created.
+    pub async fn put_supplier(
+        &self,
+        supplier: &SupplierRecord,
+        read_at: Option<&str>,
+        audit: &AuditEntry,
+    ) -> Result<bool> {
+        self.put_audited(ItemName::Supplier, supplier_item(supplier), read_at, audit)
+            .await
     }
 
     /// Access pattern: one supplier by id.

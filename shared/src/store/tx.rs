@@ -56,6 +56,9 @@ pub(crate) enum ItemName {
     SupplierLog,
     /// The audit record of the operator's action the transaction carries out.
     Audit,
+    /// A payment channel's item, and a supplier's.
+    Channel,
+    Supplier,
     /// The batch record of keys an operator typed.
     Batch,
     /// The i-th delivery slot an operator's substitute fills.
