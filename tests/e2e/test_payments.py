@@ -209,6 +209,28 @@ def test_two_concurrent_partial_refunds_that_exceed_the_payment_one_is_refused(p
     assert platform.get_order(order)["status"] == "refunded"
 
 
+def test_ten_identical_refunds_at_once_refund_once_with_one_audit_record(platform):
+    order = _paid_and_delivered(platform, "alipay-sandbox", "alipay")
+    key = str(uuid.uuid4())
+    with concurrent.futures.ThreadPoolExecutor(10) as pool:
+        answers = list(pool.map(lambda _: _refund(platform, order, 990, key), range(10)))
+    done = [a for a in answers if a.status_code == 201]
+    # A copy that arrives while the first is still talking to Alipay is told to retry.
+    busy = [a for a in answers if a.status_code != 201]
+    assert all(a.status_code == 503 and a.json()["error"]["code"] == "busy_retry" for a in busy), \
+        [a.text for a in busy]
+    assert done and len({a.json()["refund_id"] for a in done}) == 1, [a.text for a in done]
+    again = _refund(platform, order, 990, key)
+    assert again.status_code == 201 and again.json()["refund_id"] == done[0].json()["refund_id"], again.text
+    assert platform.get_order(order)["status"] == "refunded"
+    view = requests.get(f"{platform.api}/admin/orders/{order['order_id']}", headers=ADMIN, timeout=30).json()
+    assert len(view["refunds"]) == 1, view["refunds"]
+    assert [e["to"] for e in view["events"]].count("refunded") == 1, view["events"]
+    trail = requests.get(f"{platform.api}/admin/audit", params={"order": order["order_id"]}, headers=ADMIN,
+                         timeout=30).json()["entries"]
+    assert [e["action"] for e in trail] == ["order.refund"], trail
+
+
 def test_a_wechat_refund_settles_by_its_notification(platform):
     order = _paid_and_delivered(platform, "wechat-sandbox", "wechatpay")
     r = _refund(platform, order, 990)
