@@ -294,7 +294,7 @@ def test_a_key_allocation_failing_with_5xx_fails_the_message_and_its_retry_deliv
     assert platform.admin_product(sku)["stock"] == {"available": 1, "reserved": 0, "sold": 1}
 
 
-def test_a_delivery_that_fails_every_receive_is_dead_lettered_and_waits_in_the_exception_queue(platform):
+def test_a_dead_lettered_delivery_waits_in_the_exception_queue_and_a_cut_short_redeliver_is_asked_again(platform):
     sku, codes = platform.create_product(keys=1)
     order = platform.create_order(sku)
     order_id = order["order_id"]
@@ -324,14 +324,28 @@ def test_a_delivery_that_fails_every_receive_is_dead_lettered_and_waits_in_the_e
     assert _spent(platform), "every allocation attempt was failed"
     assert platform.admin_product(sku)["stock"] == {"available": 0, "reserved": 1, "sold": 0}, "its unit held"
 
-    # The operator redelivers once the outage is over: delivered once.
-    r = requests.post(f"{platform.api}/admin/orders/{order_id}/redeliver", headers=ADMIN, timeout=30,
-                      json={"reason": "the table is back"})
+    # The operator redelivers once the outage is over. The first try's function dies right
+    # after recording the request (with its audit record), before queueing the message:
+    # the operator sees a 500 and asks again.
+    url = f"{platform.api}/admin/orders/{order_id}/redeliver"
+    restarts = platform.status()["functions"]["OperationsFunction"]["restarts"]
+    _kill_at(platform, "OperationsFunction", WRITE, order_id)
+    r = requests.post(url, headers=ADMIN, timeout=30, json={"reason": "the table is back"})
+    assert r.status_code == 500, r.text
+    wait_for("the operations function replaced", lambda: _spent(platform)
+             and platform.status()["functions"]["OperationsFunction"]["restarts"] > restarts, timeout=30)
+    assert platform.get_order(order)["status"] == "delivery_failed", "nothing queued yet"
+    r = requests.post(url, headers=ADMIN, timeout=30, json={"reason": "the table is back"})
     assert r.status_code in (200, 202), r.text
     body = wait_for("the redelivered order delivered", lambda: (b := platform.get_order(order))["status"] == "delivered"
                     and b, timeout=60, interval=0.25)
     assert [d["code"] for d in body["deliveries"]] == codes
     assert platform.admin_product(sku)["stock"] == {"available": 0, "reserved": 0, "sold": 1}
+    # Both requests happened, so both are in the audit trail; one delivery.
+    trail = requests.get(f"{platform.api}/admin/audit", params={"order": order_id}, headers=ADMIN,
+                         timeout=30).json()["entries"]
+    assert [e["action"] for e in trail] == ["order.redeliver", "order.redeliver"], trail
+    assert [e["to"] for e in body["events"]].count("delivered") == 1, body["events"]
 
 
 # --- the other delivery types' workers killed at their writes (K10) ----------------------
