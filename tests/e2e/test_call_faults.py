@@ -356,6 +356,7 @@ RIGHTS = [
     ("license_key", {"type": "license_key", "activation_limit": 1}, 2),
     ("membership", {"type": "membership", "entitlement": "vip-kill", "period_days": 30}, 1),
     ("count_card", {"type": "count_card", "entitlement": "yoga-kill", "uses": 2}, 1),
+    ("link", {"type": "link", "target_url": "https://merchant.example/redeem", "valid_hours": 1, "max_opens": 1}, 2),
 ]
 RIGHTS_CASES = [(kind, delivery, quantity, nth) for kind, delivery, quantity in RIGHTS
                 for nth in range(1, quantity + 2)]
@@ -392,9 +393,9 @@ def test_a_rights_worker_killed_after_a_write_grants_each_unit_once(platform, ki
     view = requests.get(f"{platform.api}/admin/orders/{order_id}", headers=ADMIN, timeout=30).json()
     assert len(view["generated"]) == quantity and len({u["id"] for u in view["generated"]}) == quantity, view
     assert [e["to"] for e in view["events"]].count("delivered") == 1, view["events"]
-    if kind == "license_key":
-        keys = [d["license_key"] for d in body["deliveries"]]
-        assert len(set(keys)) == quantity, keys
+    if kind in ("license_key", "link"):
+        given = [d["license_key" if kind == "license_key" else "url"] for d in body["deliveries"]]
+        assert len(set(given)) == quantity, given
     else:
         # Granted once: one entitlement, its uses or its 30 days not doubled.
         listed = requests.get(f"{platform.api}/entitlements", params={"account_id": account},
@@ -445,3 +446,42 @@ def test_a_sweep_killed_after_requeueing_a_stuck_order_leaves_it_delivered_once(
     finally:
         clock.skew(sweep, 0, file)
 
+
+
+@pytest.mark.parametrize("nth", [1, 2, 3, 4], ids=["after-the-count-card", "after-the-first-license",
+                                                   "after-the-second-license", "after-marking-delivered"])
+def test_a_bundle_worker_killed_after_a_part_delivers_each_part_once(platform, nth):
+    parts = []
+    for delivery in ({"type": "count_card", "entitlement": "gym-kill", "uses": 5},
+                     {"type": "license_key", "activation_limit": 1}):
+        sku = f"e2e-{uuid.uuid4().hex[:10]}"
+        r = requests.post(f"{platform.api}/admin/products", headers=ADMIN, timeout=30, json={
+            "sku": sku, "title": "E2E part", "price": {"amount": 500, "currency": "CNY"}, "delivery": delivery})
+        assert r.status_code == 201, r.text
+        parts.append(sku)
+    card, license_ = parts
+    bundle = f"e2e-{uuid.uuid4().hex[:10]}"
+    r = requests.post(f"{platform.api}/admin/products", headers=ADMIN, timeout=30, json={
+        "sku": bundle, "title": "E2E bundle kill", "price": {"amount": 900, "currency": "CNY"},
+        "delivery": {"type": "bundle", "on_partial_failure": "reverse",
+                     "items": [{"sku": card, "quantity": 1}, {"sku": license_, "quantity": 2}]}})
+    assert r.status_code == 201, r.text
+    account = f"e2e-{uuid.uuid4().hex[:8]}"
+    order = _order(platform, bundle, 1, {"email": "e2e@example.com", "account_id": account})
+    order_id = order["order_id"]
+    restarts = platform.status()["functions"][WORKER]["restarts"]
+    _kill_at(platform, WORKER, WRITE, order_id, nth)
+    assert stripe_webhook.send(platform.api, platform.paid_event(order_id)).status_code == 200
+    wait_for("the worker killed", lambda: platform.status()["functions"][WORKER]["restarts"] > restarts
+             and _spent(platform), timeout=60)
+    assert platform.get_order(order)["status"] == ("delivered" if nth == 4 else "paid")
+    assert _visible_now(platform) >= 1
+
+    body = platform.wait_delivered(order, timeout=60)
+    assert [(d["part"], d["type"]) for d in body["deliveries"]] == [
+        (card, "count_card"), (license_, "license_key"), (license_, "license_key")], body["deliveries"]
+    assert len({d["license_key"] for d in body["deliveries"] if d["type"] == "license_key"}) == 2
+    listed = requests.get(f"{platform.api}/entitlements", params={"account_id": account},
+                          headers=_merchant(platform), timeout=30).json()["entitlements"]
+    assert [(e["name"], e["uses_left"]) for e in listed] == [("gym-kill", 5)], listed
+    assert [e["to"] for e in body["events"]].count("delivered") == 1, body["events"]
