@@ -485,3 +485,29 @@ def test_a_bundle_worker_killed_after_a_part_delivers_each_part_once(platform, n
                           headers=_merchant(platform), timeout=30).json()["entitlements"]
     assert [(e["name"], e["uses_left"]) for e in listed] == [("gym-kill", 5)], listed
     assert [e["to"] for e in body["events"]].count("delivered") == 1, body["events"]
+
+
+def test_a_checkout_killed_after_making_the_order_gives_the_same_order_on_the_buyers_retry(platform):
+    sku, codes = platform.create_product(keys=2)
+    key = str(uuid.uuid4())
+    restarts = platform.status()["functions"]["CheckoutFunction"]["restarts"]
+    _kill_at(platform, "CheckoutFunction", WRITE, sku)
+
+    def checkout():
+        return requests.post(f"{platform.api}/orders", timeout=30, headers={"Idempotency-Key": key},
+                             json={"sku": sku, "quantity": 1, "buyer": {"email": "e2e@example.com"}})
+
+    # WHEN checkout dies right after its order transaction committed, the buyer sees a 500
+    assert checkout().status_code == 500
+    wait_for("checkout's emulator replaced", lambda: _spent(platform)
+             and platform.status()["functions"]["CheckoutFunction"]["restarts"] > restarts, timeout=30)
+    assert platform.admin_product(sku)["stock"] == {"available": 1, "reserved": 1, "sold": 0}, "the order was made"
+
+    # THEN the buyer's retry under the same key answers that order, and nothing more is reserved
+    again = checkout()
+    assert again.status_code == 201, again.text
+    assert platform.admin_product(sku)["stock"] == {"available": 1, "reserved": 1, "sold": 0}
+    order = again.json()
+    assert stripe_webhook.send(platform.api, platform.paid_event(order["order_id"])).status_code == 200
+    body = platform.wait_delivered(order, timeout=60)
+    assert [d["code"] for d in body["deliveries"]] in ([c] for c in codes)
