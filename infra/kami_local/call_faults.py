@@ -7,8 +7,9 @@ The local platform gives every function an access key id of its own
 sent each request from its SigV4 `Credential=`. A rule armed there names the function,
 the call (`X-Amz-Target`, e.g. `DynamoDB_20120810.TransactWriteItems` or
 `AmazonSQS.SendMessage`), a text the request body must contain (an order id) and which
-matching call (`nth`, counted from arming). The wrapper lets that call reach moto, so it
-takes effect, then asks the platform to SIGKILL the function's busy emulators
+matching call (`nth`, counted from arming; for a kill after the call, only calls moto
+answered with success count: a transaction it cancelled took no effect). The wrapper lets
+that call reach moto, so it takes effect, then asks the platform to SIGKILL the function's busy emulators
 (`POST /_local/functions/{id}/kill-now`) and only then answers: the function never learns
 that its write happened, as when Lambda's host dies mid-invocation. With `"when":
 "before"` the function dies as the call arrives, and the call never reaches moto (for a
@@ -82,20 +83,39 @@ class _Rules:
         with self._lock:
             return [dict(r) for r in self._rules]
 
-    def fired_by(self, access_key: str, target: str, body: bytes) -> dict | None:
-        """The rule this call fires, after counting it against every rule it matches: a
-        kill rule fires on its nth matching call, a fail rule on each of its first `count`;
-        a rule is taken off once spent."""
+    @staticmethod
+    def _on_arrival(rule: dict) -> bool:
+        """Counted when the call arrives (a fail rule, a kill before it); otherwise once
+        moto answered it with success (a kill after it took effect)."""
+        return rule["action"] == "fail" or rule["when"] == "before"
+
+    def awaits(self, access_key: str, target: str, body: bytes) -> bool:
+        """Whether a kill-after rule would count this call if it succeeds."""
+        with self._lock:
+            return any(self._matches(r, access_key, target, body) and not self._on_arrival(r)
+                       for r in self._rules)
+
+    @staticmethod
+    def _matches(rule: dict, access_key: str, target: str, body: bytes) -> bool:
+        return rule["access_key"] == access_key and rule["target"] == target \
+            and rule["contains"].encode() in body
+
+    def fired_by(self, access_key: str, target: str, body: bytes, *, took_effect: bool = False) -> dict | None:
+        """The rule this call fires, after counting it against every rule it matches (on
+        arrival, or with `took_effect` once moto answered it with success): a kill rule
+        fires on its nth counted call, a fail rule on each of its first `count`; a rule is
+        taken off once spent. A call moto refused (a cancelled transaction, a failed
+        condition) took no effect, so it does not count for a kill after it."""
         fired = None
         with self._lock:
             for rule in list(self._rules):
-                if rule["access_key"] == access_key and rule["target"] == target \
-                        and rule["contains"].encode() in body:
-                    rule["left"] -= 1
-                    if rule["left"] == 0:
-                        self._rules.remove(rule)
-                    if fired is None and (rule["action"] == "fail" or rule["left"] == 0):
-                        fired = rule
+                if self._on_arrival(rule) == took_effect or not self._matches(rule, access_key, target, body):
+                    continue
+                rule["left"] -= 1
+                if rule["left"] == 0:
+                    self._rules.remove(rule)
+                if fired is None and (rule["action"] == "fail" or rule["left"] == 0):
+                    fired = rule
         return fired
 
 
@@ -156,21 +176,29 @@ def middleware(app):
         credential = _CREDENTIAL.search(environ.get("HTTP_AUTHORIZATION", ""))
         if not target or credential is None:
             return app(environ, start_response)
-        rule = rules.fired_by(credential.group(1), target, _read_body(environ))
+        key, body = credential.group(1), _read_body(environ)
+        rule = rules.fired_by(key, target, body)
         if rule is None:
-            return app(environ, start_response)
+            if not rules.awaits(key, target, body):
+                return app(environ, start_response)
+            status: list[str] = []
+
+            def recording(s, headers, exc_info=None):
+                status.append(s)
+                return start_response(s, headers, exc_info)
+
+            answer = list(app(environ, recording))  # the call takes effect (or is refused)...
+            if status and status[0].startswith("2") and (rule := rules.fired_by(key, target, body, took_effect=True)):
+                _kill(rule)  # ...and its caller dies before it hears so
+            return answer
         if rule["action"] == "fail":
             payload = json.dumps({"__type": rule["error"], "message": "injected by the local platform"}).encode()
             start_response(f"{ERRORS[rule['error']]} Injected", [
                 ("Content-Type", environ.get("CONTENT_TYPE") or "application/x-amz-json-1.0"),
                 ("Content-Length", str(len(payload)))])
             return [payload]
-        if rule["when"] == "before":
-            # The caller dies just before this call: it never reaches moto.
-            _kill(rule)
-            return _answer(start_response, "500 Internal Server Error", {"message": "killed before the call"})
-        answer = list(app(environ, start_response))  # the call takes effect...
-        _kill(rule)  # ...and its caller dies before it hears so
-        return answer
+        # A kill before the call: the caller dies as it arrives, and it never reaches moto.
+        _kill(rule)
+        return _answer(start_response, "500 Internal Server Error", {"message": "killed before the call"})
 
     return wrapped

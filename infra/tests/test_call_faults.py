@@ -111,6 +111,21 @@ def test_a_rule_fires_on_its_functions_nth_matching_call_after_the_call_took_eff
     assert json.loads(listed)["rules"] == []
 
 
+def test_a_kill_after_counts_only_calls_that_took_effect(platform):
+    answers = iter(["400 Bad Request", "200 OK"])  # a cancelled transaction, then a commit
+
+    def moto(environ, start_response):
+        start_response(next(answers), [])
+        return [b"{}"]
+
+    app = call_faults.middleware(moto)
+    _arm(app, {"access_key": "K", "target": TARGET, "contains": "ORDER#A", "notify": platform.url})
+    assert _call(app, key="K", target=TARGET, body=b"ORDER#A")[0].startswith("400")
+    assert platform.calls == [], "a refused call took no effect: not counted"
+    assert _call(app, key="K", target=TARGET, body=b"ORDER#A")[0].startswith("200")
+    assert len(platform.calls) == 1
+
+
 def test_a_before_rule_kills_without_the_call_reaching_moto(platform):
     seen, moto = _recording_moto()
     app = call_faults.middleware(moto)
