@@ -369,22 +369,33 @@ def _merchant(platform) -> dict:
     return {"Authorization": f"Bearer {r.json()['key']}"}
 
 
-@pytest.mark.parametrize(("kind", "delivery", "quantity", "nth"), RIGHTS_CASES,
-                         ids=[f"{c[0]}-after-write-{c[3]}" for c in RIGHTS_CASES])
-def test_a_rights_worker_killed_after_a_write_grants_each_unit_once(platform, kind, delivery, quantity, nth):
+def _product(platform, title: str, delivery: dict, price: int = 500, **settings) -> str:
     sku = f"e2e-{uuid.uuid4().hex[:10]}"
     r = requests.post(f"{platform.api}/admin/products", headers=ADMIN, timeout=30, json={
-        "sku": sku, "title": "E2E rights kill", "price": {"amount": 500, "currency": "CNY"},
-        "delivery": delivery, "max_per_order": 5})
+        "sku": sku, "title": title, "price": {"amount": price, "currency": "CNY"}, "delivery": delivery,
+        **settings})
     assert r.status_code == 201, r.text
-    account = f"e2e-{uuid.uuid4().hex[:8]}"
-    order = _order(platform, sku, quantity, {"email": "e2e@example.com", "account_id": account})
-    order_id = order["order_id"]
+    return sku
+
+
+def _paid_and_worker_killed(platform, order_id: str, nth: int) -> None:
+    """Pays the order with the worker set to die right after its `nth` transaction
+    naming the order, and waits for that kill."""
     restarts = platform.status()["functions"][WORKER]["restarts"]
     _kill_at(platform, WORKER, WRITE, order_id, nth)
     assert stripe_webhook.send(platform.api, platform.paid_event(order_id)).status_code == 200
     wait_for("the worker killed", lambda: platform.status()["functions"][WORKER]["restarts"] > restarts
              and _spent(platform), timeout=60)
+
+
+@pytest.mark.parametrize(("kind", "delivery", "quantity", "nth"), RIGHTS_CASES,
+                         ids=[f"{c[0]}-after-write-{c[3]}" for c in RIGHTS_CASES])
+def test_a_rights_worker_killed_after_a_write_grants_each_unit_once(platform, kind, delivery, quantity, nth):
+    sku = _product(platform, "E2E rights kill", delivery, max_per_order=5)
+    account = f"e2e-{uuid.uuid4().hex[:8]}"
+    order = _order(platform, sku, quantity, {"email": "e2e@example.com", "account_id": account})
+    order_id = order["order_id"]
+    _paid_and_worker_killed(platform, order_id, nth)
     assert platform.get_order(order)["status"] == ("delivered" if nth == quantity + 1 else "paid")
     assert _visible_now(platform) >= 1
 
@@ -451,29 +462,15 @@ def test_a_sweep_killed_after_requeueing_a_stuck_order_leaves_it_delivered_once(
 @pytest.mark.parametrize("nth", [1, 2, 3, 4], ids=["after-the-count-card", "after-the-first-license",
                                                    "after-the-second-license", "after-marking-delivered"])
 def test_a_bundle_worker_killed_after_a_part_delivers_each_part_once(platform, nth):
-    parts = []
-    for delivery in ({"type": "count_card", "entitlement": "gym-kill", "uses": 5},
-                     {"type": "license_key", "activation_limit": 1}):
-        sku = f"e2e-{uuid.uuid4().hex[:10]}"
-        r = requests.post(f"{platform.api}/admin/products", headers=ADMIN, timeout=30, json={
-            "sku": sku, "title": "E2E part", "price": {"amount": 500, "currency": "CNY"}, "delivery": delivery})
-        assert r.status_code == 201, r.text
-        parts.append(sku)
-    card, license_ = parts
-    bundle = f"e2e-{uuid.uuid4().hex[:10]}"
-    r = requests.post(f"{platform.api}/admin/products", headers=ADMIN, timeout=30, json={
-        "sku": bundle, "title": "E2E bundle kill", "price": {"amount": 900, "currency": "CNY"},
-        "delivery": {"type": "bundle", "on_partial_failure": "reverse",
-                     "items": [{"sku": card, "quantity": 1}, {"sku": license_, "quantity": 2}]}})
-    assert r.status_code == 201, r.text
+    card = _product(platform, "E2E part", {"type": "count_card", "entitlement": "gym-kill", "uses": 5})
+    license_ = _product(platform, "E2E part", {"type": "license_key", "activation_limit": 1})
+    bundle = _product(platform, "E2E bundle kill", {
+        "type": "bundle", "on_partial_failure": "reverse",
+        "items": [{"sku": card, "quantity": 1}, {"sku": license_, "quantity": 2}]}, price=900)
     account = f"e2e-{uuid.uuid4().hex[:8]}"
     order = _order(platform, bundle, 1, {"email": "e2e@example.com", "account_id": account})
     order_id = order["order_id"]
-    restarts = platform.status()["functions"][WORKER]["restarts"]
-    _kill_at(platform, WORKER, WRITE, order_id, nth)
-    assert stripe_webhook.send(platform.api, platform.paid_event(order_id)).status_code == 200
-    wait_for("the worker killed", lambda: platform.status()["functions"][WORKER]["restarts"] > restarts
-             and _spent(platform), timeout=60)
+    _paid_and_worker_killed(platform, order_id, nth)
     assert platform.get_order(order)["status"] == ("delivered" if nth == 4 else "paid")
     assert _visible_now(platform) >= 1
 

@@ -52,9 +52,7 @@ impl SqsDeliveryQueue {
             })
             .await
     }
-}
 
-impl SqsDeliveryQueue {
     /// Makes received messages visible again at once (visibility timeout 0): messages a
     /// worker had no time for are received again now, not after the queue's visibility
     /// timeout. Up to 10 per call (an SQS batch).
